@@ -1,0 +1,253 @@
+"""The one append-only event log: every part records what happened here.
+
+Owns: the SQLite database ``<state_dir>/events.db`` (WAL mode), the ``Event`` record,
+appending, querying and following. Reports, SLOs, drills and playbooks are views over
+this log, so an event carries every number a report will need.
+
+Must never: rewrite or delete an event; store a secret (values under secret-looking
+keys are redacted before they are written); lose an event because another process was
+writing at the same time (writers wait on SQLite's lock, they do not drop).
+
+``mono_ns`` is ``time.monotonic_ns()``: CLOCK_MONOTONIC on Linux is one clock for every
+process on the machine, so durations (RTO, detection time) may be taken across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bastion.errors import UsageError
+
+__all__ = ["Event", "EventLog", "parse_since", "redact"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts       REAL    NOT NULL,
+    mono_ns  INTEGER NOT NULL,
+    kind     TEXT    NOT NULL,
+    subject  TEXT    NOT NULL DEFAULT '',
+    segment  TEXT    NOT NULL DEFAULT '',
+    data     TEXT    NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_ts   ON events (ts);
+CREATE INDEX IF NOT EXISTS events_kind ON events (kind, ts);
+CREATE INDEX IF NOT EXISTS events_subject ON events (subject, ts);
+"""
+
+_SECRET_KEY = re.compile(
+    r"(pass(word|wd)?|secret|token|api[_-]?key|authorization|credential|private[_-]?key)",
+    re.IGNORECASE,
+)
+_REDACTED = "***"
+
+
+def redact(value: Any) -> Any:
+    """Return ``value`` with every entry under a secret-looking key replaced by ``***``."""
+    if isinstance(value, Mapping):
+        return {
+            str(k): (_REDACTED if _SECRET_KEY.search(str(k)) else redact(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened. ``kind`` is a dotted name such as ``vault.repaired``."""
+
+    kind: str
+    subject: str = ""
+    segment: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    ts: float = 0.0
+    mono_ns: int = 0
+    id: int = 0
+
+    @property
+    def time(self) -> datetime:
+        return datetime.fromtimestamp(self.ts, tz=UTC)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ts": self.time.isoformat(timespec="microseconds"),
+            "mono_ns": self.mono_ns,
+            "kind": self.kind,
+            "subject": self.subject,
+            "segment": self.segment,
+            "data": self.data,
+        }
+
+
+_KIND = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_since(text: str, *, now: float | None = None) -> float:
+    """Parse ``--since``: a relative age (``90s``, ``10m``, ``2h``, ``1d``) or an ISO time."""
+    text = text.strip()
+    match = _RELATIVE.match(text)
+    if match:
+        now = time.time() if now is None else now
+        return now - float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"--since: {text!r} is neither an age (e.g. 10m, 2h, 1d) "
+            "nor an ISO time (e.g. 2026-11-27T10:00:00)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+class EventLog:
+    """Append-only event log in one SQLite file, shared safely by many processes.
+
+    Each ``emit`` is its own short transaction. Writers from other processes wait for
+    SQLite's lock (``busy_timeout``) rather than fail, so none is lost.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA busy_timeout = 60000")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        with self._lock:
+            self._retrying(lambda: self._conn.executescript(_SCHEMA))
+
+    @classmethod
+    def in_state_dir(cls, state_dir: str | Path) -> EventLog:
+        return cls(Path(state_dir) / "events.db")
+
+    def _retrying(self, op: Any) -> Any:
+        # busy_timeout covers ordinary lock waits; schema creation racing in several new
+        # processes can still report "locked" once, so try a few more times.
+        for attempt in range(50):
+            try:
+                return op()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        return None  # pragma: no cover
+
+    def emit(
+        self,
+        kind: str,
+        subject: str = "",
+        segment: str = "",
+        data: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> Event:
+        """Append one event and return it (with its id and both clocks filled in)."""
+        if not _KIND.match(kind):
+            raise UsageError(
+                f"event kind {kind!r} must be dotted lower-case words, e.g. vault.repaired"
+            )
+        payload = redact({**(data or {}), **fields})
+        body = json.dumps(payload, default=str, sort_keys=True)
+        ts, mono = time.time(), time.monotonic_ns()
+        with self._lock:
+            cur = self._retrying(
+                lambda: self._conn.execute(
+                    "INSERT INTO events (ts, mono_ns, kind, subject, segment, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (ts, mono, kind, subject, segment, body),
+                )
+            )
+        return Event(kind, subject, segment, payload, ts, mono, int(cur.lastrowid))
+
+    def query(
+        self,
+        *,
+        kind: str | None = None,
+        subject: str | None = None,
+        since: float | None = None,
+        after_id: int = 0,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """Events in order. ``kind`` matches exactly, or by prefix when it ends in ``.*``
+        (``vault.*``) or is a glob (``serve.*.ejected``)."""
+        sql = "SELECT id, ts, mono_ns, kind, subject, segment, data FROM events WHERE id > ?"
+        args: list[Any] = [after_id]
+        if kind:
+            if any(c in kind for c in "*?["):
+                sql += " AND kind GLOB ?"
+            else:
+                sql += " AND kind = ?"
+            args.append(kind)
+        if subject:
+            sql += " AND subject = ?"
+            args.append(subject)
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(since)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._lock:
+            rows = self._retrying(lambda: self._conn.execute(sql, args).fetchall())
+        return [
+            Event(kind=k, subject=s, segment=g, data=json.loads(d), ts=t, mono_ns=m, id=i)
+            for (i, t, m, k, s, g, d) in rows
+        ]
+
+    def follow(
+        self,
+        *,
+        kind: str | None = None,
+        subject: str | None = None,
+        since: float | None = None,
+        poll_s: float = 0.2,
+        stop: threading.Event | None = None,
+    ) -> Iterator[Event]:
+        """Yield matching events as they are appended, until ``stop`` is set."""
+        last = 0
+        first = True
+        while stop is None or not stop.is_set():
+            batch = self.query(
+                kind=kind, subject=subject, since=since if first else None, after_id=last
+            )
+            first = False
+            for event in batch:
+                last = event.id
+                yield event
+            if not batch:
+                if stop is not None:
+                    stop.wait(poll_s)
+                else:
+                    time.sleep(poll_s)
+
+    def count(self, kind: str | None = None) -> int:
+        return len(self.query(kind=kind))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,427 @@
+"""Loading ``bastion.yaml``: parse, validate, cross-check, and report every problem at once.
+
+Owns: turning a file into a ``Manifest`` or a ``ManifestError`` whose problems each carry
+``file:line:column`` and the field path (``services.digits.backends[1].url``).
+
+Must never: stop at the first problem, print a traceback for a user's mistake, or change
+the file. ruamel.yaml is used (not PyYAML) because it keeps the line and column of every
+key and item, which is what lets a message point at the exact place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from bastion.errors import ManifestError, ManifestProblem, UsageError
+from bastion.manifest._model import Manifest
+
+__all__ = ["DEFAULT_FILE", "load", "loads"]
+
+DEFAULT_FILE = "bastion.yaml"
+
+Loc = tuple[str | int, ...]
+
+
+def load(path: str | Path = DEFAULT_FILE) -> Manifest:
+    """Load and check a manifest file; relative paths in it resolve against its directory."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(
+            f"{path}: no such manifest (create one with `bastion init`, or pass -f FILE)"
+        ) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the manifest: {exc}") from None
+    return loads(text, filename=str(path), base_dir=path.resolve().parent)
+
+
+def loads(text: str, *, filename: str = DEFAULT_FILE, base_dir: Path | None = None) -> Manifest:
+    """Load and check manifest text. ``filename`` is only used in messages."""
+    tree = _parse(text, filename)
+    located = _Locator(tree, filename)
+    problems: list[ManifestProblem] = []
+    manifest: Manifest | None = None
+    try:
+        manifest = Manifest.model_validate(
+            _plain(tree), context={"base_dir": base_dir or Path.cwd()}
+        )
+    except ValidationError as exc:
+        problems.extend(_schema_problems(exc, located))
+    problems.extend(_cross_problems(tree, located))
+    if problems:
+        problems = _dedupe(problems)
+        problems.sort(key=lambda p: (p.line, p.column))
+        raise ManifestError(problems)
+    assert manifest is not None
+    if base_dir is not None:
+        manifest._path = base_dir / Path(filename).name
+    return manifest
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _parse(text: str, filename: str) -> CommentedMap:
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    try:
+        tree = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = exc.problem or "invalid YAML"
+        if "duplicate key" in str(exc):
+            what = f"duplicate key: {exc.problem}"
+        raise ManifestError([ManifestProblem(filename, line, col, "", what)]) from None
+    except Exception as exc:  # ruamel raises a few unmarked errors (e.g. bad tags)
+        raise ManifestError([ManifestProblem(filename, 1, 1, "", f"invalid YAML: {exc}")]) from None
+    if tree is None:
+        raise ManifestError(
+            [
+                ManifestProblem(
+                    filename,
+                    1,
+                    1,
+                    "",
+                    "the manifest is empty (expected version: 1, system: NAME, ...)",
+                )
+            ]
+        )
+    if not isinstance(tree, CommentedMap):
+        raise ManifestError(
+            [
+                ManifestProblem(
+                    filename,
+                    1,
+                    1,
+                    "",
+                    "the manifest must be a mapping of sections (version, system, ...)",
+                )
+            ]
+        )
+    return tree
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {str(k) if not isinstance(k, int | float) else k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, bool):
+        return bool(node)
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+class _Locator:
+    """Maps a field path to its line and column in the YAML source (1-based)."""
+
+    def __init__(self, tree: CommentedMap, filename: str) -> None:
+        self.tree = tree
+        self.filename = filename
+
+    def walk(self, loc: Loc) -> tuple[int, int, Loc]:
+        """Line, column and the part of ``loc`` that exists in the document."""
+        node: Any = self.tree
+        line, col = 1, 1
+        found: list[str | int] = []
+        for step in loc:
+            if isinstance(node, CommentedMap) and step in node:
+                kline, kcol = node.lc.key(step)
+                value = node[step]
+                if isinstance(value, CommentedMap | CommentedSeq) or value is None:
+                    line, col = kline + 1, kcol + 1
+                else:
+                    vline, vcol = node.lc.value(step)
+                    line, col = vline + 1, vcol + 1
+                node = value
+            elif isinstance(node, CommentedSeq) and isinstance(step, int) and 0 <= step < len(node):
+                iline, icol = node.lc.item(step)
+                line, col = iline + 1, icol + 1
+                node = node[step]
+            else:
+                break
+            found.append(step)
+        return line, col, tuple(found)
+
+    def key(self, loc: Loc) -> tuple[int, int]:
+        """Line and column of the key at ``loc`` itself (for unknown keys)."""
+        parent_line, parent_col, found = self.walk(loc[:-1])
+        node: Any = self.tree
+        for step in found:
+            node = node[step]
+        last = loc[-1]
+        if isinstance(node, CommentedMap) and last in node:
+            kline, kcol = node.lc.key(last)
+            return kline + 1, kcol + 1
+        return parent_line, parent_col
+
+    def problem(self, loc: Loc, message: str, *, at_key: bool = False) -> ManifestProblem:
+        if at_key:
+            line, col = self.key(loc)
+        else:
+            line, col, _ = self.walk(loc)
+        return ManifestProblem(self.filename, line, col, _dotted(loc), message)
+
+
+def _dotted(loc: Iterable[str | int]) -> str:
+    out = ""
+    for step in loc:
+        if isinstance(step, int):
+            out += f"[{step}]"
+        else:
+            out += f".{step}" if out else str(step)
+    return out
+
+
+# --------------------------------------------------------------------------- schema errors
+
+
+def _unwrap(tp: Any) -> list[Any]:
+    """The concrete types inside Optional/Union/Annotated."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [t for a in typing.get_args(tp) for t in _unwrap(a)]
+    return [tp]
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The pydantic model that describes the mapping at ``loc`` (for key suggestions)."""
+    current: Any = Manifest
+    for step in loc:
+        candidates = _unwrap(current)
+        nxt = None
+        for cand in candidates:
+            origin = typing.get_origin(cand)
+            if isinstance(step, str) and isinstance(cand, type) and issubclass(cand, BaseModel):
+                field = cand.model_fields.get(step)
+                if field is not None:
+                    nxt = field.annotation
+            elif origin is dict and isinstance(step, str):
+                nxt = typing.get_args(cand)[1]
+            elif origin is list and isinstance(step, int):
+                nxt = typing.get_args(cand)[0]
+            if nxt is not None:
+                break
+        if nxt is None:
+            return None
+        current = nxt
+    for cand in _unwrap(current):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
+
+
+def _schema_problems(exc: ValidationError, located: _Locator) -> Iterator[ManifestProblem]:
+    for err in exc.errors(include_url=False):
+        loc: Loc = tuple(s for s in err["loc"] if isinstance(s, int | str))
+        kind = err["type"]
+        # Union branches add their type names to the path ("literal[...]", "int"); they are
+        # not keys in the file, so cut the path where the document ends.
+        _, _, found = located.walk(loc)
+        if kind == "extra_forbidden":
+            model = _model_at(loc[:-1])
+            names = sorted(model.model_fields) if model else []
+            names = [n for n in names if not n.startswith("_")]
+            hint = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+            msg = f"unknown key {loc[-1]!r}"
+            msg += (
+                f" (did you mean {hint[0]!r}?)"
+                if hint
+                else f" (expected one of: {', '.join(names)})"
+            )
+            yield located.problem(loc, msg, at_key=True)
+            continue
+        if kind == "missing":
+            yield located.problem(loc, f"missing required key {loc[-1]!r}", at_key=True)
+            continue
+        if len(found) < len(loc) and loc[len(found)] == "[key]":
+            key = loc[len(found) + 1] if len(loc) > len(found) + 1 else "?"
+            yield located.problem(
+                found,
+                f"name {key!r} must be lower-case letters, digits, '.', '_' or '-' "
+                "(at most 64, starting with a letter or digit)",
+            )
+            continue
+        msg = str(err["msg"])
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        value = err.get("input")
+        if kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            options = [o.strip().strip("'") for o in expected.replace(" or ", ", ").split(",")]
+            hint = difflib.get_close_matches(str(value), options, n=1, cutoff=0.6)
+            msg = f"{value!r} is not one of: {', '.join(options)}"
+            if hint:
+                msg += f" (did you mean {hint[0]!r}?)"
+        elif kind == "string_pattern_mismatch":
+            msg = (
+                f"{value!r} is not a valid id: use lower-case letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        elif not isinstance(value, dict | list) and value is not None and kind != "value_error":
+            msg = f"{value!r}: {msg[0].lower()}{msg[1:]}"
+        yield located.problem(found if len(found) < len(loc) else loc, msg)
+
+
+def _dedupe(problems: list[ManifestProblem]) -> list[ManifestProblem]:
+    seen: set[tuple[int, int, str]] = set()
+    out = []
+    for p in problems:
+        key = (p.line, p.column, p.path)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+# --------------------------------------------------------------------------- cross-references
+
+
+def _items(node: Any) -> list[tuple[int, Any]]:
+    return list(enumerate(node)) if isinstance(node, list) else []
+
+
+def _dep_id(item: Any) -> str | None:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and isinstance(item.get("id"), str):
+        return str(item["id"])
+    return None
+
+
+def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestProblem]:
+    components = tree.get("components")
+    jobs = tree.get("jobs") if isinstance(tree.get("jobs"), dict) else {}
+    services = tree.get("services") if isinstance(tree.get("services"), dict) else {}
+    segments = tree.get("segments") if isinstance(tree.get("segments"), list) else None
+
+    ids: dict[str, Loc] = {}
+    for i, comp in _items(components):
+        if isinstance(comp, dict) and isinstance(comp.get("id"), str):
+            cid = str(comp["id"])
+            if cid in ids:
+                line, _, _ = located.walk(ids[cid])
+                yield located.problem(
+                    ("components", i, "id"), f"duplicate id {cid!r} (first declared on line {line})"
+                )
+            else:
+                ids[cid] = ("components", i, "id")
+    known = set(ids) | {str(j) for j in jobs} | {str(s) for s in services}
+
+    graph: nx.DiGraph[str] = nx.DiGraph()
+    dep_loc: dict[tuple[str, str], Loc] = {}
+
+    def check_deps(owner: str, base: Loc, node: Any) -> Iterator[ManifestProblem]:
+        for j, item in _items(node.get("depends_on") if isinstance(node, dict) else None):
+            target = _dep_id(item)
+            if target is None:
+                continue
+            if target not in known:
+                hint = difflib.get_close_matches(target, sorted(known), n=1, cutoff=0.6)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                yield located.problem(
+                    (*base, "depends_on", j), f"unknown component {target!r}{extra}"
+                )
+            else:
+                graph.add_edge(owner, target)
+                dep_loc.setdefault((owner, target), (*base, "depends_on", j))
+        red = node.get("redundancy") if isinstance(node, dict) else None
+        for j, member in _items(red.get("members") if isinstance(red, dict) else None):
+            if not isinstance(member, str):
+                continue
+            if member not in known:
+                yield located.problem(
+                    (*base, "redundancy", "members", j), f"unknown component {member!r}"
+                )
+            elif member == owner:
+                yield located.problem(
+                    (*base, "redundancy", "members", j), f"{owner!r} cannot be its own member"
+                )
+            else:
+                graph.add_edge(owner, member)
+                dep_loc.setdefault((owner, member), (*base, "redundancy", "members", j))
+
+    for i, comp in _items(components):
+        if isinstance(comp, dict) and isinstance(comp.get("id"), str):
+            yield from check_deps(str(comp["id"]), ("components", i), comp)
+    for name, job in jobs.items():
+        yield from check_deps(str(name), ("jobs", str(name)), job)
+    for name, svc in services.items():
+        yield from check_deps(str(name), ("services", str(name)), svc)
+
+    reported: set[frozenset[str]] = set()
+    for cycle in nx.simple_cycles(graph):
+        members = frozenset(cycle)
+        if members in reported:
+            continue
+        reported.add(members)
+        start = min(cycle)
+        k = cycle.index(start)
+        ordered = cycle[k:] + cycle[:k]
+        text = " -> ".join([*ordered, ordered[0]])
+        loc = dep_loc[(ordered[0], ordered[1 % len(ordered)])]
+        yield located.problem(loc, f"dependency cycle: {text}")
+        if len(reported) >= 10:
+            break
+
+    declared = ", ".join(map(str, services)) or "none"
+    for i, slo in _items(tree.get("slos")):
+        wanted = slo.get("service") if isinstance(slo, dict) else None
+        if isinstance(wanted, str) and wanted not in services:
+            yield located.problem(
+                ("slos", i, "service"), f"unknown service {wanted!r} (services: {declared})"
+            )
+
+    def check_segment(base: Loc, node: Any) -> Iterator[ManifestProblem]:
+        seg = node.get("segment") if isinstance(node, dict) else None
+        if isinstance(seg, str) and segments is not None and seg not in segments:
+            yield located.problem(
+                (*base, "segment"),
+                f"unknown segment {seg!r} (declared segments: {', '.join(map(str, segments))})",
+            )
+
+    listens: dict[str, str] = {}
+    for name, job in jobs.items():
+        yield from check_segment(("jobs", str(name)), job)
+    for name, svc in services.items():
+        yield from check_segment(("services", str(name)), svc)
+        if not isinstance(svc, dict):
+            continue
+        names: set[str] = set()
+        for j, backend in _items(svc.get("backends")):
+            bname = backend.get("name") if isinstance(backend, dict) else None
+            if isinstance(bname, str):
+                if bname in names:
+                    yield located.problem(
+                        ("services", str(name), "backends", j, "name"),
+                        f"duplicate backend name {bname!r}",
+                    )
+                names.add(bname)
+        listen = svc.get("listen")
+        if isinstance(listen, str):
+            if listen in listens:
+                yield located.problem(
+                    ("services", str(name), "listen"),
+                    f"{listen} is already the address of service {listens[listen]!r}",
+                )
+            listens[listen] = str(name)
