@@ -1,0 +1,53 @@
+"""Shared process supervision: spawn, watch, heartbeat, signal, restart with backoff.
+
+Used by the training supervisor (``bastion.train``) and the inference gateway's replica
+manager. One small API::
+
+    from bastion.supervise import Backoff, ProcessSpec, RestartBudget, Supervisor
+
+    sup = Supervisor(
+        ProcessSpec(argv=["python", "train.py"], cwd=workdir, env={"X": "1"}, name="job"),
+        backoff=Backoff(initial=0.2, factor=2.0, cap=10.0, jitter=0.2),
+        budget=RestartBudget(max_restarts=10),          # window_s=600 for replicas
+        restart_on="failure",                           # "always" for replicas
+        heartbeat_path=state / "job.heartbeat", heartbeat_timeout_s=30, grace_s=10,
+        on_event=lambda kind, data: log.emit(f"train.{kind}", subject="job", **data),
+    )
+    outcome = sup.run()            # blocking; or sup.start() (thread) / sup.tick() (poll)
+
+- ``ProcessSpec``: argv, cwd, env (added to the parent's), name, log_path.
+- ``Child``: one process in its own process group (signals reach its helpers); ``poll()``
+  (non-blocking), ``wait(timeout)``, ``signal(sig)``, ``terminate(grace_s)``
+  (SIGTERM + SIGCONT -> grace -> SIGKILL) and ``Exit`` (code, signal, ``oom_killed`` from
+  the cgroup v2 ``oom_kill`` counter, runtime).
+- ``Backoff``: jittered exponential, keyword-only, capped. ``RestartBudget``: at most N
+  restarts, per sliding window or ever.
+- ``Heartbeat``: the child's side; ``Heartbeat.from_env().beat()`` touches the file named
+  by ``$BASTION_HEARTBEAT_FILE`` (a file, not a pipe, so the child outlives a supervisor
+  restart; see ``_heartbeat``).
+- ``Supervisor``: the state machine; ``tick()`` non-blocking (drive it from asyncio),
+  ``run()``, ``start()`` (daemon thread), ``stop()``, ``statistics()``. Events:
+  ``started``, ``exited``, ``hang``, ``restarting``, ``budget_exhausted``, ``succeeded``,
+  ``stopped``; the caller prefixes them (``train.``, ``serve.replica.``).
+
+Must never: use a shell, restart without a budget, or block inside ``tick()``.
+"""
+
+from bastion.supervise._child import Child, Exit, ProcessSpec
+from bastion.supervise._heartbeat import HEARTBEAT_ENV, Heartbeat, heartbeat_age
+from bastion.supervise._policy import Backoff, RestartBudget
+from bastion.supervise._supervisor import Outcome, State, Supervisor
+
+__all__ = [
+    "HEARTBEAT_ENV",
+    "Backoff",
+    "Child",
+    "Exit",
+    "Heartbeat",
+    "Outcome",
+    "ProcessSpec",
+    "RestartBudget",
+    "State",
+    "Supervisor",
+    "heartbeat_age",
+]

@@ -1,0 +1,219 @@
+"""One supervised OS process: spawn it in its own process group, watch it, signal it.
+
+Owns: ``ProcessSpec`` (what to run), ``Child`` (one running instance) and ``Exit`` (how it
+ended: code, signal, OOM kill). Every signal goes to the whole process group, so helpers
+the job forked (data loader workers) stop with it.
+
+Must never: restart anything (``_supervisor`` decides that), or use a shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from bastion.errors import UsageError
+from bastion.supervise._heartbeat import HEARTBEAT_ENV, heartbeat_age
+
+__all__ = ["Child", "Exit", "ProcessSpec"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessSpec:
+    """What to run. ``env`` is added to (not a replacement for) the supervisor's env."""
+
+    argv: Sequence[str]
+    cwd: Path | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    name: str = "child"
+    log_path: Path | None = None  # stdout and stderr appended here; None: inherit
+
+    def __post_init__(self) -> None:
+        if not self.argv:
+            raise UsageError(f"{self.name}: the command is empty; give the program to run")
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a child ended. ``code`` is set for a normal exit, ``signal`` for a kill."""
+
+    code: int | None
+    signal: int | None
+    oom_killed: bool = False
+    runtime_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+    @property
+    def reason(self) -> str:
+        if self.oom_killed:
+            return "oom_kill"
+        if self.signal is not None:
+            return f"signal:{signal.Signals(self.signal).name}"
+        return f"exit:{self.code}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "signal": self.signal,
+            "oom_killed": self.oom_killed,
+            "reason": self.reason,
+            "runtime_s": round(self.runtime_s, 4),
+        }
+
+
+def _oom_kills() -> int | None:
+    """The kernel's OOM-kill counter for our cgroup (v2), or None where unreadable.
+
+    A child that dies of SIGKILL while this counter rose was OOM-killed; nothing else in
+    the exit status tells the two apart.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        cgroup = Path("/proc/self/cgroup").read_text().strip().split("::", 1)[-1]
+        events = Path("/sys/fs/cgroup") / cgroup.lstrip("/") / "memory.events"
+        for line in events.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    return None
+
+
+class Child:
+    """A running process started from a ``ProcessSpec``. Non-blocking ``poll()`` makes it
+    usable from asyncio code (call it from a periodic task); ``wait()`` blocks."""
+
+    def __init__(
+        self,
+        spec: ProcessSpec,
+        *,
+        heartbeat_path: Path | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.heartbeat_path = heartbeat_path
+        env = {**os.environ, **spec.env, **(extra_env or {})}
+        if heartbeat_path is not None:
+            heartbeat_path.parent.mkdir(parents=True, exist_ok=True)
+            heartbeat_path.touch()
+            os.utime(heartbeat_path)  # the heartbeat timeout counts from the spawn
+            env[HEARTBEAT_ENV] = str(heartbeat_path)
+        self._oom_before = _oom_kills()
+        self._log: IO[bytes] | None = None
+        out: Any = None
+        if spec.log_path is not None:
+            spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = spec.log_path.open("ab")
+            out = self._log
+        self.started_mono = time.monotonic()
+        try:
+            self._proc = subprocess.Popen(
+                list(spec.argv),
+                cwd=spec.cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if out is not None else None,
+                start_new_session=True,  # own process group: signals reach its helpers too
+            )
+        except FileNotFoundError:
+            self._close_log()
+            raise UsageError(
+                f"{spec.name}: command {spec.argv[0]!r} not found"
+                f"{f' (in {spec.cwd})' if spec.cwd else ''}; check the job's command "
+                "and PATH"
+            ) from None
+        except PermissionError:
+            self._close_log()
+            raise UsageError(
+                f"{spec.name}: command {spec.argv[0]!r} is not executable; "
+                "check its permissions or run it through its interpreter"
+            ) from None
+        self.pid = self._proc.pid
+        self.exit: Exit | None = None
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _finish(self, returncode: int) -> Exit:
+        if self.exit is None:
+            sig = -returncode if returncode < 0 else None
+            oom = False
+            if sig == signal.SIGKILL and self._oom_before is not None:
+                after = _oom_kills()
+                oom = after is not None and after > self._oom_before
+            self.exit = Exit(
+                code=returncode if returncode >= 0 else None,
+                signal=sig,
+                oom_killed=oom,
+                runtime_s=time.monotonic() - self.started_mono,
+            )
+            self._close_log()
+        return self.exit
+
+    def poll(self) -> Exit | None:
+        """Non-blocking: the ``Exit`` if the process has ended, else ``None``."""
+        if self.exit is not None:
+            return self.exit
+        rc = self._proc.poll()
+        return None if rc is None else self._finish(rc)
+
+    def wait(self, timeout: float | None = None) -> Exit | None:
+        """Block up to ``timeout`` seconds for the exit; ``None`` if still running."""
+        try:
+            return self._finish(self._proc.wait(timeout))
+        except subprocess.TimeoutExpired:
+            return None
+
+    @property
+    def running(self) -> bool:
+        return self.poll() is None
+
+    def signal(self, sig: int) -> bool:
+        """Send ``sig`` to the child's process group; ``False`` if it is already gone."""
+        if self.poll() is not None:
+            return False
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def terminate(self, grace_s: float) -> Exit:
+        """SIGTERM, up to ``grace_s`` seconds to exit cleanly, then SIGKILL. Blocking.
+
+        A stopped (SIGSTOP) process cannot act on SIGTERM, so it gets SIGCONT too.
+        """
+        self.signal(signal.SIGTERM)
+        self.signal(signal.SIGCONT)
+        done = self.wait(grace_s)
+        if done is not None:
+            return done
+        self.signal(signal.SIGKILL)
+        done = self.wait(30.0)
+        if done is None:  # pragma: no cover - a process that survives SIGKILL is a kernel bug
+            raise RuntimeError(f"{self.spec.name}: pid {self.pid} survived SIGKILL")
+        return done
+
+    def heartbeat_age(self) -> float | None:
+        return None if self.heartbeat_path is None else heartbeat_age(self.heartbeat_path)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "pid": self.pid,
+            "running": self.exit is None and self.poll() is None,
+            "uptime_s": round(time.monotonic() - self.started_mono, 3),
+            "heartbeat_age_s": self.heartbeat_age(),
+            "exit": self.exit.to_json() if self.exit else None,
+        }

@@ -1,0 +1,65 @@
+"""Heartbeats: the supervised process proves it is making progress by touching a file.
+
+Owns: the heartbeat file protocol. The child calls ``Heartbeat.beat()`` (the checkpoint
+API's step calls do); the supervisor reads the file's mtime.
+
+Why a file and not a pipe or socket: the child must outlive its supervisor (the issue asks
+that a killed supervisor can be started again and pick the job up). A pipe whose reader
+died turns the child's next beat into EPIPE/SIGPIPE and kills a healthy job; a file does
+not care who reads it, survives a supervisor restart, and costs one ``utime`` syscall
+(about a microsecond), rate-limited to ``min_interval_s``. torchelastic's FileTimerServer
+makes the same choice of a filesystem rendezvous for the same reason.
+
+Must never: block the training loop or raise from ``beat()`` (a heartbeat that cannot be
+written is reported by the supervisor as a missing heartbeat, not by crashing training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+__all__ = ["HEARTBEAT_ENV", "Heartbeat", "heartbeat_age"]
+
+HEARTBEAT_ENV = "BASTION_HEARTBEAT_FILE"
+
+
+class Heartbeat:
+    """The child's side. ``Heartbeat.from_env()`` is a no-op when not supervised."""
+
+    def __init__(self, path: str | Path | None, *, min_interval_s: float = 0.05) -> None:
+        self.path = Path(path) if path else None
+        self.min_interval_s = min_interval_s
+        self._last = -1e18
+        self.beats = 0
+
+    @classmethod
+    def from_env(cls, *, min_interval_s: float = 0.05) -> Heartbeat:
+        return cls(os.environ.get(HEARTBEAT_ENV) or None, min_interval_s=min_interval_s)
+
+    def beat(self, *, force: bool = False) -> None:
+        if self.path is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < self.min_interval_s:
+            return
+        self._last = now
+        try:
+            os.utime(self.path)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                self.path.touch()
+        except OSError:
+            return
+        self.beats += 1
+
+
+def heartbeat_age(path: Path, *, now: float | None = None) -> float | None:
+    """Seconds since the last beat (wall clock, as mtime is), or ``None`` if never beaten."""
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return None
+    return max(0.0, (time.time() if now is None else now) - mtime)

@@ -1,0 +1,249 @@
+"""The supervision loop: start a child, watch exit and heartbeat, restart under a budget.
+
+Owns: the lifecycle state machine (``running`` -> ``stopping`` -> ``backoff`` ->
+``running`` ... -> ``succeeded`` | ``failed`` | ``stopped``), hang detection by heartbeat
+age, and the lifecycle callbacks. ``tick()`` is non-blocking and does one step of the
+machine, so asyncio code can drive it from a periodic task; ``run()`` drives it in the
+calling thread; ``start()`` drives it in a daemon thread and reports through ``on_event``
+(call ``loop.call_soon_threadsafe`` from the callback to get back onto an event loop).
+
+Must never: loop forever (the ``RestartBudget`` bounds restarts), block in ``tick()``
+(a hung child is killed by deadline, not by waiting), or know what the child is (a
+training job, a model replica): callers give events their own prefix.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bastion.supervise._child import Child, Exit, ProcessSpec
+from bastion.supervise._policy import Backoff, RestartBudget
+
+__all__ = ["Outcome", "State", "Supervisor"]
+
+State = Literal["idle", "running", "stopping", "backoff", "succeeded", "failed", "stopped"]
+EventCallback = Callable[[str, dict[str, Any]], None]
+SpecFactory = Callable[[int], ProcessSpec]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How supervision ended."""
+
+    state: State
+    attempts: int
+    restarts: int
+    last_exit: Exit | None
+    reason: str
+
+
+class Supervisor:
+    """Run ``spec`` and keep it running.
+
+    ``restart_on="failure"`` (jobs): exit 0 ends supervision as ``succeeded``;
+    ``"always"`` (replicas): any exit is restarted. A missing heartbeat for
+    ``heartbeat_timeout_s`` counts as a hang: SIGTERM, ``grace_s``, SIGKILL, restart.
+    ``spec`` may be a factory ``attempt -> ProcessSpec`` (e.g. to move to another worker
+    slot after a failure).
+
+    Events (``on_event(kind, data)``): ``started``, ``exited``, ``hang``, ``restarting``,
+    ``budget_exhausted``, ``succeeded``, ``stopped``. Each carries ``attempt`` and
+    ``mono_ns`` so recovery time can be split into detect / restart.
+    """
+
+    def __init__(
+        self,
+        spec: ProcessSpec | SpecFactory,
+        *,
+        backoff: Backoff | None = None,
+        budget: RestartBudget | None = None,
+        restart_on: Literal["failure", "always"] = "failure",
+        heartbeat_path: Path | None = None,
+        heartbeat_timeout_s: float | None = None,
+        grace_s: float = 10.0,
+        on_event: EventCallback | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if heartbeat_timeout_s is not None and heartbeat_path is None:
+            raise ValueError("heartbeat_timeout_s needs a heartbeat_path for the child to touch")
+        self._factory: SpecFactory = spec if callable(spec) else (lambda _attempt: spec)
+        self.backoff = backoff or Backoff()
+        self.budget = budget if budget is not None else RestartBudget(max_restarts=10)
+        self.restart_on = restart_on
+        self.heartbeat_path = heartbeat_path
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.grace_s = grace_s
+        self.on_event = on_event
+        self.extra_env = dict(extra_env or {})
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.state: State = "idle"
+        self.child: Child | None = None
+        self.attempts = 0
+        self.restarts = 0
+        self.hangs = 0
+        self.last_exit: Exit | None = None
+        self.reason = ""
+        self._kill_at: float | None = None
+        self._restart_at: float | None = None
+        self._stop_requested = False
+        self._pending_reason = ""
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._done = threading.Event()
+
+    # -- events -------------------------------------------------------------------------
+    def _emit(self, kind: str, **data: Any) -> None:
+        if self.on_event is not None:
+            data.setdefault("attempt", self.attempts)
+            data.setdefault("mono_ns", time.monotonic_ns())
+            self.on_event(kind, data)
+
+    # -- the state machine -----------------------------------------------------------------
+    def _spawn(self) -> None:
+        spec = self._factory(self.attempts)
+        self.attempts += 1
+        env = {**self.extra_env, "BASTION_ATTEMPT": str(self.attempts)}
+        self.child = Child(spec, heartbeat_path=self.heartbeat_path, extra_env=env)
+        self.state = "running"
+        self._emit("started", pid=self.child.pid, argv=list(spec.argv), name=spec.name)
+
+    def _finish(self, state: State, reason: str) -> None:
+        self.state = state
+        self.reason = reason
+        self._done.set()
+
+    def _on_exit(self, exit_: Exit) -> None:
+        self.last_exit = exit_
+        self._kill_at = None
+        hang = self._pending_reason == "hang"
+        self._emit("exited", **exit_.to_json(), hang=hang)
+        if self._stop_requested:
+            self._finish("stopped", "stop requested")
+            self._emit("stopped", reason=self.reason)
+            return
+        if exit_.ok and self.restart_on == "failure" and not hang:
+            self._finish("succeeded", "exit:0")
+            self._emit("succeeded", restarts=self.restarts)
+            return
+        reason = "hang" if hang else exit_.reason
+        self._pending_reason = ""
+        if not self.budget.spend():
+            self._finish(
+                "failed",
+                f"restart budget exhausted after {self.restarts} restarts "
+                f"(last: {reason}); fix the cause, then run it again",
+            )
+            self._emit("budget_exhausted", restarts=self.restarts, last=reason)
+            return
+        delay = self.backoff.delay(self.restarts, self.rng)
+        self.restarts += 1
+        self._restart_at = self.clock() + delay
+        self.state = "backoff"
+        self._emit("restarting", reason=reason, delay_s=round(delay, 4), restarts=self.restarts)
+
+    def tick(self) -> State:
+        """Advance the machine by one non-blocking step and return the state."""
+        with self._lock:
+            now = self.clock()
+            if self.state == "idle":
+                if self._stop_requested:
+                    self._finish("stopped", "stop requested")
+                else:
+                    self._spawn()
+            elif self.state in ("running", "stopping"):
+                assert self.child is not None
+                exit_ = self.child.poll()
+                if exit_ is not None:
+                    self._on_exit(exit_)
+                elif self.state == "stopping":
+                    if self._kill_at is not None and now >= self._kill_at:
+                        self.child.signal(9)
+                        self._kill_at = None
+                elif self._stop_requested:
+                    self._begin_stop("stop")
+                elif self.heartbeat_timeout_s is not None:
+                    age = self.child.heartbeat_age()
+                    if age is not None and age > self.heartbeat_timeout_s:
+                        self.hangs += 1
+                        self._emit("hang", heartbeat_age_s=round(age, 3), pid=self.child.pid)
+                        self._begin_stop("hang")
+            elif self.state == "backoff":
+                if self._stop_requested:
+                    self._finish("stopped", "stop requested")
+                    self._emit("stopped", reason=self.reason)
+                elif self._restart_at is not None and now >= self._restart_at:
+                    self._restart_at = None
+                    self._spawn()
+            return self.state
+
+    def _begin_stop(self, why: str) -> None:
+        assert self.child is not None
+        self._pending_reason = why
+        self.state = "stopping"
+        self.child.signal(15)  # SIGTERM: the job writes its emergency checkpoint
+        self.child.signal(18)  # SIGCONT: a SIGSTOPped child cannot act on SIGTERM otherwise
+        self._kill_at = self.clock() + self.grace_s
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("succeeded", "failed", "stopped")
+
+    def outcome(self) -> Outcome:
+        return Outcome(self.state, self.attempts, self.restarts, self.last_exit, self.reason)
+
+    # -- drivers ---------------------------------------------------------------------------
+    def run(self, *, poll_s: float = 0.02) -> Outcome:
+        """Drive the machine in this thread until it finishes."""
+        while not self.finished:
+            self.tick()
+            if not self.finished:
+                # A poll interval, not synchronisation: the child's exit is observed on
+                # the next tick; 20 ms keeps detection latency well under the 3 s RTO.
+                self._done.wait(poll_s)
+        return self.outcome()
+
+    def start(self, *, poll_s: float = 0.02) -> threading.Thread:
+        """Drive the machine in a daemon thread; events arrive through ``on_event``."""
+        self._thread = threading.Thread(
+            target=self.run, kwargs={"poll_s": poll_s}, name="bastion-supervisor", daemon=True
+        )
+        self._thread.start()
+        return self._thread
+
+    def stop(self, *, wait: bool = True, timeout: float | None = None) -> Outcome:
+        """Ask the child to stop (SIGTERM, grace, SIGKILL) and end supervision."""
+        with self._lock:
+            self._stop_requested = True
+        if self._thread is None:
+            while not self.finished:
+                self.tick()
+                self._done.wait(0.02)
+        elif wait:
+            self._thread.join(timeout)
+        return self.outcome()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until supervision ends; ``True`` if it did within ``timeout``."""
+        return self._done.wait(timeout)
+
+    def statistics(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "state": self.state,
+                "attempts": self.attempts,
+                "restarts": self.restarts,
+                "hangs": self.hangs,
+                "budget": self.budget.statistics(),
+                "child": self.child.statistics() if self.child else None,
+                "last_exit": self.last_exit.to_json() if self.last_exit else None,
+                "reason": self.reason,
+            }

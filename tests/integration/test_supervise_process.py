@@ -1,0 +1,157 @@
+"""Real processes under the supervisor: crash, budget, hang, grace, missing command."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bastion.errors import UsageError
+from bastion.supervise import Backoff, Child, ProcessSpec, RestartBudget, Supervisor
+
+FAST = Backoff(initial=0.01, factor=2.0, cap=0.05, jitter=0.0)
+
+
+def _py(code: str, **kw: Any) -> ProcessSpec:
+    return ProcessSpec(argv=[sys.executable, "-c", code], name="t", **kw)
+
+
+def test_crash_every_time_exhausts_the_budget() -> None:
+    events: list[str] = []
+    sup = Supervisor(
+        _py("raise SystemExit(3)"),
+        backoff=FAST,
+        budget=RestartBudget(max_restarts=2),
+        on_event=lambda k, d: events.append(k),
+    )
+    out = sup.run()
+    assert out.state == "failed"
+    assert out.attempts == 3
+    assert out.last_exit is not None
+    assert out.last_exit.code == 3
+    assert "budget exhausted" in out.reason
+    assert events.count("started") == 3
+    assert events[-1] == "budget_exhausted"
+
+
+def test_restart_until_success(tmp_path: Path) -> None:
+    marker = tmp_path / "n"
+    code = (
+        "import pathlib,sys; p=pathlib.Path(sys.argv[1]); n=int(p.read_text() or 0) "
+        "if p.exists() else 0; p.write_text(str(n+1)); sys.exit(0 if n>=2 else 1)"
+    )
+    spec = ProcessSpec(argv=[sys.executable, "-c", code, str(marker)], name="t")
+    out = Supervisor(spec, backoff=FAST, budget=RestartBudget(max_restarts=5)).run()
+    assert out.state == "succeeded"
+    assert out.restarts == 2
+
+
+def test_signal_death_is_reported_and_restarted() -> None:
+    seen: list[dict[str, Any]] = []
+    sup = Supervisor(
+        _py("import os,signal; os.kill(os.getpid(), signal.SIGKILL)"),
+        backoff=FAST,
+        budget=RestartBudget(max_restarts=1),
+        on_event=lambda k, d: seen.append(d) if k == "exited" else None,
+    )
+    out = sup.run()
+    assert out.state == "failed"
+    assert [d["signal"] for d in seen] == [signal.SIGKILL, signal.SIGKILL]
+    assert seen[0]["reason"] in ("signal:SIGKILL", "oom_kill")
+
+
+def test_hang_detected_by_heartbeat_and_restarted(tmp_path: Path) -> None:
+    # The child beats once, then stops itself (SIGSTOP): a hung job. The supervisor must
+    # notice the silent heartbeat, SIGTERM+SIGCONT it, and restart; the second run exits 0.
+    marker = tmp_path / "ran"
+    code = (
+        "import os,signal,sys,pathlib\n"
+        "from bastion.supervise import Heartbeat\n"
+        "Heartbeat.from_env().beat(force=True)\n"
+        "m=pathlib.Path(sys.argv[1])\n"
+        "if not m.exists():\n"
+        "    m.write_text('1'); os.kill(os.getpid(), signal.SIGSTOP)\n"
+    )
+    kinds: list[str] = []
+    sup = Supervisor(
+        ProcessSpec(argv=[sys.executable, "-c", code, str(marker)], name="t"),
+        backoff=FAST,
+        budget=RestartBudget(max_restarts=2),
+        heartbeat_path=tmp_path / "hb",
+        heartbeat_timeout_s=0.5,
+        grace_s=1.0,
+        on_event=lambda k, d: kinds.append(k),
+    )
+    out = sup.run()
+    assert out.state == "succeeded", out
+    assert "hang" in kinds
+    assert sup.hangs == 1
+
+
+def test_terminate_escalates_to_sigkill_after_grace(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    code = (
+        "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    child = Child(_py(code, log_path=log))
+    # wait until the SIGTERM handler is installed (the child says so) before signalling
+    assert _wait_for(lambda: log.exists() and "ready" in log.read_text())
+    exit_ = child.terminate(grace_s=0.3)
+    assert exit_.signal == signal.SIGKILL
+
+
+def test_missing_command_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="not found"):
+        Child(ProcessSpec(argv=["/nonexistent/bastion-nope"], name="job"))
+
+
+def test_empty_command_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="empty"):
+        ProcessSpec(argv=[], name="job")
+
+
+def test_driven_from_asyncio_with_tick(tmp_path: Path) -> None:
+    async def main() -> str:
+        sup = Supervisor(
+            _py("import time; time.sleep(0.1)"),
+            restart_on="always",
+            backoff=FAST,
+            budget=RestartBudget(max_restarts=1),
+        )
+        while not sup.finished:
+            sup.tick()
+            await asyncio.sleep(0.01)
+        return sup.state
+
+    assert asyncio.run(main()) == "failed"
+
+
+def test_stop_from_another_thread() -> None:
+    kinds: list[str] = []
+    sup = Supervisor(
+        _py("import time; time.sleep(60)"),
+        grace_s=2.0,
+        on_event=lambda k, d: kinds.append(k),
+    )
+    sup.start()
+    assert _wait_for(lambda: "started" in kinds)
+    out = sup.stop(timeout=10)
+    assert out.state == "stopped"
+    assert out.last_exit is not None
+    assert out.last_exit.signal == signal.SIGTERM
+
+
+def _wait_for(cond: Any, timeout: float = 10.0) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False

@@ -1,0 +1,21 @@
+"""Pin the public API of bastion.supervise (the gateway's replica manager depends on it)."""
+
+import bastion.supervise
+
+
+def test_supervise_exports() -> None:
+    assert sorted(bastion.supervise.__all__) == sorted(
+        [
+            "HEARTBEAT_ENV",
+            "Backoff",
+            "Child",
+            "Exit",
+            "Heartbeat",
+            "Outcome",
+            "ProcessSpec",
+            "RestartBudget",
+            "State",
+            "Supervisor",
+            "heartbeat_age",
+        ]
+    )
