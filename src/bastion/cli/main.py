@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         log = _crash_log(exc)
         err_console.print(
             f"[red]internal error:[/red] {escape(type(exc).__name__)}: {escape(str(exc))}\n"
-            f"This is a bug in Bastion. The traceback is in {log}; please report it."
+            f"This is a bug in Bastion. The traceback is in {log}; please report it.",
+            soft_wrap=True,
         )
         sys.exit(3)

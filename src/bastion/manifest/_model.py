@@ -210,7 +210,7 @@ class WorkerSlot(_Strict):
 class Job(_Strict):
     segment: str | None = None
     command: list[str] = Field(min_length=1)
-    workdir: RelPath = Path()
+    workdir: RelPath = Field(default=Path(), validate_default=True)
     env: dict[str, str] = Field(default_factory=dict)
     inputs: dict[str, VaultRef] = Field(default_factory=dict)
     checkpoint: CheckpointPolicy = CheckpointPolicy()
@@ -312,7 +312,7 @@ class Manifest(_Strict):
 
     version: Literal[1]
     system: Id
-    state_dir: RelPath = Path(".bastion")
+    state_dir: RelPath = Field(default=Path(".bastion"), validate_default=True)
     vault: VaultConfig | None = None
     segments: list[Id] = Field(default_factory=list)
     components: list[Component] = Field(default_factory=list)

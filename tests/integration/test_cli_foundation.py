@@ -1,0 +1,102 @@
+"""The foundation's commands, run as a user runs them: a real subprocess each."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLE
+
+
+def bastion(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bastion", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def test_init_makes_a_checkable_manifest_vault_and_private_keys(tmp_path: Path) -> None:
+    proc = bastion("init", str(tmp_path / "sys"), "--system", "shop")
+    assert proc.returncode == 0, proc.stderr
+    root = tmp_path / "sys"
+    assert (root / ".bastion" / "vault" / "a").is_dir()
+    assert (root / ".bastion" / "vault" / "b").is_dir()
+    key = root / ".bastion" / "keys" / "signing.key"
+    assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    check = bastion("check", "-f", str(root / "bastion.yaml"))
+    assert check.returncode == 0, check.stderr
+    assert "system 'shop'" in check.stdout
+    again = bastion("init", str(root))
+    assert again.returncode == 2
+    assert "--force" in again.stderr
+    assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+def test_schema_is_json_schema_with_every_section() -> None:
+    proc = bastion("schema")
+    assert proc.returncode == 0, proc.stderr
+    schema = json.loads(proc.stdout)
+    assert schema["$schema"].endswith("2020-12/schema")
+    for section in (
+        "version",
+        "system",
+        "state_dir",
+        "vault",
+        "segments",
+        "components",
+        "jobs",
+        "services",
+        "slos",
+        "recovery",
+    ):
+        assert section in schema["properties"], section
+    assert schema["additionalProperties"] is False
+
+
+def test_example_manifest_checks() -> None:
+    proc = bastion("check", "-f", str(EXAMPLE / "bastion.yaml"))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_usage_errors_exit_2_without_traceback(tmp_path: Path) -> None:
+    proc = bastion("check", "--no-such-flag")
+    assert proc.returncode == 2
+    missing = bastion("check", "-f", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2
+    assert "Traceback" not in missing.stderr
+    assert "nope.yaml" in missing.stderr
+
+
+def test_unusable_state_dir_is_a_clear_usage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = bastion("events", "--state-dir", str(blocker / "sub"))
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot open the event log" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_internal_error_exits_3_and_names_the_log(capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion.cli.main import app, main
+
+    @app.command("crash-for-test", hidden=True)
+    def crash() -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(SystemExit) as info:
+        main(["crash-for-test"])
+    assert info.value.code == 3
+    err = capsys.readouterr().err
+    assert "internal error" in err
+    assert "RuntimeError: boom" in err
+    log = err.split("traceback is in ")[1].split(";")[0].strip()
+    assert "Traceback" in Path(log).read_text()

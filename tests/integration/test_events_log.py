@@ -1,0 +1,169 @@
+"""The event log: real SQLite, real processes writing at once."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from bastion.errors import UsageError
+from bastion.events import EventLog, parse_since, redact
+
+WRITERS = 6
+PER_WRITER = 150
+
+
+def _writer(path: str, writer: int, start: mp.synchronize.Event) -> None:  # type: ignore[name-defined]
+    log = EventLog(path)
+    start.wait()
+    for i in range(PER_WRITER):
+        log.emit("test.write", subject=f"w{writer}", writer=writer, i=i)
+    log.close()
+
+
+def test_concurrent_writer_processes_lose_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "events.db")
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    procs = [ctx.Process(target=_writer, args=(path, w, start)) for w in range(WRITERS)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    with EventLog(path) as log:
+        events = log.query(kind="test.write")
+    assert len(events) == WRITERS * PER_WRITER
+    seen = {(e.data["writer"], e.data["i"]) for e in events}
+    assert len(seen) == WRITERS * PER_WRITER
+    # Each writer's own events keep their order.
+    for w in range(WRITERS):
+        mine = [e.data["i"] for e in events if e.subject == f"w{w}"]
+        assert mine == list(range(PER_WRITER))
+    ids = [e.id for e in events]
+    assert ids == sorted(ids)
+
+
+def test_wal_mode_and_indexes(tmp_path: Path) -> None:
+    import sqlite3
+
+    EventLog(tmp_path / "e.db").close()
+    conn = sqlite3.connect(tmp_path / "e.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"events_ts", "events_kind"} <= names
+    conn.close()
+
+
+def test_query_filters(tmp_path: Path) -> None:
+    with EventLog(tmp_path / "e.db") as log:
+        log.emit("vault.repaired", subject="a", chunk="x")
+        log.emit("vault.scrub.done", subject="b")
+        log.emit("serve.backend.ejected", subject="a", segment="prod")
+        assert [e.kind for e in log.query(kind="vault.*")] == ["vault.repaired", "vault.scrub.done"]
+        assert [e.kind for e in log.query(kind="vault.repaired")] == ["vault.repaired"]
+        assert [e.kind for e in log.query(subject="a")] == [
+            "vault.repaired",
+            "serve.backend.ejected",
+        ]
+        assert [e.kind for e in log.query(kind="serve.*.ejected")] == ["serve.backend.ejected"]
+        assert log.query(since=parse_since("1h"))[0].kind == "vault.repaired"
+        assert log.query(since=parse_since("2999-01-01T00:00:00")) == []
+        first = log.query()[0]
+        assert log.query(after_id=first.id)[0].kind == "vault.scrub.done"
+        assert first.mono_ns > 0
+        assert first.to_json()["ts"].endswith("+00:00")
+
+
+def test_bad_kind_rejected(tmp_path: Path) -> None:
+    with EventLog(tmp_path / "e.db") as log, pytest.raises(UsageError, match="dotted lower-case"):
+        log.emit("Not A Kind")
+
+
+def test_secrets_are_redacted_before_writing(tmp_path: Path) -> None:
+    with EventLog(tmp_path / "e.db") as log:
+        log.emit("serve.started", headers={"Authorization": "Bearer sk-123"}, api_key="sk-456", n=1)
+    raw = b"".join(f.read_bytes() for f in tmp_path.glob("e.db*"))
+    assert b"sk-123" not in raw
+    assert b"sk-456" not in raw
+    assert redact({"password": "x", "nested": [{"token": "y"}], "ok": 2}) == {
+        "password": "***",
+        "nested": [{"token": "***"}],
+        "ok": 2,
+    }
+
+
+def test_parse_since_errors() -> None:
+    with pytest.raises(UsageError, match="--since"):
+        parse_since("yesterday-ish")
+
+
+def test_follow_sees_events_from_another_writer(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    reader, writer = EventLog(path), EventLog(path)
+    stop = threading.Event()
+    got: list[str] = []
+
+    def consume() -> None:
+        for event in reader.follow(kind="t.*", poll_s=0.01, stop=stop):
+            got.append(event.kind)
+            if len(got) == 3:
+                stop.set()
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    for kind in ("t.a", "x.skip", "t.b", "t.c"):
+        writer.emit(kind)
+    thread.join(timeout=30)
+    assert got == ["t.a", "t.b", "t.c"]
+    reader.close()
+    writer.close()
+
+
+def test_cli_events_json(tmp_path: Path) -> None:
+    with EventLog.in_state_dir(tmp_path) as log:
+        log.emit("vault.repaired", subject="data", chunk="abc")
+        log.emit("train.restarted", subject="job")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bastion",
+            "events",
+            "--state-dir",
+            str(tmp_path),
+            "--kind",
+            "vault.*",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["kind"] for r in rows] == ["vault.repaired"]
+    assert rows[0]["data"] == {"chunk": "abc"}
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bastion",
+            "events",
+            "--state-dir",
+            str(tmp_path),
+            "--since",
+            "soon",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "--since" in bad.stderr
