@@ -1,0 +1,78 @@
+"""Bastion's fault library: real faults, each scoped, each revertible where possible.
+
+The API, in one screen::
+
+    from bastion.drill.faults import Scope, FlipBytes, Ransomware, HangProcess, FaultyUpstream
+
+    scope = Scope.of(pids=[proc.pid], paths=[workdir], ports=[8801])   # the blast radius
+    with FlipBytes(workdir / "ckpt.bin", scope=scope, count=4, seed=seed):
+        ...                                   # injected here; reverted on exit
+    fault = HangProcess(proc.pid, scope=scope); fault.inject(); ...; fault.revert()
+
+Every fault is a ``Fault``: ``inject()`` / ``revert()`` (or a ``with`` block), ``kind``
+(``storage.flip_bytes`` ...), ``statistics()``, and, given ``events=EventLog``, the
+events ``drill.fault.injected`` / ``drill.fault.reverted`` (subject = ``subject=``).
+Each checks its targets against the ``Scope`` in its constructor and raises
+``bastion.errors.ScopeError`` (naming the target and the scope) before changing
+anything; each has a blast-radius limit (``max_files``, ``max_bytes``, ``workers``...).
+
+Families:
+
+- storage: ``FlipBytes``, ``TruncateFile``, ``DeleteFiles``, ``FillDisk``,
+  ``MakeReadOnly``, ``SlowReads``.
+- ransomware: ``Ransomware`` (AES-CTR in place, ``.locked``, a note; ``files_per_s``,
+  ``max_files``; journal/key at ``keyfile`` outside the target), ``restore_from_journal``.
+  As a separate process: ``python -m bastion.drill.faults.ransomware --root DIR
+  --keyfile K [--rate R --max-files N]``; revert with ``--revert --keyfile K``.
+- process: ``KillProcess`` (SIGKILL, or ``sig=SIGTERM``), ``HangProcess`` (SIGSTOP,
+  revert SIGCONT), ``RestartProcess``, ``CpuHog``, ``MemoryHog``; ``wait_exit``.
+- http: ``FaultyUpstream`` (OpenAI-compatible server on 127.0.0.1; ``set_fault`` /
+  ``clear_fault`` or ``POST /_bastion/fault`` at runtime), ``HttpFault`` (status,
+  retry_after, first_byte_delay_s, cut_stream_after, malformed_body, probability,
+  times), ``HttpFaultInjection``. Separate process: ``python -m bastion.drill.faults.http``.
+"""
+
+from __future__ import annotations
+
+from bastion.drill.faults._base import Fault
+from bastion.drill.faults.http import FaultyUpstream, HttpFault, HttpFaultInjection
+from bastion.drill.faults.process import (
+    CpuHog,
+    HangProcess,
+    KillProcess,
+    MemoryHog,
+    RestartProcess,
+    wait_exit,
+)
+from bastion.drill.faults.ransomware import Ransomware, restore_from_journal
+from bastion.drill.faults.scope import Scope
+from bastion.drill.faults.storage import (
+    DeleteFiles,
+    FillDisk,
+    FlipBytes,
+    MakeReadOnly,
+    SlowReads,
+    TruncateFile,
+)
+
+__all__ = [
+    "CpuHog",
+    "DeleteFiles",
+    "Fault",
+    "FaultyUpstream",
+    "FillDisk",
+    "FlipBytes",
+    "HangProcess",
+    "HttpFault",
+    "HttpFaultInjection",
+    "KillProcess",
+    "MakeReadOnly",
+    "MemoryHog",
+    "Ransomware",
+    "RestartProcess",
+    "Scope",
+    "SlowReads",
+    "TruncateFile",
+    "restore_from_journal",
+    "wait_exit",
+]

@@ -1,0 +1,429 @@
+"""The fault-injecting HTTP upstream: an OpenAI-compatible stand-in for a model vendor.
+
+Owns: a real aiohttp server on 127.0.0.1 that answers ``/v1/chat/completions`` (plain and
+SSE streaming), ``/v1/completions`` and ``/v1/models`` as the OpenAI API does, and serves
+the fault it is told to, changeable at runtime (``set_fault`` in-process, or
+``POST /_bastion/fault`` from another process): chosen status codes, 429 with or without
+``Retry-After``, a slow first byte, a stream cut mid-way, a malformed JSON body.
+
+Must never: listen on anything but loopback; answer with a fault nobody asked for (its
+randomness comes from the seed it was given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from bastion.drill.faults._base import Fault
+from bastion.errors import ScopeError, UsageError
+
+if TYPE_CHECKING:
+    from bastion.events import EventLog
+
+__all__ = ["FaultyUpstream", "HttpFault", "HttpFaultInjection", "main"]
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class HttpFault:
+    """What the upstream does to the next requests. Every field defaults to "no fault".
+
+    ``status``: answer with this HTTP status and an OpenAI-style error body.
+    ``retry_after``: with ``status`` (usually 429), send ``Retry-After`` with this many
+    seconds; ``None`` sends no header. ``first_byte_delay_s``: wait before the first byte.
+    ``cut_stream_after``: for ``stream: true``, drop the connection after this many SSE
+    chunks (no ``[DONE]``). ``malformed_body``: answer 200 with a body that is not JSON.
+    ``probability``: the share of requests that get the fault (seeded). ``times``: apply to
+    the next N requests only, then clear itself.
+    """
+
+    status: int | None = None
+    retry_after: float | None = None
+    first_byte_delay_s: float = 0.0
+    cut_stream_after: int | None = None
+    malformed_body: bool = False
+    probability: float = 1.0
+    times: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HttpFault:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise UsageError(
+                f"http fault: unknown field(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
+        fault = cls(**data)
+        if fault.status is not None and not 100 <= int(fault.status) <= 599:
+            raise UsageError(f"http fault: status {fault.status} is not an HTTP status")
+        if not 0.0 <= fault.probability <= 1.0:
+            raise UsageError(f"http fault: probability {fault.probability} must be in [0, 1]")
+        return fault
+
+    def is_none(self) -> bool:
+        return self == HttpFault()
+
+
+@dataclass
+class _Counters:
+    requests: int = 0
+    ok: int = 0
+    faulted: int = 0
+    by_fault: dict[str, int] = field(default_factory=dict)
+
+
+class FaultyUpstream:
+    """An OpenAI-compatible server on 127.0.0.1 whose faults change at runtime.
+
+    ``with FaultyUpstream(name="vendor-b") as up:`` then point a client at
+    ``up.base_url`` (``http://127.0.0.1:PORT/v1``). Every reply carries
+    ``x-bastion-upstream: <name>`` so a test can tell who answered.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "stand-in",
+        model: str = "stand-in-model",
+        reply: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int | None = None,
+        events: EventLog | None = None,
+    ) -> None:
+        if host not in _LOOPBACK:
+            raise ScopeError(
+                f"http upstream: refused to listen on {host}; a drill's stand-in listens "
+                "on 127.0.0.1 only"
+            )
+        self.name = name
+        self.model = model
+        self.reply = reply
+        self.host = host
+        self.port = port
+        self.events = events
+        self._rng = random.Random(seed)
+        self._fault = HttpFault()
+        self._lock = threading.Lock()
+        self._counters = _Counters()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def start(self) -> FaultyUpstream:
+        self._thread = threading.Thread(
+            target=self._serve, name=f"upstream-{self.name}", daemon=True
+        )
+        self._thread.start()
+        if not self._ready.wait(timeout=15):
+            raise UsageError(f"http upstream {self.name}: did not start within 15 s")
+        if self._error is not None:
+            raise UsageError(f"http upstream {self.name}: could not start: {self._error}")
+        return self
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._start_site())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        loop.run_forever()
+        loop.run_until_complete(self._shutdown())
+        loop.close()
+
+    async def _start_site(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_post("/_bastion/fault", self._control_set)
+        app.router.add_delete("/_bastion/fault", self._control_clear)
+        app.router.add_get("/_bastion/stats", self._control_stats)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        # The actual port when 0 was asked for: AppRunner.addresses lists (host, port).
+        self.port = int(self._runner.addresses[0][1])
+
+    async def _shutdown(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> FaultyUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def set_fault(self, fault: HttpFault | None = None, **kwargs: Any) -> None:
+        """Serve ``fault`` (or one built from keyword fields) from the next request on."""
+        new = fault if fault is not None else HttpFault.from_dict(kwargs)
+        with self._lock:
+            self._fault = new
+        if self.events is not None:
+            self.events.emit("drill.http.fault_set", subject=self.name, **asdict(new), url=self.url)
+
+    def clear_fault(self) -> None:
+        self.set_fault(HttpFault())
+
+    @property
+    def fault(self) -> HttpFault:
+        with self._lock:
+            return self._fault
+
+    def _take_fault(self) -> HttpFault | None:
+        with self._lock:
+            fault = self._fault
+            if fault.is_none():
+                return None
+            if fault.probability < 1.0 and self._rng.random() >= fault.probability:
+                return None
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self._fault = HttpFault()
+            return fault
+
+    def statistics(self) -> dict[str, Any]:
+        with self._lock:
+            c = self._counters
+            return {
+                "name": self.name,
+                "url": self.url,
+                "requests": c.requests,
+                "ok": c.ok,
+                "faulted": c.faulted,
+                "by_fault": dict(c.by_fault),
+                "fault": asdict(self._fault),
+            }
+
+    def _count(self, label: str | None) -> None:
+        with self._lock:
+            self._counters.requests += 1
+            if label is None:
+                self._counters.ok += 1
+            else:
+                self._counters.faulted += 1
+                self._counters.by_fault[label] = self._counters.by_fault.get(label, 0) + 1
+
+    # -- handlers --------------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        return {"x-bastion-upstream": self.name}
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "name": self.name}, headers=self._headers())
+
+    async def _models(self, request: web.Request) -> web.Response:
+        body = {
+            "object": "list",
+            "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": self.name}],
+        }
+        return web.json_response(body, headers=self._headers())
+
+    async def _control_set(self, request: web.Request) -> web.Response:
+        try:
+            payload = await request.json()
+            self.set_fault(HttpFault.from_dict(dict(payload)))
+        except (UsageError, ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"fault": asdict(self.fault)})
+
+    async def _control_clear(self, request: web.Request) -> web.Response:
+        self.clear_fault()
+        return web.json_response({"fault": asdict(self.fault)})
+
+    async def _control_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.statistics())
+
+    def _text_for(self, payload: dict[str, Any]) -> str:
+        if self.reply is not None:
+            return self.reply
+        messages = payload.get("messages") or []
+        last = str(messages[-1].get("content", "")) if messages else str(payload.get("prompt", ""))
+        return f"{self.name} says: {last[:200]}"
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        try:
+            payload = await request.json()
+        except ValueError:
+            self._count("bad_request")
+            return web.json_response(
+                {"error": {"message": "body is not JSON", "type": "invalid_request_error"}},
+                status=400,
+                headers=self._headers(),
+            )
+        fault = self._take_fault()
+        if fault is not None and fault.first_byte_delay_s > 0:
+            await asyncio.sleep(fault.first_byte_delay_s)
+        if fault is not None and fault.status is not None:
+            self._count(f"status_{fault.status}")
+            headers = self._headers()
+            if fault.retry_after is not None:
+                headers["Retry-After"] = f"{fault.retry_after:g}"
+            err_type = "rate_limit_error" if fault.status == 429 else "server_error"
+            return web.json_response(
+                {"error": {"message": f"injected {fault.status}", "type": err_type}},
+                status=fault.status,
+                headers=headers,
+            )
+        if fault is not None and fault.malformed_body:
+            self._count("malformed_body")
+            return web.Response(
+                text='{"id": "chatcmpl-x", "choices": [{"message": ',
+                content_type="application/json",
+                headers=self._headers(),
+            )
+        text = self._text_for(payload)
+        created = int(time.time())
+        rid = f"chatcmpl-{self._rng.getrandbits(48):012x}"
+        if payload.get("stream"):
+            return await self._stream(request, rid, created, text, fault)
+        self._count("slow_first_byte" if fault is not None else None)
+        words = len(text.split())
+        body = {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": payload.get("model") or self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 8, "completion_tokens": words, "total_tokens": 8 + words},
+        }
+        return web.json_response(body, headers=self._headers())
+
+    async def _stream(
+        self,
+        request: web.Request,
+        rid: str,
+        created: int,
+        text: str,
+        fault: HttpFault | None,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={**self._headers(), "Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        pieces = [w + " " for w in text.split()] or [""]
+        cut = fault.cut_stream_after if fault is not None else None
+        for i, piece in enumerate(pieces):
+            if cut is not None and i >= cut:
+                self._count("stream_cut")
+                # Drop the connection mid-stream, as a vendor's load balancer does.
+                if request.transport is not None:
+                    request.transport.abort()
+                return resp
+            chunk = {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self.model,
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+            }
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        final = {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
+        await resp.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
+        await resp.write_eof()
+        self._count("slow_first_byte" if fault is not None else None)
+        return resp
+
+
+class HttpFaultInjection(Fault):
+    """A fault on a running ``FaultyUpstream``: inject sets it, revert clears it."""
+
+    kind = "http.fault"
+
+    def __init__(
+        self,
+        upstream: FaultyUpstream,
+        fault: HttpFault,
+        *,
+        events: EventLog | None = None,
+        subject: str = "",
+    ) -> None:
+        super().__init__(events=events, subject=subject or upstream.name)
+        self.upstream = upstream
+        self.fault = fault
+
+    def describe(self) -> dict[str, Any]:
+        return {"upstream": self.upstream.url, **{k: v for k, v in asdict(self.fault).items() if v}}
+
+    def _inject(self) -> dict[str, Any]:
+        self.upstream.set_fault(self.fault)
+        return {}
+
+    def _revert(self) -> dict[str, Any]:
+        self.upstream.clear_fault()
+        return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the upstream as its own process; prints its URL on the first line."""
+    parser = argparse.ArgumentParser(prog="python -m bastion.drill.faults.http")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--name", default="stand-in")
+    parser.add_argument("--model", default="stand-in-model")
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    upstream = FaultyUpstream(name=args.name, model=args.model, port=args.port, seed=args.seed)
+    upstream.start()
+    print(upstream.url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        upstream.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
