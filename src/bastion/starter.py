@@ -6,11 +6,7 @@ manifest or key unless told to (``force``), and never write a key readable by ot
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bastion.errors import UsageError
 
@@ -71,20 +67,13 @@ recovery:                        # targets the drills measure against
 
 
 def write_key(path: Path, *, force: bool = False) -> bool:
-    """Write a new Ed25519 private key (PEM, mode 0600). False if one exists already."""
-    if path.exists() and not force:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.parent.chmod(0o700)
-    pem = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(pem)
-    return True
+    """Write a new Ed25519 private key (PEM, mode 0600) and its ``.pub``.
+
+    False if one exists already. The vault owns key-making (``bastion.vault.make_key``).
+    """
+    from bastion.vault import make_key
+
+    return make_key(path, force=force)
 
 
 def init(directory: Path, *, system: str = "my-system", force: bool = False) -> list[Path]:

@@ -1,0 +1,270 @@
+"""A replica in a local directory (another disk, a NAS mount): the ``Store`` for paths.
+
+Owns: the on-disk form of one replica: ``<root>/<key>`` files, made read-only (0444) the
+moment they are created, and ``<root>/tmp/`` for values being written.
+
+Must never: expose a partial value (a value is written to ``tmp/``, then hard-linked to
+its key, so it appears whole or not at all, and an existing key is never replaced except
+by the vault's repair path), or follow a key outside ``root``.
+
+Why hard links rather than ``rename``: ``link`` fails when the key exists, which makes
+"write once" atomic across processes without a lock; ``rename`` would silently replace.
+"""
+
+# The hot path creates one file per object per replica: plain str paths and os calls
+# avoid building a Path per object, so the pathlib rules are off for this module.
+# ruff: noqa: PTH103, PTH105, PTH108, PTH113, PTH116, PTH118, PTH120, PTH123
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import re
+import secrets
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from bastion.errors import InvalidNameError, NotFoundError, UnavailableError
+from bastion.store._protocol import Buffer
+
+__all__ = ["LocalStore"]
+
+_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]*(/[A-Za-z0-9_][A-Za-z0-9._@-]*)*$")
+_TMP = "tmp"
+# Linux caps one write at 0x7ffff000 bytes; larger views are written in a loop.
+_MAX_WRITE = 0x7FFFF000
+
+_libc: ctypes.CDLL | None
+try:
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+except OSError:  # pragma: no cover - not glibc
+    _libc = None
+
+
+def _syncfs(fd: int) -> None:
+    """Flush one filesystem (not every disk, as ``sync`` would); fall back to ``os.sync``."""
+    if _libc is not None and hasattr(_libc, "syncfs") and _libc.syncfs(fd) == 0:
+        return
+    os.sync()  # pragma: no cover
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LocalStore:
+    """One replica in a directory. Thread-safe; safe across processes (write-once keys)."""
+
+    def __init__(self, root: str | Path, *, create: bool = True) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._stats: dict[str, int] = {
+            "puts": 0,
+            "put_bytes": 0,
+            "put_existing": 0,
+            "gets": 0,
+            "get_bytes": 0,
+            "deletes": 0,
+            "errors": 0,
+        }
+        self._known_dirs: set[str] = set()
+        if create:
+            # A failure is reported by available(); a vault with a replica down still works.
+            with contextlib.suppress(OSError):
+                (self.root / _TMP).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return str(self.root)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def available(self) -> bool:
+        tmp = self.root / _TMP
+        try:
+            if not tmp.is_dir():
+                tmp.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return False
+        return os.access(tmp, os.W_OK | os.X_OK) and os.access(self.root, os.W_OK | os.X_OK)
+
+    def _path(self, key: str) -> str:
+        if not _KEY.match(key) or ".." in key.split("/") or key.split("/", 1)[0] == _TMP:
+            raise InvalidNameError(f"store key {key!r} is not a safe relative key")
+        return os.path.join(self.root, key)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._stats[name] += n
+
+    def put(
+        self, key: str, parts: Sequence[Buffer], *, replace: bool = False, durable: bool = True
+    ) -> bool:
+        path = self._path(key)
+        if not replace and os.path.lexists(path):
+            self._count("put_existing")
+            return False
+        tmp = os.path.join(self.root, _TMP, f"{os.getpid()}-{secrets.token_hex(8)}.tmp")
+        try:
+            # Created read-only (0444) yet writable through this descriptor: no extra chmod.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        except (FileNotFoundError, NotADirectoryError):
+            raise UnavailableError(
+                f"vault replica {self.root}: directory is missing (is the disk mounted?)"
+            ) from None
+        total = 0
+        try:
+            for part in parts:
+                view = memoryview(part).cast("B")
+                while view:
+                    written = os.write(fd, view[:_MAX_WRITE])
+                    total += written
+                    view = view[written:]
+            if durable:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            self._count("errors")
+            raise
+        os.close(fd)
+        try:
+            self._link(tmp, path, replace=replace)
+        except FileExistsError:
+            os.unlink(tmp)
+            self._count("put_existing")
+            return False
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        os.unlink(tmp)
+        if durable:
+            self._fsync_dir(os.path.dirname(path))
+        with self._lock:
+            self._stats["puts"] += 1
+            self._stats["put_bytes"] += total
+        return True
+
+    def _link(self, tmp: str, path: str, *, replace: bool) -> None:
+        parent = os.path.dirname(path)
+        if parent not in self._known_dirs:
+            os.makedirs(parent, exist_ok=True)
+            self._known_dirs.add(parent)
+        if replace:
+            # Keep tmp's name alive for the caller's unlink: link a second name, then swap.
+            swap = f"{tmp}.swap"
+            os.link(tmp, swap)
+            os.replace(swap, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileNotFoundError:
+            self._known_dirs.discard(parent)
+            os.makedirs(parent, exist_ok=True)
+            os.link(tmp, path)
+
+    @staticmethod
+    def _fsync_dir(directory: str) -> None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb", buffering=0) as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            raise NotFoundError(f"{key} is not on vault replica {self.root}") from None
+        except IsADirectoryError:
+            raise NotFoundError(f"{key} is a directory on vault replica {self.root}") from None
+        except PermissionError as exc:
+            raise UnavailableError(f"vault replica {self.root}: cannot read {key}: {exc}") from None
+        with self._lock:
+            self._stats["gets"] += 1
+            self._stats["get_bytes"] += len(data)
+        return data
+
+    def has(self, key: str) -> bool:
+        return os.path.isfile(self._path(key))
+
+    def size(self, key: str) -> int:
+        try:
+            return os.stat(self._path(key)).st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"{key} is not on vault replica {self.root}") from None
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        if prefix and not prefix.endswith("/"):
+            raise InvalidNameError(f"store prefix {prefix!r} must end with '/'")
+        if prefix:
+            self._path(prefix.rstrip("/"))
+        start = os.path.join(self.root, prefix) if prefix else str(self.root)
+        yield from self._walk(start, prefix)
+
+    def _walk(self, directory: str, prefix: str) -> Iterator[str]:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            if not prefix and entry.name == _TMP:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(entry.path, f"{prefix}{entry.name}/")
+            elif entry.is_file(follow_symlinks=False):
+                yield f"{prefix}{entry.name}"
+
+    def delete(self, key: str) -> bool:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            return False
+        self._count("deletes")
+        return True
+
+    def sync(self) -> None:
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            raise UnavailableError(f"vault replica {self.root} is missing") from None
+        try:
+            _syncfs(fd)
+        finally:
+            os.close(fd)
+
+    def clean_tmp(self) -> int:
+        """Remove values a killed writer left in ``tmp/``; return how many.
+
+        Only files of writers that are gone (the pid in the name is not running) are
+        removed, so a concurrent writer in another process keeps its value in progress.
+        """
+        removed = 0
+        for entry in os.scandir(os.path.join(self.root, _TMP)):
+            pid = entry.name.split("-", 1)[0]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def statistics(self) -> dict[str, int | float | str]:
+        with self._lock:
+            return {"url": self.url, **self._stats}

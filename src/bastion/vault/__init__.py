@@ -1,0 +1,14 @@
+"""The artifact vault: content-addressed, replicated, signed snapshots.
+
+``Vault`` commits trees of files as signed, versioned snapshots on every replica, reads
+them back verified (repairing a bad replica from a good one), restores them, moves
+labels, scrubs, and guards working directories against tampering and ransomware.
+"""
+
+from __future__ import annotations
+
+from bastion.vault._keys import make_key
+from bastion.vault._snapshot import ChunkRef, FileEntry, Snapshot
+from bastion.vault._vault import FileSource, Vault
+
+__all__ = ["ChunkRef", "FileEntry", "FileSource", "Snapshot", "Vault", "make_key"]

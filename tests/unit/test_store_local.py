@@ -1,0 +1,57 @@
+"""LocalStore: write once, atomic, read-only objects, safe keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bastion.errors import InvalidNameError, NotFoundError, UnavailableError
+from bastion.store import LocalStore, Store, open_store
+
+
+def test_put_get_has_list_delete(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "r")
+    assert isinstance(store, Store)
+    assert store.available()
+    assert store.put("objects/ab/abc", [b"he", memoryview(b"llo")])
+    assert not store.put("objects/ab/abc", [b"other"])  # write once
+    assert store.get("objects/ab/abc") == b"hello"
+    assert store.size("objects/ab/abc") == 5
+    assert store.has("objects/ab/abc")
+    assert (tmp_path / "r/objects/ab/abc").stat().st_mode & 0o777 == 0o444
+    assert store.put("objects/ab/abc", [b"fixed"], replace=True)
+    assert store.get("objects/ab/abc") == b"fixed"
+    store.put("snapshots/x/_v/0000000001", [b"s"], durable=False)
+    store.sync()
+    assert list(store.list()) == ["objects/ab/abc", "snapshots/x/_v/0000000001"]
+    assert list(store.list("snapshots/")) == ["snapshots/x/_v/0000000001"]
+    assert store.delete("objects/ab/abc")
+    assert not store.delete("objects/ab/abc")
+    with pytest.raises(NotFoundError):
+        store.get("objects/ab/abc")
+    assert list((tmp_path / "r" / "tmp").iterdir()) == []
+    assert store.statistics()["puts"] == 3
+
+
+@pytest.mark.parametrize("key", ["../x", "/abs", "a/../b", "a\x00b", "tmp/x", "a//b", ""])
+def test_unsafe_keys_rejected(tmp_path: Path, key: str) -> None:
+    store = LocalStore(tmp_path / "r")
+    with pytest.raises(InvalidNameError):
+        store.put(key, [b"x"])
+
+
+def test_missing_replica_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    store = open_store(str(tmp_path / "file" / "r"))
+    assert not store.available()
+    with pytest.raises(UnavailableError):
+        store.put("objects/aa/x", [b"x"])
+
+
+def test_only_local_urls_for_now(tmp_path: Path) -> None:
+    from bastion.errors import UsageError
+
+    with pytest.raises(UsageError):
+        open_store("s3://bucket/prefix")
+    assert isinstance(open_store(f"file://{tmp_path}"), LocalStore)

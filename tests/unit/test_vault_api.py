@@ -1,0 +1,20 @@
+"""Pins the public API of bastion.vault and bastion.store: changing it must be deliberate."""
+
+from __future__ import annotations
+
+import bastion.store
+import bastion.vault
+
+
+def test_vault_public_names() -> None:
+    assert sorted(bastion.vault.__all__) == sorted(
+        ["ChunkRef", "FileEntry", "FileSource", "Snapshot", "Vault", "make_key"]
+    )
+    for name in bastion.vault.__all__:
+        assert hasattr(bastion.vault, name)
+
+
+def test_store_public_names() -> None:
+    assert sorted(bastion.store.__all__) == ["Buffer", "LocalStore", "Store", "open_store"]
+    for name in bastion.store.__all__:
+        assert hasattr(bastion.store, name)

@@ -1,0 +1,196 @@
+"""The vault's library API: commit, snapshot, read, versions, labels, restore, repair."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from bastion.errors import IntegrityError, InvalidNameError, NotFoundError, UnavailableError
+from bastion.events import EventLog
+from bastion.vault import Snapshot, Vault, make_key
+from bastion.vault._objects import object_key
+
+
+@pytest.fixture
+def vault(tmp_path: Path) -> Vault:
+    key = tmp_path / "keys" / "signing.key"
+    admin = tmp_path / "keys" / "admin.key"
+    make_key(key)
+    make_key(admin)
+    return Vault(
+        [tmp_path / "a", tmp_path / "b"],
+        key_path=key,
+        admin_key_path=admin,
+        state_dir=tmp_path / "state",
+        events=EventLog.in_state_dir(tmp_path / "state"),
+    )
+
+
+def test_commit_read_roundtrip_and_versions(vault: Vault, tmp_path: Path) -> None:
+    big = os.urandom(3 << 20) + b"x" * (2 << 20)
+    src = tmp_path / "weights.bin"
+    src.write_bytes(big)
+    one = vault.commit("model/digits", {"model.json": b'{"a": 1}', "w.bin": src}, meta={"acc": 0.9})
+    assert isinstance(one, Snapshot)
+    assert (one.name, one.version) == ("model/digits", 1)
+    assert one.files["w.bin"].size == len(big)
+    assert len(one.files["w.bin"].chunks) >= 2
+    two = vault.commit("model/digits", {"model.json": b'{"a": 2}', "w.bin": memoryview(big)})
+    assert two.version == 2
+    assert two.parents == (one.id,)
+    assert vault.read("model/digits@1", "model.json") == b'{"a": 1}'
+    assert vault.read("model/digits", "model.json") == b'{"a": 2}'
+    assert vault.read("model/digits@latest", "w.bin") == big
+    assert vault.read(two, "w.bin") == big
+    assert [s.version for s in vault.versions("model/digits")] == [1, 2]
+    assert vault.names() == ["model/digits"]
+    assert vault.names("dataset/") == []
+    assert vault.snapshot("model/digits@1").meta == {"acc": 0.9}
+    assert vault.snapshot("model/digits@1").id == one.id
+    # the second commit wrote no new big chunks: every chunk of w.bin deduplicated
+    assert vault.statistics()["chunks_dedup"] >= len(two.files["w.bin"].chunks)
+    events = vault.events.query(kind="vault.put") if vault.events else []
+    assert [e.data["version"] for e in events] == [1, 2]
+
+
+def test_labels_move_and_latest_follows_commits(vault: Vault) -> None:
+    vault.commit("model/m", {"f": b"1"})
+    vault.commit("model/m", {"f": b"2"})
+    vault.label("model/m", 1, "prod")
+    assert vault.read("model/m@prod", "f") == b"1"
+    vault.label("model/m", 2, "prod")
+    assert vault.read("model/m@prod", "f") == b"2"
+    assert vault.labels("model/m") == {"latest": 2, "prod": 2}
+    vault.commit("ckpt/job/step-000400", {"f": b"c"}, labels=())
+    assert vault.snapshot("ckpt/job/step-000400").version == 1
+    with pytest.raises(NotFoundError):
+        vault.snapshot("model/m@staging")
+    with pytest.raises(NotFoundError):
+        vault.snapshot("model/none")
+    with pytest.raises(NotFoundError):
+        vault.read("model/m", "missing.bin")
+
+
+@pytest.mark.parametrize(
+    "name", ["model/../x", "/abs/model", "model/a\x00b", "model\\x", "nokind/x", "model"]
+)
+def test_bad_names_rejected(vault: Vault, name: str) -> None:
+    with pytest.raises(InvalidNameError):
+        vault.commit(name, {"f": b"1"})
+
+
+@pytest.mark.parametrize("path", ["../x", "/etc/passwd", "a/../../x", "a\x00b", "", "a//b"])
+def test_bad_file_paths_rejected(vault: Vault, path: str) -> None:
+    with pytest.raises(InvalidNameError):
+        vault.commit("dataset/d", {path: b"1"})
+    assert vault.names() == []
+
+
+def test_concurrent_commits_get_dense_versions(vault: Vault) -> None:
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            vault.commit("ckpt/j", {"f": str(i).encode() * 1000})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert [s.version for s in vault.versions("ckpt/j")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_read_repairs_a_damaged_replica(vault: Vault, tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    snap = vault.commit("dataset/d", {"x.bin": data})
+    digest = snap.files["x.bin"].chunks[0].id
+    path = tmp_path / "a" / object_key(digest)
+    path.chmod(0o644)
+    raw = bytearray(path.read_bytes())
+    raw[1000] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert vault.read("dataset/d", "x.bin") == data
+    assert vault.events is not None
+    assert vault.events.query(kind="vault.repaired")
+    assert (tmp_path / "a" / object_key(digest)).read_bytes() == (
+        tmp_path / "b" / object_key(digest)
+    ).read_bytes()
+    # damaged everywhere: never served
+    for replica in ("a", "b"):
+        target = tmp_path / replica / object_key(digest)
+        target.chmod(0o644)
+        target.write_bytes(b"\x00garbage")
+    with pytest.raises(IntegrityError):
+        vault.read("dataset/d", "x.bin")
+
+
+def test_forged_snapshot_rejected(vault: Vault, tmp_path: Path) -> None:
+    vault.commit("model/m", {"f": b"good"})
+    for replica in ("a", "b"):
+        doc = tmp_path / replica / "snapshots/model/m/_v/0000000001"
+        doc.chmod(0o644)
+        doc.write_bytes(doc.read_bytes().replace(b'"meta":{}', b'"meta":{"x":1}'))
+    with pytest.raises(IntegrityError):
+        vault.snapshot("model/m@1")
+    with pytest.raises((IntegrityError, NotFoundError)):
+        vault.read("model/m", "f")
+
+
+def test_forged_snapshot_on_one_replica_is_repaired(vault: Vault, tmp_path: Path) -> None:
+    vault.commit("model/m", {"f": b"good"})
+    doc = tmp_path / "a" / "snapshots/model/m/_v/0000000001"
+    doc.chmod(0o644)
+    doc.write_bytes(doc.read_bytes()[:-3])
+    assert vault.read("model/m@1", "f") == b"good"
+    assert doc.read_bytes() == (tmp_path / "b" / "snapshots/model/m/_v/0000000001").read_bytes()
+
+
+def test_restore_is_bit_identical(vault: Vault, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.csv").write_text("1,2,3\n" * 5000)
+    (src / "sub" / "b.bin").write_bytes(os.urandom(2_500_000))
+    files = {p.relative_to(src).as_posix(): p for p in src.rglob("*") if p.is_file()}
+    vault.commit("dataset/d", files)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "README-ransom.txt").write_text("pay")
+    vault.restore("dataset/d", dest, clean=True)
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+        "a.csv",
+        "sub/b.bin",
+    ]
+    for rel, original in files.items():
+        assert (dest / rel).read_bytes() == original.read_bytes()
+
+
+def test_replica_down_is_degraded_not_fatal(tmp_path: Path) -> None:
+    key = tmp_path / "signing.key"
+    make_key(key)
+    blocker = tmp_path / "down"
+    blocker.write_text("not a directory")
+    events = EventLog.in_state_dir(tmp_path / "state")
+    vault = Vault([tmp_path / "a", blocker / "b"], key_path=key, events=events)
+    snap = vault.commit("dataset/d", {"f": b"data"})
+    assert vault.read(snap, "f") == b"data"
+    assert vault.degraded() == [str(blocker / "b")]
+    assert events.query(kind="vault.degraded")
+    only_down = Vault([blocker / "c"], key_path=key)
+    with pytest.raises(UnavailableError):
+        only_down.commit("dataset/d", {"f": b"data"})
+
+
+def test_objects_are_read_only_and_content_addressed(vault: Vault, tmp_path: Path) -> None:
+    snap = vault.commit("dataset/d", {"t.txt": b"hello " * 1000})
+    digest = snap.files["t.txt"].chunks[0].id
+    for replica in ("a", "b"):
+        path = tmp_path / replica / object_key(digest)
+        assert path.stat().st_mode & 0o777 == 0o444
+        assert path.read_bytes()[:1] == b"\x01"  # compressible: stored with zstd
