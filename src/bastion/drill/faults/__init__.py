@@ -30,12 +30,17 @@ Families:
   ``clear_fault`` or ``POST /_bastion/fault`` at runtime), ``HttpFault`` (status,
   retry_after, first_byte_delay_s, cut_stream_after, malformed_body, probability,
   times), ``HttpFaultInjection``. Separate process: ``python -m bastion.drill.faults.http``.
+- network: ``TcpFaultProxy`` (127.0.0.1 -> an upstream port in scope), ``Toxic`` (type
+  latency | bandwidth | timeout | reset_peer | slicer | limit_data, Toxiproxy's names and
+  attributes), ``ToxicFault`` (and ``ToxicFault.down(proxy)``); ``add_toxic`` /
+  ``remove_toxic`` / ``set_down`` take effect on open connections.
 """
 
 from __future__ import annotations
 
 from bastion.drill.faults._base import Fault
 from bastion.drill.faults.http import FaultyUpstream, HttpFault, HttpFaultInjection
+from bastion.drill.faults.network import TcpFaultProxy, Toxic, ToxicFault
 from bastion.drill.faults.process import (
     CpuHog,
     HangProcess,
@@ -72,6 +77,9 @@ __all__ = [
     "RestartProcess",
     "Scope",
     "SlowReads",
+    "TcpFaultProxy",
+    "Toxic",
+    "ToxicFault",
     "TruncateFile",
     "restore_from_journal",
     "wait_exit",
