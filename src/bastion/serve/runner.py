@@ -1,0 +1,135 @@
+"""Running gateways and backend processes: in a thread (tests, demo, benchmark) or in the
+foreground (``bastion serve``).
+
+Owns: ``GatewayThread`` (a gateway on its own event loop in a daemon thread, started and
+stopped from synchronous code), ``spawn_server`` (start a ``PORT <n>``-printing server
+process and wait for its port), and ``specs_for`` (a manifest service's remote backends
+as upstream specs).
+
+Must never: bind anything but the address it was given; leave a process behind on error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from bastion.errors import UnavailableError
+from bastion.manifest import Service
+from bastion.serve.gateway import Gateway
+from bastion.serve.pool import UpstreamSpec
+
+__all__ = ["GatewayThread", "spawn_server", "specs_for", "stop_server"]
+
+T = TypeVar("T")
+
+
+def specs_for(service: Service) -> list[UpstreamSpec]:
+    """Upstream specs for the service's remote (``url:``) backends."""
+    specs = []
+    for backend in service.backends:
+        if backend.url is None:
+            continue
+        key = os.environ.get(backend.api_key_env) if backend.api_key_env else None
+        specs.append(
+            UpstreamSpec(
+                name=backend.name,
+                url=backend.url,
+                group=backend.name,
+                tier=backend.tier_index,
+                model_name=backend.model_name,
+                api_key=key,
+                kind="remote",
+            )
+        )
+    return specs
+
+
+class GatewayThread:
+    """Run ``gateway`` on a private event loop in a daemon thread."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="gateway", daemon=True)
+
+    def __enter__(self) -> GatewayThread:
+        self._thread.start()
+        self.call(self.gateway.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    def run(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
+        """Run a plain function on the gateway's loop (the pool is not thread-safe)."""
+
+        async def wrapper() -> T:
+            return fn()
+
+        result: T = self.call(wrapper(), timeout)
+        return result
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.call(self.gateway.close())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+            self.loop.close()
+
+
+def spawn_server(
+    argv: Sequence[str], *, timeout_s: float = 30.0, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], int]:
+    """Start a server process that prints ``PORT <n>`` once listening; return it and n."""
+    proc = subprocess.Popen(
+        [sys.executable, *argv] if argv[0] == "-m" else list(argv),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    deadline = time.monotonic() + timeout_s
+    assert proc.stdout is not None
+    line = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("PORT "):
+            return proc, int(line.split()[1])
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    proc.wait()
+    raise UnavailableError(
+        f"server {' '.join(argv)} did not report its port within {timeout_s:g} s "
+        f"(last line: {line.strip()!r}); run it by hand to see why"
+    )
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    """Kill a process from ``spawn_server`` (SIGCONT first, in case a test stopped it)."""
+    import signal
+
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
