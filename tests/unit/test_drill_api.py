@@ -8,8 +8,11 @@ import bastion.drill.faults as faults
 def test_faults_public_names() -> None:
     assert sorted(faults.__all__) == sorted(
         [
+            "CorruptWeights",
             "CpuHog",
+            "DataFault",
             "DeleteFiles",
+            "DistributionShift",
             "Fault",
             "FaultyUpstream",
             "FillDisk",
@@ -18,16 +21,21 @@ def test_faults_public_names() -> None:
             "HttpFault",
             "HttpFaultInjection",
             "KillProcess",
+            "LabelFlip",
             "MakeReadOnly",
             "MemoryHog",
+            "NanInjection",
             "Ransomware",
             "RestartProcess",
+            "SchemaBreak",
             "Scope",
             "SlowReads",
+            "SwapModel",
             "TcpFaultProxy",
             "Toxic",
             "ToxicFault",
             "TruncateFile",
+            "degrade",
             "restore_from_journal",
             "wait_exit",
         ]

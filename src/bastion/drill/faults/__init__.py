@@ -34,12 +34,27 @@ Families:
   latency | bandwidth | timeout | reset_peer | slicer | limit_data, Toxiproxy's names and
   attributes), ``ToxicFault`` (and ``ToxicFault.down(proxy)``); ``add_toxic`` /
   ``remove_toxic`` / ``set_down`` take effect on open connections.
+- data (CSV shards; ``copy_to=`` damages a copy, else in place with revert):
+  ``LabelFlip``, ``SchemaBreak`` (drop/rename/extra column, reorder, bad_type),
+  ``DistributionShift`` (``x*scale+offset``), ``NanInjection``; ``fraction``, ``seed``,
+  ``max_rows``.
+- model (safetensors): ``CorruptWeights`` (``mode`` nan | zero, ``fraction``,
+  ``tensors``), ``SwapModel`` (a degraded version in place of the good one),
+  ``degrade(src, dst, noise=)`` to make that version.
 """
 
 from __future__ import annotations
 
 from bastion.drill.faults._base import Fault
+from bastion.drill.faults.data import (
+    DataFault,
+    DistributionShift,
+    LabelFlip,
+    NanInjection,
+    SchemaBreak,
+)
 from bastion.drill.faults.http import FaultyUpstream, HttpFault, HttpFaultInjection
+from bastion.drill.faults.model import CorruptWeights, SwapModel, degrade
 from bastion.drill.faults.network import TcpFaultProxy, Toxic, ToxicFault
 from bastion.drill.faults.process import (
     CpuHog,
@@ -61,8 +76,11 @@ from bastion.drill.faults.storage import (
 )
 
 __all__ = [
+    "CorruptWeights",
     "CpuHog",
+    "DataFault",
     "DeleteFiles",
+    "DistributionShift",
     "Fault",
     "FaultyUpstream",
     "FillDisk",
@@ -71,16 +89,21 @@ __all__ = [
     "HttpFault",
     "HttpFaultInjection",
     "KillProcess",
+    "LabelFlip",
     "MakeReadOnly",
     "MemoryHog",
+    "NanInjection",
     "Ransomware",
     "RestartProcess",
+    "SchemaBreak",
     "Scope",
     "SlowReads",
+    "SwapModel",
     "TcpFaultProxy",
     "Toxic",
     "ToxicFault",
     "TruncateFile",
+    "degrade",
     "restore_from_journal",
     "wait_exit",
 ]
