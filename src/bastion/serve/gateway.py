@@ -48,9 +48,10 @@ from bastion.serve.admission import PRIORITIES, Admission, QueueFull
 from bastion.serve.metrics import GatewayMetrics
 from bastion.serve.pool import Pool, Upstream, UpstreamSpec
 
-__all__ = ["DEADLINE_HEADER", "PRIORITY_HEADER", "Gateway"]
+__all__ = ["BACKEND_HEADER", "DEADLINE_HEADER", "PRIORITY_HEADER", "Gateway"]
 
 DEADLINE_HEADER = "x-bastion-deadline-ms"
+BACKEND_HEADER = "x-bastion-backend"
 PRIORITY_HEADER = "x-bastion-priority"
 MAX_BODY = 4 * 1024 * 1024
 _JSON = "application/json"
@@ -76,6 +77,7 @@ class _Answer:
     status: int
     body: bytes
     content_type: str
+    backend: str
 
 
 def _error(
@@ -285,7 +287,12 @@ class Gateway:
             return answer
         code = answer.status
         self._responses["2xx" if code < 400 else ("4xx" if code < 500 else "5xx")].inc()
-        return web.Response(status=code, body=answer.body, content_type=answer.content_type)
+        return web.Response(
+            status=code,
+            body=answer.body,
+            content_type=answer.content_type,
+            headers={BACKEND_HEADER: answer.backend},
+        )
 
     def _body_for(self, up: Upstream, body: bytes, obj: dict[str, Any]) -> bytes:
         name = up.spec.model_name
@@ -373,7 +380,7 @@ class Gateway:
             self.hedge.observe(elapsed)
             if up.breaker.state != "closed" or up.breaker.failures_in_row:
                 self.pool.succeed(up)
-            return _Answer(status, data, ctype or _JSON)
+            return _Answer(status, data, ctype or _JSON, up.name)
         up.limit.release(None)
         if status == 429:
             after = _retry_after(retry_after)
@@ -386,7 +393,7 @@ class Gateway:
         # The client's own error: pass it through, the backend is fine.
         if up.breaker.failures_in_row:
             self.pool.succeed(up)
-        return _Answer(status, data, ctype or _JSON)
+        return _Answer(status, data, ctype or _JSON, up.name)
 
     async def _unary(
         self, path: str, body: bytes, obj: dict[str, Any], priority: int, deadline: float
@@ -630,7 +637,12 @@ class Gateway:
         ttft: float,
     ) -> web.StreamResponse:
         out = web.StreamResponse(
-            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                BACKEND_HEADER: up.name,
+            },
         )
         await out.prepare(request)
         sent = len(first)

@@ -1,0 +1,324 @@
+"""Fault tests for the gateway under steady load from real clients.
+
+Replicas are real ``bastion.serve.replica`` processes (a small random MLP of the example's
+format); vendors are the drill capability's fault-injecting OpenAI upstream. Every test
+prints its seed (the ``seed`` fixture); the seed picks which replica is hurt and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import openai
+import pytest
+
+from bastion.drill.faults.http import FaultyUpstream
+from bastion.manifest import GatewayPolicy
+from bastion.serve import Gateway, GatewayThread, UpstreamSpec, spawn_server, stop_server
+
+PIXELS = ",".join(["8"] * 64)
+
+
+def write_model(directory: Path, seed: int) -> Path:
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(seed)
+    tensors = {
+        "0.weight": rng.normal(size=(64, 64)).astype(np.float32),
+        "0.bias": np.zeros(64, np.float32),
+        "2.weight": rng.normal(size=(10, 64)).astype(np.float32),
+        "2.bias": np.zeros(10, np.float32),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.safetensors").write_bytes(save(tensors))
+    meta = {
+        "arch": "mlp",
+        "layers": [64, 64, 10],
+        "activation": "relu",
+        "input_scale": 1 / 16,
+        "labels": list(range(10)),
+    }
+    (directory / "model.json").write_text(json.dumps(meta))
+    return directory
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, seed: int) -> Iterator[list[tuple[subprocess.Popen[str], int]]]:
+    model = write_model(tmp_path / "model", seed)
+    procs: list[tuple[subprocess.Popen[str], int]] = []
+    try:
+        argv = ["-m", "bastion.serve.replica", "model/digits@test", "--dir", str(model)]
+        procs.extend(spawn_server(argv) for _ in range(3))
+        yield procs
+    finally:
+        for proc, _ in procs:
+            stop_server(proc)
+
+
+def make_gateway(
+    ports: list[int], policy: GatewayPolicy, *, tier: int = 0, prefix: str = "r"
+) -> Gateway:
+    gw = Gateway("digits", policy, probe_interval_s=0.2, probe_timeout_s=0.2)
+    for i, port in enumerate(ports):
+        gw.add_upstream(
+            UpstreamSpec(
+                name=f"{prefix}{i}",
+                url=f"http://127.0.0.1:{port}",
+                group="local",
+                tier=tier,
+                kind="local",
+                probe_path="/health",
+            )
+        )
+    return gw
+
+
+class Load:
+    """Steady load from a plain HTTP loop (aiohttp, in its own thread) and the openai
+    client (in another), counting every failed request and every latency."""
+
+    def __init__(self, url: str, *, http_concurrency: int = 4) -> None:
+        self.url = url
+        self.concurrency = http_concurrency
+        self.ok = 0
+        self.failed: list[str] = []
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=lambda: asyncio.run(self._http()), daemon=True),
+            threading.Thread(target=self._openai, daemon=True),
+        ]
+
+    async def _http(self) -> None:
+        body = json.dumps({"inputs": [[8] * 64]}).encode()
+        async with aiohttp.ClientSession() as session:
+
+            async def worker() -> None:
+                while not self._stop.is_set():
+                    t0 = time.perf_counter()
+                    try:
+                        async with session.post(
+                            self.url + "/v1/predict",
+                            data=body,
+                            headers={"Content-Type": "application/json"},
+                            timeout=aiohttp.ClientTimeout(total=10),
+                        ) as r:
+                            await r.read()
+                            if r.status != 200:
+                                self.failed.append(f"http {r.status}")
+                                continue
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        self.failed.append(f"http {exc!r}")
+                        continue
+                    self.latencies.append(time.perf_counter() - t0)
+                    self.ok += 1
+
+            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+
+    def _openai(self) -> None:
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key="x", max_retries=0, timeout=10)
+        while not self._stop.is_set():
+            try:
+                reply = client.chat.completions.create(
+                    model="digits", messages=[{"role": "user", "content": PIXELS}]
+                )
+                assert reply.choices[0].message.content is not None
+                self.ok += 1
+            except openai.OpenAIError as exc:
+                self.failed.append(f"openai {exc!r}")
+
+    def wait_for(self, n: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        target = self.ok + n
+        while self.ok < target:
+            assert time.monotonic() < deadline, f"load stalled at {self.ok} ok, {self.failed[:3]}"
+            time.sleep(0.01)
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=20)
+
+
+def _wait(cond: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def _healthy(gw: GatewayThread, n: int) -> bool:
+    return (
+        gw.run(
+            lambda: sum(
+                1
+                for u in gw.gateway.pool.upstreams.values()
+                if u.breaker.state == "closed" and not u.needs_probe
+            )
+        )
+        >= n
+    )
+
+
+def test_sigkill_one_of_three_replicas_no_request_fails(
+    replicas: list[tuple[subprocess.Popen[str], int]], rng: random.Random
+) -> None:
+    gw = make_gateway([p for _, p in replicas], GatewayPolicy(timeout_ms=3000, hedge="p95"))
+    with GatewayThread(gw) as thread, Load(thread.url) as load:
+        load.wait_for(200)
+        victim_i = rng.randrange(3)
+        victim, _ = replicas[victim_i]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        load.wait_for(300)
+        stats = thread.run(gw.statistics)
+    assert load.failed == [], load.failed[:5]
+    dead = stats["pool"]["upstreams"][victim_i]
+    assert dead["breaker"]["state"] != "closed"
+
+
+def test_sigstop_one_replica_keeps_p99_bounded(
+    replicas: list[tuple[subprocess.Popen[str], int]], rng: random.Random
+) -> None:
+    gw = make_gateway([p for _, p in replicas], GatewayPolicy(timeout_ms=3000, hedge="p95"))
+    with GatewayThread(gw) as thread, Load(thread.url) as load:
+        load.wait_for(200)
+        victim, _ = replicas[rng.randrange(3)]
+        before = len(load.latencies)
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            load.wait_for(400)
+            after = sorted(load.latencies[before:])
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+    assert load.failed == [], load.failed[:5]
+    p99 = after[int(len(after) * 0.99)]
+    # Bounded: well under the 3 s attempt timeout a stuck replica would otherwise cost.
+    assert p99 < 1.0, f"p99 {p99 * 1000:.0f} ms with one replica stopped"
+
+
+def test_fallback_tier_serves_when_every_primary_is_down(
+    replicas: list[tuple[subprocess.Popen[str], int]], seed: int
+) -> None:
+    gw = make_gateway([p for _, p in replicas[:2]], GatewayPolicy(timeout_ms=3000))
+    with FaultyUpstream(name="vendor-b", seed=seed) as vendor:
+        gw.add_upstream(UpstreamSpec(name="vendor-b", url=vendor.url, group="vendor-b", tier=1))
+        with GatewayThread(gw) as thread:
+            _wait(lambda: _healthy(thread, 3))
+            for proc, _ in replicas[:2]:
+                proc.kill()
+                proc.wait()
+            client = openai.OpenAI(base_url=thread.url + "/v1", api_key="x", max_retries=0)
+            served_by = set()
+            for _ in range(20):
+                raw = client.chat.completions.with_raw_response.create(
+                    model="digits", messages=[{"role": "user", "content": PIXELS}]
+                )
+                served_by.add(raw.headers.get("x-bastion-backend"))
+    assert "vendor-b" in served_by
+
+
+@pytest.mark.parametrize(
+    ("fault", "expect"),
+    [
+        ({"status": 429}, "other"),
+        ({"status": 500}, "other"),
+        ({"malformed_body": True}, "other"),
+        ({"first_byte_delay_s": 2.0}, "other-stream"),
+        ({"cut_stream_after": 2}, "error-event"),
+    ],
+)
+def test_vendor_faults(seed: int, fault: dict[str, object], expect: str) -> None:
+    policy = GatewayPolicy(timeout_ms=3000, ttft_timeout_ms=300, stall_timeout_ms=500)
+    gw = Gateway("digits", policy, probe_interval_s=5)
+    with (
+        FaultyUpstream(name="bad", seed=seed) as bad,
+        FaultyUpstream(name="good", seed=seed) as good,
+    ):
+        gw.add_upstream(UpstreamSpec(name="bad", url=bad.url))
+        gw.add_upstream(UpstreamSpec(name="good", url=good.url))
+        bad.set_fault(**fault)
+        with GatewayThread(gw) as thread:
+            client = openai.OpenAI(base_url=thread.url + "/v1", api_key="x", max_retries=0)
+            stream = expect != "other"
+            cut_errors = 0
+            for _ in range(16):
+                if not stream:
+                    raw = client.chat.completions.with_raw_response.create(
+                        model="m", messages=[{"role": "user", "content": "hi"}]
+                    )
+                    assert raw.headers.get("x-bastion-backend") == "good"
+                    continue
+                chunks = client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+                )
+                if expect == "other-stream":
+                    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                    continue
+                # A stream cut after bytes reached the client cannot resume elsewhere: it
+                # must end with a clear error, or (once the bad vendor is ejected) succeed.
+                try:
+                    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                    assert text
+                except openai.APIError as exc:
+                    assert "cannot resume" in str(exc)
+                    cut_errors += 1
+            errors = thread.run(
+                lambda: gw.metrics.registry.get_sample_value(
+                    "bastion_gateway_backend_errors_total", {"service": "digits", "backend": "bad"}
+                )
+            )
+    assert errors is not None
+    assert errors >= 1
+    if expect == "error-event":
+        assert cut_errors >= 1  # the cut reached the client as an error, not a truncation
+
+
+def test_burst_is_shed_with_429_and_bounded_memory_then_recovers(seed: int) -> None:
+    policy = GatewayPolicy(timeout_ms=2000, max_queue=32, queue_timeout_ms=50)
+    gw = Gateway("digits", policy, probe_interval_s=5)
+    with FaultyUpstream(name="slow", seed=seed) as slow:
+        slow.set_fault(first_byte_delay_s=0.05)
+        up = gw.add_upstream(UpstreamSpec(name="slow", url=slow.url, initial_limit=8))
+        up.limit.max_limit = 8
+        with GatewayThread(gw) as thread:
+
+            async def burst(n: int) -> list[int]:
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+
+                    async def one() -> int:
+                        async with s.post(
+                            thread.url + "/v1/chat/completions", json={"model": "m", "messages": []}
+                        ) as r:
+                            await r.read()
+                            if r.status in (429, 503):
+                                assert r.headers.get("Retry-After")
+                            return r.status
+
+                    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+            codes = asyncio.run(burst(10 * 8 * 4))
+            stats = thread.run(gw.statistics)
+            assert set(codes) <= {200, 429, 503}, set(codes)
+            assert codes.count(200) >= 8
+            assert codes.count(429) + codes.count(503) > 0
+            assert stats["admission"]["peak"] <= 32
+            # Recovered: once the burst ends, requests pass again.
+            after = asyncio.run(burst(4))
+            assert after == [200] * 4
