@@ -8,7 +8,7 @@ import bastion.vault
 
 def test_vault_public_names() -> None:
     assert sorted(bastion.vault.__all__) == sorted(
-        ["ChunkRef", "FileEntry", "FileSource", "Snapshot", "Vault", "make_key"]
+        ["ChunkRef", "FileEntry", "FileSource", "ScrubReport", "Snapshot", "Vault", "make_key"]
     )
     for name in bastion.vault.__all__:
         assert hasattr(bastion.vault, name)

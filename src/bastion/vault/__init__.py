@@ -8,7 +8,16 @@ labels, scrubs, and guards working directories against tampering and ransomware.
 from __future__ import annotations
 
 from bastion.vault._keys import make_key
+from bastion.vault._scrub import ScrubReport
 from bastion.vault._snapshot import ChunkRef, FileEntry, Snapshot
 from bastion.vault._vault import FileSource, Vault
 
-__all__ = ["ChunkRef", "FileEntry", "FileSource", "Snapshot", "Vault", "make_key"]
+__all__ = [
+    "ChunkRef",
+    "FileEntry",
+    "FileSource",
+    "ScrubReport",
+    "Snapshot",
+    "Vault",
+    "make_key",
+]

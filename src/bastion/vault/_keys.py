@@ -94,6 +94,7 @@ class Verifier:
     def __init__(self, key: Ed25519PublicKey) -> None:
         self._key = key
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.raw = raw
         self.key_id = raw.hex()[:16]
 
     @classmethod

@@ -121,13 +121,18 @@ def encode(view: memoryview, *, compress: bool = True) -> Encoded:
     return Encoded(RAW, view)
 
 
-def decode(stored: bytes, digest: str, *, limit: int = 64 << 20) -> bytes:
-    """Plaintext of a stored object, verified against ``digest``; IntegrityError if not."""
+def decode(stored: bytes, digest: str, *, limit: int = 64 << 20) -> bytes | memoryview:
+    """Plaintext of a stored object, verified against ``digest``; IntegrityError if not.
+
+    A raw object comes back as a view into ``stored`` (no copy: reads and scrub of
+    incompressible checkpoints are bound by memory bandwidth).
+    """
     if not stored:
         raise IntegrityError(f"object {digest[:16]}: empty (truncated)")
     header = stored[:1]
+    data: bytes | memoryview
     if header == RAW:
-        data = stored[1:]
+        data = memoryview(stored)[1:]
     elif header == ZSTD:
         try:
             data = _decompressor().decompress(stored[1:], max_output_size=limit)

@@ -45,6 +45,7 @@ from bastion.errors import (
     BastionError,
     IntegrityError,
     NotFoundError,
+    ScopeError,
     UnavailableError,
     UsageError,
 )
@@ -72,6 +73,7 @@ from bastion.vault._snapshot import (
 if TYPE_CHECKING:
     from bastion.events import EventLog
     from bastion.manifest import Manifest
+    from bastion.vault._scrub import ScrubReport
 
 __all__ = ["FileSource", "Vault"]
 
@@ -79,6 +81,7 @@ FileSource = bytes | bytearray | memoryview | Path
 _VERSION_WIDTH = 10
 _MMAP_FROM = 1 << 20
 _WORKERS = max(4, 2 * (os.cpu_count() or 2))
+_ADMIN_PIN = "config/admin.pub"
 
 
 def _versions_prefix(name: str) -> str:
@@ -126,6 +129,7 @@ class Vault:
         self.events = events
         self.quorum = quorum
         self.subject = subject
+        self._retention: dict[str, int] = {}
         self._signer: Signer | None = None
         self._verifier: Verifier | None = None
         self._commit_lock = threading.Lock()
@@ -156,7 +160,7 @@ class Vault:
             from bastion.events import EventLog
 
             events = EventLog.in_state_dir(state)
-        return cls(
+        vault = cls(
             config.replicas,
             key_path=config.key or state / "keys" / "signing.key",
             admin_key_path=config.admin_key or state / "keys" / "admin.key",
@@ -164,10 +168,13 @@ class Vault:
             events=events,
             quorum=config.quorum,
         )
+        vault._retention = dict(config.retention)
+        return vault
 
     # ----------------------------------------------------------------- plumbing
 
     def _emit(self, kind: str, subject: str | None = None, **data: Any) -> None:
+        # subject is the artifact name when there is one, so `bastion events` can filter.
         if self.events is not None:
             self.events.emit(kind, subject=subject or self.subject, **data)
 
@@ -297,6 +304,8 @@ class Vault:
                 )
             for label in labels:
                 self._write_label(name, label, version, snap_id, published)
+            if version == 1 or not all(s.has(_ADMIN_PIN) for s in published):
+                self._pin_admin(published)
         seconds = time.perf_counter() - started
         snap = Snapshot(**{**snap.__dict__, "id": snap_id})
         size = snap.size
@@ -634,7 +643,7 @@ class Vault:
 
     # --------------------------------------------------------------------- read
 
-    def fetch(self, digest: str, *, context: str = "") -> bytes:
+    def fetch(self, digest: str, *, context: str = "") -> bytes | memoryview:
         """A chunk's plaintext, verified; a bad or missing replica copy is repaired."""
         key = object_key(digest)
         bad: list[tuple[Store, str]] = []
@@ -691,7 +700,8 @@ class Vault:
             )
         self._count(reads=1)
         context = f"{snap.ref}:{path}"
-        return b"".join(self.fetch(c.id, context=context) for c in entry.chunks)
+        # One list, one join: the chunks are views, so the file is copied exactly once.
+        return b"".join([self.fetch(c.id, context=context) for c in entry.chunks])
 
     def restore(
         self,
@@ -757,6 +767,97 @@ class Vault:
         )
         return snap
 
+    # ------------------------------------------------------------- maintenance
+
+    def scrub(
+        self,
+        *,
+        repair: bool = True,
+        max_seconds: float | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ScrubReport:
+        """Verify every object on every replica (``repair``: fix bad copies from good)."""
+        from bastion.vault._scrub import scrub
+
+        return scrub(self, repair=repair, max_seconds=max_seconds, progress=progress)
+
+    def lineage(self, ref: str) -> dict[str, Any]:
+        """What produced ``ref``: ``{root, nodes: {ref: info}, edges: [[child, parent]]}``."""
+        return _lineage(self, ref)
+
+    def _admin(self) -> Signer:
+        """The admin key, checked against the one pinned in the replicas at first commit."""
+        if self.admin_key_path is None:
+            raise ScopeError(
+                "deleting needs the vault's admin key (vault.admin_key in bastion.yaml); "
+                "a writer key can add but not destroy"
+            )
+        admin = Signer(self.admin_key_path, role="admin")
+        for store in self.available_stores():
+            with contextlib.suppress(NotFoundError):
+                if store.get(_ADMIN_PIN) != admin.public_bytes():
+                    raise ScopeError(
+                        f"{self.admin_key_path} is not this vault's admin key (pinned in "
+                        f"{store.url}/{_ADMIN_PIN}); nothing was deleted"
+                    )
+        return admin
+
+    def _pin_admin(self, stores: Sequence[Store]) -> None:
+        if self.admin_key_path is None:
+            return
+        try:
+            raw = Verifier.for_key_file(self.admin_key_path, "admin").raw
+        except UsageError:
+            return  # no admin key here (a writer-only host): another host pins it
+        for store in stores:
+            with contextlib.suppress(OSError, BastionError):
+                store.put(_ADMIN_PIN, [raw], durable=True)
+
+    def gc(self, *, keep_last: int | None = None, grace_s: float = 3600.0) -> dict[str, int]:
+        """Drop old versions (beyond ``keep_last`` per name, unless labelled) and every
+        object no remaining snapshot needs. Needs the admin key.
+
+        ``grace_s``: objects younger than this are kept, so a commit in flight (whose
+        objects are written before its snapshot) is never robbed.
+        """
+        self._admin()
+        if keep_last is None:
+            keep_last = int(self._retention.get("keep_last", 0)) or None
+        dropped = removed = kept = 0
+        with self._publish_lock():
+            stores = self.available_stores()
+            needed: set[str] = set()
+            for name in self.names():
+                snaps = self.versions(name)
+                labelled = set(self.labels(name).values())
+                cut = len(snaps) - keep_last if keep_last else 0
+                for index, snap in enumerate(snaps):
+                    if index < cut and snap.version not in labelled:
+                        for store in stores:
+                            store.delete(_version_key(name, snap.version))
+                        dropped += 1
+                        self._emit("vault.deleted", subject=name, ref=snap.ref, snapshot=snap.id)
+                    else:
+                        needed.update(snap.chunk_ids())
+            horizon = time.time() - grace_s
+            for store in stores:
+                for key in list(store.list("objects/")):
+                    digest = key.rsplit("/", 1)[-1]
+                    if digest in needed:
+                        kept += 1
+                        continue
+                    if isinstance(store, LocalStore):
+                        with contextlib.suppress(FileNotFoundError):
+                            if (store.root / key).stat().st_mtime > horizon:
+                                continue
+                    if store.delete(key):
+                        removed += 1
+                if isinstance(store, LocalStore):
+                    store.clean_tmp()
+        result = {"snapshots_deleted": dropped, "objects_deleted": removed, "objects_kept": kept}
+        self._emit("vault.gc", subject=self.subject, **result)
+        return result
+
     @staticmethod
     def _clean(root: Path, keep: set[Path]) -> None:
         for dirpath, dirnames, filenames in os.walk(root, topdown=False):
@@ -769,3 +870,37 @@ class Vault:
                 if not any(k.is_relative_to(path) for k in keep):
                     with contextlib.suppress(OSError):
                         path.rmdir()
+
+
+def _lineage(vault: Vault, ref: str, depth: int = 32) -> dict[str, Any]:
+    root = vault.snapshot(ref)
+    nodes: dict[str, dict[str, Any]] = {}
+    edges: list[list[str]] = []
+    todo: list[tuple[str, Snapshot | None, int]] = [(root.ref, root, 0)]
+    while todo:
+        key, snap, level = todo.pop()
+        if key in nodes:
+            continue
+        if snap is None:
+            nodes[key] = {"ref": key, "in_vault": False}
+            continue
+        nodes[key] = {
+            "ref": snap.ref,
+            "in_vault": True,
+            "id": snap.id,
+            "created": snap.created.isoformat(timespec="seconds"),
+            "meta": dict(snap.meta),
+            "files": len(snap.files),
+            "bytes": snap.size,
+        }
+        if level >= depth:
+            continue
+        for parent in snap.lineage:
+            try:
+                found: Snapshot | None = vault.snapshot(parent)
+            except (NotFoundError, IntegrityError):
+                found = None
+            target = found.ref if found is not None else parent
+            edges.append([snap.ref, target])
+            todo.append((target, found, level + 1))
+    return {"root": root.ref, "nodes": nodes, "edges": edges}

@@ -1,0 +1,213 @@
+"""Scrub: read every object on every replica, verify it, and repair what a good copy allows.
+
+Owns: the scrub pass (all at once, or budgeted with ``max_seconds`` and resumed from a
+cursor saved in the state directory, so a large vault is covered over several runs), its
+report, and the ``vault.scrub.*`` events.
+
+Must never: "repair" from bytes that did not verify, count an object as fine without
+hashing it, or treat an unreferenced leftover of a killed write as data loss.
+
+Like restic's ``check --read-data`` it reads everything; unlike it, it repairs from
+another replica instead of stopping at the report, and it can be spread over runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bastion.errors import BastionError, IntegrityError, NotFoundError
+from bastion.vault._objects import decode, object_key
+from bastion.vault._snapshot import decode_document
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from bastion.store import Store
+    from bastion.vault._vault import Vault
+
+__all__ = ["ScrubReport", "scrub"]
+
+
+@dataclass
+class ScrubReport:
+    """What one scrub pass saw. ``complete``: this run reached the end of the vault."""
+
+    replicas: int = 0
+    objects: int = 0
+    copies_checked: int = 0
+    bytes_checked: int = 0
+    snapshots: int = 0
+    bad_copies: int = 0
+    repaired: int = 0
+    unrecoverable: list[str] = field(default_factory=list)
+    bad_snapshots: list[str] = field(default_factory=list)
+    orphans: int = 0
+    seconds: float = 0.0
+    complete: bool = True
+    resumed_from: str = ""
+    cursor: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.unrecoverable and not self.bad_snapshots
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.bytes_checked / 1e9 / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok, "gb_per_s": round(self.gb_per_s, 3)}
+
+
+def _check_snapshots(
+    vault: Vault, stores: list[Store], repair: bool, report: ScrubReport
+) -> set[str]:
+    """Verify every snapshot document on every replica; return every referenced chunk."""
+    referenced: set[str] = set()
+    keys: set[str] = set()
+    for store in stores:
+        keys.update(k for k in store.list("snapshots/") if "/_v/" in k or "/_l/" in k)
+    for key in sorted(keys):
+        good: bytes | None = None
+        bad: list[tuple[Store, str]] = []
+        for store in stores:
+            try:
+                stored = store.get(key)
+                decode_document(stored, vault.verifier, f"{store.url}/{key}")
+            except NotFoundError:
+                bad.append((store, "missing"))
+                continue
+            except (IntegrityError, OSError) as exc:
+                bad.append((store, str(exc)))
+                continue
+            good = good or stored
+        if good is None:
+            report.bad_snapshots.append(key)
+            vault._emit("vault.integrity.failed", key=key, error="no replica has a valid copy")
+            continue
+        if repair:
+            for store, why in bad:
+                vault._repair(store, key, good, why, context="scrub")
+                report.repaired += 1
+        else:
+            report.bad_copies += len(bad)
+        if "/_v/" in key:
+            report.snapshots += 1
+            name, _, version = key.removeprefix("snapshots/").partition("/_v/")
+            try:
+                snap = vault.snapshot(f"{name}@{int(version)}")
+            except BastionError:
+                report.bad_snapshots.append(key)
+                continue
+            referenced.update(snap.chunk_ids())
+    return referenced
+
+
+def _cursor_file(vault: Vault) -> Path | None:
+    return vault.state_dir / "scrub-cursor.json" if vault.state_dir else None
+
+
+def scrub(
+    vault: Vault,
+    *,
+    repair: bool = True,
+    max_seconds: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ScrubReport:
+    """Verify every object on every reachable replica; repair bad copies when ``repair``."""
+    started = time.perf_counter()
+    report = ScrubReport()
+    stores = vault.available_stores()
+    report.replicas = len(stores)
+    vault._emit("vault.scrub.started", repair=repair, max_seconds=max_seconds)
+    referenced = _check_snapshots(vault, stores, repair=repair, report=report)
+    present = [{k.rsplit("/", 1)[-1] for k in s.list("objects/")} for s in stores]
+    digests = sorted(set().union(referenced, *present))
+    cursor_path = _cursor_file(vault)
+    cursor = ""
+    if max_seconds is not None and cursor_path is not None and cursor_path.exists():
+        cursor = str(json.loads(cursor_path.read_text()).get("cursor", ""))
+        report.resumed_from = cursor
+    for digest in digests:
+        if cursor and digest <= cursor:
+            continue
+        # Checked after at least one object, so every budgeted run makes progress.
+        spent = time.perf_counter() - started
+        if report.objects and max_seconds is not None and spent > max_seconds:
+            report.complete = False
+            break
+        _scrub_object(
+            vault,
+            stores=stores,
+            present=present,
+            digest=digest,
+            referenced=digest in referenced,
+            repair=repair,
+            report=report,
+        )
+        report.cursor = digest
+        if progress is not None:
+            progress(1)
+    if cursor_path is not None:
+        state = {"cursor": "" if report.complete else report.cursor, "ts": time.time()}
+        tmp = cursor_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(cursor_path)
+    report.seconds = time.perf_counter() - started
+    vault._emit("vault.scrub.completed", **report.to_json())
+    return report
+
+
+def _scrub_object(
+    vault: Vault,
+    *,
+    stores: list[Store],
+    present: list[set[str]],
+    digest: str,
+    referenced: bool,
+    repair: bool,
+    report: ScrubReport,
+) -> None:
+    key = object_key(digest)
+    good: bytes | None = None
+    bad: list[tuple[Store, str]] = []
+    report.objects += 1
+    for index, store in enumerate(stores):
+        if digest not in present[index]:
+            bad.append((store, "missing"))
+            continue
+        try:
+            stored = store.get(key)
+            data = decode(stored, digest)
+        except (IntegrityError, NotFoundError, OSError) as exc:
+            bad.append((store, str(exc)))
+            report.copies_checked += 1
+            continue
+        report.copies_checked += 1
+        report.bytes_checked += len(data)
+        if good is None:
+            good = stored
+    if not referenced and good is None:
+        report.orphans += 1  # left by a killed write and never published: not data
+        return
+    if not referenced:
+        report.orphans += 1
+        bad = [(s, why) for s, why in bad if why != "missing"]
+    if good is None:
+        report.unrecoverable.append(digest)
+        vault._emit(
+            "vault.unrecoverable",
+            object=digest,
+            context="scrub",
+            replicas={s.url: why for s, why in bad},
+        )
+        return
+    report.bad_copies += len(bad)
+    if repair:
+        for store, why in bad:
+            vault._repair(store, key, good, why, context="scrub")
+            report.repaired += 1

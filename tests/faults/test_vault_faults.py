@@ -1,0 +1,174 @@
+"""Storage faults against the vault: damage on one replica is repaired; everywhere is
+unrecoverable and never served; a SIGKILLed put leaves no partial snapshot.
+
+The damage is done with ``bastion.drill.faults`` (FlipBytes, TruncateFile, DeleteFiles).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from bastion.drill.faults import DeleteFiles, FlipBytes, Scope, TruncateFile
+from bastion.errors import IntegrityError
+from bastion.events import EventLog
+from bastion.vault import Vault, make_key
+from bastion.vault._objects import object_key
+
+
+def _vault(tmp_path: Path) -> Vault:
+    key = tmp_path / "keys" / "signing.key"
+    make_key(key)
+    make_key(tmp_path / "keys" / "admin.key")
+    return Vault(
+        [tmp_path / "a", tmp_path / "b"],
+        key_path=key,
+        admin_key_path=tmp_path / "keys" / "admin.key",
+        state_dir=tmp_path / "state",
+        events=EventLog.in_state_dir(tmp_path / "state"),
+    )
+
+
+def _dataset(rng: random.Random) -> dict[str, bytes]:
+    files = {}
+    for i in range(12):
+        if i % 3 == 0:
+            files[f"bin/{i}.bin"] = rng.randbytes(rng.randint(1, 600_000))
+        else:
+            files[f"csv/{i}.csv"] = "".join(
+                f"{rng.random():.6f},{rng.randint(0, 9)}\n" for _ in range(rng.randint(1, 20000))
+            ).encode()
+    return files
+
+
+def test_damage_on_one_replica_is_repaired_by_reads_and_scrub(
+    tmp_path: Path, rng: random.Random
+) -> None:
+    vault = _vault(tmp_path)
+    files = _dataset(rng)
+    snap = vault.commit("dataset/d", files)
+    objects = sorted({c.id for f in snap.files.values() for c in f.chunks})
+    victims = rng.sample(objects, min(6, len(objects)))
+    replica = tmp_path / rng.choice(["a", "b"])
+    scope = Scope.of(paths=[replica])
+    paths = [replica / object_key(d) for d in victims]
+    for p in paths:
+        p.chmod(0o644)
+    FlipBytes(paths[0:2], scope=scope, count=3, seed=rng.randint(0, 2**31), max_files=2).inject()
+    TruncateFile(paths[2:4], scope=scope, keep_fraction=0.3, max_files=2).inject()
+    DeleteFiles(paths[4:6], scope=scope, max_files=2).inject()
+    # reads serve good bytes (repairing what they touch on the first replica they try)
+    for path, data in files.items():
+        assert vault.read("dataset/d", path) == data
+    # scrub repairs whatever reads did not reach; afterwards nothing is bad anywhere
+    report = vault.scrub(repair=True)
+    assert report.ok, report
+    assert vault.events is not None
+    assert len(vault.events.query(kind="vault.repaired")) >= len(victims)
+    assert vault.scrub(repair=False).bad_copies == 0
+    # fresh damage found by scrub alone (no read first)
+    victim = replica / object_key(victims[0])
+    victim.chmod(0o644)
+    FlipBytes(victim, scope=scope, count=5, seed=rng.randint(0, 2**31)).inject()
+    missing = replica / object_key(victims[1])
+    DeleteFiles(missing, scope=scope).inject()
+    report = vault.scrub(repair=True)
+    assert report.ok
+    assert report.repaired >= 2
+    assert vault.scrub(repair=False).bad_copies == 0
+    for path, data in files.items():
+        assert vault.read("dataset/d", path) == data
+
+
+def test_damage_on_every_replica_is_unrecoverable_and_not_served(
+    tmp_path: Path, rng: random.Random
+) -> None:
+    vault = _vault(tmp_path)
+    files = _dataset(rng)
+    snap = vault.commit("dataset/d", files)
+    path = rng.choice(sorted(snap.files))
+    digest = snap.files[path].chunks[0].id
+    for replica in ("a", "b"):
+        target = tmp_path / replica / object_key(digest)
+        target.chmod(0o644)
+        FlipBytes(target, scope=Scope.of(paths=[target]), count=2, seed=rng.randint(0, 99)).inject()
+    with pytest.raises(IntegrityError):
+        vault.read("dataset/d", path)
+    report = vault.scrub(repair=True)
+    assert not report.ok
+    assert digest in report.unrecoverable
+    assert vault.events is not None
+    assert vault.events.query(kind="vault.unrecoverable")
+
+
+def test_budgeted_scrub_resumes_and_covers_everything(tmp_path: Path, rng: random.Random) -> None:
+    vault = _vault(tmp_path)
+    vault.commit("dataset/d", _dataset(rng))
+    first = vault.scrub(repair=False, max_seconds=0.0)
+    assert not first.complete
+    seen = first.objects
+    for _ in range(200):
+        more = vault.scrub(repair=False, max_seconds=0.0)
+        seen += more.objects
+        if more.complete:
+            break
+    full = vault.scrub(repair=False)
+    assert full.complete
+    assert seen >= full.objects
+
+
+_PUT = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from bastion.vault import Vault
+    root = Path(sys.argv[1])
+    vault = Vault([root / "a", root / "b"], key_path=root / "keys" / "signing.key",
+                  state_dir=root / "state")
+    data = {f"f{i}.bin": os.urandom(200_000 + i) for i in range(12)}
+    print("ready", flush=True)
+    vault.commit("dataset/k", data)
+    print("done", flush=True)
+    """
+)
+
+
+def test_put_killed_at_random_points_leaves_a_consistent_vault(
+    tmp_path: Path, rng: random.Random
+) -> None:
+    vault = _vault(tmp_path)
+    vault.commit("dataset/k", {"seed.bin": b"seed"})
+    script = tmp_path / "put.py"
+    script.write_text(_PUT)
+    trials, completed = 50, 0
+    for _ in range(trials):
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0, 0.15))  # the kill point is the random variable here
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        for snap in vault.versions("dataset/k"):
+            if snap.version > 1:
+                assert len(snap.files) == 12, "a partial snapshot became visible"
+                completed += 1
+    # every visible snapshot reads back fully verified; versions are dense
+    versions = vault.versions("dataset/k")
+    assert [s.version for s in versions] == list(range(1, len(versions) + 1))
+    for snap in versions:
+        for path in snap.files:
+            assert len(vault.read(snap, path)) == snap.files[path].size
+    report = vault.scrub(repair=False)
+    assert report.ok, report
+    print(f"{trials} kills, {len(versions) - 1} puts had completed before their kill")
