@@ -14,23 +14,36 @@ from __future__ import annotations
 
 from bastion.serve._events import EventSink
 from bastion.serve.admission import PRIORITIES, Admission, QueueFull
-from bastion.serve.gateway import DEADLINE_HEADER, PRIORITY_HEADER, Gateway
+from bastion.serve.gateway import BACKEND_HEADER, DEADLINE_HEADER, PRIORITY_HEADER, Gateway
 from bastion.serve.pool import Pool, Upstream, UpstreamSpec
-from bastion.serve.runner import GatewayThread, spawn_server, specs_for, stop_server
+from bastion.serve.replicas import Autoscaler, ReplicaSet
+from bastion.serve.runner import (
+    GatewayThread,
+    run_services,
+    spawn_server,
+    specs_for,
+    status,
+    stop_server,
+)
 
 __all__ = [
+    "BACKEND_HEADER",
     "DEADLINE_HEADER",
     "PRIORITIES",
     "PRIORITY_HEADER",
     "Admission",
+    "Autoscaler",
     "EventSink",
     "Gateway",
     "GatewayThread",
     "Pool",
     "QueueFull",
+    "ReplicaSet",
     "Upstream",
     "UpstreamSpec",
+    "run_services",
     "spawn_server",
     "specs_for",
+    "status",
     "stop_server",
 ]

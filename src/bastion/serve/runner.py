@@ -22,12 +22,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from bastion.errors import UnavailableError
-from bastion.manifest import Service
+from bastion.errors import NotFoundError, UnavailableError, UsageError
+from bastion.manifest import Manifest, Service
 from bastion.serve.gateway import Gateway
 from bastion.serve.pool import UpstreamSpec
 
-__all__ = ["GatewayThread", "spawn_server", "specs_for", "stop_server"]
+__all__ = ["GatewayThread", "run_services", "spawn_server", "specs_for", "status", "stop_server"]
 
 T = TypeVar("T")
 
@@ -133,3 +133,73 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
     proc.wait()
     if proc.stdout is not None:
         proc.stdout.close()
+
+
+async def run_services(manifest: Manifest, names: Sequence[str], *, stop: asyncio.Event) -> None:
+    """Run the named services' gateways (with their local replica sets) until ``stop``."""
+    from bastion.serve._events import EventSink
+    from bastion.serve.replicas import ReplicaSet
+
+    if manifest.path is None:
+        raise UsageError("bastion serve needs a manifest loaded from a file")
+    gateways: list[Gateway] = []
+    sets: list[ReplicaSet] = []
+    sink = EventSink(manifest.state_dir)
+    try:
+        for name in names:
+            service = manifest.services.get(name)
+            if service is None:
+                known = ", ".join(manifest.services) or "none"
+                raise NotFoundError(f"service {name!r} is not in {manifest.path} (known: {known})")
+            host, _, port = service.listen.rpartition(":")
+            gw = Gateway(
+                name,
+                service.policy,
+                segment=service.segment or "",
+                events=sink,
+                host=host,
+                port=int(port),
+            )
+            for spec in specs_for(service):
+                gw.add_upstream(spec)
+            sets.extend(
+                ReplicaSet(
+                    gw,
+                    backend,
+                    manifest_path=manifest.path,
+                    log_dir=manifest.state_dir / "serve" / name,
+                )
+                for backend in service.backends
+                if backend.model is not None
+            )
+            gateways.append(gw)
+        for gw in gateways:
+            await gw.start()
+        for rs in sets:
+            await rs.start()
+        await stop.wait()
+    finally:
+        for rs in sets:
+            await rs.close()
+        for gw in gateways:
+            await gw.close()
+        sink.close()
+
+
+def status(manifest: Manifest, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Ask each named service's running gateway for its statistics (``/bastion/status``)."""
+    import json
+    import urllib.request
+
+    out = []
+    for name in names:
+        service = manifest.services.get(name)
+        if service is None:
+            raise NotFoundError(f"service {name!r} is not in the manifest")
+        url = f"http://{service.listen}/bastion/status"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                out.append(json.loads(resp.read()))
+        except OSError as exc:
+            out.append({"service": name, "listen": service.listen, "down": str(exc)})
+    return out

@@ -1,0 +1,214 @@
+"""Local replica sets: spawn, self-heal and autoscale ``bastion.serve.replica`` processes.
+
+Owns: ``Autoscaler`` (pure: min/max replicas, scale on in-flight concurrency plus queue
+depth per replica, with a cool-down so it does not flap) and ``ReplicaSet`` (one manifest
+backend with ``model:``; each replica is a ``bastion.supervise.Supervisor`` with
+``restart_on="always"`` and a windowed restart budget). A replica that exits is marked
+``needs_probe`` at once (no traffic), restarted by the supervisor on the same port, and
+rejoins only after its ``/health`` probe passes.
+
+Must never: supervise processes by itself (that is ``bastion.supervise``'s job), or let
+a restarted replica take traffic before its probe passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bastion.manifest import Backend
+from bastion.resilience import monotonic
+from bastion.resilience._clock import Clock
+from bastion.serve.gateway import Gateway
+from bastion.serve.pool import UpstreamSpec
+from bastion.supervise import Backoff, ProcessSpec, RestartBudget, Supervisor
+
+__all__ = ["Autoscaler", "ReplicaSet"]
+
+
+@dataclass
+class Autoscaler:
+    """Desired replicas from load: ceil((in_flight + queued) / target_per_replica)."""
+
+    min_replicas: int
+    max_replicas: int
+    target_per_replica: float = 8.0
+    cooldown_s: float = 10.0
+    clock: Clock = monotonic
+    last_change: float = field(default=-1e9)
+    decisions: int = 0
+
+    def decide(self, current: int, in_flight: int, queued: int) -> int:
+        want = (
+            math.ceil((in_flight + queued) / self.target_per_replica) if in_flight + queued else 0
+        )
+        want = max(self.min_replicas, min(self.max_replicas, want))
+        if current < self.min_replicas:
+            return self.min_replicas  # healing below the floor never waits for a cool-down
+        if want == current or self.clock() - self.last_change < self.cooldown_s:
+            return current
+        # Scale down one at a time (capacity leaves gently), up all at once (bursts).
+        target = want if want > current else current - 1
+        self.last_change = self.clock()
+        self.decisions += 1
+        return target
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "min": self.min_replicas,
+            "max": self.max_replicas,
+            "target_per_replica": self.target_per_replica,
+            "decisions": self.decisions,
+        }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ReplicaSet:
+    def __init__(
+        self,
+        gateway: Gateway,
+        backend: Backend,
+        *,
+        manifest_path: Path,
+        log_dir: Path,
+        autoscaler: Autoscaler | None = None,
+    ) -> None:
+        assert backend.model is not None
+        self.gateway = gateway
+        self.backend = backend
+        self.manifest_path = manifest_path
+        self.log_dir = log_dir
+        self.autoscaler = autoscaler or Autoscaler(backend.replicas.min, backend.replicas.max)
+        self.replicas: dict[str, Supervisor] = {}
+        self._next = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _spawn(self) -> None:
+        name = f"{self.backend.name}-{self._next}"
+        self._next += 1
+        port = _free_port()
+        spec = ProcessSpec(
+            argv=[
+                sys.executable,
+                "-m",
+                "bastion.serve.replica",
+                str(self.backend.model),
+                "--manifest",
+                str(self.manifest_path),
+                "--port",
+                str(port),
+            ],
+            name=name,
+            log_path=self.log_dir / f"{name}.log",
+        )
+        sup = Supervisor(
+            spec,
+            backoff=Backoff(initial=0.05, factor=2.0, cap=5.0, jitter=0.2),
+            budget=RestartBudget(max_restarts=20, window_s=600),
+            restart_on="always",
+            grace_s=2.0,
+            on_event=lambda kind, data: self._on_event(name, kind, data),
+        )
+        self.gateway.add_upstream(
+            UpstreamSpec(
+                name=name,
+                url=f"http://127.0.0.1:{port}",
+                group=self.backend.name,
+                tier=self.backend.tier_index,
+                kind="local",
+                probe_path="/health",
+                model_name=self.backend.model_name,
+            ),
+            needs_probe=True,
+        )
+        self.replicas[name] = sup
+        sup.start()
+
+    def _on_event(self, name: str, kind: str, data: dict[str, Any]) -> None:
+        """From a supervisor thread: hop onto the gateway's loop before touching the pool."""
+        self.gateway.events.emit(
+            f"serve.replica.{kind}",
+            self.gateway.service,
+            replica=name,
+            **{k: v for k, v in data.items() if k != "argv"},
+        )
+        if kind in ("exited", "hang") and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._mark_down, name, kind)
+
+    def _mark_down(self, name: str, why: str) -> None:
+        up = self.gateway.pool.upstreams.get(name)
+        if up is not None and not up.needs_probe:
+            up.needs_probe = True
+            up.down_reason = f"replica {why}"
+            up.ejected_at = self.gateway.pool.clock()
+            up.metrics.ejections.inc()
+            self.gateway.events.emit(
+                "serve.backend.ejected",
+                self.gateway.service,
+                backend=name,
+                reason=f"replica {why}",
+                hard=True,
+            )
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(self.backend.replicas.min):
+            self._spawn()
+        self._task = asyncio.create_task(self._scale_loop())
+
+    async def _scale_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            ups = [
+                self.gateway.pool.upstreams[n]
+                for n in self.replicas
+                if n in self.gateway.pool.upstreams
+            ]
+            in_flight = sum(u.outstanding for u in ups)
+            want = self.autoscaler.decide(
+                len(self.replicas), in_flight, len(self.gateway.admission)
+            )
+            while len(self.replicas) < want:
+                self._spawn()
+                self.gateway.events.emit(
+                    "serve.scaled",
+                    self.gateway.service,
+                    backend=self.backend.name,
+                    replicas=len(self.replicas),
+                )
+            if len(self.replicas) > want:
+                name = list(self.replicas)[-1]
+                sup = self.replicas.pop(name)
+                self.gateway.remove_upstream(name)
+                await asyncio.to_thread(sup.stop, timeout=5)
+                self.gateway.events.emit(
+                    "serve.scaled",
+                    self.gateway.service,
+                    backend=self.backend.name,
+                    replicas=len(self.replicas),
+                )
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for sup in self.replicas.values():
+            await asyncio.to_thread(sup.stop, timeout=5)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend.name,
+            "replicas": {n: s.statistics() for n, s in self.replicas.items()},
+            "autoscaler": self.autoscaler.statistics(),
+        }
