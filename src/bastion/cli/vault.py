@@ -1,0 +1,273 @@
+"""``bastion vault ...``: the artifact vault's commands. Parse, call the library, render."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from bastion.cli._common import DEFAULT_MANIFEST, ManifestOption, console, load_manifest
+from bastion.errors import CheckFailed, UsageError
+from bastion.vault import Vault
+
+__all__ = ["register"]
+
+app = typer.Typer(help="Content-addressed, replicated, signed snapshots of data and models.")
+
+
+def _vault(file: Path) -> Vault:
+    return Vault.from_manifest(load_manifest(file))
+
+
+def _tree(path: Path) -> dict[str, Path]:
+    if path.is_file():
+        return {path.name: path}
+    if not path.is_dir():
+        raise UsageError(f"{path}: no such file or directory to put in the vault")
+    return {
+        p.relative_to(path).as_posix(): p
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+@app.command()
+def put(
+    name: Annotated[str, typer.Argument(help="Artifact name, e.g. dataset/digits.")],
+    path: Annotated[Path, typer.Argument(help="A file or a directory.")],
+    lineage: Annotated[list[str], typer.Option(help="A ref this was made from.")] = [],  # noqa: B006
+    label: Annotated[list[str], typer.Option(help="Labels to move here.")] = ["latest"],  # noqa: B006
+    file: ManifestOption = DEFAULT_MANIFEST,
+) -> None:
+    """Store a file or directory as the next version of NAME."""
+    vault = _vault(file)
+    snap = vault.commit(name, _tree(path), lineage=lineage, labels=label)
+    console.print(
+        f"{snap.ref}: {len(snap.files)} files, {snap.size:,} bytes, id {snap.id[:16]}, "
+        f"on {len(vault.available_stores())}/{len(vault.stores)} replicas"
+    )
+    if vault.degraded():
+        console.print(f"[yellow]degraded: {', '.join(vault.degraded())} unreachable[/]")
+
+
+@app.command()
+def get(
+    ref: Annotated[str, typer.Argument(help="NAME[@REV]")],
+    path: Annotated[str, typer.Argument(help="A file inside the snapshot.")],
+    out: Annotated[Path | None, typer.Option("-o", help="Write here instead of stdout.")] = None,
+    file: ManifestOption = DEFAULT_MANIFEST,
+) -> None:
+    """Print (or write) one file of a snapshot, verified."""
+    data = _vault(file).read(ref, path)
+    if out is None:
+        sys.stdout.buffer.write(data)
+    else:
+        out.write_bytes(data)
+
+
+@app.command("ls")
+def ls(
+    prefix: Annotated[str, typer.Argument(help="Only names starting with this.")] = "",
+    file: ManifestOption = DEFAULT_MANIFEST,
+) -> None:
+    """List artifact names with their latest version and labels."""
+    vault = _vault(file)
+    table = Table("name", "latest", "labels", "files", "bytes", "created")
+    for name in vault.names(prefix):
+        snap = vault.snapshot(name)
+        labels = ", ".join(f"{k}@{v}" for k, v in vault.labels(name).items())
+        table.add_row(
+            name,
+            str(snap.version),
+            labels,
+            str(len(snap.files)),
+            f"{snap.size:,}",
+            snap.created.isoformat(timespec="seconds"),
+        )
+    console.print(table)
+    if vault.degraded():
+        console.print(f"[yellow]degraded: {', '.join(vault.degraded())} unreachable[/]")
+
+
+@app.command()
+def log(
+    name: Annotated[str, typer.Argument(help="Artifact name.")],
+    file: ManifestOption = DEFAULT_MANIFEST,
+) -> None:
+    """Every version of NAME, oldest first."""
+    table = Table("version", "id", "created", "files", "bytes", "lineage")
+    for snap in _vault(file).versions(name):
+        table.add_row(
+            str(snap.version),
+            snap.id[:16],
+            snap.created.isoformat(timespec="seconds"),
+            str(len(snap.files)),
+            f"{snap.size:,}",
+            ", ".join(snap.lineage),
+        )
+    console.print(table)
+
+
+def _scrub(file: Path, *, repair: bool, max_seconds: float | None, as_json: bool) -> None:
+    report = _vault(file).scrub(repair=repair, max_seconds=max_seconds)
+    if as_json:
+        console.print_json(json.dumps(report.to_json()))
+    else:
+        console.print(
+            f"{'scrub' if repair else 'verify'}: {report.objects} objects, "
+            f"{report.copies_checked} copies on {report.replicas} replicas, "
+            f"{report.bytes_checked / 1e6:,.1f} MB in {report.seconds:.2f} s "
+            f"({report.gb_per_s:.2f} GB/s); {report.snapshots} snapshots; "
+            f"bad copies {report.bad_copies}, repaired {report.repaired}, "
+            f"unrecoverable {len(report.unrecoverable)}"
+            + ("" if report.complete else f"; budget spent, resumes after {report.cursor[:16]}")
+        )
+    if not report.ok:
+        raise CheckFailed(
+            f"{len(report.unrecoverable)} objects and {len(report.bad_snapshots)} snapshots "
+            "have no good copy on any replica"
+        )
+
+
+@app.command()
+def verify(
+    max_seconds: Annotated[float | None, typer.Option(help="Budget; resumes next run.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    file: ManifestOption = DEFAULT_MANIFEST,
+) -> None:
+    """Check every object on every replica; change nothing. Exit 1 if anything is lost."""
+    _scrub(file, repair=False, max_seconds=max_seconds, as_json=as_json)
+
+
+@app.command()
+def scrub(
+    repair: Annotated[bool, typer.Option("--repair/--no-repair")] = True,
+    max_seconds: Annotated[float | None, typer.Option(help="Budget; resumes next run.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    file: ManifestOption = DEFAULT_MANIFEST,
+) -> None:
+    """Check every object on every replica and repair bad copies from good ones."""
+    _scrub(file, repair=repair, max_seconds=max_seconds, as_json=as_json)
+
+
+@app.command()
+def protect(
+    directory: Annotated[Path, typer.Argument(help="The working directory to guard.")],
+    name: Annotated[str, typer.Option(help="Its artifact name, e.g. dataset/digits.")],
+    file: ManifestOption = DEFAULT_MANIFEST,
+) -> None:
+    """Record a baseline snapshot of DIRECTORY and put it under the guard."""
+    from bastion.vault._guard import protect as do_protect
+
+    snap = do_protect(_vault(file), directory, name)
+    console.print(f"protected {directory} as {snap.ref} ({len(snap.files)} files)")
+
+
+@app.command()
+def snapshot(
+    directory: Annotated[Path, typer.Argument(help="A protected directory.")],
+    file: ManifestOption = DEFAULT_MANIFEST,
+) -> None:
+    """Record a legitimate change to a protected directory (the guard stops flagging it)."""
+    from bastion.vault._guard import snapshot_dir
+
+    snap = snapshot_dir(_vault(file), directory)
+    console.print(f"recorded {directory} as {snap.ref}")
+
+
+@app.command()
+def guard(
+    restore: Annotated[
+        bool, typer.Option("--restore", help="Put back the last good snapshot.")
+    ] = False,
+    file: ManifestOption = DEFAULT_MANIFEST,
+) -> None:
+    """Watch protected directories; detect tampering and ransomware; stop it (Ctrl-C ends)."""
+    from bastion.vault._guard import Guard
+
+    vault = _vault(file)
+    stop = threading.Event()
+    with Guard(vault, restore=restore) as watcher:
+        console.print(f"guarding {watcher.statistics()['dirs']} directories (Ctrl-C to stop)")
+        try:
+            assert vault.events is not None
+            for event in vault.events.follow(kind="vault.guard.*", stop=stop):
+                console.print(f"{event.kind}: {json.dumps(event.data, default=str)}")
+        except KeyboardInterrupt:
+            stop.set()
+
+
+@app.command()
+def restore(
+    ref: Annotated[str, typer.Argument(help="NAME[@REV]")],
+    dest: Annotated[Path, typer.Argument(help="Directory to restore into.")],
+    clean: Annotated[bool, typer.Option(help="Remove files the snapshot lacks.")] = False,
+    file: ManifestOption = DEFAULT_MANIFEST,
+) -> None:
+    """Restore a snapshot bit-identical, every chunk verified."""
+    vault = _vault(file)
+    snap = vault.snapshot(ref)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task(f"restore {snap.ref}", total=snap.size)
+        lock = threading.Lock()
+
+        def advance(n: int) -> None:
+            with lock:
+                bar.advance(task, n)
+
+        vault.restore(snap, dest, progress=advance, clean=clean)
+    console.print(f"restored {snap.ref} ({len(snap.files)} files, {snap.size:,} bytes) to {dest}")
+
+
+@app.command()
+def lineage(
+    ref: Annotated[str, typer.Argument(help="NAME[@REV]")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    file: ManifestOption = DEFAULT_MANIFEST,
+) -> None:
+    """What produced REF: its data, code, config and run, as text or JSON."""
+    graph = _vault(file).lineage(ref)
+    if as_json:
+        console.print_json(json.dumps(graph, default=str))
+        return
+    children: dict[str, list[str]] = {}
+    for child, parent in graph["edges"]:
+        children.setdefault(child, []).append(parent)
+
+    def show(node: str, depth: int, seen: set[str]) -> None:
+        info = graph["nodes"].get(node, {})
+        note = "" if info.get("in_vault") else "  (not in the vault)"
+        console.print(f"{'  ' * depth}{'└─ ' if depth else ''}{node}{note}")
+        if node in seen:
+            return
+        for parent in children.get(node, []):
+            show(parent, depth + 1, seen | {node})
+
+    show(graph["root"], 0, set())
+
+
+@app.command()
+def gc(
+    keep_last: Annotated[int | None, typer.Option(help="Versions to keep per name.")] = None,
+    grace_s: Annotated[float, typer.Option(help="Keep objects younger than this.")] = 3600.0,
+    file: ManifestOption = DEFAULT_MANIFEST,
+) -> None:
+    """Drop old versions and unreferenced objects. Needs the admin key."""
+    result = _vault(file).gc(keep_last=keep_last, grace_s=grace_s)
+    console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.items()))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="vault")
