@@ -17,5 +17,6 @@ def test_supervise_exports() -> None:
             "State",
             "Supervisor",
             "heartbeat_age",
+            "heartbeat_progress",
         ]
     )

@@ -34,7 +34,12 @@ Must never: use a shell, restart without a budget, or block inside ``tick()``.
 """
 
 from bastion.supervise._child import Child, Exit, ProcessSpec
-from bastion.supervise._heartbeat import HEARTBEAT_ENV, Heartbeat, heartbeat_age
+from bastion.supervise._heartbeat import (
+    HEARTBEAT_ENV,
+    Heartbeat,
+    heartbeat_age,
+    heartbeat_progress,
+)
 from bastion.supervise._policy import Backoff, RestartBudget
 from bastion.supervise._supervisor import Outcome, State, Supervisor
 
@@ -50,4 +55,5 @@ __all__ = [
     "State",
     "Supervisor",
     "heartbeat_age",
+    "heartbeat_progress",
 ]

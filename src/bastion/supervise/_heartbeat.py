@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["HEARTBEAT_ENV", "Heartbeat", "heartbeat_age"]
+__all__ = ["HEARTBEAT_ENV", "Heartbeat", "heartbeat_age", "heartbeat_progress"]
 
 HEARTBEAT_ENV = "BASTION_HEARTBEAT_FILE"
 
@@ -39,7 +39,9 @@ class Heartbeat:
     def from_env(cls, *, min_interval_s: float = 0.05) -> Heartbeat:
         return cls(os.environ.get(HEARTBEAT_ENV) or None, min_interval_s=min_interval_s)
 
-    def beat(self, *, force: bool = False) -> None:
+    def beat(self, progress: int | None = None, *, force: bool = False) -> None:
+        """Touch the file; with ``progress`` (e.g. the step), write it there too, so the
+        supervisor knows how far a job got before it died (steps lost)."""
         if self.path is None:
             return
         now = time.monotonic()
@@ -47,7 +49,15 @@ class Heartbeat:
             return
         self._last = now
         try:
-            os.utime(self.path)
+            if progress is None:
+                os.utime(self.path)
+            else:
+                # Fixed width, one pwrite: a reader never sees a half-written number.
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    os.pwrite(fd, f"{progress:<20d}\n".encode(), 0)
+                finally:
+                    os.close(fd)
         except FileNotFoundError:
             with contextlib.suppress(OSError):
                 self.path.touch()
@@ -63,3 +73,12 @@ def heartbeat_age(path: Path, *, now: float | None = None) -> float | None:
     except OSError:
         return None
     return max(0.0, (time.time() if now is None else now) - mtime)
+
+
+def heartbeat_progress(path: Path) -> int | None:
+    """The last progress number the child wrote with ``beat(progress)``, if any."""
+    try:
+        text = path.read_text()[:21].strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,8 +52,10 @@ class Supervisor:
     ``spec`` may be a factory ``attempt -> ProcessSpec`` (e.g. to move to another worker
     slot after a failure).
 
+    An exit code in ``fatal_exit_codes`` (e.g. 2: bad configuration) is not restarted.
+
     Events (``on_event(kind, data)``): ``started``, ``exited``, ``hang``, ``restarting``,
-    ``budget_exhausted``, ``succeeded``, ``stopped``. Each carries ``attempt`` and
+    ``budget_exhausted``, ``fatal``, ``succeeded``, ``stopped``. Each carries ``attempt`` and
     ``mono_ns`` so recovery time can be split into detect / restart.
     """
 
@@ -67,6 +69,7 @@ class Supervisor:
         heartbeat_path: Path | None = None,
         heartbeat_timeout_s: float | None = None,
         grace_s: float = 10.0,
+        fatal_exit_codes: Collection[int] = (),
         on_event: EventCallback | None = None,
         extra_env: Mapping[str, str] | None = None,
         rng: random.Random | None = None,
@@ -81,6 +84,7 @@ class Supervisor:
         self.heartbeat_path = heartbeat_path
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.grace_s = grace_s
+        self.fatal_exit_codes = frozenset(fatal_exit_codes)
         self.on_event = on_event
         self.extra_env = dict(extra_env or {})
         self.rng = rng or random.Random()
@@ -136,6 +140,11 @@ class Supervisor:
             return
         reason = "hang" if hang else exit_.reason
         self._pending_reason = ""
+        if not hang and exit_.code is not None and exit_.code in self.fatal_exit_codes:
+            # e.g. exit 2, a usage/configuration error: a restart would fail the same way.
+            self._finish("failed", f"exit code {exit_.code} is fatal; not restarting")
+            self._emit("fatal", code=exit_.code, restarts=self.restarts)
+            return
         if not self.budget.spend():
             self._finish(
                 "failed",
@@ -218,6 +227,11 @@ class Supervisor:
         )
         self._thread.start()
         return self._thread
+
+    def request_stop(self) -> None:
+        """Ask for a stop without waiting or locking (safe from a signal handler); the
+        next ``tick()`` sends SIGTERM and the grace period starts."""
+        self._stop_requested = True
 
     def stop(self, *, wait: bool = True, timeout: float | None = None) -> Outcome:
         """Ask the child to stop (SIGTERM, grace, SIGKILL) and end supervision."""

@@ -1,0 +1,414 @@
+"""The checkpoint API a training script calls: track state, restore, ``step()``, save.
+
+Owns: gathering the tracked state, the blocking part of a save (one ``copy_`` into the
+staging buffer), the background writer (at most one save in flight; ``on_busy`` says
+whether a due save waits or is skipped, and the choice is an event), restore of the
+newest checkpoint that verifies, shape/dtype checks, the heartbeat fed by ``step()``, and
+preemption: SIGTERM/SIGINT set a flag, and the next ``step()`` writes an emergency
+checkpoint at that step boundary and exits, so a preemption loses no steps.
+
+Why the flag instead of saving inside the signal handler: a handler runs between two
+bytecodes, possibly halfway through ``optimizer.step()``; a checkpoint taken there would
+hold half-updated weights. At the step boundary the state is consistent.
+
+Must never: let the training loop wait for serialisation, hashing or disk (except the
+emergency save, which must be durable before the process exits, and ``on_busy="wait"``),
+or load a checkpoint that failed verification.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Literal, Protocol
+
+import torch
+
+from bastion.errors import BastionError, IntegrityError, NotFoundError, UsageError
+from bastion.supervise import Heartbeat
+from bastion.train._cadence import Cadence
+from bastion.train._rng import RNGState
+from bastion.train._staging import StagingBuffer
+from bastion.train._store import CheckpointStore, checkpoint_name
+from bastion.train._tree import flatten, unflatten
+
+__all__ = ["Checkpointer", "Preempted", "Stateful"]
+
+STATE_FILE = "state.safetensors"
+SKELETON_FILE = "state.json"
+FORMAT = 1
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
+    def load_state_dict(self, state: Any, /) -> Any: ...
+
+
+class EventEmitter(Protocol):
+    def emit(self, kind: str, subject: str = "", segment: str = "", **fields: Any) -> Any: ...
+
+
+class Preempted(SystemExit):
+    """Raised by ``step()`` after the emergency checkpoint; exits ``128 + signal``."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.step = step
+
+
+@dataclass
+class _Job:
+    step: int
+    name: str
+    skeleton: bytes
+    stall_s: float
+    reason: str
+    started: float
+
+
+class Checkpointer:
+    """Asynchronous, verified checkpoints for one job.
+
+    ::
+
+        ckpt = Checkpointer("train-digits", store, cadence=Cadence(every_steps=50))
+        ckpt.track(model=model, optimizer=opt, data=sampler)   # RNGs are tracked for you
+        start = ckpt.restore()                                # 0 on a fresh start
+        for step in range(start, total):
+            train_one_step()
+            ckpt.step(step + 1)          # heartbeat; saves when due; handles preemption
+        ckpt.close()
+    """
+
+    def __init__(
+        self,
+        job: str,
+        store: CheckpointStore,
+        *,
+        cadence: Cadence | None = None,
+        on_busy: Literal["wait", "skip"] = "skip",
+        keep: int = 3,
+        events: EventEmitter | None = None,
+        segment: str = "",
+        heartbeat: Heartbeat | None = None,
+        lineage: Sequence[str] = (),
+        track_rng: bool = True,
+        handle_signals: bool = True,
+    ) -> None:
+        self.job = job
+        self.store = store
+        self.cadence = cadence or Cadence()
+        self.on_busy = on_busy
+        self.keep = keep
+        self.events = events
+        self.segment = segment
+        self.heartbeat = heartbeat or Heartbeat.from_env()
+        self.lineage = tuple(lineage)
+        self._tracked: dict[str, Stateful] = {}
+        if track_rng:
+            self._tracked["rng"] = RNGState()
+        self._staging: StagingBuffer | None = None
+        self._cv = threading.Condition()
+        self._pending: _Job | None = None
+        self._busy = False
+        self._closed = False
+        self._preempt: int | None = None
+        self._first_step_seen = False
+        self.current_step = 0
+        self.stats: dict[str, Any] = {
+            "saves": 0,
+            "skipped": 0,
+            "waited_s": 0.0,
+            "failed": 0,
+            "stall_s_total": 0.0,
+            "last_stall_s": None,
+            "last_persist_s": None,
+            "last_bytes": 0,
+            "last_saved_step": None,
+            "restored_step": None,
+        }
+        self._writer = threading.Thread(target=self._write_loop, name="bastion-ckpt", daemon=True)
+        self._writer.start()
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_signal)
+
+    # -- events --------------------------------------------------------------------------
+    def _emit(self, kind: str, **data: Any) -> None:
+        if self.events is not None:
+            with contextlib.suppress(Exception):  # an event log hiccup must not stop training
+                self.events.emit(kind, subject=self.job, segment=self.segment, **data)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._preempt = signum
+
+    # -- tracking ------------------------------------------------------------------------
+    def track(self, **objects: Stateful) -> None:
+        """Track objects with ``state_dict``/``load_state_dict`` (model, optimizer, LR
+        scheduler, GradScaler, sampler, anything of yours)."""
+        for name, obj in objects.items():
+            if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+                raise UsageError(
+                    f"track({name}=...): a {type(obj).__name__} has no state_dict/"
+                    "load_state_dict; wrap its state in an object that has both"
+                )
+            self._tracked[name] = obj
+
+    def _gather(self) -> dict[str, Any]:
+        return {name: obj.state_dict() for name, obj in self._tracked.items()}
+
+    # -- saving --------------------------------------------------------------------------
+    def step(self, step: int) -> bool:
+        """Call after every completed step with the number of steps done. Feeds the
+        heartbeat, saves when the cadence says so, and on a pending SIGTERM/SIGINT writes
+        the emergency checkpoint and raises ``Preempted``. Returns whether a save began."""
+        self.current_step = step
+        self.heartbeat.beat(step)
+        if not self._first_step_seen:
+            self._first_step_seen = True
+            self._emit("train.step.first", step=step, mono_ns=time.monotonic_ns())
+        if self._preempt is not None:
+            self._emergency(step, self._preempt)
+        self.cadence.observe_step(step)
+        if self.cadence.due(step):
+            return self.save(step)
+        return False
+
+    def _emergency(self, step: int, signum: int) -> None:
+        began = time.monotonic()
+        saved = self.stats["last_saved_step"] == step
+        if not saved:
+            saved = self.save(step, reason="preemption", block=True)
+        self.heartbeat.beat(step, force=True)
+        self._emit(
+            "train.preempted",
+            signal=signal.Signals(signum).name,
+            step=step,
+            emergency_checkpoint=saved,
+            seconds=round(time.monotonic() - began, 4),
+        )
+        raise Preempted(signum, step)
+
+    def save(self, step: int, *, reason: str = "cadence", block: bool = False) -> bool:
+        """Checkpoint the tracked state as of ``step``. Blocks for the in-memory copy only
+        (``block=True``: until durable). ``False`` if skipped because a save is in flight."""
+        with self._cv:
+            if self._busy:
+                if self.on_busy == "skip" and not block:
+                    self.stats["skipped"] += 1
+                    self.cadence.skipped(step)
+                    self._emit("train.checkpoint.skipped", step=step, reason="busy")
+                    return False
+                waited = time.monotonic()
+                while self._busy:
+                    self._cv.wait()
+                waited_s = time.monotonic() - waited
+                self.stats["waited_s"] += waited_s
+                self._emit("train.checkpoint.waited", step=step, wait_s=round(waited_s, 4))
+            began = time.monotonic()
+            skeleton, tensors = flatten(self._gather())
+            if self._staging is None or not self._staging.fits(tensors):
+                self._staging = StagingBuffer(tensors, pin=torch.cuda.is_available())
+            self._staging.stage(tensors)
+            # No sort_keys: state_dict order is part of the state (iteration order of
+            # optimizer state, module registration) and must come back as it was.
+            body = json.dumps(
+                {"format": FORMAT, "job": self.job, "step": step, "state": skeleton}
+            ).encode()
+            stall = time.monotonic() - began
+            self.stats["stall_s_total"] += stall
+            self.stats["last_stall_s"] = stall
+            self.cadence.saved(step, stall)
+            self._pending = _Job(step, checkpoint_name(self.job, step), body, stall, reason, began)
+            self._busy = True
+            self._cv.notify_all()
+            if block:
+                while self._busy:
+                    self._cv.wait()
+                return bool(self.stats["last_saved_step"] == step)
+        return True
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cv:
+                while self._pending is None and not self._closed:
+                    self._cv.wait()
+                if self._pending is None:
+                    return
+                job = self._pending
+            self._persist(job)
+            with self._cv:
+                self._pending = None
+                self._busy = False
+                self._cv.notify_all()
+
+    def _persist(self, job: _Job) -> None:
+        assert self._staging is not None
+        began = time.monotonic()
+        view = self._staging.memoryview()
+        try:
+            ref = self.store.commit(
+                job.name,
+                {STATE_FILE: view, SKELETON_FILE: job.skeleton},
+                meta={"job": self.job, "step": job.step, "format": FORMAT, "reason": job.reason},
+                lineage=self.lineage,
+            )
+            dropped = self.store.prune(self.job, self.keep)
+        except Exception as exc:
+            self.stats["failed"] += 1
+            self._emit("train.checkpoint.failed", step=job.step, error=str(exc)[:500])
+            return
+        persist = time.monotonic() - began
+        nbytes = view.nbytes + len(job.skeleton)
+        replicas = len(getattr(self.store, "replicas", ())) or 1
+        self.stats["saves"] += 1
+        self.stats["last_persist_s"] = persist
+        self.stats["last_bytes"] = nbytes
+        self.stats["last_saved_step"] = job.step
+        self._emit(
+            "train.checkpoint.saved",
+            step=job.step,
+            name=job.name,
+            ref=ref,
+            reason=job.reason,
+            stall_s=round(job.stall_s, 6),
+            persist_s=round(persist, 6),
+            bytes=nbytes,
+            replicas=replicas,
+            durable_bytes_per_s=round(nbytes * replicas / max(persist, 1e-9)),
+            pruned=dropped,
+        )
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no save is in flight; ``True`` if so within ``timeout``."""
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while self._busy:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
+    def close(self) -> None:
+        """Wait for the in-flight save and stop the writer thread."""
+        self.wait()
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._writer.join()
+
+    # -- restoring -----------------------------------------------------------------------
+    def restore(self) -> int:
+        """Load the newest checkpoint that verifies and return its step (0: none).
+
+        A checkpoint that fails verification is reported (``train.checkpoint.corrupt``)
+        and skipped in favour of the one before. A checkpoint whose shapes or dtypes do
+        not match the tracked objects is a ``UsageError``, never a silent partial load.
+        """
+        began = time.monotonic()
+        names = self.store.checkpoints(self.job)
+        for name in names:
+            try:
+                body = json.loads(self.store.read(name, SKELETON_FILE))
+                tensors = _load_tensors(self.store.read(name, STATE_FILE))
+                tree = unflatten(body["state"], tensors)
+            except (IntegrityError, NotFoundError, ValueError, KeyError) as exc:
+                self._emit("train.checkpoint.corrupt", name=name, error=str(exc)[:500])
+                continue
+            self._apply(name, tree)
+            step = int(body["step"])
+            self.cadence.restart_from(step)
+            self.stats["restored_step"] = step
+            self.stats["last_saved_step"] = step
+            self.current_step = step
+            self._emit(
+                "train.restored",
+                step=step,
+                name=name,
+                restore_s=round(time.monotonic() - began, 6),
+                skipped=names.index(name),
+                mono_ns=time.monotonic_ns(),
+            )
+            return step
+        self._emit(
+            "train.restored",
+            step=0,
+            name=None,
+            fresh=True,
+            skipped=len(names),
+            restore_s=round(time.monotonic() - began, 6),
+            mono_ns=time.monotonic_ns(),
+        )
+        if names:
+            self._emit("train.checkpoint.none_valid", tried=len(names))
+        return 0
+
+    def _apply(self, name: str, tree: Mapping[str, Any]) -> None:
+        missing = [k for k in self._tracked if k not in tree]
+        if missing:
+            raise UsageError(
+                f"checkpoint {name} holds no state for {', '.join(missing)}; it was written "
+                "by a different script; start a new job name or track the same objects"
+            )
+        for key, obj in self._tracked.items():
+            if isinstance(obj, torch.nn.Module):
+                _check_shapes(name, key, obj.state_dict(), tree[key])
+        for key, obj in self._tracked.items():
+            try:
+                obj.load_state_dict(tree[key])
+            except BastionError:
+                raise
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+                raise UsageError(
+                    f"checkpoint {name}: cannot load {key!r} into this {type(obj).__name__}: "
+                    f"{str(exc).splitlines()[0][:300]}; restore into the model that wrote it "
+                    "or start a new job name"
+                ) from None
+
+    def statistics(self) -> dict[str, Any]:
+        with self._cv:
+            return {
+                **self.stats,
+                "in_flight": self._busy,
+                "step": self.current_step,
+                "cadence": self.cadence.statistics(),
+                "staging_bytes": self._staging.nbytes if self._staging else 0,
+            }
+
+
+def _load_tensors(data: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    try:
+        out: dict[str, torch.Tensor] = load(data)
+    except Exception as exc:
+        raise IntegrityError(f"checkpoint tensors do not parse as safetensors: {exc}") from None
+    return out
+
+
+def _check_shapes(name: str, key: str, have: Mapping[str, Any], saved: Mapping[str, Any]) -> None:
+    problems = []
+    for param, tensor in have.items():
+        other = saved.get(param)
+        if not isinstance(other, torch.Tensor):
+            problems.append(f"{param} missing")
+        elif other.shape != tensor.shape or other.dtype != tensor.dtype:
+            problems.append(
+                f"{param}: checkpoint {list(other.shape)} {other.dtype}, "
+                f"model {list(tensor.shape)} {tensor.dtype}"
+            )
+    problems.extend(f"{p} unexpected" for p in saved if p not in have)
+    if problems:
+        shown = "; ".join(problems[:4]) + ("; ..." if len(problems) > 4 else "")
+        raise UsageError(
+            f"checkpoint {name} does not fit {key!r} ({shown}); restore into a model of the "
+            "same shape and dtype, or start a new job name"
+        )

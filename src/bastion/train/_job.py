@@ -1,0 +1,304 @@
+"""The job supervisor behind ``bastion train run``: run a training job as a child process
+and keep it going through crashes, hangs, preemption and slot failures.
+
+Owns: the mapping from a manifest job to ``bastion.supervise`` (restart policy, heartbeat,
+grace), the job's runtime directory ``<state_dir>/train/<job>/`` (heartbeat, state file,
+log), the ``train.*`` lifecycle events, slot failover, and picking a run back up after the
+supervisor itself was killed.
+
+Must never: restart without a budget, restart a job that failed on its own
+configuration (exit 2: a restart fails the same way), or leave a child behind when
+asked to stop (SIGTERM, grace, SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bastion.errors import BastionError, UsageError
+from bastion.events import EventLog
+from bastion.supervise import (
+    Backoff,
+    ProcessSpec,
+    RestartBudget,
+    Supervisor,
+    heartbeat_progress,
+)
+from bastion.train._slots import LocalSlot, SlotPicker, WorkerSlot, slots_from_manifest
+
+__all__ = ["JobResult", "JobSupervisor"]
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job: str
+    run_id: str
+    state: str
+    restarts: int
+    reason: str
+    exit_code: int | None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "succeeded"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class JobSupervisor:
+    """Run one job until it succeeds, fails for good, or is stopped."""
+
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        *,
+        state_dir: Path,
+        events: EventLog,
+        workdir: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        segment: str = "",
+        max_restarts: int = 10,
+        backoff: Backoff | None = None,
+        heartbeat_timeout_s: float | None = 60.0,
+        grace_s: float = 10.0,
+        slots: Sequence[WorkerSlot] = (),
+        manifest_path: Path | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if not command:
+            raise UsageError(f"job {name!r}: the command is empty; give the program to run")
+        self.name = name
+        # "python" means the interpreter Bastion runs in (its venv has torch), not
+        # whatever python is first on PATH.
+        self.command = [sys.executable if command[0] in ("python", "python3") else command[0]]
+        self.command += list(command[1:])
+        self.state_dir = Path(state_dir)
+        self.events = events
+        self.workdir = workdir
+        self.env = dict(env or {})
+        self.segment = segment
+        self.max_restarts = max_restarts
+        self.backoff = backoff or Backoff(initial=0.5, cap=30.0)
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.grace_s = grace_s
+        self.picker = SlotPicker(list(slots) or [LocalSlot("local")])
+        self.manifest_path = manifest_path
+        self.rng = random.Random(seed)
+        self.dir = self.state_dir / "train" / name
+        self.heartbeat_path = self.dir / "heartbeat"
+        self.state_path = self.dir / "supervisor.json"
+        self.log_path = self.dir / "job.log"
+        self.run_id = ""
+        self.supervisor: Supervisor | None = None
+        self._slot: WorkerSlot | None = None
+
+    @classmethod
+    def from_manifest(
+        cls, manifest: Any, job: str, *, events: EventLog | None = None
+    ) -> JobSupervisor:
+        cfg = manifest.jobs.get(job)
+        if cfg is None:
+            known = ", ".join(sorted(manifest.jobs)) or "none"
+            raise UsageError(
+                f"{manifest.path or 'bastion.yaml'}: no job {job!r} (jobs: {known}); "
+                "add it under jobs: or pick one of those"
+            )
+        return cls(
+            job,
+            cfg.command,
+            state_dir=Path(manifest.state_dir),
+            events=events or EventLog.in_state_dir(manifest.state_dir),
+            workdir=cfg.workdir,
+            env=cfg.env,
+            segment=cfg.segment or "",
+            max_restarts=cfg.restart.max,
+            backoff=Backoff(initial=cfg.restart.backoff_s, cap=cfg.restart.backoff_max_s),
+            heartbeat_timeout_s=cfg.heartbeat_timeout_s,
+            grace_s=cfg.grace_s,
+            slots=slots_from_manifest(cfg),
+            manifest_path=manifest.path,
+        )
+
+    # -- state file and events -----------------------------------------------------------
+    def _emit(self, kind: str, **data: Any) -> None:
+        self.events.emit(kind, subject=self.name, segment=self.segment, run_id=self.run_id, **data)
+
+    def _write_state(self, **fields: Any) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        current = self._read_state()
+        current.update(fields)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(current, sort_keys=True))
+        tmp.replace(self.state_path)
+
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.state_path.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def _pick_up(self) -> int:
+        """Continue a run whose supervisor died: same run id, its restarts counted, and
+        its orphaned child (if alive) stopped politely so it writes its checkpoint."""
+        state = self._read_state()
+        if state.get("status") != "running" or not state.get("run_id"):
+            self.run_id = uuid.uuid4().hex[:12]
+            return 0
+        self.run_id = str(state["run_id"])
+        restarts = len(
+            [
+                e
+                for e in self.events.query(kind="train.restarting", subject=self.name)
+                if e.data.get("run_id") == self.run_id
+            ]
+        )
+        orphan = state.get("child_pid")
+        adopted = False
+        if isinstance(orphan, int) and orphan > 0 and _alive(orphan):
+            adopted = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(orphan, signal.SIGTERM)
+            end = time.monotonic() + self.grace_s
+            while _alive(orphan) and time.monotonic() < end:
+                time.sleep(0.02)  # polling an unrelated pid: nothing to wait on but time
+            if _alive(orphan):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(orphan, signal.SIGKILL)
+        self._emit(
+            "train.supervisor.resumed",
+            restarts_so_far=restarts,
+            orphan_pid=orphan,
+            orphan_stopped=adopted,
+            last_step=heartbeat_progress(self.heartbeat_path),
+        )
+        return restarts
+
+    # -- the supervised process ----------------------------------------------------------
+    def _spec(self, attempt: int) -> ProcessSpec:
+        slot, failed = self.picker.pick()
+        for name, why in failed:
+            self._emit("train.slot.failed", slot=name, reason=why)
+        if self._slot is not None and slot.name != self._slot.name:
+            self._emit("train.failover", from_slot=self._slot.name, to_slot=slot.name)
+        self._slot = slot
+        env = {
+            **self.env,
+            **slot.env(),
+            "BASTION_JOB": self.name,
+            "BASTION_RUN_ID": self.run_id,
+            "BASTION_STATE_DIR": str(self.state_dir),
+        }
+        if self.manifest_path is not None:
+            env["BASTION_MANIFEST"] = str(self.manifest_path)
+        return ProcessSpec(
+            argv=self.command,
+            cwd=self.workdir,
+            env=env,
+            name=self.name,
+            log_path=self.log_path,
+        )
+
+    def _on_event(self, kind: str, data: dict[str, Any]) -> None:
+        data = dict(data)
+        if self._slot is not None:
+            data.setdefault("slot", self._slot.name)
+        if kind == "started":
+            self._write_state(child_pid=data.get("pid"), slot=data.get("slot"))
+            self._emit("train.started", **data)
+            if data.get("attempt", 1) > 1:
+                self._emit("train.restarted", **data)
+            return
+        if kind == "exited":
+            data["last_step"] = heartbeat_progress(self.heartbeat_path)
+            self._write_state(child_pid=None, last_exit=data)
+        mapped = {"budget_exhausted": "train.failed", "fatal": "train.failed"}.get(kind)
+        if mapped:
+            data["cause"] = kind
+        self._emit(mapped or f"train.{kind}", **data)
+
+    def run(self, *, handle_signals: bool = True) -> JobResult:
+        """Supervise until the job ends; SIGTERM/SIGINT to the supervisor stop the job
+        politely (it writes an emergency checkpoint) and end supervision."""
+        preloaded = self._pick_up()
+        budget = RestartBudget(max_restarts=self.max_restarts)
+        budget.preload(preloaded)
+        sup = Supervisor(
+            self._spec,
+            backoff=self.backoff,
+            budget=budget,
+            restart_on="failure",
+            heartbeat_path=self.heartbeat_path,
+            heartbeat_timeout_s=self.heartbeat_timeout_s,
+            grace_s=self.grace_s,
+            fatal_exit_codes=(2,),
+            on_event=self._on_event,
+            rng=self.rng,
+        )
+        sup.restarts = preloaded
+        self.supervisor = sup
+        self._write_state(
+            run_id=self.run_id,
+            status="running",
+            supervisor_pid=os.getpid(),
+            command=self.command,
+        )
+        if not preloaded:
+            self._emit(
+                "train.run.started",
+                command=self.command,
+                slots=[s.describe() for s in self.picker.slots],
+                max_restarts=self.max_restarts,
+                heartbeat_timeout_s=self.heartbeat_timeout_s,
+            )
+        previous: dict[signal.Signals, Any] = {}
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._on_signal)
+        try:
+            outcome = sup.run()
+        except BastionError as exc:
+            self._emit("train.failed", cause="error", reason=str(exc))
+            self._write_state(status="failed", reason=str(exc), child_pid=None)
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self._write_state(status=outcome.state, reason=outcome.reason)
+        code = outcome.last_exit.code if outcome.last_exit else None
+        return JobResult(
+            self.name, self.run_id, outcome.state, outcome.restarts, outcome.reason, code
+        )
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.supervisor is not None:
+            self.supervisor.request_stop()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "job": self.name,
+            "run_id": self.run_id,
+            "slot": self._slot.name if self._slot else None,
+            "slot_failures": dict(self.picker.failures),
+            "supervisor": self.supervisor.statistics() if self.supervisor else None,
+        }

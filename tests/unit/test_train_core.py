@@ -1,0 +1,288 @@
+"""The checkpoint core without processes: state trees, staging, cadence, sampler, and the
+Checkpointer over a real replicated directory store."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load
+from torch import nn
+
+from bastion.errors import IntegrityError, UsageError
+from bastion.train import (
+    Cadence,
+    Checkpointer,
+    DirStore,
+    ResumableLoader,
+    ResumableSampler,
+    SlotPicker,
+)
+from bastion.train._staging import StagingBuffer
+from bastion.train._tree import flatten, unflatten
+
+leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**62), 2**62),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+)
+trees = st.recursive(
+    leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(st.text(max_size=5), inner, max_size=4),
+        st.dictionaries(st.integers(0, 9), inner, max_size=3),
+    ),
+    max_leaves=20,
+)
+
+
+@given(trees)
+@settings(max_examples=200, deadline=None)
+def test_tree_roundtrips_through_json(tree: Any) -> None:
+    skeleton, tensors = flatten(tree)
+    assert not tensors
+    assert unflatten(json.loads(json.dumps(skeleton)), {}) == tree
+
+
+def test_tree_refuses_what_needs_pickle() -> None:
+    with pytest.raises(UsageError, match=r"model/x.*object"):
+        flatten({"model": {"x": object()}})
+
+
+def test_staging_is_a_valid_safetensors_file_and_reuses_its_buffer() -> None:
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    tensors = {
+        **{f"m/{k}": v for k, v in model.state_dict().items()},
+        "i64": torch.arange(3),
+        "b": torch.tensor([True, False]),
+        "u8": torch.tensor([7], dtype=torch.uint8),
+        "scalar": torch.tensor(1.5),
+        "bf16": torch.ones(3, dtype=torch.bfloat16),
+    }
+    buf = StagingBuffer(tensors)
+    buf.stage(tensors)
+    before = buf.buffer.data_ptr()
+    loaded = load(bytes(buf.memoryview()))
+    assert set(loaded) == set(tensors)
+    for k, v in tensors.items():
+        assert torch.equal(loaded[k], v), k
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    tensors["m/0.weight"] = model.state_dict()["0.weight"]
+    assert buf.fits(tensors)
+    buf.stage(tensors)
+    assert buf.buffer.data_ptr() == before
+    assert torch.equal(load(bytes(buf.memoryview()))["m/0.weight"], model[0].weight)
+
+
+def test_cadence_by_steps_seconds_and_adaptive() -> None:
+    t = [0.0]
+    c = Cadence(every_steps=10, clock=lambda: t[0])
+    assert not c.due(9)
+    assert c.due(10)
+    c.saved(10, 0.0)
+    assert not c.due(19)
+    assert c.due(20)
+
+    s = Cadence(every_seconds=5.0, clock=lambda: t[0])
+    assert not s.due(1)
+    t[0] = 5.1
+    assert s.due(2)
+
+    # adaptive: step 10 ms, stall 35 ms, cap 3.5 % -> one checkpoint per 100 steps
+    t[0] = 0.0
+    a = Cadence(max_overhead=0.035, every_steps=1, clock=lambda: t[0], alpha=1.0)
+    for step in range(1, 5):
+        t[0] += 0.01
+        a.observe_step(step)
+    a.saved(4, 0.035)
+    assert a.interval_steps() == 100
+    assert a.statistics()["overhead"] == pytest.approx(0.035)
+
+
+def test_sampler_resumes_mid_epoch_at_exactly_the_next_batch() -> None:
+    full = ResumableSampler(100, 16, seed=3)
+    expected = [full.next_batch().tolist() for _ in range(20)]
+    first = ResumableSampler(100, 16, seed=3)
+    got = [first.next_batch().tolist() for _ in range(7)]
+    state = first.state_dict()
+    second = ResumableSampler(100, 16, seed=3)
+    second.load_state_dict(state)
+    got += [second.next_batch().tolist() for _ in range(13)]
+    assert got == expected
+    with pytest.raises(UsageError, match="same dataset"):
+        ResumableSampler(99, 16, seed=3).load_state_dict(state)
+
+
+def test_loader_counts_consumed_batches_not_prefetched_ones() -> None:
+    data = torch.arange(64).float().unsqueeze(1)
+    loader = ResumableLoader(data, ResumableSampler(64, 8, seed=1))
+    it = iter(loader)
+    seen = [next(it) for _ in range(3)]
+    state = loader.state_dict()
+    assert state["position"] == 3
+    rest = ResumableLoader(data, ResumableSampler(64, 8, seed=1))
+    rest.load_state_dict(state)
+    whole = list(ResumableLoader(data, ResumableSampler(64, 8, seed=1)))
+    assert [b.tolist() for b in seen + list(rest)] == [b.tolist() for b in whole]
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "arr": np.arange(self.n)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.n = int(state["n"])
+
+
+def _setup(
+    store: DirStore, *, hidden: int = 8, **kw: Any
+) -> tuple[Checkpointer, nn.Module, torch.optim.Optimizer, Counter]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    counter = Counter()
+    ckpt = Checkpointer("job", store, handle_signals=False, **kw)
+    ckpt.track(model=model, optimizer=opt, counter=counter)
+    return ckpt, model, opt, counter
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> None:
+    for _ in range(steps):
+        x = torch.randn(5, 4)
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def _digest(model: nn.Module, opt: torch.optim.Optimizer) -> list[float]:
+    out = [float(v.sum()) for v in model.state_dict().values()]
+    for st_ in opt.state_dict()["state"].values():
+        out += [float(v.sum()) for v in st_.values()]
+    return out
+
+
+def test_restore_continues_bit_exact_including_rng(tmp_path: Path) -> None:
+    store = DirStore([tmp_path / "a", tmp_path / "b"])
+    ckpt, model, opt, counter = _setup(store, cadence=Cadence(every_steps=5))
+    for step in range(1, 11):
+        _train(model, opt, 1)
+        counter.n += 1
+        ckpt.step(step)
+        ckpt.wait()
+    _train(model, opt, 5)
+    expected = _digest(model, opt)
+    next_draw = torch.rand(1)
+    ckpt.close()
+
+    random.seed(99)
+    torch.manual_seed(99)
+    again, model2, opt2, counter2 = _setup(store)
+    assert again.restore() == 10
+    assert counter2.n == 10
+    _train(model2, opt2, 5)
+    assert _digest(model2, opt2) == expected
+    assert torch.equal(torch.rand(1), next_draw)
+    assert store.checkpoints("job") == ["ckpt/job/step-000010", "ckpt/job/step-000005"]
+    again.close()
+
+
+def test_busy_save_is_skipped_and_reported(tmp_path: Path) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    class Log:
+        def emit(self, kind: str, subject: str = "", segment: str = "", **data: Any) -> None:
+            events.append((kind, data))
+
+    class SlowStore(DirStore):
+        gate_open = False
+
+        def commit(self, *a: Any, **k: Any) -> str:
+            import threading
+
+            ev = threading.Event()
+            while not SlowStore.gate_open:
+                ev.wait(0.005)
+            return super().commit(*a, **k)
+
+    store = SlowStore([tmp_path / "a"])
+    ckpt, _model, _opt, _ = _setup(store, events=Log(), on_busy="skip")
+    assert ckpt.save(1)
+    assert not ckpt.save(2)
+    SlowStore.gate_open = True
+    ckpt.wait()
+    assert ("train.checkpoint.skipped", {"step": 2, "reason": "busy"}) in events
+    assert ckpt.statistics()["skipped"] == 1
+    ckpt.close()
+
+
+def test_shape_mismatch_is_a_clear_usage_error(tmp_path: Path) -> None:
+    store = DirStore([tmp_path / "a"])
+    ckpt, *_ = _setup(store, hidden=8)
+    ckpt.save(3, block=True)
+    ckpt.close()
+    other, *_ = _setup(store, hidden=16)
+    with pytest.raises(UsageError, match=r"step-000003.*0\.weight.*\[8, 4\].*\[16, 4\]"):
+        other.restore()
+    other.close()
+
+
+def test_corrupt_latest_repaired_on_one_replica_skipped_on_all(tmp_path: Path) -> None:
+    emitted: list[str] = []
+    store = DirStore(
+        [tmp_path / "a", tmp_path / "b"], on_event=lambda kind, data: emitted.append(kind)
+    )
+    ckpt, model, opt, _ = _setup(store)
+    ckpt.save(1, block=True)
+    _train(model, opt, 1)
+    ckpt.save(2, block=True)
+    ckpt.close()
+    target = tmp_path / "a" / "ckpt/job/step-000002/state.safetensors"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    again, *_ = _setup(store)
+    assert again.restore() == 2
+    assert "repaired" in emitted
+    assert (tmp_path / "a" / "ckpt/job/step-000002/state.safetensors").read_bytes() == (
+        tmp_path / "b" / "ckpt/job/step-000002/state.safetensors"
+    ).read_bytes()
+    for replica in ("a", "b"):
+        (tmp_path / replica / "ckpt/job/step-000002/state.safetensors").write_bytes(b"junk")
+    with pytest.raises(IntegrityError):
+        store.read("ckpt/job/step-000002", "state.safetensors")
+    third, *_ = _setup(store)
+    assert third.restore() == 1
+    again.close()
+    third.close()
+
+
+def test_slot_picker_fails_over_and_reports_why(tmp_path: Path) -> None:
+    from bastion.errors import UnavailableError
+    from bastion.train import LocalSlot
+
+    bad = tmp_path / "bad"
+    bad.write_text("a file where a directory should be")
+    picker = SlotPicker([LocalSlot("one", bad), LocalSlot("two", tmp_path / "ok")])
+    slot, failed = picker.pick()
+    assert slot.name == "two"
+    assert failed[0][0] == "one"
+    assert "not writable" in failed[0][1]
+    with pytest.raises(UnavailableError, match="no worker slot"):
+        SlotPicker([LocalSlot("one", bad)]).pick()
