@@ -130,6 +130,7 @@ class Vault:
         self.quorum = quorum
         self.subject = subject
         self._retention: dict[str, int] = {}
+        self._available: tuple[float, list[Store]] | None = None
         self._signer: Signer | None = None
         self._verifier: Verifier | None = None
         self._commit_lock = threading.Lock()
@@ -207,7 +208,15 @@ class Vault:
         return self._verifier
 
     def available_stores(self) -> list[Store]:
-        return [s for s in self.stores if s.available()]
+        """Replicas reachable now. Cached for a second: reads ask once per chunk, and a
+        replica that fails in between is caught by the read itself."""
+        now = time.monotonic()
+        cached = self._available
+        if cached is not None and now - cached[0] < 1.0:
+            return list(cached[1])
+        found = [s for s in self.stores if s.available()]
+        self._available = (now, found)
+        return list(found)
 
     def degraded(self) -> list[str]:
         """URLs of replicas that cannot be reached now."""

@@ -1,0 +1,163 @@
+"""Vault benchmark: Bastion against `cp -r` (the floor) and restic, on the same data.
+
+    .venv/bin/python benchmarks/vault.py --size 1024      # ~1 GiB, like the issue's table
+
+Dataset (like the issue's): ~40 % random binaries, ~40 % compressible text and arrays,
+~20 % small files (4-40 KiB). Every tool reads the same source from the page cache.
+Goals (issue 3): ingest into 2 replicas >= 0.8 of cp's throughput (cp to two dirs + sync);
+scrub >= 1 GB/s on one core and >= 3x restic check --read-data; restore <= 1.2x cp back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bastion.vault import Vault, make_key
+
+
+def make_dataset(root: Path, size_mib: int, seed: int = 7) -> tuple[int, int]:
+    rng = random.Random(seed)
+    nrng = np.random.default_rng(seed)
+    total = size_mib << 20
+    budget = {"bin": total * 0.4, "text": total * 0.4, "small": total * 0.2}
+    files = written = 0
+    for kind, amount in budget.items():
+        done = 0
+        d = root / kind
+        d.mkdir(parents=True, exist_ok=True)
+        while done < amount:
+            if kind == "bin":
+                data = os.urandom(rng.randint(1 << 20, 8 << 20))
+                name = f"{files:05d}.bin"
+            elif kind == "text":
+                if rng.random() < 0.5:
+                    rows = rng.randint(20_000, 120_000)
+                    arr = nrng.integers(0, 1000, size=(rows, 4))
+                    data = "\n".join(",".join(map(str, r)) for r in arr[:, :].tolist()).encode()
+                    name = f"{files:05d}.csv"
+                else:
+                    data = (
+                        nrng.integers(0, 255, size=rng.randint(1 << 20, 4 << 20) // 8)
+                        .astype(np.int64)
+                        .tobytes()
+                    )
+                    name = f"{files:05d}.npy"
+            else:
+                data = os.urandom(rng.randint(4 << 10, 40 << 10) // 2) * 2
+                name = f"{files:05d}.dat"
+            (d / name).write_bytes(data)
+            done += len(data)
+            files += 1
+            written += len(data)
+    return files, written
+
+
+def timed(cmd: list[str], **kw: object) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", type=int, default=1024, help="dataset size in MiB")
+    parser.add_argument("--dir", type=Path, default=None, help="work dir (default: a temp dir)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bastion-bench-", dir=args.dir))
+    try:
+        run(work, args.size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: Path, size_mib: int) -> None:
+    src = work / "src"
+    files, nbytes = make_dataset(src, size_mib)
+    subprocess.run(["sync"], check=True)
+    print(f"dataset: {files} files, {nbytes / 2**20:.0f} MiB in {src}")
+    mb = nbytes / 1e6
+    res: dict[str, float] = {}
+
+    # cp -r to two directories + sync (the floor for 2 replicas)
+    start = time.perf_counter()
+    subprocess.run(["cp", "-r", str(src), str(work / "cp1")], check=True)
+    subprocess.run(["cp", "-r", str(src), str(work / "cp2")], check=True)
+    subprocess.run(["sync"], check=True)
+    res["cp2"] = time.perf_counter() - start
+
+    # Bastion: ingest into 2 replicas (durable before the snapshot is visible)
+    make_key(work / "keys" / "signing.key")
+    vault = Vault(
+        [work / "va", work / "vb"], key_path=work / "keys" / "signing.key", state_dir=work / "st"
+    )
+    tree = {p.relative_to(src).as_posix(): p for p in sorted(src.rglob("*")) if p.is_file()}
+    start = time.perf_counter()
+    vault.commit("dataset/bench", tree)
+    res["bastion_put"] = time.perf_counter() - start
+    stored = sum(p.stat().st_size for p in (work / "va").rglob("*") if p.is_file())
+
+    # Bastion scrub: every object on both replicas, verified, one thread
+    report = vault.scrub(repair=False)
+    res["bastion_scrub"] = report.seconds
+    scrub_gbps = report.gb_per_s
+
+    # restore vs cp -r back
+    start = time.perf_counter()
+    subprocess.run(["cp", "-r", str(work / "cp1"), str(work / "cp-back")], check=True)
+    res["cp_back"] = time.perf_counter() - start
+    start = time.perf_counter()
+    vault.restore("dataset/bench", work / "restored")
+    res["bastion_restore"] = time.perf_counter() - start
+    same = subprocess.run(["diff", "-rq", str(src), str(work / "restored")], check=False)
+
+    restic = shutil.which("restic")
+    if restic:
+        env = {**os.environ, "RESTIC_PASSWORD": "bench", "RESTIC_REPOSITORY": str(work / "rr")}
+        subprocess.run([restic, "init"], env=env, check=True, stdout=subprocess.DEVNULL)
+        res["restic_backup"] = timed([restic, "backup", "-q", "."], env=env, cwd=src)
+        res["restic_check"] = timed([restic, "check", "--read-data"], env=env)
+        res["restic_restore"] = timed(
+            [restic, "restore", "latest", "--target", str(work / "rr-out")], env=env
+        )
+
+    print(f"\n{'operation':42} {'seconds':>8} {'MB/s':>8}")
+    for key, seconds in res.items():
+        print(f"{key:42} {seconds:8.2f} {mb / seconds:8.0f}")
+    print(f"\nstored per replica: {stored / 2**20:.0f} MiB of {nbytes / 2**20:.0f} MiB")
+    print(f"restore bit-identical: {same.returncode == 0}")
+    print("\nratios against the goals:")
+    ingest = res["cp2"] / res["bastion_put"]
+    print(f"  ingest, 2 replicas: {ingest:.2f} of cp -r x2 + sync throughput   (goal >= 0.8)")
+    print(
+        f"  scrub: {scrub_gbps:.2f} GB/s verified over both replicas, one thread   (goal >= 1 GB/s)"
+    )
+    print(f"  restore: {res['bastion_restore'] / res['cp_back']:.2f}x cp -r back   (goal <= 1.2x)")
+    if restic:
+        print(
+            "  ingest vs restic backup (1 repo): "
+            f"{res['restic_backup'] / res['bastion_put']:.2f}x faster"
+        )
+        restic_gbps = nbytes / 1e9 / res["restic_check"]
+        print(
+            f"  scrub vs restic check --read-data: {scrub_gbps / restic_gbps:.2f}x "
+            f"({restic_gbps:.2f} GB/s, one repository)   (goal >= 3x)"
+        )
+        print(
+            "  restore vs restic restore: "
+            f"{res['restic_restore'] / res['bastion_restore']:.2f}x faster"
+        )
+    else:
+        print("  restic not installed (/usr/bin/restic): baseline skipped")
+
+
+if __name__ == "__main__":
+    main()
