@@ -42,3 +42,24 @@ def test_faults_public_names() -> None:
     )
     for name in faults.__all__:
         assert hasattr(faults, name)
+
+
+def test_drill_public_names() -> None:
+    import bastion.drill as drill
+
+    assert sorted(drill.__all__) == sorted(
+        ["FAULTS", "DrillResult", "load_experiment", "measure", "run_experiment"]
+    )
+
+
+def test_every_library_fault_kind_is_injectable_by_experiments() -> None:
+    from bastion.drill import FAULTS
+
+    kinds = {
+        getattr(faults, name).kind
+        for name in faults.__all__
+        if isinstance(getattr(faults, name), type)
+        and issubclass(getattr(faults, name), faults.Fault)
+        and getattr(faults, name).kind not in ("fault", "data")
+    }
+    assert kinds - {"process.restart"} <= set(FAULTS)

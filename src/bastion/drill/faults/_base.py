@@ -60,9 +60,11 @@ class Fault(ABC):
         with self._lock:
             if self.injected and not self.reverted:
                 raise UsageError(f"{self.kind}: already injected; revert it first")
-            details = {**self.describe(), **self._inject()}
+            # Marked injected before the work starts: an inject cut short (an abort's
+            # SystemExit, a guard killing the attack) must still be revertible.
             self.injected, self.reverted = True, False
             self.injected_at_ns = time.monotonic_ns()
+            details = {**self.describe(), **self._inject()}
         self._emit("drill.fault.injected", details)
         return details
 

@@ -1,0 +1,152 @@
+"""The live state of one drill run, shared by the runner and the Chaos Toolkit extension.
+
+Owns: ``DrillContext``: the run's ``Scope`` (widened only by processes, proxies and
+upstreams the experiment itself starts), its event log, the faults injected so far (for
+rollback and the safety net), the processes/proxies/upstreams it started, background
+load statistics and steady-state samples. The runner installs one with ``activate``;
+the extension's activities reach it with ``current()``.
+
+Must never: outlive its run (``close`` reverts every fault still injected and stops
+everything it started), or widen its scope to anything the experiment did not start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bastion.errors import ScopeError, UsageError
+
+if TYPE_CHECKING:
+    from bastion.drill.faults import Fault, FaultyUpstream, Scope, TcpFaultProxy
+    from bastion.events import EventLog
+
+__all__ = ["DrillContext", "Sample", "activate", "current"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One steady-state check: when it finished (monotonic ns) and whether it held."""
+
+    mono_ns: int
+    met: bool
+    phase: str  # before | during | after | wait
+
+
+@dataclass
+class DrillContext:
+    base: Path
+    scope: Scope
+    events: EventLog
+    subject: str = ""
+    seed: int | None = None
+    faults: list[tuple[str, Fault]] = field(default_factory=list)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    proxies: dict[str, TcpFaultProxy] = field(default_factory=dict)
+    upstreams: dict[str, FaultyUpstream] = field(default_factory=dict)
+    load: dict[str, dict[str, Any]] = field(default_factory=dict)
+    samples: list[Sample] = field(default_factory=list)
+    refusals: list[ScopeError] = field(default_factory=list)
+    baselines: dict[str, dict[str, str]] = field(default_factory=dict)
+    started_event_id: int = 0
+    aborted: str | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the experiment, relative to the experiment file's directory."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base / p)
+
+    def widen_pid(self, pid: int) -> None:
+        with self.lock:
+            self.scope = self.scope.with_pids(pid)
+
+    def widen_port(self, port: int) -> None:
+        with self.lock:
+            self.scope = self.scope.with_ports(port)
+
+    def add_fault(self, name: str, fault: Fault) -> None:
+        with self.lock:
+            if any(n == name for n, _ in self.faults):
+                raise UsageError(f"drill: a fault named {name!r} is already injected")
+            self.faults.append((name, fault))
+
+    def record_sample(self, met: bool, phase: str) -> Sample:
+        sample = Sample(time.monotonic_ns(), met, phase)
+        with self.lock:
+            self.samples.append(sample)
+        return sample
+
+    def last_sample(self) -> Sample | None:
+        with self.lock:
+            return self.samples[-1] if self.samples else None
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        try:
+            return self.processes[name]
+        except KeyError:
+            raise UsageError(
+                f"drill: no process named {name!r} was started by this experiment "
+                f"(started: {sorted(self.processes) or 'none'})"
+            ) from None
+
+    def revert_all(self) -> list[str]:
+        """Revert every injected fault, newest first; return their names."""
+        with self.lock:
+            pending = list(reversed(self.faults))
+        done = []
+        for name, fault in pending:
+            if fault.injected and not fault.reverted:
+                fault.revert()
+                done.append(name)
+        return done
+
+    def close(self) -> list[str]:
+        """The safety net: revert what is left, stop what this run started."""
+        self.stop.set()
+        left = self.revert_all()
+        for proxy in self.proxies.values():
+            proxy.stop()
+        for upstream in self.upstreams.values():
+            upstream.stop()
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        return left
+
+
+_current: DrillContext | None = None
+_current_lock = threading.Lock()
+
+
+def current() -> DrillContext:
+    """The running drill's context; a clear error when an activity runs outside a drill."""
+    if _current is None:
+        raise UsageError(
+            "no drill is running: Bastion's activities run inside `bastion drill run` "
+            "(or bastion.drill.run_experiment), which sets up their scope"
+        )
+    return _current
+
+
+@contextlib.contextmanager
+def activate(ctx: DrillContext) -> Any:
+    global _current
+    with _current_lock:
+        if _current is not None:
+            raise UsageError("a drill is already running in this process; run one at a time")
+        _current = ctx
+    try:
+        yield ctx
+    finally:
+        with _current_lock:
+            _current = None

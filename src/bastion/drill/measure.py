@@ -1,0 +1,114 @@
+"""Measurements of a drill, read from its events: time to detect, RTO, RPO.
+
+Owns: ``measure``, a pure function over the events a drill run produced (never an
+estimate: every number is a difference of two recorded monotonic timestamps, or a sum
+of counts that events carry).
+
+- ``time_to_detect_s``: from the first ``drill.fault.injected`` to the first event
+  whose kind matches one of ``detect`` (e.g. ``vault.guard.*``, ``train.restarted``),
+  else to the drill's own ``drill.steady_state.broken``. ``detected_by`` says which.
+- ``rto_s``: from the first injection until the steady state holds again
+  (``drill.steady_state.restored``); 0 when it never broke; ``None`` when it never
+  came back (``recovered`` is then False).
+- RPO: ``steps_lost``, ``requests_failed``, ``files_lost``: sums of those fields over
+  the run's events (training, ``drill.load.summary``, ``drill.files.checked``...).
+
+Must never: invent a number; a measurement with no event to read is ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bastion.events import Event
+
+__all__ = ["RPO_FIELDS", "check_targets", "measure"]
+
+RPO_FIELDS = ("steps_lost", "requests_failed", "files_lost")
+
+
+def _first(events: Iterable[Event], kind: str, after_ns: int = -1) -> Event | None:
+    return next((e for e in events if e.kind == kind and e.mono_ns >= after_ns), None)
+
+
+def _rpo(events: list[Event], field: str) -> float | None:
+    """Sum ``field`` over events, except checks (kinds ending ``.checked``), which report
+    a state, not an increment: only the last of each (kind, subject) counts."""
+    total: float | None = None
+    last_check: dict[tuple[str, str], float] = {}
+    for e in events:
+        value = e.data.get(field)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if e.kind.endswith(".checked"):
+            last_check[(e.kind, e.subject)] = value
+        else:
+            total = (total or 0) + value
+    if last_check:
+        total = (total or 0) + sum(last_check.values())
+    return total
+
+
+def measure(events: list[Event], *, detect: Iterable[str] = ()) -> dict[str, Any]:
+    """The drill's measurements from its own events (in log order)."""
+    patterns = list(detect)
+    injected = _first(events, "drill.fault.injected")
+    out: dict[str, Any] = {
+        "injected": injected is not None,
+        "faults_injected": sum(1 for e in events if e.kind == "drill.fault.injected"),
+        "faults_reverted": sum(1 for e in events if e.kind == "drill.fault.reverted"),
+        "time_to_detect_s": None,
+        "detected_by": None,
+        "rto_s": None,
+        "recovered": None,
+        "steady_state_broken": False,
+    }
+    for field in RPO_FIELDS:
+        out[field] = _rpo(events, field)
+    if injected is None:
+        return out
+    t0 = injected.mono_ns
+    detector = next(
+        (
+            e
+            for e in events
+            if e.mono_ns >= t0
+            and not e.kind.startswith("drill.")
+            and any(fnmatchcase(e.kind, p) for p in patterns)
+        ),
+        None,
+    )
+    broken = _first(events, "drill.steady_state.broken", t0)
+    if detector is None and broken is not None:
+        detector = broken
+    if detector is not None:
+        out["time_to_detect_s"] = (detector.mono_ns - t0) / 1e9
+        out["detected_by"] = detector.kind
+    if broken is None:
+        out["rto_s"], out["recovered"] = 0.0, True
+        return out
+    out["steady_state_broken"] = True
+    restored = _first(events, "drill.steady_state.restored", broken.mono_ns)
+    if restored is None:
+        out["recovered"] = False
+    else:
+        out["rto_s"] = (restored.mono_ns - t0) / 1e9
+        out["recovered"] = True
+    return out
+
+
+def check_targets(measured: dict[str, Any], targets: dict[str, float]) -> list[str]:
+    """Every target the measurements miss, as a sentence (empty: all met)."""
+    misses = []
+    for key, limit in targets.items():
+        value = measured.get(key)
+        if value is None:
+            if key == "rto_s" and measured.get("recovered") is False:
+                misses.append(f"rto_s: never recovered (target {limit:g})")
+            continue
+        if float(value) > float(limit):
+            misses.append(f"{key}: measured {value:.3g}, target {limit:g}")
+    return misses

@@ -1,0 +1,123 @@
+"""Bastion's Chaos Toolkit probes: what a steady-state hypothesis or an abort condition reads.
+
+Owns: small, side-effect-free checks (``process_alive``, ``http_ok``, ``tcp_ok``,
+``file_exists``, ``count_files``, ``event_count``, ``load_failures``) and the file
+baseline pair ``snapshot_files`` / ``files_lost`` whose count is the RPO of a storage or
+ransomware drill (emitted as ``drill.files.checked`` with ``files_lost``).
+
+Must never: change the system it observes (``snapshot_files`` only reads), or read a
+path outside the drill's scope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import socket
+import urllib.parse
+from pathlib import Path
+
+from bastion.drill.context import current
+from bastion.errors import UsageError
+
+__all__ = [
+    "count_files",
+    "event_count",
+    "file_exists",
+    "files_lost",
+    "http_ok",
+    "load_failures",
+    "process_alive",
+    "snapshot_files",
+    "tcp_ok",
+]
+
+
+def process_alive(name: str) -> bool:
+    """True while the process the drill started as ``name`` runs (not stopped by SIGSTOP
+    counts as running: a hang is for the supervisor's heartbeat to find)."""
+    return current().process(name).poll() is None
+
+
+def http_ok(url: str, timeout_s: float = 1.0, expect_status: int = 200) -> bool:
+    """True when ``GET url`` (on 127.0.0.1) answers ``expect_status`` within ``timeout_s``."""
+    target = urllib.parse.urlsplit(url)
+    if target.hostname not in ("127.0.0.1", "localhost"):
+        raise UsageError(f"http_ok: {url} is not on 127.0.0.1")
+    conn = http.client.HTTPConnection("127.0.0.1", target.port or 80, timeout=timeout_s)
+    try:
+        conn.request("GET", target.path or "/")
+        status = conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+    return status == expect_status
+
+
+def tcp_ok(port: int, timeout_s: float = 1.0, payload: str = "ping\n") -> bool:
+    """True when a TCP round trip (send ``payload``, read an answer) to the port works."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+            sock.sendall(payload.encode())
+            return bool(sock.recv(1024))
+    except OSError:
+        return False
+
+
+def file_exists(path: str) -> bool:
+    ctx = current()
+    return ctx.scope.check_path(ctx.resolve(path), fault="probe").exists()
+
+
+def count_files(root: str, pattern: str = "**/*") -> int:
+    """How many files under ``root`` match ``pattern`` (e.g. ``**/*.locked``)."""
+    ctx = current()
+    base = ctx.scope.check_path(ctx.resolve(root), fault="probe")
+    return sum(1 for p in base.glob(pattern) if p.is_file())
+
+
+def event_count(kind: str) -> int:
+    """Events of ``kind`` (``vault.*`` globs work) since this drill started."""
+    ctx = current()
+    return len(ctx.events.query(kind=kind, after_id=ctx.started_event_id))
+
+
+def load_failures(name: str = "load") -> int:
+    """Failed requests so far of the background load called ``name``."""
+    stats = current().load.get(name)
+    return 0 if stats is None else int(stats["requests_failed"])
+
+
+def _digests(root: Path, pattern: str) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest()
+        for p in sorted(root.glob(pattern))
+        if p.is_file()
+    }
+
+
+def snapshot_files(root: str, name: str = "files", pattern: str = "**/*") -> int:
+    """Record the hash of every file under ``root``, for ``files_lost`` to compare with."""
+    ctx = current()
+    base = ctx.scope.check_path(ctx.resolve(root), fault="probe")
+    ctx.baselines[name] = _digests(base, pattern)
+    ctx.baselines[name]["\0root"] = str(base)
+    ctx.baselines[name]["\0pattern"] = pattern
+    return len(ctx.baselines[name]) - 2
+
+
+def files_lost(name: str = "files") -> int:
+    """Files in the ``snapshot_files`` baseline that are now missing or changed. Emits
+    ``drill.files.checked`` (``files_lost``, ``files``) so the RPO is read from events."""
+    ctx = current()
+    if name not in ctx.baselines:
+        raise UsageError(f"files_lost: no snapshot named {name!r}; call snapshot_files first")
+    baseline = dict(ctx.baselines[name])
+    root, pattern = Path(baseline.pop("\0root")), baseline.pop("\0pattern")
+    now = _digests(root, pattern)
+    lost = sum(1 for rel, digest in baseline.items() if now.get(rel) != digest)
+    ctx.events.emit(
+        "drill.files.checked", subject=name, files_lost=lost, files=len(baseline), root=str(root)
+    )
+    return lost

@@ -1,0 +1,350 @@
+"""The experiment runner: Chaos Toolkit's runner, with Bastion's faults, scope and measurements.
+
+Owns: loading an experiment (Chaos Toolkit's format, YAML or JSON, plus an ``extensions``
+entry named ``bastion``), running it with chaoslib's ``Runner`` in continuous-hypothesis
+mode (the steady state is checked before, every ``frequency_s`` during, and after the
+method), turning each steady-state sample into ``drill.steady_state.broken`` /
+``drill.steady_state.restored`` events, and writing the journal with a ``bastion``
+section: measurements read from those events, targets met or missed, what was aborted,
+refused or reverted by the safety net.
+
+Why chaoslib: people who run chaos experiments already know its format, and its runner
+already has continuous hypotheses, background activities, rollbacks and controls. What
+it lacks (scope, RTO/RPO read from events, a safety net that reverts whatever is left)
+is what this module adds around it.
+
+The ``bastion`` extension::
+
+    extensions:
+      - name: bastion
+        scope: {paths: [data], ports: [8801], pids: []}   # relative to the experiment
+        detect: [vault.guard.*, train.restarted]           # events that count as detection
+        targets: {rto_s: 30, time_to_detect_s: 2, files_lost: 0}
+        frequency_s: 0.5                                   # steady-state sampling period
+        seed: 1234
+
+Exit codes: 0 the steady state held or came back and every target was met; 1 it broke
+and never recovered, deviated, was aborted, or missed a target; 2 the experiment is
+invalid or a fault was pointed outside the scope.
+
+Must never: leave a fault injected after the run (the safety net reverts it and says so);
+run two drills at once in one process; run off the main thread (Chaos Toolkit interrupts
+a run with signals, which only the main thread receives).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bastion.drill import control
+from bastion.drill.context import DrillContext, activate
+from bastion.drill.faults import Scope
+from bastion.drill.measure import check_targets, measure
+from bastion.errors import ScopeError, UsageError
+from bastion.events import EventLog
+
+__all__ = ["DrillResult", "bastion_settings", "load_experiment", "run_experiment"]
+
+Update = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class DrillResult:
+    """What a drill found. ``exit_code`` follows Bastion's convention (0, 1, 2)."""
+
+    title: str
+    status: str
+    exit_code: int
+    measurements: dict[str, Any]
+    journal: dict[str, Any]
+    journal_path: Path | None
+    problems: list[str] = field(default_factory=list)
+    aborted: str | None = None
+
+
+def load_experiment(path: str | Path) -> dict[str, Any]:
+    """Read and validate an experiment file (YAML or JSON); ``UsageError`` names the
+    file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"experiment {path} does not exist; give the path to a .yaml or .json")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            experiment = json.loads(text)
+        else:
+            from ruamel.yaml import YAML
+
+            experiment = _plain(YAML(typ="safe").load(text))
+    except Exception as exc:
+        raise UsageError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from None
+    if not isinstance(experiment, dict):
+        raise UsageError(f"{path}: an experiment is a mapping with title, method, ...")
+    validate(experiment, where=str(path))
+    return experiment
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def validate(experiment: dict[str, Any], *, where: str = "experiment") -> None:
+    from chaoslib.exceptions import ChaosException
+    from chaoslib.experiment import ensure_experiment_is_valid
+
+    for key, kind in (("title", str), ("method", list)):
+        if not isinstance(experiment.get(key), kind):
+            raise UsageError(
+                f"{where}: `{key}` must be a {'string' if kind is str else 'list of activities'}"
+                " (Chaos Toolkit's experiment format)"
+            )
+    for key in ("rollbacks", "controls", "extensions"):
+        if key in experiment and not isinstance(experiment[key], list):
+            raise UsageError(f"{where}: `{key}` must be a list")
+    hypo = experiment.get("steady-state-hypothesis")
+    if hypo is not None and not (
+        isinstance(hypo, dict) and isinstance(hypo.get("probes", []), list)
+    ):
+        raise UsageError(f"{where}: `steady-state-hypothesis` must have a title and a probes list")
+    try:
+        ensure_experiment_is_valid(experiment)
+    except (ChaosException, TypeError, AttributeError, KeyError, ValueError) as exc:
+        raise UsageError(
+            f"{where}: {exc} (see chaostoolkit.org/reference/api/experiment)"
+        ) from None
+
+
+def bastion_settings(experiment: dict[str, Any]) -> dict[str, Any]:
+    for ext in experiment.get("extensions", []) or []:
+        if isinstance(ext, dict) and ext.get("name") == "bastion":
+            return ext
+    return {}
+
+
+class _Handler:
+    """Chaos Toolkit run events -> steady-state samples, drill.* events, live updates."""
+
+    def __init__(self, ctx: DrillContext, on_update: Update | None) -> None:
+        self.ctx = ctx
+        self.on_update = on_update
+        self.previous: bool | None = None
+
+    def _tell(self, what: str, **data: Any) -> None:
+        if self.on_update is not None:
+            self.on_update(what, data)
+
+    def _sample(self, state: dict[str, Any] | None, phase: str) -> None:
+        if state is None:
+            return
+        met = bool(state.get("steady_state_met"))
+        sample = self.ctx.record_sample(met, phase)
+        failing = [
+            p["activity"].get("name", "?")
+            for p in state.get("probes", [])
+            if not p.get("tolerance_met")
+        ]
+        if self.previous is not False and not met and phase != "before":
+            self.ctx.events.emit(
+                "drill.steady_state.broken", subject=self.ctx.subject, phase=phase, probes=failing
+            )
+        elif self.previous is False and met:
+            self.ctx.events.emit(
+                "drill.steady_state.restored", subject=self.ctx.subject, phase=phase
+            )
+        self.previous = met
+        self._tell("sample", met=met, phase=phase, mono_ns=sample.mono_ns, failing=failing)
+
+    # chaoslib.run.RunEventHandler's interface (duck-typed; see EventHandlerRegistry)
+    def started(self, experiment: Any, journal: Any) -> None:
+        self._tell("phase", phase="started")
+
+    def running(self, *args: Any) -> None: ...
+    def finish(self, journal: Any) -> None: ...
+    def interrupted(self, experiment: Any, journal: Any) -> None: ...
+    def signal_exit(self) -> None: ...
+    def start_continuous_hypothesis(self, frequency: int) -> None: ...
+    def continuous_hypothesis_completed(self, *args: Any) -> None: ...
+    def start_hypothesis_after(self, experiment: Any) -> None: ...
+    def method_completed(self, *args: Any) -> None: ...
+    def start_cooldown(self, duration: int) -> None: ...
+    def cooldown_completed(self) -> None: ...
+
+    def start_hypothesis_before(self, experiment: Any) -> None:
+        self._tell("phase", phase="steady state before")
+
+    def hypothesis_before_completed(self, experiment: Any, state: Any, journal: Any) -> None:
+        self._sample(state, "before")
+
+    def continuous_hypothesis_iteration(self, iteration_index: int, state: Any) -> None:
+        self._sample(state, "during")
+
+    def hypothesis_after_completed(self, experiment: Any, state: Any, journal: Any) -> None:
+        self._sample(state, "after")
+
+    def start_method(self, experiment: Any) -> None:
+        self.ctx.events.emit("drill.method.started", subject=self.ctx.subject)
+        self._tell("phase", phase="method")
+
+    def start_rollbacks(self, experiment: Any) -> None:
+        control.stop_watching()
+        self.ctx.events.emit("drill.rollbacks.started", subject=self.ctx.subject)
+        self._tell("phase", phase="rollbacks")
+
+    def rollbacks_completed(self, experiment: Any, journal: Any) -> None:
+        self._tell("phase", phase="rollbacks done")
+
+    def start_activity(self, activity: Any) -> None:
+        self._tell("activity.start", name=activity.get("name", "?"), type=activity.get("type"))
+
+    def activity_completed(self, activity: Any, run: Any) -> None:
+        self._tell(
+            "activity.done",
+            name=activity.get("name", "?"),
+            type=activity.get("type"),
+            status=run.get("status"),
+            output=run.get("output"),
+        )
+
+
+def run_experiment(
+    experiment: str | Path | dict[str, Any],
+    *,
+    base: Path | None = None,
+    state_dir: Path | None = None,
+    journal_path: Path | None = None,
+    seed: int | None = None,
+    on_update: Update | None = None,
+) -> DrillResult:
+    """Run one experiment; return what it found and write its journal (when a path is
+    given). ``base``: the directory relative paths in the experiment resolve against
+    (default: the experiment file's directory); ``state_dir``: where the event log is
+    (default: ``<base>/.bastion``)."""
+    from chaoslib.run import Runner
+    from chaoslib.types import Schedule, Strategy
+
+    if threading.current_thread() is not threading.main_thread():
+        raise UsageError(
+            "a drill runs on the main thread (Chaos Toolkit interrupts it with signals)"
+        )
+    if isinstance(experiment, str | Path):
+        base = base or Path(experiment).resolve().parent
+        experiment = load_experiment(experiment)
+    else:
+        validate(experiment)
+        base = base or Path.cwd()
+    settings = bastion_settings(experiment)
+    seed = seed if seed is not None else settings.get("seed")
+    scope = Scope.from_config(settings.get("scope"), base=base)
+    title = str(experiment.get("title", "drill"))
+    subject = str(settings.get("subject", ""))
+    events = EventLog.in_state_dir(state_dir or base / ".bastion")
+    ctx = DrillContext(base=base, scope=scope, events=events, subject=subject, seed=seed)
+    frequency = float(settings.get("frequency_s", 0.5))
+    started = events.emit("drill.started", subject=subject, title=title, scope=scope.describe())
+    ctx.started_event_id = started.id
+    chaos_log = logging.getLogger("chaostoolkit")
+    quiet = logging.NullHandler()
+    chaos_log.addHandler(quiet)
+    chaos_log.propagate = False
+    # A late abort signal must never kill the process after Chaos Toolkit's handler is gone.
+    previous_usr1 = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    safety_net: list[str] = []
+    started_s = time.monotonic()
+    try:
+        with activate(ctx):
+            handler = _Handler(ctx, on_update)
+            runner = Runner(
+                Strategy.CONTINUOUS, Schedule(continuous_hypothesis_frequency=frequency)
+            )
+            runner.register_event_handler(handler)
+            rollbacks = settings.get("rollbacks", "always")
+            journal: dict[str, Any] = runner.run(
+                experiment, settings={"runtime": {"rollbacks": {"strategy": rollbacks}}}
+            )
+            control.stop_watching()
+            safety_net = ctx.close()
+    finally:
+        control.stop_watching()
+        signal.signal(signal.SIGUSR1, previous_usr1)
+        chaos_log.removeHandler(quiet)
+        chaos_log.propagate = True
+    run_events = events.query(after_id=started.id)
+    measured = measure(run_events, detect=settings.get("detect", []))
+    targets = {str(k): float(v) for k, v in (settings.get("targets") or {}).items()}
+    misses = check_targets(measured, targets)
+    status = str(journal.get("status"))
+    problems: list[str] = []
+    exit_code = 0
+    if ctx.refusals:
+        problems += [str(r) for r in ctx.refusals]
+        exit_code = 2
+    else:
+        if ctx.aborted is not None:
+            problems.append(f"aborted: {ctx.aborted}")
+        if status == "failed":
+            problems.append("the steady state did not hold before the method, or a probe failed")
+        if journal.get("deviated"):
+            problems.append("the steady state did not hold after the method (deviated)")
+        if measured["recovered"] is False:
+            problems.append("the steady state broke and never recovered")
+        problems += [f"target missed: {m}" for m in misses]
+        if safety_net:
+            problems.append(
+                f"left injected after the rollbacks (reverted by Bastion): {safety_net}"
+            )
+        exit_code = 1 if problems else 0
+    journal["bastion"] = {
+        "measurements": measured,
+        "targets": targets,
+        "targets_missed": misses,
+        "aborted": ctx.aborted,
+        "scope": scope.describe(),
+        "refused": [str(r) for r in ctx.refusals],
+        "safety_net_reverted": safety_net,
+        "samples": [{"mono_ns": s.mono_ns, "met": s.met, "phase": s.phase} for s in ctx.samples],
+        "load": ctx.load,
+        "exit_code": exit_code,
+        "problems": problems,
+        "events": [e.to_json() for e in run_events],
+        "wall_s": time.monotonic() - started_s,
+    }
+    events.emit(
+        "drill.finished",
+        subject=subject,
+        title=title,
+        status=status,
+        exit_code=exit_code,
+        data={k: v for k, v in measured.items() if isinstance(v, int | float | bool | None)},
+    )
+    events.close()
+    if journal_path is not None:
+        journal_path.parent.mkdir(parents=True, exist_ok=True)
+        journal_path.write_text(json.dumps(journal, indent=2, default=str))
+    return DrillResult(
+        title=title,
+        status=status,
+        exit_code=exit_code,
+        measurements=measured,
+        journal=journal,
+        journal_path=journal_path,
+        problems=problems,
+        aborted=ctx.aborted,
+    )
+
+
+def raise_for_refusals(result: DrillResult) -> None:
+    """Turn a run whose faults were refused into the ``ScopeError`` the CLI reports."""
+    if result.exit_code == 2 and result.problems:
+        raise ScopeError(result.problems[0])

@@ -1,0 +1,70 @@
+"""measure(): every number is a difference of recorded timestamps or a sum of counts."""
+
+from __future__ import annotations
+
+from bastion.drill.measure import check_targets, measure
+from bastion.events import Event
+
+S = 1_000_000_000
+
+
+def ev(kind: str, t: float, subject: str = "", **data: object) -> Event:
+    return Event(kind=kind, subject=subject, data=dict(data), mono_ns=int(t * S))
+
+
+def test_recovery_detect_and_rto() -> None:
+    events = [
+        ev("drill.started", 0),
+        ev("drill.fault.injected", 10),
+        ev("vault.guard.detected", 10.4),
+        ev("drill.steady_state.broken", 11),
+        ev("drill.steady_state.restored", 15.5),
+        ev("drill.fault.reverted", 16),
+    ]
+    m = measure(events, detect=["vault.guard.*"])
+    assert m["time_to_detect_s"] == 0.4
+    assert m["detected_by"] == "vault.guard.detected"
+    assert m["rto_s"] == 5.5
+    assert m["recovered"] is True
+    assert m["faults_injected"] == m["faults_reverted"] == 1
+
+
+def test_detection_falls_back_to_the_drill_s_own_probe() -> None:
+    events = [ev("drill.fault.injected", 1), ev("drill.steady_state.broken", 3)]
+    m = measure(events)
+    assert m["detected_by"] == "drill.steady_state.broken"
+    assert m["time_to_detect_s"] == 2
+    assert m["recovered"] is False
+    assert m["rto_s"] is None
+    assert check_targets(m, {"rto_s": 30}) == ["rto_s: never recovered (target 30)"]
+
+
+def test_never_broken_means_rto_zero() -> None:
+    m = measure([ev("drill.fault.injected", 1), ev("drill.fault.reverted", 2)])
+    assert m["rto_s"] == 0.0
+    assert m["recovered"] is True
+    assert m["time_to_detect_s"] is None
+
+
+def test_rpo_sums_increments_and_takes_the_last_check() -> None:
+    events = [
+        ev("drill.fault.injected", 1),
+        ev("train.restarted", 2, steps_lost=30),
+        ev("train.restarted", 3, steps_lost=12),
+        ev("drill.load.summary", 4, requests_failed=7, requests_ok=90),
+        ev("drill.files.checked", 5, subject="data", files_lost=4),
+        ev("drill.files.checked", 6, subject="data", files_lost=0),
+    ]
+    m = measure(events)
+    assert m["steps_lost"] == 42
+    assert m["requests_failed"] == 7
+    assert m["files_lost"] == 0
+    assert check_targets(m, {"steps_lost": 50, "requests_failed": 5}) == [
+        "requests_failed: measured 7, target 5"
+    ]
+
+
+def test_nothing_injected_measures_nothing() -> None:
+    m = measure([ev("drill.started", 0)])
+    assert m["injected"] is False
+    assert m["rto_s"] is None
