@@ -36,7 +36,7 @@ class RetryBudget:
         self,
         *,
         ratio: float = 0.2,
-        min_per_s: float = 3.0,
+        min_per_s: float = 10.0,  # Finagle RetryBudget default: 10 retries/s floor
         cap: float | None = None,
         clock: Clock = monotonic,
     ) -> None:

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import math
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -713,6 +712,7 @@ class Gateway:
         session = self._session
         if session is None:
             return
+        start = monotonic()
         try:
             async with session.get(
                 up.spec.url + up.spec.probe_path,
@@ -726,8 +726,4 @@ class Gateway:
         except (aiohttp.ClientError, OSError) as exc:
             ok, detail = False, type(exc).__name__
         if up.name in self.pool.upstreams:
-            self.pool.probe_result(up, ok, detail)
-
-
-def _now() -> float:
-    return time.time()
+            self.pool.probe_result(up, ok, detail, monotonic() - start)

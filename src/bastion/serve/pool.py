@@ -23,7 +23,9 @@ from bastion.resilience import AdaptiveLimit, CircuitBreaker, EjectionCap, Ewma,
 from bastion.resilience._clock import Clock
 from bastion.serve.metrics import BackendMetrics
 
-__all__ = ["Pool", "Upstream", "UpstreamSpec"]
+__all__ = ["FAILURE_PENALTY_S", "Pool", "Upstream", "UpstreamSpec"]
+
+FAILURE_PENALTY_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,9 @@ class Upstream:
         self.spec = spec
         self.breaker = CircuitBreaker(clock=clock)
         self.limit = AdaptiveLimit(initial=spec.initial_limit)
-        self.latency = Ewma(tau_s=2.0, peak=True, initial=0.001, clock=clock)
+        # Optimistic start (0): a new or rejoined backend is tried soon, so it earns a real
+        # latency sample instead of being starved by P2C against warmed-up peers.
+        self.latency = Ewma(tau_s=2.0, peak=True, initial=0.0, clock=clock)
         self.outstanding = 0
         self.metrics = metrics
         self.used = False
@@ -189,6 +193,9 @@ class Pool:
     def fail(self, up: Upstream, *, hard: bool, reason: str) -> None:
         """An attempt on ``up`` failed: maybe eject it (hard failures bypass the cap)."""
         up.metrics.errors.inc()
+        # A fast failure must not look like a fast backend (the "black hole" of
+        # least-latency routing): count it as a slow sample, which peak EWMA takes at once.
+        up.latency.update(max(up.latency.value * 4.0, FAILURE_PENALTY_S))
         if not up.breaker.record_failure(hard=hard):
             return
         if up.breaker.state == "closed" and not hard:
@@ -247,9 +254,16 @@ class Pool:
         )
         self.on_recover()
 
-    def probe_result(self, up: Upstream, ok: bool, detail: str = "") -> None:
-        """An active health probe finished."""
+    def probe_result(self, up: Upstream, ok: bool, detail: str = "", rtt_s: float = 0.0) -> None:
+        """An active health probe finished. A passing probe's round trip is blended into
+        the latency EWMA (time-weighted, so it only pulls down a value that has gone
+        unrefreshed): a backend that was slow once is not starved by P2C forever, it gets
+        a request again and earns a fresh sample."""
         if ok:
+            if up.latency.value > rtt_s:
+                up.latency.peak = False
+                up.latency.update(rtt_s)
+                up.latency.peak = True
             if up.needs_probe:
                 up.needs_probe = False
                 up.breaker.reset()
