@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,11 @@ class EventSink:
             self._thread.start()
 
     def emit(self, kind: str, subject: str, **data: Any) -> None:
+        """Queue an event. ``at_mono_ns`` records when it happened: the row's own
+        ``mono_ns`` is when the writer thread got to it, a little later."""
         self.emitted += 1
         if self._log is not None:
-            self._queue.put((kind, subject, data))
+            self._queue.put((kind, subject, {**data, "at_mono_ns": time.monotonic_ns()}))
 
     def _drain(self) -> None:
         assert self._log is not None

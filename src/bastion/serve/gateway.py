@@ -137,6 +137,9 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_probe: dict[str, float] = {}
+        self._episode_start: float | None = None
+        self._episode_shed = 0
+        self._last_shed = 0.0
         self._shed = self.metrics.shed
         self._responses = {
             c: self.metrics.client_responses.labels(service, c) for c in ("2xx", "4xx", "5xx")
@@ -320,7 +323,7 @@ class Gateway:
         up.limit.inflight += 1  # the caller checked routable(); single-threaded, so no race
         up.outstanding += 1
         up.metrics.requests.inc()
-        start = monotonic()
+        up.last_sent = start = monotonic()
         try:
             return await self._exchange(up, path, body, deadline, start)
         finally:
@@ -498,6 +501,7 @@ class Gateway:
             return None
         reason = "saturated" if saturated else "no_backend"
         self._shed.labels(self.service, reason).inc()
+        self._note_shed(reason)
         self._responses["4xx" if saturated else "5xx"].inc()
         if saturated:
             return _error(
@@ -516,6 +520,29 @@ class Gateway:
             "unavailable",
             retry_after=max(1.0, soonest),
         )
+
+    def _note_shed(self, reason: str) -> None:
+        """Overload is reported as an episode (started/ended), never per shed request."""
+        now = monotonic()
+        self._last_shed = now
+        self._episode_shed += 1
+        if self._episode_start is None:
+            self._episode_start = now
+            self.events.emit(
+                "serve.overload.started", self.service, reason=reason, queue=self.admission.waiting
+            )
+
+    def _check_overload_over(self) -> None:
+        if self._episode_start is not None and monotonic() - self._last_shed > 1.0:
+            self.events.emit(
+                "serve.overload.ended",
+                self.service,
+                shed=self._episode_shed,
+                duration_s=round(self._last_shed - self._episode_start, 3),
+                queue_peak=self.admission.peak,
+            )
+            self._episode_start = None
+            self._episode_shed = 0
 
     # -- streams ----------------------------------------------------------------------------
     async def _stream(
@@ -554,7 +581,7 @@ class Gateway:
             up.limit.inflight += 1
             up.outstanding += 1
             up.metrics.requests.inc()
-            start = monotonic()
+            up.last_sent = start = monotonic()
             resp: aiohttp.ClientResponse | web.Response | None = None
             try:
                 try:
@@ -696,6 +723,7 @@ class Gateway:
         """Cheap probes (GET /health or /v1/models: never a paid model call). Upstreams that
         are out or waiting to join are probed every 100 ms, healthy ones every interval."""
         while True:
+            self._check_overload_over()
             now = monotonic()
             due = []
             for up in list(self.pool.upstreams.values()):

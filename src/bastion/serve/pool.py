@@ -52,6 +52,7 @@ class Upstream:
         "breaker",
         "down_reason",
         "ejected_at",
+        "last_sent",
         "latency",
         "limit",
         "metrics",
@@ -74,6 +75,7 @@ class Upstream:
         self.down_reason = ""
         self.ejected_at = 0.0
         self.needs_probe = False
+        self.last_sent = 0.0
         self.auth_header = f"Bearer {spec.api_key}" if spec.api_key else None
 
     @property
@@ -101,6 +103,8 @@ class Upstream:
             "latency_ewma_ms": round(self.latency.value * 1e3, 3),
             "down_reason": self.down_reason,
             "needs_probe": self.needs_probe,
+            "last_sent_mono": self.last_sent,
+            "ejected_at_mono": self.ejected_at,
             "breaker": self.breaker.statistics(),
             "limit": self.limit.statistics(),
         }

@@ -1,0 +1,180 @@
+"""Gateway behaviour over real sockets: deadline propagation, the retry budget under a
+total outage, queue-then-503 with Retry-After when every backend is out, and the events
+it writes (dep.used once per backend, ejections, overload episodes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bastion.drill.faults.http import FaultyUpstream
+from bastion.events import EventLog
+from bastion.manifest import GatewayPolicy
+from bastion.serve import EventSink, Gateway, GatewayThread, UpstreamSpec
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _post(
+    url: str, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], str]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(url + "/v1/chat/completions", json=body, headers=headers) as r,
+    ):
+        return r.status, dict(r.headers), await r.text()
+
+
+@pytest.fixture
+def recorder() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A backend that records each request's headers and body (an aiohttp app in a thread)."""
+    seen: list[dict[str, str]] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append({**dict(request.headers), "_model": str(body.get("model"))})
+        return web.json_response({"id": "x", "object": "chat.completion", "choices": []})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    import threading
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+
+def test_deadline_and_model_name_reach_the_backend_auth_does_not(
+    recorder: tuple[str, list[dict[str, str]]], tmp_path: Path
+) -> None:
+    url, seen = recorder
+    sink = EventSink(tmp_path)
+    gw = Gateway("svc", GatewayPolicy(timeout_ms=2000), events=sink)
+    gw.add_upstream(
+        UpstreamSpec(
+            name="b", url=url, group="vendor-x", model_name="vendor-x", api_key="sk-backend"
+        )
+    )
+    with GatewayThread(gw) as thread:
+        for _ in range(3):
+            thread.call(_post(thread.url, {"model": "svc", "messages": []}))
+        status, _, _ = thread.call(
+            _post(
+                thread.url,
+                {"model": "svc", "messages": []},
+                {"x-bastion-deadline-ms": "300", "Authorization": "Bearer client-secret"},
+            )
+        )
+    assert status == 200
+    got = seen[-1]
+    assert 0 < int(got["x-bastion-deadline-ms"]) <= 300
+    assert got["_model"] == "vendor-x"
+    assert got["Authorization"] == "Bearer sk-backend"
+    sink.close()
+    with EventLog.in_state_dir(tmp_path) as log:
+        used = log.query(kind="dep.used")
+        assert len(used) == 1  # once per backend per gateway process, not per request
+        assert used[0].subject == "svc"
+        assert used[0].data["target"] == "vendor-x"
+        assert used[0].data["via"] == "backend"
+        assert "sk-backend" not in json.dumps([e.data for e in log.query()])
+
+
+def test_retry_budget_bounds_load_during_a_total_outage(seed: int) -> None:
+    gw = Gateway("svc", GatewayPolicy(timeout_ms=2000, retry_budget=0.2), probe_interval_s=30)
+    ups = [FaultyUpstream(name=f"b{i}", seed=seed + i).start() for i in range(3)]
+    try:
+        for i, up in enumerate(ups):
+            up.set_fault(status=500)
+            gw.add_upstream(UpstreamSpec(name=f"b{i}", url=up.url))
+        # No ejection, so every request may want up to 3 attempts; only the budget stops it.
+        for u in gw.pool.upstreams.values():
+            u.breaker.consecutive = 10**6
+            u.breaker.min_requests = 10**6
+        with GatewayThread(gw) as thread:
+
+            async def go() -> list[int]:
+                out = []
+                async with aiohttp.ClientSession() as s:
+                    for _ in range(200):
+                        async with s.post(
+                            thread.url + "/v1/chat/completions", json={"model": "m", "messages": []}
+                        ) as r:
+                            await r.read()
+                            out.append(r.status)
+                return out
+
+            codes = thread.call(go(), timeout=60)
+            attempts = thread.run(
+                lambda: sum(
+                    gw.metrics.registry.get_sample_value(
+                        "bastion_gateway_backend_requests_total",
+                        {"service": "svc", "backend": f"b{i}"},
+                    )
+                    or 0.0
+                    for i in range(3)
+                )
+            )
+    finally:
+        for up in ups:
+            up.stop()
+    assert set(codes) == {502}  # a clear upstream error, never our own 500
+    retries = attempts - 200
+    # ratio * requests + the 10/s floor over the run (a few seconds) + the balance cap
+    assert retries <= 0.2 * 200 + 10 * 5 + 20, retries
+
+
+def test_every_backend_out_queues_briefly_then_503_with_retry_after(tmp_path: Path) -> None:
+    sink = EventSink(tmp_path)
+    gw = Gateway(
+        "svc",
+        GatewayPolicy(timeout_ms=2000, queue_timeout_ms=100),
+        events=sink,
+        probe_interval_s=30,
+    )
+    for i in range(2):
+        gw.add_upstream(
+            UpstreamSpec(name=f"dead{i}", url=f"http://127.0.0.1:{_closed_port()}", group="dead")
+        )
+    with GatewayThread(gw) as thread:
+        first = thread.call(_post(thread.url, {"messages": []}))
+        t0 = time.monotonic()
+        second = thread.call(_post(thread.url, {"messages": []}))
+        waited = time.monotonic() - t0
+    sink.close()
+    # The first request finds them refusing (502), or the first probe got there first (503).
+    assert first[0] in (502, 503)
+    assert json.loads(first[2])["error"]["message"].startswith("service svc: ")
+    assert second[0] == 503
+    assert int(second[1]["Retry-After"]) >= 1
+    assert waited < 2.0  # it did not sit out the whole 2 s request timeout
+    log = EventLog.in_state_dir(tmp_path)
+    kinds = [e.kind for e in log.query()]
+    assert kinds.count("serve.backend.ejected") == 2
+    assert "serve.overload.started" in kinds
+    log.close()
