@@ -213,10 +213,16 @@ def decode_document(stored: bytes, verifier: Verifier, where: str) -> tuple[dict
     parts = header.split(b" ")
     if not sep or len(parts) != 3 or parts[0] != _MAGIC:
         raise IntegrityError(f"{where}: not a Bastion snapshot document (header damaged)")
-    try:
-        signature = bytes.fromhex(parts[2].decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        raise IntegrityError(f"{where}: signature is not hex") from None
+    if parts[1] != verifier.key_id.encode():
+        raise IntegrityError(
+            f"{where}: signed by key {parts[1][:16]!r}, not the vault's key {verifier.key_id}; "
+            "it will not be served"
+        )
+    # Only the canonical spelling (128 lower-case hex digits): no two byte strings may
+    # carry the same signature.
+    if not re.fullmatch(rb"[0-9a-f]{128}", parts[2]):
+        raise IntegrityError(f"{where}: signature is not 128 lower-case hex digits")
+    signature = bytes.fromhex(parts[2].decode("ascii"))
     if not verifier.verify(signature, raw):
         raise IntegrityError(
             f"{where}: signature does not verify with the vault's key {verifier.key_id} "
