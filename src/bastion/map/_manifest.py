@@ -1,0 +1,282 @@
+"""From ``bastion.yaml`` to the map's ``Graph``: so the map cannot drift from what runs.
+
+Owns: how jobs, services, backends, replicas, inputs and the vault become nodes.
+Synthetic ids use ``:`` (never valid in a manifest id), so they cannot collide.
+
+- ``components``: one node each, as declared. ``redundancy`` members become k-of-n
+  members (active-active and standby need 1 up; standby's failover time is an RTO
+  question for drills, not an availability one). A component with redundancy and no
+  declared availability is a pure group: it has no failure of its own.
+- ``vault`` -> ``vault:replicas``, up while at least 1 of its replicas ``vault:N`` is up
+  (reads need one intact copy). Local-directory replicas are tagged ``host=localhost``
+  (one machine's disk); ``s3://...`` replicas are ``cloud`` with provider ``s3``.
+- a job -> node ``JOB``: up while every hard ``depends_on`` is up, the vault is up (if it
+  has inputs; each input also appears as ``JOB:input=NAME``), and at least one of its
+  worker slots ``JOB:slot=NAME`` (if it declares slots).
+- a service -> node ``SVC``: up while every hard ``depends_on`` is up and at least one
+  backend ``SVC:BACKEND`` is up, in any tier (the gateway falls back through tiers).
+  - a local backend (``model:``) is up while the vault is up and at least one of its
+    ``replicas.min`` (at least 1) replica processes ``SVC:BACKEND#i`` is up (host=localhost);
+  - a remote backend (``url:``) is up while its provider is: the component whose id is
+    its ``provider`` if one is declared, else its own endpoint event tagged with that
+    provider (so two backends on one vendor share fate).
+- a component whose id equals a job's or service's lends that node its availability,
+  location and tags (the gateway or supervisor itself then counts as a failure).
+
+Must never: read the event log or files (pure: manifest in, graph out).
+"""
+
+from __future__ import annotations
+
+from bastion.manifest import Manifest
+from bastion.map._graph import Graph, Node
+
+__all__ = ["graph_from_manifest"]
+
+VAULT = "vault:replicas"
+
+
+def _hard_soft(deps: list[object]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    hard: list[str] = []
+    soft: list[str] = []
+    for dep in deps:
+        dep_id = getattr(dep, "id", None)
+        dep_type = getattr(dep, "type", "hard")
+        if isinstance(dep_id, str):
+            (soft if dep_type == "soft" else hard).append(dep_id)
+    return tuple(hard), tuple(soft)
+
+
+def graph_from_manifest(manifest: Manifest) -> Graph:
+    nodes: list[Node] = []
+    declared = {c.id: (i, c) for i, c in enumerate(manifest.components)}
+    runnable = set(manifest.jobs) | set(manifest.services)
+
+    for i, comp in enumerate(manifest.components):
+        if comp.id in runnable:
+            continue  # merged into the job or service node below
+        hard, soft = _hard_soft(list(comp.depends_on))
+        members: tuple[str, ...] = ()
+        k = 1
+        mode = "active-active"
+        basic = True
+        if comp.redundancy is not None:
+            members = tuple(comp.redundancy.members)
+            k = comp.redundancy.needed
+            mode = comp.redundancy.mode
+            basic = comp.availability is not None
+        nodes.append(
+            Node(
+                id=comp.id,
+                kind=comp.kind,
+                location=comp.location,
+                provider=comp.provider,
+                domains={str(k): v for k, v in comp.domains.items()},
+                availability=comp.availability,
+                availability_source=comp.availability_source
+                or ("declared" if comp.availability is not None else None),
+                hard=hard,
+                soft=soft,
+                members=members,
+                k=k,
+                mode=mode,
+                basic=basic,
+                origin=f"components[{i}]",
+                label=comp.description or comp.id,
+            )
+        )
+
+    if manifest.vault is not None:
+        replica_ids = []
+        for j, replica in enumerate(manifest.vault.replicas):
+            rid = f"vault:{j}"
+            replica_ids.append(rid)
+            if "://" in replica:
+                scheme = replica.split("://", 1)[0]
+                nodes.append(
+                    Node(
+                        id=rid,
+                        kind="storage",
+                        location="cloud",
+                        provider=scheme,
+                        origin=f"vault.replicas[{j}]",
+                        label=replica,
+                    )
+                )
+            else:
+                nodes.append(
+                    Node(
+                        id=rid,
+                        kind="storage",
+                        location="on-prem",
+                        domains={"host": "localhost"},
+                        origin=f"vault.replicas[{j}]",
+                        label=replica,
+                    )
+                )
+        nodes.append(
+            Node(
+                id=VAULT,
+                kind="storage",
+                members=tuple(replica_ids),
+                k=1,
+                basic=False,
+                origin="vault",
+                label="vault (any intact replica)",
+            )
+        )
+
+    def merged(name: str, kind: str, origin: str, hard: list[str], soft: list[str]) -> Node:
+        found = declared.get(name)
+        if found is None:
+            return Node(
+                id=name,
+                kind=kind,
+                hard=tuple(dict.fromkeys(hard)),
+                soft=tuple(dict.fromkeys(soft)),
+                basic=False,
+                top=True,
+                origin=origin,
+                label=name,
+            )
+        ci, comp = found
+        c_hard, c_soft = _hard_soft(list(comp.depends_on))
+        return Node(
+            id=name,
+            kind=kind,
+            location=comp.location,
+            provider=comp.provider,
+            domains={str(k): v for k, v in comp.domains.items()},
+            availability=comp.availability,
+            availability_source=comp.availability_source,
+            hard=tuple(dict.fromkeys([*hard, *c_hard])),
+            soft=tuple(dict.fromkeys([*soft, *c_soft])),
+            basic=True,
+            top=True,
+            origin=f"{origin} and components[{ci}]",
+            label=name,
+        )
+
+    for name, job in manifest.jobs.items():
+        hard_l, soft_l = (list(x) for x in _hard_soft(list(job.depends_on)))
+        for input_name, ref in job.inputs.items():
+            iid = f"{name}:input={input_name}"
+            if manifest.vault is None:
+                # Without a vault the input's source is unknown: keep it as its own event.
+                nodes.append(
+                    Node(
+                        id=iid, kind="dataset", origin=f"jobs.{name}.inputs.{input_name}", label=ref
+                    )
+                )
+            else:
+                nodes.append(
+                    Node(
+                        id=iid,
+                        kind="dataset",
+                        hard=(VAULT,),
+                        basic=False,
+                        origin=f"jobs.{name}.inputs.{input_name}",
+                        label=ref,
+                    )
+                )
+            hard_l.append(iid)
+        if job.slots:
+            slot_ids = []
+            for slot in job.slots:
+                sid = f"{name}:slot={slot.name}"
+                slot_ids.append(sid)
+                nodes.append(
+                    Node(
+                        id=sid,
+                        kind="compute",
+                        location="cloud" if slot.backend == "ray" else "on-prem",
+                        domains={} if slot.backend == "ray" else {"host": "localhost"},
+                        origin=f"jobs.{name}.slots",
+                        label=f"worker slot {slot.name} ({slot.backend})",
+                    )
+                )
+            group = f"{name}:slots"
+            nodes.append(
+                Node(
+                    id=group,
+                    kind="compute",
+                    members=tuple(slot_ids),
+                    basic=False,
+                    origin=f"jobs.{name}.slots",
+                    label="any worker slot",
+                )
+            )
+            hard_l.append(group)
+        nodes.append(merged(name, "job", f"jobs.{name}", hard_l, soft_l))
+
+    for name, svc in manifest.services.items():
+        hard_l, soft_l = (list(x) for x in _hard_soft(list(svc.depends_on)))
+        backend_ids = []
+        for j, backend in enumerate(svc.backends):
+            bid = f"{name}:{backend.name}"
+            backend_ids.append(bid)
+            origin = f"services.{name}.backends[{j}]"
+            tier = f"tier {backend.tier_index}"
+            if backend.model is not None:
+                replica_ids = []
+                for r in range(max(1, backend.replicas.min)):
+                    rid = f"{bid}#{r}"
+                    replica_ids.append(rid)
+                    nodes.append(
+                        Node(
+                            id=rid,
+                            kind="model",
+                            domains={"host": "localhost"},
+                            origin=f"{origin}.replicas",
+                            label=f"replica {r} of {backend.model}",
+                        )
+                    )
+                nodes.append(
+                    Node(
+                        id=bid,
+                        kind="model",
+                        hard=(VAULT,) if manifest.vault is not None else (),
+                        members=tuple(replica_ids),
+                        basic=False,
+                        origin=origin,
+                        label=f"{backend.name}: {backend.model} ({tier})",
+                    )
+                )
+            elif backend.provider is not None and backend.provider in declared:
+                nodes.append(
+                    Node(
+                        id=bid,
+                        kind="vendor-api",
+                        location="third-party",
+                        hard=(backend.provider,),
+                        basic=False,
+                        origin=origin,
+                        label=f"{backend.name}: {backend.url} ({tier})",
+                    )
+                )
+            else:
+                nodes.append(
+                    Node(
+                        id=bid,
+                        kind="vendor-api",
+                        location="third-party",
+                        provider=backend.provider,
+                        origin=origin,
+                        label=f"{backend.name}: {backend.url} ({tier})",
+                    )
+                )
+        group = f"{name}:backends"
+        nodes.append(
+            Node(
+                id=group,
+                kind="service",
+                members=tuple(backend_ids),
+                basic=False,
+                origin=f"services.{name}.backends",
+                label="any backend, any tier",
+            )
+        )
+        hard_l.append(group)
+        nodes.append(merged(name, "service", f"services.{name}", hard_l, soft_l))
+
+    return Graph(nodes, system=manifest.system)
