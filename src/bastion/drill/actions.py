@@ -30,6 +30,7 @@ from bastion.errors import ScopeError, UsageError
 
 __all__ = [
     "FAULTS",
+    "describe_faults",
     "http_load",
     "inject",
     "revert",
@@ -363,3 +364,25 @@ def wait_recovered(timeout_s: float = 60.0, poll_s: float = 0.1) -> bool:
             return True
         ctx.stop.wait(poll_s)
     return False
+
+
+def describe_faults() -> list[dict[str, str]]:
+    """The library as a list: kind, what it does (first docstring line), arguments."""
+    classes = {
+        getattr(lib, name).kind: getattr(lib, name)
+        for name in lib.__all__
+        if isinstance(getattr(lib, name), type) and issubclass(getattr(lib, name), lib.Fault)
+    }
+    rows = []
+    for kind, (_, arguments) in FAULTS.items():
+        cls = classes.get(kind)
+        doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("``", "") if cls else ""
+        rows.append(
+            {
+                "kind": kind,
+                "does": " ".join(doc.split()),
+                "arguments": arguments,
+                "revertible": "yes" if cls is None or cls.revertible else "no",
+            }
+        )
+    return rows

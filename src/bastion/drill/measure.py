@@ -4,7 +4,8 @@ Owns: ``measure``, a pure function over the events a drill run produced (never a
 estimate: every number is a difference of two recorded monotonic timestamps, or a sum
 of counts that events carry).
 
-- ``time_to_detect_s``: from the first ``drill.fault.injected`` to the first event
+- ``time_to_detect_s``: from the first ``drill.fault.injected`` (its ``started_mono_ns``:
+  when the injection began) to the first event
   whose kind matches one of ``detect`` (e.g. ``vault.guard.*``, ``train.restarted``),
   else to the drill's own ``drill.steady_state.broken``. ``detected_by`` says which.
 - ``rto_s``: from the first injection until the steady state holds again
@@ -70,7 +71,8 @@ def measure(events: list[Event], *, detect: Iterable[str] = ()) -> dict[str, Any
         out[field] = _rpo(events, field)
     if injected is None:
         return out
-    t0 = injected.mono_ns
+    started = injected.data.get("started_mono_ns")
+    t0 = int(started) if isinstance(started, int) else injected.mono_ns
     detector = next(
         (
             e

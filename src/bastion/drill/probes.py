@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import socket
 import urllib.parse
 from pathlib import Path
@@ -21,6 +22,7 @@ from bastion.drill.context import current
 from bastion.errors import UsageError
 
 __all__ = [
+    "chat_ok",
     "count_files",
     "event_count",
     "file_exists",
@@ -53,6 +55,28 @@ def http_ok(url: str, timeout_s: float = 1.0, expect_status: int = 200) -> bool:
     finally:
         conn.close()
     return status == expect_status
+
+
+def chat_ok(url: str, timeout_s: float = 2.0, model: str = "any") -> bool:
+    """True when an OpenAI-compatible ``POST {url}/v1/chat/completions`` answers 200 with a
+    parseable completion within ``timeout_s`` (a gateway's or a vendor's steady state)."""
+    target = urllib.parse.urlsplit(url)
+    if target.hostname not in ("127.0.0.1", "localhost"):
+        raise UsageError(f"chat_ok: {url} is not on 127.0.0.1")
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "steady?"}]})
+    path = target.path.rstrip("/") + "/v1/chat/completions"
+    conn = http.client.HTTPConnection("127.0.0.1", target.port or 80, timeout=timeout_s)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        payload = resp.read()
+        if resp.status != 200:
+            return False
+        return bool(json.loads(payload)["choices"][0]["message"]["content"] is not None)
+    except (OSError, http.client.HTTPException, ValueError, KeyError, IndexError, TypeError):
+        return False
+    finally:
+        conn.close()
 
 
 def tcp_ok(port: int, timeout_s: float = 1.0, payload: str = "ping\n") -> bool:

@@ -18,6 +18,11 @@ The ``bastion`` extension::
     extensions:
       - name: bastion
         scope: {paths: [data], ports: [8801], pids: []}   # relative to the experiment
+        free_ports: [web_port]                             # picked now, usable as ${web_port}
+        processes:                                         # started before the run, in scope
+          web: {command: [python, -m, http.server, "${web_port}"], ready_port: "${web_port}"}
+        upstreams: {vendor-b: {port: 8801}}                # OpenAI-compatible fault upstreams
+        proxies: {db: {upstream_port: 8900, listen_port: 8901}}  # TCP fault proxies
         detect: [vault.guard.*, train.restarted]           # events that count as detection
         targets: {rto_s: 30, time_to_detect_s: 2, files_lost: 0}
         frequency_s: 0.5                                   # steady-state sampling period
@@ -37,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -131,6 +137,81 @@ def bastion_settings(experiment: dict[str, Any]) -> dict[str, Any]:
         if isinstance(ext, dict) and ext.get("name") == "bastion":
             return ext
     return {}
+
+
+def _wait_ready(name: str, spec: dict[str, Any], proc: Any) -> None:
+    """Wait (deadline, not sleep) until a started process answers on its ready port/URL."""
+    import urllib.request
+
+    port = spec.get("ready_port")
+    url = spec.get("ready_url")
+    if port is None and url is None:
+        return
+    deadline = time.monotonic() + float(spec.get("ready_timeout_s", 30))
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UsageError(
+                f"drill setup: process {name!r} exited with {proc.returncode} before it was "
+                "ready; check its command"
+            )
+        try:
+            if url is not None:
+                with urllib.request.urlopen(str(url), timeout=1):  # noqa: S310 - loopback
+                    return
+            else:
+                with socket.create_connection(("127.0.0.1", int(port or 0)), timeout=1):
+                    return
+        except OSError:
+            threading.Event().wait(0.05)
+    raise UsageError(f"drill setup: process {name!r} was not ready within the timeout")
+
+
+def _setup(ctx: DrillContext, settings: dict[str, Any], experiment: dict[str, Any]) -> None:
+    """Start what the experiment declares (processes, upstreams, proxies) before the
+    steady state is first checked; publish their ports as configuration values."""
+    from bastion.drill import actions
+
+    config = experiment.setdefault("configuration", {})
+    for name in settings.get("free_ports") or []:
+        # A free port for each name, published as ${name} (in commands and, through Chaos
+        # Toolkit's configuration, in every activity's arguments) and put in scope.
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            config[str(name)] = int(sock.getsockname()[1])
+        ctx.widen_port(config[str(name)])
+
+    def fill(text: Any) -> Any:
+        if not isinstance(text, str):
+            return text
+        for key, value in config.items():
+            text = text.replace("${" + str(key) + "}", str(value))
+        return int(text) if text.isdigit() else text
+
+    for name, raw in (settings.get("processes") or {}).items():
+        spec = {
+            k: ([fill(c) for c in v] if isinstance(v, list) else fill(v)) for k, v in raw.items()
+        }
+        cwd = spec.get("cwd")
+        env = spec.get("env")
+        actions.start_process(
+            str(name),
+            [str(c) for c in spec["command"]],
+            cwd=None if cwd is None else str(cwd),
+            env=None if not isinstance(env, dict) else {str(k): str(v) for k, v in env.items()},
+        )
+        _wait_ready(str(name), spec, ctx.processes[str(name)])
+        config[f"{name}_pid"] = ctx.processes[str(name)].pid
+    for name, spec in (settings.get("upstreams") or {}).items():
+        url = actions.start_upstream(str(name), port=int(fill((spec or {}).get("port", 0))))
+        config[f"{name}_url"] = url
+        config[f"{name}_port"] = ctx.upstreams[str(name)].port
+    for name, spec in (settings.get("proxies") or {}).items():
+        port = actions.start_proxy(
+            str(name),
+            int(fill(spec["upstream_port"])),
+            listen_port=int(fill(spec.get("listen_port", 0))),
+        )
+        config[f"{name}_port"] = port
 
 
 class _Handler:
@@ -264,17 +345,20 @@ def run_experiment(
     started_s = time.monotonic()
     try:
         with activate(ctx):
-            handler = _Handler(ctx, on_update)
-            runner = Runner(
-                Strategy.CONTINUOUS, Schedule(continuous_hypothesis_frequency=frequency)
-            )
-            runner.register_event_handler(handler)
-            rollbacks = settings.get("rollbacks", "always")
-            journal: dict[str, Any] = runner.run(
-                experiment, settings={"runtime": {"rollbacks": {"strategy": rollbacks}}}
-            )
-            control.stop_watching()
-            safety_net = ctx.close()
+            try:
+                _setup(ctx, settings, experiment)
+                handler = _Handler(ctx, on_update)
+                runner = Runner(
+                    Strategy.CONTINUOUS, Schedule(continuous_hypothesis_frequency=frequency)
+                )
+                runner.register_event_handler(handler)
+                rollbacks = settings.get("rollbacks", "always")
+                journal: dict[str, Any] = runner.run(
+                    experiment, settings={"runtime": {"rollbacks": {"strategy": rollbacks}}}
+                )
+                control.stop_watching()
+            finally:
+                safety_net = ctx.close()
     finally:
         control.stop_watching()
         signal.signal(signal.SIGUSR1, previous_usr1)
@@ -294,7 +378,10 @@ def run_experiment(
         if ctx.aborted is not None:
             problems.append(f"aborted: {ctx.aborted}")
         if status == "failed":
-            problems.append("the steady state did not hold before the method, or a probe failed")
+            problems.append(
+                "the steady state did not hold before the method, or a probe failed: "
+                + "; ".join(_failing_probes(journal))
+            )
         if journal.get("deviated"):
             problems.append("the steady state did not hold after the method (deviated)")
         if measured["recovered"] is False:
@@ -342,6 +429,22 @@ def run_experiment(
         problems=problems,
         aborted=ctx.aborted,
     )
+
+
+def _failing_probes(journal: dict[str, Any]) -> list[str]:
+    """Each probe that failed or missed its tolerance, with why, for the report."""
+    out = []
+    states = journal.get("steady_states") or {}
+    for phase in ("before", "after"):
+        state = states.get(phase) or {}
+        for run in state.get("probes", []):
+            if run.get("tolerance_met", True):
+                continue
+            name = run.get("activity", {}).get("name", "?")
+            why = run.get("exception")
+            detail = str(why[-1]).strip() if why else f"got {run.get('output')!r}"
+            out.append(f"{phase}: probe {name!r}: {detail}")
+    return out or ["see the journal"]
 
 
 def raise_for_refusals(result: DrillResult) -> None:

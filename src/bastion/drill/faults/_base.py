@@ -64,8 +64,17 @@ class Fault(ABC):
             # SystemExit, a guard killing the attack) must still be revertible.
             self.injected, self.reverted = True, False
             self.injected_at_ns = time.monotonic_ns()
-            details = {**self.describe(), **self._inject()}
-        self._emit("drill.fault.injected", details)
+            try:
+                details = {**self.describe(), **self._inject()}
+            except BaseException:
+                # Cut short (an abort, a guard): it still happened, and it will be reverted.
+                self._emit(
+                    "drill.fault.injected",
+                    {**self.describe(), "partial": True, "started_mono_ns": self.injected_at_ns},
+                )
+                raise
+        # started_mono_ns: a slow injection (ransomware) starts hurting at its start.
+        self._emit("drill.fault.injected", {**details, "started_mono_ns": self.injected_at_ns})
         return details
 
     def revert(self) -> dict[str, Any]:

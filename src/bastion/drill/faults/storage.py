@@ -412,6 +412,13 @@ class SlowReads(Fault):
             except BrokenPipeError:
                 pass
             finally:
+                # A fresh FIFO for the next reader, swapped in atomically *before* this
+                # one sees EOF: otherwise the next open() could join this reader's pipe
+                # and feed it the file twice.
+                fresh = self.path.with_name(f".{self.path.name}.bastion-fifo")
+                with contextlib.suppress(OSError):
+                    os.mkfifo(fresh, 0o644)
+                    fresh.replace(self.path)
                 os.close(fd)
 
     def _inject(self) -> dict[str, Any]:

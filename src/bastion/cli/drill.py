@@ -1,0 +1,176 @@
+"""``bastion drill run EXPERIMENT | faults``: run a drill with a live view; list the faults."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from bastion.cli._common import DEFAULT_MANIFEST, ManifestOption, console
+
+__all__ = ["register"]
+
+
+class _LiveState:
+    """What the live view shows; updated by the runner's callback, drawn by rich."""
+
+    def __init__(self, title: str, hidden: set[str]) -> None:
+        self.title = title
+        self.hidden = hidden  # the steady-state probes: shown as the sample line instead
+        self.phase = "starting"
+        self.started = time.monotonic()
+        self.samples: deque[bool] = deque(maxlen=80)
+        self.activities: deque[tuple[str, str, str]] = deque(maxlen=8)
+        self.lock = threading.Lock()
+
+    def update(self, what: str, data: dict[str, Any]) -> None:
+        with self.lock:
+            if what == "phase":
+                self.phase = str(data["phase"])
+            elif what == "sample":
+                self.samples.append(bool(data["met"]))
+            elif data.get("name") in self.hidden:
+                return
+            elif what == "activity.start":
+                self.activities.append((str(data["type"]), str(data["name"]), "running"))
+            elif what == "activity.done":
+                for i, (kind, name, status) in enumerate(self.activities):
+                    if name == data["name"] and status == "running":
+                        self.activities[i] = (kind, name, str(data["status"]))
+                        break
+
+    def __rich__(self) -> RenderableType:
+        with self.lock:
+            header = Text.assemble(
+                ("drill ", "bold"),
+                (self.title, "bold cyan"),
+                f"  phase: {self.phase}  {time.monotonic() - self.started:5.1f} s",
+            )
+            line = Text("steady state ")
+            for met in self.samples:
+                line.append("▇" if met else "▁", style="green" if met else "red")
+            table = Table(show_header=True, header_style="bold", expand=False, box=None)
+            table.add_column("activity")
+            table.add_column("type")
+            table.add_column("status")
+            colours = {"succeeded": "green", "failed": "red", "running": "yellow"}
+            for kind, name, status in self.activities:
+                table.add_row(escape(name), kind, Text(status, style=colours.get(status, "")))
+            return Group(header, line, table)
+
+
+def _state_dir(experiment: Path, file: Path, state_dir: Path | None) -> Path:
+    if state_dir is not None:
+        return state_dir
+    if file.is_file():
+        from bastion.manifest import load
+
+        return load(file).state_dir
+    return experiment.resolve().parent / ".bastion"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def run(
+    experiment: Annotated[Path, typer.Argument(help="The experiment (Chaos Toolkit format).")],
+    file: ManifestOption = DEFAULT_MANIFEST,
+    journal: Annotated[Path, typer.Option(help="Where to write the JSON journal.")] = Path(
+        "journal.json"
+    ),
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Event log directory (default: the manifest's).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the faults' randomness.")] = None,
+    live: Annotated[bool, typer.Option(help="Show the live view.")] = True,
+) -> None:
+    """Run an experiment: steady state before, during and after; faults; rollbacks;
+    measured time to detect, RTO and RPO. Exit 1 if it broke and never recovered."""
+    from bastion.drill.runner import load_experiment, raise_for_refusals, run_experiment
+
+    loaded = load_experiment(experiment)
+    hypothesis = loaded.get("steady-state-hypothesis") or {}
+    hidden = {str(p.get("name")) for p in hypothesis.get("probes", [])}
+    state = _LiveState(str(loaded.get("title", experiment.name)), hidden)
+    where = _state_dir(experiment, file, state_dir)
+    if live:
+        with Live(state, console=console, refresh_per_second=8, transient=False):
+            result = run_experiment(
+                experiment, state_dir=where, journal_path=journal, seed=seed, on_update=state.update
+            )
+        console.print()
+    else:
+        result = run_experiment(experiment, state_dir=where, journal_path=journal, seed=seed)
+    raise_for_refusals(result)
+    table = Table(title="measured (from events)", show_header=True, header_style="bold")
+    table.add_column("measurement")
+    table.add_column("value", justify="right")
+    m = result.measurements
+    for key in (
+        "time_to_detect_s",
+        "detected_by",
+        "rto_s",
+        "recovered",
+        "steps_lost",
+        "requests_failed",
+        "files_lost",
+        "faults_injected",
+        "faults_reverted",
+    ):
+        table.add_row(key, escape(_fmt(m.get(key))))
+    console.print(table)
+    for problem in result.problems:
+        console.print(f"[red]✗[/red] {escape(problem)}", soft_wrap=True)
+    verdict = "[green]passed[/green]" if result.exit_code == 0 else "[red]failed[/red]"
+    console.print(f"drill {verdict}: status {result.status}; journal {journal}")
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
+def faults(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the fault library: each kind, what it does, its arguments."""
+    from bastion.drill.actions import describe_faults
+
+    rows = describe_faults()
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(show_header=True, header_style="bold", show_lines=False)
+    table.add_column("kind", style="cyan", no_wrap=True)
+    table.add_column("what it does")
+    table.add_column("arguments")
+    table.add_column("revert")
+    for row in rows:
+        table.add_row(row["kind"], escape(row["does"]), escape(row["arguments"]), row["revertible"])
+    console.print(table)
+    console.print(
+        "use in an experiment: provider: {type: python, module: bastion.drill.actions, "
+        "func: inject, arguments: {fault: KIND, ...}}",
+        soft_wrap=True,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    sub = typer.Typer(
+        help="Fault drills: inject real faults, measure recovery.", no_args_is_help=True
+    )
+    sub.command("run")(run)
+    sub.command("faults")(faults)
+    app.add_typer(sub, name="drill")

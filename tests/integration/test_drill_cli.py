@@ -1,0 +1,106 @@
+"""`bastion drill faults` and `bastion drill run` as a user runs them: real processes,
+real exit codes, a journal on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import EXAMPLE
+
+
+def _bastion(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bastion", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_faults_lists_the_library(tmp_path: Path) -> None:
+    done = _bastion("drill", "faults", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    kinds = {row["kind"] for row in json.loads(done.stdout)}
+    for kind in (
+        "storage.flip_bytes",
+        "ransomware.encrypt",
+        "process.hang",
+        "network.toxic",
+        "http.fault",
+        "data.label_flip",
+        "model.corrupt_weights",
+    ):
+        assert kind in kinds
+
+
+def test_run_example_experiment_writes_journal(example_copy: Path, seed: int) -> None:
+    journal = example_copy / "journal.json"
+    done = _bastion(
+        "drill",
+        "run",
+        "experiments/vendor-429.yaml",
+        "--journal",
+        str(journal),
+        "--seed",
+        str(seed),
+        cwd=example_copy,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "rto_s" in done.stdout
+    saved = json.loads(journal.read_text())
+    m = saved["bastion"]["measurements"]
+    assert m["recovered"] is True
+    assert m["rto_s"] > 1.0  # the vendor answered 429 for two seconds
+    assert saved["status"] == "completed"
+
+
+def test_run_refused_fault_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "inside").mkdir()
+    outside = tmp_path / "elsewhere.bin"
+    outside.write_bytes(b"keep me")
+    experiment = {
+        "title": "aimed outside",
+        "description": "x",
+        "method": [
+            {
+                "type": "action",
+                "name": "delete",
+                "provider": {
+                    "type": "python",
+                    "module": "bastion.drill.actions",
+                    "func": "inject",
+                    "arguments": {"fault": "storage.delete", "targets": str(outside)},
+                },
+            }
+        ],
+        "extensions": [{"name": "bastion", "scope": {"paths": ["inside"]}}],
+    }
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps(experiment))
+    done = _bastion("drill", "run", str(path), "--no-live", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "refused to touch" in done.stderr
+    assert str(outside) in done.stderr.replace("\n", "")
+    assert outside.read_bytes() == b"keep me"
+
+
+def test_bad_experiment_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("title: [unclosed\n")
+    done = _bastion("drill", "run", str(path), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "broken.yaml" in done.stderr
+
+
+def test_example_experiments_are_valid() -> None:
+    from bastion.drill.runner import load_experiment
+
+    found = sorted((EXAMPLE / "experiments").glob("*.yaml"))
+    assert len(found) >= 4
+    for path in found:
+        load_experiment(path)
