@@ -68,3 +68,23 @@ def test_nothing_injected_measures_nothing() -> None:
     m = measure([ev("drill.started", 0)])
     assert m["injected"] is False
     assert m["rto_s"] is None
+
+
+def test_without_a_hypothesis_there_is_no_rto_and_an_abort_is_the_detection() -> None:
+    events = [ev("drill.fault.injected", 1), ev("drill.aborted", 1.3)]
+    m = measure(events, has_hypothesis=False)
+    assert m["rto_s"] is None
+    assert m["recovered"] is None
+    assert m["detected_by"] == "drill.aborted"
+    assert round(m["time_to_detect_s"], 6) == 0.3
+
+
+def test_injection_start_is_t0_for_slow_faults() -> None:
+    events = [
+        ev("drill.fault.injected", 9, started_mono_ns=int(5 * S)),
+        ev("drill.steady_state.broken", 6),
+        ev("drill.steady_state.restored", 12),
+    ]
+    m = measure(events)
+    assert m["time_to_detect_s"] == 1
+    assert m["rto_s"] == 7

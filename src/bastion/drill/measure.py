@@ -7,7 +7,8 @@ of counts that events carry).
 - ``time_to_detect_s``: from the first ``drill.fault.injected`` (its ``started_mono_ns``:
   when the injection began) to the first event
   whose kind matches one of ``detect`` (e.g. ``vault.guard.*``, ``train.restarted``),
-  else to the drill's own ``drill.steady_state.broken``. ``detected_by`` says which.
+  else to the drill's own ``drill.steady_state.broken``, else its ``drill.aborted``.
+  ``detected_by`` says which.
 - ``rto_s``: from the first injection until the steady state holds again
   (``drill.steady_state.restored``); 0 when it never broke; ``None`` when it never
   came back (``recovered`` is then False).
@@ -53,8 +54,11 @@ def _rpo(events: list[Event], field: str) -> float | None:
     return total
 
 
-def measure(events: list[Event], *, detect: Iterable[str] = ()) -> dict[str, Any]:
-    """The drill's measurements from its own events (in log order)."""
+def measure(
+    events: list[Event], *, detect: Iterable[str] = (), has_hypothesis: bool = True
+) -> dict[str, Any]:
+    """The drill's measurements from its own events (in log order). Without a
+    steady-state hypothesis there is nothing to recover to: RTO stays ``None``."""
     patterns = list(detect)
     injected = _first(events, "drill.fault.injected")
     out: dict[str, Any] = {
@@ -84,11 +88,14 @@ def measure(events: list[Event], *, detect: Iterable[str] = ()) -> dict[str, Any
         None,
     )
     broken = _first(events, "drill.steady_state.broken", t0)
-    if detector is None and broken is not None:
-        detector = broken
+    if detector is None:
+        # The drill's own observers, in order: its steady-state probes, its abort watch.
+        detector = broken or _first(events, "drill.aborted", t0)
     if detector is not None:
         out["time_to_detect_s"] = (detector.mono_ns - t0) / 1e9
         out["detected_by"] = detector.kind
+    if not has_hypothesis:
+        return out
     if broken is None:
         out["rto_s"], out["recovered"] = 0.0, True
         return out

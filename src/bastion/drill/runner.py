@@ -365,7 +365,12 @@ def run_experiment(
         chaos_log.removeHandler(quiet)
         chaos_log.propagate = True
     run_events = events.query(after_id=started.id)
-    measured = measure(run_events, detect=settings.get("detect", []))
+    hypothesis = experiment.get("steady-state-hypothesis") or {}
+    measured = measure(
+        run_events,
+        detect=settings.get("detect", []),
+        has_hypothesis=bool(hypothesis.get("probes")),
+    )
     targets = {str(k): float(v) for k, v in (settings.get("targets") or {}).items()}
     misses = check_targets(measured, targets)
     status = str(journal.get("status"))
