@@ -40,8 +40,12 @@ def test_series() -> None:
 
 def test_parallel() -> None:
     graph = Graph(
-        [comp("a", 0.9), comp("b", 0.8), Node("pair", "compute", members=("a", "b"), basic=False)]
-        + [top(hard=("pair",))]
+        [
+            comp("a", 0.9),
+            comp("b", 0.8),
+            Node("pair", "compute", members=("a", "b"), basic=False),
+            top(hard=("pair",)),
+        ]
     )
     rep = analyze(graph)
     app = rep.top("app")

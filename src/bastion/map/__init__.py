@@ -21,11 +21,14 @@ from bastion.map._analysis import (
 )
 from bastion.map._graph import COMMON_CAUSE_TAGS, Graph, Node
 from bastion.map._manifest import graph_from_manifest
+from bastion.map._observed import ObservedDependency, ObservedReport, observed_dependencies
+from bastion.map._render import FORMATS, render
 from bastion.map._tree import DEFAULT_BETA, Event, FaultTree
 
 __all__ = [
     "COMMON_CAUSE_TAGS",
     "DEFAULT_BETA",
+    "FORMATS",
     "BlastRadius",
     "CutSet",
     "Event",
@@ -35,10 +38,14 @@ __all__ = [
     "Importance",
     "MapReport",
     "Node",
+    "ObservedDependency",
+    "ObservedReport",
     "TopResult",
     "advice",
     "analyze",
     "graph_from_manifest",
     "map_manifest",
+    "observed_dependencies",
+    "render",
     "to_json",
 ]

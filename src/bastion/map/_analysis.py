@@ -11,6 +11,7 @@ report an availability that was computed by series/parallel arithmetic over shar
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,7 +35,14 @@ __all__ = [
     "map_manifest",
 ]
 
-IMPORTANCE_LIMIT = 10  # exact Birnbaum / Fussell-Vesely for this many events per top
+IMPORTANCE_LIMIT = 10
+
+
+def fmt_availability(a: float) -> str:
+    """Six decimals, or enough to show the first two significant digits of 1 - a."""
+    q = 1.0 - a
+    digits = 6 if q <= 0 else max(6, min(15, math.ceil(-math.log10(q)) + 1))
+    return f"{a:.{digits}f}"  # exact Birnbaum / Fussell-Vesely for this many events per top
 
 
 @dataclass(frozen=True)
@@ -385,8 +393,8 @@ def _findings(report: MapReport, recovery: dict[str, tuple[float, float]]) -> li
                 Finding(
                     "breach",
                     top.id,
-                    f"{top.id}: availability {top.availability:.6f} < objective "
-                    f"{top.objective:g} (slo {top.slo})" + (f"; SPOF: {spofs}" if spofs else ""),
+                    f"{top.id}: availability {fmt_availability(top.availability)} < objective "
+                    f"{top.objective} (slo {top.slo})" + (f"; SPOF: {spofs}" if spofs else ""),
                     "fix the leading items of the importance ranking first",
                 )
             )
