@@ -315,3 +315,64 @@ def test_experiment_validation_fuzz(document: Any) -> None:
         return
     with contextlib.suppress(UsageError):
         validate(document)
+
+
+def test_background_load_counts_failed_requests_and_restart_adopts_the_name(
+    tmp_path: Path, seed: int
+) -> None:
+    """RPO of a service drill: requests failed under background load, from its event."""
+    (tmp_path / "www").mkdir()
+    web = [sys.executable, "-m", "http.server", "${web_port}", "--bind", "127.0.0.1"]
+    load = _action(
+        "background-load",
+        "bastion.drill.actions",
+        "http_load",
+        url="http://127.0.0.1:${web_port}/",
+        duration_s=3.0,
+        rps=20,
+        timeout_s=0.3,
+    )
+    load["background"] = True
+    hang = _action(
+        "hang",
+        "bastion.drill.actions",
+        "inject",
+        fault="process.hang",
+        process="web",
+        name="hang",
+    )
+    hang["pauses"] = {"before": 0.5, "after": 1.0}
+    restart = _action(
+        "restart",
+        "bastion.drill.actions",
+        "inject",
+        fault="process.restart",
+        process="web",
+        command=web,
+        cwd="www",
+        name="restart",
+    )
+    experiment = _experiment(
+        "http://127.0.0.1:${web_port}/",
+        [
+            load,
+            hang,
+            _action("wake", "bastion.drill.actions", "revert", name="hang"),
+            restart,
+            _action("wait", "bastion.drill.actions", "wait_recovered", timeout_s=20),
+        ],
+        free_ports=["web_port"],
+        processes={"web": {"command": web, "cwd": "www", "ready_port": "${web_port}"}},
+        scope={"paths": ["www"]},
+    )
+    result = run_experiment(experiment, base=tmp_path, seed=seed)
+    assert result.exit_code == 0, result.problems
+    m = result.measurements
+    stats = result.journal["bastion"]["load"]["load"]
+    print(m, stats)
+    assert m["requests_failed"] == stats["requests_failed"]
+    assert m["requests_failed"] >= 1  # the hang made some requests time out
+    assert stats["requests_ok"] >= 1
+    runs = {r["activity"]["name"]: r for r in result.journal["run"]}
+    assert runs["restart"]["status"] == "succeeded"
+    assert runs["restart"]["output"]["new_pid"] != runs["hang"]["output"]["pid"]

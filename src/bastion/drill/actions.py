@@ -14,6 +14,7 @@ recorded, so the run ends with exit code 2 even though Chaos Toolkit caught it).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -101,6 +102,29 @@ def _process(cls: Any) -> Builder:
     return build
 
 
+def _restart(ctx: DrillContext, args: dict[str, Any]) -> lib.Fault:
+    common = _common(ctx, args)
+    name = args.get("process")
+    pid = _pid(ctx, args)
+    command = [str(c) for c in args.pop("command")]
+    command = [sys.executable if command[0] == "python" else command[0], *command[1:]]
+    cwd = ctx.resolve(args.pop("cwd")) if "cwd" in args else ctx.base
+
+    def adopt(proc: subprocess.Popen[bytes]) -> None:
+        # The replacement takes over the name (and joins the scope).
+        if name is not None:
+            old = ctx.processes.get(str(name))
+            if old is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    old.wait(timeout=10)  # reap it: it was stopped before this ran
+            ctx.processes[str(name)] = proc
+        ctx.widen_pid(proc.pid)
+
+    return lib.RestartProcess(
+        pid, command, scope=ctx.scope, cwd=cwd, on_restarted=adopt, quiet=True, **common, **args
+    )
+
+
 def _ransomware(ctx: DrillContext, args: dict[str, Any]) -> lib.Fault:
     common = _common(ctx, args)
     root = ctx.resolve(args.pop("root"))
@@ -180,6 +204,7 @@ FAULTS: dict[str, tuple[Builder, str]] = {
     "ransomware.encrypt": (_ransomware, "root, keyfile, max_files, files_per_s, pattern"),
     "process.kill": (_process(lib.KillProcess), "process | pid, sig (SIGKILL)"),
     "process.hang": (_process(lib.HangProcess), "process | pid, tree"),
+    "process.restart": (_restart, "process | pid, command, cwd, grace_s"),
     "process.cpu_hog": (_hog(lib.CpuHog), "workers, duration_s"),
     "process.memory_hog": (_hog(lib.MemoryHog), "megabytes, duration_s"),
     "network.toxic": (_toxic, "proxy, type, attributes, stream, toxicity"),

@@ -24,7 +24,7 @@ from bastion.drill.faults._base import Fault
 from bastion.errors import UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from bastion.drill.faults.scope import Scope
     from bastion.events import EventLog
@@ -151,11 +151,15 @@ class RestartProcess(Fault):
         cwd: str | Path | None = None,
         env: dict[str, str] | None = None,
         grace_s: float = 5.0,
+        on_restarted: Callable[[subprocess.Popen[bytes]], None] | None = None,
+        quiet: bool = False,
         events: EventLog | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject)
         self.pid = scope.check_pid(pid, fault=self.kind)
+        self.on_restarted = on_restarted
+        self.quiet = quiet
         if not command:
             raise UsageError(f"{self.kind}: a restart needs the command to start again")
         self.command = list(command)
@@ -173,10 +177,17 @@ class RestartProcess(Fault):
         if not wait_exit(self.pid, self.grace_s):
             os.kill(self.pid, signal.SIGKILL)
             wait_exit(self.pid, 5.0)
+        out = subprocess.DEVNULL if self.quiet else None
         self.proc = subprocess.Popen(
-            self.command, cwd=self.cwd, env={**os.environ, **(self.env or {})}
+            self.command,
+            cwd=self.cwd,
+            env={**os.environ, **(self.env or {})},
+            stdout=out,
+            stderr=out,
         )
         self.new_pid = self.proc.pid
+        if self.on_restarted is not None:
+            self.on_restarted(self.proc)
         return {"new_pid": self.new_pid}
 
     def _revert(self) -> dict[str, Any]:
