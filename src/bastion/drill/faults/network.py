@@ -148,6 +148,7 @@ class TcpFaultProxy:
         self._added: dict[str, float] = {}
         self._lock = threading.Lock()
         self._conns: dict[int, _Conn] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
         self._next_cid = 0
         self._down = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -194,9 +195,11 @@ class TcpFaultProxy:
             self._server.close()
         for conn in list(self._conns.values()):
             conn.close()
-            for task in conn.tasks:
-                task.cancel()
-        await asyncio.sleep(0)
+        # Let every handler finish (or cancel it), so none is destroyed while pending.
+        handlers = [t for t in self._handlers if not t.done()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None:
@@ -265,6 +268,10 @@ class TcpFaultProxy:
     # -- the data path ---------------------------------------------------------------------
 
     async def _handle(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        me = asyncio.current_task()
+        if me is not None:
+            self._handlers.add(me)
+            me.add_done_callback(self._handlers.discard)
         if self._down:
             self._stats["refused"] += 1
             c_writer.close()
