@@ -357,15 +357,16 @@ def advice(report: MapReport, event_id: str) -> str:
     """What to do about a single point of failure, in the field's words."""
     event = report.event(event_id)
     if event.kind == "common-cause":
+        shown = ", ".join(event.members[:4]) + (" ..." if len(event.members) > 4 else "")
         what = {
-            "provider": f"everything redundant here runs on provider {event.value}: move one "
-            "member of each redundancy group to another provider",
-            "region": f"spread the redundant members across regions (all are in {event.value})",
-            "zone": f"spread the redundant members across zones (all are in {event.value})",
-            "site": f"spread the redundant members across sites (all are at {event.value})",
-            "account": f"put a redundant member in another account (all are in {event.value})",
-            "host": "these replicas share one machine: put a vault replica and a backend "
-            "replica on another host, or add a remote backend",
+            "provider": f"{shown} all run on provider {event.value}: move a redundant peer "
+            "or a fallback to another provider",
+            "region": f"{shown} are all in region {event.value}: add a peer in another region",
+            "zone": f"{shown} are all in zone {event.value}: add a peer in another zone",
+            "site": f"{shown} are all at site {event.value}: add a peer at another site",
+            "account": f"{shown} are all in account {event.value}: add a peer in another one",
+            "host": f"{shown} share one machine: put a vault replica and a backend replica on "
+            "another host, or add a remote backend",
         }
         return what.get(event.tag or "", "spread the members across failure domains")
     node_id = event.node or event_id
@@ -474,8 +475,12 @@ def _findings(report: MapReport, recovery: dict[str, tuple[float, float]]) -> li
 def to_json(report: MapReport) -> dict[str, Any]:
     """The stable JSON document (schema ``bastion.map/1``, docs/map-json-schema.md)."""
     graph = report.graph
-    spof_events = report.spofs
-    spof_nodes = {report.event(e).node for e in spof_events if report.event(e).node}
+    spof_of: dict[str, list[str]] = {}
+    for event_id in report.spofs:
+        event = report.event(event_id)
+        for node_id in [event.node] if event.node else event.members:
+            if node_id:
+                spof_of.setdefault(node_id, []).append(event_id)
     nodes = []
     for node_id in graph.order:
         node = graph.nodes[node_id]
@@ -497,7 +502,8 @@ def to_json(report: MapReport) -> dict[str, Any]:
                 "k": node.k,
                 "mode": node.mode,
                 "origin": node.origin,
-                "spof": node_id in spof_nodes,
+                "spof": node_id in spof_of,
+                "spof_events": spof_of.get(node_id, []),
             }
         )
     return {

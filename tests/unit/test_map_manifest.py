@@ -1,0 +1,166 @@
+"""The map from manifests: derived nodes, recovery checks, errors for manifests built in
+code (which skip the loader's cross-checks), and the observed-dependency matcher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bastion.errors import UsageError
+from bastion.events import EventLog
+from bastion.manifest import Manifest, loads
+from bastion.map import map_manifest, observed_dependencies, render, to_json
+
+BASE: dict[str, Any] = {
+    "version": 1,
+    "system": "s",
+    "components": [
+        {"id": "gpu", "kind": "compute", "availability": 0.99, "domains": {"site": "dc1"}},
+        {"id": "store", "kind": "storage", "availability": 0.999, "domains": {"site": "dc1"}},
+    ],
+    "jobs": {"train": {"command": ["true"], "depends_on": ["gpu"]}},
+}
+
+
+def build(**changes: Any) -> Manifest:
+    return Manifest.model_validate({**BASE, **changes})
+
+
+def test_manifest_built_in_code_with_unknown_component_is_a_clear_error() -> None:
+    manifest = build(jobs={"train": {"command": ["true"], "depends_on": ["gpus"]}})
+    with pytest.raises(
+        UsageError,
+        match=r"'train' \(jobs.train\) depends on unknown component "
+        r"'gpus' \(did you mean 'gpu'\?\)",
+    ):
+        map_manifest(manifest)
+
+
+def test_manifest_built_in_code_with_a_cycle_is_a_clear_error() -> None:
+    comps = [
+        {"id": "a", "kind": "compute", "depends_on": ["b"]},
+        {"id": "b", "kind": "compute", "depends_on": ["a"]},
+        {"id": "gpu", "kind": "compute"},
+    ]
+    with pytest.raises(UsageError, match="dependency cycle: a -> b -> a"):
+        map_manifest(build(components=comps))
+
+
+def test_loader_reports_k_greater_than_n_and_bad_availability_with_place() -> None:
+    text = """\
+version: 1
+system: s
+components:
+  - {id: a, kind: compute, availability: 1.2}
+  - id: g
+    kind: compute
+    redundancy: {mode: k-of-n, k: 3, members: [a]}
+"""
+    with pytest.raises(UsageError) as info:
+        loads(text)
+    message = str(info.value)
+    assert "bastion.yaml:4:" in message
+    assert "k = 3 > n = 1 members" in message
+
+
+def test_job_with_slots_and_inputs_and_vault() -> None:
+    manifest = build(
+        vault={"replicas": ["/tmp/a", "s3://bucket/x", "s3://bucket/y"]},
+        jobs={
+            "train": {
+                "command": ["true"],
+                "depends_on": ["gpu"],
+                "inputs": {"data": "dataset/d@1"},
+                "slots": [{"name": "w1"}, {"name": "w2", "backend": "ray"}],
+            }
+        },
+    )
+    report = map_manifest(manifest, max_order=3)
+    train = report.top("train")
+    sets = {c.events for c in train.cut_sets}
+    assert ("gpu",) in sets
+    assert ("train:slot=w1", "train:slot=w2") in sets
+    # Two S3 replicas share the provider "s3": with the local one that is an order-2 set.
+    assert ("ccf:provider=s3", "vault:0") in sets
+    assert ("vault:0", "vault:1", "vault:2") in sets
+    assert train.availability == pytest.approx(0.99)
+
+
+def test_recovery_site_target_with_every_replica_on_one_site_is_a_breach() -> None:
+    manifest = build(recovery={"site": {"rto_s": 300, "rpo_s": 60}})
+    report = map_manifest(manifest)
+    warnings = [f for f in report.findings if f.subject == "recovery.site"]
+    assert [f.severity for f in warnings] == ["warning"]
+    assert "losing site dc1 takes down train" in warnings[0].message
+    comps = [
+        *BASE["components"],
+        {"id": "nas-a", "kind": "storage", "domains": {"site": "dc1"}},
+    ]
+    report = map_manifest(build(components=comps, recovery={"region": {"rto_s": 300, "rpo_s": 60}}))
+    assert any(
+        f.severity == "info" and "no two components share a region" in f.message
+        for f in report.findings
+    )
+
+
+def test_json_document_has_the_documented_keys() -> None:
+    doc = to_json(map_manifest(build()))
+    assert set(doc) == {
+        "schema",
+        "system",
+        "ok",
+        "max_order",
+        "beta",
+        "nodes",
+        "events",
+        "tops",
+        "blast_radius",
+        "findings",
+        "statistics",
+    }
+    node = next(n for n in doc["nodes"] if n["id"] == "gpu")
+    assert node["spof"] is True
+    # gpu and store share site dc1: a common-cause group, so the site is a SPOF too.
+    assert node["spof_events"] == ["gpu", "ccf:site=dc1"]
+    assert doc["tops"][0]["spofs"] == ["gpu", "ccf:site=dc1"]
+
+
+def test_render_rejects_unknown_format() -> None:
+    with pytest.raises(ValueError, match="unknown format 'svg'"):
+        render(map_manifest(build()), "svg")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    targets=st.lists(
+        st.tuples(
+            st.sampled_from(["train", "ghost", ""]),
+            st.text(max_size=40),
+            st.sampled_from(["input", "backend", "", "x"]),
+        ),
+        max_size=8,
+    )
+)
+def test_observed_never_crashes_on_odd_events(
+    tmp_path_factory: pytest.TempPathFactory, targets: list[tuple[str, str, str]]
+) -> None:
+    directory: Path = tmp_path_factory.mktemp("obs")
+    manifest = build(
+        vault={"replicas": ["/tmp/a"]},
+        jobs={"train": {"command": ["true"], "inputs": {"data": "dataset/d@1"}}},
+    )
+    with EventLog.in_state_dir(directory) as log:
+        for subject, target, via in targets:
+            log.emit("dep.used", subject=subject, target=target, via=via)
+        log.emit("dep.used", subject="train", target="dataset/d@7", via="input")
+        report = observed_dependencies(manifest, log)
+    assert report.events == len(targets) + 1
+    for dep in report.undeclared:
+        assert not (dep.subject == "train" and dep.target in ("dataset/d@1", "dataset/d@7"))
+    expected = {(s, t) for s, t, _ in targets if s != "train" or t not in ("data", "dataset/d@1")}
+    expected = {(s, t) for s, t in expected if not (s == "train" and t.startswith("dataset/d@"))}
+    assert {(d.subject, d.target) for d in report.undeclared} <= expected
