@@ -109,3 +109,24 @@ def test_cli_revert(tmp_path: Path, rng: random.Random) -> None:
     assert len(list(root.rglob(f"*{SUFFIX}"))) == 4
     subprocess.run([*run, "--revert"], check=True, capture_output=True)
     assert _digests(root) == before
+
+
+def test_ransomware_process_is_stopped_and_reverted(tmp_path: Path, rng: random.Random) -> None:
+    from bastion.drill.faults import RansomwareProcess
+
+    root = tmp_path / "data"
+    _make(root, rng, 40)
+    before = _digests(root)
+    fault = RansomwareProcess(
+        root, scope=Scope.of(paths=[root]), keyfile=tmp_path / "j.jsonl", files_per_s=20
+    )
+    fault.inject()
+    deadline = time.monotonic() + 30
+    while fault.files_locked() < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fault.proc is not None
+    assert fault.proc.poll() is None  # still attacking: the revert has to stop it
+    details = fault.revert()
+    assert details["exit_code"] == -signal.SIGKILL
+    assert 3 <= details["files_reached"] < 40
+    assert _digests(root) == before

@@ -26,6 +26,7 @@ def test_faults_public_names() -> None:
             "MemoryHog",
             "NanInjection",
             "Ransomware",
+            "RansomwareProcess",
             "RestartProcess",
             "SchemaBreak",
             "Scope",

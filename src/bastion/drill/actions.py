@@ -132,6 +132,13 @@ def _ransomware(ctx: DrillContext, args: dict[str, Any]) -> lib.Fault:
     return lib.Ransomware(root, scope=ctx.scope, keyfile=keyfile, **common, **args)
 
 
+def _ransomware_process(ctx: DrillContext, args: dict[str, Any]) -> lib.Fault:
+    common = _common(ctx, args)
+    root = ctx.resolve(args.pop("root"))
+    keyfile = ctx.resolve(args.pop("keyfile", ctx.events.path.parent / "ransomware.jsonl"))
+    return lib.RansomwareProcess(root, scope=ctx.scope, keyfile=keyfile, **common, **args)
+
+
 def _data(cls: Any) -> Builder:
     def build(ctx: DrillContext, args: dict[str, Any]) -> lib.Fault:
         common = _common(ctx, _seeded(ctx, args))
@@ -202,6 +209,10 @@ FAULTS: dict[str, tuple[Builder, str]] = {
     "storage.read_only": (_storage(lib.MakeReadOnly), "targets, max_files"),
     "storage.slow_reads": (_storage(lib.SlowReads, "path"), "path, bytes_per_s"),
     "ransomware.encrypt": (_ransomware, "root, keyfile, max_files, files_per_s, pattern"),
+    "ransomware.process": (
+        _ransomware_process,
+        "root, keyfile, max_files, files_per_s, pattern, wait_s",
+    ),
     "process.kill": (_process(lib.KillProcess), "process | pid, sig (SIGKILL)"),
     "process.hang": (_process(lib.HangProcess), "process | pid, tree"),
     "process.restart": (_restart, "process | pid, command, cwd, grace_s"),

@@ -15,6 +15,7 @@ import hashlib
 import http.client
 import json
 import socket
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -32,6 +33,7 @@ __all__ = [
     "process_alive",
     "snapshot_files",
     "tcp_ok",
+    "wait_for_event",
 ]
 
 
@@ -105,6 +107,18 @@ def event_count(kind: str) -> int:
     """Events of ``kind`` (``vault.*`` globs work) since this drill started."""
     ctx = current()
     return len(ctx.events.query(kind=kind, after_id=ctx.started_event_id))
+
+
+def wait_for_event(kind: str, timeout_s: float = 30.0) -> bool:
+    """Wait (polling the log, with a deadline) for an event of ``kind`` since the drill
+    started; True if it came. For a method step that waits on the system's own response."""
+    ctx = current()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not ctx.stop.is_set():
+        if ctx.events.query(kind=kind, after_id=ctx.started_event_id):
+            return True
+        ctx.stop.wait(0.05)
+    return bool(ctx.events.query(kind=kind, after_id=ctx.started_event_id))
 
 
 def load_failures(name: str = "load") -> int:

@@ -18,9 +18,12 @@ The ``bastion`` extension::
     extensions:
       - name: bastion
         scope: {paths: [data], ports: [8801], pids: []}   # relative to the experiment
+        manifest: ../bastion.yaml                          # use the system's event log
         free_ports: [web_port]                             # picked now, usable as ${web_port}
+        setup: [[python, -m, bastion, vault, protect, data, --name, dataset/x]]  # must exit 0
         processes:                                         # started before the run, in scope
           web: {command: [python, -m, http.server, "${web_port}"], ready_port: "${web_port}"}
+          guard: {command: [python, -m, bastion, vault, guard], ready_event: vault.guard.started}
         upstreams: {vendor-b: {port: 8801}}                # OpenAI-compatible fault upstreams
         proxies: {db: {upstream_port: 8900, listen_port: 8901}}  # TCP fault proxies
         detect: [vault.guard.*, train.restarted]           # events that count as detection
@@ -43,6 +46,8 @@ import json
 import logging
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -51,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.drill import control
-from bastion.drill.context import DrillContext, activate
+from bastion.drill.context import DrillContext, activate, current
 from bastion.drill.faults import Scope
 from bastion.drill.measure import check_targets, measure
 from bastion.errors import ScopeError, UsageError
@@ -145,8 +150,10 @@ def _wait_ready(name: str, spec: dict[str, Any], proc: Any) -> None:
 
     port = spec.get("ready_port")
     url = spec.get("ready_url")
-    if port is None and url is None:
+    event = spec.get("ready_event")
+    if port is None and url is None and event is None:
         return
+    ctx = current()
     deadline = time.monotonic() + float(spec.get("ready_timeout_s", 30))
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -154,6 +161,11 @@ def _wait_ready(name: str, spec: dict[str, Any], proc: Any) -> None:
                 f"drill setup: process {name!r} exited with {proc.returncode} before it was "
                 "ready; check its command"
             )
+        if event is not None:
+            if ctx.events.query(kind=str(event), after_id=ctx.started_event_id):
+                return
+            threading.Event().wait(0.05)
+            continue
         try:
             if url is not None:
                 with urllib.request.urlopen(str(url), timeout=1):  # noqa: S310 - loopback
@@ -187,6 +199,18 @@ def _setup(ctx: DrillContext, settings: dict[str, Any], experiment: dict[str, An
             text = text.replace("${" + str(key) + "}", str(value))
         return int(text) if text.isdigit() else text
 
+    for command in settings.get("setup") or []:
+        # One-shot preparation (protect a directory, make a key): must exit 0.
+        argv = [str(fill(c)) for c in command]
+        argv = [sys.executable if argv[0] == "python" else argv[0], *argv[1:]]
+        done = subprocess.run(
+            argv, cwd=ctx.base, capture_output=True, text=True, timeout=300, check=False
+        )
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            raise UsageError(
+                f"drill setup: {' '.join(command)} exited {done.returncode}: {' | '.join(tail)}"
+            )
     for name, raw in (settings.get("processes") or {}).items():
         spec = {
             k: ([fill(c) for c in v] if isinstance(v, list) else fill(v)) for k, v in raw.items()
@@ -330,6 +354,11 @@ def run_experiment(
     scope = Scope.from_config(settings.get("scope"), base=base)
     title = str(experiment.get("title", "drill"))
     subject = str(settings.get("subject", ""))
+    if state_dir is None and settings.get("manifest"):
+        # The system's own event log, so detections by its parts land in the same log.
+        from bastion.manifest import load
+
+        state_dir = load(base / str(settings["manifest"])).state_dir
     events = EventLog.in_state_dir(state_dir or base / ".bastion")
     ctx = DrillContext(base=base, scope=scope, events=events, subject=subject, seed=seed)
     frequency = float(settings.get("frequency_s", 0.5))

@@ -22,7 +22,8 @@ Families:
   ``MakeReadOnly``, ``SlowReads``.
 - ransomware: ``Ransomware`` (AES-CTR in place, ``.locked``, a note; ``files_per_s``,
   ``max_files``; journal/key at ``keyfile`` outside the target), ``restore_from_journal``.
-  As a separate process: ``python -m bastion.drill.faults.ransomware --root DIR
+  ``RansomwareProcess``: the same attack in a child process (a guard may kill or freeze
+  it; revert kills it and restores). By hand: ``python -m bastion.drill.faults.ransomware --root DIR
   --keyfile K [--rate R --max-files N]``; revert with ``--revert --keyfile K``.
 - process: ``KillProcess`` (SIGKILL, or ``sig=SIGTERM``), ``HangProcess`` (SIGSTOP,
   revert SIGCONT), ``RestartProcess``, ``CpuHog``, ``MemoryHog``; ``wait_exit``.
@@ -64,7 +65,7 @@ from bastion.drill.faults.process import (
     RestartProcess,
     wait_exit,
 )
-from bastion.drill.faults.ransomware import Ransomware, restore_from_journal
+from bastion.drill.faults.ransomware import Ransomware, RansomwareProcess, restore_from_journal
 from bastion.drill.faults.scope import Scope
 from bastion.drill.faults.storage import (
     DeleteFiles,
@@ -94,6 +95,7 @@ __all__ = [
     "MemoryHog",
     "NanInjection",
     "Ransomware",
+    "RansomwareProcess",
     "RestartProcess",
     "SchemaBreak",
     "Scope",

@@ -19,10 +19,12 @@ Must never: touch a file outside its scope; encrypt more than ``max_files``; los
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import secrets
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +41,14 @@ if TYPE_CHECKING:
 
     from bastion.events import EventLog
 
-__all__ = ["NOTE_NAME", "SUFFIX", "Ransomware", "main", "restore_from_journal"]
+__all__ = [
+    "NOTE_NAME",
+    "SUFFIX",
+    "Ransomware",
+    "RansomwareProcess",
+    "main",
+    "restore_from_journal",
+]
 
 SUFFIX = ".locked"
 NOTE_NAME = "README-RESTORE-FILES.txt"
@@ -239,3 +248,91 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+class RansomwareProcess(Fault):
+    """The same attack in its own process, as real ransomware is: a guard may detect it,
+    freeze the files or kill it, and the drill survives. ``inject()`` starts it and, with
+    ``wait_s``, waits up to that long for it to end; ``revert()`` kills it if still
+    running and restores every file from the journal. ``pid`` joins nothing: the child
+    is the drill's own."""
+
+    kind = "ransomware.process"
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        scope: Scope,
+        keyfile: str | Path,
+        max_files: int = 100,
+        files_per_s: float = 10.0,
+        pattern: str = "**/*",
+        wait_s: float | None = None,
+        events: EventLog | None = None,
+        subject: str = "",
+    ) -> None:
+        super().__init__(events=events, subject=subject)
+        self.root = scope.check_path(root, fault=self.kind)
+        self.keyfile = Path(keyfile).resolve()
+        if self.keyfile.is_relative_to(self.root):
+            raise UsageError(
+                f"{self.kind}: the recovery journal {self.keyfile} must live outside {self.root}"
+            )
+        self.scope = scope
+        self.max_files = max_files
+        self.files_per_s = files_per_s
+        self.pattern = pattern
+        self.wait_s = wait_s
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restored = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"root": str(self.root), "max_files": self.max_files, "rate": self.files_per_s}
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def files_locked(self) -> int:
+        """Files the attack reached (journal ``begin`` lines), read from its journal."""
+        if not self.keyfile.is_file():
+            return 0
+        return sum(1 for line in self.keyfile.read_text().splitlines() if '"begin"' in line)
+
+    def _inject(self) -> dict[str, Any]:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bastion.drill.faults.ransomware",
+                "--root",
+                str(self.root),
+                "--keyfile",
+                str(self.keyfile),
+                "--max-files",
+                str(self.max_files),
+                "--rate",
+                str(self.files_per_s),
+                "--pattern",
+                self.pattern,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if self.wait_s is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=self.wait_s)
+        return {"pid": self.proc.pid}
+
+    def _revert(self) -> dict[str, Any]:
+        code = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            code = self.proc.wait(timeout=10)
+        reached = self.files_locked()
+        self.restored = (
+            restore_from_journal(self.keyfile, scope=self.scope) if self.keyfile.is_file() else 0
+        )
+        return {"exit_code": code, "files_reached": reached, "restored": self.restored}
