@@ -63,8 +63,36 @@ class HttpFault:
             raise UsageError(
                 f"http fault: unknown field(s) {sorted(unknown)}; known: {sorted(known)}"
             )
-        fault = cls(**data)
-        if fault.status is not None and not 100 <= int(fault.status) <= 599:
+        numbers = {
+            "status": int,
+            "retry_after": float,
+            "first_byte_delay_s": float,
+            "cut_stream_after": int,
+            "probability": float,
+            "times": int,
+        }
+        clean: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "malformed_body":
+                if not isinstance(value, bool):
+                    raise UsageError(
+                        f"http fault: malformed_body must be true or false, got {value!r}"
+                    )
+                clean[key] = value
+                continue
+            if value is None and key in ("status", "retry_after", "cut_stream_after", "times"):
+                clean[key] = None
+                continue
+            kind = numbers[key]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UsageError(f"http fault: {key} must be a number, got {value!r}")
+            if kind is int and value != int(value):
+                raise UsageError(f"http fault: {key} must be a whole number, got {value!r}")
+            clean[key] = kind(value)
+            if clean[key] < 0 or clean[key] != clean[key] or clean[key] == float("inf"):
+                raise UsageError(f"http fault: {key} must be a finite number >= 0, got {value!r}")
+        fault = cls(**clean)
+        if fault.status is not None and not 100 <= fault.status <= 599:
             raise UsageError(f"http fault: status {fault.status} is not an HTTP status")
         if not 0.0 <= fault.probability <= 1.0:
             raise UsageError(f"http fault: probability {fault.probability} must be in [0, 1]")
