@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from bastion.drill.faults import Scope, TcpFaultProxy, Toxic, ToxicFault
-from bastion.errors import ScopeError
+from bastion.errors import ScopeError, UsageError
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -172,6 +172,89 @@ def test_down_refuses_then_up_serves(proxy: TcpFaultProxy) -> None:
         assert _rtt(sock) < 5
 
 
+def test_toxiproxy_attribute_names() -> None:
+    toxic = Toxic("bandwidth", attributes={"rate": 100})
+    assert toxic.attr("rate_kbps") == 100
+    with pytest.raises(UsageError):
+        Toxic("latency", attributes={"latency": 1, "latency_ms": 2})
+
+
 def test_upstream_port_outside_scope_is_refused(upstream: int) -> None:
     with pytest.raises(ScopeError, match=f"port {upstream}"):
         TcpFaultProxy(upstream_port=upstream, scope=Scope.of(ports=[1]))
+
+
+def _api(method: str, url: str, body: dict[str, object] | None = None) -> tuple[int, object]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, json.loads(err.read() or b"null")
+
+
+def test_toxiproxy_api_from_another_process(upstream: int, seed: int) -> None:
+    """The proxy as its own process, driven through Toxiproxy's REST API."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bastion.drill.faults.network",
+            "--name",
+            "db",
+            "--upstream-port",
+            str(upstream),
+            "--seed",
+            str(seed),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ports = json.loads(proc.stdout.readline())
+        api, listen = ports["api"], ports["listen"]
+        status, listing = _api("GET", f"{api}/proxies")
+        assert status == 200
+        assert listing["db"]["enabled"] is True  # type: ignore[index]
+        with _connect(listen) as sock:
+            base = statistics.median(_rtt(sock) for _ in range(3))
+            status, _ = _api(
+                "POST",
+                f"{api}/proxies/db/toxics",
+                {
+                    "name": "slow",
+                    "type": "latency",
+                    "attributes": {"latency": 300, "jitter": 10},
+                },
+            )
+            assert status == 200
+            slow = statistics.median(_rtt(sock) for _ in range(3))
+            assert slow - base > 0.15
+            assert _api("DELETE", f"{api}/proxies/db/toxics/slow")[0] == 204
+            assert _api("DELETE", f"{api}/proxies/db/toxics/slow")[0] == 404
+            assert _rtt(sock) < slow
+        assert _api("POST", f"{api}/proxies/db/toxics", {"type": "nonsense"})[0] == 400
+        assert _api("POST", f"{api}/proxies/db", {"enabled": False})[0] == 200
+        with _connect(listen) as sock:
+            assert sock.recv(100) == b""  # down: closed at once
+        assert _api("POST", f"{api}/reset")[0] == 204
+        with _connect(listen) as sock:
+            assert _rtt(sock) < 5
+        assert _api("GET", f"{api}/proxies/nope")[0] == 404
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()

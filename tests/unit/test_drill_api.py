@@ -35,6 +35,7 @@ def test_faults_public_names() -> None:
             "TcpFaultProxy",
             "Toxic",
             "ToxicFault",
+            "ToxiproxyApi",
             "TruncateFile",
             "degrade",
             "restore_from_journal",

@@ -34,7 +34,9 @@ Families:
 - network: ``TcpFaultProxy`` (127.0.0.1 -> an upstream port in scope), ``Toxic`` (type
   latency | bandwidth | timeout | reset_peer | slicer | limit_data, Toxiproxy's names and
   attributes), ``ToxicFault`` (and ``ToxicFault.down(proxy)``); ``add_toxic`` /
-  ``remove_toxic`` / ``set_down`` take effect on open connections.
+  ``remove_toxic`` / ``set_down`` take effect on open connections. ``ToxiproxyApi``
+  serves Toxiproxy's REST API over running proxies (for existing Toxiproxy clients);
+  ``python -m bastion.drill.faults.network --upstream-port P`` runs one as a process.
 - data (CSV shards; ``copy_to=`` damages a copy, else in place with revert):
   ``LabelFlip``, ``SchemaBreak`` (drop/rename/extra column, reorder, bad_type),
   ``DistributionShift`` (``x*scale+offset``), ``NanInjection``; ``fraction``, ``seed``,
@@ -56,7 +58,7 @@ from bastion.drill.faults.data import (
 )
 from bastion.drill.faults.http import FaultyUpstream, HttpFault, HttpFaultInjection
 from bastion.drill.faults.model import CorruptWeights, SwapModel, degrade
-from bastion.drill.faults.network import TcpFaultProxy, Toxic, ToxicFault
+from bastion.drill.faults.network import TcpFaultProxy, Toxic, ToxicFault, ToxiproxyApi
 from bastion.drill.faults.process import (
     CpuHog,
     HangProcess,
@@ -104,6 +106,7 @@ __all__ = [
     "TcpFaultProxy",
     "Toxic",
     "ToxicFault",
+    "ToxiproxyApi",
     "TruncateFile",
     "degrade",
     "restore_from_journal",

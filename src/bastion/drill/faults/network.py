@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import socket
 import struct
@@ -32,11 +33,18 @@ if TYPE_CHECKING:
     from bastion.drill.faults.scope import Scope
     from bastion.events import EventLog
 
-__all__ = ["TOXIC_TYPES", "TcpFaultProxy", "Toxic", "ToxicFault"]
+__all__ = ["TOXIC_TYPES", "TcpFaultProxy", "Toxic", "ToxicFault", "ToxiproxyApi", "main"]
 
 Stream = Literal["upstream", "downstream"]
 TOXIC_TYPES = ("latency", "bandwidth", "timeout", "reset_peer", "slicer", "limit_data")
 _POLL_S = 0.05
+_TOXIPROXY_NAMES: dict[str, dict[str, str]] = {
+    "latency": {"latency": "latency_ms", "jitter": "jitter_ms"},
+    "bandwidth": {"rate": "rate_kbps"},
+    "timeout": {"timeout": "timeout_ms"},
+    "reset_peer": {"timeout": "timeout_ms"},
+    "slicer": {"delay": "delay_us"},
+}
 
 
 @dataclass
@@ -47,6 +55,8 @@ class Toxic:
     Attributes by type: latency: ``latency_ms``, ``jitter_ms``; bandwidth: ``rate_kbps``
     (KB/s); timeout: ``timeout_ms`` (0 = hold forever); reset_peer: ``timeout_ms``;
     slicer: ``average_size``, ``size_variation``, ``delay_us``; limit_data: ``bytes``.
+    Toxiproxy's names (``latency``, ``jitter``, ``rate``, ``timeout``, ``delay``, in
+    its units) are accepted too.
     ``toxicity`` is the chance (seeded) that a connection is affected.
     """
 
@@ -64,6 +74,14 @@ class Toxic:
         if not 0.0 <= self.toxicity <= 1.0:
             raise UsageError(f"toxic toxicity {self.toxicity} must be in [0, 1]")
         self.name = self.name or f"{self.type}_{self.stream}"
+        # Toxiproxy's own attribute names are accepted and stored with their units spelt.
+        attrs = dict(self.attributes)
+        for theirs, ours in _TOXIPROXY_NAMES.get(self.type, {}).items():
+            if theirs in attrs:
+                if ours in attrs and attrs[ours] != attrs[theirs]:
+                    raise UsageError(f"toxic {self.name}: give {theirs} or {ours}, not both")
+                attrs[ours] = attrs.pop(theirs)
+        self.attributes = attrs
 
     def attr(self, key: str, default: float = 0.0) -> float:
         return float(self.attributes.get(key, default))
@@ -459,3 +477,185 @@ class ToxicFault(Fault):
         else:
             self.proxy.remove_toxic(self.toxic.name)
         return {}
+
+
+class ToxiproxyApi:
+    """A Toxiproxy-compatible HTTP API (on 127.0.0.1) over running ``TcpFaultProxy``s,
+    so existing Toxiproxy clients and scripts can change toxics from another process.
+
+    Endpoints (as Toxiproxy's): ``GET /proxies``; ``GET /proxies/{name}``;
+    ``POST /proxies/{name}`` with ``{"enabled": false}`` (down) or ``true``;
+    ``GET|POST /proxies/{name}/toxics``; ``DELETE /proxies/{name}/toxics/{toxic}``;
+    ``POST /reset`` (every proxy up, every toxic removed). Creating proxies over the API
+    is not offered: a proxy's upstream must be checked against a drill's scope.
+    """
+
+    def __init__(self, proxies: dict[str, TcpFaultProxy], *, port: int = 0) -> None:
+        self.proxies = proxies
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._runner: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ToxiproxyApi:
+        self._thread = threading.Thread(target=self._run, name="toxiproxy-api", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise UsageError("toxiproxy api: did not start within 15 s")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._thread = None
+
+    def __enter__(self) -> ToxiproxyApi:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        from aiohttp import web
+
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        app = web.Application()
+        app.router.add_get("/proxies", self._list)
+        app.router.add_get("/proxies/{name}", self._get)
+        app.router.add_post("/proxies/{name}", self._update)
+        app.router.add_get("/proxies/{name}/toxics", self._toxics)
+        app.router.add_post("/proxies/{name}/toxics", self._add)
+        app.router.add_delete("/proxies/{name}/toxics/{toxic}", self._remove)
+        app.router.add_post("/reset", self._reset)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        loop.run_until_complete(site.start())
+        self.port = int(self._runner.addresses[0][1])
+        self._ready.set()
+        loop.run_forever()
+        loop.run_until_complete(self._runner.cleanup())
+        loop.close()
+
+    def _view(self, name: str, proxy: TcpFaultProxy) -> dict[str, Any]:
+        return {
+            "name": name,
+            "listen": f"127.0.0.1:{proxy.port}",
+            "upstream": f"{proxy.upstream_host}:{proxy.upstream_port}",
+            "enabled": not proxy.statistics()["down"],
+            "toxics": [asdict(t) for t in proxy.toxics()],
+        }
+
+    def _proxy(self, request: Any) -> TcpFaultProxy:
+        from aiohttp import web
+
+        name = request.match_info["name"]
+        if name not in self.proxies:
+            raise web.HTTPNotFound(text=json.dumps({"error": "proxy not found", "status": 404}))
+        return self.proxies[name]
+
+    async def _list(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response({n: self._view(n, p) for n, p in self.proxies.items()})
+
+    async def _get(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response(self._view(request.match_info["name"], self._proxy(request)))
+
+    async def _update(self, request: Any) -> Any:
+        from aiohttp import web
+
+        proxy = self._proxy(request)
+        body = await request.json()
+        if "enabled" in body:
+            await asyncio.to_thread(proxy.set_down, not bool(body["enabled"]))
+        return web.json_response(self._view(request.match_info["name"], proxy))
+
+    async def _toxics(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response([asdict(t) for t in self._proxy(request).toxics()])
+
+    async def _add(self, request: Any) -> Any:
+        from aiohttp import web
+
+        proxy = self._proxy(request)
+        try:
+            body = await request.json()
+            toxic = Toxic(
+                str(body["type"]),
+                name=str(body.get("name", "")),
+                stream=body.get("stream", "downstream"),
+                toxicity=float(body.get("toxicity", 1.0)),
+                attributes={k: float(v) for k, v in (body.get("attributes") or {}).items()},
+            )
+            proxy.add_toxic(toxic)
+        except (UsageError, KeyError, ValueError, TypeError, AttributeError) as exc:
+            return web.json_response({"error": str(exc), "status": 400}, status=400)
+        return web.json_response(asdict(toxic))
+
+    async def _remove(self, request: Any) -> Any:
+        from aiohttp import web
+
+        proxy = self._proxy(request)
+        name = request.match_info["toxic"]
+        if name not in {t.name for t in proxy.toxics()}:
+            return web.json_response({"error": "toxic not found", "status": 404}, status=404)
+        proxy.remove_toxic(name)
+        return web.Response(status=204)
+
+    async def _reset(self, request: Any) -> Any:
+        from aiohttp import web
+
+        for proxy in self.proxies.values():
+            for toxic in proxy.toxics():
+                proxy.remove_toxic(toxic.name)
+            if proxy.statistics()["down"]:
+                await asyncio.to_thread(proxy.set_down, False)
+        return web.Response(status=204)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one proxy and its Toxiproxy-compatible API as a process; prints both ports."""
+    import argparse
+
+    from bastion.drill.faults.scope import Scope
+
+    parser = argparse.ArgumentParser(prog="python -m bastion.drill.faults.network")
+    parser.add_argument("--name", default="proxy")
+    parser.add_argument("--upstream-port", type=int, required=True)
+    parser.add_argument("--listen-port", type=int, default=0)
+    parser.add_argument("--api-port", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    scope = Scope.of(ports=[args.upstream_port], name="cli")
+    proxy = TcpFaultProxy(
+        upstream_port=args.upstream_port,
+        scope=scope,
+        listen_port=args.listen_port,
+        name=args.name,
+        seed=args.seed,
+    ).start()
+    api = ToxiproxyApi({args.name: proxy}, port=args.api_port).start()
+    print(json.dumps({"listen": proxy.port, "api": api.url}), flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        api.stop()
+        proxy.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
