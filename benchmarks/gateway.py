@@ -6,9 +6,14 @@ and runs in its own process, so its CPU time can be read per request. Measured:
 - maximum throughput with ``wrk -t2 -c32`` (when /usr/bin/wrk exists);
 - gateway CPU per request (user+sys of the gateway process / requests it served).
 
-LiteLLM runs from its own venv (``benchmarks/.litellm-venv``, gitignored; create it with
-``python -m venv benchmarks/.litellm-venv && benchmarks/.litellm-venv/bin/pip install
-'litellm[proxy]'``); it is skipped, and says so, when that venv is missing.
+Then failover: Bastion over three replica processes under paced load at 50% of its
+measured capacity; one replica is SIGKILLed; it reports failed requests and the time from
+the kill to the last request routed to the dead replica (goals: 0 and <= 100 ms).
+
+LiteLLM runs from its own venv (``benchmarks/.litellm-venv``, ignored by git through the
+venv's own ``.gitignore``; create it with ``python -m venv benchmarks/.litellm-venv &&
+echo '*' > benchmarks/.litellm-venv/.gitignore && benchmarks/.litellm-venv/bin/pip
+install 'litellm[proxy]'``); it is skipped, and says so, when that venv is missing.
 
 Run: ``.venv/bin/python benchmarks/gateway.py [--requests 3000] [--seconds 5]``.
 """
@@ -28,6 +33,9 @@ from pathlib import Path
 import psutil
 
 HERE = Path(__file__).resolve().parent
+# A throwaway key for the local LiteLLM proxy (it refuses to start without one); sent to
+# every target so all do the same header work. Not a secret: it guards 127.0.0.1 only.
+KEY = "sk-bench-" + "0123456789abcdef" * 2
 BODY = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 BARE = """
@@ -72,7 +80,9 @@ from bastion.serve import Gateway, UpstreamSpec
 async def main():
     gw = Gateway("bench", GatewayPolicy(timeout_ms=5000, hedge="p95", retry_budget=0.2,
                                         max_queue=256), port=int(sys.argv[2]))
-    gw.add_upstream(UpstreamSpec(name="b0", url=sys.argv[1], initial_limit=256))
+    for i, url in enumerate(sys.argv[1].split(",")):
+        gw.add_upstream(UpstreamSpec(name=f"b{i}", url=url, initial_limit=256,
+                                     probe_path="/health"))
     await gw.start()
     print("PORT", gw.port, flush=True)
     await asyncio.Event().wait()
@@ -112,7 +122,7 @@ def wait_http(port: int, path: str = "/v1/chat/completions", timeout: float = 12
             req = urllib.request.Request(
                 f"http://127.0.0.1:{port}{path}",
                 data=BODY,
-                headers={"Content-Type": "application/json", "Authorization": "Bearer sk-x"},
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
             )
             with urllib.request.urlopen(req, timeout=5) as r:
                 if r.status == 200:
@@ -126,7 +136,7 @@ async def sequential(port: int, n: int) -> list[float]:
     import aiohttp
 
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-x"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
     out = []
     async with aiohttp.ClientSession() as s:
         for i in range(n + 50):
@@ -146,7 +156,7 @@ def wrk(port: int, seconds: int) -> float | None:
         f.write(
             'wrk.method = "POST"\nwrk.body = ' + json.dumps(BODY.decode()) + "\n"
             'wrk.headers["Content-Type"] = "application/json"\n'
-            'wrk.headers["Authorization"] = "Bearer sk-x"\n'
+            f'wrk.headers["Authorization"] = "Bearer {KEY}"\n'
         )
         script = f.name
     out = subprocess.run(
@@ -207,6 +217,111 @@ def measure(
     return row
 
 
+async def paced(
+    port: int, rate: float, seconds: float, kill: subprocess.Popen[str], kill_after: float
+) -> tuple[int, int, float]:
+    """Open-loop load at ``rate`` req/s; SIGKILL ``kill`` after ``kill_after`` seconds.
+    Returns (ok, failed, monotonic time of the kill)."""
+    import aiohttp
+
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    counts = {"ok": 0, "failed": 0}
+    codes: dict[object, int] = {}
+    killed_at = 0.0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+
+        async def one() -> None:
+            try:
+                async with s.post(
+                    url, data=BODY, headers={"Content-Type": "application/json"}
+                ) as r:
+                    await r.read()
+                    counts["ok" if r.status == 200 else "failed"] += 1
+                    if r.status != 200:
+                        codes[r.status] = codes.get(r.status, 0) + 1
+            except aiohttp.ClientError as exc:
+                counts["failed"] += 1
+                codes[type(exc).__name__] = codes.get(type(exc).__name__, 0) + 1
+
+        tasks = []
+        start = time.monotonic()
+        i = 0
+        while (now := time.monotonic()) - start < seconds:
+            if not killed_at and now - start >= kill_after:
+                kill.kill()
+                killed_at = time.monotonic()
+            due = int((now - start) * rate)
+            while i < due:
+                tasks.append(asyncio.ensure_future(one()))
+                i += 1
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*tasks)
+    if codes:
+        print(f"failures by kind: {codes}")
+    return counts["ok"], counts["failed"], killed_at
+
+
+async def closed_loop(port: int, concurrency: int, seconds: float) -> float:
+    import aiohttp
+
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    done = 0
+    stop = time.monotonic() + seconds
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < stop:
+                async with s.post(
+                    url, data=BODY, headers={"Content-Type": "application/json"}
+                ) as r:
+                    await r.read()
+                    done += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / seconds
+
+
+def failover(py: str, seconds: int) -> dict[str, float | int | None]:
+    import urllib.request
+
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        ports = []
+        for i in range(3):
+            proc, port = start([py, "-m", "bastion.serve.standin", "--name", f"r{i}"])
+            procs.append(proc)
+            ports.append(port)
+        urls = ",".join(f"http://127.0.0.1:{p}" for p in ports)
+        gw, gport = start([py, "-c", BASTION, urls, str(free_port())])
+        procs.append(gw)
+        wait_http(gport)
+        # Capacity as the same Python client sees it (it shares the 2 cores with the
+        # gateway; wrk's figure would overstate what this client can drive).
+        capacity = asyncio.run(closed_loop(gport, 32, 2.0))
+        rate = capacity * 0.5
+        ok, failed, killed_at = asyncio.run(paced(gport, rate, 3.0, procs[0], 1.0))
+        with urllib.request.urlopen(f"http://127.0.0.1:{gport}/bastion/status") as r:
+            status = json.loads(r.read())
+        dead = next(u for u in status["pool"]["upstreams"] if u["name"] == "b0")
+        limits = {u["name"]: u["limit"]["limit"] for u in status["pool"]["upstreams"]}
+        last = dead["last_sent_mono"]
+        return {
+            "capacity_rps": capacity,
+            "load_rps": rate,
+            "ok": ok,
+            "failed": failed,
+            "kill_to_last_routed_ms": max(0.0, (last - killed_at) * 1e3),
+            "kill_to_ejection_ms": max(0.0, (dead["ejected_at_mono"] - killed_at) * 1e3),
+            "limits_after": limits,
+            "shed": status["admission"],
+        }
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=3000)
@@ -243,10 +358,21 @@ def main() -> None:
             cfg.write_text(
                 "model_list:\n  - model_name: m\n    litellm_params:\n"
                 f"      model: openai/m\n      api_base: {upstream}/v1\n      api_key: sk-x\n"
+                f"general_settings:\n  master_key: {KEY}\n"
             )
             port = free_port()
             proc = subprocess.Popen(
-                [str(venv), "--config", str(cfg), "--port", str(port), "--num_workers", "1"],
+                [
+                    str(venv),
+                    "--config",
+                    str(cfg),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--num_workers",
+                    "1",
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -267,6 +393,8 @@ def main() -> None:
             p.kill()
             p.wait()
     print(json.dumps(rows, indent=1))
+    fo = failover(py, args.seconds)
+    print(json.dumps({"failover": fo}, indent=1))
     bare = next(r for r in rows if r["target"] == "bare proxy")
     ours = next(r for r in rows if r["target"] == "bastion")
     print(
@@ -277,6 +405,19 @@ def main() -> None:
         print(
             f"bastion CPU/request {ours['cpu_ms_per_req']:.3f} ms = "
             f"{ours['cpu_ms_per_req'] / bare['cpu_ms_per_req']:.2f}x bare (goal <= 1.5x)"
+        )
+    print(
+        f"failover at 50% capacity ({fo['load_rps']:.0f} req/s): {fo['failed']} failed of "
+        f"{fo['ok'] + fo['failed']} (goal 0); kill -> last request routed to the dead "
+        f"replica {fo['kill_to_last_routed_ms']:.1f} ms (goal <= 100)"
+    )
+    lite = next((r for r in rows if r["target"] == "litellm"), None)
+    if lite is not None and lite["cpu_ms_per_req"] and ours["cpu_ms_per_req"]:
+        ratio = float(lite["cpu_ms_per_req"]) / float(ours["cpu_ms_per_req"])
+        print(
+            f"litellm: added p50 {lite['added_p50_ms']:.2f} ms, CPU/request "
+            f"{lite['cpu_ms_per_req']:.2f} ms = {ratio:.1f}x Bastion's; "
+            f"throughput {lite['rps']} req/s"
         )
     if bare["rps"] and ours["rps"]:
         print(

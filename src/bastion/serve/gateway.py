@@ -9,14 +9,16 @@ What is retried, and why that is safe: every proxied route is an inference call 
 side effect on the backend (a prediction, a completion, an embedding), so sending it
 again cannot double-apply anything. A non-streaming answer is buffered whole before the
 client sees a byte, so any failed attempt (refused, timeout, 5xx, 429, malformed JSON)
-may be retried on a *different* backend, while the retry budget has a token and the
-request's deadline has time left. 4xx answers other than 429 are the client's fault and
-are passed through, never retried. A stream is retried only before its first byte
-reaches the client (refused, error status, no first chunk within the TTFT timeout). Once
-bytes have been sent, a cut or stalled stream cannot be resumed: the OpenAI protocol has
-no offset to continue from, and a second backend would generate different tokens. The
-gateway then ends the stream with an SSE ``error`` event (which the ``openai`` client
-raises as ``APIError``), never with a silent truncation.
+may be retried on a *different* backend, at most three attempts, while the request's
+deadline has time left and, unless the failure was a refused or reset connection (a
+"requeue": the backend is gone, not overloaded), while the retry budget has a token.
+4xx answers other than 429 are the client's fault and are passed through, never retried.
+A stream is retried only before its first byte reaches the client (refused, error
+status, no first chunk within the TTFT timeout). Once bytes have been sent, a cut or
+stalled stream cannot be resumed: the OpenAI protocol has no offset to continue from, and
+a second backend would generate different tokens. The gateway then ends the stream with
+an SSE ``error`` event (which the ``openai`` client raises as ``APIError``), never with a
+silent truncation. Streams are not hedged (two live generations would both bill).
 
 Deadlines: ``x-bastion-deadline-ms`` from the client (or the policy's ``timeout_ms``,
 whichever is shorter) bounds the whole request; each attempt gets what is left and
@@ -132,6 +134,7 @@ class Gateway:
         self.probe_timeout_s = probe_timeout_s
         self.hold_429_s = hold_429_s
         self.max_attempts = 3
+        self.requeues = 0
         self._used_groups: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -233,6 +236,7 @@ class Gateway:
             "listen": f"{self.host}:{self.port}",
             "pool": self.pool.statistics(),
             "retry_budget": self.budget.statistics(),
+            "requeues": self.requeues,
             "hedge": self.hedge.statistics(),
             "admission": self.admission.statistics(),
         }
@@ -419,7 +423,7 @@ class Gateway:
                         return shed
                     continue
                 if tried:
-                    if len(tried) >= self.max_attempts or not self.budget.try_withdraw():
+                    if len(tried) >= self.max_attempts or not self._may_retry(last):
                         break
                     up.metrics.retries.inc()
                 tried += (up,)
@@ -462,6 +466,17 @@ class Gateway:
         for loser in pending:
             loser.cancel()
         return self._give_up(last, tried)
+
+    def _may_retry(self, last: _Fail | None) -> bool:
+        """A connection failure (refused, reset: the backend process is gone) is requeued
+        without a budget token, as Finagle's requeues are: it put no load on a backend, so
+        retrying it cannot feed a retry storm, and a crashed replica's in-flight requests
+        must all move. Timeouts, 5xx, 429 and bad bodies may mean overload: those spend
+        the budget. Either way a request makes at most ``max_attempts`` attempts."""
+        if last is not None and last.kind == "connection":
+            self.requeues += 1
+            return True
+        return self.budget.try_withdraw()
 
     def _give_up(self, last: _Fail | None, tried: tuple[Upstream, ...]) -> web.Response:
         names = ", ".join(u.name for u in tried) or "none"
@@ -572,7 +587,7 @@ class Gateway:
                     return shed
                 continue
             if tried:
-                if len(tried) >= self.max_attempts or not self.budget.try_withdraw():
+                if len(tried) >= self.max_attempts or not self._may_retry(last):
                     return self._give_up(last, tried)
                 up.metrics.retries.inc()
             tried += (up,)

@@ -9,6 +9,11 @@ by this request (a retry always goes elsewhere; Envoy's previous_hosts, #2259, i
 there and built in here). Tiers are tried in order: a fallback tier is used only when
 every upstream of the tiers before it is unavailable or already tried.
 
+Rejoining: after a hard failure (refused, timed out, failed probe) an upstream is marked
+``needs_probe`` and gets no request until an active probe passes (then its breaker is
+reset); after soft failures (5xx, malformed) it rejoins through a half_open trial, since
+a health probe cannot see a bad inference answer.
+
 Must never: do I/O or await; emit per-request events (only state changes go to the sink).
 """
 
@@ -228,6 +233,11 @@ class Pool:
 
     def _trip(self, up: Upstream, reason: str, *, hard: bool) -> None:
         open_s = up.breaker.trip()
+        if hard:
+            # Refused or silent: the process is gone or stuck. Its rejoin is gated on an
+            # active probe, not on a half_open trial with a real request, so no client
+            # request is routed to it again until it answers /health.
+            up.needs_probe = True
         up.metrics.ejections.inc()
         up.down_reason = reason
         up.ejected_at = self.clock()
