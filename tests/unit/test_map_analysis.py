@@ -278,6 +278,45 @@ def test_availability_is_exact_and_monotone(graph: Graph, data: st.DataObject) -
         q_worse = Probability(tree, worse).unavailability(literal)
         assert q_worse >= result.unavailability - 1e-12
         assert math.isclose(q_worse, brute(tree, literal, worse), abs_tol=1e-12)
+        # Birnbaum from one BDD pass (chain rule through modules) equals
+        # Q(e failed) - Q(e up) by brute force.
+        measured = Probability(tree).birnbaum(literal).get(e, 0.0)
+        failed, up = list(probs), list(probs)
+        failed[e], up[e] = 1.0, 0.0
+        expected = brute(tree, literal, failed) - brute(tree, literal, up)
+        assert math.isclose(measured, expected, abs_tol=1e-9)
+
+
+def test_modules_are_solved_alone_and_shared_events_are_not() -> None:
+    # "left" and "right" have private parts (modules); "db" is shared by both.
+    nodes = [
+        comp("db", 0.95),
+        comp("l1", 0.9),
+        comp("l2", 0.8),
+        Node("left", "compute", hard=("l1", "l2"), basic=False),
+        comp("r1", 0.7),
+        Node("right", "compute", hard=("r1", "db"), basic=False),
+        Node("either", "compute", members=("left", "right"), basic=False),
+        top(hard=("either", "db")),
+    ]
+    graph = Graph(nodes)
+    tree = FaultTree(graph)
+    prob = Probability(tree)
+    names = {tree.gate_node[lit - tree.n_events] for lit in prob.modules}
+    assert "left" in names
+    assert "right" not in names  # db is also reached from the top directly
+    app = prob.unavailability(tree.node_literal["app"])
+    q_left = 1 - 0.9 * 0.8
+    assert math.isclose(app, 1 - 0.95 * (1 - q_left * 0.3))
+    # Birnbaum through the module (chain rule) against brute force, for every event.
+    literal = tree.node_literal["app"]
+    probs = [e.probability for e in tree.events]
+    measured = prob.birnbaum(literal)
+    for e in range(tree.n_events):
+        failed, up = list(probs), list(probs)
+        failed[e], up[e] = 1.0, 0.0
+        expected = brute(tree, literal, failed) - brute(tree, literal, up)
+        assert math.isclose(measured.get(e, 0.0), expected, abs_tol=1e-12), tree.events[e].id
 
 
 @settings(max_examples=30, deadline=None)

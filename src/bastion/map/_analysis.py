@@ -193,16 +193,11 @@ def analyze(
     q_top = {top: prob.unavailability(tree.node_literal[top]) for top in graph.tops()}
     t3 = time.perf_counter()
     tops: list[TopResult] = []
-    parents = _parents(tree) if importance else {}
     for top in graph.tops():
         literal = tree.node_literal[top]
         fam = literal_family(tree, families, literal)
         sets = _cut_list(tree, fam)
-        imp = (
-            _importance(tree, base=prob, parents=parents, top=literal, q_top=q_top[top], fam=fam)
-            if importance
-            else []
-        )
+        imp = _importance(tree, prob, literal, q_top[top]) if importance else []
         objective = objectives.get(top)
         tops.append(
             TopResult(
@@ -237,6 +232,7 @@ def analyze(
         "cut_sets": sum(len(t.cut_sets) for t in tops),
         "bdd_nodes": prob.bdd_nodes,
         "modules": prob.modules_solved,
+        "bdd_variables": len(prob.levels),
         "tree_s": t1 - t0,
         "cut_sets_s": t2 - t1,
         "availability_s": t3 - t2,
@@ -279,52 +275,17 @@ def _unknown(tree: FaultTree, literal: int) -> list[str]:
     return sorted(tree.events[e].id for e in _support(tree, literal) if not tree.events[e].known)
 
 
-def _parents(tree: FaultTree) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for g, children in enumerate(tree.gate_children):
-        for child in children:
-            out.setdefault(child, []).append(g + tree.n_events)
-    return out
-
-
-def _importance(
-    tree: FaultTree,
-    *,
-    base: Probability,
-    parents: dict[int, list[int]],
-    top: int,
-    q_top: float,
-    fam: Family,
-) -> list[Importance]:
-    # Rank candidates by the rare-event share of the cut sets they are in, then compute the
-    # exact measures for the leading few: Q(top | e failed) and Q(top | e up) by the BDD.
-    share: dict[int, float] = {}
-    for s in fam:
-        p = 1.0
-        for e in s:
-            p *= tree.events[e].probability
-        for e in s:
-            share[e] = share.get(e, 0.0) + p
-    ranked = sorted(share, key=lambda e: (-share[e], tree.events[e].id))[:IMPORTANCE_LIMIT]
+def _importance(tree: FaultTree, prob: Probability, top: int, q_top: float) -> list[Importance]:
+    # Exact for every event under the top, from one pass over its BDD (see
+    # Probability.birnbaum). Fussell-Vesely follows because Q is linear in each p_e:
+    # Q - Q(e up) = p_e * Birnbaum(e).
+    birnbaum = prob.birnbaum(top)
     out = []
-    for e in ranked:
-        above: set[int] = set()
-        queue = deque([e])
-        while queue:
-            for parent in parents.get(queue.popleft(), ()):
-                if parent not in above:
-                    above.add(parent)
-                    queue.append(parent)
-        seed = {g: v for g, v in base.cache.items() if g not in above}
-        q = {}
-        for value in (0.0, 1.0):
-            probs = list(base.p)
-            probs[e] = value
-            q[value] = Probability(tree, probs, seed).unavailability(top)
-        fv = (q_top - q[0.0]) / q_top if q_top > 0 else 0.0
-        out.append(Importance(tree.events[e].id, q[1.0] - q[0.0], fv))
+    for e, ib in birnbaum.items():
+        fv = prob.p[e] * ib / q_top if q_top > 0 else 0.0
+        out.append(Importance(tree.events[e].id, ib, fv))
     out.sort(key=lambda i: (-i.fussell_vesely, -i.birnbaum, i.event))
-    return out
+    return out[:IMPORTANCE_LIMIT]
 
 
 def _blast_radius(graph: Graph, tree: FaultTree, families: list[Family]) -> dict[str, BlastRadius]:

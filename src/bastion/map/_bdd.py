@@ -120,7 +120,19 @@ class Bdd:
         return r
 
     def disj_all(self, items: list[int]) -> int:
-        # Pairwise, not a left fold: OR of n variables costs n log n instead of n^2.
+        # Plain variables (most children of an OR gate: the node's own event and its
+        # common-cause events) are chained directly, bottom level first, with no apply.
+        plain = sorted(
+            {self.level[u] for u in items if u > 1 and self.lo[u] == 0 and self.hi[u] == 1},
+            reverse=True,
+        )
+        if len(plain) > 1:
+            chain = 0
+            for level in plain:
+                chain = self.mk(level, chain, 1)
+            items = [u for u in items if not (u > 1 and self.lo[u] == 0 and self.hi[u] == 1)]
+            items.append(chain)
+        # Pairwise, not a left fold: OR of n parts costs n log n applies instead of n^2.
         while len(items) > 1:
             items = [
                 self.disj(items[i], items[i + 1]) if i + 1 < len(items) else items[i]
@@ -157,35 +169,52 @@ class Bdd:
 
 
 class Probability:
-    """Exact failure probability of gates of one ``FaultTree``, with a module cache.
+    """Exact failure probability and Birnbaum importance of the gates of one ``FaultTree``.
 
-    ``probs`` overrides the events' probabilities (importance measures set one to 0 or 1);
-    ``seed`` pre-fills the cache with gates known not to depend on the overridden events.
+    One BDD manager serves every gate: modules are found once for the whole tree (from
+    all tops together, so a module is a module wherever it is used), each gate's BDD is
+    built once (a platform shared by 600 services is built once, not 600 times) over
+    events and child-module variables, and each module's probability is the probability
+    of its own BDD. ``probs`` overrides the events' failure probabilities.
     """
 
-    def __init__(
-        self,
-        tree: FaultTree,
-        probs: list[float] | None = None,
-        seed: dict[int, float] | None = None,
-    ) -> None:
+    def __init__(self, tree: FaultTree, probs: list[float] | None = None) -> None:
         self.tree = tree
         self.p = probs if probs is not None else [e.probability for e in tree.events]
-        self.cache: dict[int, float] = dict(seed or {})
-        self.bdd_nodes = 0
-        self.modules_solved = 0
+        self.bdd = Bdd()
+        roots = [tree.node_literal[t] for t in tree.graph.tops()]
+        roots += [g + tree.n_events for g in range(len(tree.gate_kind))]
+        self.modules = self._modules(roots)
+        self.levels = self._order(roots)
+        self.var_of_level = {level: lit for lit, level in self.levels.items()}
+        self.p_level = [0.0] * len(self.levels)
+        self.module_q: dict[int, float] = {}
+        self._built: dict[int, int] = {}
+        self._prob: list[float] = [0.0, 1.0]
+        self._birnbaum: dict[int, dict[int, float]] = {}
 
-    def unavailability(self, literal: int) -> float:
-        tree = self.tree
-        if literal < tree.n_events:
-            return self.p[literal]
-        if literal in self.cache:
-            return self.cache[literal]
-        modules = self._modules(literal)
-        return self._solve(literal, modules)
+    @property
+    def bdd_nodes(self) -> int:
+        return len(self.bdd)
 
-    def _modules(self, root: int) -> set[int]:
-        """Dutuit-Rauzy: gate literals under ``root`` that are modules (``root`` included)."""
+    @property
+    def modules_solved(self) -> int:
+        return len(self.module_q)
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "bdd_nodes": len(self.bdd),
+            "modules": len(self.modules),
+            "modules_solved": len(self.module_q),
+            "variables": len(self.levels),
+        }
+
+    # ------------------------------------------------------------------ structure
+
+    def _modules(self, roots: list[int]) -> set[int]:
+        """Dutuit-Rauzy over all ``roots`` at once (as children of a virtual top): a gate
+        is a module when every visit to its descendants falls between its first entry
+        and its exit, i.e. nothing outside reaches below it."""
         tree = self.tree
         n_events = tree.n_events
         first: dict[int, int] = {}
@@ -193,86 +222,176 @@ class Probability:
         second: dict[int, int] = {}
         post: list[int] = []
         clock = 0
-        stack: list[tuple[int, int]] = [(root, -1)]
-        while stack:
-            lit, i = stack.pop()
-            if i == -1:
-                clock += 1
-                if lit in first:
-                    last[lit] = clock
+        for root in roots:
+            if root in first:
+                continue  # already below an earlier root: not a new entry point
+            stack: list[tuple[int, int]] = [(root, -1)]
+            while stack:
+                lit, i = stack.pop()
+                if i == -1:
+                    clock += 1
+                    if lit in first:
+                        last[lit] = clock
+                        continue
+                    first[lit] = last[lit] = clock
+                    if lit < n_events:
+                        second[lit] = clock
+                        continue
+                    stack.append((lit, 0))
                     continue
-                first[lit] = last[lit] = clock
-                if lit < n_events:
+                children = tree.gate_children[lit - n_events]
+                if i < len(children):
+                    stack.append((lit, i + 1))
+                    stack.append((children[i], -1))
+                else:
+                    clock += 1
                     second[lit] = clock
-                    continue
-                stack.append((lit, 0))
-                continue
-            children = tree.gate_children[lit - n_events]
-            if i < len(children):
-                stack.append((lit, i + 1))
-                stack.append((children[i], -1))
-            else:
-                clock += 1
-                second[lit] = clock
-                post.append(lit)
+                    post.append(lit)
         low: dict[int, int] = {}
         high: dict[int, int] = {}
         modules: set[int] = set()
         for lit in post:  # children before parents
-            lo = hi = None
-            for child in tree.gate_children[lit - n_events]:
-                c_lo = min(first[child], low.get(child, first[child]))
-                c_hi = max(last[child], high.get(child, last[child]))
-                lo = c_lo if lo is None else min(lo, c_lo)
-                hi = c_hi if hi is None else max(hi, c_hi)
-            assert lo is not None
-            assert hi is not None
+            children = tree.gate_children[lit - n_events]
+            if not children:
+                continue  # a gate that never fails: nothing to solve
+            lo = min(min(first[c], low.get(c, first[c])) for c in children)
+            hi = max(max(last[c], high.get(c, last[c])) for c in children)
             low[lit], high[lit] = lo, hi
             if first[lit] < lo and hi < second[lit]:
                 modules.add(lit)
-        modules.add(root)
         return modules
 
-    def _solve(self, module: int, modules: set[int]) -> float:
+    def _order(self, roots: list[int]) -> dict[int, int]:
+        """Variable levels: shared events first, then depth-first order from the tops.
+
+        Shared events on top keep the BDD of "this backend AND that one" small: below the
+        shared part, each branch's private variables are ORed in without being copied
+        under every combination of the other branch's. Module gates get a level too (the
+        variable that stands for them in their parents).
+        """
         tree = self.tree
         n_events = tree.n_events
-        bdd = Bdd()
-        levels: dict[int, int] = {}
-        p_level: list[float] = []
-        built: dict[int, int] = {}
+        fanin = [0] * n_events
+        for children in tree.gate_children:
+            for child in children:
+                if child < n_events:
+                    fanin[child] += 1
+        shared = [fanin[e] > 1 or tree.events[e].kind == "common-cause" for e in range(n_events)]
+        seen: set[int] = set()
+        found: list[int] = []
+        for root in roots:
+            if root in seen:
+                continue
+            stack = [root]
+            while stack:
+                lit = stack.pop()
+                if lit in seen:
+                    continue
+                seen.add(lit)
+                if lit < n_events or lit in self.modules:
+                    found.append(lit)
+                if lit >= n_events:
+                    stack.extend(reversed(tree.gate_children[lit - n_events]))
+        found.sort(key=lambda lit: 0 if lit < n_events and shared[lit] else 1)  # stable
+        return {lit: level for level, lit in enumerate(found)}
 
-        def variable(lit: int, p: float) -> int:
-            if lit not in levels:
-                levels[lit] = len(p_level)
-                p_level.append(p)
-            return bdd.var(levels[lit])
+    # ------------------------------------------------------------------ building
 
-        def build(lit: int) -> int:
-            if lit in built:
-                return built[lit]
-            if lit < n_events:
-                node = variable(lit, self.p[lit])
-            elif lit != module and lit in modules:
-                node = variable(lit, self._known(lit, modules))
+    def _ref(self, lit: int) -> int:
+        """The BDD node standing for ``lit`` inside its parent's BDD."""
+        if lit < self.tree.n_events:
+            level = self.levels[lit]
+            self.p_level[level] = self.p[lit]
+            return self.bdd.var(level)
+        if lit in self.modules:
+            if lit not in self.module_q:
+                self.module_q[lit] = self._probability(self._expand(lit))
+            level = self.levels[lit]
+            self.p_level[level] = self.module_q[lit]
+            return self.bdd.var(level)
+        return self._expand(lit)
+
+    def _expand(self, lit: int) -> int:
+        """The BDD of gate ``lit``'s failure over events and child-module variables."""
+        found = self._built.get(lit)
+        if found is not None:
+            return found
+        g = lit - self.tree.n_events
+        parts = [self._ref(c) for c in self.tree.gate_children[g]]
+        if self.tree.gate_kind[g] == "or":
+            node = self.bdd.disj_all(parts)
+        else:
+            node = self.bdd.atleast(self.tree.gate_m[g], parts)
+        self._built[lit] = node
+        return node
+
+    def _probability(self, node: int) -> float:
+        # Nodes are created children first, so probabilities fill in creation order.
+        bdd, prob, p_level = self.bdd, self._prob, self.p_level
+        for i in range(len(prob), node + 1):
+            p = p_level[bdd.level[i]]
+            prob.append((1.0 - p) * prob[bdd.lo[i]] + p * prob[bdd.hi[i]])
+        return prob[node]
+
+    def _root(self, literal: int) -> int:
+        with _deep_recursion(10_000 + 4 * len(self.levels)):
+            return self._expand(literal)
+
+    # ------------------------------------------------------------------ answers
+
+    def unavailability(self, literal: int) -> float:
+        """P(literal fails), exactly."""
+        if literal < self.tree.n_events:
+            return self.p[literal]
+        if literal in self.module_q:
+            return self.module_q[literal]
+        return self._probability(self._root(literal))
+
+    def birnbaum(self, literal: int) -> dict[int, float]:
+        """Birnbaum importance of every event under ``literal``:
+        ``P(literal fails | e failed) - P(literal fails | e up)``.
+
+        One top-down pass gives each BDD node's probability of being reached; an event's
+        measure is the sum over its nodes of reach * (P(high) - P(low)). An event inside a
+        module gets the module's measure times its own inside the module (chain rule: the
+        module's events appear nowhere else).
+        """
+        if literal < self.tree.n_events:
+            return {literal: 1.0}
+        cached = self._birnbaum.get(literal)
+        if cached is not None:
+            return cached
+        root = self._root(literal)
+        self._probability(root)
+        bdd, prob = self.bdd, self._prob
+        reach: dict[int, float] = {root: 1.0}
+        order: list[int] = []
+        stack = [root]
+        seen: set[int] = set()
+        while stack:
+            u = stack.pop()
+            if u < 2 or u in seen:
+                continue
+            seen.add(u)
+            order.append(u)
+            stack.append(bdd.lo[u])
+            stack.append(bdd.hi[u])
+        order.sort(reverse=True)  # parents have higher indices than their children
+        by_var: dict[int, float] = {}
+        for u in order:
+            r = reach.get(u, 0.0)
+            p = self.p_level[bdd.level[u]]
+            lo, hi = bdd.lo[u], bdd.hi[u]
+            reach[lo] = reach.get(lo, 0.0) + r * (1.0 - p)
+            reach[hi] = reach.get(hi, 0.0) + r * p
+            var = self.var_of_level[bdd.level[u]]
+            by_var[var] = by_var.get(var, 0.0) + r * (prob[hi] - prob[lo])
+        out: dict[int, float] = {}
+        for var, value in by_var.items():
+            if var < self.tree.n_events:
+                out[var] = out.get(var, 0.0) + value
             else:
-                g = lit - n_events
-                parts = [build(c) for c in tree.gate_children[g]]
-                if tree.gate_kind[g] == "or":
-                    node = bdd.disj_all(parts)
-                else:
-                    node = bdd.atleast(tree.gate_m[g], parts)
-            built[lit] = node
-            return node
-
-        with _deep_recursion(10_000 + 4 * n_events):
-            root = build(module)
-        value = bdd.probability(root, p_level)
-        self.bdd_nodes += len(bdd)
-        self.modules_solved += 1
-        self.cache[module] = value
-        return value
-
-    def _known(self, lit: int, modules: set[int]) -> float:
-        if lit in self.cache:
-            return self.cache[lit]
-        return self._solve(lit, modules)
+                for event, inner in self.birnbaum(var).items():
+                    out[event] = out.get(event, 0.0) + value * inner
+        self._birnbaum[literal] = out
+        return out
