@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import bastion.resilience as resilience
 from bastion.resilience import (
     AdaptiveLimit,
     CircuitBreaker,
@@ -19,22 +18,6 @@ from bastion.resilience import (
     RetryBudget,
     parse_hedge,
 )
-
-
-def test_public_api_is_pinned() -> None:
-    assert sorted(resilience.__all__) == [
-        "AdaptiveLimit",
-        "BreakerState",
-        "CircuitBreaker",
-        "Clock",
-        "EjectionCap",
-        "Ewma",
-        "HedgeTimer",
-        "ManualClock",
-        "RetryBudget",
-        "monotonic",
-        "parse_hedge",
-    ]
 
 
 def test_breaker_hard_failure_trips_at_once_then_half_open_trial() -> None:
