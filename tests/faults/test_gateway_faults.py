@@ -313,7 +313,16 @@ def test_burst_is_shed_with_429_and_bounded_memory_then_recovers(seed: int) -> N
 
                     return list(await asyncio.gather(*(one() for _ in range(n))))
 
+            import psutil
+
+            me = psutil.Process()
             codes = asyncio.run(burst(10 * 8 * 4))
+            rss = [me.memory_info().rss]
+            for _ in range(3):  # more bursts must not grow memory: every queue is bounded
+                more = asyncio.run(burst(10 * 8 * 4))
+                assert set(more) <= {200, 429, 503}
+                rss.append(me.memory_info().rss)
+            assert rss[-1] - rss[0] < 32 * 1024 * 1024, rss
             stats = thread.run(gw.statistics)
             assert set(codes) <= {200, 429, 503}, set(codes)
             assert codes.count(200) >= 8
