@@ -11,9 +11,12 @@ report an availability that was computed by series/parallel arithmetic over shar
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,9 +123,20 @@ class MapReport:
     graph: Graph
     tree: FaultTree
     tops: list[TopResult]
-    blast_radius: dict[str, BlastRadius]
+    families: list[Family]
     findings: list[Finding]
     statistics: dict[str, float] = field(default_factory=dict)
+    _blast: dict[str, BlastRadius] | None = field(default=None, repr=False)
+
+    @property
+    def blast_radius(self) -> dict[str, BlastRadius]:
+        """What each event takes down on its own; computed on first use (it walks every
+        dependent of every failed node, which a CI gate on SPOFs does not need)."""
+        if self._blast is None:
+            t0 = time.perf_counter()
+            self._blast = _blast_radius(self.graph, self.tree, self.families)
+            self.statistics["blast_radius_s"] = time.perf_counter() - t0
+        return self._blast
 
     @property
     def ok(self) -> bool:
@@ -142,6 +156,20 @@ class MapReport:
 
     def top(self, top_id: str) -> TopResult:
         return next(t for t in self.tops if t.id == top_id)
+
+
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    # The analysis allocates millions of small acyclic objects (frozensets, tuples, BDD
+    # table entries); the cyclic collector would rescan them again and again, for nothing.
+    # Reference counting still frees everything; the collector is restored afterwards.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def map_manifest(
@@ -183,7 +211,18 @@ def analyze(
     blast radius of every event, importance, and findings against the targets."""
     if max_order < 1:
         raise ValueError(f"max order {max_order} must be at least 1")
-    objectives = objectives or {}
+    with _no_cyclic_gc():
+        return _analyze(graph, max_order, beta, objectives or {}, recovery or {}, importance)
+
+
+def _analyze(  # noqa: PLR0917 (private; analyze() above is keyword-only)
+    graph: Graph,
+    max_order: int,
+    beta: float,
+    objectives: dict[str, tuple[float, str]],
+    recovery: dict[str, tuple[float, float]],
+    importance: bool,
+) -> MapReport:
     t0 = time.perf_counter()
     tree = FaultTree(graph, beta=beta)
     t1 = time.perf_counter()
@@ -193,6 +232,7 @@ def analyze(
     q_top = {top: prob.unavailability(tree.node_literal[top]) for top in graph.tops()}
     t3 = time.perf_counter()
     tops: list[TopResult] = []
+    any_unknown = not all(e.known for e in tree.events)
     for top in graph.tops():
         literal = tree.node_literal[top]
         fam = literal_family(tree, families, literal)
@@ -208,12 +248,10 @@ def analyze(
                 slo=objective[1] if objective else None,
                 cut_sets=sets,
                 importance=imp,
-                unknown=_unknown(tree, literal),
+                unknown=_unknown(tree, literal) if any_unknown else [],
             )
         )
     t4 = time.perf_counter()
-    blast = _blast_radius(graph, tree, families)
-    t5 = time.perf_counter()
     report = MapReport(
         system=graph.system,
         max_order=max_order,
@@ -221,10 +259,10 @@ def analyze(
         graph=graph,
         tree=tree,
         tops=tops,
-        blast_radius=blast,
+        families=families,
         findings=[],
     )
-    report.findings = _findings(report, recovery or {})
+    report.findings = _findings(report, recovery)
     report.statistics = {
         "nodes": len(graph.nodes),
         "events": tree.n_events,
@@ -237,7 +275,6 @@ def analyze(
         "cut_sets_s": t2 - t1,
         "availability_s": t3 - t2,
         "importance_s": t4 - t3,
-        "blast_radius_s": t5 - t4,
     }
     return report
 
@@ -270,8 +307,6 @@ def _support(tree: FaultTree, literal: int) -> set[int]:
 
 
 def _unknown(tree: FaultTree, literal: int) -> list[str]:
-    if all(e.known for e in tree.events):
-        return []
     return sorted(tree.events[e].id for e in _support(tree, literal) if not tree.events[e].known)
 
 

@@ -192,6 +192,11 @@ class Probability:
         self._built: dict[int, int] = {}
         self._prob: list[float] = [0.0, 1.0]
         self._birnbaum: dict[int, dict[int, float]] = {}
+        self._fanin = [0] * len(tree.gate_kind)
+        for children in tree.gate_children:
+            for child in children:
+                if child >= tree.n_events:
+                    self._fanin[child - tree.n_events] += 1
 
     @property
     def bdd_nodes(self) -> int:
@@ -317,13 +322,37 @@ class Probability:
         if found is not None:
             return found
         g = lit - self.tree.n_events
-        parts = [self._ref(c) for c in self.tree.gate_children[g]]
         if self.tree.gate_kind[g] == "or":
-            node = self.bdd.disj_all(parts)
+            node = self.bdd.disj_all([self._ref(c) for c in self._or_leaves(lit)])
         else:
+            parts = [self._ref(c) for c in self.tree.gate_children[g]]
             node = self.bdd.atleast(self.tree.gate_m[g], parts)
         self._built[lit] = node
         return node
+
+    def _or_leaves(self, lit: int) -> list[int]:
+        """The children of an OR gate, with nested OR gates that only it uses flattened in.
+
+        A component's failure is OR(own event, common-cause events, dependency's failure),
+        and the dependency's is the same again: flattened, a chain of n components is one
+        OR of plain variables, which the BDD builds in n steps with no apply at all.
+        """
+        tree = self.tree
+        n_events = tree.n_events
+        out: list[int] = []
+        stack = list(reversed(tree.gate_children[lit - n_events]))
+        while stack:
+            child = stack.pop()
+            if (
+                child >= n_events
+                and child not in self.modules
+                and self._fanin[child - n_events] == 1
+                and tree.gate_kind[child - n_events] == "or"
+            ):
+                stack.extend(reversed(tree.gate_children[child - n_events]))
+            else:
+                out.append(child)
+        return out
 
     def _probability(self, node: int) -> float:
         # Nodes are created children first, so probabilities fill in creation order.
