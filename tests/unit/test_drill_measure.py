@@ -88,3 +88,15 @@ def test_injection_start_is_t0_for_slow_faults() -> None:
     m = measure(events)
     assert m["time_to_detect_s"] == 1
     assert m["rto_s"] == 7
+
+
+def test_training_steps_lost_from_exit_and_resume() -> None:
+    events = [
+        ev("drill.fault.injected", 1),
+        ev("train.exited", 1.1, subject="train-digits", last_step=96),
+        ev("train.restored", 5, subject="train-digits", step=50),
+        ev("train.exited", 6, subject="train-digits", last_step=120),
+        ev("train.restored", 9, subject="train-digits", step=100),
+        ev("train.restored", 9.5, subject="other", step=0),  # no exit before it: not a loss
+    ]
+    assert measure(events)["steps_lost"] == 66

@@ -52,10 +52,33 @@ def _paths(ctx: DrillContext, value: Any) -> Any:
 
 def _pid(ctx: DrillContext, args: dict[str, Any]) -> int:
     if "process" in args:
-        return int(ctx.process(str(args.pop("process"))).pid)
+        pid = int(ctx.process(str(args.pop("process"))).pid)
+        match = args.pop("match", None)
+        return pid if match is None else _descendant(pid, str(match))
     if "pid" in args:
         return int(args.pop("pid"))
     raise UsageError("process fault: give `process: NAME` (started by the drill) or `pid: N`")
+
+
+def _descendant(pid: int, match: str, timeout_s: float = 30.0) -> int:
+    """The newest descendant of ``pid`` whose command line contains ``match`` (a
+    supervisor's worker), waiting for it to exist (a deadline, not a sleep)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            found = [
+                c
+                for c in psutil.Process(pid).children(recursive=True)
+                if match in " ".join(c.cmdline())
+            ]
+        except psutil.Error:
+            found = []
+        if found:
+            return int(max(found, key=lambda c: c.create_time()).pid)
+        current().stop.wait(0.05)
+    raise UsageError(f"no process under pid {pid} has {match!r} in its command line")
 
 
 def _sig(value: Any) -> int:
@@ -213,8 +236,8 @@ FAULTS: dict[str, tuple[Builder, str]] = {
         _ransomware_process,
         "root, keyfile, max_files, files_per_s, pattern, wait_s",
     ),
-    "process.kill": (_process(lib.KillProcess), "process | pid, sig (SIGKILL)"),
-    "process.hang": (_process(lib.HangProcess), "process | pid, tree"),
+    "process.kill": (_process(lib.KillProcess), "process [match] | pid, sig (SIGKILL)"),
+    "process.hang": (_process(lib.HangProcess), "process [match] | pid, tree"),
     "process.restart": (_restart, "process | pid, command, cwd, grace_s"),
     "process.cpu_hog": (_hog(lib.CpuHog), "workers, duration_s"),
     "process.memory_hog": (_hog(lib.MemoryHog), "megabytes, duration_s"),
@@ -270,16 +293,20 @@ def start_process(
     env: dict[str, str] | None = None,
 ) -> int:
     """Start a process the drill may then fault (it joins the scope); return its pid.
-    ``python`` as the first word means this interpreter."""
+    ``python`` as the first word means this interpreter. Its output goes to
+    ``<state_dir>/drill/<name>.log``."""
     ctx = current()
     argv = [sys.executable if command[0] == "python" else command[0], *command[1:]]
-    proc = subprocess.Popen(
-        argv,
-        cwd=str(ctx.resolve(cwd)) if cwd else str(ctx.base),
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = ctx.events.path.parent / "drill" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            cwd=str(ctx.resolve(cwd)) if cwd else str(ctx.base),
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     ctx.processes[name] = proc
     ctx.widen_pid(proc.pid)
     ctx.events.emit("drill.process.started", subject=name, pid=proc.pid, command=command[:4])

@@ -104,7 +104,8 @@ class DrillContext:
         for name, fault in pending:
             if fault.injected and not fault.reverted:
                 fault.revert()
-                done.append(name)
+                if fault.revertible:  # a kill has nothing to undo: not worth reporting
+                    done.append(name)
         return done
 
     def close(self) -> list[str]:
@@ -116,12 +117,32 @@ class DrillContext:
         for upstream in self.upstreams.values():
             upstream.stop()
         for proc in self.processes.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+            _stop_tree(proc)
+        return left
+
+
+def _stop_tree(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
+    """SIGTERM (a supervisor then stops its workers), SIGKILL after ``grace_s``, and
+    SIGKILL for any descendant left behind: a drill leaves no orphans."""
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        children = []
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
-        return left
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 _current: DrillContext | None = None

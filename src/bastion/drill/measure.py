@@ -13,7 +13,9 @@ of counts that events carry).
   (``drill.steady_state.restored``); 0 when it never broke; ``None`` when it never
   came back (``recovered`` is then False).
 - RPO: ``steps_lost``, ``requests_failed``, ``files_lost``: sums of those fields over
-  the run's events (training, ``drill.load.summary``, ``drill.files.checked``...).
+  the run's events (``drill.load.summary``, ``drill.files.checked``...); training's
+  steps lost are read from each ``train.exited`` (``last_step``) and the
+  ``train.restored`` (``step``) that follows it.
 
 Must never: invent a number; a measurement with no event to read is ``None``.
 """
@@ -54,6 +56,21 @@ def _rpo(events: list[Event], field: str) -> float | None:
     return total
 
 
+def _steps_lost_by_training(events: list[Event]) -> int | None:
+    """Steps a training job redid: for each worker exit (``train.exited`` with
+    ``last_step``), the distance back to the step it resumed from (``train.restored``)."""
+    pending: dict[str, int] = {}
+    lost: int | None = None
+    for e in events:
+        if e.kind == "train.exited" and isinstance(e.data.get("last_step"), int):
+            pending[e.subject] = int(e.data["last_step"])
+        elif e.kind == "train.restored" and e.subject in pending:
+            step = e.data.get("step")
+            resumed = int(step) if isinstance(step, int) else 0
+            lost = (lost or 0) + max(0, pending.pop(e.subject) - resumed)
+    return lost
+
+
 def measure(
     events: list[Event], *, detect: Iterable[str] = (), has_hypothesis: bool = True
 ) -> dict[str, Any]:
@@ -73,6 +90,9 @@ def measure(
     }
     for field in RPO_FIELDS:
         out[field] = _rpo(events, field)
+    derived = _steps_lost_by_training(events)
+    if derived is not None:
+        out["steps_lost"] = (out["steps_lost"] or 0) + derived
     if injected is None:
         return out
     started = injected.data.get("started_mono_ns")

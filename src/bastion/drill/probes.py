@@ -31,6 +31,7 @@ __all__ = [
     "http_ok",
     "load_failures",
     "process_alive",
+    "recent_event",
     "snapshot_files",
     "tcp_ok",
     "wait_for_event",
@@ -109,16 +110,28 @@ def event_count(kind: str) -> int:
     return len(ctx.events.query(kind=kind, after_id=ctx.started_event_id))
 
 
-def wait_for_event(kind: str, timeout_s: float = 30.0) -> bool:
-    """Wait (polling the log, with a deadline) for an event of ``kind`` since the drill
-    started; True if it came. For a method step that waits on the system's own response."""
+def recent_event(kind: str, within_s: float = 5.0) -> bool:
+    """True when an event of ``kind`` was recorded in the last ``within_s`` seconds: the
+    steady state of something that should keep reporting (training's checkpoints, a
+    heartbeat)."""
     ctx = current()
+    latest = ctx.events.query(kind=kind, after_id=ctx.started_event_id)
+    return bool(latest) and (time.monotonic_ns() - latest[-1].mono_ns) / 1e9 <= within_s
+
+
+def wait_for_event(kind: str, timeout_s: float = 30.0) -> bool:
+    """Wait (polling the log, with a deadline) for an event of ``kind`` after the latest
+    fault injection (or the drill's start); True if it came. For a method step that
+    waits on the system's own response (``train.restored``, ``vault.guard.restored``)."""
+    ctx = current()
+    injected = ctx.events.query(kind="drill.fault.injected", after_id=ctx.started_event_id)
+    after = injected[-1].id if injected else ctx.started_event_id
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not ctx.stop.is_set():
-        if ctx.events.query(kind=kind, after_id=ctx.started_event_id):
+        if ctx.events.query(kind=kind, after_id=after):
             return True
         ctx.stop.wait(0.05)
-    return bool(ctx.events.query(kind=kind, after_id=ctx.started_event_id))
+    return bool(ctx.events.query(kind=kind, after_id=after))
 
 
 def load_failures(name: str = "load") -> int:

@@ -157,9 +157,10 @@ def _wait_ready(name: str, spec: dict[str, Any], proc: Any) -> None:
     deadline = time.monotonic() + float(spec.get("ready_timeout_s", 30))
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            log = current().events.path.parent / "drill" / f"{name}.log"
             raise UsageError(
                 f"drill setup: process {name!r} exited with {proc.returncode} before it was "
-                "ready; check its command"
+                f"ready; check its command (its output is in {log})"
             )
         if event is not None:
             if ctx.events.query(kind=str(event), after_id=ctx.started_event_id):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import threading
 import time
@@ -84,13 +85,17 @@ class HttpFault:
                 clean[key] = None
                 continue
             kind = numbers[key]
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise UsageError(f"http fault: {key} must be a number, got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise UsageError(f"http fault: {key} must be a finite number, got {value!r}")
             if kind is int and value != int(value):
                 raise UsageError(f"http fault: {key} must be a whole number, got {value!r}")
             clean[key] = kind(value)
-            if clean[key] < 0 or clean[key] != clean[key] or clean[key] == float("inf"):
-                raise UsageError(f"http fault: {key} must be a finite number >= 0, got {value!r}")
+            if clean[key] < 0:
+                raise UsageError(f"http fault: {key} must be >= 0, got {value!r}")
         fault = cls(**clean)
         if fault.status is not None and not 100 <= fault.status <= 599:
             raise UsageError(f"http fault: status {fault.status} is not an HTTP status")
