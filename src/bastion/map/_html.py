@@ -144,6 +144,7 @@ _CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline
 
 _STYLE = """
 body { font: 14px system-ui, sans-serif; margin: 16px; color: #222; }
+#map { max-width: 100%; height: auto; }
 .location { fill: #f7f7f7; stroke: #999; stroke-dasharray: 4 3; }
 .location-label { font-weight: bold; fill: #555; }
 .node rect { fill: #fff; stroke: #555; }
