@@ -96,6 +96,23 @@ class DrillContext:
                 f"(started: {sorted(self.processes) or 'none'})"
             ) from None
 
+    def statistics(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "faults": [
+                    {"name": n, "kind": f.kind, "injected": f.injected, "reverted": f.reverted}
+                    for n, f in self.faults
+                ],
+                "processes": {n: p.pid for n, p in self.processes.items()},
+                "proxies": {n: p.statistics() for n, p in self.proxies.items()},
+                "upstreams": {n: u.statistics() for n, u in self.upstreams.items()},
+                "samples": len(self.samples),
+                "samples_broken": sum(1 for s in self.samples if not s.met),
+                "refusals": len(self.refusals),
+                "aborted": self.aborted,
+                "scope": self.scope.describe(),
+            }
+
     def revert_all(self) -> list[str]:
         """Revert every injected fault, newest first; return their names."""
         with self.lock:

@@ -33,7 +33,8 @@ import threading
 import time
 from typing import Any
 
-from bastion.drill.context import current
+from bastion.drill.context import DrillContext, current
+from bastion.errors import UsageError
 
 __all__ = ["before_rollback_control", "cleanup_control", "configure_control", "stop_watching"]
 
@@ -45,14 +46,19 @@ _signal_lock = threading.Lock()
 def _abort(reason: str) -> None:
     from chaoslib.exit import exit_gracefully
 
-    ctx = current()
+    try:
+        ctx: DrillContext | None = current()
+    except UsageError:
+        ctx = None  # run by plain `chaos run`: still abort, there is just no event log
     with _signal_lock:
         # Never signal once the rollbacks began or the run ended: the signal would cut
         # the rollbacks short, or land after Chaos Toolkit's handler is gone.
-        if _stop.is_set() or ctx.aborted is not None:
+        if _stop.is_set() or (ctx is not None and ctx.aborted is not None):
             return
-        ctx.aborted = reason
-        ctx.events.emit("drill.aborted", subject=ctx.subject, reason=reason)
+        if ctx is not None:
+            ctx.aborted = reason
+            ctx.events.emit("drill.aborted", subject=ctx.subject, reason=reason)
+        _stop.set()
         exit_gracefully()
 
 
