@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -221,13 +222,14 @@ async def paced(
     port: int, rate: float, seconds: float, kill: subprocess.Popen[str], kill_after: float
 ) -> tuple[int, int, float]:
     """Open-loop load at ``rate`` req/s; SIGKILL ``kill`` after ``kill_after`` seconds.
-    Returns (ok, failed, monotonic time of the kill)."""
+    Returns (ok, failed, monotonic time of the signal, monotonic time it was reaped)."""
     import aiohttp
 
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     counts = {"ok": 0, "failed": 0}
     codes: dict[object, int] = {}
     killed_at = 0.0
+    reaped: asyncio.Future[float] | None = None
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
 
         async def one() -> None:
@@ -250,6 +252,9 @@ async def paced(
             if not killed_at and now - start >= kill_after:
                 kill.kill()
                 killed_at = time.monotonic()
+                # The process is dead when it is reaped, not when the signal is sent: on a
+                # busy machine the victim may run (and answer) for a while after SIGKILL.
+                reaped = asyncio.ensure_future(asyncio.to_thread(_reap, kill))
             due = int((now - start) * rate)
             while i < due:
                 tasks.append(asyncio.ensure_future(one()))
@@ -258,7 +263,13 @@ async def paced(
         await asyncio.gather(*tasks)
     if codes:
         print(f"failures by kind: {codes}")
-    return counts["ok"], counts["failed"], killed_at
+    assert reaped is not None
+    return counts["ok"], counts["failed"], killed_at, await reaped
+
+
+def _reap(proc: subprocess.Popen[str]) -> float:
+    proc.wait()
+    return time.monotonic()
 
 
 async def closed_loop(port: int, concurrency: int, seconds: float) -> float:
@@ -282,7 +293,7 @@ async def closed_loop(port: int, concurrency: int, seconds: float) -> float:
     return done / seconds
 
 
-def failover(py: str, seconds: int) -> dict[str, float | int | None]:
+def failover(py: str, seconds: int) -> dict[str, Any]:
     import urllib.request
 
     procs: list[subprocess.Popen[str]] = []
@@ -300,7 +311,7 @@ def failover(py: str, seconds: int) -> dict[str, float | int | None]:
         # gateway; wrk's figure would overstate what this client can drive).
         capacity = asyncio.run(closed_loop(gport, 32, 2.0))
         rate = capacity * 0.5
-        ok, failed, killed_at = asyncio.run(paced(gport, rate, 3.0, procs[0], 1.0))
+        ok, failed, killed_at, dead_at = asyncio.run(paced(gport, rate, 3.0, procs[0], 1.0))
         with urllib.request.urlopen(f"http://127.0.0.1:{gport}/bastion/status") as r:
             status = json.loads(r.read())
         dead = next(u for u in status["pool"]["upstreams"] if u["name"] == "b0")
@@ -311,8 +322,10 @@ def failover(py: str, seconds: int) -> dict[str, float | int | None]:
             "load_rps": rate,
             "ok": ok,
             "failed": failed,
-            "kill_to_last_routed_ms": max(0.0, (last - killed_at) * 1e3),
-            "kill_to_ejection_ms": max(0.0, (dead["ejected_at_mono"] - killed_at) * 1e3),
+            "signal_to_reaped_ms": (dead_at - killed_at) * 1e3,
+            "kill_to_last_routed_ms": max(0.0, (last - dead_at) * 1e3),
+            "signal_to_last_routed_ms": max(0.0, (last - killed_at) * 1e3),
+            "kill_to_ejection_ms": max(0.0, (dead["ejected_at_mono"] - dead_at) * 1e3),
             "limits_after": limits,
             "shed": status["admission"],
         }
@@ -327,6 +340,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--skip-litellm", action="store_true")
+    ap.add_argument("--kills", type=int, default=3, help="failover runs (one kill each)")
     args = ap.parse_args()
     py = sys.executable
     procs = []
@@ -375,14 +389,15 @@ def main() -> None:
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                text=True,
             )
-            procs.append(proc)  # type: ignore[arg-type]
+            procs.append(proc)
             wait_http(port)
             rows.append(
                 measure(
                     "litellm",
                     port=port,
-                    proc=proc,  # type: ignore[arg-type]
+                    proc=proc,
                     n=max(300, args.requests // 10),
                     seconds=args.seconds,
                     base=base,
@@ -393,8 +408,14 @@ def main() -> None:
             p.kill()
             p.wait()
     print(json.dumps(rows, indent=1))
-    fo = failover(py, args.seconds)
-    print(json.dumps({"failover": fo}, indent=1))
+    runs = [failover(py, args.seconds) for _ in range(args.kills)]
+    print(json.dumps({"failover": runs}, indent=1))
+    fo = {
+        "load_rps": min(r["load_rps"] for r in runs),
+        "ok": sum(r["ok"] for r in runs),
+        "failed": sum(r["failed"] for r in runs),
+        "kill_to_last_routed_ms": max(r["kill_to_last_routed_ms"] for r in runs),
+    }
     bare = next(r for r in rows if r["target"] == "bare proxy")
     ours = next(r for r in rows if r["target"] == "bastion")
     print(
@@ -407,9 +428,10 @@ def main() -> None:
             f"{ours['cpu_ms_per_req'] / bare['cpu_ms_per_req']:.2f}x bare (goal <= 1.5x)"
         )
     print(
-        f"failover at 50% capacity ({fo['load_rps']:.0f} req/s): {fo['failed']} failed of "
+        f"failover at 50% capacity, {args.kills} kills (>= {fo['load_rps']:.0f} req/s): "
+        f"{fo['failed']} failed of "
         f"{fo['ok'] + fo['failed']} (goal 0); kill -> last request routed to the dead "
-        f"replica {fo['kill_to_last_routed_ms']:.1f} ms (goal <= 100)"
+        f"replica, worst {fo['kill_to_last_routed_ms']:.1f} ms after it died (goal <= 100)"
     )
     lite = next((r for r in rows if r["target"] == "litellm"), None)
     if lite is not None and lite["cpu_ms_per_req"] and ours["cpu_ms_per_req"]:
