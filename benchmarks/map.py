@@ -167,7 +167,7 @@ def main() -> None:
     print(f"  with importance ranking too: {t_imp:.2f} s")
 
     # Baseline 1: brute force on a system small enough to enumerate (2^E states).
-    small = generate(6, args.seed, chain_len=(1, 2), n_platform=2)
+    small = generate(6, args.seed, chain_len=(2, 4), n_platform=2)
     tree = FaultTree(small)
     top_id = small.tops()[0]
     lit = tree.node_literal[top_id]
