@@ -82,7 +82,7 @@ def test_hang_detected_by_heartbeat_and_restarted(tmp_path: Path) -> None:
         backoff=FAST,
         budget=RestartBudget(max_restarts=2),
         heartbeat_path=tmp_path / "hb",
-        heartbeat_timeout_s=0.5,
+        heartbeat_timeout_s=2.0,
         grace_s=1.0,
         on_event=lambda k, d: kinds.append(k),
     )
@@ -155,3 +155,41 @@ def _wait_for(cond: Any, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def test_warm_standby_becomes_the_restarted_child(tmp_path: Path) -> None:
+    # The script beats, then crashes the first time; the restart must reuse the standby
+    # interpreter (started: warm=True), with the new attempt's argv, cwd and env.
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, pathlib, sys\n"
+        "from bastion.supervise import Heartbeat\n"
+        "Heartbeat.from_env().beat(1, force=True)\n"
+        "out = pathlib.Path(sys.argv[1])\n"
+        "if os.environ['BASTION_ATTEMPT'] == '1':\n"
+        "    import time\n"
+        "    time.sleep(30)\n"
+        "out.write_text(f\"{os.environ['BASTION_ATTEMPT']} {os.getcwd()} {sys.argv[2]}\")\n"
+    )
+    out = tmp_path / "out"
+    started: list[dict[str, Any]] = []
+    sup = Supervisor(
+        ProcessSpec(argv=[sys.executable, str(script), str(out), "x"], cwd=tmp_path, name="t"),
+        backoff=FAST,
+        budget=RestartBudget(max_restarts=2),
+        heartbeat_path=tmp_path / "hb",
+        warm_standby=True,
+        preload=["json"],
+        on_event=lambda k, d: started.append(d) if k in ("started", "standby_started") else None,
+    )
+    sup.start()
+    # wait until the standby exists, then crash the first child
+    assert _wait_for(lambda: sup.standby is not None and sup.child is not None)
+    assert sup.child is not None
+    sup.child.signal(signal.SIGKILL)
+    assert sup.wait(30)
+    assert sup.state == "succeeded"
+    assert out.read_text() == f"2 {tmp_path} x"
+    warm = [d for d in started if "warm" in d]
+    assert [d["warm"] for d in warm] == [False, True]
+    assert sup.warm_starts == 1

@@ -17,6 +17,7 @@ def test_supervise_exports() -> None:
             "State",
             "Supervisor",
             "heartbeat_age",
+            "heartbeat_note",
             "heartbeat_progress",
         ]
     )

@@ -105,6 +105,6 @@ def status(
 
 def register(app: typer.Typer) -> None:
     sub = typer.Typer(help="Resilient training: supervised runs and their status.")
-    sub.command("run", context_settings={"allow_interspersed_args": False})(run)
+    sub.command("run")(run)
     sub.command("status")(status)
     app.add_typer(sub, name="train")

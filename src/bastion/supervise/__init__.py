@@ -38,6 +38,7 @@ from bastion.supervise._heartbeat import (
     HEARTBEAT_ENV,
     Heartbeat,
     heartbeat_age,
+    heartbeat_note,
     heartbeat_progress,
 )
 from bastion.supervise._policy import Backoff, RestartBudget
@@ -55,5 +56,6 @@ __all__ = [
     "State",
     "Supervisor",
     "heartbeat_age",
+    "heartbeat_note",
     "heartbeat_progress",
 ]

@@ -10,9 +10,11 @@ Must never: restart anything (``_supervisor`` decides that), or use a shell.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -97,15 +99,18 @@ class Child:
         *,
         heartbeat_path: Path | None = None,
         extra_env: Mapping[str, str] | None = None,
+        standby_preload: Sequence[str] | None = None,
     ) -> None:
         self.spec = spec
         self.heartbeat_path = heartbeat_path
-        env = {**os.environ, **spec.env, **(extra_env or {})}
-        if heartbeat_path is not None:
-            heartbeat_path.parent.mkdir(parents=True, exist_ok=True)
-            heartbeat_path.touch()
-            os.utime(heartbeat_path)  # the heartbeat timeout counts from the spawn
-            env[HEARTBEAT_ENV] = str(heartbeat_path)
+        self.is_standby = standby_preload is not None
+        env = self._env(spec, extra_env)
+        argv = list(spec.argv)
+        if standby_preload is not None:
+            argv = [sys.executable, "-m", "bastion.supervise._standby"]
+            argv += ["--preload", ",".join(standby_preload)]
+        else:
+            self._reset_heartbeat()
         self._oom_before = _oom_kills()
         self._log: IO[bytes] | None = None
         out: Any = None
@@ -116,10 +121,10 @@ class Child:
         self.started_mono = time.monotonic()
         try:
             self._proc = subprocess.Popen(
-                list(spec.argv),
+                argv,
                 cwd=spec.cwd,
                 env=env,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if self.is_standby else subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT if out is not None else None,
                 start_new_session=True,  # own process group: signals reach its helpers too
@@ -139,6 +144,69 @@ class Child:
             ) from None
         self.pid = self._proc.pid
         self.exit: Exit | None = None
+
+    def _env(self, spec: ProcessSpec, extra_env: Mapping[str, str] | None) -> dict[str, str]:
+        env = {**os.environ, **spec.env, **(extra_env or {})}
+        if self.heartbeat_path is not None:
+            env[HEARTBEAT_ENV] = str(self.heartbeat_path)
+        return env
+
+    def _reset_heartbeat(self) -> None:
+        if self.heartbeat_path is not None:
+            self.heartbeat_path.parent.mkdir(parents=True, exist_ok=True)
+            # Emptied, so progress read back belongs to this process, not the last one;
+            # the heartbeat timeout counts from here.
+            self.heartbeat_path.write_bytes(b"")
+            self._reset_mtime = self.heartbeat_path.stat().st_mtime_ns
+
+    _reset_mtime = 0
+
+    @staticmethod
+    def can_stand_by(spec: ProcessSpec) -> bool:
+        """A warm standby can become ``spec`` if it is ``<this python> script.py ...`` or
+        ``<this python> -m module ...``."""
+        argv = list(spec.argv)
+        if len(argv) < 2 or os.path.abspath(argv[0]) != os.path.abspath(sys.executable):  # noqa: PTH100
+            return False
+        return (argv[1] == "-m" and len(argv) > 2) or not argv[1].startswith("-")
+
+    def activate(self, spec: ProcessSpec, *, extra_env: Mapping[str, str] | None = None) -> bool:
+        """Turn a warm standby into ``spec``; ``False`` if the standby is gone."""
+        if not self.is_standby or self.poll() is not None or self._proc.stdin is None:
+            return False
+        self._reset_heartbeat()
+        request = {
+            "argv": list(spec.argv[1:]),
+            "cwd": str(spec.cwd) if spec.cwd else None,
+            "env": self._env(spec, extra_env),
+        }
+        try:
+            self._proc.stdin.write(json.dumps(request).encode() + b"\n")
+            self._proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            return False
+        self.spec = spec
+        self.is_standby = False
+        self.started_mono = time.monotonic()
+        self._oom_before = _oom_kills()
+        return True
+
+    def discard(self) -> None:
+        """End a standby that will not be used. It holds no state, so SIGKILL at once."""
+        with contextlib.suppress(OSError):
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+        self.signal(signal.SIGKILL)
+        self.wait(10.0)
+
+    def first_beat_seen(self) -> bool:
+        """Has the process beaten since it started (or was activated)?"""
+        if self.heartbeat_path is None:
+            return False
+        try:
+            return self.heartbeat_path.stat().st_mtime_ns > self._reset_mtime
+        except OSError:
+            return False
 
     def _close_log(self) -> None:
         if self._log is not None:

@@ -21,9 +21,10 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["HEARTBEAT_ENV", "Heartbeat", "heartbeat_age", "heartbeat_progress"]
+__all__ = ["HEARTBEAT_ENV", "Heartbeat", "heartbeat_age", "heartbeat_note", "heartbeat_progress"]
 
 HEARTBEAT_ENV = "BASTION_HEARTBEAT_FILE"
+INTERVAL_ENV = "BASTION_HEARTBEAT_MIN_INTERVAL_S"
 
 
 class Heartbeat:
@@ -36,12 +37,21 @@ class Heartbeat:
         self.beats = 0
 
     @classmethod
-    def from_env(cls, *, min_interval_s: float = 0.05) -> Heartbeat:
+    def from_env(cls, *, min_interval_s: float | None = None) -> Heartbeat:
+        """``$BASTION_HEARTBEAT_FILE``; ``$BASTION_HEARTBEAT_MIN_INTERVAL_S`` overrides the
+        rate limit (0: every beat is written, which fault tests use to aim precisely)."""
+        if min_interval_s is None:
+            try:
+                min_interval_s = float(os.environ.get(INTERVAL_ENV, "0.05"))
+            except ValueError:
+                min_interval_s = 0.05
         return cls(os.environ.get(HEARTBEAT_ENV) or None, min_interval_s=min_interval_s)
 
-    def beat(self, progress: int | None = None, *, force: bool = False) -> None:
+    def beat(self, progress: int | None = None, *, note: str = "", force: bool = False) -> None:
         """Touch the file; with ``progress`` (e.g. the step), write it there too, so the
-        supervisor knows how far a job got before it died (steps lost)."""
+        supervisor knows how far a job got before it died (steps lost). ``note`` is a
+        short word of state (the checkpointer writes ``saving=<step>`` while a save is in
+        flight)."""
         if self.path is None:
             return
         now = time.monotonic()
@@ -55,7 +65,8 @@ class Heartbeat:
                 # Fixed width, one pwrite: a reader never sees a half-written number.
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
                 try:
-                    os.pwrite(fd, f"{progress:<20d}\n".encode(), 0)
+                    line = f"{progress:<20d} {note[:42]:<42}\n".encode()
+                    os.pwrite(fd, line, 0)
                 finally:
                     os.close(fd)
         except FileNotFoundError:
@@ -82,3 +93,11 @@ def heartbeat_progress(path: Path) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def heartbeat_note(path: Path) -> str:
+    """The note written with the last ``beat(progress, note=...)`` ("" if none)."""
+    try:
+        return path.read_text()[21:64].strip()
+    except OSError:
+        return ""

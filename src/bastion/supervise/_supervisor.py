@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -53,9 +53,14 @@ class Supervisor:
     slot after a failure).
 
     An exit code in ``fatal_exit_codes`` (e.g. 2: bad configuration) is not restarted.
+    Until its first heartbeat a child gets ``startup_timeout_s`` instead (imports and
+    restore can take longer than a step; a Kubernetes startupProbe does the same).
+    ``warm_standby`` keeps one interpreter with ``preload`` imported waiting (see
+    ``_standby``), so a restart skips interpreter start-up and heavy imports.
 
     Events (``on_event(kind, data)``): ``started``, ``exited``, ``hang``, ``restarting``,
-    ``budget_exhausted``, ``fatal``, ``succeeded``, ``stopped``. Each carries ``attempt`` and
+    ``budget_exhausted``, ``fatal``, ``succeeded``, ``stopped``, ``standby_started``,
+    ``standby_failed``. Each carries ``attempt`` and
     ``mono_ns`` so recovery time can be split into detect / restart.
     """
 
@@ -70,6 +75,9 @@ class Supervisor:
         heartbeat_timeout_s: float | None = None,
         grace_s: float = 10.0,
         fatal_exit_codes: Collection[int] = (),
+        startup_timeout_s: float | None = None,
+        warm_standby: bool = False,
+        preload: Sequence[str] = (),
         on_event: EventCallback | None = None,
         extra_env: Mapping[str, str] | None = None,
         rng: random.Random | None = None,
@@ -85,6 +93,11 @@ class Supervisor:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.grace_s = grace_s
         self.fatal_exit_codes = frozenset(fatal_exit_codes)
+        self.startup_timeout_s = startup_timeout_s
+        self.warm_standby = warm_standby
+        self.preload = tuple(preload)
+        self.standby: Child | None = None
+        self.warm_starts = 0
         self.on_event = on_event
         self.extra_env = dict(extra_env or {})
         self.rng = rng or random.Random()
@@ -116,11 +129,49 @@ class Supervisor:
         spec = self._factory(self.attempts)
         self.attempts += 1
         env = {**self.extra_env, "BASTION_ATTEMPT": str(self.attempts)}
-        self.child = Child(spec, heartbeat_path=self.heartbeat_path, extra_env=env)
+        standby, self.standby = self.standby, None
+        warm = standby is not None and Child.can_stand_by(spec)
+        if warm and standby is not None and standby.activate(spec, extra_env=env):
+            self.child = standby
+            self.warm_starts += 1
+        else:
+            if standby is not None:
+                standby.discard()
+            warm = False
+            self.child = Child(spec, heartbeat_path=self.heartbeat_path, extra_env=env)
         self.state = "running"
-        self._emit("started", pid=self.child.pid, argv=list(spec.argv), name=spec.name)
+        self._emit("started", pid=self.child.pid, argv=list(spec.argv), name=spec.name, warm=warm)
+
+    def _maybe_prepare_standby(self) -> None:
+        """Start the next attempt's interpreter once the current child is past its own
+        start-up (its first heartbeat), so the two do not compete for the CPU then."""
+        if not self.warm_standby or self.child is None:
+            return
+        if self.standby is not None:
+            if self.standby.poll() is None:
+                return
+            self.standby = None  # it died; make another
+        if not Child.can_stand_by(self.child.spec) or not self.child.first_beat_seen():
+            return
+        try:
+            self.standby = Child(
+                self.child.spec,
+                heartbeat_path=self.heartbeat_path,
+                extra_env=self.extra_env,
+                standby_preload=self.preload,
+            )
+        except Exception as exc:  # a standby is an optimisation; never fail the job for it
+            self._emit("standby_failed", error=str(exc))
+            return
+        self._emit("standby_started", pid=self.standby.pid)
+
+    def _drop_standby(self) -> None:
+        if self.standby is not None:
+            self.standby.discard()
+            self.standby = None
 
     def _finish(self, state: State, reason: str) -> None:
+        self._drop_standby()
         self.state = state
         self.reason = reason
         self._done.set()
@@ -179,9 +230,17 @@ class Supervisor:
                         self._kill_at = None
                 elif self._stop_requested:
                     self._begin_stop("stop")
-                elif self.heartbeat_timeout_s is not None:
-                    age = self.child.heartbeat_age()
-                    if age is not None and age > self.heartbeat_timeout_s:
+                else:
+                    self._maybe_prepare_standby()
+                    limit = self.heartbeat_timeout_s
+                    if (
+                        limit is not None
+                        and self.startup_timeout_s is not None
+                        and not self.child.first_beat_seen()
+                    ):
+                        limit = max(limit, self.startup_timeout_s)
+                    age = self.child.heartbeat_age() if limit is not None else None
+                    if limit is not None and age is not None and age > limit:
                         self.hangs += 1
                         self._emit("hang", heartbeat_age_s=round(age, 3), pid=self.child.pid)
                         self._begin_stop("hang")
@@ -256,6 +315,8 @@ class Supervisor:
                 "attempts": self.attempts,
                 "restarts": self.restarts,
                 "hangs": self.hangs,
+                "warm_starts": self.warm_starts,
+                "standby_pid": self.standby.pid if self.standby else None,
                 "budget": self.budget.statistics(),
                 "child": self.child.statistics() if self.child else None,
                 "last_exit": self.last_exit.to_json() if self.last_exit else None,

@@ -170,7 +170,8 @@ class Checkpointer:
         heartbeat, saves when the cadence says so, and on a pending SIGTERM/SIGINT writes
         the emergency checkpoint and raises ``Preempted``. Returns whether a save began."""
         self.current_step = step
-        self.heartbeat.beat(step)
+        pending = self._pending
+        self.heartbeat.beat(step, note=f"saving={pending.step}" if pending else "")
         if not self._first_step_seen:
             self._first_step_seen = True
             self._emit("train.step.first", step=step, mono_ns=time.monotonic_ns())
@@ -300,6 +301,7 @@ class Checkpointer:
     def close(self) -> None:
         """Wait for the in-flight save and stop the writer thread."""
         self.wait()
+        self.heartbeat.beat(self.current_step, force=True)
         with self._cv:
             self._closed = True
             self._cv.notify_all()

@@ -38,7 +38,21 @@ from bastion.supervise import (
 )
 from bastion.train._slots import LocalSlot, SlotPicker, WorkerSlot, slots_from_manifest
 
-__all__ = ["JobResult", "JobSupervisor"]
+__all__ = ["PRELOAD", "JobResult", "JobSupervisor"]
+
+# What a warm standby imports before it is needed: torch, and torch._dynamo, which the
+# first optimizer imports lazily (about a second on 2 cores), plus Bastion's own side.
+PRELOAD = (
+    "torch",
+    "torch.optim",
+    "torch._dynamo",
+    "numpy",
+    "safetensors.torch",
+    "bastion.manifest",
+    "bastion.events",
+    "bastion.vault",
+    "bastion.train",
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,9 @@ class JobSupervisor:
         slots: Sequence[WorkerSlot] = (),
         manifest_path: Path | None = None,
         seed: int | None = None,
+        warm_standby: bool = True,
+        startup_timeout_s: float | None = 120.0,
+        preload: Sequence[str] = PRELOAD,
     ) -> None:
         if not command:
             raise UsageError(f"job {name!r}: the command is empty; give the program to run")
@@ -105,11 +122,15 @@ class JobSupervisor:
         self.picker = SlotPicker(list(slots) or [LocalSlot("local")])
         self.manifest_path = manifest_path
         self.rng = random.Random(seed)
+        self.warm_standby = warm_standby
+        self.startup_timeout_s = startup_timeout_s
+        self.preload = tuple(preload)
         self.dir = self.state_dir / "train" / name
         self.heartbeat_path = self.dir / "heartbeat"
         self.state_path = self.dir / "supervisor.json"
         self.log_path = self.dir / "job.log"
         self.run_id = ""
+        self.resumed = False
         self.supervisor: Supervisor | None = None
         self._slot: WorkerSlot | None = None
 
@@ -164,7 +185,9 @@ class JobSupervisor:
         state = self._read_state()
         if state.get("status") != "running" or not state.get("run_id"):
             self.run_id = uuid.uuid4().hex[:12]
+            self.resumed = False
             return 0
+        self.resumed = True
         self.run_id = str(state["run_id"])
         restarts = len(
             [
@@ -179,6 +202,7 @@ class JobSupervisor:
             adopted = True
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(orphan, signal.SIGTERM)
+                os.killpg(orphan, signal.SIGCONT)  # a stopped orphan cannot act on SIGTERM
             end = time.monotonic() + self.grace_s
             while _alive(orphan) and time.monotonic() < end:
                 time.sleep(0.02)  # polling an unrelated pid: nothing to wait on but time
@@ -252,6 +276,9 @@ class JobSupervisor:
             heartbeat_timeout_s=self.heartbeat_timeout_s,
             grace_s=self.grace_s,
             fatal_exit_codes=(2,),
+            startup_timeout_s=self.startup_timeout_s,
+            warm_standby=self.warm_standby,
+            preload=self.preload,
             on_event=self._on_event,
             rng=self.rng,
         )
@@ -263,7 +290,7 @@ class JobSupervisor:
             supervisor_pid=os.getpid(),
             command=self.command,
         )
-        if not preloaded:
+        if not self.resumed:
             self._emit(
                 "train.run.started",
                 command=self.command,

@@ -52,7 +52,10 @@ def job_status(state_dir: Path, events: EventLog, job: str) -> dict[str, Any]:
     steps_lost = 0
     pending_exit: int | None = None
     for e in run:
-        if e.kind == "train.exited" and e.data.get("last_step") is not None:
+        if (
+            e.kind in ("train.exited", "train.supervisor.resumed")
+            and e.data.get("last_step") is not None
+        ):
             pending_exit = int(e.data["last_step"])
         elif e.kind == "train.restored" and pending_exit is not None:
             steps_lost += max(0, pending_exit - int(e.data.get("step") or 0))
