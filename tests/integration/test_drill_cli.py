@@ -52,6 +52,8 @@ def test_run_example_experiment_writes_journal(example_copy: Path, seed: int) ->
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "rto_s" in done.stdout
+    assert "steady state" in done.stdout  # the recovery timeline
+    assert "R steady state restored" in done.stdout
     saved = json.loads(journal.read_text())
     m = saved["bastion"]["measurements"]
     assert m["recovered"] is True

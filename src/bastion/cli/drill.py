@@ -79,6 +79,53 @@ def _state_dir(experiment: Path, file: Path, state_dir: Path | None) -> Path:
     return experiment.resolve().parent / ".bastion"
 
 
+def _timeline(bastion: dict[str, Any], width: int = 60) -> list[Text]:
+    """The recovery as a picture: steady-state samples on a time axis, with the fault's
+    injection (I), its detection (D), its revert (v) and the restoration (R) marked."""
+    samples = bastion.get("samples") or []
+    events = bastion.get("events") or []
+    if not samples:
+        return []
+    t0 = min([s["mono_ns"] for s in samples] + [e["mono_ns"] for e in events])
+    t1 = max([s["mono_ns"] for s in samples] + [e["mono_ns"] for e in events])
+    span = max(1, t1 - t0)
+
+    def col(ns: int) -> int:
+        return int(min(width - 1, (ns - t0) * (width - 1) // span))
+
+    cells: list[bool | None] = [None] * width
+    for sample in samples:
+        cells[col(sample["mono_ns"])] = bool(sample["met"])
+    last: bool | None = None
+    line = Text("steady state ")
+    for cell in cells:
+        last = cell if cell is not None else last
+        if last is None:
+            line.append(" ")
+        else:
+            line.append("▇" if last else "▁", style="green" if last else "red")
+    marks = [" "] * width
+    m = bastion.get("measurements") or {}
+    detected = m.get("detected_by")
+    firsts: dict[str, int] = {}
+    for e in events:
+        firsts.setdefault(e["kind"], e["mono_ns"])
+    for kind, mark in (
+        ("drill.fault.injected", "I"),
+        ("drill.fault.reverted", "v"),
+        ("drill.steady_state.restored", "R"),
+        (detected or "", "D"),
+    ):
+        if kind in firsts:
+            marks[col(firsts[kind])] = mark
+    axis = Text(f"             {''.join(marks)}")
+    scale = Text(f"             0 s{' ' * (width - 8)}{span / 1e9:.1f} s", style="dim")
+    legend = Text(
+        "             I injected  D detected  v reverted  R steady state restored", style="dim"
+    )
+    return [line, axis, scale, legend]
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -117,6 +164,8 @@ def run(
     else:
         result = run_experiment(experiment, state_dir=where, journal_path=journal, seed=seed)
     raise_for_refusals(result)
+    for line in _timeline(result.journal.get("bastion") or {}):
+        console.print(line)
     table = Table(title="measured (from events)", show_header=True, header_style="bold")
     table.add_column("measurement")
     table.add_column("value", justify="right")
