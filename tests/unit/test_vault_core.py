@@ -193,4 +193,4 @@ def test_objects_are_read_only_and_content_addressed(vault: Vault, tmp_path: Pat
     for replica in ("a", "b"):
         path = tmp_path / replica / object_key(digest)
         assert path.stat().st_mode & 0o777 == 0o444
-        assert path.read_bytes()[:1] == b"\x01"  # compressible: stored with zstd
+        assert path.read_bytes()[:1] == b"\x02"  # compressible: sealed zstd

@@ -3,9 +3,10 @@
 Owns: the on-disk form of one replica: ``<root>/<key>`` files, made read-only (0444) the
 moment they are created, and ``<root>/tmp/`` for values being written.
 
-Must never: expose a partial value (a value is written to ``tmp/``, then hard-linked to
-its key, so it appears whole or not at all, and an existing key is never replaced except
-by the vault's repair path), or follow a key outside ``root``.
+Must never: expose a partial value (a value is written to an unnamed ``O_TMPFILE`` in its
+key's directory, or to ``tmp/`` where that is unsupported, then hard-linked to its key,
+so it appears whole or not at all, and an existing key is never replaced except by the
+vault's repair path), or follow a key outside ``root``.
 
 Why hard links rather than ``rename``: ``link`` fails when the key exists, which makes
 "write once" atomic across processes without a lock; ``rename`` would silently replace.
@@ -13,13 +14,14 @@ Why hard links rather than ``rename``: ``link`` fails when the key exists, which
 
 # The hot path creates one file per object per replica: plain str paths and os calls
 # avoid building a Path per object, so the pathlib rules are off for this module.
-# ruff: noqa: PTH103, PTH105, PTH108, PTH113, PTH116, PTH118, PTH120, PTH123
+# ruff: noqa: PTH103, PTH105, PTH108, PTH112, PTH113, PTH116, PTH118, PTH120, PTH123
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import re
 import secrets
@@ -51,6 +53,16 @@ def _syncfs(fd: int) -> None:
     os.sync()  # pragma: no cover
 
 
+_proc: list[int] = []
+
+
+def _proc_fd() -> int:
+    """A descriptor of /proc, opened once (racing threads may open two; both work)."""
+    if not _proc:
+        _proc.append(os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    return _proc[0]
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -79,6 +91,9 @@ class LocalStore:
             "errors": 0,
         }
         self._known_dirs: set[str] = set()
+        # Unnamed files need O_TMPFILE (Linux >= 3.11 on ext4, xfs, btrfs, tmpfs) and
+        # /proc to name them; elsewhere values go through tmp/ and a hard link.
+        self._tmpfile = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
         if create:
             # A failure is reported by available(); a vault with a replica down still works.
             with contextlib.suppress(OSError):
@@ -116,6 +131,10 @@ class LocalStore:
         if not replace and os.path.lexists(path):
             self._count("put_existing")
             return False
+        if not replace and self._tmpfile:
+            created = self._put_unnamed(path, parts, durable=durable)
+            if created is not None:
+                return created
         tmp = os.path.join(self.root, _TMP, f"{os.getpid()}-{secrets.token_hex(8)}.tmp")
         try:
             # Created read-only (0444) yet writable through this descriptor: no extra chmod.
@@ -124,16 +143,8 @@ class LocalStore:
             raise UnavailableError(
                 f"vault replica {self.root}: directory is missing (is the disk mounted?)"
             ) from None
-        total = 0
         try:
-            for part in parts:
-                view = memoryview(part).cast("B")
-                while view:
-                    written = os.write(fd, view[:_MAX_WRITE])
-                    total += written
-                    view = view[written:]
-            if durable:
-                os.fsync(fd)
+            total = self._write_all(fd, parts, durable=durable)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
@@ -156,6 +167,74 @@ class LocalStore:
             self._stats["puts"] += 1
             self._stats["put_bytes"] += total
         return True
+
+    def _put_unnamed(self, path: str, parts: Sequence[Buffer], *, durable: bool) -> bool | None:
+        """Write-once through an unnamed file (``O_TMPFILE``) linked in when whole.
+
+        The file has no name until ``linkat`` gives it its key, so a writer killed midway
+        leaves nothing behind (no ``tmp/`` entry to clean), and creating it touches only
+        the key's own directory (256 of them for objects) instead of one ``tmp/`` that
+        every writer thread contends on. None: the filesystem lacks ``O_TMPFILE``; the
+        caller uses ``tmp/`` and a hard link instead.
+        """
+        parent = os.path.dirname(path)
+        self._ensure_dir(parent)
+        try:
+            fd = os.open(parent, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o444)
+        except FileNotFoundError:
+            self._known_dirs.discard(parent)
+            self._ensure_dir(parent)
+            fd = os.open(parent, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o444)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                self._tmpfile = False
+                return None
+            raise
+        try:
+            total = self._write_all(fd, parts, durable=durable)
+            # linkat(AT_SYMLINK_FOLLOW) through /proc gives the unnamed inode its name and
+            # fails with EEXIST rather than replacing, like link() in the named path.
+            # src_dir_fd makes CPython call linkat (plain link() would not follow the
+            # /proc symlink); "self" is resolved per call, so this is fork-safe.
+            os.link(f"self/fd/{fd}", path, src_dir_fd=_proc_fd(), follow_symlinks=True)
+        except FileExistsError:
+            self._count("put_existing")
+            return False
+        except BaseException:
+            self._count("errors")
+            raise
+        finally:
+            os.close(fd)
+        if durable:
+            self._fsync_dir(parent)
+        with self._lock:
+            self._stats["puts"] += 1
+            self._stats["put_bytes"] += total
+        return True
+
+    def _ensure_dir(self, parent: str) -> None:
+        if parent in self._known_dirs:
+            return
+        # Never recreate the replica itself: a missing root is an unmounted disk.
+        if not os.path.isdir(os.path.join(self.root, _TMP)):
+            raise UnavailableError(
+                f"vault replica {self.root}: directory is missing (is the disk mounted?)"
+            )
+        os.makedirs(parent, exist_ok=True)
+        self._known_dirs.add(parent)
+
+    @staticmethod
+    def _write_all(fd: int, parts: Sequence[Buffer], *, durable: bool) -> int:
+        total = 0
+        for part in parts:
+            view = memoryview(part).cast("B")
+            while view:
+                written = os.write(fd, view[:_MAX_WRITE])
+                total += written
+                view = view[written:]
+        if durable:
+            os.fsync(fd)
+        return total
 
     def _link(self, tmp: str, path: str, *, replace: bool) -> None:
         parent = os.path.dirname(path)

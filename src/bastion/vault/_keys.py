@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import blake3
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -26,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from bastion.errors import UsageError
 
 __all__ = ["Signer", "Verifier", "make_key", "public_path"]
+
+_SEAL_CONTEXT = "bastion vault 2026-11 object seal v1"
 
 
 def public_path(key_path: Path) -> Path:
@@ -86,6 +89,19 @@ class Signer:
         return self._key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
+
+    def seal_key(self) -> bytes:
+        """A 32-byte key for sealing stored objects, derived from the private key.
+
+        One-way (BLAKE3 key derivation): a seal never reveals the signing key, and only a
+        holder of the signing key can make one.
+        """
+        raw = self._key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return blake3.blake3(raw, derive_key_context=_SEAL_CONTEXT).digest()
 
 
 class Verifier:

@@ -22,6 +22,17 @@ ingest and scrub):
 Compression: zstd level 3 where it pays. A 64 KiB sample is tried at level 1 first; if it
 does not shrink by 10 %, the chunk is stored raw (random weights, compressed images),
 so incompressible data costs one small trial instead of a full compression pass.
+
+Stored forms (first byte):
+
+- ``00`` raw: the plaintext itself; its BLAKE3 is the object's name, so hashing the
+  stored bytes is the full check.
+- ``02`` sealed zstd: 32 bytes of seal, then the zstd frame. The seal is a keyed BLAKE3
+  of (name, frame) under a key derived from the vault's signing key, so scrub can verify
+  a compressed object at hashing speed without decompressing it, and nobody without the
+  signing key (a replica's disk, someone who can write to it) can make a seal that
+  passes: a forged or moved object fails the seal and is then checked in full.
+- ``01`` zstd without a seal (vaults written before seals): checked by decompressing.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from bastion.errors import IntegrityError
 __all__ = [
     "BIG_FILE",
     "RAW",
+    "SEALED",
     "ZSTD",
     "Encoded",
     "boundaries",
@@ -45,6 +57,8 @@ __all__ = [
     "encode",
     "hash_bytes",
     "object_key",
+    "seal",
+    "verify_stored",
 ]
 
 BIG_FILE = 64 << 20
@@ -54,6 +68,9 @@ _SAMPLE = 64 << 10
 _MIN_COMPRESS = 512
 RAW = b"\x00"
 ZSTD = b"\x01"
+SEALED = b"\x02"
+_SEAL = 32
+_FRAME_HEADER = 18  # the longest zstd frame header: enough to read the content size
 
 _local = threading.local()
 
@@ -103,20 +120,35 @@ class Encoded:
 
     @property
     def size(self) -> int:
-        return 1 + len(self.payload)
+        return len(self.header) + len(self.payload)
 
     def parts(self) -> tuple[bytes, bytes | memoryview]:
         return (self.header, self.payload)
 
 
-def encode(view: memoryview, *, compress: bool = True) -> Encoded:
-    """Stored form of a chunk: zstd when a sample shows it pays, else raw (no copy)."""
+def seal(key: bytes, digest: str, payload: bytes | memoryview) -> bytes:
+    """Keyed BLAKE3 of an object's name and stored payload (see the module docstring)."""
+    hasher = blake3.blake3(bytes.fromhex(digest), key=key)
+    hasher.update(payload)
+    return hasher.digest()
+
+
+def encode(
+    view: memoryview, *, compress: bool = True, digest: str = "", seal_key: bytes | None = None
+) -> Encoded:
+    """Stored form of a chunk: zstd when a sample shows it pays, else raw (no copy).
+
+    With ``seal_key`` (and the chunk's ``digest``) a compressed chunk is sealed, so scrub
+    can check it without decompressing.
+    """
     size = len(view)
     if compress and size >= _MIN_COMPRESS:
         sample = view[:_SAMPLE]
         if len(_compressor(1).compress(sample)) < 0.9 * len(sample):
             packed = _compressor(3).compress(view)
             if len(packed) < 0.95 * size:
+                if seal_key is not None and digest:
+                    return Encoded(SEALED + seal(seal_key, digest, packed), packed)
                 return Encoded(ZSTD, packed)
     return Encoded(RAW, view)
 
@@ -125,7 +157,8 @@ def decode(stored: bytes, digest: str, *, limit: int = 64 << 20) -> bytes | memo
     """Plaintext of a stored object, verified against ``digest``; IntegrityError if not.
 
     A raw object comes back as a view into ``stored`` (no copy: reads and scrub of
-    incompressible checkpoints are bound by memory bandwidth).
+    incompressible checkpoints are bound by memory bandwidth). A sealed object's seal is
+    not needed here: the plaintext hash is the full check.
     """
     if not stored:
         raise IntegrityError(f"object {digest[:16]}: empty (truncated)")
@@ -133,9 +166,10 @@ def decode(stored: bytes, digest: str, *, limit: int = 64 << 20) -> bytes | memo
     data: bytes | memoryview
     if header == RAW:
         data = memoryview(stored)[1:]
-    elif header == ZSTD:
+    elif header in (ZSTD, SEALED):
+        start = 1 if header == ZSTD else 1 + _SEAL
         try:
-            data = _decompressor().decompress(stored[1:], max_output_size=limit)
+            data = _decompressor().decompress(memoryview(stored)[start:], max_output_size=limit)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"object {digest[:16]}: bad zstd frame ({exc})") from None
     else:
@@ -143,3 +177,27 @@ def decode(stored: bytes, digest: str, *, limit: int = 64 << 20) -> bytes | memo
     if hash_bytes(data) != digest:
         raise IntegrityError(f"object {digest[:16]}: content does not match its hash")
     return data
+
+
+def verify_stored(
+    stored: bytes, digest: str, *, seal_key: bytes | None = None, deep: bool = False
+) -> tuple[int, bool]:
+    """Check a stored object; return (plaintext bytes covered, whether it decompressed).
+
+    Without ``deep``, a raw object is hashed as stored (that is its full check) and a
+    sealed one has its seal checked (no decompression); a seal that does not match, an
+    unsealed zstd object, or ``deep`` falls back to ``decode`` (decompress + content hash).
+    IntegrityError if the object is bad.
+    """
+    header = stored[:1]
+    if not deep:
+        if header == RAW:
+            if hash_bytes(memoryview(stored)[1:]) != digest:
+                raise IntegrityError(f"object {digest[:16]}: content does not match its hash")
+            return len(stored) - 1, False
+        if header == SEALED and seal_key is not None and len(stored) > 1 + _SEAL:
+            payload = memoryview(stored)[1 + _SEAL :]
+            size = zstandard.frame_content_size(bytes(payload[:_FRAME_HEADER]))
+            if size >= 0 and seal(seal_key, digest, payload) == stored[1 : 1 + _SEAL]:
+                return size, False
+    return len(decode(stored, digest)), True

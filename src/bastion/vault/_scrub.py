@@ -9,6 +9,13 @@ hashing it, or treat an unreferenced leftover of a killed write as data loss.
 
 Like restic's ``check --read-data`` it reads everything; unlike it, it repairs from
 another replica instead of stopping at the report, and it can be spread over runs.
+
+What a copy must pass (see ``_objects.verify_stored``): a raw object's stored bytes hash
+to its name (the full check); a sealed compressed object's seal (a keyed BLAKE3 of name
+and stored bytes, keyed from the signing key) matches, so it is checked at hashing speed
+without decompressing; anything else, or every object with ``deep``, is decompressed and
+its content hashed. A seal that does not match is never trusted either way: the object
+is then checked in full, so a seal can only spare work, never pass a bad object.
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bastion.errors import BastionError, IntegrityError, NotFoundError
-from bastion.vault._objects import decode, object_key
+from bastion.errors import BastionError, IntegrityError, NotFoundError, UsageError
+from bastion.vault._objects import object_key, verify_stored
 from bastion.vault._snapshot import decode_document
 
 if TYPE_CHECKING:
@@ -39,7 +46,10 @@ class ScrubReport:
     replicas: int = 0
     objects: int = 0
     copies_checked: int = 0
-    bytes_checked: int = 0
+    bytes_checked: int = 0  # plaintext bytes verified, summed over replicas
+    bytes_read: int = 0  # stored bytes read and hashed (less where objects are compressed)
+    decompressed: int = 0  # copies checked by decompressing (deep, unsealed, or bad seal)
+    deep: bool = False
     snapshots: int = 0
     bad_copies: int = 0
     repaired: int = 0
@@ -117,13 +127,24 @@ def scrub(
     repair: bool = True,
     max_seconds: float | None = None,
     progress: Callable[[int], None] | None = None,
+    deep: bool = False,
 ) -> ScrubReport:
-    """Verify every object on every reachable replica; repair bad copies when ``repair``."""
+    """Verify every object on every reachable replica; repair bad copies when ``repair``.
+
+    ``deep``: decompress every compressed copy and hash its content, instead of trusting
+    a matching seal.
+    """
     started = time.perf_counter()
-    report = ScrubReport()
+    report = ScrubReport(deep=deep)
+    seal_key: bytes | None = None
+    if not deep:
+        try:
+            seal_key = vault.signer.seal_key()
+        except UsageError:
+            seal_key = None  # a verify-only host: no seals to check, every copy in full
     stores = vault.available_stores()
     report.replicas = len(stores)
-    vault._emit("vault.scrub.started", repair=repair, max_seconds=max_seconds)
+    vault._emit("vault.scrub.started", repair=repair, max_seconds=max_seconds, deep=deep)
     referenced = _check_snapshots(vault, stores, repair=repair, report=report)
     present = [{k.rsplit("/", 1)[-1] for k in s.list("objects/")} for s in stores]
     digests = sorted(set().union(referenced, *present))
@@ -148,6 +169,7 @@ def scrub(
             referenced=digest in referenced,
             repair=repair,
             report=report,
+            seal_key=seal_key,
         )
         report.cursor = digest
         if progress is not None:
@@ -171,6 +193,7 @@ def _scrub_object(
     referenced: bool,
     repair: bool,
     report: ScrubReport,
+    seal_key: bytes | None,
 ) -> None:
     key = object_key(digest)
     good: bytes | None = None
@@ -182,13 +205,15 @@ def _scrub_object(
             continue
         try:
             stored = store.get(key)
-            data = decode(stored, digest)
+            size, decompressed = verify_stored(stored, digest, seal_key=seal_key, deep=report.deep)
         except (IntegrityError, NotFoundError, OSError) as exc:
             bad.append((store, str(exc)))
             report.copies_checked += 1
             continue
         report.copies_checked += 1
-        report.bytes_checked += len(data)
+        report.bytes_checked += size
+        report.bytes_read += len(stored)
+        report.decompressed += decompressed
         if good is None:
             good = stored
     if not referenced and good is None:

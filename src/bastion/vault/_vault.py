@@ -82,6 +82,22 @@ _VERSION_WIDTH = 10
 _MMAP_FROM = 1 << 20
 _WORKERS = max(4, 2 * (os.cpu_count() or 2))
 _ADMIN_PIN = "config/admin.pub"
+# Chunks under _BATCH_BELOW (whole small files, in practice) go to the pool in batches
+# of up to _BATCH_COUNT chunks or _BATCH_BYTES bytes.
+_BATCH_BELOW = 256 << 10
+_BATCH_COUNT = 64
+_BATCH_BYTES = 1 << 20
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """The whole of a small file (one read in practice; loops if it grew or was short)."""
+    data = os.read(fd, size + 1)
+    if len(data) <= size:
+        return data
+    parts = [data]
+    while block := os.read(fd, 1 << 20):
+        parts.append(block)
+    return b"".join(parts)
 
 
 def _versions_prefix(name: str) -> str:
@@ -368,10 +384,12 @@ class Vault:
     ) -> tuple[dict[str, FileEntry], int, int, int, dict[int, str]]:
         failed: dict[int, str] = {}
         failed_lock = threading.Lock()
-        # Bound the chunks in flight: views into mmaps cost nothing, compressed copies do.
+        seal_key = self.signer.seal_key()
+        # Bound the jobs in flight: views into mmaps cost nothing, compressed copies and
+        # batches of small files (read into memory) do.
         slots = threading.BoundedSemaphore(_WORKERS * 3)
 
-        def job(view: memoryview) -> _ChunkResult:
+        def one(view: memoryview) -> _ChunkResult:
             try:
                 digest = hash_bytes(view)
                 key = object_key(digest)
@@ -385,7 +403,9 @@ class Vault:
                         if store.has(key):
                             continue
                         if encoded is None:
-                            encoded = encode(view, compress=compress)
+                            encoded = encode(
+                                view, compress=compress, digest=digest, seal_key=seal_key
+                            )
                         if store.put(key, encoded.parts(), durable=False):
                             stored = encoded.size
                     except (OSError, BastionError) as exc:
@@ -396,27 +416,68 @@ class Vault:
                 return _ChunkResult(digest, len(view), stored, errors)
             finally:
                 view.release()
+
+        def job(views: list[memoryview]) -> list[_ChunkResult]:
+            # One job per batch of small chunks: a pool hand-off costs about as much as
+            # writing a 4 KiB object, and a dataset can be mostly small files.
+            try:
+                results = []
+                for done, view in enumerate(views):
+                    try:
+                        results.append(one(view))
+                    except BaseException:
+                        for rest in views[done + 1 :]:
+                            rest.release()
+                        raise
+                return results
+            finally:
                 slots.release()
 
         entries: dict[str, FileEntry] = {}
-        pending: list[tuple[str, int, int, list[Future[_ChunkResult]]]] = []
+        # Per file: its size, mode, and where each chunk's result will be (job, index).
+        pending: list[tuple[str, int, int, list[tuple[Future[list[_ChunkResult]], int]]]] = []
         opened: list[tuple[mmap.mmap, memoryview]] = []
         with ThreadPoolExecutor(_WORKERS, thread_name_prefix="vault-put") as pool:
             try:
+                batch: list[memoryview] = []
+                batch_bytes = 0
+                waiting: list[tuple[list[tuple[Future[list[_ChunkResult]], int]], int]] = []
+
+                def flush() -> None:
+                    nonlocal batch, batch_bytes, waiting
+                    if not batch:
+                        return
+                    slots.acquire()
+                    fut = pool.submit(job, batch)
+                    for refs, slot in waiting:
+                        refs[slot] = (fut, refs[slot][1])
+                    batch, batch_bytes, waiting = [], 0, []
+
+                placeholder: Future[list[_ChunkResult]] = Future()
                 for path in paths:
                     view, mode, keep = self._open_source(files[path])
                     if keep is not None:
                         opened.append((keep, view))
-                    futures = []
+                    refs: list[tuple[Future[list[_ChunkResult]], int]] = []
                     for offset, length in boundaries(view):
-                        slots.acquire()
-                        futures.append(pool.submit(job, view[offset : offset + length]))
-                    pending.append((path, len(view), mode, futures))
+                        chunk = view[offset : offset + length]
+                        if length >= _BATCH_BELOW:
+                            slots.acquire()
+                            refs.append((pool.submit(job, [chunk]), 0))
+                            continue
+                        refs.append((placeholder, len(batch)))
+                        waiting.append((refs, len(refs) - 1))
+                        batch.append(chunk)
+                        batch_bytes += length
+                        if len(batch) >= _BATCH_COUNT or batch_bytes >= _BATCH_BYTES:
+                            flush()
+                    pending.append((path, len(view), mode, refs))
+                flush()
                 written = new = dedup = 0
-                for path, size, mode, futures in pending:
+                for path, size, mode, refs in pending:
                     chunks = []
-                    for fut in futures:
-                        result = fut.result()
+                    for fut, slot in refs:
+                        result = fut.result()[slot]
                         chunks.append(ChunkRef(result.digest, result.size))
                         written += result.stored
                         if result.stored:
@@ -436,14 +497,17 @@ class Vault:
     def _open_source(source: FileSource) -> tuple[memoryview, int, mmap.mmap | None]:
         if isinstance(source, Path):
             try:
-                stat = source.stat()
-                mode = stat.st_mode & 0o777
-                if stat.st_size < _MMAP_FROM:
-                    return memoryview(source.read_bytes()), mode, None
-                with source.open("rb") as handle:
-                    mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 raise NotFoundError(f"{source}: no such file to put in the vault") from None
+            try:
+                stat = os.fstat(fd)
+                mode = stat.st_mode & 0o777
+                if stat.st_size < _MMAP_FROM:
+                    return memoryview(_read_all(fd, stat.st_size)), mode, None
+                mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            finally:
+                os.close(fd)
             with contextlib.suppress(OSError, AttributeError):
                 mapped.madvise(mmap.MADV_SEQUENTIAL)
             return memoryview(mapped), mode, mapped
@@ -730,21 +794,41 @@ class Vault:
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         root = dest.resolve()
-        targets = {}
+        # Resolve each directory once (not each file): a symlinked directory inside dest
+        # must not lead a file outside it. A file that is itself a symlink is replaced
+        # by the restored file (rename), never written through.
+        parents: dict[str, Path] = {"": root}
+        targets: dict[str, Path] = {}
         for path in snap.files:
-            target = (root / check_path(path)).resolve()
-            if not target.is_relative_to(root):
-                raise IntegrityError(f"{snap.ref}: file {path!r} would escape {dest}")
-            targets[path] = target
+            head, _, tail = check_path(path).rpartition("/")
+            parent = parents.get(head)
+            if parent is None:
+                parent = (root / head).resolve()
+                if not parent.is_relative_to(root):
+                    raise IntegrityError(f"{snap.ref}: file {path!r} would escape {dest}")
+                parents[head] = parent
+            targets[path] = parent / tail
         if clean:
             self._clean(root, set(targets.values()))
+        for parent in parents.values():
+            parent.mkdir(parents=True, exist_ok=True)
 
         def restore_file(path: str) -> int:
             entry = snap.files[path]
             target = targets[path]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.bastion-restore")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            tmp: Path | None = None
+            try:
+                # A new file is written in place: nothing to replace, and a failure
+                # below removes it. An existing one is replaced whole by a rename, so a
+                # failed restore leaves it as it was.
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                if target.is_dir() and not target.is_symlink():
+                    raise IntegrityError(
+                        f"restore: {target} is a directory; remove it first"
+                    ) from None
+                tmp = target.with_name(f".{target.name}.bastion-restore")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 for chunk in entry.chunks:
                     data = self.fetch(chunk.id, context=f"{snap.ref}:{path}")
@@ -754,15 +838,37 @@ class Vault:
                     if progress is not None:
                         progress(len(data))
                 os.fchmod(fd, entry.mode)
-            finally:
+            except BaseException:
                 os.close(fd)
-            if target.is_dir() and not target.is_symlink():
-                raise IntegrityError(f"restore: {target} is a directory; remove it first")
-            tmp.replace(target)
+                with contextlib.suppress(OSError):
+                    (tmp or target).unlink()
+                raise
+            os.close(fd)
+            if tmp is not None:
+                tmp.replace(target)
             return entry.size
 
+        def restore_batch(paths: list[str]) -> int:
+            return sum(restore_file(path) for path in paths)
+
+        # Small files go to the pool in batches, as on the write path.
+        batches: list[list[str]] = []
+        batch: list[str] = []
+        batch_bytes = 0
+        for path in sorted(snap.files):
+            size = snap.files[path].size
+            if size >= _BATCH_BELOW:
+                batches.append([path])
+                continue
+            batch.append(path)
+            batch_bytes += size
+            if len(batch) >= _BATCH_COUNT or batch_bytes >= _BATCH_BYTES:
+                batches.append(batch)
+                batch, batch_bytes = [], 0
+        if batch:
+            batches.append(batch)
         with ThreadPoolExecutor(_WORKERS, thread_name_prefix="vault-restore") as pool:
-            total = sum(pool.map(restore_file, sorted(snap.files)))
+            total = sum(pool.map(restore_batch, batches))
         seconds = time.perf_counter() - started
         self._emit(
             "vault.restored",
@@ -784,11 +890,16 @@ class Vault:
         repair: bool = True,
         max_seconds: float | None = None,
         progress: Callable[[int], None] | None = None,
+        deep: bool = False,
     ) -> ScrubReport:
-        """Verify every object on every replica (``repair``: fix bad copies from good)."""
+        """Verify every object on every replica (``repair``: fix bad copies from good).
+
+        ``deep``: decompress and hash the content of every compressed copy rather than
+        checking its seal (see ``bastion.vault._scrub``).
+        """
         from bastion.vault._scrub import scrub
 
-        return scrub(self, repair=repair, max_seconds=max_seconds, progress=progress)
+        return scrub(self, repair=repair, max_seconds=max_seconds, progress=progress, deep=deep)
 
     def lineage(self, ref: str) -> dict[str, Any]:
         """What produced ``ref``: ``{root, nodes: {ref: info}, edges: [[child, parent]]}``."""
