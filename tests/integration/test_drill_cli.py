@@ -106,3 +106,71 @@ def test_example_experiments_are_valid() -> None:
     assert len(found) >= 4
     for path in found:
         load_experiment(path)
+
+
+def test_run_never_recovers_exits_1(tmp_path: Path) -> None:
+    """The steady state breaks (the server is killed) and never comes back: exit 1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    probe = {
+        "type": "probe",
+        "name": "answers",
+        "tolerance": True,
+        "provider": {
+            "type": "python",
+            "module": "bastion.drill.probes",
+            "func": "tcp_ok",
+            "arguments": {"port": port, "timeout_s": 0.3, "payload": "GET / HTTP/1.0\r\n\r\n"},
+        },
+    }
+
+    def action(name: str, func: str, **arguments: object) -> dict[str, object]:
+        return {
+            "type": "action",
+            "name": name,
+            "provider": {
+                "type": "python",
+                "module": "bastion.drill.actions",
+                "func": func,
+                "arguments": arguments,
+            },
+        }
+
+    experiment = {
+        "title": "killed for good",
+        "description": "nothing restarts it",
+        "steady-state-hypothesis": {"title": "answers", "probes": [probe]},
+        "method": [
+            action("kill", "inject", fault="process.kill", process="web"),
+            action("wait", "wait_recovered", timeout_s=1.0),
+        ],
+        "extensions": [
+            {
+                "name": "bastion",
+                "frequency_s": 0.1,
+                "processes": {
+                    "web": {
+                        "command": [
+                            "python",
+                            "-m",
+                            "http.server",
+                            str(port),
+                            "--bind",
+                            "127.0.0.1",
+                        ],
+                        "ready_port": port,
+                    }
+                },
+            }
+        ],
+    }
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps(experiment))
+    journal = tmp_path / "j.json"
+    done = _bastion("drill", "run", str(path), "--no-live", "--journal", str(journal), cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "never recovered" in done.stdout
+    assert json.loads(journal.read_text())["bastion"]["measurements"]["recovered"] is False
