@@ -120,7 +120,10 @@ def _matrix(value: Any, n: int, field: str) -> np.ndarray:
         out.append(row)
     if len(out) > 1024:
         raise _BadInput(f"{field}: at most 1024 inputs per request")
-    return np.asarray(out, dtype=np.float32)
+    try:
+        return np.asarray(out, dtype=np.float32)
+    except (OverflowError, ValueError):
+        raise _BadInput(f"{field}: a value is out of range for a pixel (0..16)") from None
 
 
 def _last_content(messages: Any) -> str:
