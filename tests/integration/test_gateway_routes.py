@@ -78,6 +78,7 @@ def _raw(port: int, payload: bytes) -> bytes:
         ("POST", "/v1/chat/completions", b"[1, 2]", 400),
         ("POST", "/v1/chat/completions", b"", 400),
         ("POST", "/v1/chat/completions", b"\xff\xfe", 400),
+        ("POST", "/v1/chat/completions", b"[" * 100_000, 400),  # nesting past the parser's limit
         ("GET", "/v1/nothing-here", b"", 404),
         ("POST", "/v1/models", b"{}", 405),
         ("POST", "/v1/embeddings", b"x" * (5 * 1024 * 1024), 413),

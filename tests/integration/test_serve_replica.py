@@ -84,6 +84,8 @@ def test_routes(replica: str, model_dir: Path) -> None:
     assert json.loads(text)["choices"][0]["message"]["content"] == str(
         int(mlp.logits(np.asarray(x)).argmax())
     )
+    status, _ = _post(replica, "/v1/predict", b"[" * 100_000)
+    assert status == 400
     status, text = _post(replica, "/v1/predict", json.dumps({"inputs": [[1, 2]]}).encode())
     assert status == 400
     assert "64 numbers" in json.loads(text)["error"]["message"]

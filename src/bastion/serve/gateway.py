@@ -254,7 +254,7 @@ class Gateway:
             )
         try:
             obj = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             self._responses["4xx"].inc()
             return _error(
                 400,
@@ -376,7 +376,7 @@ class Gateway:
             if ctype == _JSON:
                 try:
                     json.loads(data)
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):
                     up.limit.release(None)
                     self.pool.fail(up, hard=False, reason="malformed JSON body")
                     raise _Fail("malformed", status=502) from None

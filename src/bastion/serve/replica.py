@@ -145,7 +145,7 @@ def make_app(model: Mlp) -> web.Application:
     async def body_of(request: web.Request) -> dict[str, Any]:
         try:
             obj = await request.json()
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise _BadInput("the body is not valid JSON") from None
         if not isinstance(obj, dict):
             raise _BadInput("the body must be a JSON object")
