@@ -25,3 +25,22 @@ def test_guarded_ransomware_drill(example_copy: Path, seed: int) -> None:
     assert m["files_lost"] == 0
     assert {p.name: p.read_bytes() for p in data.glob("*.csv")} == before
     assert not list(data.glob("*.locked"))
+
+
+def test_training_kill_drill_measures_steps_lost(example_copy: Path, seed: int) -> None:
+    """SIGKILL the worker under `bastion train run`: detection, RTO and steps lost, all
+    read from the supervisor's and the drill's events."""
+    result = run_experiment(
+        example_copy / "experiments" / "train-kill.yaml",
+        journal_path=example_copy / "journal.json",
+        seed=seed,
+    )
+    m = result.measurements
+    print(m, result.problems)
+    assert all(p.startswith("target missed: rto_s") for p in result.problems)
+    assert m["detected_by"] in ("train.exited", "train.restarting")
+    assert m["steps_lost"] is not None
+    assert m["steps_lost"] >= 0
+    assert m["recovered"] is True
+    kinds = [e["kind"] for e in result.journal["bastion"]["events"]]
+    assert kinds.index("drill.fault.injected") < kinds.index("train.exited")
