@@ -229,15 +229,21 @@ def _analyze(  # noqa: PLR0917 (private; analyze() above is keyword-only)
     families = cut_sets(tree, max_order)
     t2 = time.perf_counter()
     prob = Probability(tree)
-    q_top = {top: prob.unavailability(tree.node_literal[top]) for top in graph.tops()}
-    t3 = time.perf_counter()
+    with prob.deep():
+        q_top = {top: prob.unavailability(tree.node_literal[top]) for top in graph.tops()}
+        t3 = time.perf_counter()
+        measures = (
+            {top: prob.birnbaum(tree.node_literal[top]) for top in graph.tops()}
+            if importance
+            else {}
+        )
     tops: list[TopResult] = []
     any_unknown = not all(e.known for e in tree.events)
     for top in graph.tops():
         literal = tree.node_literal[top]
         fam = literal_family(tree, families, literal)
         sets = _cut_list(tree, fam)
-        imp = _importance(tree, prob, literal, q_top[top]) if importance else []
+        imp = _importance(tree, prob, measures[top], q_top[top]) if importance else []
         objective = objectives.get(top)
         tops.append(
             TopResult(
@@ -310,11 +316,12 @@ def _unknown(tree: FaultTree, literal: int) -> list[str]:
     return sorted(tree.events[e].id for e in _support(tree, literal) if not tree.events[e].known)
 
 
-def _importance(tree: FaultTree, prob: Probability, top: int, q_top: float) -> list[Importance]:
+def _importance(
+    tree: FaultTree, prob: Probability, birnbaum: dict[int, float], q_top: float
+) -> list[Importance]:
     # Exact for every event under the top, from one pass over its BDD (see
     # Probability.birnbaum). Fussell-Vesely follows because Q is linear in each p_e:
     # Q - Q(e up) = p_e * Birnbaum(e).
-    birnbaum = prob.birnbaum(top)
     out = []
     for e, ib in birnbaum.items():
         fv = prob.p[e] * ib / q_top if q_top > 0 else 0.0

@@ -19,6 +19,7 @@ and a probability pass. Must never: treat a shared event as independent.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,8 +36,10 @@ def _deep_recursion(depth: int) -> Iterator[None]:
     # apply() recurses once per BDD level; a module with a few thousand variables needs
     # more than Python's default 1000 frames (3.11 frames are cheap; no C stack per call).
     old = sys.getrecursionlimit()
-    if depth > old:
-        sys.setrecursionlimit(depth)
+    if depth <= old:
+        yield  # already deep enough (e.g. inside Probability.deep()): change nothing
+        return
+    sys.setrecursionlimit(depth)
     try:
         yield
     finally:
@@ -362,8 +365,13 @@ class Probability:
             prob.append((1.0 - p) * prob[bdd.lo[i]] + p * prob[bdd.hi[i]])
         return prob[node]
 
+    def deep(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the recursion limit this tree needs across many calls (setting it per call
+        costs more than the BDD work on small tops)."""
+        return _deep_recursion(10_000 + 4 * len(self.levels))
+
     def _root(self, literal: int) -> int:
-        with _deep_recursion(10_000 + 4 * len(self.levels)):
+        with self.deep():
             return self._expand(literal)
 
     # ------------------------------------------------------------------ answers

@@ -119,6 +119,10 @@ def cut_sets(tree: FaultTree, order: int) -> list[Family]:
         raise ValueError(f"max order {order} must be at least 1")
     n_events = tree.n_events
     out: list[Family] = []
+    # Whether a gate's family holds only singletons: then an OR over such children is a
+    # plain set union (no set can contain another), done at C speed. Most gates in a
+    # real map are chains of ORs whose families are exactly that.
+    only_singles: list[bool] = []
 
     def family(literal: int) -> Family:
         if literal < n_events:
@@ -129,11 +133,19 @@ def cut_sets(tree: FaultTree, order: int) -> list[Family]:
         fams = [family(c) for c in children]
         if tree.gate_kind[g] == "or":
             if len(fams) == 1:
-                out.append(fams[0])
+                result = fams[0]
+                singles = children[0] < n_events or only_singles[children[0] - n_events]
+            elif all(c < n_events or only_singles[c - n_events] for c in children):
+                result = set().union(*fams)
+                singles = True
             else:
-                out.append(_minimal(s for fam in fams for s in fam))
+                result = _minimal(s for fam in fams for s in fam)
+                singles = all(len(s) == 1 for s in result)
         else:
-            out.append(_atleast(tree.gate_m[g], fams, order))
+            result = _atleast(tree.gate_m[g], fams, order)
+            singles = all(len(s) == 1 for s in result)
+        out.append(result)
+        only_singles.append(singles)
     return out
 
 
