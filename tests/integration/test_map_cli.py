@@ -212,3 +212,10 @@ def test_html_is_self_contained_and_draws_the_graph(tmp_path: Path, example_copy
     assert 'class="node" data-id="vendor-b" data-location="third-party"' in dom
     assert 'class="location" data-location="third-party"' in dom
     assert dom.count('class="edge ') == 16
+
+
+def test_observed_without_an_event_log_creates_nothing(example_copy: Path) -> None:
+    proc = bastion("map", "-f", str(example_copy / "bastion.yaml"), "--observed")
+    assert proc.returncode == 1  # the example's SPOFs, not the (empty) observation
+    assert "observed: 0 dep.used event(s)" in proc.stdout
+    assert not (example_copy / ".bastion").exists()

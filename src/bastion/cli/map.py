@@ -57,8 +57,11 @@ def map_cmd(
     report = map_manifest(manifest, max_order=max_order, beta=beta)
     seen: ObservedReport | None = None
     if observed:
-        with event_log(manifest) as log:
-            seen = observed_dependencies(manifest, log)
+        if (manifest.state_dir / "events.db").exists():
+            with event_log(manifest) as log:
+                seen = observed_dependencies(manifest, log)
+        else:
+            seen = ObservedReport()  # nothing has run yet; do not create a log just to read it
     text = render(report, fmt, seen)
     if out is not None:
         try:
