@@ -135,3 +135,17 @@ def test_fault_object_injects_and_reverts(seed: int) -> None:
             _ask(_client(up))
         assert fault.reverted
         assert _ask(_client(up))
+
+
+def test_stalling_stream_spaces_its_chunks(seed: int) -> None:
+    import time
+
+    with FaultyUpstream(seed=seed, reply="a b c d") as up:
+        up.set_fault(chunk_delay_s=0.3)
+        stream = _client(up).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+        arrivals = [time.monotonic() for _ in stream]
+        assert len(arrivals) >= 4
+        assert arrivals[-1] - arrivals[0] > 0.5  # 3 gaps of 0.3 s asked; generous bound
+        assert up.statistics()["by_fault"] == {"slow_stream": 1}

@@ -245,7 +245,7 @@ FAULTS: dict[str, tuple[Builder, str]] = {
     "http.fault": (
         _http,
         "upstream, status, retry_after, first_byte_delay_s, cut_stream_after, "
-        "malformed_body, probability, times",
+        "chunk_delay_s, malformed_body, probability, times",
     ),
     "data.label_flip": (_data(lib.LabelFlip), "dataset, copy_to, fraction, label"),
     "data.schema_break": (_data(lib.SchemaBreak), "dataset, copy_to, mode, column"),

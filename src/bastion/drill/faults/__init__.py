@@ -29,7 +29,8 @@ Families:
   revert SIGCONT), ``RestartProcess``, ``CpuHog``, ``MemoryHog``; ``wait_exit``.
 - http: ``FaultyUpstream`` (OpenAI-compatible server on 127.0.0.1; ``set_fault`` /
   ``clear_fault`` or ``POST /_bastion/fault`` at runtime), ``HttpFault`` (status,
-  retry_after, first_byte_delay_s, cut_stream_after, malformed_body, probability,
+  retry_after, first_byte_delay_s, cut_stream_after, chunk_delay_s, malformed_body,
+  probability,
   times), ``HttpFaultInjection``. Separate process: ``python -m bastion.drill.faults.http``.
 - network: ``TcpFaultProxy`` (127.0.0.1 -> an upstream port in scope), ``Toxic`` (type
   latency | bandwidth | timeout | reset_peer | slicer | limit_data, Toxiproxy's names and

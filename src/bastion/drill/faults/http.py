@@ -43,7 +43,8 @@ class HttpFault:
     ``retry_after``: with ``status`` (usually 429), send ``Retry-After`` with this many
     seconds; ``None`` sends no header. ``first_byte_delay_s``: wait before the first byte.
     ``cut_stream_after``: for ``stream: true``, drop the connection after this many SSE
-    chunks (no ``[DONE]``). ``malformed_body``: answer 200 with a body that is not JSON.
+    chunks (no ``[DONE]``). ``chunk_delay_s``: wait this long between SSE chunks (a
+    stalling stream). ``malformed_body``: answer 200 with a body that is not JSON.
     ``probability``: the share of requests that get the fault (seeded). ``times``: apply to
     the next N requests only, then clear itself.
     """
@@ -52,6 +53,7 @@ class HttpFault:
     retry_after: float | None = None
     first_byte_delay_s: float = 0.0
     cut_stream_after: int | None = None
+    chunk_delay_s: float = 0.0
     malformed_body: bool = False
     probability: float = 1.0
     times: int | None = None
@@ -69,6 +71,7 @@ class HttpFault:
             "retry_after": float,
             "first_byte_delay_s": float,
             "cut_stream_after": int,
+            "chunk_delay_s": float,
             "probability": float,
             "times": int,
         }
@@ -113,6 +116,17 @@ class _Counters:
     ok: int = 0
     faulted: int = 0
     by_fault: dict[str, int] = field(default_factory=dict)
+
+
+def _label(fault: HttpFault | None) -> str | None:
+    """What a served fault was, for ``statistics()``: None for a clean answer."""
+    if fault is None:
+        return None
+    if fault.first_byte_delay_s > 0:
+        return "slow_first_byte"
+    if fault.chunk_delay_s > 0:
+        return "slow_stream"
+    return None
 
 
 class FaultyUpstream:
@@ -351,7 +365,7 @@ class FaultyUpstream:
         rid = f"chatcmpl-{self._rng.getrandbits(48):012x}"
         if payload.get("stream"):
             return await self._stream(request, rid, created, text, fault)
-        self._count("slow_first_byte" if fault is not None else None)
+        self._count(_label(fault))
         words = len(text.split())
         body = {
             "id": rid,
@@ -381,7 +395,10 @@ class FaultyUpstream:
         await resp.prepare(request)
         pieces = [w + " " for w in text.split()] or [""]
         cut = fault.cut_stream_after if fault is not None else None
+        delay = fault.chunk_delay_s if fault is not None else 0.0
         for i, piece in enumerate(pieces):
+            if i and delay > 0:
+                await asyncio.sleep(delay)
             if cut is not None and i >= cut:
                 self._count("stream_cut")
                 # Drop the connection mid-stream, as a vendor's load balancer does.
@@ -405,7 +422,7 @@ class FaultyUpstream:
         }
         await resp.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
         await resp.write_eof()
-        self._count("slow_first_byte" if fault is not None else None)
+        self._count(_label(fault))
         return resp
 
 

@@ -275,17 +275,26 @@ class FillDisk(Fault):
                 "at a size-limited location (a small tmpfs or volume) or raise max_bytes"
             )
         chunk = b"\0" * (1 << 20)
-        with self.ballast.open("wb") as fh:
-            while self.written < need:
-                part = chunk[: min(len(chunk), need - self.written)]
+        # With leave_bytes 0, write until the kernel says ENOSPC: root may write into the
+        # blocks a filesystem reserves for it, which "free" does not count.
+        limit = self.max_bytes if self.leave_bytes == 0 else need
+        full = False
+        with self.ballast.open("wb", buffering=0) as fh:
+            while self.written < limit:
+                part = chunk[: min(len(chunk), limit - self.written)]
                 try:
-                    fh.write(part)
-                    fh.flush()
+                    self.written += fh.write(part) or 0
                 except OSError:
-                    break  # ENOSPC reached early (metadata, block rounding): that is full
-                self.written += len(part)
+                    full = True  # ENOSPC: that is what was asked for
+                    break
             with contextlib.suppress(OSError):
                 os.fsync(fh.fileno())
+        if self.leave_bytes == 0 and not full:
+            self.ballast.unlink(missing_ok=True)
+            raise UsageError(
+                f"{self.kind}: wrote max_bytes={self.max_bytes} to {self.path} and it is still "
+                "not full; point it at a size-limited location or raise max_bytes"
+            )
         return {"written": self.written, "free_after": shutil.disk_usage(self.path).free}
 
     def _revert(self) -> dict[str, Any]:
