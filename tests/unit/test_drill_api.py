@@ -64,4 +64,4 @@ def test_every_library_fault_kind_is_injectable_by_experiments() -> None:
         and issubclass(getattr(faults, name), faults.Fault)
         and getattr(faults, name).kind not in ("fault", "data")
     }
-    assert kinds - {"process.restart"} <= set(FAULTS)
+    assert kinds <= set(FAULTS)
