@@ -472,6 +472,8 @@ def _findings(report: MapReport, recovery: dict[str, tuple[float, float]]) -> li
                 "declare availability (and availability_source) on those components",
             )
         )
+    rank = {"breach": 0, "spof": 1, "warning": 2, "info": 3}
+    out.sort(key=lambda f: rank[f.severity])  # stable: most severe first, in found order
     return out
 
 
