@@ -164,3 +164,17 @@ def test_observed_never_crashes_on_odd_events(
     expected = {(s, t) for s, t, _ in targets if s != "train" or t not in ("data", "dataset/d@1")}
     expected = {(s, t) for s, t in expected if not (s == "train" and t.startswith("dataset/d@"))}
     assert {(d.subject, d.target) for d in report.undeclared} <= expected
+
+
+def test_every_vault_replica_in_one_failure_domain_breaches_its_rpo_target() -> None:
+    manifest = build(
+        vault={"replicas": ["/tmp/a", "/tmp/b"]},
+        recovery={"host": {"rto_s": 60, "rpo_s": 0}},
+    )
+    report = map_manifest(manifest)
+    assert report.findings[0].severity == "breach"
+    assert report.findings[0].message == (
+        "recovery.host (RPO 0 s): every vault replica is in host localhost, "
+        "so losing it loses every copy"
+    )
+    assert not report.ok
