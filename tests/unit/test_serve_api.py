@@ -39,16 +39,27 @@ def test_public_api_is_pinned() -> None:
     )
 
 
-def test_autoscaler_bounds_cooldown_and_gentle_scale_down() -> None:
+def test_autoscaler_up_fast_down_slow_and_bounded() -> None:
     clock = ManualClock()
-    a = Autoscaler(min_replicas=2, max_replicas=5, target_per_replica=4, cooldown_s=10, clock=clock)
-    assert a.decide(1, 0, 0) == 2  # below the floor heals at once
-    assert a.decide(2, 40, 10) == 5  # capped at max
-    assert a.decide(5, 0, 0) == 5  # cool-down holds
-    clock.advance(10)
-    assert a.decide(5, 0, 0) == 4  # down one at a time
-    clock.advance(10)
-    assert a.decide(4, 16, 0) == 4  # load matches: stay
+    a = Autoscaler(
+        min_replicas=2,
+        max_replicas=5,
+        target_per_replica=4,
+        cooldown_s=30,
+        up_cooldown_s=2,
+        clock=clock,
+    )
+    assert a.decide(1, 0) == 2  # below the floor heals at once
+    assert a.decide(2, 50.0) == 5  # up all at once, capped at max
+    assert a.decide(5, 0.0) == 5  # down waits for the long cool-down
+    clock.advance(30)
+    assert a.decide(5, 0.0) == 4  # then one at a time
+    assert a.decide(4, 0.0) == 4
+    clock.advance(2)
+    assert a.decide(4, 19.5) == 5  # up again after the short cool-down
+    clock.advance(30)
+    assert a.decide(5, 16.0) == 4
+    assert a.statistics()["decisions"] == 4
 
 
 def _pool(n: int, tiers: tuple[int, ...] = ()) -> Pool:

@@ -33,26 +33,33 @@ __all__ = ["Autoscaler", "ReplicaSet"]
 
 @dataclass
 class Autoscaler:
-    """Desired replicas from load: ceil((in_flight + queued) / target_per_replica)."""
+    """Desired replicas from load: ceil(mean concurrency / target_per_replica), where mean
+    concurrency is in-flight plus queued requests averaged over the decision interval (a
+    point sample of short requests is mostly 0 and would make the set flap).
+
+    Up quickly (a burst needs capacity now; ``up_cooldown_s``), down slowly and one at a
+    time (``cooldown_s``), as Kubernetes' HPA does with its scale-down stabilization.
+    """
 
     min_replicas: int
     max_replicas: int
     target_per_replica: float = 8.0
-    cooldown_s: float = 10.0
+    cooldown_s: float = 30.0
+    up_cooldown_s: float = 2.0
     clock: Clock = monotonic
     last_change: float = field(default=-1e9)
     decisions: int = 0
 
-    def decide(self, current: int, in_flight: int, queued: int) -> int:
-        want = (
-            math.ceil((in_flight + queued) / self.target_per_replica) if in_flight + queued else 0
-        )
+    def decide(self, current: int, concurrency: float) -> int:
+        want = math.ceil(concurrency / self.target_per_replica - 1e-9) if concurrency > 0 else 0
         want = max(self.min_replicas, min(self.max_replicas, want))
         if current < self.min_replicas:
             return self.min_replicas  # healing below the floor never waits for a cool-down
-        if want == current or self.clock() - self.last_change < self.cooldown_s:
+        if want == current:
             return current
-        # Scale down one at a time (capacity leaves gently), up all at once (bursts).
+        since = self.clock() - self.last_change
+        if since < (self.up_cooldown_s if want > current else self.cooldown_s):
+            return current
         target = want if want > current else current - 1
         self.last_change = self.clock()
         self.decisions += 1
@@ -164,22 +171,26 @@ class ReplicaSet:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for _ in range(self.backend.replicas.min):
+        for _ in range(self.autoscaler.min_replicas):
             self._spawn()
+        # The start is a change: the set does not shrink before a full cool-down of load.
+        self.autoscaler.last_change = self.autoscaler.clock()
         self._task = asyncio.create_task(self._scale_loop())
 
     async def _scale_loop(self) -> None:
+        samples: list[float] = []
         while True:
-            await asyncio.sleep(1.0)
-            ups = [
-                self.gateway.pool.upstreams[n]
-                for n in self.replicas
-                if n in self.gateway.pool.upstreams
-            ]
-            in_flight = sum(u.outstanding for u in ups)
-            want = self.autoscaler.decide(
-                len(self.replicas), in_flight, len(self.gateway.admission)
-            )
+            # Sample concurrency every 100 ms, decide once a second on the mean.
+            for _ in range(10):
+                await asyncio.sleep(0.1)
+                ups = self.gateway.pool.upstreams
+                samples.append(
+                    sum(ups[n].outstanding for n in self.replicas if n in ups)
+                    + len(self.gateway.admission)
+                )
+            concurrency = sum(samples) / len(samples)
+            samples.clear()
+            want = self.autoscaler.decide(len(self.replicas), concurrency)
             while len(self.replicas) < want:
                 self._spawn()
                 self.gateway.events.emit(
