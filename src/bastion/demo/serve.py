@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -56,33 +58,21 @@ def run(ctx: DemoContext) -> Scene:
     import aiohttp
 
     from bastion.demo import Scene
-    from bastion.serve import (
-        EventSink,
-        Gateway,
-        GatewayThread,
-        UpstreamSpec,
-        spawn_server,
-        stop_server,
-    )
+    from bastion.serve import EventSink, Gateway, GatewayThread, ReplicaSet
 
     scene = Scene(TITLE)
     manifest = ctx.manifest()
     service_name, service = next(iter(manifest.services.items()))
+    local = next(b for b in service.backends if b.model is not None)
     which = _ensure_model(ctx)
-    argv = ["-m", "bastion.serve.replica", MODEL, "--manifest", str(ctx.manifest_path)]
-    procs = [spawn_server(argv) for _ in range(2)]
     sink = EventSink(manifest.state_dir, segment=service.segment or "")
     gw = Gateway(service_name, service.policy, events=sink, probe_interval_s=0.2)
-    for i, (_, port) in enumerate(procs):
-        gw.add_upstream(
-            UpstreamSpec(
-                name=f"local-{i}",
-                url=f"http://127.0.0.1:{port}",
-                group="local",
-                kind="local",
-                probe_path="/health",
-            )
-        )
+    replicas = ReplicaSet(
+        gw,
+        local,
+        manifest_path=ctx.manifest_path,
+        log_dir=manifest.state_dir / "serve" / service_name,
+    )
     counts = {"ok": 0, "failed": 0}
     stop = threading.Event()
     body = json.dumps({"inputs": [[8] * 64]}).encode()
@@ -105,39 +95,84 @@ def run(ctx: DemoContext) -> Scene:
 
             await asyncio.gather(*(worker() for _ in range(4)))
 
-    try:
-        with GatewayThread(gw) as thread:
+    def wait(cond: Callable[[], bool], seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not cond():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def sent(name: str) -> float:
+        labels = {"service": service_name, "backend": name}
+        value = gw.metrics.registry.get_sample_value(
+            "bastion_gateway_backend_requests_total", labels
+        )
+        return value or 0.0
+
+    rejoined_s: float | None = None
+    served_again = False
+    last_routed_ms = 0.0
+    with GatewayThread(gw) as thread:
+        thread.call(replicas.start())
+        try:
+
+            def ready() -> list[str]:
+                return thread.run(
+                    lambda: [u.name for u in gw.pool.upstreams.values() if not u.needs_probe]
+                )
+
+            if not wait(lambda: len(ready()) >= 2, 30):
+                scene.findings.append("the replicas did not become ready within 30 s")
+                scene.ok = False
+                return scene
+            names = sorted(replicas.replicas)
             loader = threading.Thread(target=lambda: asyncio.run(load(thread.url)), daemon=True)
             loader.start()
-            deadline = time.monotonic() + 20
-            while counts["ok"] < 300 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait(lambda: counts["ok"] >= 300, 20)
             before = counts["ok"]
-            victim = procs[0][0]
-            victim.send_signal(signal.SIGKILL)
+            victim = names[0]
+            sup = replicas.replicas[victim]
+            assert sup.child is not None
+            os.kill(sup.child.pid, signal.SIGKILL)
             killed_at = time.monotonic()
-            victim.wait()
-            while counts["ok"] < before + 600 and time.monotonic() < deadline + 20:
-                time.sleep(0.05)
+            wait(lambda: counts["ok"] >= before + 600, 20)
+            wait(lambda: sup.statistics()["restarts"] >= 1, 30)
+            up = thread.run(lambda: gw.pool.upstreams[victim])
+            last_routed_ms = max(0.0, (up.last_sent - killed_at) * 1000)
+            if wait(lambda: victim in ready(), 30):
+                rejoined_s = time.monotonic() - killed_at
+            served_before = sent(victim)
+            served_again = wait(lambda: sent(victim) > served_before, 20)
             stop.set()
             loader.join(timeout=10)
             stats = thread.run(gw.statistics)
-            after = time.monotonic() - killed_at
-    finally:
-        for proc, _ in procs:
-            stop_server(proc)
-        sink.close()
-    dead = stats["pool"]["upstreams"][0]
-    scene.findings.append(f"served {which} from 2 replicas behind the {service_name} gateway")
+        finally:
+            stop.set()
+            thread.call(replicas.close())
+    sink.close()
     scene.findings.append(
-        f"killed replica local-0 (SIGKILL) under load of 4 concurrent clients; "
-        f"{counts['ok']} requests answered, {counts['failed']} failed "
-        f"(in the {after:.1f} s after the kill: {counts['ok'] - before} answered)"
+        f"served {which} from {len(names)} supervised replicas behind the {service_name} gateway"
     )
     scene.findings.append(
-        f"local-0 ejected on its first refused connection (breaker {dead['breaker']['state']}, "
-        f"reason: {dead['down_reason'] or 'n/a'}); retries used "
-        f"{stats['retry_budget']['retries']} of the 20% budget"
+        f"killed replica {victim} (SIGKILL) under load of 4 concurrent clients: "
+        f"{counts['ok']} requests answered, {counts['failed']} failed"
     )
-    scene.ok = counts["failed"] == 0 and counts["ok"] > before
+    scene.findings.append(
+        f"{victim} was ejected on its first failed connection; the last request routed "
+        f"to it left {last_routed_ms:.0f} ms after the kill signal; "
+        f"{stats['requeues']} in-flight requests moved to the other replica (requeues), "
+        f"{stats['retry_budget']['retries']} budgeted retries/hedges"
+    )
+    if rejoined_s is not None:
+        scene.findings.append(
+            f"bastion.supervise restarted {victim}; it rejoined after passing its health probe "
+            f"{rejoined_s:.2f} s after the kill"
+            + (", and served again" if served_again else ", but got no traffic afterwards")
+        )
+    else:
+        scene.findings.append(f"{victim} did not rejoin within 30 s")
+    scene.ok = (
+        counts["failed"] == 0 and counts["ok"] > before and rejoined_s is not None and served_again
+    )
     return scene
