@@ -113,3 +113,14 @@ def test_admission_priorities_and_bound() -> None:
         assert adm.statistics()["peak"] == 6
 
     asyncio.run(go())
+
+
+def test_backend_json_check_small_parsed_big_structural() -> None:
+    from bastion.serve.gateway import _looks_like_json
+
+    assert _looks_like_json(b'{"a": 1}')
+    assert not _looks_like_json(b'{"a": ')
+    assert not _looks_like_json(b"[" * 100_000)
+    big = b'{"data": [' + b"0.5, " * 20_000 + b"0.5]}"
+    assert _looks_like_json(big)
+    assert not _looks_like_json(big[: len(big) // 2])

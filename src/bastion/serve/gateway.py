@@ -98,6 +98,23 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP-date: rare from model vendors; fall back to our default
 
 
+_FULL_CHECK = 64 * 1024
+
+
+def _looks_like_json(data: bytes) -> bool:
+    """Is a backend's JSON answer whole? Small bodies are parsed (a few microseconds);
+    big ones (embeddings) only checked for a closing bracket, which is what a truncated
+    or cut body lacks, so a large answer is not decoded just to be passed on."""
+    if len(data) <= _FULL_CHECK:
+        try:
+            json.loads(data)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return False
+        return True
+    end = data.rstrip()[-1:]
+    return data.lstrip()[:1] in (b"{", b"[") and end in (b"}", b"]")
+
+
 class Gateway:
     """One service's gateway. ``await start()``, then ``await close()``."""
 
@@ -373,13 +390,10 @@ class Gateway:
             raise
         elapsed = monotonic() - start
         if status < 400:
-            if ctype == _JSON:
-                try:
-                    json.loads(data)
-                except (ValueError, UnicodeDecodeError, RecursionError):
-                    up.limit.release(None)
-                    self.pool.fail(up, hard=False, reason="malformed JSON body")
-                    raise _Fail("malformed", status=502) from None
+            if ctype == _JSON and not _looks_like_json(data):
+                up.limit.release(None)
+                self.pool.fail(up, hard=False, reason="malformed JSON body")
+                raise _Fail("malformed", status=502)
             up.limit.release(elapsed)
             up.latency.update(elapsed)
             up.metrics.latency.observe(elapsed)
