@@ -180,16 +180,16 @@ def test_warm_standby_becomes_the_restarted_child(tmp_path: Path) -> None:
         heartbeat_path=tmp_path / "hb",
         warm_standby=True,
         preload=["json"],
-        on_event=lambda k, d: started.append(d) if k in ("started", "standby_started") else None,
+        on_event=lambda k, d: started.append({**d, "kind": k}),
     )
     sup.start()
-    # wait until the standby exists, then crash the first child
-    assert _wait_for(lambda: sup.standby is not None and sup.child is not None)
+    # wait until the standby has done its imports, then crash the first child
+    assert _wait_for(lambda: any(d["kind"] == "standby_ready" for d in started))
     assert sup.child is not None
     sup.child.signal(signal.SIGKILL)
     assert sup.wait(30)
     assert sup.state == "succeeded"
     assert out.read_text() == f"2 {tmp_path} x"
-    warm = [d for d in started if "warm" in d]
+    warm = [d for d in started if d["kind"] == "started"]
     assert [d["warm"] for d in warm] == [False, True]
     assert sup.warm_starts == 1

@@ -106,7 +106,13 @@ class Child:
         self.is_standby = standby_preload is not None
         env = self._env(spec, extra_env)
         argv = list(spec.argv)
+        self.ready_path: Path | None = None
         if standby_preload is not None:
+            if heartbeat_path is not None:
+                self.ready_path = heartbeat_path.with_name(f"{heartbeat_path.name}.standby")
+                with contextlib.suppress(FileNotFoundError):
+                    self.ready_path.unlink()
+                env["BASTION_STANDBY_READY_FILE"] = str(self.ready_path)
             argv = [sys.executable, "-m", "bastion.supervise._standby"]
             argv += ["--preload", ",".join(standby_preload)]
         else:
@@ -198,6 +204,15 @@ class Child:
                 self._proc.stdin.close()
         self.signal(signal.SIGKILL)
         self.wait(10.0)
+
+    def standby_ready(self) -> bool:
+        """A standby has finished its imports (it says so by creating its ready file)."""
+        return (
+            self.is_standby
+            and self.ready_path is not None
+            and self.ready_path.exists()
+            and self.poll() is None
+        )
 
     def first_beat_seen(self) -> bool:
         """Has the process beaten since it started (or was activated)?"""

@@ -35,6 +35,10 @@ def main(argv: list[str]) -> int:
     for module in preload:
         with contextlib.suppress(Exception):  # a missing optional module only costs time
             importlib.import_module(module)
+    ready = os.environ.get("BASTION_STANDBY_READY_FILE")
+    if ready:
+        with contextlib.suppress(OSError), open(ready, "w"):  # noqa: PTH123
+            pass  # tells the supervisor the imports are done
     line = sys.stdin.readline()
     if not line.strip():
         return 0  # the supervisor went away or discarded us

@@ -60,7 +60,7 @@ class Supervisor:
 
     Events (``on_event(kind, data)``): ``started``, ``exited``, ``hang``, ``restarting``,
     ``budget_exhausted``, ``fatal``, ``succeeded``, ``stopped``, ``standby_started``,
-    ``standby_failed``. Each carries ``attempt`` and
+    ``standby_ready``, ``standby_failed``. Each carries ``attempt`` and
     ``mono_ns`` so recovery time can be split into detect / restart.
     """
 
@@ -98,6 +98,7 @@ class Supervisor:
         self.preload = tuple(preload)
         self.standby: Child | None = None
         self.warm_starts = 0
+        self._standby_announced = False
         self.on_event = on_event
         self.extra_env = dict(extra_env or {})
         self.rng = rng or random.Random()
@@ -149,6 +150,9 @@ class Supervisor:
             return
         if self.standby is not None:
             if self.standby.poll() is None:
+                if not self._standby_announced and self.standby.standby_ready():
+                    self._standby_announced = True
+                    self._emit("standby_ready", pid=self.standby.pid)
                 return
             self.standby = None  # it died; make another
         if not Child.can_stand_by(self.child.spec) or not self.child.first_beat_seen():
@@ -163,6 +167,7 @@ class Supervisor:
         except Exception as exc:  # a standby is an optimisation; never fail the job for it
             self._emit("standby_failed", error=str(exc))
             return
+        self._standby_announced = False
         self._emit("standby_started", pid=self.standby.pid)
 
     def _drop_standby(self) -> None:
@@ -317,6 +322,7 @@ class Supervisor:
                 "hangs": self.hangs,
                 "warm_starts": self.warm_starts,
                 "standby_pid": self.standby.pid if self.standby else None,
+                "standby_ready": bool(self.standby and self.standby.standby_ready()),
                 "budget": self.budget.statistics(),
                 "child": self.child.statistics() if self.child else None,
                 "last_exit": self.last_exit.to_json() if self.last_exit else None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import threading
 import time
@@ -215,8 +216,8 @@ class Checkpointer:
                 self._emit("train.checkpoint.waited", step=step, wait_s=round(waited_s, 4))
             began = time.monotonic()
             skeleton, tensors = flatten(self._gather())
-            if self._staging is None or not self._staging.fits(tensors):
-                self._staging = StagingBuffer(tensors, pin=torch.cuda.is_available())
+            self._ensure_staging(tensors)
+            assert self._staging is not None
             self._staging.stage(tensors)
             # No sort_keys: state_dict order is part of the state (iteration order of
             # optimizer state, module registration) and must come back as it was.
@@ -236,7 +237,24 @@ class Checkpointer:
                 return bool(self.stats["last_saved_step"] == step)
         return True
 
+    def _ensure_staging(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self._staging is None or not self._staging.fits(tensors):
+            self._staging = StagingBuffer(tensors, pin=torch.cuda.is_available())
+            self._staging.buffer[self._staging.data_start :].zero_()  # fault the pages in now
+
+    def prepare(self) -> None:
+        """Allocate the staging buffer now (``restore()`` calls this), so the first save
+        does not stall the loop for a fresh allocation. Waits for a save in flight."""
+        self.wait()
+        with self._cv:
+            _, tensors = flatten(self._gather())
+            self._ensure_staging(tensors)
+
     def _write_loop(self) -> None:
+        # Linux schedules threads as tasks: lowering this thread's priority makes the
+        # training loop win the CPU when both want it (2 cores: overhead goal 3.5 %).
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         while True:
             with self._cv:
                 while self._pending is None and not self._closed:
@@ -326,6 +344,7 @@ class Checkpointer:
                 self._emit("train.checkpoint.corrupt", name=name, error=str(exc)[:500])
                 continue
             self._apply(name, tree)
+            self.prepare()
             step = int(body["step"])
             self.cadence.restart_from(step)
             self.stats["restored_step"] = step
@@ -340,6 +359,7 @@ class Checkpointer:
                 mono_ns=time.monotonic_ns(),
             )
             return step
+        self.prepare()
         self._emit(
             "train.restored",
             step=0,

@@ -101,6 +101,7 @@ def recovery_timeline(events: EventLog, job: str, *, after_id: int = 0) -> list[
             current = {"exited_ns": mono, "reason": e.data.get("reason")}
         elif current is not None and e.kind == "train.started":
             current["started_ns"] = mono
+            current["warm"] = bool(e.data.get("warm"))
         elif current is not None and e.kind == "train.restored":
             current["restored_ns"] = mono
             current["restore_s"] = e.data.get("restore_s")

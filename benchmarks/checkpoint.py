@@ -1,0 +1,381 @@
+"""Checkpoint benchmark: Bastion's async, verified, replicated checkpoints against a
+synchronous ``torch.save`` and PyTorch DCP's ``async_save``, in one run, as ratios.
+
+    python benchmarks/checkpoint.py                # 100M+ float32 params + Adam (1.2 GB)
+    python benchmarks/checkpoint.py --size small   # ~10M params, for development
+
+Measures (goals from issue 4):
+  1. loop stall per checkpoint vs torch.save + fsync of the same state, same disk  (<= 1/10)
+  2. background persist throughput (bytes made durable per second, every replica)
+     vs raw sequential write bandwidth with the same write path (os.write + fsync)   (>= 0.8)
+  3. step-rate overhead with a checkpoint every N steps                             (<= 3.5 %)
+  4. recovery from SIGKILL to the first step after resume on the digits example,
+     split into detect / restart / restore / first step                              (<= 3 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from bastion.train import Checkpointer, DirStore, VaultStore  # noqa: E402
+from bastion.train._store import _write_file  # noqa: E402
+
+
+def build(params_m: int) -> tuple[nn.Module, torch.optim.Optimizer, int]:
+    width = 3200 if params_m >= 100 else 1024
+    layers = max(1, round(params_m * 1e6 / (width * width + width)))
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    step(model, opt, width)  # Adam state exists after the first step
+    return model, opt, width
+
+
+def step(model: nn.Module, opt: torch.optim.Optimizer, width: int) -> None:
+    x = torch.randn(4, width)
+    loss = model(x).pow(2).mean()
+    opt.zero_grad(set_to_none=False)
+    loss.backward()
+    opt.step()
+
+
+def state_bytes(model: nn.Module, opt: torch.optim.Optimizer) -> int:
+    total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    for s in opt.state_dict()["state"].values():
+        total += sum(t.numel() * t.element_size() for t in s.values() if torch.is_tensor(t))
+    return total
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def bench_torch_save(model: nn.Module, opt: torch.optim.Optimizer, root: Path) -> float:
+    target = root / "torch-save.pt"
+    began = time.perf_counter()
+    torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, target)
+    fsync_path(target)
+    took = time.perf_counter() - began
+    target.unlink()
+    return took
+
+
+def bench_dcp(model: nn.Module, opt: torch.optim.Optimizer, root: Path) -> dict[str, Any]:
+    try:
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        state = {"model": model.state_dict(), "optim": opt.state_dict()}
+        out = {}
+        for i in range(2):
+            target = root / f"dcp-{i}"
+            began = time.perf_counter()
+            fut = dcp.async_save(state, checkpoint_id=str(target))
+            blocked = time.perf_counter() - began
+            fut.result()
+            done = time.perf_counter() - began
+            shutil.rmtree(target, ignore_errors=True)
+            out = {"blocked_s": blocked, "done_s": done}
+        return out
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:200]}
+
+
+def bench_raw_write(data: memoryview, root: Path, replicas: int, *, parallel: bool) -> float:
+    """Raw sequential bandwidth with the same write path (os.write loop + fsync), one
+    file per replica, one after another or all at once (the better of the two is the
+    disk's bandwidth)."""
+    began = time.perf_counter()
+    if parallel:
+        threads = [
+            threading.Thread(target=_write_file, args=(root / f"raw-{r}.bin", data))
+            for r in range(replicas)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        for r in range(replicas):
+            _write_file(root / f"raw-{r}.bin", data)
+    took = time.perf_counter() - began
+    for r in range(replicas):
+        (root / f"raw-{r}.bin").unlink()
+    return data.nbytes * replicas / took
+
+
+def bench_bastion(
+    model: nn.Module, opt: torch.optim.Optimizer, width: int, store: Any, saves: int
+) -> dict[str, Any]:
+    ckpt = Checkpointer("bench", store, handle_signals=False, keep=1)
+    ckpt.track(model=model, optimizer=opt)
+    stalls, persists, rates = [], [], []
+    first_stall = None
+    for i in range(saves):
+        step(model, opt, width)  # new weights: nothing for the vault to deduplicate
+        began = time.perf_counter()
+        ckpt.save(i + 1)
+        stall = time.perf_counter() - began
+        ckpt.wait()
+        s = ckpt.statistics()
+        if i == 0:
+            first_stall = stall  # allocates the staging buffer once
+        else:
+            stalls.append(stall)
+        persists.append(s["last_persist_s"])
+        replicas = len(getattr(store, "replicas", ())) or 1
+        rates.append(s["last_bytes"] * replicas / s["last_persist_s"])
+    ckpt.close()
+    return {
+        "first_stall_s": first_stall,
+        "stall_s": statistics.median(stalls) if stalls else first_stall,
+        "persist_s": statistics.median(persists),
+        "durable_Bps": statistics.median(rates),
+        "bytes": ckpt.stats["last_bytes"],
+    }
+
+
+def bench_overhead(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    width: int,
+    store: Any,
+    *,
+    every: int,
+    steps: int,
+) -> dict[str, Any]:
+    def run(with_ckpt: bool) -> float:
+        ckpt = None
+        if with_ckpt:
+            from bastion.train import Cadence
+
+            ckpt = Checkpointer(
+                "overhead",
+                store,
+                handle_signals=False,
+                keep=1,
+                cadence=Cadence(every_steps=every),
+                track_rng=False,
+            )
+            ckpt.track(model=model, optimizer=opt)
+            ckpt.save(0, block=True)  # the staging buffer exists before timing starts
+        began = time.perf_counter()
+        for i in range(steps):
+            step(model, opt, width)
+            if ckpt is not None:
+                ckpt.step(i + 1)
+        if ckpt is not None:
+            ckpt.wait()
+        took = time.perf_counter() - began
+        if ckpt is not None:
+            ckpt.close()
+        return took
+
+    base = run(False)
+    with_ckpt = run(True)
+    base2 = run(False)
+    base = min(base, base2)
+    return {"base_s": base, "ckpt_s": with_ckpt, "overhead": with_ckpt / base - 1.0}
+
+
+def bench_recovery(kills: int, warm: bool) -> list[dict[str, float]]:
+    """SIGKILL the digits example under the supervisor; split each recovery via events."""
+    from bastion.drill.faults import KillProcess, Scope
+    from bastion.events import EventLog
+    from bastion.manifest import load
+    from bastion.supervise import Backoff, heartbeat_progress
+    from bastion.train import JobSupervisor
+    from bastion.vault import make_key
+
+    work = Path(tempfile.mkdtemp(prefix="bastion-rec-")) / "digits"
+    shutil.copytree(REPO / "examples/digits", work, ignore=shutil.ignore_patterns(".bastion"))
+    make_key(work / ".bastion/keys/signing.key")
+    make_key(work / ".bastion/keys/admin.key")
+    manifest = load(work / "bastion.yaml")
+    log = EventLog.in_state_dir(manifest.state_dir)
+    sup = JobSupervisor(
+        "train-digits",
+        ["python", "train.py", "--steps", "100000"],
+        state_dir=manifest.state_dir,
+        events=log,
+        workdir=work,
+        backoff=Backoff(initial=manifest.jobs["train-digits"].restart.backoff_s, cap=1.0),
+        heartbeat_timeout_s=30,
+        manifest_path=work / "bastion.yaml",
+        max_restarts=kills + 1,
+        warm_standby=warm,
+    )
+    thread = threading.Thread(target=lambda: sup.run(handle_signals=False), daemon=True)
+    thread.start()
+    out = []
+    for _ in range(kills):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            s = sup.supervisor
+            p = heartbeat_progress(sup.heartbeat_path)
+            ready = s is not None and s.standby is not None and s.standby.standby_ready()
+            if s and s.child and p and p > 20 and (not warm or ready):
+                break
+            time.sleep(0.01)
+        assert sup.supervisor is not None
+        assert sup.supervisor.child is not None
+        pid = sup.supervisor.child.pid
+        mark = log.count()
+        killed_ns = time.monotonic_ns()
+        KillProcess(pid, scope=Scope.of(pids=[pid])).inject()
+        got: dict[str, int] = {}
+        deadline = time.monotonic() + 60
+        while "first" not in got and time.monotonic() < deadline:
+            for e in log.query(subject="train-digits", after_id=mark):
+                mono = int(e.data.get("mono_ns") or e.mono_ns)
+                key = {
+                    "train.exited": "exited",
+                    "train.started": "started",
+                    "train.restored": "restored",
+                    "train.step.first": "first",
+                }.get(e.kind)
+                if key and key not in got:
+                    got[key] = mono
+            time.sleep(0.01)
+        out.append(
+            {
+                "detect_s": (got["exited"] - killed_ns) / 1e9,
+                "restart_s": (got["started"] - got["exited"]) / 1e9,
+                "restore_s": (got["restored"] - got["started"]) / 1e9,
+                "first_step_s": (got["first"] - got["restored"]) / 1e9,
+                "total_s": (got["first"] - killed_ns) / 1e9,
+            }
+        )
+    assert sup.supervisor is not None
+    sup.supervisor.request_stop()
+    thread.join(60)
+    shutil.rmtree(work.parent, ignore_errors=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", choices=["small", "full"], default="full")
+    parser.add_argument("--dir", type=Path, default=None, help="where to write (same disk)")
+    parser.add_argument("--saves", type=int, default=3)
+    parser.add_argument("--every", type=int, default=20, help="checkpoint every N steps")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--skip", default="", help="comma list: dcp,overhead,recovery,vault")
+    args = parser.parse_args()
+    skip = set(args.skip.split(","))
+    torch.set_num_threads(2)
+    root = Path(tempfile.mkdtemp(prefix="bastion-ckpt-", dir=args.dir))
+    try:
+        model, opt, width = build(100 if args.size == "full" else 10)
+        nbytes = state_bytes(model, opt)
+        params = sum(p.numel() for p in model.parameters())
+        print(
+            f"state: {params / 1e6:.1f}M float32 params + Adam = {nbytes / 1e9:.2f} GB; "
+            f"disk {root}; torch threads {torch.get_num_threads()}"
+        )
+        sync = min(bench_torch_save(model, opt, root) for _ in range(2))
+        print(f"torch.save + fsync: {sync:.3f} s")
+        dcp = {} if "dcp" in skip else bench_dcp(model, opt, root)
+        print(f"DCP async_save: {dcp}")
+        dir_store = DirStore([root / "dir-a", root / "dir-b"])
+        b_dir = bench_bastion(model, opt, width, dir_store, args.saves)
+        print(f"bastion (DirStore x2): {b_dir}")
+        b_vault = None
+        if "vault" not in skip:
+            from bastion.starter import write_key
+            from bastion.vault import Vault
+
+            write_key(root / "keys/signing.key")
+            vault = Vault([root / "vault-a", root / "vault-b"], key_path=root / "keys/signing.key")
+            b_vault = bench_bastion(model, opt, width, VaultStore(vault), args.saves)
+            print(f"bastion (vault x2): {b_vault}")
+        staging = Checkpointer("raw", dir_store, handle_signals=False)
+        staging.track(model=model, optimizer=opt)
+        staging.save(0, block=True)
+        assert staging._staging is not None
+        view = staging._staging.memoryview()
+        raw = max(
+            bench_raw_write(view, root, 2, parallel=parallel)
+            for parallel in (False, True, False, True)
+        )
+        staging.close()
+        print(f"raw os.write + fsync, 2 files (best of serial/parallel): {raw / 1e9:.2f} GB/s")
+        overhead = None
+        if "overhead" not in skip:
+            overhead = bench_overhead(
+                model, opt, width, dir_store, every=args.every, steps=args.steps
+            )
+            print(f"step-rate overhead: {overhead}")
+        recovery: list[dict[str, float]] = []
+        cold: list[dict[str, float]] = []
+        if "recovery" not in skip:
+            del model, opt
+            recovery = bench_recovery(args.kills, warm=True)
+            cold = bench_recovery(1, warm=False)
+            for r in recovery:
+                print("recovery (warm standby): " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
+            for r in cold:
+                print("recovery (cold start):   " + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    print("\n== ratios (goal) ==")
+    print(
+        f"stall / torch.save          DirStore {b_dir['stall_s'] / sync:.4f}"
+        + (f"  vault {b_vault['stall_s'] / sync:.4f}" if b_vault else "")
+        + "   (<= 0.1)"
+    )
+    print(
+        f"first-save stall / torch.save (allocates the buffer once): "
+        f"{b_dir['first_stall_s'] / sync:.3f}"
+    )
+    if "blocked_s" in dcp:
+        print(
+            f"stall / DCP async_save blocked: {b_dir['stall_s'] / dcp['blocked_s']:.3f}"
+            f"   (DCP until done {dcp['done_s']:.2f} s; Bastion persist "
+            f"{b_dir['persist_s']:.2f} s for 2 verified replicas)"
+        )
+    print(
+        f"persist / raw bandwidth     DirStore {b_dir['durable_Bps'] / raw:.3f}"
+        + (f"  vault {b_vault['durable_Bps'] / raw:.3f}" if b_vault else "")
+        + "   (>= 0.8)"
+    )
+    if overhead:
+        print(
+            f"step-rate overhead, every {args.every} steps: {overhead['overhead'] * 100:.2f} %"
+            "   (<= 3.5 %)"
+        )
+    if recovery:
+        worst = max(r["total_s"] for r in recovery)
+        print(
+            f"recovery SIGKILL -> first step (warm standby): worst {worst:.2f} s of "
+            f"{len(recovery)}   (<= 3 s)"
+        )
+    if cold:
+        print(f"recovery SIGKILL -> first step (cold start): {cold[0]['total_s']:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
