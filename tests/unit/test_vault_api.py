@@ -8,7 +8,21 @@ import bastion.vault
 
 def test_vault_public_names() -> None:
     assert sorted(bastion.vault.__all__) == sorted(
-        ["ChunkRef", "FileEntry", "FileSource", "ScrubReport", "Snapshot", "Vault", "make_key"]
+        [
+            "CANARY",
+            "ChunkRef",
+            "FileEntry",
+            "FileSource",
+            "Guard",
+            "Protected",
+            "ScrubReport",
+            "Snapshot",
+            "Vault",
+            "load_protected",
+            "make_key",
+            "protect",
+            "snapshot_dir",
+        ]
     )
     for name in bastion.vault.__all__:
         assert hasattr(bastion.vault, name)

@@ -7,17 +7,31 @@ labels, scrubs, and guards working directories against tampering and ransomware.
 
 from __future__ import annotations
 
+from bastion.vault._guard import (
+    CANARY,
+    Guard,
+    Protected,
+    load_protected,
+    protect,
+    snapshot_dir,
+)
 from bastion.vault._keys import make_key
 from bastion.vault._scrub import ScrubReport
 from bastion.vault._snapshot import ChunkRef, FileEntry, Snapshot
 from bastion.vault._vault import FileSource, Vault
 
 __all__ = [
+    "CANARY",
     "ChunkRef",
     "FileEntry",
     "FileSource",
+    "Guard",
+    "Protected",
     "ScrubReport",
     "Snapshot",
     "Vault",
+    "load_protected",
     "make_key",
+    "protect",
+    "snapshot_dir",
 ]

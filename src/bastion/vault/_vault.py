@@ -89,6 +89,15 @@ _BATCH_COUNT = 64
 _BATCH_BYTES = 1 << 20
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask would race other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o777  # unknown: always fchmod
+
+
 def _read_all(fd: int, size: int) -> bytes:
     """The whole of a small file (one read in practice; loops if it grew or was short)."""
     data = os.read(fd, size + 1)
@@ -813,6 +822,8 @@ class Vault:
         for parent in parents.values():
             parent.mkdir(parents=True, exist_ok=True)
 
+        umask = _umask()
+
         def restore_file(path: str) -> int:
             entry = snap.files[path]
             target = targets[path]
@@ -821,7 +832,10 @@ class Vault:
                 # A new file is written in place: nothing to replace, and a failure
                 # below removes it. An existing one is replaced whole by a rename, so a
                 # failed restore leaves it as it was.
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                fd = os.open(
+                    target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, entry.mode
+                )
+                chmod = entry.mode & umask != 0
             except FileExistsError:
                 if target.is_dir() and not target.is_symlink():
                     raise IntegrityError(
@@ -829,6 +843,7 @@ class Vault:
                     ) from None
                 tmp = target.with_name(f".{target.name}.bastion-restore")
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                chmod = True
             try:
                 for chunk in entry.chunks:
                     data = self.fetch(chunk.id, context=f"{snap.ref}:{path}")
@@ -837,7 +852,8 @@ class Vault:
                         view = view[os.write(fd, view) :]
                     if progress is not None:
                         progress(len(data))
-                os.fchmod(fd, entry.mode)
+                if chmod:  # a new file already has its mode unless the umask took bits
+                    os.fchmod(fd, entry.mode)
             except BaseException:
                 os.close(fd)
                 with contextlib.suppress(OSError):
