@@ -94,9 +94,9 @@ def test_killed_replica_is_restarted_and_rejoins_after_probe(
                 _wait(lambda: sup.statistics()["restarts"] >= 1)
                 _wait(lambda: name in healthy())
                 up = gw.pool.upstreams[name]
-                sent_before = up.metrics.requests._value.get()
+                sent_before = up.metrics.requests.value
                 load_.wait_for(100)
-                _wait(lambda: up.metrics.requests._value.get() > sent_before)
+                _wait(lambda: up.metrics.requests.value > sent_before)
         finally:
             thread.call(rs.close())
     sink.close()

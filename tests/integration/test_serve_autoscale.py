@@ -46,7 +46,7 @@ def test_load_scales_replicas_up_and_the_new_one_serves(example_copy: Path, seed
                     ready = thread.run(
                         lambda: [u for u in gw.pool.upstreams.values() if not u.needs_probe]
                     )
-                    served = [u for u in ready if u.metrics.requests._value.get() > 0]
+                    served = [u for u in ready if u.metrics.requests.value > 0]
                     if len(served) == 2:
                         break
                     assert time.monotonic() < deadline, f"never scaled: {rs.statistics()}"

@@ -9,7 +9,7 @@ import pytest
 import bastion.serve as serve
 from bastion.resilience import ManualClock
 from bastion.serve import Admission, Autoscaler, QueueFull
-from bastion.serve.metrics import GatewayMetrics
+from bastion.serve.metrics import BackendMetrics
 from bastion.serve.pool import Pool, Upstream, UpstreamSpec
 
 
@@ -63,14 +63,13 @@ def test_autoscaler_up_fast_down_slow_and_bounded() -> None:
 
 
 def _pool(n: int, tiers: tuple[int, ...] = ()) -> Pool:
-    metrics = GatewayMetrics()
     clock = ManualClock()
     pool = Pool("svc", clock=clock)
     for i in range(n):
         spec = UpstreamSpec(
             name=f"b{i}", url=f"http://127.0.0.1:{9000 + i}", tier=tiers[i] if tiers else 0
         )
-        pool.add(Upstream(spec, metrics.backend("svc", spec.name), clock))
+        pool.add(Upstream(spec, BackendMetrics(), clock))
     return pool
 
 
@@ -124,3 +123,27 @@ def test_backend_json_check_small_parsed_big_structural() -> None:
     big = b'{"data": [' + b"0.5, " * 20_000 + b"0.5]}"
     assert _looks_like_json(big)
     assert not _looks_like_json(big[: len(big) // 2])
+
+
+def test_metrics_histogram_is_le_cumulative_and_exported() -> None:
+    from bastion.serve.metrics import GatewayMetrics, Histogram
+
+    h = Histogram()
+    for v in (0.001, 0.0011, 0.5, 99.0):
+        h.observe(v)
+    cum = dict(h.cumulative())
+    assert cum["0.001"] == 1.0  # le: a value on the bound counts in that bucket
+    assert cum["0.0025"] == 2.0
+    assert cum["0.5"] == 3.0
+    assert cum["+Inf"] == 4.0
+    gm = GatewayMetrics("svc")
+    m = BackendMetrics()
+    m.requests.inc(3)
+    gm.watch(
+        lambda: [("b", m, {"breaker": {"state": "open"}, "limit": {"limit": 8.0, "inflight": 2}})]
+    )
+    gm.shed["saturated"].inc()
+    get = gm.registry.get_sample_value
+    assert get("bastion_gateway_backend_requests_total", {"service": "svc", "backend": "b"}) == 3
+    assert get("bastion_gateway_breaker_state", {"service": "svc", "backend": "b"}) == 2.0
+    assert get("bastion_gateway_shed_total", {"service": "svc", "reason": "saturated"}) == 1.0

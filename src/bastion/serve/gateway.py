@@ -46,7 +46,7 @@ from bastion.manifest import GatewayPolicy
 from bastion.resilience import HedgeTimer, RetryBudget, monotonic, parse_hedge
 from bastion.serve._events import EventSink
 from bastion.serve.admission import PRIORITIES, Admission, QueueFull
-from bastion.serve.metrics import GatewayMetrics
+from bastion.serve.metrics import BackendMetrics, GatewayMetrics
 from bastion.serve.pool import Pool, Upstream, UpstreamSpec
 
 __all__ = ["BACKEND_HEADER", "DEADLINE_HEADER", "PRIORITY_HEADER", "Gateway"]
@@ -136,7 +136,7 @@ class Gateway:
         self.host = host
         self.port = port
         self.events = events or EventSink(None, segment=segment)
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(service)
         self.pool = Pool(service, max_ejected=policy.max_ejected, emit=self.events.emit)
         self.budget = RetryBudget(ratio=policy.retry_budget)
         quantile, fixed = parse_hedge(policy.hedge)
@@ -161,15 +161,13 @@ class Gateway:
         self._episode_shed = 0
         self._last_shed = 0.0
         self._shed = self.metrics.shed
-        self._responses = {
-            c: self.metrics.client_responses.labels(service, c) for c in ("2xx", "4xx", "5xx")
-        }
+        self._responses = self.metrics.responses
         self.metrics.watch(self._state_rows)
         self.app = self._build_app()
 
     # -- membership ---------------------------------------------------------------------
     def add_upstream(self, spec: UpstreamSpec, *, needs_probe: bool = False) -> Upstream:
-        up = Upstream(spec, self.metrics.backend(self.service, spec.name), self.pool.clock)
+        up = Upstream(spec, BackendMetrics(), self.pool.clock)
         up.needs_probe = needs_probe
         self.pool.add(up)
         return up
@@ -177,9 +175,9 @@ class Gateway:
     def remove_upstream(self, name: str) -> None:
         self.pool.remove(name)
 
-    def _state_rows(self) -> Iterable[tuple[str, str, dict[str, Any]]]:
+    def _state_rows(self) -> Iterable[tuple[str, BackendMetrics, dict[str, Any]]]:
         for up in list(self.pool.upstreams.values()):
-            yield self.service, up.name, up.statistics()
+            yield up.name, up.metrics, up.statistics()
 
     # -- lifecycle ----------------------------------------------------------------------
     def _build_app(self) -> web.Application:
@@ -529,7 +527,7 @@ class Gateway:
         if woken:
             return None
         reason = "saturated" if saturated else "no_backend"
-        self._shed.labels(self.service, reason).inc()
+        self._shed[reason].inc()
         self._note_shed(reason)
         self._responses["4xx" if saturated else "5xx"].inc()
         if saturated:
