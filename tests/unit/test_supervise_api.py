@@ -6,6 +6,7 @@ import bastion.supervise
 def test_supervise_exports() -> None:
     assert sorted(bastion.supervise.__all__) == sorted(
         [
+            "EXITING",
             "HEARTBEAT_ENV",
             "Backoff",
             "Child",

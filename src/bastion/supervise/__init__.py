@@ -35,6 +35,7 @@ Must never: use a shell, restart without a budget, or block inside ``tick()``.
 
 from bastion.supervise._child import Child, Exit, ProcessSpec
 from bastion.supervise._heartbeat import (
+    EXITING,
     HEARTBEAT_ENV,
     Heartbeat,
     heartbeat_age,
@@ -45,6 +46,7 @@ from bastion.supervise._policy import Backoff, RestartBudget
 from bastion.supervise._supervisor import Outcome, State, Supervisor
 
 __all__ = [
+    "EXITING",
     "HEARTBEAT_ENV",
     "Backoff",
     "Child",

@@ -21,10 +21,18 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["HEARTBEAT_ENV", "Heartbeat", "heartbeat_age", "heartbeat_note", "heartbeat_progress"]
+__all__ = [
+    "EXITING",
+    "HEARTBEAT_ENV",
+    "Heartbeat",
+    "heartbeat_age",
+    "heartbeat_note",
+    "heartbeat_progress",
+]
 
 HEARTBEAT_ENV = "BASTION_HEARTBEAT_FILE"
 INTERVAL_ENV = "BASTION_HEARTBEAT_MIN_INTERVAL_S"
+EXITING = "exiting"  # the note a child beats with when it is shutting down on purpose
 
 
 class Heartbeat:

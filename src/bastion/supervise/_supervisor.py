@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bastion.supervise._child import Child, Exit, ProcessSpec
+from bastion.supervise._heartbeat import EXITING, heartbeat_note
 from bastion.supervise._policy import Backoff, RestartBudget
 
 __all__ = ["Outcome", "State", "Supervisor"]
@@ -53,6 +54,7 @@ class Supervisor:
     slot after a failure).
 
     An exit code in ``fatal_exit_codes`` (e.g. 2: bad configuration) is not restarted.
+    A child whose last beat carries the note ``exiting`` gets ``grace_s`` to finish.
     Until its first heartbeat a child gets ``startup_timeout_s`` instead (imports and
     restore can take longer than a step; a Kubernetes startupProbe does the same).
     ``warm_standby`` keeps one interpreter with ``preload`` imported waiting (see
@@ -244,6 +246,14 @@ class Supervisor:
                         and not self.child.first_beat_seen()
                     ):
                         limit = max(limit, self.startup_timeout_s)
+                    if (
+                        limit is not None
+                        and self.heartbeat_path is not None
+                        and heartbeat_note(self.heartbeat_path) == EXITING
+                    ):
+                        # it said it is shutting down (interpreter teardown with torch
+                        # can take seconds): allow the grace period
+                        limit = max(limit, self.grace_s)
                     age = self.child.heartbeat_age() if limit is not None else None
                     if limit is not None and age is not None and age > limit:
                         self.hangs += 1

@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from bastion.errors import BastionError, IntegrityError, NotFoundError, UsageError
-from bastion.supervise import Heartbeat
+from bastion.supervise import EXITING, Heartbeat
 from bastion.train._cadence import Cadence
 from bastion.train._rng import RNGState
 from bastion.train._staging import StagingBuffer
@@ -188,7 +188,7 @@ class Checkpointer:
         saved = self.stats["last_saved_step"] == step
         if not saved:
             saved = self.save(step, reason="preemption", block=True)
-        self.heartbeat.beat(step, force=True)
+        self.heartbeat.beat(step, note=EXITING, force=True)
         self._emit(
             "train.preempted",
             signal=signal.Signals(signum).name,
@@ -319,7 +319,7 @@ class Checkpointer:
     def close(self) -> None:
         """Wait for the in-flight save and stop the writer thread."""
         self.wait()
-        self.heartbeat.beat(self.current_step, force=True)
+        self.heartbeat.beat(self.current_step, note=EXITING, force=True)
         with self._cv:
             self._closed = True
             self._cv.notify_all()
