@@ -178,3 +178,29 @@ def test_every_backend_out_queues_briefly_then_503_with_retry_after(tmp_path: Pa
     assert kinds.count("serve.backend.ejected") == 2
     assert "serve.overload.started" in kinds
     log.close()
+
+
+def test_hedge_to_another_backend_wins_and_the_slow_attempt_is_cancelled(seed: int) -> None:
+    gw = Gateway("svc", GatewayPolicy(timeout_ms=3000, hedge="20ms"), probe_interval_s=30)
+    with (
+        FaultyUpstream(name="slow", seed=seed) as slow,
+        FaultyUpstream(name="fast", seed=seed) as fast,
+    ):
+        slow.set_fault(first_byte_delay_s=2.0)
+        gw.add_upstream(UpstreamSpec(name="slow", url=slow.url))
+        gw.add_upstream(UpstreamSpec(name="fast", url=fast.url))
+        with GatewayThread(gw) as thread:
+            answers = [
+                thread.call(_post(thread.url, {"model": "m", "messages": []})) for _ in range(10)
+            ]
+            stats = thread.run(gw.statistics)
+            hedges = gw.metrics.registry.get_sample_value(
+                "bastion_gateway_hedges_total", {"service": "svc", "backend": "fast"}
+            )
+    assert [a[0] for a in answers] == [200] * 10
+    # Every answer came from fast: nobody waited out slow's 2 s first byte.
+    assert {a[1]["x-bastion-backend"] for a in answers} == {"fast"}
+    assert hedges is not None
+    assert hedges >= 1  # P2C picked the slow one at least once (its score starts at 0)
+    slow_stats = next(u for u in stats["pool"]["upstreams"] if u["name"] == "slow")
+    assert slow_stats["outstanding"] == 0  # the losing attempt was cancelled, not left running
