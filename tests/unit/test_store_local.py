@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,11 @@ from bastion.errors import InvalidNameError, NotFoundError, UnavailableError
 from bastion.store import LocalStore, Store, open_store
 
 
-def test_put_get_has_list_delete(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "tmp-dir-and-link"])
+def test_put_get_has_list_delete(tmp_path: Path, unnamed: bool) -> None:
     store = LocalStore(tmp_path / "r")
+    # Both write paths: unnamed O_TMPFILE + linkat, and the tmp/ + link fallback.
+    store._tmpfile = store._tmpfile and unnamed
     assert isinstance(store, Store)
     assert store.available()
     assert store.put("objects/ab/abc", [b"he", memoryview(b"llo")])
@@ -32,6 +36,25 @@ def test_put_get_has_list_delete(tmp_path: Path) -> None:
         store.get("objects/ab/abc")
     assert list((tmp_path / "r" / "tmp").iterdir()) == []
     assert store.statistics()["puts"] == 3
+
+
+def test_a_killed_writer_leaves_no_partial_value(tmp_path: Path) -> None:
+    """A value whose write fails midway is not visible and leaves nothing behind."""
+    store = LocalStore(tmp_path / "r")
+
+    class Boom(Exception):
+        pass
+
+    class Parts(list[bytes]):
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"half"
+            raise Boom
+
+    with pytest.raises(Boom):
+        store.put("objects/ab/abd", Parts())
+    assert not store.has("objects/ab/abd")
+    assert list((tmp_path / "r" / "objects" / "ab").iterdir()) == []
+    assert list((tmp_path / "r" / "tmp").iterdir()) == []
 
 
 @pytest.mark.parametrize("key", ["../x", "/abs", "a/../b", "a\x00b", "tmp/x", "a//b", ""])

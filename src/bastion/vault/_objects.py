@@ -185,23 +185,26 @@ def decode(stored: bytes, digest: str, *, limit: int = 64 << 20) -> bytes | memo
 
 def verify_stored(
     stored: bytes, digest: str, *, seal_key: bytes | None = None, deep: bool = False
-) -> tuple[int, bool]:
-    """Check a stored object; return (plaintext bytes covered, whether it decompressed).
+) -> tuple[int, str]:
+    """Check a stored object; return (plaintext bytes covered, how it was checked).
 
-    Without ``deep``, a raw object is hashed as stored (that is its full check) and a
-    sealed one has its seal checked (no decompression); a seal that does not match, an
-    unsealed zstd object, or ``deep`` falls back to ``decode`` (decompress + content hash).
-    IntegrityError if the object is bad.
+    How: ``hashed`` (a raw object hashed as stored: its full check), ``sealed`` (a
+    sealed object whose seal matched: no decompression), ``decompressed`` (content
+    hashed after decompressing: ``deep``, an unsealed object, or no seal key), or
+    ``seal_failed`` (the seal did not match but the content, decompressed and hashed,
+    is right: a damaged seal, or one made with another key). IntegrityError if the
+    object is bad.
     """
     header = stored[:1]
     if not deep:
         if header == RAW:
             if hash_bytes(memoryview(stored)[1:]) != digest:
                 raise IntegrityError(f"object {digest[:16]}: content does not match its hash")
-            return len(stored) - 1, False
+            return len(stored) - 1, "hashed"
         if header == SEALED and seal_key is not None and len(stored) > 1 + _SEAL:
             payload = memoryview(stored)[1 + _SEAL :]
             size = zstandard.frame_content_size(bytes(payload[:_FRAME_HEADER]))
             if size >= 0 and seal(seal_key, digest, payload) == stored[1 : 1 + _SEAL]:
-                return size, False
-    return len(decode(stored, digest)), header != RAW
+                return size, "sealed"
+            return len(decode(stored, digest)), "seal_failed"
+    return len(decode(stored, digest)), "hashed" if header == RAW else "decompressed"

@@ -49,6 +49,7 @@ class ScrubReport:
     bytes_checked: int = 0  # plaintext bytes verified, summed over replicas
     bytes_read: int = 0  # stored bytes read and hashed (less where objects are compressed)
     decompressed: int = 0  # copies checked by decompressing (deep, unsealed, or bad seal)
+    seals_failed: int = 0  # right content under a seal that did not match (see _scrub_object)
     deep: bool = False
     snapshots: int = 0
     bad_copies: int = 0
@@ -177,6 +178,7 @@ def scrub(
     if cursor_path is not None:
         state = {"cursor": "" if report.complete else report.cursor, "ts": time.time()}
         tmp = cursor_path.with_suffix(".tmp")
+        cursor_path.parent.mkdir(parents=True, exist_ok=True)  # a fresh state dir
         tmp.write_text(json.dumps(state))
         tmp.replace(cursor_path)
     report.seconds = time.perf_counter() - started
@@ -197,6 +199,8 @@ def _scrub_object(
 ) -> None:
     key = object_key(digest)
     good: bytes | None = None
+    sealed: bytes | None = None  # a copy whose seal matched
+    stale: list[Store] = []  # copies with the right content under a seal that failed
     bad: list[tuple[Store, str]] = []
     report.objects += 1
     for index, store in enumerate(stores):
@@ -205,7 +209,7 @@ def _scrub_object(
             continue
         try:
             stored = store.get(key)
-            size, decompressed = verify_stored(stored, digest, seal_key=seal_key, deep=report.deep)
+            size, how = verify_stored(stored, digest, seal_key=seal_key, deep=report.deep)
         except (IntegrityError, NotFoundError, OSError) as exc:
             bad.append((store, str(exc)))
             report.copies_checked += 1
@@ -213,7 +217,11 @@ def _scrub_object(
         report.copies_checked += 1
         report.bytes_checked += size
         report.bytes_read += len(stored)
-        report.decompressed += decompressed
+        report.decompressed += how in ("decompressed", "seal_failed")
+        if how == "seal_failed":
+            stale.append(store)
+        elif how == "sealed":
+            sealed = sealed or stored
         if good is None:
             good = stored
     if not referenced and good is None:
@@ -231,6 +239,14 @@ def _scrub_object(
             replicas={s.url: why for s, why in bad},
         )
         return
+    # A failed seal over the right content is damage to the seal (or a seal made with
+    # another key): the data is fine, so it is a bad copy only when another replica has
+    # a copy whose seal matches to repair it from; otherwise every copy may simply
+    # predate a key change, and it stays as it is (checked in full each time).
+    report.seals_failed += len(stale)
+    if sealed is not None:
+        bad.extend((store, "seal does not match") for store in stale)
+        good = sealed
     report.bad_copies += len(bad)
     if repair:
         for store, why in bad:
