@@ -121,27 +121,53 @@ def test_retry_budget_invariant(pattern: list[bool], ratio: float) -> None:
     assert retries <= ratio * budget.requests + 3.0 + 1e-9
 
 
-def test_adaptive_limit_grows_when_fast_and_shrinks_when_queueing() -> None:
-    lim = AdaptiveLimit(initial=10, min_limit=2, max_limit=100)
-    for _ in range(200):
+def _window(lim: AdaptiveLimit, clock: ManualClock, rtt: float) -> None:
+    """One window of samples at full concurrency."""
+    for _ in range(10):
         while lim.try_acquire():
             pass
-        lim.release(0.010)
+        lim.release(rtt)
+    clock.advance(0.1)
+    while lim.try_acquire():
+        pass
+    lim.release(rtt)
+
+
+def test_adaptive_limit_grows_when_fast_and_shrinks_when_queueing() -> None:
+    clock = ManualClock()
+    lim = AdaptiveLimit(initial=10, min_limit=2, max_limit=100, clock=clock)
+    for _ in range(40):
+        _window(lim, clock, 0.010)
     grown = lim.limit
     assert grown > 10
-    for _ in range(60):
-        while lim.try_acquire():
-            pass
-        lim.release(0.200)  # latency 20x: the backend is queueing
+    for _ in range(20):
+        _window(lim, clock, 0.200)  # latency 20x: the backend is queueing
     assert lim.limit < grown / 2
     before = lim.limit
+    lim.release(None, dropped=True)
+    clock.advance(0.1)
     lim.release(None, dropped=True)
     assert lim.limit < before
     assert lim.statistics()["limit"] >= 2
 
 
+def test_adaptive_limit_moves_once_per_window_not_per_sample() -> None:
+    clock = ManualClock()
+    lim = AdaptiveLimit(initial=100, clock=clock)
+    _window(lim, clock, 0.010)
+    before = lim.limit
+    for _ in range(200):  # a 50x blip inside one window: at most one update
+        while lim.try_acquire():
+            pass
+        lim.release(0.5)
+    assert lim.limit == before
+    clock.advance(0.1)
+    lim.release(0.5)
+    assert lim.limit >= before * 0.85  # one smoothed step, not a collapse
+
+
 def test_adaptive_limit_refuses_above_limit() -> None:
-    lim = AdaptiveLimit(initial=2, min_limit=1)
+    lim = AdaptiveLimit(initial=2, min_limit=1, clock=ManualClock())
     assert lim.try_acquire()
     assert lim.try_acquire()
     assert not lim.try_acquire()

@@ -70,7 +70,7 @@ class Upstream:
     def __init__(self, spec: UpstreamSpec, metrics: BackendMetrics, clock: Clock) -> None:
         self.spec = spec
         self.breaker = CircuitBreaker(clock=clock)
-        self.limit = AdaptiveLimit(initial=spec.initial_limit)
+        self.limit = AdaptiveLimit(initial=spec.initial_limit, clock=clock)
         # Optimistic start (0): a new or rejoined backend is tried soon, so it earns a real
         # latency sample instead of being starved by P2C against warmed-up peers.
         self.latency = Ewma(tau_s=2.0, peak=True, initial=0.0, clock=clock)
