@@ -38,6 +38,11 @@ def test_vault_cli_put_ls_get_verify_restore_lineage(tmp_path: Path) -> None:
     verify = _bastion(tmp_path, "vault", "verify", "--json")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert json.loads(verify.stdout)["ok"] is True
+    deep = _bastion(tmp_path, "vault", "verify", "--deep", "--json")
+    assert deep.returncode == 0, deep.stdout + deep.stderr
+    report = json.loads(deep.stdout)
+    assert report["deep"] is True
+    assert report["ok"] is True
     lineage = _bastion(tmp_path, "vault", "lineage", "model/m", "--json")
     graph = json.loads(lineage.stdout)
     assert ["model/m@1", "dataset/d@1"] in graph["edges"]

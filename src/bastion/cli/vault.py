@@ -114,8 +114,20 @@ def log(
     console.print(table)
 
 
-def _scrub(file: Path, *, repair: bool, max_seconds: float | None, as_json: bool) -> None:
-    report = _vault(file).scrub(repair=repair, max_seconds=max_seconds)
+Deep = Annotated[
+    bool,
+    typer.Option(
+        "--deep",
+        help="Decompress and hash every object instead of checking its seal (slower, "
+        "independent of the signing key).",
+    ),
+]
+
+
+def _scrub(
+    file: Path, *, repair: bool, max_seconds: float | None, as_json: bool, deep: bool
+) -> None:
+    report = _vault(file).scrub(repair=repair, max_seconds=max_seconds, deep=deep)
     if as_json:
         console.print_json(json.dumps(report.to_json()))
     else:
@@ -125,7 +137,8 @@ def _scrub(file: Path, *, repair: bool, max_seconds: float | None, as_json: bool
             f"{report.bytes_checked / 1e6:,.1f} MB in {report.seconds:.2f} s "
             f"({report.gb_per_s:.2f} GB/s); {report.snapshots} snapshots; "
             f"bad copies {report.bad_copies}, repaired {report.repaired}, "
-            f"unrecoverable {len(report.unrecoverable)}"
+            f"unrecoverable {len(report.unrecoverable)}; "
+            f"{'deep' if report.deep else 'by seals'}, {report.decompressed} decompressed"
             + ("" if report.complete else f"; budget spent, resumes after {report.cursor[:16]}")
         )
     if not report.ok:
@@ -139,10 +152,11 @@ def _scrub(file: Path, *, repair: bool, max_seconds: float | None, as_json: bool
 def verify(
     max_seconds: Annotated[float | None, typer.Option(help="Budget; resumes next run.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    deep: Deep = False,
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
     """Check every object on every replica; change nothing. Exit 1 if anything is lost."""
-    _scrub(file, repair=False, max_seconds=max_seconds, as_json=as_json)
+    _scrub(file, repair=False, max_seconds=max_seconds, as_json=as_json, deep=deep)
 
 
 @app.command()
@@ -150,10 +164,11 @@ def scrub(
     repair: Annotated[bool, typer.Option("--repair/--no-repair")] = True,
     max_seconds: Annotated[float | None, typer.Option(help="Budget; resumes next run.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    deep: Deep = False,
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
     """Check every object on every replica and repair bad copies from good ones."""
-    _scrub(file, repair=repair, max_seconds=max_seconds, as_json=as_json)
+    _scrub(file, repair=repair, max_seconds=max_seconds, as_json=as_json, deep=deep)
 
 
 @app.command()
