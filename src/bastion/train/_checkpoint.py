@@ -1,7 +1,10 @@
 """The checkpoint API a training script calls: track state, restore, ``step()``, save.
 
 Owns: gathering the tracked state, the blocking part of a save (one ``copy_`` into the
-staging buffer), the background writer (at most one save in flight; ``on_busy`` says
+staging buffer; parameters and optimizer moments are copied on a helper thread while the
+next forward and backward run, and the optimizer's step pre-hook waits for that copy, so
+mutate parameters outside ``optimizer.step()`` only after ``wait()``), the background
+writer (at most one save in flight; ``on_busy`` says
 whether a due save waits or is skipped, and the choice is an event), restore of the
 newest checkpoint that verifies, shape/dtype checks, the heartbeat fed by ``step()``, and
 preemption: SIGTERM/SIGINT set a flag, and the next ``step()`` writes an emergency
@@ -102,6 +105,7 @@ class Checkpointer:
         lineage: Sequence[str] = (),
         track_rng: bool = True,
         handle_signals: bool = True,
+        async_staging: bool = True,
     ) -> None:
         self.job = job
         self.store = store
@@ -116,6 +120,11 @@ class Checkpointer:
         if track_rng:
             self._tracked["rng"] = RNGState()
         self._staging: StagingBuffer | None = None
+        self.async_staging = async_staging
+        self._optimizers: list[torch.optim.Optimizer] = []
+        self._staged = threading.Event()
+        self._staged.set()
+        self._hook_wait_s = 0.0
         self._cv = threading.Condition()
         self._pending: _Job | None = None
         self._busy = False
@@ -134,6 +143,7 @@ class Checkpointer:
             "last_bytes": 0,
             "last_saved_step": None,
             "restored_step": None,
+            "staging_wait_s": 0.0,
         }
         self._writer = threading.Thread(target=self._write_loop, name="bastion-ckpt", daemon=True)
         self._writer.start()
@@ -161,6 +171,29 @@ class Checkpointer:
                     "load_state_dict; wrap its state in an object that has both"
                 )
             self._tracked[name] = obj
+            if isinstance(obj, torch.optim.Optimizer):
+                self._optimizers.append(obj)
+                obj.register_step_pre_hook(self._before_optimizer_step)
+
+    def _before_optimizer_step(self, *_args: Any) -> None:
+        """The optimizer is about to change weights and moments: if a save is still
+        copying them, wait for that copy (it overlapped forward and backward)."""
+        if not self._staged.is_set():
+            began = time.monotonic()
+            self._staged.wait()
+            waited = time.monotonic() - began
+            self._hook_wait_s += waited
+            self.stats["staging_wait_s"] += waited
+
+    def _protected(self) -> set[int]:
+        """Storage of tensors only an optimizer step changes (parameters, moments)."""
+        ptrs: set[int] = set()
+        for opt in self._optimizers:
+            for group in opt.param_groups:
+                ptrs.update(p.data_ptr() for p in group["params"])
+            for state in opt.state.values():
+                ptrs.update(t.data_ptr() for t in state.values() if isinstance(t, torch.Tensor))
+        return ptrs
 
     def _gather(self) -> dict[str, Any]:
         return {name: obj.state_dict() for name, obj in self._tracked.items()}
@@ -218,7 +251,25 @@ class Checkpointer:
             skeleton, tensors = flatten(self._gather())
             self._ensure_staging(tensors)
             assert self._staging is not None
-            self._staging.stage(tensors)
+            deferred: dict[str, torch.Tensor] = {}
+            if self.async_staging and self._optimizers and not block:
+                # Parameters and optimizer moments change only in optimizer.step(), whose
+                # pre-hook waits for this copy; so copy them while forward and backward
+                # run (DCP's async staging idea), and everything else right now.
+                protected = self._protected()
+                deferred = {
+                    k: t
+                    for k, t in tensors.items()
+                    if not t.is_cuda and t.numel() >= 4096 and t.data_ptr() in protected
+                }
+            self._staging.stage({k: t for k, t in tensors.items() if k not in deferred})
+            self._hook_wait_s = 0.0
+            if deferred:
+                self._staged.clear()
+                staging = self._staging
+                threading.Thread(
+                    target=self._stage_deferred, args=(staging, deferred), daemon=True
+                ).start()
             # No sort_keys: state_dict order is part of the state (iteration order of
             # optimizer state, module registration) and must come back as it was.
             body = json.dumps(
@@ -236,6 +287,12 @@ class Checkpointer:
                     self._cv.wait()
                 return bool(self.stats["last_saved_step"] == step)
         return True
+
+    def _stage_deferred(self, staging: StagingBuffer, tensors: dict[str, torch.Tensor]) -> None:
+        try:
+            staging.stage(tensors)
+        finally:
+            self._staged.set()
 
     def _ensure_staging(self, tensors: dict[str, torch.Tensor]) -> None:
         if self._staging is None or not self._staging.fits(tensors):
@@ -262,6 +319,7 @@ class Checkpointer:
                 if self._pending is None:
                     return
                 job = self._pending
+            self._staged.wait()
             self._persist(job)
             with self._cv:
                 self._pending = None
@@ -297,7 +355,8 @@ class Checkpointer:
             name=job.name,
             ref=ref,
             reason=job.reason,
-            stall_s=round(job.stall_s, 6),
+            stall_s=round(job.stall_s + self._hook_wait_s, 6),
+            staging_wait_s=round(self._hook_wait_s, 6),
             persist_s=round(persist, 6),
             bytes=nbytes,
             replicas=replicas,

@@ -17,6 +17,7 @@ keeps at most one save in flight for exactly this reason).
 from __future__ import annotations
 
 import json
+import mmap
 from dataclasses import dataclass
 
 import torch
@@ -81,7 +82,12 @@ class StagingBuffer:
         head = raw + b" " * pad
         self.data_start = 8 + len(head)
         self.nbytes = self.data_start + offset
-        self.buffer = torch.empty(self.nbytes, dtype=torch.uint8, pin_memory=pin)
+        if pin:
+            self.buffer = torch.empty(self.nbytes, dtype=torch.uint8, pin_memory=True)
+        else:
+            # Anonymous mmap: page-aligned, so the writer can use O_DIRECT from it.
+            self._map = mmap.mmap(-1, self.nbytes)
+            self.buffer = torch.frombuffer(self._map, dtype=torch.uint8)
         self.buffer[:8] = torch.frombuffer(
             bytearray(len(head).to_bytes(8, "little")), dtype=torch.uint8
         )

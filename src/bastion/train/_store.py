@@ -12,6 +12,7 @@ is fsynced and renamed into place), or return bytes whose hash does not match.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -39,6 +40,8 @@ __all__ = [
 EventSink = Callable[[str, dict[str, Any]], None]
 _MANIFEST = "MANIFEST.json"
 _CHUNK = 8 << 20
+_ALIGN = 4096  # O_DIRECT wants block-aligned addresses, offsets and lengths
+_DIRECT_MIN = 4 << 20  # below this the page cache is as fast and simpler
 
 
 def checkpoint_name(job: str, step: int) -> str:
@@ -92,15 +95,58 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _address(view: memoryview) -> int | None:
+    """The buffer's address, if it is writable (ctypes needs that to expose it)."""
+    if view.readonly:
+        return None
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(view))
+    except (TypeError, ValueError):
+        return None
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    for start in range(0, len(view), _CHUNK):
+        chunk = view[start : start + _CHUNK]
+        written = 0
+        while written < len(chunk):
+            written += os.write(fd, chunk[written:])
+
+
 def _write_file(path: Path, data: bytes | memoryview) -> None:
+    """Write and fsync. A large, page-aligned buffer goes through O_DIRECT: the disk DMAs
+    straight from the staging buffer, with no copy into the page cache and no writeback
+    later, which is both faster (2.65 vs 0.55-0.88 GB/s on the issue's machine) and
+    leaves the CPU to the training loop. Anything else, or a filesystem that refuses
+    O_DIRECT (tmpfs), is written through the page cache."""
     view = memoryview(data).cast("B")
+    aligned = len(view) // _ALIGN * _ALIGN
+    address = _address(view) if aligned >= _DIRECT_MIN else None
+    direct = getattr(os, "O_DIRECT", 0)
+    if address is not None and address % _ALIGN == 0 and direct:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | direct, 0o600)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                _write_all(fd, view[:aligned])
+            except OSError:
+                os.close(fd)  # e.g. EINVAL: not supported here after all; write it plainly
+            else:
+                os.close(fd)
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.lseek(fd, aligned, os.SEEK_SET)
+                    _write_all(fd, view[aligned:])
+                    os.ftruncate(fd, len(view))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        for start in range(0, len(view), _CHUNK):
-            chunk = view[start : start + _CHUNK]
-            written = 0
-            while written < len(chunk):
-                written += os.write(fd, chunk[written:])
+        _write_all(fd, view)
         os.fsync(fd)
     finally:
         os.close(fd)
