@@ -85,6 +85,13 @@ def main() -> int:
     parser.add_argument("--manifest", type=Path, default=None)
     parser.add_argument("--job", default=os.environ.get("BASTION_JOB", "train-digits"))
     parser.add_argument("--hash-out", type=Path, default=None)
+    parser.add_argument(
+        "--step-ms",
+        type=float,
+        default=0.0,
+        help="pad each step to at least this long (stands in for a bigger model, so a "
+        "fault can be aimed at a given step); does not change the result",
+    )
     args = parser.parse_args()
     began = time.monotonic()
     torch.manual_seed(SEED)
@@ -124,11 +131,14 @@ def main() -> int:
     print(f"start at step {start} ({time.monotonic() - began:.2f} s after launch)", flush=True)
 
     for step in range(start, args.steps):
+        step_began = time.monotonic()
         idx = sampler.next_batch()
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if args.step_ms:
+            time.sleep(max(0.0, args.step_ms / 1000 - (time.monotonic() - step_began)))
         ckpt.step(step + 1)
         if step % 100 == 0:
             print(f"step {step} loss {loss.item():.4f}", flush=True)

@@ -76,7 +76,11 @@ class Run:
         self.hash_out = work / "final-hash"
         self.sup = JobSupervisor(
             JOB,
-            [sys.executable, "train.py", "--steps", str(STEPS), "--hash-out", str(self.hash_out)],
+            # 2 ms steps: long enough for each fault to land at the step it aims at
+            [
+                *(sys.executable, "train.py", "--steps", str(STEPS), "--step-ms", "2"),
+                *("--hash-out", str(self.hash_out)),
+            ],
             state_dir=self.manifest.state_dir,
             events=self.events,
             workdir=work,

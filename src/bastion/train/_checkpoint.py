@@ -337,12 +337,13 @@ class Checkpointer:
                 meta={"job": self.job, "step": job.step, "format": FORMAT, "reason": job.reason},
                 lineage=self.lineage,
             )
+            # durable and visible here; pruning older ones is housekeeping, not persist
+            persist = time.monotonic() - began
             dropped = self.store.prune(self.job, self.keep)
         except Exception as exc:
             self.stats["failed"] += 1
             self._emit("train.checkpoint.failed", step=job.step, error=str(exc)[:500])
             return
-        persist = time.monotonic() - began
         nbytes = view.nbytes + len(job.skeleton)
         replicas = len(getattr(self.store, "replicas", ())) or 1
         self.stats["saves"] += 1
