@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 TITLE = "Training: killed twice mid-run, resumed bit-exact"
 JOB = "train-digits"
 STEPS = 1500
+STEP_MS = "3"  # the example pads each step to 3 ms: a stand-in for a bigger model
 
 
 def _keys(workdir: Path) -> None:
@@ -73,7 +74,16 @@ def run(ctx: DemoContext) -> Scene:
     mark = log.count()
     sup = JobSupervisor(
         JOB,
-        ["python", "train.py", "--steps", str(STEPS), "--hash-out", str(hash_out)],
+        [
+            "python",
+            "train.py",
+            "--steps",
+            str(STEPS),
+            "--step-ms",
+            STEP_MS,
+            "--hash-out",
+            str(hash_out),
+        ],
         state_dir=manifest.state_dir,
         events=log,
         workdir=ctx.workdir,
@@ -94,17 +104,19 @@ def run(ctx: DemoContext) -> Scene:
         if s is None or s.child is None or s.child.exit is not None:
             return None
         # Prefer a moment when the standby interpreter is warm (as between real
-        # crashes); on a very busy machine, go ahead without it 300 steps later.
+        # crashes); on a very busy machine, go ahead without it 500 steps later.
         ready = s.standby is not None and s.standby.standby_ready()
         progress = heartbeat_progress(sup.heartbeat_path) or 0
         note = heartbeat_note(sup.heartbeat_path)
         aimed = not saving or note.startswith("saving=")
-        if (ready or progress >= step + 300) and progress >= step and aimed:
+        if (ready or progress >= step + 500) and progress >= step and aimed:
             return s.child.pid
         return None
 
     kills = []
-    for step, saving in ((400, True), (900, False)):
+    target = 250
+    for saving in (True, False):
+        step = target
         pid = _wait(lambda step=step, saving=saving: moment(step, saving=saving) or bool(results))
         if pid is True:
             pid = None
@@ -115,7 +127,9 @@ def run(ctx: DemoContext) -> Scene:
         note = heartbeat_note(sup.heartbeat_path)
         killed_ns = time.monotonic_ns()
         KillProcess(pid, scope=Scope.of(pids=[pid]), events=log, subject=JOB).inject()
-        kills.append((heartbeat_progress(sup.heartbeat_path), note, killed_ns))
+        at = heartbeat_progress(sup.heartbeat_path) or step
+        kills.append((at, note, killed_ns))
+        target = at + 600  # the next kill: well after the restart
         _wait(
             lambda pid=pid: (
                 results
