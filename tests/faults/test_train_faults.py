@@ -243,10 +243,13 @@ def test_corrupt_checkpoint_repaired_or_skipped(tmp_path: Path, seed: int) -> No
 
     # one replica damaged: restore still gets step 200, and the vault repairs the copy
     first = events.count()
-    with FlipBytes(
-        objects[0], scope=Scope.of(paths=[replicas[0]]), count=3, seed=seed, max_files=len(only_new)
-    ) as fault:
-        fault.revert = lambda: None  # type: ignore[method-assign]  # leave the damage
+    FlipBytes(
+        objects[0],
+        scope=Scope.of(paths=[replicas[0]]),
+        count=3,
+        seed=seed,
+        max_files=len(only_new),
+    ).inject()  # not reverted: the vault must repair it
     assert make().restore() == 200
     after = events.query(after_id=first)
     assert any(e.kind == "vault.repaired" for e in after)
