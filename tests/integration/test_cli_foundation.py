@@ -100,3 +100,19 @@ def test_internal_error_exits_3_and_names_the_log(capsys: pytest.CaptureFixture[
     assert "RuntimeError: boom" in err
     log = err.split("traceback is in ")[1].split(";")[0].strip()
     assert "Traceback" in Path(log).read_text()
+
+
+def test_cli_works_without_pytorch(tmp_path: Path) -> None:
+    # torch is an extra: every command but the training script's side must run without it.
+    # sys.modules[name] = None makes `import torch` fail as if it were not installed.
+    for args in (["check"], ["train", "status"], ["map", "--format", "json"]):
+        code = (
+            "import sys; sys.modules['torch'] = None; "
+            "from bastion.cli.main import main; "
+            f"main({[*args, '-f', str(EXAMPLE / 'bastion.yaml')]!r})"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path
+        )
+        assert proc.returncode in (0, 1), (args, proc.stderr)
+        assert "internal error" not in proc.stderr, (args, proc.stderr)

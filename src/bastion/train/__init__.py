@@ -8,11 +8,13 @@ restart with backoff under a budget, hang detection by heartbeat, preemption han
 failover across worker slots, every lifecycle step an event.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from bastion.train._cadence import Cadence
-from bastion.train._checkpoint import Checkpointer, Preempted, Stateful
 from bastion.train._job import JobResult, JobSupervisor
-from bastion.train._rng import RNGState
-from bastion.train._sampler import ResumableLoader, ResumableSampler
 from bastion.train._slots import LocalSlot, SlotPicker, WorkerSlot
 from bastion.train._status import job_status, recovery_timeline
 from bastion.train._store import (
@@ -22,6 +24,29 @@ from bastion.train._store import (
     checkpoint_name,
     open_store,
 )
+
+if TYPE_CHECKING:
+    from bastion.train._checkpoint import Checkpointer, Preempted, Stateful
+    from bastion.train._rng import RNGState
+    from bastion.train._sampler import ResumableLoader, ResumableSampler
+
+# The script's side needs PyTorch (the `torch` extra); the operator's side (`bastion train
+# run/status`, JobSupervisor) must work without it, so those names load on first use.
+_NEEDS_TORCH = {
+    "Checkpointer": "_checkpoint",
+    "Preempted": "_checkpoint",
+    "Stateful": "_checkpoint",
+    "RNGState": "_rng",
+    "ResumableLoader": "_sampler",
+    "ResumableSampler": "_sampler",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _NEEDS_TORCH.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bastion.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"bastion.train.{module}"), name)
 
 __all__ = [
     "Cadence",
