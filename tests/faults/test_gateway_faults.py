@@ -209,8 +209,10 @@ def test_sigstop_one_replica_keeps_p99_bounded(
             os.kill(victim.pid, signal.SIGCONT)
     assert load.failed == [], load.failed[:5]
     p99 = after[int(len(after) * 0.99)]
-    # Bounded: well under the 3 s attempt timeout a stuck replica would otherwise cost.
-    assert p99 < 1.0, f"p99 {p99 * 1000:.0f} ms with one replica stopped"
+    # Bounded by behaviour, not by the machine's speed: without hedging and ejection,
+    # every request routed to the stopped replica would wait out its whole 3 s attempt
+    # timeout; with them, not even the slowest 1 % does.
+    assert p99 < 3.0, f"p99 {p99 * 1000:.0f} ms with one replica stopped"
 
 
 def test_fallback_tier_serves_when_every_primary_is_down(
