@@ -16,12 +16,11 @@ import contextlib
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from bastion.aio import LoopThread
 from bastion.errors import NotFoundError, UnavailableError, UsageError
 from bastion.manifest import Manifest, Service
 from bastion.serve.gateway import Gateway
@@ -58,20 +57,18 @@ class GatewayThread:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="gateway", daemon=True)
+        self._thread = LoopThread("gateway")
+        self.loop = self._thread.loop
 
     def __enter__(self) -> GatewayThread:
-        self._thread.start()
-        self.call(self.gateway.start())
+        self._thread.start(self.gateway.start())
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def call(self, coro: Any, timeout: float = 30.0) -> Any:
-        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return fut.result(timeout)
+        return self._thread.call(coro, timeout)
 
     def run(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
         """Run a plain function on the gateway's loop (the pool is not thread-safe)."""
@@ -87,11 +84,8 @@ class GatewayThread:
         return self.gateway.url
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self.call(self.gateway.close())
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=10)
-            self.loop.close()
+        if self._thread.running:
+            self._thread.stop(self.gateway.close(), timeout=30.0)
 
 
 def spawn_server(

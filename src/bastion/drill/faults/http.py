@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from bastion.aio import LoopThread
 from bastion.drill.faults._base import Fault
 from bastion.errors import ScopeError, UsageError
 
@@ -163,11 +164,8 @@ class FaultyUpstream:
         self._fault = HttpFault()
         self._lock = threading.Lock()
         self._counters = _Counters()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
+        self._thread: LoopThread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -180,30 +178,14 @@ class FaultyUpstream:
         return f"{self.url}/v1"
 
     def start(self) -> FaultyUpstream:
-        self._thread = threading.Thread(
-            target=self._serve, name=f"upstream-{self.name}", daemon=True
-        )
-        self._thread.start()
-        if not self._ready.wait(timeout=15):
-            raise UsageError(f"http upstream {self.name}: did not start within 15 s")
-        if self._error is not None:
-            raise UsageError(f"http upstream {self.name}: could not start: {self._error}")
-        return self
-
-    def _serve(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
+        self._thread = LoopThread(f"upstream-{self.name}")
         try:
-            loop.run_until_complete(self._start_site())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        loop.run_forever()
-        loop.run_until_complete(self._shutdown())
-        loop.close()
+            self._thread.start(self._start_site(), timeout=15)
+        except TimeoutError:
+            raise UsageError(f"http upstream {self.name}: did not start within 15 s") from None
+        except Exception as exc:
+            raise UsageError(f"http upstream {self.name}: could not start: {exc}") from None
+        return self
 
     async def _start_site(self) -> None:
         app = web.Application()
@@ -228,9 +210,8 @@ class FaultyUpstream:
             await self._runner.cleanup()
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
+        if self._thread is not None:
+            self._thread.stop(self._shutdown())
             self._thread = None
 
     def __enter__(self) -> FaultyUpstream:

@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from bastion.aio import LoopThread
 from bastion.drill.faults._base import Fault
 from bastion.errors import UsageError
 
@@ -169,38 +170,19 @@ class TcpFaultProxy:
         self._handlers: set[asyncio.Task[None]] = set()
         self._next_cid = 0
         self._down = False
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
+        self._thread: LoopThread | None = None
         self._stats = {"connections": 0, "refused": 0, "resets": 0, "bytes_up": 0, "bytes_down": 0}
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> TcpFaultProxy:
-        self._thread = threading.Thread(
-            target=self._run, name=f"tcp-proxy-{self.name}", daemon=True
-        )
-        self._thread.start()
-        if not self._ready.wait(15) or self._error is not None:
-            raise UsageError(f"tcp proxy {self.name}: could not start: {self._error}")
-        return self
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
+        self._thread = LoopThread(f"tcp-proxy-{self.name}")
         try:
-            loop.run_until_complete(self._listen())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        loop.run_forever()
-        loop.run_until_complete(self._close_all())
-        loop.close()
+            self._thread.start(self._listen(), timeout=15)
+        except Exception as exc:
+            raise UsageError(f"tcp proxy {self.name}: could not start: {exc!r}") from None
+        return self
 
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(
@@ -220,9 +202,8 @@ class TcpFaultProxy:
         await asyncio.gather(*handlers, return_exceptions=True)
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
+        if self._thread is not None:
+            self._thread.stop(self._close_all())
             self._thread = None
 
     def __enter__(self) -> TcpFaultProxy:
@@ -232,8 +213,8 @@ class TcpFaultProxy:
         self.stop()
 
     def _call(self, coro: Any) -> Any:
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+        assert self._thread is not None
+        return self._thread.call(coro, 10)
 
     # -- toxics ----------------------------------------------------------------------------
 
@@ -493,9 +474,7 @@ class ToxiproxyApi:
     def __init__(self, proxies: dict[str, TcpFaultProxy], *, port: int = 0) -> None:
         self.proxies = proxies
         self.port = port
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
+        self._thread: LoopThread | None = None
         self._runner: Any = None
 
     @property
@@ -503,16 +482,16 @@ class ToxiproxyApi:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ToxiproxyApi:
-        self._thread = threading.Thread(target=self._run, name="toxiproxy-api", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(15):
-            raise UsageError("toxiproxy api: did not start within 15 s")
+        self._thread = LoopThread("toxiproxy-api")
+        try:
+            self._thread.start(self._serve(), timeout=15)
+        except Exception as exc:
+            raise UsageError(f"toxiproxy api: could not start: {exc!r}") from None
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
+        if self._thread is not None:
+            self._thread.stop(self._runner.cleanup() if self._runner is not None else None)
             self._thread = None
 
     def __enter__(self) -> ToxiproxyApi:
@@ -521,11 +500,9 @@ class ToxiproxyApi:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _run(self) -> None:
+    async def _serve(self) -> None:
         from aiohttp import web
 
-        loop = asyncio.new_event_loop()
-        self._loop = loop
         app = web.Application()
         app.router.add_get("/proxies", self._list)
         app.router.add_get("/proxies/{name}", self._get)
@@ -535,14 +512,10 @@ class ToxiproxyApi:
         app.router.add_delete("/proxies/{name}/toxics/{toxic}", self._remove)
         app.router.add_post("/reset", self._reset)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        loop.run_until_complete(self._runner.setup())
+        await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        loop.run_until_complete(site.start())
+        await site.start()
         self.port = int(self._runner.addresses[0][1])
-        self._ready.set()
-        loop.run_forever()
-        loop.run_until_complete(self._runner.cleanup())
-        loop.close()
 
     def _view(self, name: str, proxy: TcpFaultProxy) -> dict[str, Any]:
         return {
