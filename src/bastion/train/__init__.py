@@ -48,6 +48,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'bastion.train' has no attribute {name!r}")
     return getattr(importlib.import_module(f"bastion.train.{module}"), name)
 
+
 __all__ = [
     "Cadence",
     "CheckpointStore",
