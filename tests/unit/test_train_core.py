@@ -112,6 +112,44 @@ def test_cadence_by_steps_seconds_and_adaptive() -> None:
     assert a.statistics()["overhead"] == pytest.approx(0.035)
 
 
+def test_adaptive_cadence_counts_step_inflation_while_a_persist_is_in_flight() -> None:
+    # CheckFreq: the cost of a checkpoint is the stall plus what the background persist
+    # takes from the steps it overlaps; a cadence blind to the latter overshoots the cap.
+    t = [0.0]
+    a = Cadence(max_overhead=0.035, clock=lambda: t[0], alpha=1.0)
+    assert a.interval_steps() == 10  # nothing measured yet: bootstrap interval
+    step = 0
+    for _ in range(4):  # undisturbed steps of 10 ms
+        step += 1
+        t[0] += 0.01
+        a.observe_step(step)
+    assert not a.due(step)
+    t[0] += 0.007  # the stall, which saved() keeps out of the step times
+    a.saved(step, 0.007)
+    for _ in range(5):  # the persist is in flight: each step 4 ms slower (20 ms in all)
+        step += 1
+        t[0] += 0.014
+        a.observe_step(step, in_flight=True)
+    assert a.inflation_s is None  # not folded in while the persist still runs
+    step += 1
+    t[0] += 0.01
+    a.observe_step(step)  # persist done
+    assert a.inflation_s == pytest.approx(0.02)
+    assert a.step_s == pytest.approx(0.01)
+    # (7 ms stall + 20 ms inflation) / (3.5 % of 10 ms) -> one checkpoint per 78 steps
+    assert a.interval_steps() == 78
+    assert a.statistics()["overhead"] == pytest.approx(0.027 / 78 / 0.01)
+    # a step that ran faster while a write was in flight is noise, never negative cost
+    t[0] += 0.007
+    a.saved(step, 0.007)
+    step += 1
+    t[0] += 0.005
+    a.observe_step(step, in_flight=True)
+    t[0] += 0.007
+    a.saved(step, 0.007)
+    assert a.inflation_s == 0.0
+
+
 def test_sampler_resumes_mid_epoch_at_exactly_the_next_batch() -> None:
     full = ResumableSampler(100, 16, seed=3)
     expected = [full.next_batch().tolist() for _ in range(20)]

@@ -128,6 +128,8 @@ class Checkpointer:
         self._cv = threading.Condition()
         self._pending: _Job | None = None
         self._busy = False
+        self._persists_done = 0  # bumped by the writer; step() tells the cadence whether
+        self._persists_seen = 0  # a persist ran during the step that just ended
         self._closed = False
         self._preempt: int | None = None
         self._first_step_seen = False
@@ -211,7 +213,10 @@ class Checkpointer:
             self._emit("train.step.first", step=step, mono_ns=time.monotonic_ns())
         if self._preempt is not None:
             self._emergency(step, self._preempt)
-        self.cadence.observe_step(step)
+        done = self._persists_done
+        in_flight = self._busy or done != self._persists_seen
+        self._persists_seen = done
+        self.cadence.observe_step(step, in_flight=in_flight)
         if self.cadence.due(step):
             return self.save(step)
         return False
@@ -324,6 +329,7 @@ class Checkpointer:
             with self._cv:
                 self._pending = None
                 self._busy = False
+                self._persists_done += 1
                 self._cv.notify_all()
 
     def _persist(self, job: _Job) -> None:
