@@ -22,6 +22,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
+import mmap
 import os
 import re
 import secrets
@@ -38,6 +40,26 @@ _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]*(/[A-Za-z0-9_][A-Za-z0-9._@-]*)
 _TMP = "tmp"
 # Linux caps one write at 0x7ffff000 bytes; larger views are written in a loop.
 _MAX_WRITE = 0x7FFFF000
+# Values this big are written with O_DIRECT from a page-aligned buffer (see _put_direct).
+_DIRECT_MIN = 1 << 20
+_ALIGN = 4096  # O_DIRECT wants block-aligned addresses, offsets and lengths
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+_aligned = threading.local()
+
+
+def _aligned_buffer(size: int) -> mmap.mmap:
+    """This thread's reusable page-aligned buffer of at least ``size`` bytes.
+
+    An anonymous mmap is page-aligned; reusing it per thread avoids a fresh allocation
+    (page faults and zeroing) per object, which costs more than the write on this VM.
+    """
+    buf: mmap.mmap | None = getattr(_aligned, "buf", None)
+    if buf is None or len(buf) < size:
+        if buf is not None:
+            buf.close()
+        buf = _aligned.buf = mmap.mmap(-1, max(size, 16 << 20) + _ALIGN)
+    return buf
+
 
 _libc: ctypes.CDLL | None
 try:
@@ -106,6 +128,7 @@ class LocalStore:
         # Unnamed files need O_TMPFILE (Linux >= 3.11 on ext4, xfs, btrfs, tmpfs) and
         # /proc to name them; elsewhere values go through tmp/ and a hard link.
         self._tmpfile = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+        self._direct = bool(_O_DIRECT)
         if create:
             # A failure is reported by available(); a vault with a replica down still works.
             with contextlib.suppress(OSError):
@@ -191,19 +214,35 @@ class LocalStore:
         """
         parent = os.path.dirname(path)
         self._ensure_dir(parent)
+        size = sum(len(memoryview(p).cast("B")) for p in parts)
+        direct = _O_DIRECT if self._direct and size >= _DIRECT_MIN else 0
+        flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
         try:
-            fd = os.open(parent, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o444)
-        except FileNotFoundError:
-            self._known_dirs.discard(parent)
-            self._ensure_dir(parent)
-            fd = os.open(parent, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o444)
+            fd = self._open_tmpfile(parent, flags | direct)
         except OSError as exc:
+            if direct and exc.errno == errno.EINVAL:
+                # O_DIRECT refused (tmpfs): the page cache it is, for this replica.
+                self._direct = False
+                return self._put_unnamed(path, parts, durable=durable)
             if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                 self._tmpfile = False
                 return None
             raise
         try:
-            total = self._write_all(fd, parts, durable=durable)
+            if direct:
+                try:
+                    total = self._write_direct(fd, parts, size, durable=durable)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    # Opened but refused at write time: rewrite through the page cache.
+                    self._direct = False
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
+                    total = self._write_all(fd, parts, durable=durable)
+            else:
+                total = self._write_all(fd, parts, durable=durable)
             # linkat(AT_SYMLINK_FOLLOW) through /proc gives the unnamed inode its name and
             # fails with EEXIST rather than replacing, like link() in the named path.
             # src_dir_fd makes CPython call linkat (plain link() would not follow the
@@ -223,6 +262,47 @@ class LocalStore:
             self._stats["puts"] += 1
             self._stats["put_bytes"] += total
         return True
+
+    def _open_tmpfile(self, parent: str, flags: int) -> int:
+        try:
+            return os.open(parent, flags, 0o444)
+        except FileNotFoundError:
+            self._known_dirs.discard(parent)
+            self._ensure_dir(parent)
+            return os.open(parent, flags, 0o444)
+
+    @staticmethod
+    def _write_direct(fd: int, parts: Sequence[Buffer], size: int, *, durable: bool) -> int:
+        """Write ``parts`` with O_DIRECT through this thread's page-aligned buffer.
+
+        Big objects (checkpoint chunks, model weights) skip the page cache: the disk
+        DMAs from the buffer, so there is no copy into the cache, no dirty-page
+        throttling and no writeback left for the commit's ``syncfs`` (training's
+        DirStore measured 2.65 vs 0.55-0.88 GB/s for the same bytes). The one-byte
+        object header shifts the payload off block alignment, so the parts are copied
+        into the aligned buffer first (a memcpy, cheaper than the cache's). The tail is
+        padded to a block and cut off again with ``ftruncate``; the file's size and
+        extents are metadata, made durable by the commit's ``syncfs`` or the fsync here.
+        """
+        padded = -(-size // _ALIGN) * _ALIGN
+        buf = _aligned_buffer(padded)
+        view = memoryview(buf)
+        try:
+            at = 0
+            for part in parts:
+                part_view = memoryview(part).cast("B")
+                view[at : at + len(part_view)] = part_view
+                at += len(part_view)
+            view[at:padded] = bytes(padded - at)
+            done = 0
+            while done < padded:
+                done += os.write(fd, view[done : min(padded, done + _MAX_WRITE)])
+        finally:
+            view.release()
+        os.ftruncate(fd, size)
+        if durable:
+            os.fsync(fd)
+        return size
 
     def _ensure_dir(self, parent: str) -> None:
         if parent in self._known_dirs:

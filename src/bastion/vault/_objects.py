@@ -41,6 +41,7 @@ Stored forms (first byte):
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import blake3
@@ -59,6 +60,7 @@ __all__ = [
     "decode",
     "encode",
     "hash_bytes",
+    "iter_boundaries",
     "object_key",
     "seal",
     "verify_stored",
@@ -98,13 +100,21 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 def boundaries(view: memoryview) -> list[tuple[int, int]]:
     """(offset, length) of each chunk of ``view``; CDC, so edits move few boundaries."""
+    return list(iter_boundaries(view))
+
+
+def iter_boundaries(view: memoryview) -> Iterator[tuple[int, int]]:
+    """``boundaries`` one chunk at a time, so the write path can hand the first chunks of
+    a big file to workers while CDC is still cutting the rest."""
     size = len(view)
     if size == 0:
-        return []
+        return
     cdc = _LARGE if size >= BIG_FILE else _SMALL
     if size <= cdc.min_size:
-        return [(0, size)]
-    return [(c.offset, c.length) for c in cdc.cut_buf(view)]
+        yield (0, size)
+        return
+    for chunk in cdc.cut_buf(view):
+        yield (chunk.offset, chunk.length)
 
 
 def hash_bytes(data: bytes | memoryview) -> str:
@@ -148,8 +158,11 @@ def encode(
     size = len(view)
     if compress and size >= _MIN_COMPRESS:
         sample = view[:_SAMPLE]
-        if len(_compressor(_LEVEL).compress(sample)) < 0.9 * len(sample):
-            packed = _compressor(_LEVEL).compress(view)
+        probe = _compressor(_LEVEL).compress(sample)
+        if len(probe) < 0.9 * len(sample):
+            # A chunk no bigger than the sample (a small file) was compressed whole by
+            # the probe: use that frame rather than compress it a second time.
+            packed = probe if size <= _SAMPLE else _compressor(_LEVEL).compress(view)
             if len(packed) < 0.95 * size:
                 if seal_key is not None and digest:
                     return Encoded(SEALED + seal(seal_key, digest, packed), packed)

@@ -54,10 +54,10 @@ from bastion.store import LocalStore, Store, open_store
 from bastion.vault._keys import Signer, Verifier
 from bastion.vault._objects import (
     Encoded,
-    boundaries,
     decode,
     encode,
     hash_bytes,
+    iter_boundaries,
     object_key,
 )
 from bastion.vault._snapshot import (
@@ -468,7 +468,7 @@ class Vault:
                     if keep is not None:
                         opened.append((keep, view))
                     refs: list[tuple[Future[list[_ChunkResult]], int]] = []
-                    for offset, length in boundaries(view):
+                    for offset, length in iter_boundaries(view):
                         chunk = view[offset : offset + length]
                         if length >= _BATCH_BELOW:
                             slots.acquire()
