@@ -17,13 +17,17 @@ Layout of every replica (``Store`` keys)::
 Refs (``@latest``, ``@prod``) are write-once records too, so a replica never needs an
 object to change in place: S3 with Object Lock can hold it as is.
 
-Write path: the calling thread cuts chunks (FastCDC); a thread pool hashes, compresses
-and writes each chunk to every replica (os.write and BLAKE3 release the GIL, so the
-replicas' writes overlap). Objects are written without a per-file fsync; each replica
-is flushed once with ``syncfs`` before the snapshot document (fsync'd, then its directory
-fsync'd) is published: durable before visible, at the cost of one flush per commit
-instead of one per object (10,000 small files x 2 replicas would otherwise cost 20,000
-fsyncs).
+Write path: files under 16 MiB go to a thread pool whole, in batches: a worker opens,
+reads, cuts (FastCDC), hashes, compresses and writes them to every replica, so reading
+and CDC run on every core, not only the calling thread. Bigger files (checkpoints,
+weights) and in-memory buffers are cut lazily by the calling thread and each chunk is a
+job, so one big file spreads over every worker from its first chunk (os.write, zstd and
+BLAKE3 release the GIL, so the replicas' writes overlap). Objects of 1 MiB and more go to
+disk with O_DIRECT (see ``bastion.store``). Objects are written without a per-file
+fsync; each replica is flushed once with ``syncfs`` before the snapshot document
+(fsync'd, then its directory fsync'd) is published: durable before visible, at the cost
+of one flush per commit instead of one per object (10,000 small files x 2 replicas
+would otherwise cost 20,000 fsyncs).
 """
 
 from __future__ import annotations
@@ -87,6 +91,9 @@ _ADMIN_PIN = "config/admin.pub"
 _BATCH_BELOW = 256 << 10
 _BATCH_COUNT = 64
 _BATCH_BYTES = 1 << 20
+# Files (Path sources) under _WHOLE_BELOW go to workers whole, batched like small
+# chunks; bigger ones are cut here so their chunks spread over every worker.
+_WHOLE_BELOW = 16 << 20
 
 
 def _umask() -> int:
@@ -442,9 +449,34 @@ class Vault:
             finally:
                 slots.release()
 
+        def file_job(items: list[FileSource]) -> list[tuple[int, int, list[_ChunkResult]]]:
+            # Whole files to one worker: it opens, reads, cuts, hashes, compresses and
+            # writes them, so reading and CDC run on every core instead of the calling
+            # thread, and a small file costs one pool hand-off per batch, not per chunk.
+            try:
+                out = []
+                for source in items:
+                    view, mode, keep = self._open_source(source)
+                    try:
+                        results = [
+                            one(view[offset : offset + length])
+                            for offset, length in iter_boundaries(view)
+                        ]
+                        out.append((len(view), mode, results))
+                    finally:
+                        view.release()
+                        if keep is not None:
+                            with contextlib.suppress(BufferError):
+                                keep.close()
+                return out
+            finally:
+                slots.release()
+
         entries: dict[str, FileEntry] = {}
         # Per file: its size, mode, and where each chunk's result will be (job, index).
         pending: list[tuple[str, int, int, list[tuple[Future[list[_ChunkResult]], int]]]] = []
+        # Files handed whole to a worker: (job, index in its batch).
+        whole: dict[str, tuple[Future[list[tuple[int, int, list[_ChunkResult]]]], int]] = {}
         opened: list[tuple[mmap.mmap, memoryview]] = []
         with ThreadPoolExecutor(_WORKERS, thread_name_prefix="vault-put") as pool:
             try:
@@ -462,9 +494,36 @@ class Vault:
                         refs[slot] = (fut, refs[slot][1])
                     batch, batch_bytes, waiting = [], 0, []
 
+                files_batch: list[str] = []
+                files_bytes = 0
+
+                def flush_files() -> None:
+                    nonlocal files_batch, files_bytes
+                    if not files_batch:
+                        return
+                    slots.acquire()
+                    fut = pool.submit(file_job, [files[p] for p in files_batch])
+                    for index, p in enumerate(files_batch):
+                        whole[p] = (fut, index)
+                    files_batch, files_bytes = [], 0
+
                 placeholder: Future[list[_ChunkResult]] = Future()
                 for path in paths:
-                    view, mode, keep = self._open_source(files[path])
+                    source = files[path]
+                    if isinstance(source, Path):
+                        try:
+                            size = source.stat().st_size
+                        except FileNotFoundError:
+                            raise NotFoundError(
+                                f"{source}: no such file to put in the vault"
+                            ) from None
+                        if size < _WHOLE_BELOW:
+                            files_batch.append(path)
+                            files_bytes += size
+                            if len(files_batch) >= _BATCH_COUNT or files_bytes >= _BATCH_BYTES:
+                                flush_files()
+                            continue
+                    view, mode, keep = self._open_source(source)
                     if keep is not None:
                         opened.append((keep, view))
                     refs: list[tuple[Future[list[_ChunkResult]], int]] = []
@@ -482,7 +541,19 @@ class Vault:
                             flush()
                     pending.append((path, len(view), mode, refs))
                 flush()
+                flush_files()
                 written = new = dedup = 0
+                for path, (job_fut, index) in whole.items():
+                    size, mode, results = job_fut.result()[index]
+                    chunk_list = []
+                    for result in results:
+                        chunk_list.append(ChunkRef(result.digest, result.size))
+                        written += result.stored
+                        if result.stored:
+                            new += 1
+                        else:
+                            dedup += 1
+                    entries[path] = FileEntry(size, tuple(chunk_list), mode)
                 for path, size, mode, refs in pending:
                     chunks = []
                     for fut, slot in refs:
@@ -500,6 +571,7 @@ class Vault:
                     view.release()
                     with contextlib.suppress(BufferError):
                         mapped.close()
+        entries = {path: entries[path] for path in paths}  # the document lists them sorted
         return entries, written, new, dedup, failed
 
     @staticmethod
