@@ -324,3 +324,27 @@ def test_slot_picker_fails_over_and_reports_why(tmp_path: Path) -> None:
     assert "not writable" in failed[0][1]
     with pytest.raises(UnavailableError, match="no worker slot"):
         SlotPicker([LocalSlot("one", bad)]).pick()
+
+
+def test_manifest_job_sets_warm_standby_and_startup_timeout(tmp_path: Path) -> None:
+    from bastion.errors import ManifestError
+    from bastion.manifest import load
+    from bastion.train import JobSupervisor
+
+    path = tmp_path / "bastion.yaml"
+    path.write_text(
+        "version: 1\nsystem: t\nstate_dir: .bastion\njobs:\n"
+        "  a: {command: [python, train.py]}\n"
+        "  b: {command: [python, train.py], warm_standby: false, startup_timeout_s: 7.5}\n"
+    )
+    manifest = load(path)
+    a = JobSupervisor.from_manifest(manifest, "a")
+    assert (a.warm_standby, a.startup_timeout_s) == (True, 120.0)  # the defaults
+    b = JobSupervisor.from_manifest(manifest, "b")
+    assert (b.warm_standby, b.startup_timeout_s) == (False, 7.5)
+    path.write_text(
+        "version: 1\nsystem: t\nstate_dir: .bastion\njobs:\n"
+        "  a: {command: [python, train.py], startup_timeout_s: 0}\n"
+    )
+    with pytest.raises(ManifestError, match="startup_timeout_s"):
+        load(path)

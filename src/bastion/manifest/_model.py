@@ -219,6 +219,10 @@ class Job(_Strict):
     grace_s: float = Field(default=10.0, ge=0)
     slots: list[WorkerSlot] = Field(default_factory=list)
     depends_on: list[Dependency] = Field(default_factory=list)
+    # keep one interpreter with torch imported waiting, so a restart skips the imports
+    warm_standby: bool = True
+    # until its first heartbeat a child gets this long instead of heartbeat_timeout_s
+    startup_timeout_s: float = Field(default=120.0, gt=0)
 
 
 class Replicas(_Strict):

@@ -159,6 +159,8 @@ class JobSupervisor:
             grace_s=cfg.grace_s,
             slots=slots_from_manifest(cfg),
             manifest_path=manifest.path,
+            warm_standby=cfg.warm_standby,
+            startup_timeout_s=cfg.startup_timeout_s,
         )
 
     # -- state file and events -----------------------------------------------------------
