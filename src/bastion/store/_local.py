@@ -317,7 +317,21 @@ class LocalStore:
 
     @staticmethod
     def _write_all(fd: int, parts: Sequence[Buffer], *, durable: bool) -> int:
+        views = [memoryview(part).cast("B") for part in parts]
+        size = sum(len(view) for view in views)
         total = 0
+        if 1 < len(views) <= 16 and size < _MAX_WRITE:
+            # One writev, not a write per part: ext4 zero-fills the rest of the page
+            # cache folio a short first write (the one-byte object header) lands in,
+            # then the payload's write copies over those zeroes (perf: 6.5 % of ingest
+            # CPU in memset). A short writev (a full disk, a signal) goes on below.
+            written = os.writev(fd, views)
+            if written == size:
+                if durable:
+                    os.fsync(fd)
+                return size
+            total = written
+            parts = [memoryview(b"".join(views))[written:]]
         for part in parts:
             view = memoryview(part).cast("B")
             while view:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,17 @@ if TYPE_CHECKING:
     from bastion.vault._vault import Vault
 
 __all__ = ["ScrubReport", "scrub"]
+
+# Reads run ahead of verification in a few I/O threads, so a cold vault (objects written
+# with O_DIRECT are not in the page cache) is read at the disk's queue depth instead of
+# one file at a time (0.3-0.45 -> 0.75-0.85 GB/s cold on this VM; parallel `cat` of the
+# same files: 0.8); hashing stays on the calling thread (one core).
+_READERS = 4
+_BATCH = 8  # objects per read task (one hand-off per batch: a warm vault reads at
+_BATCH_BYTES = 32 << 20  # memory speed), or fewer once this many bytes are read
+_AHEAD = 4  # batches read ahead: at most ~4 x (32 MiB + one object's copies) held
+
+Copy = bytes | BaseException | None  # stored bytes, the read's error, or None: not listed
 
 
 @dataclass
@@ -154,27 +167,46 @@ def scrub(
     if max_seconds is not None and cursor_path is not None and cursor_path.exists():
         cursor = str(json.loads(cursor_path.read_text()).get("cursor", ""))
         report.resumed_from = cursor
-    for digest in digests:
-        if cursor and digest <= cursor:
-            continue
-        # Checked after at least one object, so every budgeted run makes progress.
-        spent = time.perf_counter() - started
-        if report.objects and max_seconds is not None and spent > max_seconds:
-            report.complete = False
-            break
-        _scrub_object(
-            vault,
-            stores=stores,
-            present=present,
-            digest=digest,
-            referenced=digest in referenced,
-            repair=repair,
-            report=report,
-            seal_key=seal_key,
-        )
-        report.cursor = digest
-        if progress is not None:
-            progress(1)
+    todo = [d for d in digests if not cursor or d > cursor]
+    with ThreadPoolExecutor(_READERS, thread_name_prefix="vault-scrub") as pool:
+        ahead: deque[tuple[list[str], Future[list[list[Copy]]]]] = deque()
+        batches = (todo[at : at + _BATCH] for at in range(0, len(todo), _BATCH))
+        current: list[tuple[str, list[Copy]]] = []
+        try:
+            while True:
+                while len(ahead) < _AHEAD and (batch := next(batches, None)) is not None:
+                    ahead.append((batch, pool.submit(_read_batch, stores, present, batch)))
+                if not current:
+                    if not ahead:
+                        break
+                    batch, reading = ahead.popleft()
+                    done = reading.result()
+                    if len(done) < len(batch):  # stopped at _BATCH_BYTES: read the rest next
+                        rest = batch[len(done) :]
+                        ahead.appendleft((rest, pool.submit(_read_batch, stores, present, rest)))
+                    current = list(zip(batch, done, strict=False))[::-1]
+                # Checked after at least one object, so every budgeted run makes progress.
+                spent = time.perf_counter() - started
+                if report.objects and max_seconds is not None and spent > max_seconds:
+                    report.complete = False
+                    break
+                digest, copies = current.pop()
+                _scrub_object(
+                    vault,
+                    stores=stores,
+                    copies=copies,
+                    digest=digest,
+                    referenced=digest in referenced,
+                    repair=repair,
+                    report=report,
+                    seal_key=seal_key,
+                )
+                report.cursor = digest
+                if progress is not None:
+                    progress(1)
+        finally:
+            for _, pending in ahead:
+                pending.cancel()
     if cursor_path is not None:
         state = {"cursor": "" if report.complete else report.cursor, "ts": time.time()}
         tmp = cursor_path.with_suffix(".tmp")
@@ -186,11 +218,41 @@ def scrub(
     return report
 
 
+def _read_batch(
+    stores: list[Store], present: list[set[str]], digests: list[str]
+) -> list[list[Copy]]:
+    """Every replica's stored bytes of some objects (read in an I/O thread, checked later).
+
+    One hand-off per batch, not per object: a warm vault is read at memory speed, where a
+    pool hand-off per object costs more than the read.
+    """
+    out = []
+    held = 0
+    for digest in digests:
+        if held >= _BATCH_BYTES:
+            break
+        key = object_key(digest)
+        copies: list[Copy] = []
+        for index, store in enumerate(stores):
+            if digest not in present[index]:
+                copies.append(None)
+                continue
+            try:
+                stored = store.get(key)
+            except (NotFoundError, OSError) as exc:
+                copies.append(exc)
+                continue
+            copies.append(stored)
+            held += len(stored)
+        out.append(copies)
+    return out
+
+
 def _scrub_object(
     vault: Vault,
     *,
     stores: list[Store],
-    present: list[set[str]],
+    copies: list[Copy],
     digest: str,
     referenced: bool,
     repair: bool,
@@ -203,12 +265,13 @@ def _scrub_object(
     stale: list[Store] = []  # copies with the right content under a seal that failed
     bad: list[tuple[Store, str]] = []
     report.objects += 1
-    for index, store in enumerate(stores):
-        if digest not in present[index]:
+    for store, stored in zip(stores, copies, strict=True):
+        if stored is None:
             bad.append((store, "missing"))
             continue
         try:
-            stored = store.get(key)
+            if isinstance(stored, BaseException):
+                raise stored
             size, how = verify_stored(stored, digest, seal_key=seal_key, deep=report.deep)
         except (IntegrityError, NotFoundError, OSError) as exc:
             bad.append((store, str(exc)))
