@@ -6,6 +6,7 @@ The damage is done with ``bastion.drill.faults`` (FlipBytes, TruncateFile, Delet
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -169,28 +170,69 @@ _PUT = textwrap.dedent(
 )
 
 
+# The same through the ingest worker processes: files on disk, many of them.
+_PUT_FILES = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from bastion.vault import Vault
+    root = Path(sys.argv[1])
+    vault = Vault([root / "a", root / "b"], key_path=root / "keys" / "signing.key",
+                  state_dir=root / "state")
+    vault.ingest_processes = True
+    src = root / "src"
+    data = {p.name: p for p in sorted(src.iterdir())}
+    print("ready", flush=True)
+    vault.commit("dataset/k", data)
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize(("script_text", "trials"), [(_PUT, 50), (_PUT_FILES, 15)])
 def test_put_killed_at_random_points_leaves_a_consistent_vault(
-    tmp_path: Path, rng: random.Random
+    tmp_path: Path, rng: random.Random, script_text: str, trials: int
 ) -> None:
+    import psutil
+
     vault = _vault(tmp_path)
     vault.commit("dataset/k", {"seed.bin": b"seed"})
     script = tmp_path / "put.py"
-    script.write_text(_PUT)
-    trials, completed = 50, 0
-    for _ in range(trials):
+    script.write_text(script_text)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"f{i}.bin").write_bytes(rng.randbytes(200_000 + i))
+    tag = f"bastion-put-kill-{os.getpid()}-{rng.random()}"
+    env = {**os.environ, "BASTION_TEST_TAG": tag}
+
+    def start() -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True
+            [sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
         )
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0, 0.15))  # the kill point is the random variable here
+        return proc
+
+    # One put left to finish says how long a put takes here; the kills then fall
+    # uniformly over 1.2x that, so most land inside the put, not after it.
+    proc = start()
+    began = time.perf_counter()
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "done"
+    took = time.perf_counter() - began
+    proc.wait()
+    proc.stdout.close()
+    for _ in range(trials):
+        proc = start()
+        assert proc.stdout is not None
+        time.sleep(rng.uniform(0, 1.2 * took))  # the kill point is the random variable here
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
         for snap in vault.versions("dataset/k"):
             if snap.version > 1:
                 assert len(snap.files) == 12, "a partial snapshot became visible"
-                completed += 1
     # every visible snapshot reads back fully verified; versions are dense
     versions = vault.versions("dataset/k")
     assert [s.version for s in versions] == list(range(1, len(versions) + 1))
@@ -199,4 +241,15 @@ def test_put_killed_at_random_points_leaves_a_consistent_vault(
             assert len(vault.read(snap, path)) == snap.files[path].size
     report = vault.scrub(repair=False)
     assert report.ok, report
-    print(f"{trials} kills, {len(versions) - 1} puts had completed before their kill")
+    # ingest workers left by a killed parent see their pipe close and exit
+    left = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get("BASTION_TEST_TAG") == tag:
+                left.append(p)
+    _, alive = psutil.wait_procs(left, timeout=60)
+    assert not alive, f"ingest workers still running after their parent died: {alive}"
+    print(
+        f"{trials} kills over 1.2 x {took:.3f} s, "
+        f"{len(versions) - 2} puts had completed before their kill"
+    )

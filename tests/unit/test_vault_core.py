@@ -194,3 +194,76 @@ def test_objects_are_read_only_and_content_addressed(vault: Vault, tmp_path: Pat
         path = tmp_path / replica / object_key(digest)
         assert path.stat().st_mode & 0o777 == 0o444
         assert path.read_bytes()[:1] == b"\x02"  # compressible: sealed zstd
+
+
+def _tree(root: Path, count: int) -> dict[str, Path]:
+    files = {}
+    for i in range(count):
+        path = root / f"d{i % 7}" / f"f{i}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # compressible and incompressible files, some of them duplicates
+        body = (f"{i % 50},row\n" * (200 + 37 * i)).encode() if i % 3 else os.urandom(5000 + i)
+        path.write_bytes(body)
+        files[path.relative_to(root).as_posix()] = path
+    return files
+
+
+def test_whole_files_in_worker_processes_store_what_threads_store(
+    vault: Vault, tmp_path: Path
+) -> None:
+    files = _tree(tmp_path / "src", 150)
+    vault.ingest_processes = False
+    by_threads = vault.commit("dataset/t", files)
+    other = Vault(
+        [tmp_path / "c", tmp_path / "d"],
+        key_path=tmp_path / "keys" / "signing.key",
+        admin_key_path=tmp_path / "keys" / "admin.key",
+    )
+    other.ingest_processes = True
+    by_processes = other.commit("dataset/t", files)
+    assert by_processes.files == by_threads.files
+    for path, source in files.items():
+        assert other.read("dataset/t@latest", path) == source.read_bytes()
+    assert other.scrub(repair=False).ok
+    # the workers' writes are counted on the parent's replicas, as threads' writes are
+    assert [r["puts"] for r in other.statistics()["replicas"]] == [
+        r["puts"] for r in vault.statistics()["replicas"]
+    ]
+    assert other.statistics()["chunks_new"] == vault.statistics()["chunks_new"] > 0
+    # a second commit of the same files dedups in the workers too: no object written
+    written = other.statistics()["bytes_written"]
+    again = other.commit("dataset/t", files)
+    assert again.files == by_threads.files
+    assert other.statistics()["bytes_written"] == written
+
+
+def test_worker_processes_missing_file_is_a_clear_error(vault: Vault, tmp_path: Path) -> None:
+    files = _tree(tmp_path / "src", 20)
+    gone = files["d3/f3.csv"]
+    gone.unlink()
+    vault.ingest_processes = True
+    with pytest.raises(NotFoundError, match=r"f3\.csv: no such file"):
+        vault.commit("dataset/m", files)
+    assert vault.versions("dataset/m") == []
+
+
+def test_dead_ingest_workers_fail_jobs_instead_of_hanging(vault: Vault, tmp_path: Path) -> None:
+    import signal
+
+    from bastion.store import LocalStore
+    from bastion.vault._ingest import IngestWorkers
+
+    files = _tree(tmp_path / "src", 4)
+    stores = [s for s in vault.stores if isinstance(s, LocalStore)]
+    with IngestWorkers(stores, seal_key=b"k" * 32, compress=True, count=2) as workers:
+        ok = workers.submit([str(p) for p in files.values()]).result()
+        assert [size for size, _, _ in ok] == [p.stat().st_size for p in files.values()]
+        for proc in workers._procs:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        first = workers.submit([str(p) for p in files.values()])
+        with pytest.raises(UnavailableError, match="died"):
+            first.result()
+        second = workers.submit([str(p) for p in files.values()])
+        with pytest.raises(UnavailableError, match="died"):
+            second.result()

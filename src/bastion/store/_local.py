@@ -455,6 +455,13 @@ class LocalStore:
                 pass
         return removed
 
+    def absorb_statistics(self, delta: dict[str, int]) -> None:
+        """Add counts made for this replica elsewhere (the vault's ingest processes)."""
+        with self._lock:
+            for name, n in delta.items():
+                if name in self._stats:
+                    self._stats[name] += n
+
     def statistics(self) -> dict[str, int | float | str]:
         with self._lock:
             return {"url": self.url, **self._stats}

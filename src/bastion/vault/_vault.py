@@ -17,17 +17,19 @@ Layout of every replica (``Store`` keys)::
 Refs (``@latest``, ``@prod``) are write-once records too, so a replica never needs an
 object to change in place: S3 with Object Lock can hold it as is.
 
-Write path: files under 16 MiB go to a thread pool whole, in batches: a worker opens,
-reads, cuts (FastCDC), hashes, compresses and writes them to every replica, so reading
-and CDC run on every core, not only the calling thread. Bigger files (checkpoints,
-weights) and in-memory buffers are cut lazily by the calling thread and each chunk is a
-job, so one big file spreads over every worker from its first chunk (os.write, zstd and
-BLAKE3 release the GIL, so the replicas' writes overlap). Objects of 1 MiB and more go to
-disk with O_DIRECT (see ``bastion.store``). Objects are written without a per-file
-fsync; each replica is flushed once with ``syncfs`` before the snapshot document
-(fsync'd, then its directory fsync'd) is published: durable before visible, at the cost
-of one flush per commit instead of one per object (10,000 small files x 2 replicas
-would otherwise cost 20,000 fsyncs).
+Write path: files under 16 MiB are stored whole, in batches, by a worker that opens,
+reads, cuts (FastCDC), hashes, compresses and writes them to every replica: worker
+processes when a commit has 256 or more of them on local replicas (Python's per-object
+work then runs on every core instead of queueing for the GIL; see ``_ingest``), a
+thread pool otherwise. Bigger files (checkpoints, weights) and in-memory buffers are cut
+lazily by the calling thread and each chunk is a thread job, so one big file spreads
+over every worker from its first chunk (os.write, zstd and BLAKE3 release the GIL, so
+the replicas' writes overlap). Objects of 1 MiB and more go to disk with O_DIRECT (see
+``bastion.store``). Objects are written without a per-file fsync; each replica is
+flushed once with ``syncfs`` before the snapshot document (fsync'd, then its directory
+fsync'd) is published: durable before visible, at the cost of one flush per commit
+instead of one per object (10,000 small files x 2 replicas would otherwise cost 20,000
+fsyncs).
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,12 +56,17 @@ from bastion.errors import (
 )
 from bastion.names import parse_name, parse_ref
 from bastion.store import LocalStore, Store, open_store
+from bastion.vault._ingest import (
+    ChunkResult,
+    FileResult,
+    IngestWorkers,
+    open_source,
+    store_chunk,
+    store_file,
+)
 from bastion.vault._keys import Signer, Verifier
 from bastion.vault._objects import (
-    Encoded,
     decode,
-    encode,
-    hash_bytes,
     iter_boundaries,
     object_key,
 )
@@ -83,12 +89,16 @@ __all__ = ["FileSource", "Vault"]
 
 FileSource = bytes | bytearray | memoryview | Path
 _VERSION_WIDTH = 10
-_MMAP_FROM = 1 << 20
-_WORKERS = max(4, 2 * (os.cpu_count() or 2))  # restore: file creation waits on the disk
-# put: one thread per core. Workers hold the GIL between syscalls, and with twice as many
-# threads as cores every hand-off is a futex wake (10 % of ingest CPU); 1 GiB mixed
-# dataset, 2 cores: 4.2-5.0 s with 2 threads vs 5.1-5.9 s with 4.
+# Threads for restore and for the chunks of big files and buffers (checkpoints): their
+# work is in C or waits on the disk (O_DIRECT writes), so more threads than cores keep
+# more writes in flight.
+_WORKERS = max(4, 2 * (os.cpu_count() or 2))
+# Worker processes for many whole files (see _ingest): one per core.
 _PUT_WORKERS = max(2, os.cpu_count() or 2)
+# A commit with at least this many whole files (Path sources under _WHOLE_BELOW) on local
+# replicas stores them in worker processes (see _ingest): below it, starting them (about
+# 0.1 s) costs more than the GIL does.
+_PROCESS_FILES = 256
 _ADMIN_PIN = "config/admin.pub"
 # Chunks under _BATCH_BELOW (whole small files, in practice) go to the pool in batches
 # of up to _BATCH_COUNT chunks or _BATCH_BYTES bytes.
@@ -109,17 +119,6 @@ def _umask() -> int:
     return 0o777  # unknown: always fchmod
 
 
-def _read_all(fd: int, size: int) -> bytes:
-    """The whole of a small file (one read in practice; loops if it grew or was short)."""
-    data = os.read(fd, size + 1)
-    if len(data) <= size:
-        return data
-    parts = [data]
-    while block := os.read(fd, 1 << 20):
-        parts.append(block)
-    return b"".join(parts)
-
-
 def _versions_prefix(name: str) -> str:
     return f"snapshots/{name}/_v/"
 
@@ -132,16 +131,12 @@ def _labels_prefix(name: str, label: str) -> str:
     return f"snapshots/{name}/_l/{label}/"
 
 
-@dataclass
-class _ChunkResult:
-    digest: str
-    size: int
-    stored: int  # bytes written per replica that lacked it (0 if every replica had it)
-    failed: dict[int, str]
-
-
 class Vault:
     """A set of replicas holding objects and signed snapshots. Thread-safe."""
+
+    #: Store whole files in worker processes: None decides per commit (many files on
+    #: local replicas), True or False forces it either way.
+    ingest_processes: bool | None = None
 
     def __init__(
         self,
@@ -407,37 +402,25 @@ class Vault:
         seal_key = self.signer.seal_key()
         # Bound the jobs in flight: views into mmaps cost nothing, compressed copies and
         # batches of small files (read into memory) do.
-        slots = threading.BoundedSemaphore(_PUT_WORKERS * 6)
+        slots = threading.BoundedSemaphore(_WORKERS * 3)
 
-        def one(view: memoryview) -> _ChunkResult:
-            try:
-                digest = hash_bytes(view)
-                key = object_key(digest)
-                encoded: Encoded | None = None
-                stored = 0
-                errors: dict[int, str] = {}
-                for index, store in enumerate(stores):
-                    if index in failed:
-                        continue
-                    try:
-                        if store.has(key):
-                            continue
-                        if encoded is None:
-                            encoded = encode(
-                                view, compress=compress, digest=digest, seal_key=seal_key
-                            )
-                        if store.put(key, encoded.parts(), durable=False):
-                            stored = encoded.size
-                    except (OSError, BastionError) as exc:
-                        errors[index] = f"{type(exc).__name__}: {exc}"
-                if errors:
+        def note_failures(results: list[ChunkResult]) -> None:
+            for result in results:
+                if result.failed:
                     with failed_lock:
-                        failed.update(errors)
-                return _ChunkResult(digest, len(view), stored, errors)
+                        failed.update(result.failed)
+
+        def one(view: memoryview) -> ChunkResult:
+            try:
+                result = store_chunk(
+                    view, stores, skip=failed, compress=compress, seal_key=seal_key
+                )
             finally:
                 view.release()
+            note_failures([result])
+            return result
 
-        def job(views: list[memoryview]) -> list[_ChunkResult]:
+        def job(views: list[memoryview]) -> list[ChunkResult]:
             # One job per batch of small chunks: a pool hand-off costs about as much as
             # writing a 4 KiB object, and a dataset can be mostly small files.
             try:
@@ -453,40 +436,40 @@ class Vault:
             finally:
                 slots.release()
 
-        def file_job(items: list[FileSource]) -> list[tuple[int, int, list[_ChunkResult]]]:
+        def file_job(items: list[FileSource]) -> list[FileResult]:
             # Whole files to one worker: it opens, reads, cuts, hashes, compresses and
             # writes them, so reading and CDC run on every core instead of the calling
             # thread, and a small file costs one pool hand-off per batch, not per chunk.
             try:
                 out = []
                 for source in items:
-                    view, mode, keep = self._open_source(source)
-                    try:
-                        results = [
-                            one(view[offset : offset + length])
-                            for offset, length in iter_boundaries(view)
-                        ]
-                        out.append((len(view), mode, results))
-                    finally:
-                        view.release()
-                        if keep is not None:
-                            with contextlib.suppress(BufferError):
-                                keep.close()
+                    result = store_file(
+                        source, stores, skip=failed, compress=compress, seal_key=seal_key
+                    )
+                    note_failures(result[2])
+                    out.append(result)
                 return out
             finally:
                 slots.release()
 
+        processes = self._ingest_processes(
+            files, paths, stores, compress=compress, seal_key=seal_key
+        )
+
         entries: dict[str, FileEntry] = {}
         # Per file: its size, mode, and where each chunk's result will be (job, index).
-        pending: list[tuple[str, int, int, list[tuple[Future[list[_ChunkResult]], int]]]] = []
+        pending: list[tuple[str, int, int, list[tuple[Future[list[ChunkResult]], int]]]] = []
         # Files handed whole to a worker: (job, index in its batch).
-        whole: dict[str, tuple[Future[list[tuple[int, int, list[_ChunkResult]]]], int]] = {}
+        whole: dict[str, tuple[Future[list[FileResult]], int]] = {}
         opened: list[tuple[mmap.mmap, memoryview]] = []
-        with ThreadPoolExecutor(_PUT_WORKERS, thread_name_prefix="vault-put") as pool:
+        with (
+            ThreadPoolExecutor(_WORKERS, thread_name_prefix="vault-put") as pool,
+            processes or contextlib.nullcontext() as workers,
+        ):
             try:
                 batch: list[memoryview] = []
                 batch_bytes = 0
-                waiting: list[tuple[list[tuple[Future[list[_ChunkResult]], int]], int]] = []
+                waiting: list[tuple[list[tuple[Future[list[ChunkResult]], int]], int]] = []
 
                 def flush() -> None:
                     nonlocal batch, batch_bytes, waiting
@@ -505,13 +488,19 @@ class Vault:
                     nonlocal files_batch, files_bytes
                     if not files_batch:
                         return
-                    slots.acquire()
-                    fut = pool.submit(file_job, [files[p] for p in files_batch])
+                    fut: Future[list[FileResult]]
+                    if workers is not None:
+                        fut = workers.submit(
+                            [str(Path(str(files[p])).absolute()) for p in files_batch]
+                        )
+                    else:
+                        slots.acquire()
+                        fut = pool.submit(file_job, [files[p] for p in files_batch])
                     for index, p in enumerate(files_batch):
                         whole[p] = (fut, index)
                     files_batch, files_bytes = [], 0
 
-                placeholder: Future[list[_ChunkResult]] = Future()
+                placeholder: Future[list[ChunkResult]] = Future()
                 for path in paths:
                     source = files[path]
                     if isinstance(source, Path):
@@ -527,10 +516,10 @@ class Vault:
                             if len(files_batch) >= _BATCH_COUNT or files_bytes >= _BATCH_BYTES:
                                 flush_files()
                             continue
-                    view, mode, keep = self._open_source(source)
+                    view, mode, keep = open_source(source)
                     if keep is not None:
                         opened.append((keep, view))
-                    refs: list[tuple[Future[list[_ChunkResult]], int]] = []
+                    refs: list[tuple[Future[list[ChunkResult]], int]] = []
                     for offset, length in iter_boundaries(view):
                         chunk = view[offset : offset + length]
                         if length >= _BATCH_BELOW:
@@ -549,6 +538,8 @@ class Vault:
                 written = new = dedup = 0
                 for path, (job_fut, index) in whole.items():
                     size, mode, results = job_fut.result()[index]
+                    if workers is not None:
+                        note_failures(results)
                     chunk_list = []
                     for result in results:
                         chunk_list.append(ChunkRef(result.digest, result.size))
@@ -578,33 +569,29 @@ class Vault:
         entries = {path: entries[path] for path in paths}  # the document lists them sorted
         return entries, written, new, dedup, failed
 
-    @staticmethod
-    def _open_source(source: FileSource) -> tuple[memoryview, int, mmap.mmap | None]:
-        if isinstance(source, Path):
-            try:
-                fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                raise NotFoundError(f"{source}: no such file to put in the vault") from None
-            try:
-                stat = os.fstat(fd)
-                mode = stat.st_mode & 0o777
-                if stat.st_size < _MMAP_FROM:
-                    return memoryview(_read_all(fd, stat.st_size)), mode, None
-                mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-            finally:
-                os.close(fd)
-            with contextlib.suppress(OSError, AttributeError):
-                mapped.madvise(mmap.MADV_SEQUENTIAL)
-            return memoryview(mapped), mode, mapped
-        if isinstance(source, memoryview):
-            return (
-                source.cast("B") if source.format != "B" or source.ndim != 1 else source,
-                0o644,
-                None,
-            )
-        if isinstance(source, bytes | bytearray):
-            return memoryview(source), 0o644, None
-        raise UsageError(f"cannot store a {type(source).__name__}; give bytes, memoryview or Path")
+    def _ingest_processes(
+        self,
+        files: Mapping[str, FileSource],
+        paths: list[str],
+        stores: list[Store],
+        *,
+        compress: bool,
+        seal_key: bytes,
+    ) -> IngestWorkers | None:
+        """Worker processes for this commit's whole files, or None to use threads."""
+        use = self.ingest_processes
+        if use is False or not all(isinstance(s, LocalStore) for s in stores):
+            return None
+        if use is None:
+            whole = sum(1 for p in paths if isinstance(files[p], Path))
+            if whole < _PROCESS_FILES or (os.cpu_count() or 1) < 2:
+                return None
+        return IngestWorkers(
+            [s for s in stores if isinstance(s, LocalStore)],
+            seal_key=seal_key,
+            compress=compress,
+            count=_PUT_WORKERS,
+        )
 
     def _write_label(
         self, name: str, label: str, version: int, snap_id: str, stores: Sequence[Store]
