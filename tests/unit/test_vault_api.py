@@ -29,6 +29,12 @@ def test_vault_public_names() -> None:
 
 
 def test_store_public_names() -> None:
-    assert sorted(bastion.store.__all__) == ["Buffer", "LocalStore", "Store", "open_store"]
+    assert sorted(bastion.store.__all__) == [
+        "Buffer",
+        "LocalStore",
+        "Store",
+        "buffer_address",
+        "open_store",
+    ]
     for name in bastion.store.__all__:
         assert hasattr(bastion.store, name)

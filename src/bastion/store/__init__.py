@@ -6,10 +6,10 @@ implementing ``Store``.
 
 from __future__ import annotations
 
-from bastion.store._local import LocalStore
+from bastion.store._local import LocalStore, buffer_address
 from bastion.store._protocol import Buffer, Store
 
-__all__ = ["Buffer", "LocalStore", "Store", "open_store"]
+__all__ = ["Buffer", "LocalStore", "Store", "buffer_address", "open_store"]
 
 
 def open_store(url: str) -> Store:

@@ -12,7 +12,6 @@ is fsynced and renamed into place), or return bytes whose hash does not match.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ import blake3
 
 from bastion.errors import IntegrityError, NotFoundError
 from bastion.names import parse_name
+from bastion.store import buffer_address
 
 __all__ = [
     "CheckpointStore",
@@ -95,16 +95,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _address(view: memoryview) -> int | None:
-    """The buffer's address, if it is writable (ctypes needs that to expose it)."""
-    if view.readonly:
-        return None
-    try:
-        return ctypes.addressof(ctypes.c_char.from_buffer(view))
-    except (TypeError, ValueError):
-        return None
-
-
 def _write_all(fd: int, view: memoryview) -> None:
     for start in range(0, len(view), _CHUNK):
         chunk = view[start : start + _CHUNK]
@@ -121,7 +111,7 @@ def _write_file(path: Path, data: bytes | memoryview) -> None:
     O_DIRECT (tmpfs), is written through the page cache."""
     view = memoryview(data).cast("B")
     aligned = len(view) // _ALIGN * _ALIGN
-    address = _address(view) if aligned >= _DIRECT_MIN else None
+    address = buffer_address(view) if aligned >= _DIRECT_MIN else None
     direct = getattr(os, "O_DIRECT", 0)
     if address is not None and address % _ALIGN == 0 and direct:
         try:
@@ -304,6 +294,9 @@ class DirStore:
         return dropped
 
 
+CHECKPOINT_CHUNK = 16 << 20
+
+
 class VaultStore:
     """The vault (``bastion.vault``) behind the ``CheckpointStore`` interface."""
 
@@ -320,7 +313,11 @@ class VaultStore:
         lineage: Sequence[str],
     ) -> str:
         # compress=False: float weights and Adam moments barely compress, and zstd would
-        # cut persist throughput several-fold on 2 cores.
+        # cut persist throughput several-fold on 2 cores. Fixed 16 MiB chunks, not CDC:
+        # the tensor layout is fixed and nearly every byte changes between steps (CDC
+        # finds nothing, unchanged tensors still dedup at the same offsets), and chunks
+        # of the page-aligned staging buffer stay aligned, so the vault writes them with
+        # O_DIRECT straight from the buffer: no CDC pass and no copy on the writer's path.
         snap = self.vault.commit(
             name,
             dict(files),
@@ -328,6 +325,7 @@ class VaultStore:
             lineage=tuple(lineage),
             labels=("latest",),
             compress=False,
+            chunk_size=CHECKPOINT_CHUNK,
         )
         return str(getattr(snap, "ref", name))
 

@@ -32,20 +32,29 @@ import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Container, Sequence
+from collections.abc import Container, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bastion.errors import BastionError, NotFoundError, UnavailableError, UsageError
-from bastion.store import LocalStore, Store
-from bastion.vault._objects import Encoded, encode, hash_bytes, iter_boundaries, object_key
+from bastion.store import LocalStore, Store, buffer_address
+from bastion.vault._objects import (
+    ALIGNED_HEADER,
+    Encoded,
+    encode,
+    fixed_boundaries,
+    hash_bytes,
+    iter_boundaries,
+    object_key,
+)
 
 __all__ = [
     "ChunkResult",
     "FileResult",
     "IngestWorkers",
+    "boundaries_of",
     "open_source",
     "store_chunk",
     "store_file",
@@ -53,6 +62,19 @@ __all__ = [
 
 FileSource = bytes | bytearray | memoryview | Path
 _MMAP_FROM = 1 << 20
+_ALIGNED_FROM = 1 << 20  # smaller chunks are not worth a 4 KiB header block
+
+
+def boundaries_of(view: memoryview, chunk_size: int | None) -> Iterator[tuple[int, int]]:
+    """Where ``view`` is cut: fixed ``chunk_size`` pieces if given, else CDC."""
+    if chunk_size:
+        return fixed_boundaries(len(view), chunk_size)
+    return iter_boundaries(view)
+
+
+def _starts_aligned(view: memoryview) -> bool:
+    address = buffer_address(view)
+    return address is not None and address % ALIGNED_HEADER == 0
 
 
 @dataclass
@@ -74,8 +96,14 @@ def store_chunk(
     skip: Container[int],
     compress: bool,
     seal_key: bytes | None,
+    align: bool = False,
 ) -> ChunkResult:
-    """Put one chunk on every replica (index not in ``skip``) that lacks it."""
+    """Put one chunk on every replica (index not in ``skip``) that lacks it.
+
+    ``align``: the chunk came from fixed-size cutting; if it is uncompressed, big and
+    starts page-aligned in memory, it is stored in the aligned form (written without a
+    copy, see ``_objects``).
+    """
     digest = hash_bytes(view)
     key = object_key(digest)
     encoded: Encoded | None = None
@@ -88,7 +116,12 @@ def store_chunk(
             if store.has(key):
                 continue
             if encoded is None:
-                encoded = encode(view, compress=compress, digest=digest, seal_key=seal_key)
+                aligned = (
+                    align and not compress and len(view) >= _ALIGNED_FROM and _starts_aligned(view)
+                )
+                encoded = encode(
+                    view, compress=compress, digest=digest, seal_key=seal_key, aligned=aligned
+                )
             if store.put(key, encoded.parts(), durable=False):
                 stored = encoded.size
         except (OSError, BastionError) as exc:
@@ -143,16 +176,24 @@ def store_file(
     skip: Container[int],
     compress: bool,
     seal_key: bytes | None,
+    chunk_size: int | None = None,
 ) -> FileResult:
     """Open, cut, and store one whole file; return its size, mode and chunks."""
     view, mode, mapped = open_source(source)
     try:
         chunks = []
-        for offset, length in iter_boundaries(view):
+        for offset, length in boundaries_of(view, chunk_size):
             chunk = view[offset : offset + length]
             try:
                 chunks.append(
-                    store_chunk(chunk, stores, skip=skip, compress=compress, seal_key=seal_key)
+                    store_chunk(
+                        chunk,
+                        stores,
+                        skip=skip,
+                        compress=compress,
+                        seal_key=seal_key,
+                        align=bool(chunk_size),
+                    )
                 )
             finally:
                 chunk.release()
@@ -173,7 +214,13 @@ class IngestWorkers:
     """
 
     def __init__(
-        self, stores: Sequence[LocalStore], *, seal_key: bytes, compress: bool, count: int
+        self,
+        stores: Sequence[LocalStore],
+        *,
+        seal_key: bytes,
+        compress: bool,
+        count: int,
+        chunk_size: int | None = None,
     ) -> None:
         self._stores = list(stores)
         self._jobs: queue.SimpleQueue[tuple[list[str], Future[list[FileResult]]] | None]
@@ -186,6 +233,7 @@ class IngestWorkers:
             "roots": [str(s.root) for s in self._stores],
             "seal_key": seal_key,
             "compress": compress,
+            "chunk_size": chunk_size,
         }
         # The child imports this very package, wherever the parent found it (a script
         # may have put src/ on sys.path by hand).
@@ -316,6 +364,7 @@ def _worker() -> None:
     stores = [LocalStore(root, create=False) for root in init["roots"]]
     seal_key: bytes = init["seal_key"]
     compress: bool = init["compress"]
+    chunk_size: int | None = init["chunk_size"]
     failed: set[int] = set()  # replicas that failed a write: skipped from then on
     while True:
         try:
@@ -329,7 +378,12 @@ def _worker() -> None:
             results = []
             for path in paths:
                 result = store_file(
-                    Path(path), stores, skip=failed, compress=compress, seal_key=seal_key
+                    Path(path),
+                    stores,
+                    skip=failed,
+                    compress=compress,
+                    seal_key=seal_key,
+                    chunk_size=chunk_size,
                 )
                 for chunk in result[2]:
                     failed.update(chunk.failed)

@@ -36,6 +36,15 @@ Stored forms (first byte):
   signing key (a replica's disk, someone who can write to it) can make a seal that
   passes: a forged or moved object fails the seal and is then checked in full.
 - ``01`` zstd without a seal (vaults written before seals): checked by decompressing.
+- ``03`` raw behind a 4 KiB header block (the byte, then zeros): for chunks that start
+  page-aligned in memory (fixed-size chunks of the training's staging buffer), so the
+  store can write the payload with O_DIRECT straight from where it is, no copy. Checked
+  like ``00``: its BLAKE3 is the object's name.
+
+Fixed-size chunks (``fixed_boundaries``): a caller that knows its data has nothing for
+CDC to find (checkpoints: a fixed tensor layout whose bytes change every step) cuts at
+fixed offsets instead; unchanged tensors still dedup, at the same offsets, and chunks of
+an aligned buffer stay aligned.
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ from pyfastcdc import FastCDC
 from bastion.errors import IntegrityError
 
 __all__ = [
+    "ALIGNED",
+    "ALIGNED_HEADER",
     "BIG_FILE",
     "RAW",
     "SEALED",
@@ -59,6 +70,7 @@ __all__ = [
     "boundaries",
     "decode",
     "encode",
+    "fixed_boundaries",
     "hash_bytes",
     "iter_boundaries",
     "object_key",
@@ -75,8 +87,12 @@ _LEVEL = 1
 RAW = b"\x00"
 ZSTD = b"\x01"
 SEALED = b"\x02"
+ALIGNED = b"\x03"
+ALIGNED_HEADER = 4096  # a block: the payload after it stays block-aligned on disk
 _SEAL = 32
 _FRAME_HEADER = 18  # the longest zstd frame header: enough to read the content size
+
+_ALIGNED_BLOCK = ALIGNED + bytes(ALIGNED_HEADER - 1)
 
 _local = threading.local()
 
@@ -117,6 +133,12 @@ def iter_boundaries(view: memoryview) -> Iterator[tuple[int, int]]:
         yield (chunk.offset, chunk.length)
 
 
+def fixed_boundaries(size: int, chunk: int) -> Iterator[tuple[int, int]]:
+    """(offset, length) of ``chunk``-byte pieces of ``size`` bytes (the last shorter)."""
+    for offset in range(0, size, chunk):
+        yield (offset, min(chunk, size - offset))
+
+
 def hash_bytes(data: bytes | memoryview) -> str:
     return blake3.blake3(data).hexdigest()
 
@@ -148,14 +170,23 @@ def seal(key: bytes, digest: str, payload: bytes | memoryview) -> bytes:
 
 
 def encode(
-    view: memoryview, *, compress: bool = True, digest: str = "", seal_key: bytes | None = None
+    view: memoryview,
+    *,
+    compress: bool = True,
+    digest: str = "",
+    seal_key: bytes | None = None,
+    aligned: bool = False,
 ) -> Encoded:
     """Stored form of a chunk: zstd when a sample shows it pays, else raw (no copy).
 
     With ``seal_key`` (and the chunk's ``digest``) a compressed chunk is sealed, so scrub
-    can check it without decompressing.
+    can check it without decompressing. ``aligned`` (the chunk starts page-aligned in
+    memory, and is not compressed): raw behind a 4 KiB header block, so it stays aligned
+    on disk and the store writes it without a copy.
     """
     size = len(view)
+    if aligned and not compress:
+        return Encoded(_ALIGNED_BLOCK, view)
     if compress and size >= _MIN_COMPRESS:
         sample = view[:_SAMPLE]
         probe = _compressor(_LEVEL).compress(sample)
@@ -183,6 +214,8 @@ def decode(stored: bytes, digest: str, *, limit: int = 64 << 20) -> bytes | memo
     data: bytes | memoryview
     if header == RAW:
         data = memoryview(stored)[1:]
+    elif header == ALIGNED:
+        data = memoryview(stored)[ALIGNED_HEADER:]
     elif header in (ZSTD, SEALED):
         start = 1 if header == ZSTD else 1 + _SEAL
         try:
@@ -210,14 +243,15 @@ def verify_stored(
     """
     header = stored[:1]
     if not deep:
-        if header == RAW:
-            if hash_bytes(memoryview(stored)[1:]) != digest:
+        if header in (RAW, ALIGNED):
+            start = 1 if header == RAW else ALIGNED_HEADER
+            if len(stored) < start or hash_bytes(memoryview(stored)[start:]) != digest:
                 raise IntegrityError(f"object {digest[:16]}: content does not match its hash")
-            return len(stored) - 1, "hashed"
+            return len(stored) - start, "hashed"
         if header == SEALED and seal_key is not None and len(stored) > 1 + _SEAL:
             payload = memoryview(stored)[1 + _SEAL :]
             size = zstandard.frame_content_size(bytes(payload[:_FRAME_HEADER]))
             if size >= 0 and seal(seal_key, digest, payload) == stored[1 : 1 + _SEAL]:
                 return size, "sealed"
             return len(decode(stored, digest)), "seal_failed"
-    return len(decode(stored, digest)), "hashed" if header == RAW else "decompressed"
+    return len(decode(stored, digest)), ("hashed" if header in (RAW, ALIGNED) else "decompressed")

@@ -60,6 +60,7 @@ from bastion.vault._ingest import (
     ChunkResult,
     FileResult,
     IngestWorkers,
+    boundaries_of,
     open_source,
     store_chunk,
     store_file,
@@ -67,7 +68,6 @@ from bastion.vault._ingest import (
 from bastion.vault._keys import Signer, Verifier
 from bastion.vault._objects import (
     decode,
-    iter_boundaries,
     object_key,
 )
 from bastion.vault._snapshot import (
@@ -283,8 +283,19 @@ class Vault:
         lineage: Sequence[str] = (),
         labels: Sequence[str] = ("latest",),
         compress: bool = True,
+        chunk_size: int | None = None,
     ) -> Snapshot:
-        """Store ``files`` as the next version of ``name``; visible only once durable."""
+        """Store ``files`` as the next version of ``name``; visible only once durable.
+
+        ``chunk_size``: cut at fixed offsets of this many bytes instead of CDC, for data
+        with nothing for CDC to find (checkpoints: see ``_objects``). A multiple of 4 KiB
+        keeps the chunks of a page-aligned buffer aligned, so uncompressed ones are
+        written with no copy.
+        """
+        if chunk_size is not None and (chunk_size < 4096 or chunk_size > 64 << 20):
+            raise UsageError(
+                f"vault commit of {name}: chunk_size {chunk_size} is outside 4 KiB..64 MiB"
+            )
         parse_name(name)
         for ref in lineage:
             parse_ref(ref)
@@ -303,7 +314,7 @@ class Vault:
             )
         started = time.perf_counter()
         entries, written, new_chunks, dedup, failed = self._write_files(
-            files, paths, stores, compress
+            files, paths, stores, compress, chunk_size
         )
         ok = [s for i, s in enumerate(stores) if i not in failed]
         if len(ok) < needed:
@@ -399,6 +410,7 @@ class Vault:
         paths: list[str],
         stores: list[Store],
         compress: bool,
+        chunk_size: int | None = None,
     ) -> tuple[dict[str, FileEntry], int, int, int, dict[int, str]]:
         failed: dict[int, str] = {}
         failed_lock = threading.Lock()
@@ -416,7 +428,12 @@ class Vault:
         def one(view: memoryview) -> ChunkResult:
             try:
                 result = store_chunk(
-                    view, stores, skip=failed, compress=compress, seal_key=seal_key
+                    view,
+                    stores,
+                    skip=failed,
+                    compress=compress,
+                    seal_key=seal_key,
+                    align=bool(chunk_size),
                 )
             finally:
                 view.release()
@@ -447,7 +464,12 @@ class Vault:
                 out = []
                 for source in items:
                     result = store_file(
-                        source, stores, skip=failed, compress=compress, seal_key=seal_key
+                        source,
+                        stores,
+                        skip=failed,
+                        compress=compress,
+                        seal_key=seal_key,
+                        chunk_size=chunk_size,
                     )
                     note_failures(result[2])
                     out.append(result)
@@ -456,7 +478,7 @@ class Vault:
                 slots.release()
 
         processes = self._ingest_processes(
-            files, paths, stores, compress=compress, seal_key=seal_key
+            files, paths, stores, compress=compress, seal_key=seal_key, chunk_size=chunk_size
         )
 
         entries: dict[str, FileEntry] = {}
@@ -523,7 +545,7 @@ class Vault:
                     if keep is not None:
                         opened.append((keep, view))
                     refs: list[tuple[Future[list[ChunkResult]], int]] = []
-                    for offset, length in iter_boundaries(view):
+                    for offset, length in boundaries_of(view, chunk_size):
                         chunk = view[offset : offset + length]
                         if length >= _BATCH_BELOW:
                             slots.acquire()
@@ -580,6 +602,7 @@ class Vault:
         *,
         compress: bool,
         seal_key: bytes,
+        chunk_size: int | None,
     ) -> IngestWorkers | None:
         """Worker processes for this commit's whole files, or None to use threads."""
         use = self.ingest_processes
@@ -594,6 +617,7 @@ class Vault:
             seal_key=seal_key,
             compress=compress,
             count=_PUT_WORKERS,
+            chunk_size=chunk_size,
         )
 
     def _write_label(
