@@ -309,3 +309,45 @@ def test_fixed_chunks_of_an_aligned_buffer_are_stored_aligned_and_verified(
     assert again.files == snap.files
     with pytest.raises(UsageError, match="chunk_size"):
         vault.commit("ckpt/j/step-000003", {"state": b"x"}, chunk_size=100)
+
+
+def test_gc_keeps_labels_recent_versions_and_the_lineage_of_what_stays(
+    vault: Vault, tmp_path: Path
+) -> None:
+    """Retention drops a version only when every rule lets it go, never a labelled one,
+    and never a snapshot a kept model names in its lineage (so it can be rebuilt)."""
+    for i in range(4):
+        vault.commit("dataset/d", {"x.csv": f"rows {i}\n".encode()})
+    vault.commit("model/m", {"w.bin": b"weights"}, lineage=["dataset/d@2"])
+    vault.label("dataset/d", 1, "prod")
+    with pytest.raises(UsageError, match="keep_last"):
+        vault.gc(keep_last=0, grace_s=0)
+    # keep_within_days alone: everything here is minutes old, so nothing goes
+    assert vault.gc(keep_within_days=1, grace_s=0)["snapshots_deleted"] == 0
+    # keep_last 1: @4 (latest) stays, @1 (prod) stays, @2 (lineage of model/m) stays
+    result = vault.gc(keep_last=1, grace_s=0)
+    assert [s.version for s in vault.versions("dataset/d")] == [1, 2, 4]
+    assert result["snapshots_deleted"] == 1
+    assert vault.read("dataset/d@2", "x.csv") == b"rows 1\n"
+    assert vault.read("model/m@latest", "w.bin") == b"weights"
+    assert vault.scrub(repair=False).ok
+    # no rule at all: no version goes
+    assert vault.gc(grace_s=0)["snapshots_deleted"] == 0
+
+
+def test_retention_in_the_manifest_is_checked(tmp_path: Path) -> None:
+    from bastion.errors import ManifestError
+    from bastion.manifest import load
+
+    path = tmp_path / "bastion.yaml"
+    path.write_text("version: 1\nsystem: r\nvault:\n  replicas: [a, b]\n  retention: {keep_lst: 3}\n")
+    with pytest.raises(ManifestError, match=r"keep_lst.*keep_last"):
+        load(path)
+    path.write_text(
+        "version: 1\nsystem: r\nvault:\n  replicas: [a, b]\n"
+        "  retention: {keep_last: 3, keep_within_days: 7}\n"
+    )
+    config = load(path).vault
+    assert config is not None
+    assert config.retention.keep_last == 3
+    assert config.retention.keep_within_days == 7

@@ -275,12 +275,23 @@ def lineage(
 
 @app.command()
 def gc(
-    keep_last: Annotated[int | None, typer.Option(help="Versions to keep per name.")] = None,
+    keep_last: Annotated[
+        int | None, typer.Option(min=1, help="Newest versions to keep per name.")
+    ] = None,
+    keep_within_days: Annotated[
+        float | None, typer.Option(min=0.0, help="Keep versions younger than this many days.")
+    ] = None,
     grace_s: Annotated[float, typer.Option(help="Keep objects younger than this.")] = 3600.0,
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
-    """Drop old versions and unreferenced objects. Needs the admin key."""
-    result = _vault(file).gc(keep_last=keep_last, grace_s=grace_s)
+    """Drop old versions and unreferenced objects. Needs the admin key.
+
+    Defaults come from vault.retention in bastion.yaml. Labelled versions and the
+    lineage of every kept snapshot are always kept.
+    """
+    result = _vault(file).gc(
+        keep_last=keep_last, keep_within_days=keep_within_days, grace_s=grace_s
+    )
     console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.items()))
 
 

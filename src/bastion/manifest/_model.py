@@ -41,6 +41,7 @@ __all__ = [
     "Redundancy",
     "Replicas",
     "RestartPolicy",
+    "Retention",
     "Service",
     "Slo",
     "VaultConfig",
@@ -163,12 +164,21 @@ class Component(_Strict):
     description: str | None = None
 
 
+class Retention(_Strict):
+    """Which versions ``bastion vault gc`` keeps per name (labelled versions, and every
+    snapshot a kept one names in its lineage, are always kept). A version goes only when
+    every rule set here lets it go; with no rule set, no version goes."""
+
+    keep_last: int | None = Field(default=None, ge=1)
+    keep_within_days: float | None = Field(default=None, gt=0)
+
+
 class VaultConfig(_Strict):
     replicas: list[str] = Field(min_length=1)
     quorum: int | None = Field(default=None, ge=1)
     key: RelPath | None = None
     admin_key: RelPath | None = None
-    retention: dict[str, int] = Field(default_factory=dict)
+    retention: Retention = Field(default_factory=Retention)
 
     @field_validator("replicas")
     @classmethod

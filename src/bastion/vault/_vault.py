@@ -163,7 +163,7 @@ class Vault:
         self.events = events
         self.quorum = quorum
         self.subject = subject
-        self._retention: dict[str, int] = {}
+        self._retention: dict[str, float] = {}
         self._available: tuple[float, list[Store]] | None = None
         self._signer: Signer | None = None
         self._verifier: Verifier | None = None
@@ -203,7 +203,7 @@ class Vault:
             events=events,
             quorum=config.quorum,
         )
-        vault._retention = dict(config.retention)
+        vault._retention = config.retention.model_dump(exclude_none=True)
         return vault
 
     # ----------------------------------------------------------------- plumbing
@@ -1039,32 +1039,77 @@ class Vault:
             with contextlib.suppress(OSError, BastionError):
                 store.put(_ADMIN_PIN, [raw], durable=True)
 
-    def gc(self, *, keep_last: int | None = None, grace_s: float = 3600.0) -> dict[str, int]:
-        """Drop old versions (beyond ``keep_last`` per name, unless labelled) and every
-        object no remaining snapshot needs. Needs the admin key.
+    def gc(
+        self,
+        *,
+        keep_last: int | None = None,
+        keep_within_days: float | None = None,
+        grace_s: float = 3600.0,
+    ) -> dict[str, int]:
+        """Drop old versions and every object no remaining snapshot needs. Needs the
+        admin key.
+
+        A version is dropped only when every rule given lets it go: beyond the newest
+        ``keep_last`` of its name, older than ``keep_within_days``. Whatever the rules,
+        a labelled version (``@latest``, ``@prod``) and every snapshot a kept one names
+        in its lineage (transitively: the data and code a kept model was made from) stay,
+        so a model can always be rebuilt. No rule (here or in the manifest's
+        ``vault.retention``): no version is dropped, only unneeded objects.
 
         ``grace_s``: objects younger than this are kept, so a commit in flight (whose
         objects are written before its snapshot) is never robbed.
         """
         self._admin()
-        if keep_last is None:
-            keep_last = int(self._retention.get("keep_last", 0)) or None
+        if keep_last is None and "keep_last" in self._retention:
+            keep_last = int(self._retention["keep_last"])
+        if keep_within_days is None and "keep_within_days" in self._retention:
+            keep_within_days = float(self._retention["keep_within_days"])
+        for value, flag in ((keep_last, "keep_last"), (keep_within_days, "keep_within_days")):
+            if value is not None and value <= 0:
+                raise UsageError(f"vault gc: {flag} must be positive, got {value}")
         dropped = removed = kept = 0
         with self._publish_lock():
             stores = self.available_stores()
-            needed: set[str] = set()
-            for name in self.names():
-                snaps = self.versions(name)
+            everything = {name: self.versions(name) for name in self.names()}
+            keep: set[tuple[str, int]] = set()
+            for name, snaps in everything.items():
                 labelled = set(self.labels(name).values())
-                cut = len(snaps) - keep_last if keep_last else 0
+                cut = len(snaps) - keep_last if keep_last else None
                 for index, snap in enumerate(snaps):
-                    if index < cut and snap.version not in labelled:
-                        for store in stores:
-                            store.delete(_version_key(name, snap.version))
-                        dropped += 1
-                        self._emit("vault.deleted", subject=name, ref=snap.ref, snapshot=snap.id)
-                    else:
-                        needed.update(snap.chunk_ids())
+                    old_by_count = cut is not None and index < cut
+                    age_days = (datetime.now(UTC) - snap.created).total_seconds() / 86400
+                    old_by_age = keep_within_days is not None and age_days > keep_within_days
+                    rules = [r for r in (keep_last, keep_within_days) if r is not None]
+                    goes = (
+                        bool(rules)
+                        and (old_by_count or keep_last is None)
+                        and (old_by_age or keep_within_days is None)
+                    )
+                    if not goes or snap.version in labelled:
+                        keep.add((name, snap.version))
+            # lineage of what stays stays too (to a fixpoint: lineage of lineage)
+            by_key = {(n, s.version): s for n, snaps in everything.items() for s in snaps}
+            todo = list(keep)
+            while todo:
+                source = by_key.get(todo.pop())
+                if source is None:
+                    continue
+                for ref in source.lineage:
+                    with contextlib.suppress(BastionError):
+                        target = self.snapshot(ref)
+                        named = (target.name, target.version)
+                        if named not in keep:
+                            keep.add(named)
+                            todo.append(named)
+            needed: set[str] = set()
+            for (name, version), snap in sorted(by_key.items()):
+                if (name, version) in keep:
+                    needed.update(snap.chunk_ids())
+                    continue
+                for store in stores:
+                    store.delete(_version_key(name, version))
+                dropped += 1
+                self._emit("vault.deleted", subject=name, ref=snap.ref, snapshot=snap.id)
             horizon = time.time() - grace_s
             for store in stores:
                 for key in list(store.list("objects/")):
