@@ -340,7 +340,9 @@ def test_retention_in_the_manifest_is_checked(tmp_path: Path) -> None:
     from bastion.manifest import load
 
     path = tmp_path / "bastion.yaml"
-    path.write_text("version: 1\nsystem: r\nvault:\n  replicas: [a, b]\n  retention: {keep_lst: 3}\n")
+    path.write_text(
+        "version: 1\nsystem: r\nvault:\n  replicas: [a, b]\n  retention: {keep_lst: 3}\n"
+    )
     with pytest.raises(ManifestError, match=r"keep_lst.*keep_last"):
         load(path)
     path.write_text(
