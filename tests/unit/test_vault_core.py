@@ -353,3 +353,21 @@ def test_retention_in_the_manifest_is_checked(tmp_path: Path) -> None:
     assert config is not None
     assert config.retention.keep_last == 3
     assert config.retention.keep_within_days == 7
+
+
+def test_no_worker_processes_means_threads_do_the_work(
+    vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bastion.vault import _ingest
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable (fork refused)")
+
+    monkeypatch.setattr(_ingest.subprocess, "Popen", refuse)
+    files = _tree(tmp_path / "src", 10)
+    vault.ingest_processes = True
+    snap = vault.commit("dataset/nofork", files)
+    for path, source in files.items():
+        assert vault.read(snap, path) == source.read_bytes()
+    assert vault.events is not None
+    assert vault.events.query(kind="vault.ingest.threads")

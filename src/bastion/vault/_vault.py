@@ -612,13 +612,18 @@ class Vault:
             whole = sum(1 for p in paths if isinstance(files[p], Path))
             if whole < _PROCESS_FILES or (os.cpu_count() or 1) < 2:
                 return None
-        return IngestWorkers(
-            [s for s in stores if isinstance(s, LocalStore)],
-            seal_key=seal_key,
-            compress=compress,
-            count=_PUT_WORKERS,
-            chunk_size=chunk_size,
-        )
+        try:
+            return IngestWorkers(
+                [s for s in stores if isinstance(s, LocalStore)],
+                seal_key=seal_key,
+                compress=compress,
+                count=_PUT_WORKERS,
+                chunk_size=chunk_size,
+            )
+        except OSError as exc:
+            # no processes here (a sandbox, a process limit): threads do the same work
+            self._emit("vault.ingest.threads", reason=f"{type(exc).__name__}: {exc}")
+            return None
 
     def _write_label(
         self, name: str, label: str, version: int, snap_id: str, stores: Sequence[Store]
