@@ -35,6 +35,7 @@ def test_store_public_names() -> None:
         "Store",
         "buffer_address",
         "open_store",
+        "write_direct",
     ]
     for name in bastion.store.__all__:
         assert hasattr(bastion.store, name)

@@ -6,10 +6,10 @@ implementing ``Store``.
 
 from __future__ import annotations
 
-from bastion.store._local import LocalStore, buffer_address
+from bastion.store._local import LocalStore, buffer_address, write_direct
 from bastion.store._protocol import Buffer, Store
 
-__all__ = ["Buffer", "LocalStore", "Store", "buffer_address", "open_store"]
+__all__ = ["Buffer", "LocalStore", "Store", "buffer_address", "open_store", "write_direct"]
 
 
 def open_store(url: str) -> Store:
