@@ -53,6 +53,7 @@ from bastion.vault._objects import (
 __all__ = [
     "ChunkResult",
     "FileResult",
+    "FileSource",
     "IngestWorkers",
     "boundaries_of",
     "open_source",

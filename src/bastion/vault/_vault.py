@@ -59,6 +59,7 @@ from bastion.store import LocalStore, Store, open_store
 from bastion.vault._ingest import (
     ChunkResult,
     FileResult,
+    FileSource,
     IngestWorkers,
     boundaries_of,
     open_source,
@@ -87,7 +88,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FileSource", "Vault"]
 
-FileSource = bytes | bytearray | memoryview | Path
 _VERSION_WIDTH = 10
 # Threads for restore (file creation waits on the disk).
 _WORKERS = max(4, 2 * (os.cpu_count() or 2))
