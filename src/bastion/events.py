@@ -10,11 +10,20 @@ writing at the same time (writers wait on SQLite's lock, they do not drop).
 
 ``mono_ns`` is ``time.monotonic_ns()``: CLOCK_MONOTONIC on Linux is one clock for every
 process on the machine, so durations (RTO, detection time) may be taken across processes.
+It is the one "when" of an event: an emitter that learns of a thing later than it happened
+(a writer thread, a fault whose injection took a while) passes ``at_ns=`` and the row
+carries that time (and a wall-clock ``ts`` moved back by the same amount). No event keeps
+a second monotonic time in its data.
+
+Everything that records events takes an ``Emit``: the ``EventLog`` itself, an
+``EventWriter`` (a writer thread, for callers that must never wait on SQLite, such as the
+gateway's event loop), or ``NO_EVENTS``. Kinds are the constants of ``bastion.event_kinds``.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import re
 import sqlite3
 import threading
@@ -23,11 +32,35 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bastion.errors import UsageError
 
-__all__ = ["Event", "EventLog", "parse_since", "redact"]
+__all__ = [
+    "NO_EVENTS",
+    "Emit",
+    "Event",
+    "EventLog",
+    "EventWriter",
+    "parse_since",
+    "redact",
+]
+
+
+class Emit(Protocol):
+    """Anything that records events. ``at_ns`` is when it happened
+    (``time.monotonic_ns()``), if not now; ``segment`` defaults to the emitter's own."""
+
+    def emit(
+        self,
+        kind: str,
+        subject: str = "",
+        *,
+        segment: str | None = None,
+        at_ns: int | None = None,
+        **data: Any,
+    ) -> object: ...
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -161,18 +194,25 @@ class EventLog:
         self,
         kind: str,
         subject: str = "",
-        segment: str = "",
-        data: Mapping[str, Any] | None = None,
-        **fields: Any,
+        *,
+        segment: str | None = None,
+        at_ns: int | None = None,
+        **data: Any,
     ) -> Event:
-        """Append one event and return it (with its id and both clocks filled in)."""
+        """Append one event and return it (with its id and both clocks filled in).
+
+        ``at_ns`` (``time.monotonic_ns()``) is when it happened, if not now."""
         if not _KIND.match(kind):
             raise UsageError(
                 f"event kind {kind!r} must be dotted lower-case words, e.g. vault.repaired"
             )
-        payload = redact({**(data or {}), **fields})
+        payload = redact(data)
         body = json.dumps(payload, default=str, sort_keys=True)
         ts, mono = time.time(), time.monotonic_ns()
+        if at_ns is not None:
+            ts -= max(0, mono - at_ns) / 1e9
+            mono = at_ns
+        segment = segment or ""
         with self._lock:
             cur = self._retrying(
                 lambda: self._conn.execute(
@@ -257,3 +297,89 @@ class EventLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Discard:
+    """The emitter that records nothing (a library used without a state directory)."""
+
+    def emit(
+        self,
+        kind: str,
+        subject: str = "",
+        *,
+        segment: str | None = None,
+        at_ns: int | None = None,
+        **data: Any,
+    ) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "NO_EVENTS"
+
+
+NO_EVENTS: Emit = _Discard()
+
+_STOP = object()
+
+
+class EventWriter:
+    """Hands events to a writer thread, so the caller (an event loop) never waits on SQLite.
+
+    Owns one daemon thread and an unbounded-by-design queue of *rare* events (ejections,
+    restarts, scaling, first use of a backend): per-request facts belong in counters.
+    Each event keeps the time it was emitted (``at_ns``), not the time the thread got to
+    it. ``close`` drains the queue, so no event is dropped on shutdown; an event the log
+    cannot take (a full disk) is counted in ``failed`` and never stops the caller.
+    """
+
+    def __init__(self, log: EventLog | None, *, segment: str = "") -> None:
+        self.segment = segment
+        self.emitted = 0
+        self.failed = 0
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._log = log
+        self._thread: threading.Thread | None = None
+        if log is not None:
+            self._thread = threading.Thread(target=self._drain, name="bastion-events", daemon=True)
+            self._thread.start()
+
+    @classmethod
+    def in_state_dir(cls, state_dir: str | Path | None, *, segment: str = "") -> EventWriter:
+        """A writer over ``<state_dir>/events.db``, or one that records nothing for None."""
+        log = EventLog.in_state_dir(state_dir) if state_dir is not None else None
+        return cls(log, segment=segment)
+
+    def emit(
+        self,
+        kind: str,
+        subject: str = "",
+        *,
+        segment: str | None = None,
+        at_ns: int | None = None,
+        **data: Any,
+    ) -> None:
+        self.emitted += 1
+        if self._log is not None:
+            when = time.monotonic_ns() if at_ns is None else at_ns
+            self._queue.put((kind, subject, segment or self.segment, when, data))
+
+    def _drain(self) -> None:
+        assert self._log is not None
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            kind, subject, segment, at_ns, data = item
+            try:
+                self._log.emit(kind, subject, segment=segment, at_ns=at_ns, **data)
+            except Exception:
+                self.failed += 1
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None

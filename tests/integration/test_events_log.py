@@ -167,3 +167,42 @@ def test_cli_events_json(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "--since" in bad.stderr
+
+
+def test_at_ns_is_the_one_time_of_an_event(tmp_path: Path) -> None:
+    import time
+
+    with EventLog(tmp_path / "events.db") as log:
+        before = time.monotonic_ns()
+        earlier = before - 2_000_000_000
+        late = log.emit("test.late", subject="s", at_ns=earlier, n=1)
+        now = log.emit("test.now", subject="s")
+        rows = log.query(kind="test.*")
+    assert late.mono_ns == earlier == rows[0].mono_ns
+    assert rows[0].data == {"n": 1}
+    assert rows[1].mono_ns >= before
+    # the wall clock moves back with it, so --since sees the event where it happened
+    assert 1.9 <= now.ts - late.ts <= 3.0
+
+
+def test_event_writer_keeps_the_emit_time_and_drains_on_close(tmp_path: Path) -> None:
+    from bastion.events import NO_EVENTS, EventWriter
+
+    writer = EventWriter.in_state_dir(tmp_path, segment="prod")
+    stamps = []
+    import time
+
+    for i in range(50):
+        before = time.monotonic_ns()
+        writer.emit("test.queued", "svc", i=i)
+        stamps.append((before, time.monotonic_ns()))
+    writer.close()
+    with EventLog.in_state_dir(tmp_path) as log:
+        rows = log.query(kind="test.queued")
+    assert [r.data["i"] for r in rows] == list(range(50))
+    assert all(r.segment == "prod" for r in rows)
+    # each row's time is when emit was called, not when the thread wrote it
+    for (before, after), row in zip(stamps, rows, strict=True):
+        assert before <= row.mono_ns <= after
+    assert (writer.emitted, writer.failed) == (50, 0)
+    assert NO_EVENTS.emit("test.nothing", "x") is None

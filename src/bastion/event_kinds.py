@@ -1,0 +1,161 @@
+"""Every kind of event Bastion writes, as named constants with a one-line meaning each.
+
+Owns: the names of events. Code emits ``ek.VAULT_PUT``, never the string ``"vault.put"``,
+so a typo is an ``AttributeError`` at import time rather than an event nobody queries,
+and ``docs/architecture.md``'s events table is checked against this module by a test
+(``tests/unit/test_event_kinds.py``): a kind added here without a line there fails.
+
+Must never: import anything of Bastion's (this is the foundation), or hold a kind that
+no code emits.
+
+A constant's name is its dotted kind in upper snake case (``vault.scrub.completed`` is
+``VAULT_SCRUB_COMPLETED``). Supervised children (training jobs, model replicas) share one
+life cycle, so ``supervise`` emits the suffixes in ``CHILD`` and its caller gives them a
+prefix (``train.``, ``serve.replica.``); both families are listed here in full.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ALL", "CHILD", "Kind", "by_name"]
+
+
+class Kind(str):
+    """An event kind: the dotted name itself (a ``str``), with its ``meaning``."""
+
+    meaning: str
+
+    def __new__(cls, name: str, meaning: str) -> Kind:
+        self = super().__new__(cls, name)
+        self.meaning = meaning
+        return self
+
+
+ALL: dict[str, Kind] = {}
+
+
+def _k(name: str, meaning: str) -> Kind:
+    kind = Kind(name, meaning)
+    if name in ALL:  # pragma: no cover - a duplicate is a programming error here
+        raise ValueError(f"event kind {name!r} declared twice")
+    ALL[name] = kind
+    return kind
+
+
+def by_name(name: str) -> Kind | None:
+    """The declared kind called ``name``, or None."""
+    return ALL.get(name)
+
+
+# -- the life cycle of a supervised child (suffixes; the caller prefixes them) ---------------
+CHILD: dict[str, str] = {
+    "started": "a child process started (pid, argv, warm: it took over a ready standby)",
+    "exited": "the child exited (code, signal, oom, hang)",
+    "hang": "no heartbeat within the timeout; the child is being stopped (heartbeat_age_s)",
+    "restarting": "a restart is scheduled after a backoff (reason, delay_s, restarts)",
+    "budget_exhausted": "the restart budget is spent; the child is not restarted",
+    "fatal": "the child exited with a code marked fatal (bad configuration); not restarted",
+    "succeeded": "the child exited 0 and is done",
+    "stopped": "the child was stopped on request (reason)",
+    "standby_started": "a warm standby interpreter started (pid)",
+    "standby_ready": "the warm standby finished its imports and waits (pid)",
+    "standby_failed": "the warm standby could not start (error)",
+}
+
+# -- vault --------------------------------------------------------------------------------
+VAULT_PUT = _k("vault.put", "a snapshot was committed (version, files, bytes, replicas)")
+VAULT_DEGRADED = _k("vault.degraded", "a write reached fewer replicas than configured")
+VAULT_REPAIRED = _k("vault.repaired", "a bad or missing copy was rewritten from a good one")
+VAULT_REPAIR_FAILED = _k(
+    "vault.repair_failed", "a bad copy could not be rewritten (replica, error)"
+)
+VAULT_INTEGRITY_FAILED = _k("vault.integrity.failed", "a copy did not match its hash or seal")
+VAULT_UNRECOVERABLE = _k("vault.unrecoverable", "no replica holds a good copy of an object")
+VAULT_LABELLED = _k("vault.labelled", "a label (latest, prod, ...) was moved to a version")
+VAULT_RESTORED = _k("vault.restored", "a snapshot was restored into a directory (files, bytes)")
+VAULT_SCRUB_STARTED = _k("vault.scrub.started", "a scrub began (or resumed from its cursor)")
+VAULT_SCRUB_COMPLETED = _k("vault.scrub.completed", "a scrub ended (checked, repaired, failed)")
+VAULT_DELETED = _k("vault.deleted", "gc dropped a snapshot version")
+VAULT_GC = _k("vault.gc", "gc finished (versions and objects removed, bytes freed)")
+VAULT_INGEST_THREADS = _k(
+    "vault.ingest.threads", "no worker process could start; the commit used threads instead"
+)
+VAULT_GUARD_PROTECTED = _k("vault.guard.protected", "a directory was given a guard baseline")
+VAULT_GUARD_STARTED = _k("vault.guard.started", "the guard began watching protected directories")
+VAULT_GUARD_TAMPERED = _k("vault.guard.tampered", "protected files changed outside the vault")
+VAULT_GUARD_RANSOMWARE = _k(
+    "vault.guard.ransomware", "ransomware signals seen; the tree was frozen (signals, files)"
+)
+VAULT_GUARD_RESTORED = _k("vault.guard.restored", "the guard put a tree back from its snapshot")
+
+# -- training -----------------------------------------------------------------------------
+TRAIN_RUN_STARTED = _k("train.run.started", "a supervised training run began (job, slot)")
+TRAIN_RESTARTED = _k("train.restarted", "the worker runs again after a failure (attempt, warm)")
+TRAIN_FAILED = _k("train.failed", "the job gave up (cause, reason)")
+TRAIN_SLOT_FAILED = _k("train.slot.failed", "a worker slot was found unusable (slot, reason)")
+TRAIN_FAILOVER = _k("train.failover", "the job moved to another worker slot (from_slot, to_slot)")
+TRAIN_SUPERVISOR_RESUMED = _k(
+    "train.supervisor.resumed", "a restarted supervisor took over its own earlier run"
+)
+TRAIN_CHECKPOINT_SAVED = _k(
+    "train.checkpoint.saved", "a checkpoint is durable (step, stall_s, persist_s, bytes)"
+)
+TRAIN_CHECKPOINT_SKIPPED = _k("train.checkpoint.skipped", "a due save was skipped: one in flight")
+TRAIN_CHECKPOINT_WAITED = _k("train.checkpoint.waited", "a due save waited for the one in flight")
+TRAIN_CHECKPOINT_FAILED = _k("train.checkpoint.failed", "a checkpoint could not be written (error)")
+TRAIN_CHECKPOINT_CORRUPT = _k(
+    "train.checkpoint.corrupt", "a checkpoint failed verification on restore; an older one is tried"
+)
+TRAIN_CHECKPOINT_NONE_VALID = _k(
+    "train.checkpoint.none_valid", "no checkpoint verified; training starts from step 0 (tried)"
+)
+TRAIN_RESTORED = _k("train.restored", "training resumed from a checkpoint (step, restore_s)")
+TRAIN_STEP_FIRST = _k("train.step.first", "the first step after a start or resume finished (step)")
+TRAIN_PREEMPTED = _k("train.preempted", "SIGTERM/SIGINT: an emergency checkpoint was taken (step)")
+TRAIN_FINISHED = _k("train.finished", "the training script reached its last step")
+TRAIN_MODEL_STORED = _k("train.model.stored", "the trained model was committed to the vault (ref)")
+
+# -- serving ------------------------------------------------------------------------------
+SERVE_STARTED = _k("serve.started", "a gateway is listening (listen, backends)")
+SERVE_STOPPED = _k("serve.stopped", "a gateway stopped")
+SERVE_BACKEND_EJECTED = _k("serve.backend.ejected", "a backend left the pool (backend, reason)")
+SERVE_BACKEND_RESTORED = _k("serve.backend.restored", "an ejected backend passed its probe")
+SERVE_OVERLOAD_STARTED = _k("serve.overload.started", "the gateway began shedding load")
+SERVE_OVERLOAD_ENDED = _k("serve.overload.ended", "the gateway stopped shedding load (shed)")
+SERVE_SCALED = _k("serve.scaled", "a replica set changed size (backend, from, to, reason)")
+
+# -- drills -------------------------------------------------------------------------------
+DRILL_STARTED = _k("drill.started", "an experiment began (title)")
+DRILL_METHOD_STARTED = _k("drill.method.started", "the experiment's method (the faults) began")
+DRILL_FAULT_INJECTED = _k(
+    "drill.fault.injected", "a fault was injected; the event's time is when it began to hurt"
+)
+DRILL_FAULT_REVERTED = _k("drill.fault.reverted", "a fault was reverted")
+DRILL_STEADY_STATE_BROKEN = _k("drill.steady_state.broken", "the steady-state hypothesis failed")
+DRILL_STEADY_STATE_RESTORED = _k("drill.steady_state.restored", "the steady state holds again")
+DRILL_ABORTED = _k("drill.aborted", "the experiment was stopped before its end (reason)")
+DRILL_ROLLBACKS_STARTED = _k("drill.rollbacks.started", "the experiment's rollbacks began")
+DRILL_LOAD_SUMMARY = _k("drill.load.summary", "what a load action sent and what failed")
+DRILL_FILES_CHECKED = _k("drill.files.checked", "files compared with their baseline (lost)")
+DRILL_PROCESS_STARTED = _k("drill.process.started", "a drill action started a process (pid)")
+DRILL_PROXY_UP = _k("drill.proxy.up", "a fault proxy passes traffic again")
+DRILL_PROXY_DOWN = _k("drill.proxy.down", "a fault proxy cut its link")
+DRILL_PROXY_TOXIC_ADDED = _k("drill.proxy.toxic_added", "a toxic was added to a fault proxy")
+DRILL_PROXY_TOXIC_REMOVED = _k("drill.proxy.toxic_removed", "a toxic was removed from a proxy")
+DRILL_HTTP_FAULT_SET = _k("drill.http.fault_set", "an HTTP fault upstream changed its behaviour")
+DRILL_FINISHED = _k("drill.finished", "an experiment ended (deviated, rto_s, rpo)")
+
+# -- the rest -----------------------------------------------------------------------------
+DEP_USED = _k("dep.used", "a service used a backend or a job read an input (target, via)")
+MAP_ANALYSED = _k("map.analysed", "the dependency map was analysed (findings, availability)")
+DEMO_STARTED = _k("demo.started", "the demo began")
+
+for _suffix, _meaning in CHILD.items():
+    for _prefix, _who in (("train.", "training worker"), ("serve.replica.", "model replica")):
+        _name = _prefix + _suffix
+        if _name not in ALL:
+            _k(_name, f"{_who}: {_meaning}")
+
+TRAIN_STARTED = ALL["train.started"]
+TRAIN_EXITED = ALL["train.exited"]
+TRAIN_HANG = ALL["train.hang"]
+TRAIN_RESTARTING = ALL["train.restarting"]
