@@ -28,7 +28,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +42,7 @@ __all__ = [
     "Event",
     "EventLog",
     "EventWriter",
+    "Relay",
     "parse_since",
     "redact",
 ]
@@ -318,6 +319,27 @@ class _Discard:
 
 
 NO_EVENTS: Emit = _Discard()
+
+
+class Relay:
+    """An emitter that hands each event to a function, for a caller that acts on events
+    (the training supervisor maps a child's exit to its own state; the gateway marks a
+    replica down) before it records them."""
+
+    def __init__(self, handle: Callable[[str, str, int | None, dict[str, Any]], None]) -> None:
+        self._handle = handle
+
+    def emit(
+        self,
+        kind: str,
+        subject: str = "",
+        *,
+        segment: str | None = None,
+        at_ns: int | None = None,
+        **data: Any,
+    ) -> None:
+        self._handle(kind, subject, at_ns, data)
+
 
 _STOP = object()
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from bastion.errors import UsageError
+from bastion.events import Relay
 from bastion.supervise import Backoff, Child, ProcessSpec, RestartBudget, Supervisor
 
 FAST = Backoff(initial=0.01, factor=2.0, cap=0.05, jitter=0.0)
@@ -26,7 +27,7 @@ def test_crash_every_time_exhausts_the_budget() -> None:
         _py("raise SystemExit(3)"),
         backoff=FAST,
         budget=RestartBudget(max_restarts=2),
-        on_event=lambda k, d: events.append(k),
+        events=Relay(lambda k, _s, _t, d: events.append(k)),
     )
     out = sup.run()
     assert out.state == "failed"
@@ -56,7 +57,7 @@ def test_signal_death_is_reported_and_restarted() -> None:
         _py("import os,signal; os.kill(os.getpid(), signal.SIGKILL)"),
         backoff=FAST,
         budget=RestartBudget(max_restarts=1),
-        on_event=lambda k, d: seen.append(d) if k == "exited" else None,
+        events=Relay(lambda k, _s, _t, d: seen.append(d) if k == "exited" else None),
     )
     out = sup.run()
     assert out.state == "failed"
@@ -84,7 +85,7 @@ def test_hang_detected_by_heartbeat_and_restarted(tmp_path: Path) -> None:
         heartbeat_path=tmp_path / "hb",
         heartbeat_timeout_s=2.0,
         grace_s=1.0,
-        on_event=lambda k, d: kinds.append(k),
+        events=Relay(lambda k, _s, _t, d: kinds.append(k)),
     )
     out = sup.run()
     assert out.state == "succeeded", out
@@ -136,7 +137,7 @@ def test_stop_from_another_thread() -> None:
     sup = Supervisor(
         _py("import time; time.sleep(60)"),
         grace_s=2.0,
-        on_event=lambda k, d: kinds.append(k),
+        events=Relay(lambda k, _s, _t, d: kinds.append(k)),
     )
     sup.start()
     assert _wait_for(lambda: "started" in kinds)
@@ -180,7 +181,7 @@ def test_warm_standby_becomes_the_restarted_child(tmp_path: Path) -> None:
         heartbeat_path=tmp_path / "hb",
         warm_standby=True,
         preload=["json"],
-        on_event=lambda k, d: started.append({**d, "kind": k}),
+        events=Relay(lambda k, _s, _t, d: started.append({**d, "kind": k})),
     )
     sup.start()
     # wait until the standby has done its imports, then crash the first child

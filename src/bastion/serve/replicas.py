@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bastion.events import Relay
 from bastion.manifest import Backend
 from bastion.resilience import monotonic
 from bastion.resilience._clock import Clock
@@ -125,7 +126,9 @@ class ReplicaSet:
             budget=RestartBudget(max_restarts=20, window_s=600),
             restart_on="always",
             grace_s=2.0,
-            on_event=lambda kind, data: self._on_event(name, kind, data),
+            events=Relay(
+                lambda kind, _subject, at_ns, data: self._on_event(name, kind, at_ns, data)
+            ),
         )
         self.gateway.add_upstream(
             UpstreamSpec(
@@ -142,11 +145,12 @@ class ReplicaSet:
         self.replicas[name] = sup
         sup.start()
 
-    def _on_event(self, name: str, kind: str, data: dict[str, Any]) -> None:
+    def _on_event(self, name: str, kind: str, at_ns: int | None, data: dict[str, Any]) -> None:
         """From a supervisor thread: hop onto the gateway's loop before touching the pool."""
         self.gateway.events.emit(
             f"serve.replica.{kind}",
             self.gateway.service,
+            at_ns=at_ns,
             replica=name,
             **{k: v for k, v in data.items() if k != "argv"},
         )

@@ -11,7 +11,7 @@ manager. One small API::
         budget=RestartBudget(max_restarts=10),          # window_s=600 for replicas
         restart_on="failure",                           # "always" for replicas
         heartbeat_path=state / "job.heartbeat", heartbeat_timeout_s=30, grace_s=10,
-        on_event=lambda kind, data: log.emit(f"train.{kind}", subject="job", **data),
+        events=log, kind_prefix="train.", subject="job",   # any bastion.events.Emit
     )
     outcome = sup.run()            # blocking; or sup.start() (thread) / sup.tick() (poll)
 
@@ -27,8 +27,8 @@ manager. One small API::
   restart; see ``_heartbeat``).
 - ``Supervisor``: the state machine; ``tick()`` non-blocking (drive it from asyncio),
   ``run()``, ``start()`` (daemon thread), ``stop()``, ``statistics()``. Events:
-  ``started``, ``exited``, ``hang``, ``restarting``, ``budget_exhausted``, ``succeeded``,
-  ``stopped``; the caller prefixes them (``train.``, ``serve.replica.``).
+  ``bastion.event_kinds.CHILD`` (``started``, ``exited``, ``hang``, ...), which the caller
+  prefixes (``train.``, ``serve.replica.``), each with ``at_ns`` set to the transition.
 
 Must never: use a shell, restart without a budget, or block inside ``tick()``.
 """

@@ -4,8 +4,9 @@ Owns: the lifecycle state machine (``running`` -> ``stopping`` -> ``backoff`` ->
 ``running`` ... -> ``succeeded`` | ``failed`` | ``stopped``), hang detection by heartbeat
 age, and the lifecycle callbacks. ``tick()`` is non-blocking and does one step of the
 machine, so asyncio code can drive it from a periodic task; ``run()`` drives it in the
-calling thread; ``start()`` drives it in a daemon thread and reports through ``on_event``
-(call ``loop.call_soon_threadsafe`` from the callback to get back onto an event loop).
+calling thread; ``start()`` drives it in a daemon thread and reports through ``events``
+(an ``Emit``; one that must act on an event calls ``loop.call_soon_threadsafe`` to get
+back onto its event loop).
 
 Must never: loop forever (the ``RestartBudget`` bounds restarts), block in ``tick()``
 (a hung child is killed by deadline, not by waiting), or know what the child is (a
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from bastion.events import NO_EVENTS, Emit
 from bastion.supervise._child import Child, Exit, ProcessSpec
 from bastion.supervise._heartbeat import EXITING, heartbeat_note
 from bastion.supervise._policy import Backoff, RestartBudget
@@ -29,7 +31,6 @@ from bastion.supervise._policy import Backoff, RestartBudget
 __all__ = ["Outcome", "State", "Supervisor"]
 
 State = Literal["idle", "running", "stopping", "backoff", "succeeded", "failed", "stopped"]
-EventCallback = Callable[[str, dict[str, Any]], None]
 SpecFactory = Callable[[int], ProcessSpec]
 
 
@@ -60,10 +61,11 @@ class Supervisor:
     ``warm_standby`` keeps one interpreter with ``preload`` imported waiting (see
     ``_standby``), so a restart skips interpreter start-up and heavy imports.
 
-    Events (``on_event(kind, data)``): ``started``, ``exited``, ``hang``, ``restarting``,
-    ``budget_exhausted``, ``fatal``, ``succeeded``, ``stopped``, ``standby_started``,
-    ``standby_ready``, ``standby_failed``. Each carries ``attempt`` and
-    ``mono_ns`` so recovery time can be split into detect / restart.
+    Events go to ``events`` as ``kind_prefix`` + one of ``bastion.event_kinds.CHILD``
+    (``started``, ``exited``, ``hang``, ``restarting``, ``budget_exhausted``, ``fatal``,
+    ``succeeded``, ``stopped``, ``standby_started``, ``standby_ready``,
+    ``standby_failed``), about ``subject``. Each carries ``attempt`` and the moment of the
+    transition as ``at_ns``, so recovery time can be split into detect / restart.
     """
 
     def __init__(
@@ -80,7 +82,9 @@ class Supervisor:
         startup_timeout_s: float | None = None,
         warm_standby: bool = False,
         preload: Sequence[str] = (),
-        on_event: EventCallback | None = None,
+        events: Emit = NO_EVENTS,
+        kind_prefix: str = "",
+        subject: str = "",
         extra_env: Mapping[str, str] | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -101,7 +105,9 @@ class Supervisor:
         self.standby: Child | None = None
         self.warm_starts = 0
         self._standby_announced = False
-        self.on_event = on_event
+        self.events = events
+        self.kind_prefix = kind_prefix
+        self.subject = subject
         self.extra_env = dict(extra_env or {})
         self.rng = rng or random.Random()
         self.clock = clock
@@ -122,10 +128,8 @@ class Supervisor:
 
     # -- events -------------------------------------------------------------------------
     def _emit(self, kind: str, **data: Any) -> None:
-        if self.on_event is not None:
-            data.setdefault("attempt", self.attempts)
-            data.setdefault("mono_ns", time.monotonic_ns())
-            self.on_event(kind, data)
+        data.setdefault("attempt", self.attempts)
+        self.events.emit(self.kind_prefix + kind, self.subject, at_ns=time.monotonic_ns(), **data)
 
     # -- the state machine -----------------------------------------------------------------
     def _spawn(self) -> None:
@@ -295,7 +299,7 @@ class Supervisor:
         return self.outcome()
 
     def start(self, *, poll_s: float = 0.02) -> threading.Thread:
-        """Drive the machine in a daemon thread; events arrive through ``on_event``."""
+        """Drive the machine in a daemon thread; events go to ``events``."""
         self._thread = threading.Thread(
             target=self.run, kwargs={"poll_s": poll_s}, name="bastion-supervisor", daemon=True
         )

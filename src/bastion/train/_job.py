@@ -28,7 +28,7 @@ from types import FrameType
 from typing import Any
 
 from bastion.errors import BastionError, UsageError
-from bastion.events import EventLog
+from bastion.events import EventLog, Relay
 from bastion.supervise import (
     Backoff,
     ProcessSpec,
@@ -245,15 +245,15 @@ class JobSupervisor:
             log_path=self.log_path,
         )
 
-    def _on_event(self, kind: str, data: dict[str, Any]) -> None:
+    def _on_event(self, kind: str, at_ns: int | None, data: dict[str, Any]) -> None:
         data = dict(data)
         if self._slot is not None:
             data.setdefault("slot", self._slot.name)
         if kind == "started":
             self._write_state(child_pid=data.get("pid"), slot=data.get("slot"))
-            self._emit("train.started", **data)
+            self._emit("train.started", at_ns=at_ns, **data)
             if data.get("attempt", 1) > 1:
-                self._emit("train.restarted", **data)
+                self._emit("train.restarted", at_ns=at_ns, **data)
             return
         if kind == "exited":
             data["last_step"] = heartbeat_progress(self.heartbeat_path)
@@ -261,7 +261,7 @@ class JobSupervisor:
         mapped = {"budget_exhausted": "train.failed", "fatal": "train.failed"}.get(kind)
         if mapped:
             data["cause"] = kind
-        self._emit(mapped or f"train.{kind}", **data)
+        self._emit(mapped or f"train.{kind}", at_ns=at_ns, **data)
 
     def run(self, *, handle_signals: bool = True) -> JobResult:
         """Supervise until the job ends; SIGTERM/SIGINT to the supervisor stop the job
@@ -281,7 +281,7 @@ class JobSupervisor:
             startup_timeout_s=self.startup_timeout_s,
             warm_standby=self.warm_standby,
             preload=self.preload,
-            on_event=self._on_event,
+            events=Relay(lambda kind, _subject, at_ns, data: self._on_event(kind, at_ns, data)),
             rng=self.rng,
         )
         sup.restarts = preloaded
