@@ -38,7 +38,16 @@ def test_top_level_exports() -> None:
 
 
 def test_module_exports() -> None:
-    assert sorted(bastion.events.__all__) == ["Event", "EventLog", "parse_since", "redact"]
+    assert sorted(bastion.events.__all__) == [
+        "Emit",
+        "Event",
+        "EventLog",
+        "EventWriter",
+        "NO_EVENTS",
+        "Relay",
+        "parse_since",
+        "redact",
+    ]
     assert sorted(bastion.names.__all__) == ["KINDS", "Ref", "parse_name", "parse_ref"]
     assert "load" in bastion.manifest.__all__
     assert "schema" in bastion.manifest.__all__

@@ -20,5 +20,6 @@ def test_supervise_exports() -> None:
             "heartbeat_age",
             "heartbeat_note",
             "heartbeat_progress",
+            "pid_alive",
         ]
     )

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from bastion import event_kinds as ek
 from bastion.cli._common import DEFAULT_MANIFEST, ManifestOption, console
 
 __all__ = ["register"]
@@ -112,8 +113,8 @@ def _timeline(bastion: dict[str, Any], width: int = 60) -> list[Text]:
         firsts.setdefault(e["kind"], e["mono_ns"])
     for kind, mark in (
         ("drill.fault.injected", "I"),
-        ("drill.fault.reverted", "v"),
-        ("drill.steady_state.restored", "R"),
+        (ek.DRILL_FAULT_REVERTED, "v"),
+        (ek.DRILL_STEADY_STATE_RESTORED, "R"),
         (detected or "", "D"),
     ):
         if kind in firsts:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bastion import event_kinds as ek
 from bastion.starter import write_key
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def run(ctx: DemoContext) -> Scene:
     for target, rec in manifest.recovery.items():
         scene.findings.append(f"recovery target {target}: RTO {rec.rto_s:g} s, RPO {rec.rpo_s:g} s")
     with ctx.events() as log:
-        event = log.emit("demo.started", subject=manifest.system, scenes="all")
+        event = log.emit(ek.DEMO_STARTED, subject=manifest.system, scenes="all")
         scene.findings.append(
             f"event log: {log.path} (WAL); recorded {event.kind} as event #{event.id}"
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bastion import event_kinds as ek
 from bastion.map import map_manifest, observed_dependencies, render
 from bastion.map._analysis import fmt_availability
 
@@ -47,7 +48,7 @@ def run(ctx: DemoContext) -> Scene:
         observed = observed_dependencies(manifest, log)
         page.write_text(render(report, "html", observed), encoding="utf-8")
         log.emit(
-            "map.analysed",
+            ek.MAP_ANALYSED,
             subject=manifest.system,
             spofs=len(report.spofs),
             tops={t.id: t.availability for t in report.tops},

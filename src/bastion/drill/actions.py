@@ -25,6 +25,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+from bastion import event_kinds as ek
 from bastion.drill import faults as lib
 from bastion.drill.context import DrillContext, current
 from bastion.errors import ScopeError, UsageError
@@ -309,7 +310,7 @@ def start_process(
         )
     ctx.processes[name] = proc
     ctx.widen_pid(proc.pid)
-    ctx.events.emit("drill.process.started", subject=name, pid=proc.pid, command=command[:4])
+    ctx.events.emit(ek.DRILL_PROCESS_STARTED, subject=name, pid=proc.pid, command=command[:4])
     return proc.pid
 
 
@@ -402,7 +403,7 @@ def http_load(
         next_at += interval
         ctx.stop.wait(max(0.0, next_at - time.monotonic()))
     ctx.events.emit(
-        "drill.load.summary",
+        ek.DRILL_LOAD_SUMMARY,
         subject=name,
         requests_ok=stats["requests_ok"],
         requests_failed=stats["requests_failed"],

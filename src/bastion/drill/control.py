@@ -33,6 +33,7 @@ import threading
 import time
 from typing import Any
 
+from bastion import event_kinds as ek
 from bastion.drill.context import DrillContext, current
 from bastion.errors import UsageError
 
@@ -57,7 +58,7 @@ def _abort(reason: str) -> None:
             return
         if ctx is not None:
             ctx.aborted = reason
-            ctx.events.emit("drill.aborted", subject=ctx.subject, reason=reason)
+            ctx.events.emit(ek.DRILL_ABORTED, subject=ctx.subject, reason=reason)
         _stop.set()
         exit_gracefully()
 

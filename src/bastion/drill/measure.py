@@ -4,8 +4,8 @@ Owns: ``measure``, a pure function over the events a drill run produced (never a
 estimate: every number is a difference of two recorded monotonic timestamps, or a sum
 of counts that events carry).
 
-- ``time_to_detect_s``: from the first ``drill.fault.injected`` (its ``started_mono_ns``:
-  when the injection began) to the first event
+- ``time_to_detect_s``: from the first ``drill.fault.injected`` (its time is when the
+  injection began) to the first event
   whose kind matches one of ``detect`` (e.g. ``vault.guard.*``, ``train.restarted``),
   else to the drill's own ``drill.steady_state.broken``, else its ``drill.aborted``.
   ``detected_by`` says which.
@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
+
+from bastion import event_kinds as ek
 
 if TYPE_CHECKING:
     from bastion.events import Event
@@ -64,7 +66,7 @@ def _steps_lost_by_training(events: list[Event]) -> int | None:
     for e in events:
         if e.kind == "train.exited" and isinstance(e.data.get("last_step"), int):
             pending[e.subject] = int(e.data["last_step"])
-        elif e.kind == "train.restored" and e.subject in pending:
+        elif e.kind == ek.TRAIN_RESTORED and e.subject in pending:
             step = e.data.get("step")
             resumed = int(step) if isinstance(step, int) else 0
             lost = (lost or 0) + max(0, pending.pop(e.subject) - resumed)
@@ -81,7 +83,7 @@ def measure(
     out: dict[str, Any] = {
         "injected": injected is not None,
         "faults_injected": sum(1 for e in events if e.kind == "drill.fault.injected"),
-        "faults_reverted": sum(1 for e in events if e.kind == "drill.fault.reverted"),
+        "faults_reverted": sum(1 for e in events if e.kind == ek.DRILL_FAULT_REVERTED),
         "time_to_detect_s": None,
         "detected_by": None,
         "rto_s": None,
@@ -95,8 +97,7 @@ def measure(
         out["steps_lost"] = (out["steps_lost"] or 0) + derived
     if injected is None:
         return out
-    started = injected.data.get("started_mono_ns")
-    t0 = int(started) if isinstance(started, int) else injected.mono_ns
+    t0 = injected.mono_ns
     detector = next(
         (
             e
@@ -107,10 +108,10 @@ def measure(
         ),
         None,
     )
-    broken = _first(events, "drill.steady_state.broken", t0)
+    broken = _first(events, ek.DRILL_STEADY_STATE_BROKEN, t0)
     if detector is None:
         # The drill's own observers, in order: its steady-state probes, its abort watch.
-        detector = broken or _first(events, "drill.aborted", t0)
+        detector = broken or _first(events, ek.DRILL_ABORTED, t0)
     if detector is not None:
         out["time_to_detect_s"] = (detector.mono_ns - t0) / 1e9
         out["detected_by"] = detector.kind
@@ -120,7 +121,7 @@ def measure(
         out["rto_s"], out["recovered"] = 0.0, True
         return out
     out["steady_state_broken"] = True
-    restored = _first(events, "drill.steady_state.restored", broken.mono_ns)
+    restored = _first(events, ek.DRILL_STEADY_STATE_RESTORED, broken.mono_ns)
     if restored is None:
         out["recovered"] = False
     else:

@@ -19,6 +19,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from bastion import event_kinds as ek
 from bastion.drill.context import current
 from bastion.errors import UsageError
 
@@ -169,6 +170,6 @@ def files_lost(name: str = "files") -> int:
     now = _digests(root, pattern)
     lost = sum(1 for rel, digest in baseline.items() if now.get(rel) != digest)
     ctx.events.emit(
-        "drill.files.checked", subject=name, files_lost=lost, files=len(baseline), root=str(root)
+        ek.DRILL_FILES_CHECKED, subject=name, files_lost=lost, files=len(baseline), root=str(root)
     )
     return lost

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bastion import event_kinds as ek
 from bastion.drill import control
 from bastion.drill.context import DrillContext, activate, current
 from bastion.drill.faults import Scope
@@ -263,11 +264,11 @@ class _Handler:
         ]
         if self.previous is not False and not met and phase != "before":
             self.ctx.events.emit(
-                "drill.steady_state.broken", subject=self.ctx.subject, phase=phase, probes=failing
+                ek.DRILL_STEADY_STATE_BROKEN, subject=self.ctx.subject, phase=phase, probes=failing
             )
         elif self.previous is False and met:
             self.ctx.events.emit(
-                "drill.steady_state.restored", subject=self.ctx.subject, phase=phase
+                ek.DRILL_STEADY_STATE_RESTORED, subject=self.ctx.subject, phase=phase
             )
         self.previous = met
         self._tell("sample", met=met, phase=phase, mono_ns=sample.mono_ns, failing=failing)
@@ -300,12 +301,12 @@ class _Handler:
         self._sample(state, "after")
 
     def start_method(self, experiment: Any) -> None:
-        self.ctx.events.emit("drill.method.started", subject=self.ctx.subject)
+        self.ctx.events.emit(ek.DRILL_METHOD_STARTED, subject=self.ctx.subject)
         self._tell("phase", phase="method")
 
     def start_rollbacks(self, experiment: Any) -> None:
         control.stop_watching()
-        self.ctx.events.emit("drill.rollbacks.started", subject=self.ctx.subject)
+        self.ctx.events.emit(ek.DRILL_ROLLBACKS_STARTED, subject=self.ctx.subject)
         self._tell("phase", phase="rollbacks")
 
     def rollbacks_completed(self, experiment: Any, journal: Any) -> None:
@@ -363,7 +364,7 @@ def run_experiment(
     events = EventLog.in_state_dir(state_dir or base / ".bastion")
     ctx = DrillContext(base=base, scope=scope, events=events, subject=subject, seed=seed)
     frequency = float(settings.get("frequency_s", 0.5))
-    started = events.emit("drill.started", subject=subject, title=title, scope=scope.describe())
+    started = events.emit(ek.DRILL_STARTED, subject=subject, title=title, scope=scope.describe())
     ctx.started_event_id = started.id
     chaos_log = logging.getLogger("chaostoolkit")
     quiet = logging.NullHandler()
@@ -443,7 +444,7 @@ def run_experiment(
         "wall_s": time.monotonic() - started_s,
     }
     events.emit(
-        "drill.finished",
+        ek.DRILL_FINISHED,
         subject=subject,
         title=title,
         status=status,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bastion import event_kinds as ek
 from bastion.errors import InvalidNameError
 from bastion.events import EventLog
 from bastion.manifest import Manifest
@@ -23,7 +24,7 @@ from bastion.names import parse_ref
 
 __all__ = ["ObservedDependency", "ObservedReport", "observed_dependencies"]
 
-KIND = "dep.used"
+KIND = ek.DEP_USED
 
 
 @dataclass

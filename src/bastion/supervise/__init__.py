@@ -33,7 +33,7 @@ manager. One small API::
 Must never: use a shell, restart without a budget, or block inside ``tick()``.
 """
 
-from bastion.supervise._child import Child, Exit, ProcessSpec
+from bastion.supervise._child import Child, Exit, ProcessSpec, pid_alive
 from bastion.supervise._heartbeat import (
     EXITING,
     HEARTBEAT_ENV,
@@ -60,4 +60,5 @@ __all__ = [
     "heartbeat_age",
     "heartbeat_note",
     "heartbeat_progress",
+    "pid_alive",
 ]

@@ -24,7 +24,30 @@ from typing import IO, Any
 from bastion.errors import UsageError
 from bastion.supervise._heartbeat import HEARTBEAT_ENV, heartbeat_age
 
-__all__ = ["Child", "Exit", "ProcessSpec"]
+__all__ = ["Child", "Exit", "ProcessSpec", "pid_alive"]
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists and is not a zombie (one of another user counts).
+
+    ``kill(pid, 0)`` alone says yes to a zombie, which has exited and only waits to be
+    reaped, so a waiter polling it would wait forever; psutil reads its state."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
 
 
 @dataclass(frozen=True, kw_only=True)

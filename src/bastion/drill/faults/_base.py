@@ -16,10 +16,11 @@ import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
+from bastion import event_kinds as ek
 from bastion.errors import UsageError
 
 if TYPE_CHECKING:
-    from bastion.events import EventLog
+    from bastion.events import Emit
 
 __all__ = ["Fault"]
 
@@ -35,7 +36,7 @@ class Fault(ABC):
     kind: ClassVar[str] = "fault"  # dotted family name, e.g. "storage.flip_bytes"
     revertible: ClassVar[bool] = True
 
-    def __init__(self, *, events: EventLog | None = None, subject: str = "") -> None:
+    def __init__(self, *, events: Emit | None = None, subject: str = "") -> None:
         self.events = events
         self.subject = subject
         self.injected = False
@@ -69,12 +70,13 @@ class Fault(ABC):
             except BaseException:
                 # Cut short (an abort, a guard): it still happened, and it will be reverted.
                 self._emit(
-                    "drill.fault.injected",
-                    {**self.describe(), "partial": True, "started_mono_ns": self.injected_at_ns},
+                    ek.DRILL_FAULT_INJECTED,
+                    {**self.describe(), "partial": True},
+                    at_ns=self.injected_at_ns,
                 )
                 raise
-        # started_mono_ns: a slow injection (ransomware) starts hurting at its start.
-        self._emit("drill.fault.injected", {**details, "started_mono_ns": self.injected_at_ns})
+        # The event's time is the injection's start: a slow one (ransomware) hurts from then.
+        self._emit(ek.DRILL_FAULT_INJECTED, details, at_ns=self.injected_at_ns)
         return details
 
     def revert(self) -> dict[str, Any]:
@@ -84,12 +86,12 @@ class Fault(ABC):
             details = {**self.describe(), **self._revert()}
             self.reverted = True
             self.reverted_at_ns = time.monotonic_ns()
-        self._emit("drill.fault.reverted", details)
+        self._emit(ek.DRILL_FAULT_REVERTED, details)
         return details
 
-    def _emit(self, kind: str, details: dict[str, Any]) -> None:
+    def _emit(self, kind: str, details: dict[str, Any], *, at_ns: int | None = None) -> None:
         if self.events is not None:
-            self.events.emit(kind, subject=self.subject, fault=self.kind, **details)
+            self.events.emit(kind, self.subject, at_ns=at_ns, fault=self.kind, **details)
 
     def statistics(self) -> dict[str, Any]:
         active_ns = None

@@ -25,7 +25,7 @@ from bastion.errors import NotFoundError, UsageError
 
 if TYPE_CHECKING:
     from bastion.drill.faults.scope import Scope
-    from bastion.events import EventLog
+    from bastion.events import Emit
 
 __all__ = ["DataFault", "DistributionShift", "LabelFlip", "NanInjection", "SchemaBreak"]
 
@@ -47,7 +47,7 @@ class DataFault(Fault):
         fraction: float = 0.1,
         seed: int | None = None,
         max_rows: int = 100_000,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject)

@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from bastion import event_kinds as ek
 from bastion.aio import LoopThread
 from bastion.drill.faults._base import Fault
 from bastion.errors import ScopeError, UsageError
 
 if TYPE_CHECKING:
-    from bastion.events import EventLog
+    from bastion.events import Emit
 
 __all__ = ["FaultyUpstream", "HttpFault", "HttpFaultInjection", "main"]
 
@@ -147,7 +148,7 @@ class FaultyUpstream:
         host: str = "127.0.0.1",
         port: int = 0,
         seed: int | None = None,
-        events: EventLog | None = None,
+        events: Emit | None = None,
     ) -> None:
         if host not in _LOOPBACK:
             raise ScopeError(
@@ -228,7 +229,9 @@ class FaultyUpstream:
         with self._lock:
             self._fault = new
         if self.events is not None:
-            self.events.emit("drill.http.fault_set", subject=self.name, **asdict(new), url=self.url)
+            self.events.emit(
+                ek.DRILL_HTTP_FAULT_SET, subject=self.name, **asdict(new), url=self.url
+            )
 
     def clear_fault(self) -> None:
         self.set_fault(HttpFault())
@@ -417,7 +420,7 @@ class HttpFaultInjection(Fault):
         upstream: FaultyUpstream,
         fault: HttpFault,
         *,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject or upstream.name)

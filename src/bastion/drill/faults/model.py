@@ -25,7 +25,7 @@ from bastion.errors import NotFoundError, UsageError
 
 if TYPE_CHECKING:
     from bastion.drill.faults.scope import Scope
-    from bastion.events import EventLog
+    from bastion.events import Emit
 
 __all__ = ["CorruptWeights", "SwapModel", "degrade"]
 
@@ -52,7 +52,7 @@ class CorruptWeights(Fault):
         tensors: list[str] | None = None,
         fraction: float = 1.0,
         seed: int | None = None,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject)
@@ -128,7 +128,7 @@ class SwapModel(Fault):
         replacement: str | Path,
         *,
         scope: Scope,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject)

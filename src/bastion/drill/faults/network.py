@@ -26,13 +26,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from bastion import event_kinds as ek
 from bastion.aio import LoopThread
 from bastion.drill.faults._base import Fault
 from bastion.errors import UsageError
 
 if TYPE_CHECKING:
     from bastion.drill.faults.scope import Scope
-    from bastion.events import EventLog
+    from bastion.events import Emit
 
 __all__ = ["TOXIC_TYPES", "TcpFaultProxy", "Toxic", "ToxicFault", "ToxiproxyApi", "main"]
 
@@ -155,7 +156,7 @@ class TcpFaultProxy:
         listen_port: int = 0,
         name: str = "proxy",
         seed: int | None = None,
-        events: EventLog | None = None,
+        events: Emit | None = None,
     ) -> None:
         self.upstream_port = scope.check_port(upstream_port, fault="network.proxy")
         self.upstream_host = upstream_host
@@ -224,14 +225,14 @@ class TcpFaultProxy:
                 raise UsageError(f"tcp proxy {self.name}: toxic {toxic.name!r} already exists")
             self._toxics[toxic.name] = toxic
             self._added[toxic.name] = time.monotonic()
-        self._emit("drill.proxy.toxic_added", toxic=asdict(toxic))
+        self._emit(ek.DRILL_PROXY_TOXIC_ADDED, toxic=asdict(toxic))
         return toxic
 
     def remove_toxic(self, name: str) -> None:
         with self._lock:
             removed = self._toxics.pop(name, None)
         if removed is not None:
-            self._emit("drill.proxy.toxic_removed", toxic=name)
+            self._emit(ek.DRILL_PROXY_TOXIC_REMOVED, toxic=name)
 
     def toxics(self) -> list[Toxic]:
         with self._lock:
@@ -242,7 +243,7 @@ class TcpFaultProxy:
         self._down = down
         if down:
             self._call(self._drop_all())
-        self._emit("drill.proxy.down" if down else "drill.proxy.up")
+        self._emit(ek.DRILL_PROXY_DOWN if down else ek.DRILL_PROXY_UP)
 
     async def _drop_all(self) -> None:
         for conn in list(self._conns.values()):
@@ -430,7 +431,7 @@ class ToxicFault(Fault):
         proxy: TcpFaultProxy,
         toxic: Toxic | None,
         *,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject or proxy.name)

@@ -22,40 +22,25 @@ from typing import TYPE_CHECKING, Any
 
 from bastion.drill.faults._base import Fault
 from bastion.errors import UsageError
+from bastion.supervise import pid_alive
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from bastion.drill.faults.scope import Scope
-    from bastion.events import EventLog
+    from bastion.events import Emit
 
 __all__ = ["CpuHog", "HangProcess", "KillProcess", "MemoryHog", "RestartProcess", "wait_exit"]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); psutil tells them apart.
-    try:
-        import psutil
-
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except Exception:
-        return False
 
 
 def wait_exit(pid: int, timeout_s: float = 10.0) -> bool:
     """Wait (polling, with a deadline) until ``pid`` is gone; True if it went."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not pid_alive(pid):
             return True
         time.sleep(0.02)
-    return not _alive(pid)
+    return not pid_alive(pid)
 
 
 class KillProcess(Fault):
@@ -74,7 +59,7 @@ class KillProcess(Fault):
         *,
         scope: Scope,
         sig: int = signal.SIGKILL,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject)
@@ -104,7 +89,7 @@ class HangProcess(Fault):
         *,
         scope: Scope,
         tree: bool = False,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject)
@@ -153,7 +138,7 @@ class RestartProcess(Fault):
         grace_s: float = 5.0,
         on_restarted: Callable[[subprocess.Popen[bytes]], None] | None = None,
         quiet: bool = False,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject)
@@ -207,7 +192,7 @@ _MEM_HOLD = (
 class _Hog(Fault):
     """Common part of the hogs: child processes the fault starts and always stops."""
 
-    def __init__(self, *, events: EventLog | None, subject: str, duration_s: float) -> None:
+    def __init__(self, *, events: Emit | None, subject: str, duration_s: float) -> None:
         super().__init__(events=events, subject=subject)
         self.duration_s = duration_s
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -239,7 +224,7 @@ class CpuHog(_Hog):
         *,
         workers: int = 1,
         duration_s: float = 60.0,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject, duration_s=duration_s)
@@ -268,7 +253,7 @@ class MemoryHog(_Hog):
         *,
         megabytes: int = 256,
         duration_s: float = 60.0,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject, duration_s=duration_s)

@@ -39,7 +39,8 @@ from bastion.errors import BastionError, NotFoundError, UsageError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from bastion.events import EventLog
+    from bastion.events import Emit
+
 
 __all__ = [
     "NOTE_NAME",
@@ -89,7 +90,7 @@ class Ransomware(Fault):
         files_per_s: float = 0.0,
         pattern: str = "**/*",
         note: bool = True,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
         on_file: Callable[[Path], None] | None = None,
     ) -> None:
@@ -269,7 +270,7 @@ class RansomwareProcess(Fault):
         files_per_s: float = 10.0,
         pattern: str = "**/*",
         wait_s: float | None = None,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject)

@@ -28,7 +28,7 @@ from bastion.errors import NotFoundError, UsageError
 
 if TYPE_CHECKING:
     from bastion.drill.faults.scope import Scope
-    from bastion.events import EventLog
+    from bastion.events import Emit
 
 __all__ = ["DeleteFiles", "FillDisk", "FlipBytes", "MakeReadOnly", "SlowReads", "TruncateFile"]
 
@@ -70,7 +70,7 @@ class FlipBytes(Fault):
         count: int = 1,
         seed: int | None = None,
         max_files: int = 1,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject)
@@ -130,7 +130,7 @@ class TruncateFile(Fault):
         scope: Scope,
         keep_fraction: float = 0.5,
         max_files: int = 1,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject)
@@ -182,7 +182,7 @@ class DeleteFiles(Fault):
         *,
         scope: Scope,
         max_files: int = 1,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject)
@@ -250,7 +250,7 @@ class FillDisk(Fault):
         scope: Scope,
         leave_bytes: int = 0,
         max_bytes: int = 256 * 1024 * 1024,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject)
@@ -315,7 +315,7 @@ class MakeReadOnly(Fault):
         *,
         scope: Scope,
         max_files: int = 64,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject)
@@ -383,7 +383,7 @@ class SlowReads(Fault):
         *,
         scope: Scope,
         bytes_per_s: int = 64 * 1024,
-        events: EventLog | None = None,
+        events: Emit | None = None,
         subject: str = "",
     ) -> None:
         super().__init__(events=events, subject=subject)
