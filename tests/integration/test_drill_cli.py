@@ -4,26 +4,14 @@ real exit codes, a journal on disk."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.conftest import EXAMPLE
-
-
-def _bastion(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bastion", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+from tests.helpers import run_bastion
 
 
 def test_faults_lists_the_library(tmp_path: Path) -> None:
-    done = _bastion("drill", "faults", "--json", cwd=tmp_path)
+    done = run_bastion("drill", "faults", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     kinds = {row["kind"] for row in json.loads(done.stdout)}
     for kind in (
@@ -40,7 +28,7 @@ def test_faults_lists_the_library(tmp_path: Path) -> None:
 
 def test_run_example_experiment_writes_journal(example_copy: Path, seed: int) -> None:
     journal = example_copy / "journal.json"
-    done = _bastion(
+    done = run_bastion(
         "drill",
         "run",
         "experiments/vendor-429.yaml",
@@ -84,7 +72,7 @@ def test_run_refused_fault_exits_2(tmp_path: Path) -> None:
     }
     path = tmp_path / "exp.json"
     path.write_text(json.dumps(experiment))
-    done = _bastion("drill", "run", str(path), "--no-live", cwd=tmp_path)
+    done = run_bastion("drill", "run", str(path), "--no-live", cwd=tmp_path)
     assert done.returncode == 2
     assert "refused to touch" in done.stderr
     assert str(outside) in done.stderr.replace("\n", "")
@@ -94,7 +82,7 @@ def test_run_refused_fault_exits_2(tmp_path: Path) -> None:
 def test_bad_experiment_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text("title: [unclosed\n")
-    done = _bastion("drill", "run", str(path), cwd=tmp_path)
+    done = run_bastion("drill", "run", str(path), cwd=tmp_path)
     assert done.returncode == 2
     assert "broken.yaml" in done.stderr
 
@@ -170,7 +158,9 @@ def test_run_never_recovers_exits_1(tmp_path: Path) -> None:
     path = tmp_path / "exp.json"
     path.write_text(json.dumps(experiment))
     journal = tmp_path / "j.json"
-    done = _bastion("drill", "run", str(path), "--no-live", "--journal", str(journal), cwd=tmp_path)
+    done = run_bastion(
+        "drill", "run", str(path), "--no-live", "--journal", str(journal), cwd=tmp_path
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "never recovered" in done.stdout
     assert json.loads(journal.read_text())["bastion"]["measurements"]["recovered"] is False

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,21 +13,11 @@ import pytest
 from bastion.events import EventLog
 from bastion.manifest import load
 from bastion.map import graph_from_manifest, map_manifest
+from tests.helpers import run_bastion
 
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
 )
-
-
-def bastion(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bastion", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=cwd,
-        timeout=120,
-    )
 
 
 def write(path: Path, text: str) -> Path:
@@ -59,7 +48,7 @@ slos:
 
 
 def test_example_map_text_lists_spofs_first_and_exits_1(example_copy: Path) -> None:
-    proc = bastion("map", "-f", str(example_copy / "bastion.yaml"))
+    proc = run_bastion("map", "-f", str(example_copy / "bastion.yaml"))
     assert proc.returncode == 1, proc.stderr
     out = proc.stdout
     assert out.index("SINGLE POINTS OF FAILURE") < out.index("service digits: availability")
@@ -72,7 +61,7 @@ def test_example_map_text_lists_spofs_first_and_exits_1(example_copy: Path) -> N
 
 def test_no_spof_and_met_objective_exits_0(tmp_path: Path) -> None:
     manifest = write(tmp_path / "bastion.yaml", REDUNDANT)
-    proc = bastion("map", "-f", str(manifest), "--format", "json")
+    proc = run_bastion("map", "-f", str(manifest), "--format", "json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["schema"] == "bastion.map/1"
@@ -90,7 +79,7 @@ def test_no_spof_and_met_objective_exits_0(tmp_path: Path) -> None:
 def test_redundant_backends_on_one_vendor_make_a_spof(tmp_path: Path) -> None:
     text = REDUNDANT.replace("provider: vendor-y", "provider: vendor-x")
     manifest = write(tmp_path / "bastion.yaml", text)
-    proc = bastion("map", "-f", str(manifest), "--max-order", "1")
+    proc = run_bastion("map", "-f", str(manifest), "--max-order", "1")
     assert proc.returncode == 1
     assert "ccf:provider=vendor-x: everything on provider vendor-x (api:one, api:two)" in (
         proc.stdout
@@ -100,19 +89,19 @@ def test_redundant_backends_on_one_vendor_make_a_spof(tmp_path: Path) -> None:
 def test_objective_breach_is_reported(tmp_path: Path) -> None:
     text = REDUNDANT.replace("objective: 0.99}", "objective: 0.9999999}")
     manifest = write(tmp_path / "bastion.yaml", text)
-    proc = bastion("map", "-f", str(manifest))
+    proc = run_bastion("map", "-f", str(manifest))
     assert proc.returncode == 1
     assert "BREACH api: availability 0.9999990 < objective 0.9999999" in proc.stdout
 
 
 def test_mermaid_dot_and_output_file(tmp_path: Path, example_copy: Path) -> None:
     manifest = str(example_copy / "bastion.yaml")
-    mermaid = bastion("map", "-f", manifest, "--format", "mermaid")
+    mermaid = run_bastion("map", "-f", manifest, "--format", "mermaid")
     assert mermaid.stdout.startswith("flowchart BT")
     assert 'subgraph n_loc_third_party["third-party"]' in mermaid.stdout
     assert "n_cpu_pool --> n_digits" in mermaid.stdout
     dot_file = tmp_path / "map.dot"
-    proc = bastion("map", "-f", manifest, "--format", "dot", "-o", str(dot_file))
+    proc = run_bastion("map", "-f", manifest, "--format", "dot", "-o", str(dot_file))
     assert proc.returncode == 1
     dot = dot_file.read_text()
     assert dot.startswith('digraph "digits" {')
@@ -122,11 +111,11 @@ def test_mermaid_dot_and_output_file(tmp_path: Path, example_copy: Path) -> None
 
 def test_bad_input_exits_2_with_a_clear_message(tmp_path: Path) -> None:
     broken = REDUNDANT.replace("depends_on: [db]", "depends_on: [dbb]")
-    proc = bastion("map", "-f", str(write(tmp_path / "bastion.yaml", broken)))
+    proc = run_bastion("map", "-f", str(write(tmp_path / "bastion.yaml", broken)))
     assert proc.returncode == 2
     assert "unknown component 'dbb'" in proc.stderr
     assert "bastion.yaml:" in proc.stderr
-    proc = bastion("map", "-f", str(tmp_path / "bastion.yaml"), "--format", "png")
+    proc = run_bastion("map", "-f", str(tmp_path / "bastion.yaml"), "--format", "png")
     assert proc.returncode == 2
     assert "--format 'png': use one of text, json, mermaid, dot, html" in proc.stderr
 
@@ -158,7 +147,7 @@ def test_observed_lists_undeclared_dependencies(example_copy: Path) -> None:
         log.emit("dep.used", subject="train-digits", target="dataset/digits@3", via="input")
         log.emit("dep.used", subject="train-digits", target="dataset/labels@1", via="input")
         log.emit("dep.used", subject="ghost-job", target="dataset/digits@3", via="input")
-    proc = bastion("map", "-f", str(manifest), "--observed", "--format", "json")
+    proc = run_bastion("map", "-f", str(manifest), "--observed", "--format", "json")
     assert proc.returncode == 1
     observed = json.loads(proc.stdout)["observed"]
     assert observed["events"] == 7
@@ -168,14 +157,14 @@ def test_observed_lists_undeclared_dependencies(example_copy: Path) -> None:
         ("train-digits", "dataset/labels@1", 1),
         ("ghost-job", "dataset/digits@3", 1),
     }
-    text = bastion("map", "-f", str(manifest), "--observed").stdout
+    text = run_bastion("map", "-f", str(manifest), "--observed").stdout
     assert "UNDECLARED digits -> http://10.9.9.9:443 (via backend, seen 2x)" in text
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_html_is_self_contained_and_draws_the_graph(tmp_path: Path, example_copy: Path) -> None:
     page = tmp_path / "map.html"
-    proc = bastion(
+    proc = run_bastion(
         "map", "-f", str(example_copy / "bastion.yaml"), "--format", "html", "-o", str(page)
     )
     assert proc.returncode == 1, proc.stderr
@@ -215,7 +204,7 @@ def test_html_is_self_contained_and_draws_the_graph(tmp_path: Path, example_copy
 
 
 def test_observed_without_an_event_log_creates_nothing(example_copy: Path) -> None:
-    proc = bastion("map", "-f", str(example_copy / "bastion.yaml"), "--observed")
+    proc = run_bastion("map", "-f", str(example_copy / "bastion.yaml"), "--observed")
     assert proc.returncode == 1  # the example's SPOFs, not the (empty) observation
     assert "observed: 0 dep.used event(s)" in proc.stdout
     assert not (example_copy / ".bastion").exists()

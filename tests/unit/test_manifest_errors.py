@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import pytest
 
 from bastion.errors import ManifestError
 from bastion.manifest import load, loads
+from tests.helpers import run_bastion
 
 GOOD = """\
 version: 1
@@ -221,20 +220,10 @@ def test_relative_paths_resolve_against_manifest_dir(tmp_path: Path) -> None:
     assert manifest.path == path.resolve()
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bastion", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=cwd,
-    )
-
-
 def test_cli_check_exits_2_with_located_messages(tmp_path: Path) -> None:
     path = tmp_path / "bastion.yaml"
     path.write_text(GOOD.replace("url: http://127.0.0.1:8801", "url: htp://x"))
-    proc = run_cli("check", "-f", str(path))
+    proc = run_bastion("check", "-f", str(path))
     assert proc.returncode == 2
     assert f"{path}:27:14: services.digits.backends[1].url: 'htp://x' is not a URL" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -242,9 +231,11 @@ def test_cli_check_exits_2_with_located_messages(tmp_path: Path) -> None:
 
 def test_cli_check_defaults_to_cwd_manifest(tmp_path: Path) -> None:
     (tmp_path / "bastion.yaml").write_text(GOOD)
-    proc = run_cli("check", cwd=tmp_path)
+    proc = run_bastion("check", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    missing = run_cli("check", cwd=tmp_path / "v" if (tmp_path / "v").exists() else tmp_path.parent)
+    missing = run_bastion(
+        "check", cwd=tmp_path / "v" if (tmp_path / "v").exists() else tmp_path.parent
+    )
     assert missing.returncode == 2
     assert "no such manifest" in missing.stderr
     assert "bastion init" in missing.stderr

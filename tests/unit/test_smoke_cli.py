@@ -1,17 +1,10 @@
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from tests.conftest import EXAMPLE
+from tests.helpers import run_bastion
 
 
 def test_check_example_manifest_exits_zero() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bastion", "check", "-f", str(EXAMPLE / "bastion.yaml")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = run_bastion("check", "-f", str(EXAMPLE / "bastion.yaml"))
     assert proc.returncode == 0, proc.stderr
     assert "system 'digits'" in proc.stdout

@@ -68,9 +68,6 @@ class FaultTree:
     def n_events(self) -> int:
         return len(self.events)
 
-    def is_event(self, literal: int) -> bool:
-        return literal < len(self.events)
-
     def gate(self, literal: int) -> int:
         return literal - len(self.events)
 

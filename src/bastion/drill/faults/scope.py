@@ -98,9 +98,6 @@ class Scope:
     def with_pids(self, *pids: int) -> Scope:
         return Scope(self.pids | set(pids), self.paths, self.ports, self.name)
 
-    def with_paths(self, *paths: str | Path) -> Scope:
-        return Scope(self.pids, self.paths + tuple(Path(p) for p in paths), self.ports, self.name)
-
     def with_ports(self, *ports: int) -> Scope:
         return Scope(self.pids, self.paths, self.ports | set(ports), self.name)
 
