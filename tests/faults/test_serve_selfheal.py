@@ -91,7 +91,7 @@ def test_killed_replica_is_restarted_and_rejoins_after_probe(
                 import os
 
                 os.kill(old_pid, signal.SIGKILL)
-                _wait(lambda: sup.statistics()["restarts"] >= 1)
+                _wait(lambda: sup.statistics().restarts >= 1)
                 _wait(lambda: name in healthy())
                 up = gw.pool.upstreams[name]
                 sent_before = up.metrics.requests.value

@@ -45,7 +45,7 @@ def test_budget_without_window_is_for_life() -> None:
     assert budget.spend()
     assert not budget.spend()
     assert budget.exhausted
-    assert budget.statistics()["total"] == 2
+    assert budget.statistics().total == 2
 
 
 def test_budget_window_forgets_old_restarts() -> None:

@@ -137,7 +137,7 @@ def run(ctx: DemoContext) -> Scene:
             os.kill(sup.child.pid, signal.SIGKILL)
             killed_at = time.monotonic()
             wait(lambda: counts["ok"] >= before + 600, 20)
-            wait(lambda: sup.statistics()["restarts"] >= 1, 30)
+            wait(lambda: sup.statistics().restarts >= 1, 30)
             up = thread.run(lambda: gw.pool.upstreams[victim])
             last_routed_ms = max(0.0, (up.last_sent - killed_at) * 1000)
             if wait(lambda: victim in ready(), 30):

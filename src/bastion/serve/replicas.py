@@ -17,7 +17,7 @@ import asyncio
 import math
 import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,6 @@ class ReplicaSet:
     def statistics(self) -> dict[str, Any]:
         return {
             "backend": self.backend.name,
-            "replicas": {n: s.statistics() for n, s in self.replicas.items()},
+            "replicas": {n: asdict(s.statistics()) for n, s in self.replicas.items()},
             "autoscaler": self.autoscaler.statistics(),
         }

@@ -33,7 +33,7 @@ manager. One small API::
 Must never: use a shell, restart without a budget, or block inside ``tick()``.
 """
 
-from bastion.supervise._child import Child, Exit, ProcessSpec, pid_alive
+from bastion.supervise._child import Child, ChildStatistics, Exit, ProcessSpec, pid_alive
 from bastion.supervise._heartbeat import (
     EXITING,
     HEARTBEAT_ENV,
@@ -42,14 +42,16 @@ from bastion.supervise._heartbeat import (
     heartbeat_note,
     heartbeat_progress,
 )
-from bastion.supervise._policy import Backoff, RestartBudget
-from bastion.supervise._supervisor import Outcome, State, Supervisor
+from bastion.supervise._policy import Backoff, BudgetStatistics, RestartBudget
+from bastion.supervise._supervisor import Outcome, State, Supervisor, SupervisorStatistics
 
 __all__ = [
     "EXITING",
     "HEARTBEAT_ENV",
     "Backoff",
+    "BudgetStatistics",
     "Child",
+    "ChildStatistics",
     "Exit",
     "Heartbeat",
     "Outcome",
@@ -57,6 +59,7 @@ __all__ = [
     "RestartBudget",
     "State",
     "Supervisor",
+    "SupervisorStatistics",
     "heartbeat_age",
     "heartbeat_note",
     "heartbeat_progress",

@@ -24,7 +24,23 @@ from typing import IO, Any
 from bastion.errors import UsageError
 from bastion.supervise._heartbeat import HEARTBEAT_ENV, heartbeat_age
 
-__all__ = ["Child", "Exit", "ProcessSpec", "pid_alive"]
+__all__ = ["Child", "ChildStatistics", "Exit", "ProcessSpec", "pid_alive"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChildStatistics:
+    """One child process, now."""
+
+    name: str
+    pid: int
+    #: still running (not exited, not reaped)
+    running: bool
+    #: seconds since it was started
+    uptime_s: float
+    #: seconds since its last heartbeat, None when it has no heartbeat file
+    heartbeat_age_s: float | None
+    #: how it exited (``Exit.to_json()``), None while it runs
+    exit: dict[str, Any] | None
 
 
 def pid_alive(pid: int) -> bool:
@@ -314,12 +330,12 @@ class Child:
     def heartbeat_age(self) -> float | None:
         return None if self.heartbeat_path is None else heartbeat_age(self.heartbeat_path)
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "name": self.spec.name,
-            "pid": self.pid,
-            "running": self.exit is None and self.poll() is None,
-            "uptime_s": round(time.monotonic() - self.started_mono, 3),
-            "heartbeat_age_s": self.heartbeat_age(),
-            "exit": self.exit.to_json() if self.exit else None,
-        }
+    def statistics(self) -> ChildStatistics:
+        return ChildStatistics(
+            name=self.spec.name,
+            pid=self.pid,
+            running=self.exit is None and self.poll() is None,
+            uptime_s=round(time.monotonic() - self.started_mono, 3),
+            heartbeat_age_s=self.heartbeat_age(),
+            exit=self.exit.to_json() if self.exit else None,
+        )

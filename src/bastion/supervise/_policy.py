@@ -13,9 +13,23 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-__all__ = ["Backoff", "RestartBudget"]
+__all__ = ["Backoff", "BudgetStatistics", "RestartBudget"]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatistics:
+    """A restart budget, now."""
+
+    max_restarts: int
+    #: the sliding window in seconds, None for a budget over the whole life
+    window_s: float | None
+    #: restarts counted in the window (or ever)
+    used: int
+    #: restarts still allowed now
+    remaining: int
+    #: restarts ever granted
+    total: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,11 +110,11 @@ class RestartBudget:
             self._times.append(now)
             self._total += 1
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "max_restarts": self.max_restarts,
-            "window_s": self.window_s,
-            "used": self.used,
-            "remaining": self.remaining,
-            "total": self._total,
-        }
+    def statistics(self) -> BudgetStatistics:
+        return BudgetStatistics(
+            max_restarts=self.max_restarts,
+            window_s=self.window_s,
+            used=self.used,
+            remaining=self.remaining,
+            total=self._total,
+        )

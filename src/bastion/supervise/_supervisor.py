@@ -24,14 +24,37 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bastion.events import NO_EVENTS, Emit
-from bastion.supervise._child import Child, Exit, ProcessSpec
+from bastion.supervise._child import Child, ChildStatistics, Exit, ProcessSpec
 from bastion.supervise._heartbeat import EXITING, heartbeat_note
-from bastion.supervise._policy import Backoff, RestartBudget
+from bastion.supervise._policy import Backoff, BudgetStatistics, RestartBudget
 
-__all__ = ["Outcome", "State", "Supervisor"]
+__all__ = ["Outcome", "State", "Supervisor", "SupervisorStatistics"]
 
 State = Literal["idle", "running", "stopping", "backoff", "succeeded", "failed", "stopped"]
 SpecFactory = Callable[[int], ProcessSpec]
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorStatistics:
+    """A supervisor, now (``dataclasses.asdict`` makes it JSON)."""
+
+    state: State
+    #: children started so far, the first included
+    attempts: int
+    restarts: int
+    #: children stopped for a silent heartbeat
+    hangs: int
+    #: restarts that took over a ready warm standby
+    warm_starts: int
+    standby_pid: int | None
+    standby_ready: bool
+    budget: BudgetStatistics
+    #: the current child, None between children
+    child: ChildStatistics | None
+    #: how the last child exited (``Exit.to_json()``)
+    last_exit: dict[str, Any] | None
+    #: why the supervisor is in its state (the last failure, a stop request)
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -327,18 +350,18 @@ class Supervisor:
         """Block until supervision ends; ``True`` if it did within ``timeout``."""
         return self._done.wait(timeout)
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> SupervisorStatistics:
         with self._lock:
-            return {
-                "state": self.state,
-                "attempts": self.attempts,
-                "restarts": self.restarts,
-                "hangs": self.hangs,
-                "warm_starts": self.warm_starts,
-                "standby_pid": self.standby.pid if self.standby else None,
-                "standby_ready": bool(self.standby and self.standby.standby_ready()),
-                "budget": self.budget.statistics(),
-                "child": self.child.statistics() if self.child else None,
-                "last_exit": self.last_exit.to_json() if self.last_exit else None,
-                "reason": self.reason,
-            }
+            return SupervisorStatistics(
+                state=self.state,
+                attempts=self.attempts,
+                restarts=self.restarts,
+                hangs=self.hangs,
+                warm_starts=self.warm_starts,
+                standby_pid=self.standby.pid if self.standby else None,
+                standby_ready=bool(self.standby and self.standby.standby_ready()),
+                budget=self.budget.statistics(),
+                child=self.child.statistics() if self.child else None,
+                last_exit=self.last_exit.to_json() if self.last_exit else None,
+                reason=self.reason,
+            )

@@ -22,7 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -329,5 +329,5 @@ class JobSupervisor:
             "run_id": self.run_id,
             "slot": self._slot.name if self._slot else None,
             "slot_failures": dict(self.picker.failures),
-            "supervisor": self.supervisor.statistics() if self.supervisor else None,
+            "supervisor": asdict(self.supervisor.statistics()) if self.supervisor else None,
         }
