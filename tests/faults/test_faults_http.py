@@ -31,7 +31,7 @@ def test_healthy_plain_and_stream(seed: int) -> None:
         )
         text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
         assert "one two three" in text
-        assert up.statistics()["ok"] == 2
+        assert up.statistics().ok == 2
 
 
 @pytest.mark.parametrize("status", [500, 503, 400])
@@ -79,7 +79,7 @@ def test_stream_cut_midway(seed: int) -> None:
         with pytest.raises(openai.APIConnectionError):
             drain()
         assert "".join(got) == "a b c "
-        assert up.statistics()["by_fault"] == {"stream_cut": 1}
+        assert up.statistics().by_fault == {"stream_cut": 1}
 
 
 def test_malformed_body(seed: int) -> None:
@@ -148,4 +148,4 @@ def test_stalling_stream_spaces_its_chunks(seed: int) -> None:
         arrivals = [time.monotonic() for _ in stream]
         assert len(arrivals) >= 4
         assert arrivals[-1] - arrivals[0] > 0.5  # 3 gaps of 0.3 s asked; generous bound
-        assert up.statistics()["by_fault"] == {"slow_stream": 1}
+        assert up.statistics().by_fault == {"slow_stream": 1}

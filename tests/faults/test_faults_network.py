@@ -87,7 +87,7 @@ def test_plain_proxy_passes_bytes(proxy: TcpFaultProxy) -> None:
         assert _rtt(sock) < 5
         got, _ = _download(sock, 100_000)
         assert got == b"x" * 100_000
-    assert proxy.statistics()["connections"] == 1
+    assert proxy.statistics().connections == 1
 
 
 def test_latency_with_jitter_adds_measured_delay(proxy: TcpFaultProxy) -> None:
@@ -121,7 +121,7 @@ def test_reset_peer_resets_the_client(proxy: TcpFaultProxy) -> None:
         # An idle connection is reset too: recv ends with ECONNRESET, not a clean EOF.
         with pytest.raises(ConnectionResetError):
             sock.recv(100)
-    assert proxy.statistics()["resets"] >= 1
+    assert proxy.statistics().resets >= 1
 
 
 def test_timeout_blackholes_then_closes(proxy: TcpFaultProxy) -> None:

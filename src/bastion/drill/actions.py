@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from bastion import event_kinds as ek
@@ -358,7 +359,7 @@ def set_http_fault(upstream: str, **fault: Any) -> dict[str, Any]:
     """Change a running upstream's fault directly (no revert bookkeeping)."""
     target = _named(current().upstreams, upstream, "upstream")
     target.set_fault(lib.HttpFault.from_dict(fault))
-    return dict(target.statistics())
+    return asdict(target.statistics())
 
 
 def http_load(

@@ -24,9 +24,32 @@ from bastion.errors import ScopeError, UsageError
 
 if TYPE_CHECKING:
     from bastion.drill.faults import Fault, FaultyUpstream, Scope, TcpFaultProxy
+    from bastion.drill.faults._base import FaultStatistics
+    from bastion.drill.faults.http import UpstreamStatistics
+    from bastion.drill.faults.network import ProxyStatistics
     from bastion.events import EventLog
 
-__all__ = ["DrillContext", "Sample", "activate", "current"]
+__all__ = ["DrillContext", "DrillStatistics", "Sample", "activate", "current"]
+
+
+@dataclass(frozen=True, slots=True)
+class DrillStatistics:
+    """A live drill run, now."""
+
+    faults: dict[str, FaultStatistics]
+    #: processes the drill started, by name: pid
+    processes: dict[str, int]
+    proxies: dict[str, ProxyStatistics]
+    upstreams: dict[str, UpstreamStatistics]
+    #: steady-state samples taken, and how many of them failed
+    samples: int
+    samples_broken: int
+    #: actions the scope refused
+    refusals: int
+    #: why the run was aborted, or None
+    aborted: str | None
+    #: what the drill may touch
+    scope: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,22 +119,19 @@ class DrillContext:
                 f"(started: {sorted(self.processes) or 'none'})"
             ) from None
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> DrillStatistics:
         with self.lock:
-            return {
-                "faults": [
-                    {"name": n, "kind": f.kind, "injected": f.injected, "reverted": f.reverted}
-                    for n, f in self.faults
-                ],
-                "processes": {n: p.pid for n, p in self.processes.items()},
-                "proxies": {n: p.statistics() for n, p in self.proxies.items()},
-                "upstreams": {n: u.statistics() for n, u in self.upstreams.items()},
-                "samples": len(self.samples),
-                "samples_broken": sum(1 for s in self.samples if not s.met),
-                "refusals": len(self.refusals),
-                "aborted": self.aborted,
-                "scope": self.scope.describe(),
-            }
+            return DrillStatistics(
+                faults={n: f.statistics() for n, f in self.faults},
+                processes={n: p.pid for n, p in self.processes.items()},
+                proxies={n: p.statistics() for n, p in self.proxies.items()},
+                upstreams={n: u.statistics() for n, u in self.upstreams.items()},
+                samples=len(self.samples),
+                samples_broken=sum(1 for s in self.samples if not s.met),
+                refusals=len(self.refusals),
+                aborted=self.aborted,
+                scope=self.scope.describe(),
+            )
 
     def revert_all(self) -> list[str]:
         """Revert every injected fault, newest first; return their names."""

@@ -49,7 +49,7 @@ Families:
 
 from __future__ import annotations
 
-from bastion.drill.faults._base import Fault
+from bastion.drill.faults._base import Fault, FaultStatistics
 from bastion.drill.faults.data import (
     DataFault,
     DistributionShift,
@@ -57,9 +57,20 @@ from bastion.drill.faults.data import (
     NanInjection,
     SchemaBreak,
 )
-from bastion.drill.faults.http import FaultyUpstream, HttpFault, HttpFaultInjection
+from bastion.drill.faults.http import (
+    FaultyUpstream,
+    HttpFault,
+    HttpFaultInjection,
+    UpstreamStatistics,
+)
 from bastion.drill.faults.model import CorruptWeights, SwapModel, degrade
-from bastion.drill.faults.network import TcpFaultProxy, Toxic, ToxicFault, ToxiproxyApi
+from bastion.drill.faults.network import (
+    ProxyStatistics,
+    TcpFaultProxy,
+    Toxic,
+    ToxicFault,
+    ToxiproxyApi,
+)
 from bastion.drill.faults.process import (
     CpuHog,
     HangProcess,
@@ -86,6 +97,7 @@ __all__ = [
     "DeleteFiles",
     "DistributionShift",
     "Fault",
+    "FaultStatistics",
     "FaultyUpstream",
     "FillDisk",
     "FlipBytes",
@@ -97,6 +109,7 @@ __all__ = [
     "MakeReadOnly",
     "MemoryHog",
     "NanInjection",
+    "ProxyStatistics",
     "Ransomware",
     "RansomwareProcess",
     "RestartProcess",
@@ -109,6 +122,7 @@ __all__ = [
     "ToxicFault",
     "ToxiproxyApi",
     "TruncateFile",
+    "UpstreamStatistics",
     "degrade",
     "restore_from_journal",
     "wait_exit",

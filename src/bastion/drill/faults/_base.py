@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from bastion import event_kinds as ek
@@ -22,7 +23,21 @@ from bastion.errors import UsageError
 if TYPE_CHECKING:
     from bastion.events import Emit
 
-__all__ = ["Fault"]
+__all__ = ["Fault", "FaultStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class FaultStatistics:
+    """One fault, now."""
+
+    #: the fault's name in the library (``storage.flip_bytes``)
+    kind: str
+    injected: bool
+    reverted: bool
+    #: seconds from injection to revert (or to now while active); None before injection
+    active_s: float | None
+    #: what it targets (``describe()``)
+    target: dict[str, Any]
 
 
 class Fault(ABC):
@@ -93,19 +108,19 @@ class Fault(ABC):
         if self.events is not None:
             self.events.emit(kind, self.subject, at_ns=at_ns, fault=self.kind, **details)
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> FaultStatistics:
         active_ns = None
         if self.injected_at_ns is not None:
             end = self.reverted_at_ns if self.reverted_at_ns is not None and self.reverted else None
             end = end if end is not None else time.monotonic_ns()
             active_ns = end - self.injected_at_ns
-        return {
-            "kind": self.kind,
-            "injected": self.injected,
-            "reverted": self.reverted,
-            "active_s": None if active_ns is None else active_ns / 1e9,
-            **self.describe(),
-        }
+        return FaultStatistics(
+            kind=self.kind,
+            injected=self.injected,
+            reverted=self.reverted,
+            active_s=None if active_ns is None else active_ns / 1e9,
+            target=self.describe(),
+        )
 
     def __enter__(self) -> Self:
         self.inject()

@@ -32,7 +32,7 @@ from bastion.errors import ScopeError, UsageError
 if TYPE_CHECKING:
     from bastion.events import Emit
 
-__all__ = ["FaultyUpstream", "HttpFault", "HttpFaultInjection", "main"]
+__all__ = ["FaultyUpstream", "HttpFault", "HttpFaultInjection", "UpstreamStatistics", "main"]
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -129,6 +129,23 @@ def _label(fault: HttpFault | None) -> str | None:
     if fault.chunk_delay_s > 0:
         return "slow_stream"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamStatistics:
+    """What a fault upstream has served so far (also at its ``/_bastion/stats``)."""
+
+    name: str
+    url: str
+    requests: int
+    #: answered cleanly
+    ok: int
+    #: answered with a fault
+    faulted: int
+    #: faulted answers by fault label (``stream_cut``, ``status``, ...)
+    by_fault: dict[str, int]
+    #: the fault it serves now (``HttpFault`` as a dict)
+    fault: dict[str, Any]
 
 
 class FaultyUpstream:
@@ -254,18 +271,18 @@ class FaultyUpstream:
                     self._fault = HttpFault()
             return fault
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> UpstreamStatistics:
         with self._lock:
             c = self._counters
-            return {
-                "name": self.name,
-                "url": self.url,
-                "requests": c.requests,
-                "ok": c.ok,
-                "faulted": c.faulted,
-                "by_fault": dict(c.by_fault),
-                "fault": asdict(self._fault),
-            }
+            return UpstreamStatistics(
+                name=self.name,
+                url=self.url,
+                requests=c.requests,
+                ok=c.ok,
+                faulted=c.faulted,
+                by_fault=dict(c.by_fault),
+                fault=asdict(self._fault),
+            )
 
     def _count(self, label: str | None) -> None:
         with self._lock:
@@ -304,7 +321,7 @@ class FaultyUpstream:
         return web.json_response({"fault": asdict(self.fault)})
 
     async def _control_stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.statistics())
+        return web.json_response(asdict(self.statistics()))
 
     def _text_for(self, payload: dict[str, Any]) -> str:
         if self.reply is not None:
@@ -404,9 +421,10 @@ class FaultyUpstream:
             "model": self.model,
             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
         }
+        # Counted before the last write: a client that has read [DONE] may ask at once.
+        self._count(_label(fault))
         await resp.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
         await resp.write_eof()
-        self._count(_label(fault))
         return resp
 
 

@@ -35,7 +35,15 @@ if TYPE_CHECKING:
     from bastion.drill.faults.scope import Scope
     from bastion.events import Emit
 
-__all__ = ["TOXIC_TYPES", "TcpFaultProxy", "Toxic", "ToxicFault", "ToxiproxyApi", "main"]
+__all__ = [
+    "TOXIC_TYPES",
+    "ProxyStatistics",
+    "TcpFaultProxy",
+    "Toxic",
+    "ToxicFault",
+    "ToxiproxyApi",
+    "main",
+]
 
 Stream = Literal["upstream", "downstream"]
 TOXIC_TYPES = ("latency", "bandwidth", "timeout", "reset_peer", "slicer", "limit_data")
@@ -137,6 +145,31 @@ class _Conn:
         for w in (self.c_writer, self.u_writer):
             with contextlib.suppress(Exception):
                 w.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyStatistics:
+    """A fault proxy, now."""
+
+    name: str
+    #: where clients connect
+    port: int
+    #: ``host:port`` it forwards to
+    upstream: str
+    #: cut: new connections are refused
+    down: bool
+    #: connections open now
+    open: int
+    #: the toxics in place (``Toxic`` as dicts)
+    toxics: list[dict[str, Any]]
+    #: connections accepted and forwarded, ever
+    connections: int
+    #: connections refused while down or when the upstream refused
+    refused: int
+    #: connections reset by a toxic or a cut
+    resets: int
+    bytes_up: int
+    bytes_down: int
 
 
 class TcpFaultProxy:
@@ -253,17 +286,17 @@ class TcpFaultProxy:
         if self.events is not None:
             self.events.emit(kind, subject=self.name, port=self.port, **data)
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> ProxyStatistics:
         with self._lock:
-            return {
-                "name": self.name,
-                "port": self.port,
-                "upstream": f"{self.upstream_host}:{self.upstream_port}",
-                "down": self._down,
-                "open": len(self._conns),
-                "toxics": [asdict(t) for t in self._toxics.values()],
+            return ProxyStatistics(
+                name=self.name,
+                port=self.port,
+                upstream=f"{self.upstream_host}:{self.upstream_port}",
+                down=self._down,
+                open=len(self._conns),
+                toxics=[asdict(t) for t in self._toxics.values()],
                 **self._stats,
-            }
+            )
 
     # -- the data path ---------------------------------------------------------------------
 
@@ -523,7 +556,7 @@ class ToxiproxyApi:
             "name": name,
             "listen": f"127.0.0.1:{proxy.port}",
             "upstream": f"{proxy.upstream_host}:{proxy.upstream_port}",
-            "enabled": not proxy.statistics()["down"],
+            "enabled": not proxy.statistics().down,
             "toxics": [asdict(t) for t in proxy.toxics()],
         }
 
@@ -593,7 +626,7 @@ class ToxiproxyApi:
         for proxy in self.proxies.values():
             for toxic in proxy.toxics():
                 proxy.remove_toxic(toxic.name)
-            if proxy.statistics()["down"]:
+            if proxy.statistics().down:
                 await asyncio.to_thread(proxy.set_down, False)
         return web.Response(status=204)
 
