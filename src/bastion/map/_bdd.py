@@ -23,10 +23,26 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from bastion.map._tree import FaultTree
 
-__all__ = ["Bdd", "Probability"]
+__all__ = ["Bdd", "BddStatistics", "Probability"]
+
+
+@dataclass(frozen=True, slots=True)
+class BddStatistics:
+    """The size of the work behind an availability figure."""
+
+    #: nodes in the shared BDD
+    bdd_nodes: int
+    #: modules found (independent sub-trees, solved once each)
+    modules: int
+    #: modules whose probability has been computed
+    modules_solved: int
+    #: BDD variables (basic events and solved modules)
+    variables: int
+
 
 _TERMINAL_LEVEL = sys.maxsize
 
@@ -209,13 +225,13 @@ class Probability:
     def modules_solved(self) -> int:
         return len(self.module_q)
 
-    def statistics(self) -> dict[str, int]:
-        return {
-            "bdd_nodes": len(self.bdd),
-            "modules": len(self.modules),
-            "modules_solved": len(self.module_q),
-            "variables": len(self.levels),
-        }
+    def statistics(self) -> BddStatistics:
+        return BddStatistics(
+            bdd_nodes=len(self.bdd),
+            modules=len(self.modules),
+            modules_solved=len(self.module_q),
+            variables=len(self.levels),
+        )
 
     # ------------------------------------------------------------------ structure
 
