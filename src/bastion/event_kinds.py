@@ -159,3 +159,5 @@ TRAIN_STARTED = ALL["train.started"]
 TRAIN_EXITED = ALL["train.exited"]
 TRAIN_HANG = ALL["train.hang"]
 TRAIN_RESTARTING = ALL["train.restarting"]
+
+__all__ += [name for name, value in list(globals().items()) if isinstance(value, Kind)]

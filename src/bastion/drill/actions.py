@@ -99,10 +99,10 @@ def _seeded(ctx: DrillContext, args: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
-Builder = Callable[[DrillContext, dict[str, Any]], lib.Fault]
+_Builder = Callable[[DrillContext, dict[str, Any]], lib.Fault]
 
 
-def _storage(cls: Any, target_key: str = "targets") -> Builder:
+def _storage(cls: Any, target_key: str = "targets") -> _Builder:
     def build(ctx: DrillContext, args: dict[str, Any]) -> lib.Fault:
         common = _common(ctx, args)
         target = _paths(ctx, args.pop(target_key))
@@ -111,12 +111,12 @@ def _storage(cls: Any, target_key: str = "targets") -> Builder:
     return build
 
 
-def _seeded_storage(cls: Any, target_key: str = "targets") -> Builder:
+def _seeded_storage(cls: Any, target_key: str = "targets") -> _Builder:
     inner = _storage(cls, target_key)
     return lambda ctx, args: inner(ctx, _seeded(ctx, args))
 
 
-def _process(cls: Any) -> Builder:
+def _process(cls: Any) -> _Builder:
     def build(ctx: DrillContext, args: dict[str, Any]) -> lib.Fault:
         common = _common(ctx, args)
         pid = _pid(ctx, args)
@@ -164,7 +164,7 @@ def _ransomware_process(ctx: DrillContext, args: dict[str, Any]) -> lib.Fault:
     return lib.RansomwareProcess(root, scope=ctx.scope, keyfile=keyfile, **common, **args)
 
 
-def _data(cls: Any) -> Builder:
+def _data(cls: Any) -> _Builder:
     def build(ctx: DrillContext, args: dict[str, Any]) -> lib.Fault:
         common = _common(ctx, _seeded(ctx, args))
         dataset = ctx.resolve(args.pop("dataset"))
@@ -188,7 +188,7 @@ def _swap_model(ctx: DrillContext, args: dict[str, Any]) -> lib.Fault:
     return lib.SwapModel(target, ctx.resolve(args.pop("replacement")), scope=ctx.scope, **common)
 
 
-def _hog(cls: Any) -> Builder:
+def _hog(cls: Any) -> _Builder:
     return lambda ctx, args: cls(**_common(ctx, args), **args)
 
 
@@ -226,7 +226,7 @@ def _named(table: dict[str, Any], name: str, what: str) -> Any:
 
 
 #: Every fault an experiment can inject, by kind, with the arguments it takes.
-FAULTS: dict[str, tuple[Builder, str]] = {
+FAULTS: dict[str, tuple[_Builder, str]] = {
     "storage.flip_bytes": (_seeded_storage(lib.FlipBytes), "targets, count, max_files"),
     "storage.truncate": (_storage(lib.TruncateFile), "targets, keep_fraction, max_files"),
     "storage.delete": (_storage(lib.DeleteFiles), "targets, max_files"),

@@ -63,9 +63,16 @@ from bastion.drill.measure import check_targets, measure
 from bastion.errors import ScopeError, UsageError
 from bastion.events import EventLog
 
-__all__ = ["DrillResult", "bastion_settings", "load_experiment", "run_experiment"]
+__all__ = [
+    "DrillResult",
+    "bastion_settings",
+    "load_experiment",
+    "raise_for_refusals",
+    "run_experiment",
+    "validate",
+]
 
-Update = Callable[[str, dict[str, Any]], None]
+_Update = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
@@ -243,7 +250,7 @@ def _setup(ctx: DrillContext, settings: dict[str, Any], experiment: dict[str, An
 class _Handler:
     """Chaos Toolkit run events -> steady-state samples, drill.* events, live updates."""
 
-    def __init__(self, ctx: DrillContext, on_update: Update | None) -> None:
+    def __init__(self, ctx: DrillContext, on_update: _Update | None) -> None:
         self.ctx = ctx
         self.on_update = on_update
         self.previous: bool | None = None
@@ -332,7 +339,7 @@ def run_experiment(
     state_dir: Path | None = None,
     journal_path: Path | None = None,
     seed: int | None = None,
-    on_update: Update | None = None,
+    on_update: _Update | None = None,
 ) -> DrillResult:
     """Run one experiment; return what it found and write its journal (when a path is
     given). ``base``: the directory relative paths in the experiment resolve against

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DataFault", "DistributionShift", "LabelFlip", "NanInjection", "SchemaBreak"]
 
-Table = tuple[list[str], list[list[str]]]
+_Table = tuple[list[str], list[list[str]]]
 
 
 class DataFault(Fault):
@@ -77,7 +77,7 @@ class DataFault(Fault):
         return sorted(p for p in self.root.glob(self.pattern) if p.is_file())
 
     @staticmethod
-    def read(path: Path) -> Table:
+    def read(path: Path) -> _Table:
         rows = list(csv.reader(io.StringIO(path.read_text())))
         if not rows:
             return [], []

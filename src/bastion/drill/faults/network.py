@@ -45,7 +45,7 @@ __all__ = [
     "main",
 ]
 
-Stream = Literal["upstream", "downstream"]
+_Stream = Literal["upstream", "downstream"]
 TOXIC_TYPES = ("latency", "bandwidth", "timeout", "reset_peer", "slicer", "limit_data")
 _POLL_S = 0.05
 _TOXIPROXY_NAMES: dict[str, dict[str, str]] = {
@@ -72,7 +72,7 @@ class Toxic:
 
     type: str
     name: str = ""
-    stream: Stream = "downstream"
+    stream: _Stream = "downstream"
     toxicity: float = 1.0
     attributes: dict[str, float] = field(default_factory=dict)
 
@@ -340,7 +340,7 @@ class TcpFaultProxy:
             conn.close()
             self._conns.pop(conn.cid, None)
 
-    def _active(self, conn: _Conn, stream: Stream) -> list[Toxic]:
+    def _active(self, conn: _Conn, stream: _Stream) -> list[Toxic]:
         return [t for t in self.toxics() if t.stream == stream and conn.affected(t)]
 
     async def _watch(self, conn: _Conn) -> None:
@@ -365,7 +365,7 @@ class TcpFaultProxy:
         conn: _Conn,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        stream: Stream,
+        stream: _Stream,
     ) -> None:
         try:
             while not conn.closed:
@@ -380,7 +380,7 @@ class TcpFaultProxy:
             conn.close()
 
     async def _through_toxics(
-        self, conn: _Conn, data: bytes, writer: asyncio.StreamWriter, stream: Stream
+        self, conn: _Conn, data: bytes, writer: asyncio.StreamWriter, stream: _Stream
     ) -> None:
         toxics = self._active(conn, stream)
         pieces = [data]
@@ -424,7 +424,7 @@ class TcpFaultProxy:
         return out
 
     async def _write(
-        self, conn: _Conn, writer: asyncio.StreamWriter, data: bytes, stream: Stream, rate: float
+        self, conn: _Conn, writer: asyncio.StreamWriter, data: bytes, stream: _Stream, rate: float
     ) -> None:
         if rate > 0:
             # Send in 1/20 s worth of bytes at a time, so the cap holds within a chunk.

@@ -53,7 +53,7 @@ __all__ = [
 
 SUFFIX = ".locked"
 NOTE_NAME = "README-RESTORE-FILES.txt"
-NOTE = (
+_NOTE = (
     "Your files were encrypted by a Bastion ransomware DRILL (a simulation).\n"
     "Nothing left this machine. The drill's operator can restore every file with\n"
     "  python -m bastion.drill.faults.ransomware --revert --keyfile <journal>\n"
@@ -139,7 +139,7 @@ class Ransomware(Fault):
             journal.flush()
             os.fsync(journal.fileno())
             if self.note:
-                (self.root / NOTE_NAME).write_text(NOTE)
+                (self.root / NOTE_NAME).write_text(_NOTE)
             pause = 1.0 / self.files_per_s if self.files_per_s > 0 else 0.0
             for path in self.targets():
                 plain = path.read_bytes()
