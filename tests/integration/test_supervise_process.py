@@ -194,3 +194,85 @@ def test_warm_standby_becomes_the_restarted_child(tmp_path: Path) -> None:
     warm = [d for d in started if d["kind"] == "started"]
     assert [d["warm"] for d in warm] == [False, True]
     assert sup.warm_starts == 1
+
+
+def test_a_healthy_run_resets_backoff_and_budget(tmp_path: Path) -> None:
+    # Each child runs past healthy_after_s, then crashes; six crashes with a budget of 2
+    # must not fail the job, and every restart waits the first backoff step again.
+    counter = tmp_path / "n"
+    code = (
+        "import pathlib, sys, time\n"
+        f"p = pathlib.Path({str(counter)!r})\n"
+        "n = int(p.read_text()) + 1 if p.exists() else 1\n"
+        "p.write_text(str(n))\n"
+        "time.sleep(0.3)\n"
+        "sys.exit(0 if n > 6 else 3)\n"
+    )
+    restarting: list[dict[str, Any]] = []
+
+    def run(healthy_after_s: float | None) -> str:
+        counter.unlink(missing_ok=True)
+        restarting.clear()
+        sup = Supervisor(
+            _py(code),
+            backoff=Backoff(initial=0.01, factor=10.0, cap=5.0, jitter=0.0),
+            budget=RestartBudget(max_restarts=2),
+            healthy_after_s=healthy_after_s,
+            events=Relay(lambda k, _s, _t, d: restarting.append(d) if k == "restarting" else None),
+        )
+        return sup.run().state
+
+    assert run(healthy_after_s=0.25) == "succeeded"
+    assert [d["streak"] for d in restarting] == [1] * 6
+    assert all(d["reset"] for d in restarting)
+    assert {d["delay_s"] for d in restarting} == {0.01}
+    # without the reset, the same crashes exhaust the budget and the backoff grows
+    assert run(healthy_after_s=None) == "failed"
+    assert [d["delay_s"] for d in restarting] == [0.01, 0.1]
+
+
+def test_warm_is_true_only_when_the_standby_had_finished_its_imports(tmp_path: Path) -> None:
+    # The standby preloads a module that waits for a gate file: until the test opens the
+    # gate, a restart takes over a standby that is not ready, and must not say warm.
+    gate = tmp_path / "gate"
+    (tmp_path / "gated.py").write_text(
+        "import pathlib, time\n"
+        f"while not pathlib.Path({str(gate)!r}).exists():\n"
+        "    time.sleep(0.01)\n"
+    )
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import time\n"
+        "from bastion.supervise import Heartbeat\n"
+        "Heartbeat.from_env().beat(1, force=True)\n"
+        "time.sleep(60)\n"
+    )
+    seen: list[dict[str, Any]] = []
+    sup = Supervisor(
+        ProcessSpec(argv=[sys.executable, str(script)], cwd=tmp_path, name="t"),
+        backoff=FAST,
+        budget=RestartBudget(max_restarts=5),
+        heartbeat_path=tmp_path / "hb",
+        warm_standby=True,
+        preload=["gated"],
+        extra_env={"PYTHONPATH": str(tmp_path)},
+        events=Relay(lambda k, _s, _t, d: seen.append({**d, "kind": k})),
+    )
+    sup.start()
+    try:
+        assert _wait_for(lambda: any(d["kind"] == "standby_started" for d in seen))
+        assert sup.child is not None
+        first = sup.child.pid
+        sup.child.signal(signal.SIGKILL)  # the standby is still inside `import gated`
+        assert _wait_for(lambda: sup.child is not None and sup.child.pid != first)
+        assert _wait_for(lambda: sum(d["kind"] == "started" for d in seen) == 2)
+        gate.write_text("open")
+        assert _wait_for(lambda: any(d["kind"] == "standby_ready" for d in seen), 30)
+        second = sup.child.pid
+        sup.child.signal(signal.SIGKILL)
+        assert _wait_for(lambda: sum(d["kind"] == "started" for d in seen) == 3, 30)
+        assert second != sup.child.pid
+    finally:
+        sup.stop(timeout=10)
+    assert [d["warm"] for d in seen if d["kind"] == "started"] == [False, False, True]
+    assert sup.warm_starts == 1

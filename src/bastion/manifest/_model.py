@@ -209,6 +209,9 @@ class RestartPolicy(_Strict):
     max: int = Field(default=10, ge=0)
     backoff_s: float = Field(default=0.5, ge=0)
     backoff_max_s: float = Field(default=30.0, ge=0)
+    # a worker that ran this long proved the earlier failures transient: the backoff
+    # and the restart count start over (Kubernetes' CrashLoopBackOff reset)
+    healthy_after_s: float = Field(default=300.0, gt=0)
 
 
 class WorkerSlot(_Strict):

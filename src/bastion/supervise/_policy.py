@@ -61,7 +61,8 @@ class Backoff:
 class RestartBudget:
     """At most ``max_restarts`` restarts, optionally per sliding ``window_s`` seconds.
 
-    With no window the budget is for the whole life of the supervised thing: a job that
+    With no window the budget counts every restart since the child last proved healthy
+    (the supervisor calls ``forgive`` after a child ran ``healthy_after_s``): a job that
     crashes at once every time exhausts it and fails clearly instead of looping forever.
     A window suits long-lived replicas: a crash a day should not add up to a failure.
     """
@@ -102,6 +103,12 @@ class RestartBudget:
         self._times.append(self.clock())
         self._total += 1
         return True
+
+    def forgive(self) -> None:
+        """Forget the restarts counted so far (a child proved healthy since); ``total``
+        keeps counting. systemd's start limit and Kubernetes' CrashLoopBackOff reset the
+        same way, so failures spread over a long healthy life never add up to a failure."""
+        self._times.clear()
 
     def preload(self, used: int) -> None:
         """Count ``used`` restarts made by an earlier supervisor (picked up from events)."""

@@ -81,6 +81,11 @@ class Supervisor:
     A child whose last beat carries the note ``exiting`` gets ``grace_s`` to finish.
     Until its first heartbeat a child gets ``startup_timeout_s`` instead (imports and
     restore can take longer than a step; a Kubernetes startupProbe does the same).
+    A child that ran ``healthy_after_s`` (default 300 s) before it failed resets the
+    backoff to its first step and forgives the budget's count (``RestartBudget.forgive``),
+    as Kubernetes resets CrashLoopBackOff after a healthy run and systemd counts starts per
+    ``StartLimitIntervalSec``: failures spread over a long healthy life never add up to a
+    failed job, while a child that crashes at once every time still exhausts the budget.
     ``warm_standby`` keeps one interpreter with ``preload`` imported waiting (see
     ``_standby``), so a restart skips interpreter start-up and heavy imports.
 
@@ -103,6 +108,7 @@ class Supervisor:
         grace_s: float = 10.0,
         fatal_exit_codes: Collection[int] = (),
         startup_timeout_s: float | None = None,
+        healthy_after_s: float | None = 300.0,
         warm_standby: bool = False,
         preload: Sequence[str] = (),
         events: Emit = NO_EVENTS,
@@ -123,6 +129,9 @@ class Supervisor:
         self.grace_s = grace_s
         self.fatal_exit_codes = frozenset(fatal_exit_codes)
         self.startup_timeout_s = startup_timeout_s
+        self.healthy_after_s = healthy_after_s
+        # restarts since a child last ran healthy_after_s: the backoff's exponent
+        self.streak = 0
         self.warm_standby = warm_standby
         self.preload = tuple(preload)
         self.standby: Child | None = None
@@ -160,10 +169,15 @@ class Supervisor:
         self.attempts += 1
         env = {**self.extra_env, "BASTION_ATTEMPT": str(self.attempts)}
         standby, self.standby = self.standby, None
-        warm = standby is not None and Child.can_stand_by(spec)
-        if warm and standby is not None and standby.activate(spec, extra_env=env):
+        # Taken over, a standby still importing is better than a cold start, but only one
+        # that had finished its imports made this a warm start, and the event says which.
+        ready = standby is not None and standby.standby_ready()
+        usable = standby is not None and Child.can_stand_by(spec)
+        if usable and standby is not None and standby.activate(spec, extra_env=env):
             self.child = standby
-            self.warm_starts += 1
+            warm = ready
+            if warm:
+                self.warm_starts += 1
         else:
             if standby is not None:
                 standby.discard()
@@ -225,6 +239,12 @@ class Supervisor:
             return
         reason = "hang" if hang else exit_.reason
         self._pending_reason = ""
+        healthy = self.healthy_after_s is not None and exit_.runtime_s >= self.healthy_after_s
+        if healthy:
+            # It ran long enough to prove the earlier failures transient: start over, so a
+            # long job's tenth crash in a week costs what its first did.
+            self.streak = 0
+            self.budget.forgive()
         if not hang and exit_.code is not None and exit_.code in self.fatal_exit_codes:
             # e.g. exit 2, a usage/configuration error: a restart would fail the same way.
             self._finish("failed", f"exit code {exit_.code} is fatal; not restarting")
@@ -238,11 +258,19 @@ class Supervisor:
             )
             self._emit("budget_exhausted", restarts=self.restarts, last=reason)
             return
-        delay = self.backoff.delay(self.restarts, self.rng)
+        delay = self.backoff.delay(self.streak, self.rng)
+        self.streak += 1
         self.restarts += 1
         self._restart_at = self.clock() + delay
         self.state = "backoff"
-        self._emit("restarting", reason=reason, delay_s=round(delay, 4), restarts=self.restarts)
+        self._emit(
+            "restarting",
+            reason=reason,
+            delay_s=round(delay, 4),
+            restarts=self.restarts,
+            streak=self.streak,
+            reset=healthy,
+        )
 
     def tick(self) -> State:
         """Advance the machine by one non-blocking step and return the state."""

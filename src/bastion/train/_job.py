@@ -93,6 +93,7 @@ class JobSupervisor:
         env: Mapping[str, str] | None = None,
         segment: str = "",
         max_restarts: int = 10,
+        healthy_after_s: float | None = 300.0,
         backoff: Backoff | None = None,
         heartbeat_timeout_s: float | None = 60.0,
         grace_s: float = 10.0,
@@ -116,6 +117,7 @@ class JobSupervisor:
         self.env = dict(env or {})
         self.segment = segment
         self.max_restarts = max_restarts
+        self.healthy_after_s = healthy_after_s
         self.backoff = backoff or Backoff(initial=0.5, cap=30.0)
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.grace_s = grace_s
@@ -154,6 +156,7 @@ class JobSupervisor:
             env=cfg.env,
             segment=cfg.segment or "",
             max_restarts=cfg.restart.max,
+            healthy_after_s=cfg.restart.healthy_after_s,
             backoff=Backoff(initial=cfg.restart.backoff_s, cap=cfg.restart.backoff_max_s),
             heartbeat_timeout_s=cfg.heartbeat_timeout_s,
             grace_s=cfg.grace_s,
@@ -279,6 +282,7 @@ class JobSupervisor:
             grace_s=self.grace_s,
             fatal_exit_codes=(2,),
             startup_timeout_s=self.startup_timeout_s,
+            healthy_after_s=self.healthy_after_s,
             warm_standby=self.warm_standby,
             preload=self.preload,
             events=Relay(lambda kind, _subject, at_ns, data: self._on_event(kind, at_ns, data)),
