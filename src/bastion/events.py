@@ -23,6 +23,7 @@ gateway's event loop), or ``NO_EVENTS``. Kinds are the constants of ``bastion.ev
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import sqlite3
@@ -43,6 +44,7 @@ __all__ = [
     "EventLog",
     "EventWriter",
     "Relay",
+    "add_secret",
     "parse_since",
     "redact",
 ]
@@ -83,18 +85,90 @@ _SECRET_KEY = re.compile(
     re.IGNORECASE,
 )
 _REDACTED = "***"
+# Values that are secrets whatever key they sit under (a command line, a URL, free text):
+# known key shapes, credentials in URLs, and the value after a secret-looking flag.
+_SECRET_SHAPES = re.compile(
+    r"sk-[A-Za-z0-9_-]{16,}"  # OpenAI-style API keys
+    r"|\bAKIA[0-9A-Z]{16}\b"  # AWS access key ids
+    r"|\bgh[pousr]_[A-Za-z0-9]{20,}"  # GitHub tokens
+    r"|\bxox[abprs]-[A-Za-z0-9-]{10,}"  # Slack tokens
+    r"|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWTs
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
+    r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}"
+)
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@", re.I)
+# A flag whose last word names a secret: --api-key, --token, --db-password (not --max-tokens).
+_FLAG_WORDS = (
+    r"--?(?:[A-Za-z0-9]+[-_])*"
+    r"(?:pass(?:word|wd)?|secret|token|api[-_]?key|key|credentials?|private[-_]?key|auth)"
+)
+_SECRET_FLAG_NAME = re.compile(rf"^{_FLAG_WORDS}$", re.IGNORECASE)
+# the same flag inside one string, its value after "=" or spaces: "run --token abc"
+_SECRET_FLAG_IN_TEXT = re.compile(
+    rf"(?<![\w-])(?P<flag>{_FLAG_WORDS})(?P<sep>=|\s+)(?!-)[^\s\"']+", re.IGNORECASE
+)
+_known_secrets: set[str] = set()
+_known_lock = threading.Lock()
+
+
+def add_secret(value: str | None) -> None:
+    """Treat ``value`` as a secret wherever it appears from now on in this process (the
+    manifest registers the values of every ``*_env`` variable it names)."""
+    if value and len(value) >= 4:
+        with _known_lock:
+            _known_secrets.add(value)
+
+
+def _secret_env_values() -> None:
+    for name, value in os.environ.items():
+        if _SECRET_KEY.search(name):
+            add_secret(value)
+
+
+def _scrub_text(text: str) -> str:
+    text = _SECRET_SHAPES.sub(_REDACTED, text)
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{_REDACTED}@", text)
+    text = _SECRET_FLAG_IN_TEXT.sub(lambda m: f"{m.group('flag')}{m.group('sep')}{_REDACTED}", text)
+    with _known_lock:
+        known = sorted(_known_secrets, key=len, reverse=True)
+    for secret in known:
+        if secret in text:
+            text = text.replace(secret, _REDACTED)
+    return text
+
+
+def _redact_list(values: list[Any] | tuple[Any, ...]) -> list[Any]:
+    out: list[Any] = []
+    hide_next = False
+    for v in values:
+        if hide_next and isinstance(v, str):
+            out.append(_REDACTED)
+            hide_next = False
+            continue
+        hide_next = isinstance(v, str) and bool(_SECRET_FLAG_NAME.match(v))
+        out.append(redact(v))
+    return out
 
 
 def redact(value: Any) -> Any:
-    """Return ``value`` with every entry under a secret-looking key replaced by ``***``."""
+    """Return ``value`` with secrets replaced by ``***``: every entry under a
+    secret-looking key, the argument after a secret-looking flag in a list
+    (``["--api-key", "..."]``) or after ``=`` in one string, credentials in URLs, known
+    key shapes (``sk-...``, ``AKIA...``, JWTs, PEM private keys, bearer tokens), the values
+    of secret-looking environment variables, and every value given to ``add_secret``."""
     if isinstance(value, Mapping):
         return {
             str(k): (_REDACTED if _SECRET_KEY.search(str(k)) else redact(v))
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
+        return _redact_list(value)
+    if isinstance(value, str):
+        return _scrub_text(value)
     return value
+
+
+_secret_env_values()
 
 
 @dataclass(frozen=True, slots=True)

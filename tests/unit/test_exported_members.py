@@ -45,6 +45,7 @@ def test_module_exports() -> None:
         "EventWriter",
         "NO_EVENTS",
         "Relay",
+        "add_secret",
         "parse_since",
         "redact",
     ]

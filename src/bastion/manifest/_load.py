@@ -11,6 +11,7 @@ key and item, which is what lets a message point at the exact place.
 from __future__ import annotations
 
 import difflib
+import os
 import types
 import typing
 from collections.abc import Iterable, Iterator
@@ -67,7 +68,32 @@ def loads(text: str, *, filename: str = DEFAULT_FILE, base_dir: Path | None = No
     assert manifest is not None
     if base_dir is not None:
         manifest._path = base_dir / Path(filename).name
+    _register_secrets(manifest)
     return manifest
+
+
+def _register_secrets(manifest: Manifest) -> None:
+    """Tell the event log's redactor which values are secrets: those of every ``*_env``
+    variable the manifest names, and job ``env`` entries under secret-looking names."""
+    from bastion.events import add_secret, redact
+
+    def walk(node: object) -> None:
+        if isinstance(node, BaseModel):
+            for name, value in node:
+                if name.endswith("_env") and isinstance(value, str):
+                    add_secret(os.environ.get(value))
+                walk(value)
+        elif isinstance(node, dict):
+            hidden = redact({str(k): "x" for k in node})
+            for key, value in node.items():
+                if isinstance(value, str) and hidden.get(str(key)) != "x":
+                    add_secret(value)
+                walk(value)
+        elif isinstance(node, list | tuple):
+            for item in node:
+                walk(item)
+
+    walk(manifest)
 
 
 # --------------------------------------------------------------------------- parsing
