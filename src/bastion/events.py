@@ -234,7 +234,11 @@ class EventLog:
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Private to its owner: events name files, hosts and commands. A new state
+            # directory is 0700 and the log 0600 (SQLite gives its -wal and -shm files
+            # the database file's mode).
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
             self._conn = sqlite3.connect(
                 self.path, timeout=60.0, isolation_level=None, check_same_thread=False
             )

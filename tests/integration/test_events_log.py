@@ -206,3 +206,30 @@ def test_event_writer_keeps_the_emit_time_and_drains_on_close(tmp_path: Path) ->
         assert before <= row.mono_ns <= after
     assert (writer.emitted, writer.failed) == (50, 0)
     assert NO_EVENTS.emit("test.nothing", "x") is None
+
+
+def test_the_log_and_a_new_state_dir_are_private(tmp_path: Path) -> None:
+    import stat
+
+    state = tmp_path / "new" / ".bastion"
+    with EventLog.in_state_dir(state) as log:
+        log.emit("test.private", "x")
+    for path in state.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+
+
+def test_a_crash_log_is_private(tmp_path: Path) -> None:
+    import stat
+
+    from bastion.cli.main import _crash_log
+
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as exc:
+        log = _crash_log(exc)
+    try:
+        assert "boom" in log.read_text()
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    finally:
+        log.unlink()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import tempfile
 import traceback
@@ -45,10 +46,30 @@ _register()
 
 
 def _crash_log(exc: BaseException) -> Path:
+    # A traceback can hold paths, arguments and values: private to its owner (0600), in a
+    # file of its own that no other user can have placed there first (mkstemp).
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    log = Path(tempfile.gettempdir()) / f"bastion-crash-{stamp}.log"
-    log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
-    return log
+    fd, name = tempfile.mkstemp(prefix=f"bastion-crash-{stamp}-", suffix=".log")
+    with os.fdopen(fd, "w", encoding="utf-8") as log:
+        log.write("".join(traceback.format_exception(exc)))
+    return Path(name)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from bastion import __version__
+
+        typer.echo(f"bastion {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Keep AI workloads running through failures, and prove it by measuring recovery."""
 
 
 def main(argv: list[str] | None = None) -> None:
