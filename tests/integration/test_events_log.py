@@ -224,10 +224,7 @@ def test_a_crash_log_is_private(tmp_path: Path) -> None:
 
     from bastion.cli.main import _crash_log
 
-    try:
-        raise RuntimeError("boom")
-    except RuntimeError as exc:
-        log = _crash_log(exc)
+    log = _crash_log(RuntimeError("boom"))
     try:
         assert "boom" in log.read_text()
         assert stat.S_IMODE(log.stat().st_mode) == 0o600
