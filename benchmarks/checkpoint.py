@@ -34,8 +34,9 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from bastion.train import Checkpointer, DirStore, VaultStore  # noqa: E402
-from bastion.train._store import _write_file  # noqa: E402
+from bastion.store import buffer_address, write_direct  # noqa: E402
+from bastion.train import Checkpointer, VaultStore  # noqa: E402
+from bastion.vault import Vault, make_key  # noqa: E402
 
 
 def build(params_m: int) -> tuple[nn.Module, torch.optim.Optimizer, int]:
@@ -118,14 +119,44 @@ def bench_dcp(model: nn.Module, opt: torch.optim.Optimizer, root: Path) -> dict[
         return {"error": f"{type(exc).__name__}: {exc}"[:200]}
 
 
+def write_file(path: Path, data: memoryview) -> None:
+    """Write and fsync one file the way the vault's store writes a big object: O_DIRECT
+    straight from a page-aligned buffer (``bastion.store.write_direct``), or through the
+    page cache where the filesystem refuses O_DIRECT (tmpfs)."""
+    view = data.cast("B")
+    direct = getattr(os, "O_DIRECT", 0)
+    address = buffer_address(view)
+    if direct and address is not None and address % 4096 == 0:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | direct, 0o600)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                write_direct(fd, [view], len(view), durable=True)
+                return
+            except OSError:
+                pass  # refused at write time: written plainly below
+            finally:
+                os.close(fd)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done : done + (8 << 20)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def bench_raw_write(data: memoryview, root: Path, replicas: int, *, parallel: bool) -> float:
-    """Raw sequential bandwidth with the same write path (os.write loop + fsync), one
-    file per replica, one after another or all at once (the better of the two is the
-    disk's bandwidth)."""
+    """Raw sequential bandwidth with the same write path (O_DIRECT + fsync, as the vault's
+    store), one file per replica, one after another or all at once (the better of the two
+    is the disk's bandwidth)."""
     began = time.perf_counter()
     if parallel:
         threads = [
-            threading.Thread(target=_write_file, args=(root / f"raw-{r}.bin", data))
+            threading.Thread(target=write_file, args=(root / f"raw-{r}.bin", data))
             for r in range(replicas)
         ]
         for t in threads:
@@ -134,7 +165,7 @@ def bench_raw_write(data: memoryview, root: Path, replicas: int, *, parallel: bo
             t.join()
     else:
         for r in range(replicas):
-            _write_file(root / f"raw-{r}.bin", data)
+            write_file(root / f"raw-{r}.bin", data)
     took = time.perf_counter() - began
     for r in range(replicas):
         (root / f"raw-{r}.bin").unlink()
@@ -142,7 +173,7 @@ def bench_raw_write(data: memoryview, root: Path, replicas: int, *, parallel: bo
 
 
 def bench_bastion(
-    model: nn.Module, opt: torch.optim.Optimizer, width: int, store: Any, saves: int
+    model: nn.Module, opt: torch.optim.Optimizer, width: int, store: VaultStore, saves: int
 ) -> dict[str, Any]:
     ckpt = Checkpointer("bench", store, handle_signals=False, keep=1)
     ckpt.track(model=model, optimizer=opt)
@@ -154,25 +185,25 @@ def bench_bastion(
         stall = time.perf_counter() - began
         # the next step (new weights: nothing for the vault to deduplicate); its
         # optimizer.step() waits for the parameter copy if it is not done: loop stall too
-        waited = ckpt.stats["staging_wait_s"]
+        waited = ckpt.statistics().staging_wait_s
         step(model, opt, width)
-        stall += ckpt.stats["staging_wait_s"] - waited
+        stall += ckpt.statistics().staging_wait_s - waited
         ckpt.wait()
         s = ckpt.statistics()
         if i == 0:
             first_stall = stall  # allocates the staging buffer once
         else:
             stalls.append(stall)
-        persists.append(s["last_persist_s"])
-        replicas = len(getattr(store, "replicas", ())) or 1
-        rates.append(s["last_bytes"] * replicas / s["last_persist_s"])
+        assert s.last_persist_s is not None, "the save failed"
+        persists.append(s.last_persist_s)
+        rates.append(s.last_bytes * store.replicas / s.last_persist_s)
     ckpt.close()
     return {
         "first_stall_s": first_stall,
         "stall_s": statistics.median(stalls) if stalls else first_stall,
         "persist_s": statistics.median(persists),
         "durable_Bps": statistics.median(rates),
-        "bytes": ckpt.stats["last_bytes"],
+        "bytes": ckpt.statistics().last_bytes,
     }
 
 
@@ -180,7 +211,7 @@ def bench_overhead(
     model: nn.Module,
     opt: torch.optim.Optimizer,
     width: int,
-    store: Any,
+    store: VaultStore,
     *,
     every: int,
     target: float,
@@ -254,7 +285,7 @@ def bench_overhead(
     out: dict[str, Any] = {"times_s": {k: [round(x, 3) for x in v] for k, v in times.items()}}
     for variant, ckpt in ckpts.items():
         ratios = [t / b - 1.0 for t, b in zip(times[variant], times["base"], strict=True)]
-        cad = ckpt.statistics()["cadence"]
+        cad = ckpt.statistics().cadence
         ckpt.close()
         out[variant] = {
             "overhead": statistics.median(ratios),
@@ -262,11 +293,11 @@ def bench_overhead(
             "pooled": sum(times[variant]) / sum(times["base"]) - 1.0,
             "saves": saves[variant],
             "steps": rounds * every,
-            "interval": cad["interval_steps"],
-            "est_overhead": cad["overhead"],
-            "stall_s": cad["stall_s"],
-            "inflation_s": cad["inflation_s"],
-            "step_s": cad["step_s"],
+            "interval": cad.interval_steps,
+            "est_overhead": cad.overhead,
+            "stall_s": cad.stall_s,
+            "inflation_s": cad.inflation_s,
+            "step_s": cad.step_s,
         }
     return out
 
@@ -276,14 +307,13 @@ def bench_recovery(kills: int, warm: bool) -> list[dict[str, float]]:
     from bastion.drill.faults import KillProcess, Scope
     from bastion.events import EventLog
     from bastion.manifest import load
+    from bastion.starter import init
     from bastion.supervise import Backoff, heartbeat_progress
     from bastion.train import JobSupervisor
-    from bastion.vault import make_key
 
     work = Path(tempfile.mkdtemp(prefix="bastion-rec-")) / "digits"
     shutil.copytree(REPO / "examples/digits", work, ignore=shutil.ignore_patterns(".bastion"))
-    make_key(work / ".bastion/keys/signing.key")
-    make_key(work / ".bastion/keys/admin.key")
+    init(work)  # the keys and replicas, as `bastion init` makes them
     manifest = load(work / "bastion.yaml")
     log = EventLog.in_state_dir(manifest.state_dir)
     sup = JobSupervisor(
@@ -320,7 +350,7 @@ def bench_recovery(kills: int, warm: bool) -> list[dict[str, float]]:
         deadline = time.monotonic() + 60
         while "first" not in got and time.monotonic() < deadline:
             for e in log.query(subject="train-digits", after_id=mark):
-                mono = int(e.data.get("mono_ns") or e.mono_ns)
+                mono = e.mono_ns
                 key = {
                     "train.exited": "exited",
                     "train.started": "started",
@@ -355,7 +385,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8, help="overhead rounds (3 blocks each)")
     parser.add_argument("--target", type=float, default=0.035, help="adaptive overhead cap")
     parser.add_argument("--kills", type=int, default=3)
-    parser.add_argument("--skip", default="", help="comma list: dcp,overhead,recovery,vault")
+    parser.add_argument("--skip", default="", help="comma list: dcp,overhead,recovery")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     torch.set_num_threads(2)
@@ -372,21 +402,12 @@ def main() -> None:
         print(f"torch.save + fsync: {sync:.3f} s")
         dcp = {} if "dcp" in skip else bench_dcp(model, opt, root)
         print(f"DCP async_save: {dcp}")
-        dir_store = DirStore([root / "dir-a", root / "dir-b"])
-        b_dir = bench_bastion(model, opt, width, dir_store, args.saves)
-        print(f"bastion (DirStore x2): {b_dir}")
-        b_vault = None
-        vault_store = None
-        if "vault" not in skip:
-            from bastion.starter import write_key
-            from bastion.vault import Vault
-
-            write_key(root / "keys/signing.key")
-            vault = Vault([root / "vault-a", root / "vault-b"], key_path=root / "keys/signing.key")
-            vault_store = VaultStore(vault)
-            b_vault = bench_bastion(model, opt, width, vault_store, args.saves)
-            print(f"bastion (vault x2): {b_vault}")
-        staging = Checkpointer("raw", dir_store, handle_signals=False)
+        make_key(root / "keys/signing.key")
+        vault = Vault([root / "vault-a", root / "vault-b"], key_path=root / "keys/signing.key")
+        vault_store = VaultStore(vault)
+        b_vault = bench_bastion(model, opt, width, vault_store, args.saves)
+        print(f"bastion (vault x2): {b_vault}")
+        staging = Checkpointer("raw", vault_store, handle_signals=False)
         staging.track(model=model, optimizer=opt)
         staging.save(0, block=True)
         assert staging._staging is not None
@@ -399,7 +420,7 @@ def main() -> None:
         raw = max(statistics.median(r) for r in runs.values())
         staging.close()
         print(
-            "raw os.write + fsync, 2 files (better of serial/parallel medians): "
+            "raw O_DIRECT write + fsync, 2 files (better of serial/parallel medians): "
             f"{raw / 1e9:.2f} GB/s; runs "
             + ", ".join(
                 f"{'parallel' if k else 'serial'} {[round(x / 1e9, 2) for x in v]}"
@@ -408,13 +429,11 @@ def main() -> None:
         )
         overhead = None
         if "overhead" not in skip:
-            # the vault when there is one: what a job with `bastion init`'s keys uses
-            print(f"step-rate overhead through {'the vault' if vault_store else 'DirStore'}")
             overhead = bench_overhead(
                 model,
                 opt,
                 width,
-                vault_store or dir_store,
+                vault_store,
                 every=args.every,
                 target=args.target,
                 rounds=args.rounds,
@@ -434,26 +453,18 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
     print("\n== ratios (goal) ==")
-    print(
-        f"stall / torch.save          DirStore {b_dir['stall_s'] / sync:.4f}"
-        + (f"  vault {b_vault['stall_s'] / sync:.4f}" if b_vault else "")
-        + "   (<= 0.1)"
-    )
+    print(f"stall / torch.save          vault {b_vault['stall_s'] / sync:.4f}   (<= 0.1)")
     print(
         f"first-save stall / torch.save (allocates the buffer once): "
-        f"{b_dir['first_stall_s'] / sync:.3f}"
+        f"{b_vault['first_stall_s'] / sync:.3f}"
     )
     if "blocked_s" in dcp:
         print(
-            f"stall / DCP async_save blocked: {b_dir['stall_s'] / dcp['blocked_s']:.3f}"
+            f"stall / DCP async_save blocked: {b_vault['stall_s'] / dcp['blocked_s']:.3f}"
             f"   (DCP until done {dcp['done_s']:.2f} s; Bastion persist "
-            f"{b_dir['persist_s']:.2f} s for 2 verified replicas)"
+            f"{b_vault['persist_s']:.2f} s for 2 signed, verified replicas)"
         )
-    print(
-        f"persist / raw bandwidth     DirStore {b_dir['durable_Bps'] / raw:.3f}"
-        + (f"  vault {b_vault['durable_Bps'] / raw:.3f}" if b_vault else "")
-        + "   (>= 0.8)"
-    )
+    print(f"persist / raw bandwidth     vault {b_vault['durable_Bps'] / raw:.3f}   (>= 0.8)")
     if overhead:
         goal = args.target * 100
         for label, key in (

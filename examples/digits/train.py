@@ -8,6 +8,10 @@ lineage (dataset, code, config, run). The inference gateway serves that snapshot
 
 Run it under the supervisor:  bastion train run train-digits
 or alone:                     python train.py --steps 400
+
+Either way it needs the vault's signing key: from a fresh clone, run
+``bastion init examples/digits`` once (it makes the keys and replica directories the
+manifest names, and leaves the manifest as it is).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bastion import event_kinds as ek
 from bastion.errors import BastionError
 from bastion.events import EventLog
 from bastion.manifest import load
@@ -48,23 +53,18 @@ def parse_rows(blobs: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(rows), torch.tensor(labels)
 
 
-def load_input(vault, ref: str, local: Path, log: EventLog | None, job: str):  # type: ignore[no-untyped-def]
+def load_input(vault, ref: str, local: Path, log: EventLog, job: str):  # type: ignore[no-untyped-def]
     """The dataset's shards, read verified from the vault (snapshotting the local copy
     the first time, so the model's lineage names the exact bytes it trained on)."""
-    shards = sorted(local.glob("shard-*.csv"))
-    if vault is None:
-        blobs, used = [p.read_bytes() for p in shards], None
-    else:
-        name = ref.split("@", 1)[0]
-        try:
-            snap = vault.snapshot(ref)
-        except BastionError:
-            snap = vault.commit(name, {p.name: p for p in shards}, meta={"source": str(local)})
-        blobs = [vault.read(snap, path) for path in sorted(snap.files)]
-        used = snap.ref
-    if log is not None:
-        log.emit("dep.used", subject=job, target=used or ref, via="input")
-    return parse_rows(blobs), used
+    name = ref.split("@", 1)[0]
+    try:
+        snap = vault.snapshot(ref)
+    except BastionError:
+        shards = sorted(local.glob("shard-*.csv"))
+        snap = vault.commit(name, {p.name: p for p in shards}, meta={"source": str(local)})
+    blobs = [vault.read(snap, path) for path in sorted(snap.files)]
+    log.emit(ek.DEP_USED, job, target=snap.ref, via="input")
+    return parse_rows(blobs), snap.ref
 
 
 def state_hash(model: nn.Module, opt: torch.optim.Optimizer) -> str:
@@ -101,8 +101,9 @@ def main() -> int:
     manifest = load(manifest_path)
     job_cfg = manifest.jobs.get(args.job)
     log = EventLog.in_state_dir(manifest.state_dir)
-    store = open_store(manifest)
-    vault = getattr(store, "vault", None)
+    # the manifest's vault; without its signing key this stops with the fix (exit 2)
+    store = open_store(manifest, job=args.job, events=log)
+    vault = store.vault
     policy = job_cfg.checkpoint if job_cfg else None
     cadence = (
         Cadence(every_steps=args.every)
@@ -142,9 +143,9 @@ def main() -> int:
         ckpt.step(step + 1)
         if step % 100 == 0:
             print(f"step {step} loss {loss.item():.4f}", flush=True)
-    ckpt.save(args.steps, reason="final", block=True) if ckpt.stats[
-        "last_saved_step"
-    ] != args.steps else None
+    ckpt.wait()  # the cadence may have begun a save of the last step: let it land first
+    if ckpt.statistics().last_saved_step != args.steps:
+        ckpt.save(args.steps, reason="final", block=True)
     ckpt.close()
 
     with torch.no_grad():
@@ -152,9 +153,8 @@ def main() -> int:
     digest = state_hash(model, opt)
     if args.hash_out:
         args.hash_out.write_text(digest)
-    if vault is not None:
-        store_model(vault, model, args, job_cfg=job_cfg, dataset_ref=dataset_ref, acc=acc, log=log)
-    log.emit("train.finished", subject=args.job, steps=args.steps, accuracy=acc, state_hash=digest)
+    store_model(vault, model, args, job_cfg=job_cfg, dataset_ref=dataset_ref, acc=acc, log=log)
+    log.emit(ek.TRAIN_FINISHED, args.job, steps=args.steps, accuracy=acc, state_hash=digest)
     print(f"done: {args.steps} steps, train accuracy {acc:.3f}, state {digest[:16]}")
     return 0
 
@@ -195,7 +195,7 @@ def store_model(vault, model, args, *, job_cfg, dataset_ref, acc, log):  # type:
         meta={"accuracy": acc, "steps": args.steps, "job": args.job, "run_id": run_id},
         lineage=lineage,
     )
-    log.emit("train.model.stored", subject=args.job, ref=snap.ref, lineage=lineage, accuracy=acc)
+    log.emit(ek.TRAIN_MODEL_STORED, args.job, ref=snap.ref, lineage=lineage, accuracy=acc)
     print(f"stored {snap.ref} (lineage: {', '.join(lineage)})", flush=True)
 
 

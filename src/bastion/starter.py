@@ -1,16 +1,37 @@
-"""``bastion init``: a commented starter manifest, two local vault replicas, and keys.
+"""``bastion init``: a commented starter manifest, or, beside an existing one, the keys
+and replica directories its vault still lacks.
 
-Owns: the starter text and creating the state directory. Must never overwrite an existing
-manifest or key unless told to (``force``), and never write a key readable by others.
+Owns: the starter text, and setting up the vault a manifest's data and jobs use (its
+``vault:``, or the default vault under the state directory that ``bastion.train``
+checkpoints into when a manifest declares none): local replica directories, the Ed25519
+signing and admin keys (PKCS8 PEM, mode 0600, each with a ``.pub``).
+
+Layer: orchestration. It reads the manifest and drives the vault and training's choice
+of vault, so it sits above them (the foundation must not import a capability).
+
+Must never: change an existing manifest (``force`` writes a fresh starter over it, and
+only the manifest), replace an existing key, make a private key where only its ``.pub``
+is (a verify-only host), or make a signing key for a vault that already holds snapshots
+(a new key could not verify them: the old one must come back from a backup).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from bastion.errors import UsageError
+from bastion.events import EventLog
+from bastion.manifest import Manifest, load, loads
+from bastion.train import (
+    checkpoint_keys,
+    checkpoint_replicas,
+    checkpoint_vault,
+    holds_snapshots,
+)
+from bastion.vault import make_key
 
-__all__ = ["STARTER", "init", "write_key"]
+__all__ = ["STARTER", "Setup", "init", "set_up_vault", "write_key"]
 
 STARTER = """\
 # bastion.yaml: one description of your AI system; every Bastion command reads it.
@@ -71,23 +92,81 @@ def write_key(path: Path, *, force: bool = False) -> bool:
 
     False if one exists already. The vault owns key-making (``bastion.vault.make_key``).
     """
-    from bastion.vault import make_key
-
     return make_key(path, force=force)
 
 
-def init(directory: Path, *, system: str = "my-system", force: bool = False) -> list[Path]:
-    """Create ``directory/bastion.yaml``, the vault replicas and the keys; return what was made."""
-    manifest = directory / "bastion.yaml"
-    if manifest.exists() and not force:
-        raise UsageError(f"{manifest} exists already (pass --force to overwrite it)")
-    directory.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(STARTER.format(system=system), encoding="utf-8")
-    made = [manifest]
-    state = directory / ".bastion"
-    for replica in (state / "vault" / "a", state / "vault" / "b"):
-        replica.mkdir(parents=True, exist_ok=True)
-        made.append(replica)
-    keys = (state / "keys" / "signing.key", state / "keys" / "admin.key")
-    made.extend(key for key in keys if write_key(key, force=force))
-    return made
+@dataclass(frozen=True)
+class Setup:
+    """What ``init`` did."""
+
+    manifest: Path
+    wrote_manifest: bool
+    """False: an existing manifest was left exactly as it was."""
+    made: tuple[Path, ...]
+    """Replica directories and keys created now (nothing, when all were there)."""
+    notes: tuple[str, ...]
+    """What was deliberately not made, and why (one sentence each)."""
+
+
+def init(directory: Path, *, system: str = "my-system", force: bool = False) -> Setup:
+    """Make ``directory/bastion.yaml`` from the starter if there is none (or ``force``),
+    then whatever its vault lacks: local replica directories and keys. Idempotent: a
+    second run makes nothing."""
+    path = directory / "bastion.yaml"
+    wrote = False
+    if force or not path.exists():
+        text = STARTER.format(system=system)
+        loads(text, filename=str(path), base_dir=directory.resolve())  # a bad --system
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        wrote = True
+    made, notes = set_up_vault(load(path))
+    return Setup(path, wrote, tuple(made), tuple(notes))
+
+
+def set_up_vault(manifest: Manifest) -> tuple[list[Path], list[str]]:
+    """Make the replica directories and keys ``manifest``'s vault lacks; return what was
+    made and notes on what was left alone. ``UsageError`` (nothing made) when the signing
+    key is gone from a vault that holds snapshots: only that key can verify them."""
+    if manifest.vault is None and not manifest.jobs:
+        return [], ["the manifest declares no vault and no jobs: no vault to set up"]
+    replicas = checkpoint_replicas(manifest)
+    signing, admin = checkpoint_keys(manifest)
+    keys = (("signing", signing), ("admin", admin))
+    absent = [(role, key) for role, key in keys if not key.exists()]
+    existing = bool(absent) and holds_snapshots(manifest)
+    if existing and not signing.exists() and not _public(signing).exists():
+        raise UsageError(
+            f"{signing}: the vault's signing key is missing, and the vault "
+            f"({', '.join(replicas)}) already holds snapshots signed with it; put that "
+            "key back from your backup: a new key could not verify them"
+        )
+    notes: list[str] = []
+    if manifest.vault is None:
+        notes.append(
+            "the manifest declares no vault: its jobs checkpoint into the default vault "
+            f"under {manifest.state_dir}"
+        )
+    missing = [Path(r) for r in replicas if not Path(r).is_dir()]
+    with EventLog.in_state_dir(manifest.state_dir) as log:
+        checkpoint_vault(manifest, events=log)  # opening a local replica makes its directory
+    made = [p for p in missing if p.is_dir()]  # (a URL is never a directory here)
+    for role, key in absent:
+        if _public(key).exists():
+            notes.append(
+                f"{role} key {key}: only its public half is here (a verify-only host); "
+                "no private key was made"
+            )
+        elif existing:
+            notes.append(
+                f"admin key {key}: not made, as the vault already holds snapshots (a new "
+                "admin key would not match one pinned in its replicas); bring the admin "
+                "key here only to run gc"
+            )
+        elif make_key(key):
+            made.append(key)
+    return made, notes
+
+
+def _public(key: Path) -> Path:
+    return key.with_name(key.name + ".pub")

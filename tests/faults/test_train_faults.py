@@ -164,8 +164,8 @@ def test_bit_exact_resume_under_sigkill(
     ]
     assert during_write, f"no kill landed inside a checkpoint write: {kills} {restored}"
     status = job_status(run.manifest.state_dir, run.events, JOB)
-    assert status["restarts"] == 5
-    assert status["status"] == "succeeded"
+    assert status.restarts == 5
+    assert status.status == "succeeded"
 
 
 def test_preemption_loses_no_steps(
@@ -182,8 +182,8 @@ def test_preemption_loses_no_steps(
     assert result.ok, result
     assert run.hash_out.read_text() == baseline
     status = job_status(run.manifest.state_dir, run.events, JOB)
-    assert status["preemptions"] == 2
-    assert status["steps_lost"] == 0
+    assert status.preemptions == 2
+    assert status.steps_lost == 0
     exits = [e.data["last_step"] for e in run.events.query(kind="train.exited", subject=JOB)]
     restored = [e.data["step"] for e in run.events.query(kind="train.restored", subject=JOB)]
     assert exits[:2] == restored[1:], "each resume starts at the step preemption stopped at"

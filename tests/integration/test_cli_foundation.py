@@ -35,10 +35,66 @@ def test_init_makes_a_checkable_manifest_vault_and_private_keys(tmp_path: Path) 
     check = bastion("check", "-f", str(root / "bastion.yaml"))
     assert check.returncode == 0, check.stderr
     assert "system 'shop'" in check.stdout
+    # again: the manifest exists, so it is left alone and nothing is missing to make
+    manifest = (root / "bastion.yaml").read_bytes()
+    pem = key.read_bytes()
     again = bastion("init", str(root))
-    assert again.returncode == 2
-    assert "--force" in again.stderr
-    assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert again.returncode == 0, again.stderr
+    assert "created" not in again.stdout
+    assert "--force" in again.stdout
+    assert (root / "bastion.yaml").read_bytes() == manifest
+    assert key.read_bytes() == pem
+
+
+def test_init_beside_an_existing_manifest_makes_only_what_its_vault_lacks(
+    example_copy: Path,
+) -> None:
+    manifest = (example_copy / "bastion.yaml").read_bytes()
+    (example_copy / ".bastion/vault/a").mkdir(parents=True)
+    proc = bastion("init", str(example_copy))
+    assert proc.returncode == 0, proc.stderr
+    made = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("created")]
+    assert [Path(m).relative_to(example_copy) for m in made] == [
+        Path(".bastion/vault/b"),
+        Path(".bastion/keys/signing.key"),
+        Path(".bastion/keys/admin.key"),
+    ]
+    assert (example_copy / "bastion.yaml").read_bytes() == manifest
+    for key in ("signing.key", "admin.key"):
+        path = example_copy / ".bastion/keys" / key
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert (example_copy / ".bastion/keys" / f"{key}.pub").exists()
+    pems = {k: (example_copy / ".bastion/keys" / k).read_bytes() for k in ("signing.key",)}
+    again = bastion("init", str(example_copy))
+    assert again.returncode == 0, again.stderr
+    assert "created" not in again.stdout
+    assert "keys and replicas are all there" in again.stdout
+    assert (example_copy / ".bastion/keys/signing.key").read_bytes() == pems["signing.key"]
+    assert (example_copy / "bastion.yaml").read_bytes() == manifest
+
+
+def test_init_will_not_make_a_new_signing_key_for_a_vault_with_snapshots(
+    example_copy: Path,
+) -> None:
+    # the key is lost but the vault is not: a new key could never verify what is there
+    assert bastion("init", str(example_copy)).returncode == 0
+    put = bastion(
+        "vault",
+        "put",
+        "dataset/digits",
+        "dataset/",
+        "-f",
+        str(example_copy / "bastion.yaml"),
+        cwd=example_copy,
+    )
+    assert put.returncode == 0, put.stderr
+    (example_copy / ".bastion/keys/signing.key").unlink()
+    (example_copy / ".bastion/keys/signing.key.pub").unlink()
+    proc = bastion("init", str(example_copy))
+    assert proc.returncode == 2
+    assert "already holds snapshots signed with it" in proc.stderr
+    assert "from your backup" in proc.stderr
+    assert not (example_copy / ".bastion/keys/signing.key").exists()
 
 
 def test_schema_is_json_schema_with_every_section() -> None:

@@ -79,7 +79,7 @@ def test_crash_at_once_every_time_exhausts_the_budget(tmp_path: Path) -> None:
         "budget_exhausted"
     )
     assert "boom" in sup.log_path.read_text()
-    assert job_status(tmp_path / ".bastion", log, "crasher")["status"] == "failed"
+    assert job_status(tmp_path / ".bastion", log, "crasher").status == "failed"
 
 
 def test_checkpoint_of_another_shape_is_a_clear_error_not_a_restart_loop(
@@ -203,6 +203,79 @@ def test_killed_supervisor_is_picked_up_by_the_next_one(tmp_path: Path) -> None:
     runs = {e.data["run_id"] for e in log.query(kind="train.started", subject="train-digits")}
     assert len(runs) == 1, "the second supervisor continued the same run"
     status = job_status(work / ".bastion", log, "train-digits")
-    assert status["status"] == "succeeded"
-    assert status["steps_lost"] == 0
-    assert status["preemptions"] == 1
+    assert status.status == "succeeded"
+    assert status.steps_lost == 0
+    assert status.preemptions == 1
+
+
+def test_fresh_copy_is_refused_with_the_fix_and_after_init_trains_into_the_vault(
+    example_copy: Path,
+) -> None:
+    # What a new user does: clone, run the example's job. No keys yet: the job is refused
+    # with the command that fixes it (never trained with unsigned checkpoints).
+    work = example_copy
+    manifest_bytes = (work / "bastion.yaml").read_bytes()
+    refused = subprocess.run(
+        [*BASTION, "train", "run", "train-digits"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert (
+        "train-digits: the vault's signing key .bastion/keys/signing.key is missing; run "
+        "`bastion init .` to create the missing keys and replica directories"
+    ) in refused.stderr
+    assert not (work / ".bastion/keys").exists()
+    assert not (work / ".bastion/vault").exists(), "a refused job makes nothing"
+
+    init = subprocess.run(
+        [*BASTION, "init", "."], cwd=work, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert init.returncode == 0, init.stderr
+    assert "created .bastion/keys/signing.key" in init.stdout
+    assert (work / "bastion.yaml").read_bytes() == manifest_bytes
+
+    trained = subprocess.run(
+        [*BASTION, "train", "run", "train-digits"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert trained.returncode == 0, trained.stderr
+    from bastion.manifest import load
+    from bastion.vault import Vault
+
+    vault = Vault.from_manifest(load(work / "bastion.yaml"))
+    # every checkpoint is a snapshot whose signature the vault verified on the way in
+    names = vault.names(prefix="ckpt/train-digits/")
+    # every 50 steps, unless one was still being written (on_busy: skip), and the last
+    steps = [int(n.removeprefix("ckpt/train-digits/step-")) for n in names]
+    assert steps[-1] == 400
+    assert len(steps) >= 2
+    assert all(s % 50 == 0 for s in steps), names
+    for name in names:
+        snap = vault.snapshot(name)
+        assert snap.meta["job"] == "train-digits"
+        assert set(snap.files) == {"state.safetensors", "state.json"}
+    model = vault.snapshot("model/digits")
+    assert model.meta["job"] == "train-digits"
+    assert any(ref.startswith("dataset/digits@") for ref in model.lineage)
+    status = subprocess.run(
+        [*BASTION, "train", "status", "train-digits", "--json"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    row = json.loads(status.stdout)[0]
+    assert (row["status"], row["checkpoints"], row["last_checkpoint"]["step"]) == (
+        "succeeded",
+        len(names),
+        400,
+    )

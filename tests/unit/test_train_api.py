@@ -7,23 +7,34 @@ def test_train_exports() -> None:
     assert sorted(bastion.train.__all__) == sorted(
         [
             "Cadence",
+            "CadenceStatistics",
+            "CheckpointStatistics",
             "CheckpointStore",
             "Checkpointer",
-            "DirStore",
             "JobResult",
+            "JobStatistics",
+            "JobStatus",
             "JobSupervisor",
+            "LastCheckpoint",
             "LocalSlot",
             "Preempted",
             "RNGState",
+            "Recovery",
             "ResumableLoader",
             "ResumableSampler",
             "SlotPicker",
             "Stateful",
             "VaultStore",
             "WorkerSlot",
+            "checkpoint_keys",
             "checkpoint_name",
+            "checkpoint_replicas",
+            "checkpoint_vault",
+            "holds_snapshots",
             "job_status",
             "open_store",
             "recovery_timeline",
         ]
     )
+    for name in bastion.train.__all__:
+        assert getattr(bastion.train, name) is not None, name

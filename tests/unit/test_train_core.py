@@ -1,5 +1,5 @@
 """The checkpoint core without processes: state trees, staging, cadence, sampler, and the
-Checkpointer over a real replicated directory store."""
+Checkpointer over a real vault of two replicas in a temporary directory."""
 
 from __future__ import annotations
 
@@ -17,16 +17,18 @@ from safetensors.torch import load
 from torch import nn
 
 from bastion.errors import IntegrityError, UsageError
+from bastion.events import EventLog
 from bastion.train import (
     Cadence,
     Checkpointer,
-    DirStore,
     ResumableLoader,
     ResumableSampler,
     SlotPicker,
+    VaultStore,
 )
 from bastion.train._staging import StagingBuffer
 from bastion.train._tree import flatten, unflatten
+from bastion.vault import Vault, make_key
 
 leaf = st.one_of(
     st.none(),
@@ -109,7 +111,7 @@ def test_cadence_by_steps_seconds_and_adaptive() -> None:
         a.observe_step(step)
     a.saved(4, 0.035)
     assert a.interval_steps() == 100
-    assert a.statistics()["overhead"] == pytest.approx(0.035)
+    assert a.statistics().overhead == pytest.approx(0.035)
 
 
 def test_adaptive_cadence_counts_step_inflation_while_a_persist_is_in_flight() -> None:
@@ -138,7 +140,7 @@ def test_adaptive_cadence_counts_step_inflation_while_a_persist_is_in_flight() -
     assert a.step_s == pytest.approx(0.01)
     # (7 ms stall + 20 ms inflation) / (3.5 % of 10 ms) -> one checkpoint per 78 steps
     assert a.interval_steps() == 78
-    assert a.statistics()["overhead"] == pytest.approx(0.027 / 78 / 0.01)
+    assert a.statistics().overhead == pytest.approx(0.027 / 78 / 0.01)
     # a step that ran faster while a write was in flight is noise, never negative cost
     t[0] += 0.007
     a.saved(step, 0.007)
@@ -188,8 +190,18 @@ class Counter:
         self.n = int(state["n"])
 
 
+def _vault(root: Path, events: EventLog | None = None) -> Vault:
+    make_key(root / "keys" / "signing.key")
+    return Vault(
+        [root / "a", root / "b"],
+        key_path=root / "keys" / "signing.key",
+        state_dir=root / "state",
+        events=events,
+    )
+
+
 def _setup(
-    store: DirStore, *, hidden: int = 8, **kw: Any
+    store: VaultStore, *, hidden: int = 8, **kw: Any
 ) -> tuple[Checkpointer, nn.Module, torch.optim.Optimizer, Counter]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 2))
@@ -217,7 +229,7 @@ def _digest(model: nn.Module, opt: torch.optim.Optimizer) -> list[float]:
 
 
 def test_restore_continues_bit_exact_including_rng(tmp_path: Path) -> None:
-    store = DirStore([tmp_path / "a", tmp_path / "b"])
+    store = VaultStore(_vault(tmp_path))
     ckpt, model, opt, counter = _setup(store, cadence=Cadence(every_steps=5))
     for step in range(1, 11):
         _train(model, opt, 1)
@@ -248,7 +260,7 @@ def test_busy_save_is_skipped_and_reported(tmp_path: Path) -> None:
         def emit(self, kind: str, subject: str = "", segment: str = "", **data: Any) -> None:
             events.append((kind, data))
 
-    class SlowStore(DirStore):
+    class SlowStore(VaultStore):
         gate_open = False
 
         def commit(self, *a: Any, **k: Any) -> str:
@@ -259,19 +271,19 @@ def test_busy_save_is_skipped_and_reported(tmp_path: Path) -> None:
                 ev.wait(0.005)
             return super().commit(*a, **k)
 
-    store = SlowStore([tmp_path / "a"])
+    store = SlowStore(_vault(tmp_path))
     ckpt, _model, _opt, _ = _setup(store, events=Log(), on_busy="skip")
     assert ckpt.save(1)
     assert not ckpt.save(2)
     SlowStore.gate_open = True
     ckpt.wait()
     assert ("train.checkpoint.skipped", {"step": 2, "reason": "busy"}) in events
-    assert ckpt.statistics()["skipped"] == 1
+    assert ckpt.statistics().skipped == 1
     ckpt.close()
 
 
 def test_shape_mismatch_is_a_clear_usage_error(tmp_path: Path) -> None:
-    store = DirStore([tmp_path / "a"])
+    store = VaultStore(_vault(tmp_path))
     ckpt, *_ = _setup(store, hidden=8)
     ckpt.save(3, block=True)
     ckpt.close()
@@ -281,34 +293,140 @@ def test_shape_mismatch_is_a_clear_usage_error(tmp_path: Path) -> None:
     other.close()
 
 
+def _objects(root: Path, replica: str, digests: set[str]) -> list[Path]:
+    # where docs/vault.md says a replica keeps an object
+    return [root / replica / "objects" / d[:2] / d for d in sorted(digests)]
+
+
+def _damage(path: Path) -> None:
+    path.chmod(0o644)  # objects are written read-only
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_corrupt_latest_repaired_on_one_replica_skipped_on_all(tmp_path: Path) -> None:
-    emitted: list[str] = []
-    store = DirStore(
-        [tmp_path / "a", tmp_path / "b"], on_event=lambda kind, data: emitted.append(kind)
-    )
+    log = EventLog.in_state_dir(tmp_path / "state")
+    vault = _vault(tmp_path, events=log)
+    store = VaultStore(vault)
     ckpt, model, opt, _ = _setup(store)
     ckpt.save(1, block=True)
     _train(model, opt, 1)
     ckpt.save(2, block=True)
     ckpt.close()
-    target = tmp_path / "a" / "ckpt/job/step-000002/state.safetensors"
-    data = bytearray(target.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    target.write_bytes(bytes(data))
+    newer = vault.snapshot("ckpt/job/step-000002")
+    only_new = {c.id for c in newer.files["state.safetensors"].chunks} - (
+        vault.snapshot("ckpt/job/step-000001").chunk_ids()
+    )
+    assert only_new
+    for path in _objects(tmp_path, "a", only_new):
+        _damage(path)
+    mark = log.count()
     again, *_ = _setup(store)
     assert again.restore() == 2
-    assert "repaired" in emitted
-    assert (tmp_path / "a" / "ckpt/job/step-000002/state.safetensors").read_bytes() == (
-        tmp_path / "b" / "ckpt/job/step-000002/state.safetensors"
-    ).read_bytes()
+    assert any(e.kind == "vault.repaired" for e in log.query(after_id=mark))
+    for a, b in zip(
+        _objects(tmp_path, "a", only_new), _objects(tmp_path, "b", only_new), strict=True
+    ):
+        assert a.read_bytes() == b.read_bytes()
     for replica in ("a", "b"):
-        (tmp_path / replica / "ckpt/job/step-000002/state.safetensors").write_bytes(b"junk")
+        for path in _objects(tmp_path, replica, only_new):
+            _damage(path)
     with pytest.raises(IntegrityError):
         store.read("ckpt/job/step-000002", "state.safetensors")
     third, *_ = _setup(store)
     assert third.restore() == 1
     again.close()
     third.close()
+    log.close()
+
+
+def test_checkpoint_chunks_are_written_from_the_staging_buffer_in_the_aligned_form(
+    tmp_path: Path,
+) -> None:
+    # 1024 x 1024 float32 weights and two Adam moments: the state file is one 16 MiB
+    # chunk and a tail, each starting page-aligned in the staging buffer, so the vault
+    # stores them behind a 4 KiB header (form 03) and writes them with O_DIRECT from
+    # where they are (docs/vault.md), with no copy on the writer's path.
+    vault = _vault(tmp_path)
+    torch.manual_seed(0)
+    model = nn.Linear(1024, 1024)
+    opt = torch.optim.Adam(model.parameters())
+    _train_wide(model, opt)
+    ckpt = Checkpointer("wide", VaultStore(vault), handle_signals=False, track_rng=False)
+    ckpt.track(model=model, optimizer=opt)
+    ckpt.save(1, block=True)
+    ckpt.close()
+    entry = vault.snapshot("ckpt/wide/step-000001").files["state.safetensors"]
+    big = [c for c in entry.chunks if c.size >= 1 << 20]
+    assert big, entry.chunks
+    for replica in ("a", "b"):
+        for chunk in big:
+            path = tmp_path / replica / "objects" / chunk.id[:2] / chunk.id
+            with path.open("rb") as f:
+                assert f.read(4096) == b"\x03" + bytes(4095), (replica, chunk)
+            assert path.stat().st_size == 4096 + chunk.size
+
+
+def _train_wide(model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    loss = model(torch.randn(2, 1024)).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def test_a_vault_without_its_signing_key_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from bastion.manifest import load
+    from bastion.train import open_store
+
+    path = tmp_path / "bastion.yaml"
+    path.write_text(
+        "version: 1\nsystem: t\nvault:\n  replicas: [.bastion/vault/a]\n"
+        "  key: .bastion/keys/signing.key\n"
+    )
+    manifest = load(path)
+    with pytest.raises(UsageError) as got:
+        open_store(manifest, job="job-a")
+    assert str(got.value) == (
+        "job-a: the vault's signing key .bastion/keys/signing.key is missing; run "
+        f"`bastion init {tmp_path}` to create the missing keys and replica directories"
+    )
+    assert not (tmp_path / ".bastion").exists(), "a refused job changes nothing"
+    # a verify-only host (the public half alone) is told so, not sent to `bastion init`
+    make_key(tmp_path / "elsewhere.key")
+    (tmp_path / ".bastion/keys").mkdir(parents=True)
+    (tmp_path / "elsewhere.key.pub").rename(tmp_path / ".bastion/keys/signing.key.pub")
+    with pytest.raises(UsageError, match=r"only its public half signing\.key\.pub"):
+        open_store(manifest, job="job-a")
+    # a vault that holds snapshots needs its own key back: a new one could not verify them
+    (tmp_path / ".bastion/keys/signing.key.pub").unlink()
+    (tmp_path / "elsewhere.key").rename(tmp_path / ".bastion/keys/signing.key")
+    Vault.from_manifest(manifest).commit("dataset/x", {"x": b"x"})
+    (tmp_path / ".bastion/keys/signing.key").unlink()
+    with pytest.raises(UsageError, match=r"already holds snapshots.*from your backup"):
+        open_store(manifest, job="job-a")
+
+
+def test_without_a_vault_section_checkpoints_go_to_the_default_vault(tmp_path: Path) -> None:
+    from bastion.manifest import load
+    from bastion.train import checkpoint_vault, open_store
+
+    path = tmp_path / "bastion.yaml"
+    path.write_text("version: 1\nsystem: t\njobs:\n  j: {command: [python, x.py]}\n")
+    manifest = load(path)
+    with pytest.raises(UsageError, match=r"default vault's signing key .*bastion init"):
+        open_store(manifest, job="j")
+    make_key(tmp_path / ".bastion/keys/signing.key")
+    store = open_store(manifest, job="j")
+    ckpt, *_ = _setup(store)
+    ckpt.save(7, block=True)
+    ckpt.close()
+    vault = checkpoint_vault(manifest)
+    assert [s.url for s in vault.stores] == [
+        str(tmp_path / ".bastion/vault/a"),
+        str(tmp_path / ".bastion/vault/b"),
+    ]
+    assert vault.snapshot("ckpt/job/step-000007").key_id
 
 
 def test_slot_picker_fails_over_and_reports_why(tmp_path: Path) -> None:

@@ -28,15 +28,42 @@ def check(file: ManifestOption = DEFAULT_MANIFEST) -> None:
 
 
 def init(
-    directory: Annotated[Path, typer.Argument(help="Where to create bastion.yaml.")] = Path(),
-    system: Annotated[str, typer.Option(help="The system's name.")] = "my-system",
-    force: Annotated[bool, typer.Option(help="Overwrite an existing bastion.yaml.")] = False,
+    directory: Annotated[
+        Path, typer.Argument(help="Where bastion.yaml is, or is to be created.")
+    ] = Path(),
+    system: Annotated[str, typer.Option(help="The system's name (a new manifest).")] = "my-system",
+    force: Annotated[
+        bool, typer.Option(help="Write a fresh starter over an existing bastion.yaml.")
+    ] = False,
 ) -> None:
-    """Create a commented starter manifest with a vault of two local replicas."""
-    made = starter.init(directory, system=system, force=force)
-    for path in made:
-        console.print(f"created {path}")
-    console.print(f"next: edit {directory / 'bastion.yaml'} and run `bastion check -f ...`")
+    """Create a commented starter manifest with a vault of two local replicas; beside an
+    existing manifest, make only the keys and replica directories its vault lacks."""
+    setup = starter.init(directory, system=system, force=force)
+    if setup.wrote_manifest:
+        _say(f"created {_shown(setup.manifest)}")
+    for path in setup.made:
+        _say(f"created {_shown(path)}")
+    for note in setup.notes:
+        _say(f"note: {note}")
+    if setup.wrote_manifest:
+        _say(f"next: edit {_shown(setup.manifest)} and run `bastion check -f ...`")
+        return
+    if not setup.made:
+        _say(f"{_shown(setup.manifest)}: its vault's keys and replicas are all there")
+    _say(f"left {_shown(setup.manifest)} as it was (--force writes a fresh starter over it)")
+
+
+def _say(line: str) -> None:
+    # one line per path, never wrapped or read as markup: people copy these, scripts read them
+    console.print(line, soft_wrap=True, markup=False)
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working directory when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def schema_cmd() -> None:

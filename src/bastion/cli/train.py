@@ -59,6 +59,7 @@ def run(
                 f"got {' '.join(words) or 'nothing'}"
             )
         sup = JobSupervisor.from_manifest(load(file), words[0])
+        sup.check()
     console.print(f"supervising {sup.name} (log: {sup.log_path})")
     result = sup.run()
     line = f"{result.job}: {result.state} after {result.restarts} restarts (run {result.run_id})"
@@ -86,19 +87,19 @@ def status(
     with EventLog.in_state_dir(manifest.state_dir) as log:
         rows = [job_status(manifest.state_dir, log, n) for n in names]
     if as_json:
-        console.print_json(json.dumps(rows))
+        console.print_json(json.dumps([r.to_json() for r in rows]))
         return
     table = Table("job", "status", "restarts", "hangs", "last checkpoint", "steps lost", "run")
     for r in rows:
-        last = r["last_checkpoint"]
+        last = r.last_checkpoint
         table.add_row(
-            r["job"],
-            r["status"],
-            str(r["restarts"]),
-            str(r["hangs"]),
-            f"step {last['step']} at {last['at']}" if last else "none",
-            str(r["steps_lost"]),
-            r["run_id"] or "",
+            r.job,
+            r.status,
+            str(r.restarts),
+            str(r.hangs),
+            f"step {last.step} at {last.at}" if last else "none",
+            str(r.steps_lost),
+            r.run_id or "",
         )
     console.print(table)
 

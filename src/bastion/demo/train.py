@@ -23,10 +23,10 @@ STEP_MS = "3"  # the example pads each step to 3 ms: a stand-in for a bigger mod
 
 
 def _keys(workdir: Path) -> None:
-    from bastion.vault import make_key
+    """What a user runs on a fresh copy: ``bastion init`` makes the vault's keys."""
+    from bastion.starter import init
 
-    make_key(workdir / ".bastion/keys/signing.key")
-    make_key(workdir / ".bastion/keys/admin.key")
+    init(workdir)
 
 
 def _reference(workdir: Path) -> str:
@@ -145,25 +145,25 @@ def run(ctx: DemoContext) -> Scene:
     timeline = recovery_timeline(log, JOB, after_id=mark)
     for (at, note, killed_ns), rec in zip(kills, timeline, strict=False):
         parts = {
-            "detect": (rec["exited_ns"] - killed_ns) / 1e9,
-            "restart": (rec["started_ns"] - rec["exited_ns"]) / 1e9,
-            "restore": (rec["restored_ns"] - rec["started_ns"]) / 1e9,
-            "first step": (rec["first_step_ns"] - rec["restored_ns"]) / 1e9,
+            "detect": (rec.exited_ns - killed_ns) / 1e9,
+            "restart": (rec.started_ns - rec.exited_ns) / 1e9,
+            "restore": (rec.restored_ns - rec.started_ns) / 1e9,
+            "first step": (rec.first_step_ns - rec.restored_ns) / 1e9,
         }
         where = f" during the checkpoint write of step {note.split('=')[1]}" if note else ""
         scene.findings.append(
-            f"SIGKILL at step {at}{where}: resumed from step {rec['step']}; kill -> first "
-            f"step {(rec['first_step_ns'] - killed_ns) / 1e9:.2f} s (detect "
+            f"SIGKILL at step {at}{where}: resumed from step {rec.step}; kill -> first "
+            f"step {(rec.first_step_ns - killed_ns) / 1e9:.2f} s (detect "
             f"{parts['detect']:.3f}, restart {parts['restart']:.2f}, restore "
             f"{parts['restore']:.2f}, first step {parts['first step']:.3f}; "
-            f"{'warm standby' if rec.get('warm') else 'cold start'})"
+            f"{'warm standby' if rec.warm else 'cold start'})"
         )
     status = job_status(manifest.state_dir, log, JOB)
     final = hash_out.read_text() if hash_out.exists() else ""
     same = final == reference
     scene.findings.append(
-        f"supervised run: {status['restarts']} restarts, {status['checkpoints']} verified "
-        f"checkpoints in the vault, {status['steps_lost']} steps recomputed after the kills"
+        f"supervised run: {status.restarts} restarts, {status.checkpoints} verified "
+        f"checkpoints in the vault, {status.steps_lost} steps recomputed after the kills"
     )
     scene.findings.append(
         f"final state {final[:16]} {'==' if same else '!='} reference {reference[:16]}: "

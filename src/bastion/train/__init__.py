@@ -6,6 +6,11 @@ scheduler, scaler, RNGs and data position asynchronously into the vault as
 (``JobSupervisor``) runs the script as a child process through ``bastion.supervise``:
 restart with backoff under a budget, hang detection by heartbeat, preemption handling,
 failover across worker slots, every lifecycle step an event.
+
+Checkpoints are signed vault snapshots, always: ``open_store(manifest)`` is the
+manifest's vault (or, with no ``vault:`` section, the default one under the state
+directory), and a vault without its signing key is a ``UsageError`` that names
+``bastion init`` as the fix; there is no unsigned fallback.
 """
 
 from __future__ import annotations
@@ -13,26 +18,41 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from bastion.train._cadence import Cadence
-from bastion.train._job import JobResult, JobSupervisor
+from bastion.train._cadence import Cadence, CadenceStatistics
+from bastion.train._job import JobResult, JobStatistics, JobSupervisor
 from bastion.train._slots import LocalSlot, SlotPicker, WorkerSlot
-from bastion.train._status import job_status, recovery_timeline
+from bastion.train._status import (
+    JobStatus,
+    LastCheckpoint,
+    Recovery,
+    job_status,
+    recovery_timeline,
+)
 from bastion.train._store import (
     CheckpointStore,
-    DirStore,
     VaultStore,
+    checkpoint_keys,
     checkpoint_name,
+    checkpoint_replicas,
+    checkpoint_vault,
+    holds_snapshots,
     open_store,
 )
 
 if TYPE_CHECKING:
-    from bastion.train._checkpoint import Checkpointer, Preempted, Stateful
+    from bastion.train._checkpoint import (
+        Checkpointer,
+        CheckpointStatistics,
+        Preempted,
+        Stateful,
+    )
     from bastion.train._rng import RNGState
     from bastion.train._sampler import ResumableLoader, ResumableSampler
 
 # The script's side needs PyTorch (the `torch` extra); the operator's side (`bastion train
 # run/status`, JobSupervisor) must work without it, so those names load on first use.
 _NEEDS_TORCH = {
+    "CheckpointStatistics": "_checkpoint",
     "Checkpointer": "_checkpoint",
     "Preempted": "_checkpoint",
     "Stateful": "_checkpoint",
@@ -51,21 +71,30 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Cadence",
+    "CadenceStatistics",
+    "CheckpointStatistics",
     "CheckpointStore",
     "Checkpointer",
-    "DirStore",
     "JobResult",
+    "JobStatistics",
+    "JobStatus",
     "JobSupervisor",
+    "LastCheckpoint",
     "LocalSlot",
     "Preempted",
     "RNGState",
+    "Recovery",
     "ResumableLoader",
     "ResumableSampler",
     "SlotPicker",
     "Stateful",
     "VaultStore",
     "WorkerSlot",
+    "checkpoint_keys",
     "checkpoint_name",
+    "checkpoint_replicas",
+    "checkpoint_vault",
+    "holds_snapshots",
     "job_status",
     "open_store",
     "recovery_timeline",

@@ -26,9 +26,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Cadence"]
+__all__ = ["Cadence", "CadenceStatistics"]
 
 BOOTSTRAP_STEPS = 10
+
+
+@dataclass(frozen=True)
+class CadenceStatistics:
+    """A cadence's settings and what it has measured (``Cadence.statistics()``)."""
+
+    every_steps: int | None
+    """The fixed interval in steps (adaptive mode: the floor)."""
+    every_seconds: float | None
+    """The fixed interval in seconds, if any."""
+    max_overhead: float | None
+    """The adaptive cap on the loop time checkpoints may cost (0.035 = 3.5 %)."""
+    interval_steps: int | None
+    """Steps between checkpoints now."""
+    step_s: float | None
+    """EWMA of an undisturbed training step, seconds."""
+    stall_s: float | None
+    """EWMA of a save's in-memory copy, seconds."""
+    inflation_s: float | None
+    """EWMA of the extra step time while a persist is in flight, per checkpoint."""
+    overhead: float | None
+    """Estimated fraction of loop time checkpoints cost at ``interval_steps``."""
 
 
 @dataclass(kw_only=True)
@@ -141,18 +163,18 @@ class Cadence:
         self._last_step, self._last_time = None, None
         self._extra_s, self._extra_steps = 0.0, 0
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "every_steps": self.every_steps,
-            "every_seconds": self.every_seconds,
-            "max_overhead": self.max_overhead,
-            "interval_steps": self.interval_steps(),
-            "step_s": self.step_s,
-            "stall_s": self.stall_s,
-            "inflation_s": self.inflation_s,
-            "overhead": (
-                cost / (self.interval_steps() or 1) / self.step_s
-                if (cost := self.cost_s()) is not None and self.step_s
-                else None
+    def statistics(self) -> CadenceStatistics:
+        interval = self.interval_steps()
+        cost = self.cost_s()
+        return CadenceStatistics(
+            every_steps=self.every_steps,
+            every_seconds=self.every_seconds,
+            max_overhead=self.max_overhead,
+            interval_steps=interval,
+            step_s=self.step_s,
+            stall_s=self.stall_s,
+            inflation_s=self.inflation_s,
+            overhead=(
+                cost / (interval or 1) / self.step_s if cost is not None and self.step_s else None
             ),
-        }
+        )

@@ -27,21 +27,23 @@ import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from types import FrameType
 from typing import Any, Literal, Protocol
 
 import torch
 
+from bastion import event_kinds as ek
 from bastion.errors import BastionError, IntegrityError, NotFoundError, UsageError
+from bastion.events import NO_EVENTS, Emit
 from bastion.supervise import EXITING, Heartbeat
-from bastion.train._cadence import Cadence
+from bastion.train._cadence import Cadence, CadenceStatistics
 from bastion.train._rng import RNGState
 from bastion.train._staging import StagingBuffer
 from bastion.train._store import CheckpointStore, checkpoint_name
 from bastion.train._tree import flatten, unflatten
 
-__all__ = ["Checkpointer", "Preempted", "Stateful"]
+__all__ = ["CheckpointStatistics", "Checkpointer", "Preempted", "Stateful"]
 
 STATE_FILE = "state.safetensors"
 SKELETON_FILE = "state.json"
@@ -53,10 +55,6 @@ class Stateful(Protocol):
     def load_state_dict(self, state: Any, /) -> Any: ...
 
 
-class EventEmitter(Protocol):
-    def emit(self, kind: str, subject: str = "", segment: str = "", **fields: Any) -> Any: ...
-
-
 class Preempted(SystemExit):
     """Raised by ``step()`` after the emergency checkpoint; exits ``128 + signal``."""
 
@@ -64,6 +62,60 @@ class Preempted(SystemExit):
         super().__init__(128 + signum)
         self.signum = signum
         self.step = step
+
+
+@dataclass(frozen=True)
+class CheckpointStatistics:
+    """What one ``Checkpointer`` has done (``statistics()``). Times are seconds of the
+    training loop's own thread unless they say otherwise."""
+
+    saves: int
+    """Checkpoints made durable and visible."""
+    skipped: int
+    """Due saves skipped because one was still in flight (``on_busy="skip"``)."""
+    failed: int
+    """Saves whose commit raised (each one a ``train.checkpoint.failed`` event)."""
+    waited_s: float
+    """Loop time spent waiting for the save in flight (``on_busy="wait"``)."""
+    stall_s_total: float
+    """Loop time blocked by saves' in-memory copies."""
+    staging_wait_s: float
+    """Loop time optimizer steps waited for a deferred parameter copy."""
+    last_stall_s: float | None
+    """The last save's in-memory copy; None before the first save."""
+    last_persist_s: float | None
+    """The last save from commit to durable, on the writer thread."""
+    last_bytes: int
+    """Bytes the last save stored (state file and skeleton, per replica)."""
+    last_saved_step: int | None
+    """The step of the newest checkpoint known durable (saved or restored)."""
+    restored_step: int | None
+    """The step ``restore()`` resumed from; None before it ran or on a fresh start."""
+    in_flight: bool
+    """A save is being written now."""
+    step: int
+    """The last step ``step()`` was told of."""
+    staging_bytes: int
+    """Size of the staging buffer (0 before the first save or ``prepare()``)."""
+    cadence: CadenceStatistics
+    """The cadence's own figures."""
+
+
+@dataclass
+class _Counts:
+    """The mutable part of ``CheckpointStatistics``, guarded by the checkpointer."""
+
+    saves: int = 0
+    skipped: int = 0
+    failed: int = 0
+    waited_s: float = 0.0
+    stall_s_total: float = 0.0
+    staging_wait_s: float = 0.0
+    last_stall_s: float | None = None
+    last_persist_s: float | None = None
+    last_bytes: int = 0
+    last_saved_step: int | None = None
+    restored_step: int | None = None
 
 
 @dataclass
@@ -98,7 +150,7 @@ class Checkpointer:
         cadence: Cadence | None = None,
         on_busy: Literal["wait", "skip"] = "skip",
         keep: int = 3,
-        events: EventEmitter | None = None,
+        events: Emit = NO_EVENTS,
         segment: str = "",
         heartbeat: Heartbeat | None = None,
         lineage: Sequence[str] = (),
@@ -133,19 +185,7 @@ class Checkpointer:
         self._preempt: int | None = None
         self._first_step_seen = False
         self.current_step = 0
-        self.stats: dict[str, Any] = {
-            "saves": 0,
-            "skipped": 0,
-            "waited_s": 0.0,
-            "failed": 0,
-            "stall_s_total": 0.0,
-            "last_stall_s": None,
-            "last_persist_s": None,
-            "last_bytes": 0,
-            "last_saved_step": None,
-            "restored_step": None,
-            "staging_wait_s": 0.0,
-        }
+        self._counts = _Counts()
         self._writer = threading.Thread(target=self._write_loop, name="bastion-ckpt", daemon=True)
         self._writer.start()
         if handle_signals and threading.current_thread() is threading.main_thread():
@@ -153,10 +193,9 @@ class Checkpointer:
                 signal.signal(sig, self._on_signal)
 
     # -- events --------------------------------------------------------------------------
-    def _emit(self, kind: str, **data: Any) -> None:
-        if self.events is not None:
-            with contextlib.suppress(Exception):  # an event log hiccup must not stop training
-                self.events.emit(kind, subject=self.job, segment=self.segment, **data)
+    def _emit(self, kind: ek.Kind, **data: Any) -> None:
+        with contextlib.suppress(Exception):  # an event log hiccup must not stop training
+            self.events.emit(kind, self.job, segment=self.segment or None, **data)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._preempt = signum
@@ -184,7 +223,7 @@ class Checkpointer:
             self._staged.wait()
             waited = time.monotonic() - began
             self._hook_wait_s += waited
-            self.stats["staging_wait_s"] += waited
+            self._counts.staging_wait_s += waited
 
     def _protected(self) -> set[int]:
         """Storage of tensors only an optimizer step changes (parameters, moments)."""
@@ -209,7 +248,7 @@ class Checkpointer:
         self.heartbeat.beat(step, note=f"saving={pending.step}" if pending else "")
         if not self._first_step_seen:
             self._first_step_seen = True
-            self._emit("train.step.first", step=step, mono_ns=time.monotonic_ns())
+            self._emit(ek.TRAIN_STEP_FIRST, step=step)
         if self._preempt is not None:
             self._emergency(step, self._preempt)
         done = self._persists_done
@@ -222,12 +261,12 @@ class Checkpointer:
 
     def _emergency(self, step: int, signum: int) -> None:
         began = time.monotonic()
-        saved = self.stats["last_saved_step"] == step
+        saved = self._counts.last_saved_step == step
         if not saved:
             saved = self.save(step, reason="preemption", block=True)
         self.heartbeat.beat(step, note=EXITING, force=True)
         self._emit(
-            "train.preempted",
+            ek.TRAIN_PREEMPTED,
             signal=signal.Signals(signum).name,
             step=step,
             emergency_checkpoint=saved,
@@ -241,16 +280,16 @@ class Checkpointer:
         with self._cv:
             if self._busy:
                 if self.on_busy == "skip" and not block:
-                    self.stats["skipped"] += 1
+                    self._counts.skipped += 1
                     self.cadence.skipped(step)
-                    self._emit("train.checkpoint.skipped", step=step, reason="busy")
+                    self._emit(ek.TRAIN_CHECKPOINT_SKIPPED, step=step, reason="busy")
                     return False
                 waited = time.monotonic()
                 while self._busy:
                     self._cv.wait()
                 waited_s = time.monotonic() - waited
-                self.stats["waited_s"] += waited_s
-                self._emit("train.checkpoint.waited", step=step, wait_s=round(waited_s, 4))
+                self._counts.waited_s += waited_s
+                self._emit(ek.TRAIN_CHECKPOINT_WAITED, step=step, wait_s=round(waited_s, 4))
             began = time.monotonic()
             skeleton, tensors = flatten(self._gather())
             self._ensure_staging(tensors)
@@ -280,8 +319,8 @@ class Checkpointer:
                 {"format": FORMAT, "job": self.job, "step": step, "state": skeleton}
             ).encode()
             stall = time.monotonic() - began
-            self.stats["stall_s_total"] += stall
-            self.stats["last_stall_s"] = stall
+            self._counts.stall_s_total += stall
+            self._counts.last_stall_s = stall
             self.cadence.saved(step, stall)
             self._pending = _Job(step, checkpoint_name(self.job, step), body, stall, reason, began)
             self._busy = True
@@ -289,7 +328,7 @@ class Checkpointer:
             if block:
                 while self._busy:
                     self._cv.wait()
-                return bool(self.stats["last_saved_step"] == step)
+                return self._counts.last_saved_step == step
         return True
 
     def _stage_deferred(self, staging: StagingBuffer, tensors: dict[str, torch.Tensor]) -> None:
@@ -347,17 +386,17 @@ class Checkpointer:
             persist = time.monotonic() - began
             dropped = self.store.prune(self.job, self.keep)
         except Exception as exc:
-            self.stats["failed"] += 1
-            self._emit("train.checkpoint.failed", step=job.step, error=str(exc)[:500])
+            self._counts.failed += 1
+            self._emit(ek.TRAIN_CHECKPOINT_FAILED, step=job.step, error=str(exc)[:500])
             return
         nbytes = view.nbytes + len(job.skeleton)
-        replicas = len(getattr(self.store, "replicas", ())) or 1
-        self.stats["saves"] += 1
-        self.stats["last_persist_s"] = persist
-        self.stats["last_bytes"] = nbytes
-        self.stats["last_saved_step"] = job.step
+        replicas = self.store.replicas or 1
+        self._counts.saves += 1
+        self._counts.last_persist_s = persist
+        self._counts.last_bytes = nbytes
+        self._counts.last_saved_step = job.step
         self._emit(
-            "train.checkpoint.saved",
+            ek.TRAIN_CHECKPOINT_SAVED,
             step=job.step,
             name=job.name,
             ref=ref,
@@ -407,36 +446,34 @@ class Checkpointer:
                 tensors = _load_tensors(self.store.read(name, STATE_FILE))
                 tree = unflatten(body["state"], tensors)
             except (IntegrityError, NotFoundError, ValueError, KeyError) as exc:
-                self._emit("train.checkpoint.corrupt", name=name, error=str(exc)[:500])
+                self._emit(ek.TRAIN_CHECKPOINT_CORRUPT, name=name, error=str(exc)[:500])
                 continue
             self._apply(name, tree)
             self.prepare()
             step = int(body["step"])
             self.cadence.restart_from(step)
-            self.stats["restored_step"] = step
-            self.stats["last_saved_step"] = step
+            self._counts.restored_step = step
+            self._counts.last_saved_step = step
             self.current_step = step
             self._emit(
-                "train.restored",
+                ek.TRAIN_RESTORED,
                 step=step,
                 name=name,
                 restore_s=round(time.monotonic() - began, 6),
                 skipped=names.index(name),
-                mono_ns=time.monotonic_ns(),
             )
             return step
         self.prepare()
         self._emit(
-            "train.restored",
+            ek.TRAIN_RESTORED,
             step=0,
             name=None,
             fresh=True,
             skipped=len(names),
             restore_s=round(time.monotonic() - began, 6),
-            mono_ns=time.monotonic_ns(),
         )
         if names:
-            self._emit("train.checkpoint.none_valid", tried=len(names))
+            self._emit(ek.TRAIN_CHECKPOINT_NONE_VALID, tried=len(names))
         return 0
 
     def _apply(self, name: str, tree: Mapping[str, Any]) -> None:
@@ -461,15 +498,15 @@ class Checkpointer:
                     "or start a new job name"
                 ) from None
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> CheckpointStatistics:
         with self._cv:
-            return {
-                **self.stats,
-                "in_flight": self._busy,
-                "step": self.current_step,
-                "cadence": self.cadence.statistics(),
-                "staging_bytes": self._staging.nbytes if self._staging else 0,
-            }
+            return CheckpointStatistics(
+                **asdict(self._counts),
+                in_flight=self._busy,
+                step=self.current_step,
+                staging_bytes=self._staging.nbytes if self._staging else 0,
+                cadence=self.cadence.statistics(),
+            )
 
 
 def _load_tensors(data: bytes) -> dict[str, torch.Tensor]:

@@ -22,23 +22,28 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bastion import event_kinds as ek
 from bastion.errors import BastionError, UsageError
 from bastion.events import EventLog, Relay
+from bastion.manifest import Manifest
 from bastion.supervise import (
     Backoff,
     ProcessSpec,
     RestartBudget,
     Supervisor,
+    SupervisorStatistics,
     heartbeat_progress,
+    pid_alive,
 )
 from bastion.train._slots import LocalSlot, SlotPicker, WorkerSlot, slots_from_manifest
+from bastion.train._store import require_signing_key
 
-__all__ = ["PRELOAD", "JobResult", "JobSupervisor"]
+__all__ = ["PRELOAD", "JobResult", "JobStatistics", "JobSupervisor"]
 
 # What a warm standby imports before it is needed: torch, and torch._dynamo, which the
 # first optimizer imports lazily (about a second on 2 cores), plus Bastion's own side.
@@ -69,14 +74,19 @@ class JobResult:
         return self.state == "succeeded"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+@dataclass(frozen=True)
+class JobStatistics:
+    """What a ``JobSupervisor`` is doing (``statistics()``)."""
+
+    job: str
+    run_id: str
+    """This run's id ("" before ``run()``); kept across a supervisor's own restart."""
+    slot: str | None
+    """The worker slot the job runs on now."""
+    slot_failures: dict[str, str]
+    """The last reason each slot that failed a check was found unusable."""
+    supervisor: SupervisorStatistics | None
+    """The process supervisor's ``statistics()``; None before ``run()``."""
 
 
 class JobSupervisor:
@@ -135,11 +145,16 @@ class JobSupervisor:
         self.resumed = False
         self.supervisor: Supervisor | None = None
         self._slot: WorkerSlot | None = None
+        # set by from_manifest: run() first checks that checkpoints can be signed
+        self._manifest: Manifest | None = None
 
     @classmethod
     def from_manifest(
-        cls, manifest: Any, job: str, *, events: EventLog | None = None
+        cls, manifest: Manifest, job: str, *, events: EventLog | None = None
     ) -> JobSupervisor:
+        """The manifest's job. Its checkpoints go to the manifest's vault (or the default
+        one, see ``bastion.train``), so ``run()`` refuses to start while that vault
+        cannot sign (``UsageError`` naming the fix, exit 2)."""
         cfg = manifest.jobs.get(job)
         if cfg is None:
             known = ", ".join(sorted(manifest.jobs)) or "none"
@@ -147,7 +162,7 @@ class JobSupervisor:
                 f"{manifest.path or 'bastion.yaml'}: no job {job!r} (jobs: {known}); "
                 "add it under jobs: or pick one of those"
             )
-        return cls(
+        sup = cls(
             job,
             cfg.command,
             state_dir=Path(manifest.state_dir),
@@ -165,10 +180,14 @@ class JobSupervisor:
             warm_standby=cfg.warm_standby,
             startup_timeout_s=cfg.startup_timeout_s,
         )
+        sup._manifest = manifest
+        return sup
 
     # -- state file and events -----------------------------------------------------------
-    def _emit(self, kind: str, **data: Any) -> None:
-        self.events.emit(kind, subject=self.name, segment=self.segment, run_id=self.run_id, **data)
+    def _emit(self, kind: ek.Kind, *, at_ns: int | None = None, **data: Any) -> None:
+        self.events.emit(
+            kind, self.name, segment=self.segment or None, at_ns=at_ns, run_id=self.run_id, **data
+        )
 
     def _write_state(self, **fields: Any) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -197,25 +216,25 @@ class JobSupervisor:
         restarts = len(
             [
                 e
-                for e in self.events.query(kind="train.restarting", subject=self.name)
+                for e in self.events.query(kind=ek.TRAIN_RESTARTING, subject=self.name)
                 if e.data.get("run_id") == self.run_id
             ]
         )
         orphan = state.get("child_pid")
         adopted = False
-        if isinstance(orphan, int) and orphan > 0 and _alive(orphan):
+        if isinstance(orphan, int) and orphan > 0 and pid_alive(orphan):
             adopted = True
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(orphan, signal.SIGTERM)
                 os.killpg(orphan, signal.SIGCONT)  # a stopped orphan cannot act on SIGTERM
             end = time.monotonic() + self.grace_s
-            while _alive(orphan) and time.monotonic() < end:
+            while pid_alive(orphan) and time.monotonic() < end:
                 time.sleep(0.02)  # polling an unrelated pid: nothing to wait on but time
-            if _alive(orphan):
+            if pid_alive(orphan):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(orphan, signal.SIGKILL)
         self._emit(
-            "train.supervisor.resumed",
+            ek.TRAIN_SUPERVISOR_RESUMED,
             restarts_so_far=restarts,
             orphan_pid=orphan,
             orphan_stopped=adopted,
@@ -227,9 +246,9 @@ class JobSupervisor:
     def _spec(self, attempt: int) -> ProcessSpec:
         slot, failed = self.picker.pick()
         for name, why in failed:
-            self._emit("train.slot.failed", slot=name, reason=why)
+            self._emit(ek.TRAIN_SLOT_FAILED, slot=name, reason=why)
         if self._slot is not None and slot.name != self._slot.name:
-            self._emit("train.failover", from_slot=self._slot.name, to_slot=slot.name)
+            self._emit(ek.TRAIN_FAILOVER, from_slot=self._slot.name, to_slot=slot.name)
         self._slot = slot
         env = {
             **self.env,
@@ -254,21 +273,26 @@ class JobSupervisor:
             data.setdefault("slot", self._slot.name)
         if kind == "started":
             self._write_state(child_pid=data.get("pid"), slot=data.get("slot"))
-            self._emit("train.started", at_ns=at_ns, **data)
+            self._emit(ek.TRAIN_STARTED, at_ns=at_ns, **data)
             if data.get("attempt", 1) > 1:
-                self._emit("train.restarted", at_ns=at_ns, **data)
+                self._emit(ek.TRAIN_RESTARTED, at_ns=at_ns, **data)
             return
         if kind == "exited":
             data["last_step"] = heartbeat_progress(self.heartbeat_path)
             self._write_state(child_pid=None, last_exit=data)
-        mapped = {"budget_exhausted": "train.failed", "fatal": "train.failed"}.get(kind)
-        if mapped:
+        if kind in ("budget_exhausted", "fatal"):
+            # one kind for "the job gave up", whatever the reason (status and reports
+            # look for it); the supervisor's own word is the cause
             data["cause"] = kind
-        self._emit(mapped or f"train.{kind}", at_ns=at_ns, **data)
+            self._emit(ek.TRAIN_FAILED, at_ns=at_ns, **data)
+            return
+        # the supervisor's other life-cycle steps, under this job's prefix
+        self._emit(ek.ALL[f"train.{kind}"], at_ns=at_ns, **data)
 
     def run(self, *, handle_signals: bool = True) -> JobResult:
         """Supervise until the job ends; SIGTERM/SIGINT to the supervisor stop the job
         politely (it writes an emergency checkpoint) and end supervision."""
+        self.check()
         preloaded = self._pick_up()
         budget = RestartBudget(max_restarts=self.max_restarts)
         budget.preload(preloaded)
@@ -298,7 +322,7 @@ class JobSupervisor:
         )
         if not self.resumed:
             self._emit(
-                "train.run.started",
+                ek.TRAIN_RUN_STARTED,
                 command=self.command,
                 slots=[s.describe() for s in self.picker.slots],
                 max_restarts=self.max_restarts,
@@ -311,7 +335,7 @@ class JobSupervisor:
         try:
             outcome = sup.run()
         except BastionError as exc:
-            self._emit("train.failed", cause="error", reason=str(exc))
+            self._emit(ek.TRAIN_FAILED, cause="error", reason=str(exc))
             self._write_state(status="failed", reason=str(exc), child_pid=None)
             raise
         finally:
@@ -327,11 +351,23 @@ class JobSupervisor:
         if self.supervisor is not None:
             self.supervisor.request_stop()
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "job": self.name,
-            "run_id": self.run_id,
-            "slot": self._slot.name if self._slot else None,
-            "slot_failures": dict(self.picker.failures),
-            "supervisor": asdict(self.supervisor.statistics()) if self.supervisor else None,
-        }
+    def check(self) -> None:
+        """Refuse a job that cannot start: a manifest job's checkpoints need a vault that
+        can sign (``UsageError`` naming the fix, exit 2, and a ``train.failed`` event).
+        Without this the job would fail at its first checkpoint; ``run()`` checks first."""
+        if self._manifest is None:
+            return
+        try:
+            require_signing_key(self._manifest, who=self.name)
+        except BastionError as exc:
+            self._emit(ek.TRAIN_FAILED, cause="config", reason=str(exc))
+            raise
+
+    def statistics(self) -> JobStatistics:
+        return JobStatistics(
+            job=self.name,
+            run_id=self.run_id,
+            slot=self._slot.name if self._slot else None,
+            slot_failures=dict(self.picker.failures),
+            supervisor=self.supervisor.statistics() if self.supervisor else None,
+        )

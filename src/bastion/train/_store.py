@@ -1,48 +1,54 @@
-"""Where checkpoints live: a small ``CheckpointStore`` interface, the vault behind it, and
-a replicated directory store for when no vault is configured.
+"""Where checkpoints live: the vault, behind the four calls the checkpointer makes.
 
-Owns: the checkpoint naming (``ckpt/<job>/step-000400``), visibility only once complete
-and verified, restore-side verification with repair of a damaged replica, and
-retention (``keep``).
+Owns: the checkpoint naming (``ckpt/<job>/step-000400``, one signed vault snapshot per
+checkpoint), how a checkpoint is committed (fixed 16 MiB chunks of the staging buffer,
+uncompressed, so the vault writes them with O_DIRECT straight from it), which vault a
+job's checkpoints go to, and refusing a job whose vault cannot sign.
 
-Must never: expose a partly written checkpoint (writes go to a temporary directory that
-is fsynced and renamed into place), or return bytes whose hash does not match.
+Which vault: the manifest's ``vault:``. A manifest without one still keeps its jobs'
+checkpoints verified and replicated: they go to the *default vault* under the state
+directory, the one ``bastion init`` writes into a starter manifest (replicas
+``<state_dir>/vault/a`` and ``<state_dir>/vault/b``, keys in ``<state_dir>/keys/``),
+and ``bastion init DIR`` makes its keys and directories.
+
+How a checkpoint is verified is the vault's: the snapshot document's Ed25519 signature
+when it is resolved, every chunk's BLAKE3 when it is read, a bad replica copy repaired
+from a good one (``vault.repaired``); a checkpoint with no good copy is an
+``IntegrityError``, and ``Checkpointer.restore`` takes the one before it.
+
+Must never: fall back to unsigned or unverified checkpoints (a missing signing key is a
+``UsageError`` naming ``bastion init``), or reach behind the vault's public API.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import json
 import os
-import shutil
-import threading
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import blake3
-
-from bastion.errors import IntegrityError, NotFoundError
+from bastion.errors import UsageError
+from bastion.events import EventLog
+from bastion.manifest import Manifest
 from bastion.names import parse_name
-from bastion.store import buffer_address, write_direct
+from bastion.vault import Vault
 
 __all__ = [
+    "CHECKPOINT_CHUNK",
     "CheckpointStore",
-    "DirStore",
-    "EventSink",
     "VaultStore",
+    "checkpoint_keys",
     "checkpoint_name",
+    "checkpoint_replicas",
+    "checkpoint_vault",
+    "holds_snapshots",
     "open_store",
     "parse_step",
+    "require_signing_key",
 ]
 
-EventSink = Callable[[str, dict[str, Any]], None]
-_MANIFEST = "MANIFEST.json"
-_CHUNK = 8 << 20
-_ALIGN = 4096  # O_DIRECT wants block-aligned addresses, offsets and lengths
-_DIRECT_MIN = 4 << 20  # below this the page cache is as fast and simpler
+# A multiple of 4 KiB, so every chunk of the page-aligned staging buffer starts aligned.
+CHECKPOINT_CHUNK = 16 << 20
 
 
 def checkpoint_name(job: str, step: int) -> str:
@@ -54,7 +60,11 @@ def parse_step(name: str) -> int:
 
 
 class CheckpointStore(Protocol):
-    """The four things the checkpointer needs from storage."""
+    """The four things the checkpointer needs from storage (and how many copies it
+    keeps, for the throughput the ``train.checkpoint.saved`` event reports)."""
+
+    @property
+    def replicas(self) -> int: ...
 
     def commit(
         self,
@@ -80,223 +90,17 @@ class CheckpointStore(Protocol):
         ...
 
 
-def _hash(data: bytes | memoryview) -> str:
-    # One thread: at 4.5 GB/s it keeps up with the disk, and it leaves the other core to
-    # the training loop (the step-rate overhead goal).
-    h = blake3.blake3()
-    h.update(data)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    for start in range(0, len(view), _CHUNK):
-        chunk = view[start : start + _CHUNK]
-        written = 0
-        while written < len(chunk):
-            written += os.write(fd, chunk[written:])
-
-
-def _write_file(path: Path, data: bytes | memoryview) -> None:
-    """Write and fsync. A large, page-aligned buffer goes through O_DIRECT (the store's
-    ``write_direct``): the disk DMAs straight from the staging buffer, with no copy into
-    the page cache and no writeback later, which is both faster (2.65 vs 0.55-0.88 GB/s
-    on the issue's machine) and leaves the CPU to the training loop. Anything else, or a
-    filesystem that refuses O_DIRECT (tmpfs), is written through the page cache."""
-    view = memoryview(data).cast("B")
-    address = buffer_address(view) if len(view) >= _DIRECT_MIN else None
-    direct = getattr(os, "O_DIRECT", 0)
-    if direct and address is not None and address % _ALIGN == 0:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | direct, 0o600)
-        except OSError:
-            fd = -1  # refused at open (tmpfs): written plainly below
-        if fd >= 0:
-            try:
-                write_direct(fd, [view], len(view), durable=True)
-                return
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                # refused at write time: written plainly below
-            finally:
-                os.close(fd)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        _write_all(fd, view)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class DirStore:
-    """Checkpoints replicated across local directories, one verified manifest each.
-
-    Used when the manifest configures no vault (and by the benchmark). Every file's
-    BLAKE3 hash is recorded once and checked on every read; a replica whose copy fails
-    is repaired from one that verifies (event ``repaired``).
-    """
-
-    def __init__(self, replicas: Sequence[str | Path], *, on_event: EventSink | None = None):
-        if not replicas:
-            raise ValueError("DirStore needs at least one replica directory")
-        self.replicas = [Path(r) for r in replicas]
-        self.on_event = on_event
-        self._lock = threading.Lock()
-
-    def _emit(self, kind: str, **data: Any) -> None:
-        if self.on_event is not None:
-            self.on_event(kind, data)
-
-    def _dir(self, replica: Path, name: str) -> Path:
-        return replica / parse_name(name)
-
-    def _stage_replica(self, replica: Path, files: Mapping[str, bytes | memoryview]) -> Path:
-        tmp = replica / ".tmp" / f"{uuid.uuid4().hex}"
-        tmp.mkdir(parents=True, exist_ok=True)
-        for path, data in files.items():
-            _write_file(tmp / path, data)
-        return tmp
-
-    def _publish_replica(self, replica: Path, tmp: Path, name: str, manifest: bytes) -> None:
-        _write_file(tmp / _MANIFEST, manifest)
-        _fsync_dir(tmp)
-        final = self._dir(replica, name)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # an earlier attempt at the same step (after a crash): replace
-            shutil.rmtree(final)
-        tmp.rename(final)
-        _fsync_dir(final.parent)
-
-    def _write_replica(
-        self, replica: Path, name: str, files: Mapping[str, bytes | memoryview], manifest: bytes
-    ) -> None:
-        self._publish_replica(replica, self._stage_replica(replica, files), name, manifest)
-
-    def commit(
-        self,
-        name: str,
-        files: Mapping[str, bytes | memoryview],
-        *,
-        meta: Mapping[str, Any],
-        lineage: Sequence[str],
-    ) -> str:
-        """Hash and write every replica at once (BLAKE3 and os.write release the GIL, so
-        the passes overlap), then publish each replica: manifest, fsync, rename."""
-        parse_name(name)
-        hashes: dict[str, str] = {}
-        staged: dict[Path, Path] = {}
-        errors: list[BaseException] = []
-
-        def hash_all() -> None:
-            for p, d in files.items():
-                hashes[p] = _hash(d)
-
-        def stage(replica: Path) -> None:
-            try:
-                staged[replica] = self._stage_replica(replica, files)
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=hash_all)]
-        threads += [threading.Thread(target=stage, args=(r,)) for r in self.replicas]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            for tmp in staged.values():
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise errors[0]
-        entries = {p: {"blake3": hashes[p], "size": memoryview(d).nbytes} for p, d in files.items()}
-        manifest = json.dumps(
-            {"name": name, "files": entries, "meta": dict(meta), "lineage": list(lineage)},
-            sort_keys=True,
-        ).encode()
-        for replica in self.replicas:
-            self._publish_replica(replica, staged[replica], name, manifest)
-        return name
-
-    def checkpoints(self, job: str) -> list[str]:
-        found: set[str] = set()
-        for replica in self.replicas:
-            base = replica / "ckpt" / job
-            if base.is_dir():
-                found.update(
-                    f"ckpt/{job}/{d.name}"
-                    for d in base.iterdir()
-                    if d.name.startswith("step-") and (d / _MANIFEST).exists()
-                )
-        return sorted(found, key=parse_step, reverse=True)
-
-    def _manifest(self, replica: Path, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(json.loads((self._dir(replica, name) / _MANIFEST).read_bytes()))
-        except (OSError, ValueError):
-            return None
-
-    def read(self, name: str, path: str) -> bytes:
-        bad: list[Path] = []
-        good: bytes | None = None
-        source: Path | None = None
-        for replica in self.replicas:
-            manifest = self._manifest(replica, name)
-            if manifest is None or path not in manifest.get("files", {}):
-                if manifest is not None or self._dir(replica, name).exists():
-                    bad.append(replica)
-                continue
-            try:
-                data = (self._dir(replica, name) / path).read_bytes()
-            except OSError:
-                bad.append(replica)
-                continue
-            if _hash(data) != manifest["files"][path]["blake3"]:
-                bad.append(replica)
-                continue
-            good, source = data, replica
-            break
-        if good is None or source is None:
-            if not bad:
-                raise NotFoundError(f"checkpoint {name}: no replica holds {path}")
-            raise IntegrityError(
-                f"checkpoint {name}: {path} fails its BLAKE3 check on every replica "
-                f"({', '.join(map(str, bad))}); an earlier checkpoint will be used"
-            )
-        for replica in bad:
-            with contextlib.suppress(OSError):
-                self._repair(source, replica, name)
-                self._emit("repaired", name=name, path=path, replica=str(replica))
-        return good
-
-    def _repair(self, source: Path, target: Path, name: str) -> None:
-        src = self._dir(source, name)
-        files = {p.name: p.read_bytes() for p in src.iterdir() if p.name != _MANIFEST}
-        self._write_replica(target, name, files, (src / _MANIFEST).read_bytes())
-
-    def prune(self, job: str, keep: int) -> list[str]:
-        dropped = self.checkpoints(job)[keep:]
-        for name in dropped:
-            for replica in self.replicas:
-                shutil.rmtree(self._dir(replica, name), ignore_errors=True)
-        return dropped
-
-
-CHECKPOINT_CHUNK = 16 << 20
-
-
 class VaultStore:
-    """The vault (``bastion.vault``) behind the ``CheckpointStore`` interface."""
+    """The vault behind the ``CheckpointStore`` interface: each checkpoint is a signed
+    snapshot ``ckpt/<job>/step-NNNNNN`` holding the state file and its skeleton."""
 
-    def __init__(self, vault: Any) -> None:
+    def __init__(self, vault: Vault) -> None:
         self.vault = vault
-        self.replicas = list(getattr(vault, "stores", ()))
+
+    @property
+    def replicas(self) -> int:
+        """How many replicas each checkpoint is written to (for throughput figures)."""
+        return len(self.vault.stores)
 
     def commit(
         self,
@@ -307,11 +111,12 @@ class VaultStore:
         lineage: Sequence[str],
     ) -> str:
         # compress=False: float weights and Adam moments barely compress, and zstd would
-        # cut persist throughput several-fold on 2 cores. Fixed 16 MiB chunks, not CDC:
-        # the tensor layout is fixed and nearly every byte changes between steps (CDC
-        # finds nothing, unchanged tensors still dedup at the same offsets), and chunks
-        # of the page-aligned staging buffer stay aligned, so the vault writes them with
-        # O_DIRECT straight from the buffer: no CDC pass and no copy on the writer's path.
+        # cut persist throughput several-fold on 2 cores. Fixed chunks, not CDC: the
+        # tensor layout is fixed and nearly every byte changes between steps (CDC finds
+        # nothing; unchanged tensors still dedup at the same offsets), and chunks of the
+        # page-aligned staging buffer stay aligned, so the vault stores them in its
+        # aligned form and writes them with O_DIRECT straight from the buffer: no CDC
+        # pass and no copy on the writer's path.
         snap = self.vault.commit(
             name,
             dict(files),
@@ -321,10 +126,10 @@ class VaultStore:
             compress=False,
             chunk_size=CHECKPOINT_CHUNK,
         )
-        return str(getattr(snap, "ref", name))
+        return snap.ref
 
     def checkpoints(self, job: str) -> list[str]:
-        names: list[str] = list(self.vault.names(prefix=f"ckpt/{job}/"))
+        names = self.vault.names(prefix=f"ckpt/{job}/")
         return sorted(
             (n for n in names if n.rsplit("/", 1)[-1].startswith("step-")),
             key=parse_step,
@@ -332,34 +137,120 @@ class VaultStore:
         )
 
     def read(self, name: str, path: str) -> bytes:
-        return bytes(self.vault.read(self.vault.snapshot(f"{name}@latest"), path))
+        # the newest version of this step's snapshot that verifies (a step saved twice,
+        # after a crash between commit and exit, has two; they hold the same state)
+        return self.vault.read(self.vault.snapshot(f"{name}@latest"), path)
 
     def prune(self, job: str, keep: int) -> list[str]:
-        # Retention of vault snapshots is the vault's (manifest vault.retention, gc).
+        """Nothing is dropped here: deleting from the vault needs the admin key, which a
+        training host should not hold (a stolen writer key can add, never destroy), and
+        the vault offers no per-name deletion yet. Old checkpoints stay until the
+        operator's ``bastion vault gc``."""
         return []
 
 
-def open_store(
-    manifest: Any, *, on_event: EventSink | None = None, prefer_vault: bool = True
-) -> CheckpointStore:
-    """The vault from ``manifest`` if it has a signing key, else a ``DirStore`` on the
-    vault's replica directories (or ``<state_dir>/checkpoints`` without a vault section):
-    checkpoints still verify and replicate, they are just not signed snapshots."""
-    config = getattr(manifest, "vault", None)
-    key = None
-    if config is not None:
-        key = Path(config.key or Path(manifest.state_dir) / "keys" / "signing.key")
-    if prefer_vault and config is not None and key is not None and key.exists():
-        import importlib
+def checkpoint_replicas(manifest: Manifest) -> list[str]:
+    """The replicas of ``checkpoint_vault(manifest)``, as the manifest names them."""
+    if manifest.vault is not None:
+        return list(manifest.vault.replicas)
+    state = Path(manifest.state_dir)
+    return [str(state / "vault" / "a"), str(state / "vault" / "b")]
 
-        try:
-            vault_cls = importlib.import_module("bastion.vault").Vault
-        except (ImportError, AttributeError):
-            pass  # the vault is optional for training; fall back to replicated dirs
-        else:
-            return VaultStore(vault_cls.from_manifest(manifest))
-    if getattr(manifest, "vault", None) is not None:
-        roots = [Path(r) / "_checkpoints" for r in manifest.vault.replicas if "://" not in r]
-    else:
-        roots = [Path(manifest.state_dir) / "checkpoints"]
-    return DirStore(roots, on_event=on_event)
+
+def checkpoint_keys(manifest: Manifest) -> tuple[Path, Path]:
+    """The signing and admin key files of ``checkpoint_vault(manifest)``: the manifest's
+    ``vault.key`` and ``vault.admin_key``, by default ``<state_dir>/keys/signing.key`` and
+    ``admin.key`` (as the vault itself defaults them)."""
+    state = Path(manifest.state_dir)
+    config = manifest.vault
+    return (
+        config.key if config is not None and config.key else state / "keys" / "signing.key",
+        config.admin_key
+        if config is not None and config.admin_key
+        else state / "keys" / "admin.key",
+    )
+
+
+def checkpoint_vault(manifest: Manifest, *, events: EventLog | None = None) -> Vault:
+    """The vault a manifest's jobs checkpoint into: its ``vault:``, or without one the
+    default vault under the state directory (see the module docstring). Opening it makes
+    its local replica directories."""
+    if manifest.vault is not None:
+        return Vault.from_manifest(manifest, events=events)
+    state = Path(manifest.state_dir)
+    signing, admin = checkpoint_keys(manifest)
+    return Vault(
+        checkpoint_replicas(manifest),
+        key_path=signing,
+        admin_key_path=admin,
+        state_dir=state,
+        events=events if events is not None else EventLog.in_state_dir(state),
+    )
+
+
+def holds_snapshots(manifest: Manifest) -> bool:
+    """Whether the replicas of ``checkpoint_vault(manifest)`` that exist hold any snapshot
+    (read without a key, and without making the directories of missing replicas)."""
+    present = [r for r in checkpoint_replicas(manifest) if Path(r).is_dir()]
+    return bool(present) and bool(Vault(present).names())
+
+
+def _shown(path: Path, base: Path) -> str:
+    """``path`` as the user would type it: relative to ``base`` when under it."""
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def _here(path: Path) -> str:
+    """A directory as the user would type it: relative to the working one when below it."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def require_signing_key(manifest: Manifest, *, who: str) -> None:
+    """Refuse (``UsageError``, exit 2) while the job's vault cannot sign, naming the fix;
+    changes nothing either way.
+
+    ``who`` starts the message (the job's name). The fix depends on what is there: a new
+    vault gets ``bastion init``; a vault that already holds snapshots needs its own key
+    back (a new one could not verify them); a ``.pub`` alone is a verify-only host.
+    """
+    key, _admin = checkpoint_keys(manifest)
+    if key.exists():
+        return
+    where = "the vault's signing key"
+    if manifest.vault is None:
+        where = "the default vault's signing key (the manifest declares no vault)"
+    shown = _shown(key, manifest.base_dir)
+    public = key.with_name(key.name + ".pub")
+    if public.exists():
+        raise UsageError(
+            f"{who}: {where} {shown} is missing and only its public half {public.name} is "
+            "here: this host can verify snapshots but not write checkpoints; copy the "
+            f"private key to {shown}"
+        )
+    if holds_snapshots(manifest):
+        raise UsageError(
+            f"{who}: {where} {shown} is missing, and the vault already holds snapshots "
+            f"signed with it; put that key back at {shown} (from your backup): a new key "
+            "could not verify them"
+        )
+    raise UsageError(
+        f"{who}: {where} {shown} is missing; run `bastion init {_here(manifest.base_dir)}` "
+        "to create the missing keys and replica directories"
+    )
+
+
+def open_store(
+    manifest: Manifest, *, job: str | None = None, events: EventLog | None = None
+) -> VaultStore:
+    """Where ``job``'s checkpoints go: the manifest's vault (or the default one), checked
+    to be able to sign. A missing key is a ``UsageError`` naming the fix, never a silent
+    downgrade to unsigned checkpoints."""
+    require_signing_key(manifest, who=job or manifest.system)
+    return VaultStore(checkpoint_vault(manifest, events=events))
