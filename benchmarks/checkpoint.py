@@ -304,6 +304,7 @@ def bench_overhead(
 
 def bench_recovery(kills: int, warm: bool) -> list[dict[str, float]]:
     """SIGKILL the digits example under the supervisor; split each recovery via events."""
+    from bastion import event_kinds as ek
     from bastion.drill.faults import KillProcess, Scope
     from bastion.events import EventLog
     from bastion.manifest import load
@@ -352,10 +353,10 @@ def bench_recovery(kills: int, warm: bool) -> list[dict[str, float]]:
             for e in log.query(subject="train-digits", after_id=mark):
                 mono = e.mono_ns
                 key = {
-                    "train.exited": "exited",
-                    "train.started": "started",
-                    "train.restored": "restored",
-                    "train.step.first": "first",
+                    ek.TRAIN_EXITED: "exited",
+                    ek.TRAIN_STARTED: "started",
+                    ek.TRAIN_RESTORED: "restored",
+                    ek.TRAIN_STEP_FIRST: "first",
                 }.get(e.kind)
                 if key and key not in got:
                     got[key] = mono
