@@ -16,6 +16,9 @@ when it is resolved, every chunk's BLAKE3 when it is read, a bad replica copy re
 from a good one (``vault.repaired``); a checkpoint with no good copy is an
 ``IntegrityError``, and ``Checkpointer.restore`` takes the one before it.
 
+Retention: a job's ``keep`` is passed to ``prune``, which the vault cannot honour yet
+(see ``VaultStore.prune``): old checkpoints stay in the vault.
+
 Must never: fall back to unsigned or unverified checkpoints (a missing signing key is a
 ``UsageError`` naming ``bastion init``), or reach behind the vault's public API.
 """
@@ -142,10 +145,12 @@ class VaultStore:
         return self.vault.read(self.vault.snapshot(f"{name}@latest"), path)
 
     def prune(self, job: str, keep: int) -> list[str]:
-        """Nothing is dropped here: deleting from the vault needs the admin key, which a
+        """Nothing is dropped, yet. Deleting from the vault needs the admin key, which a
         training host should not hold (a stolen writer key can add, never destroy), and
-        the vault offers no per-name deletion yet. Old checkpoints stay until the
-        operator's ``bastion vault gc``."""
+        the vault's ``gc`` cannot drop them either: it keeps labelled versions and counts
+        ``keep_last`` per name, and each checkpoint is its own name with one labelled
+        version. Enforcing ``keep`` needs a vault operation that forgets whole names
+        under the admin key (``gc`` treating ``ckpt/<job>/step-*`` as one series)."""
         return []
 
 
