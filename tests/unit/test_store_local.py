@@ -36,7 +36,7 @@ def test_put_get_has_list_delete(tmp_path: Path, unnamed: bool) -> None:
     with pytest.raises(NotFoundError):
         store.get("objects/ab/abc")
     assert list((tmp_path / "r" / "tmp").iterdir()) == []
-    assert store.statistics()["puts"] == 3
+    assert store.statistics().puts == 3
 
 
 @pytest.mark.parametrize("size", [1 << 20, (3 << 20) + 12_345], ids=["aligned", "unaligned"])
@@ -55,7 +55,7 @@ def test_big_values_written_direct_read_back_whole(
     assert (tmp_path / "r/objects/cd/big").stat().st_mode & 0o777 == 0o444
     assert not store.put("objects/cd/big", [b"\x01", memoryview(payload)])
     assert store.get("objects/cd/big")[:1] == b"\x00"
-    assert store.statistics()["put_bytes"] == size + 1
+    assert store.statistics().put_bytes == size + 1
 
 
 def _aligned(data: bytes) -> memoryview:
@@ -150,6 +150,69 @@ def test_missing_replica_is_unavailable(tmp_path: Path) -> None:
 def test_only_local_urls_for_now(tmp_path: Path) -> None:
     from bastion.errors import UsageError
 
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match=r"S3 replicas are not supported yet; use a local"):
         open_store("s3://bucket/prefix")
     assert isinstance(open_store(f"file://{tmp_path}"), LocalStore)
+
+
+def test_cleanup_removes_only_dead_writers_leftovers_never_locks(tmp_path: Path) -> None:
+    """``cleanup`` takes what a killed writer left in tmp/, never a live writer's value in
+    progress, and never a lock file another process may hold."""
+    import os
+    import subprocess
+    import sys
+
+    store = LocalStore(tmp_path / "r")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    tmp = tmp_path / "r" / "tmp"
+    (tmp / f"{dead.stdout.strip()}-0123456789abcdef.tmp").write_bytes(b"half")
+    (tmp / f"{dead.stdout.strip()}-0123456789abcdef.tmp.swap").write_bytes(b"half")
+    mine = tmp / f"{os.getpid()}-fedcba9876543210.tmp"
+    mine.write_bytes(b"in progress")
+    with store.lock("vault"):
+        assert store.cleanup() == 2
+    assert sorted(p.name for p in tmp.iterdir()) == sorted([mine.name, "vault.lock"])
+
+
+def test_lock_excludes_another_process(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    store = LocalStore(tmp_path / "r")
+    probe = (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR);"
+        "\ntry: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+        "\nexcept BlockingIOError: print('held')\nelse: print('free')"
+    )
+    with store.lock("vault"):
+        held = subprocess.run(
+            [sys.executable, "-c", probe, str(tmp_path / "r/tmp/vault.lock")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    free = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "r/tmp/vault.lock")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (held.stdout.strip(), free.stdout.strip()) == ("held", "free")
+    with pytest.raises(InvalidNameError):
+        store.lock("../x").__enter__()
+
+
+def test_a_missing_replica_is_never_recreated_by_a_lock(tmp_path: Path) -> None:
+    import shutil
+
+    store = LocalStore(tmp_path / "r")
+    shutil.rmtree(tmp_path / "r")
+    with pytest.raises(UnavailableError, match="is the disk mounted"), store.lock("vault"):
+        pass
+    assert not (tmp_path / "r").exists()
+    assert store.cleanup() == 0

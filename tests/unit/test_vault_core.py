@@ -1,4 +1,8 @@
-"""The vault's library API: commit, snapshot, read, versions, labels, restore, repair."""
+"""The vault's library API: commit, snapshot, read, versions, labels, restore, repair.
+
+The vault's logic runs on in-memory replicas (``MemoryStore``); what depends on the disk
+(read-only files, worker processes, the aligned O_DIRECT form) runs on ``LocalStore``
+directories (the ``disk_vault`` fixture)."""
 
 from __future__ import annotations
 
@@ -16,16 +20,39 @@ from bastion.errors import (
     UsageError,
 )
 from bastion.events import EventLog
+from bastion.store import MemoryStore
 from bastion.vault import Snapshot, Vault, make_key
 from bastion.vault._objects import object_key
 
 
-@pytest.fixture
-def vault(tmp_path: Path) -> Vault:
+def _keys(tmp_path: Path) -> tuple[Path, Path]:
     key = tmp_path / "keys" / "signing.key"
     admin = tmp_path / "keys" / "admin.key"
     make_key(key)
     make_key(admin)
+    return key, admin
+
+
+@pytest.fixture
+def stores() -> list[MemoryStore]:
+    return [MemoryStore("a"), MemoryStore("b")]
+
+
+@pytest.fixture
+def vault(tmp_path: Path, stores: list[MemoryStore]) -> Vault:
+    key, admin = _keys(tmp_path)
+    return Vault(
+        stores,
+        key_path=key,
+        admin_key_path=admin,
+        state_dir=tmp_path / "state",
+        events=EventLog.in_state_dir(tmp_path / "state"),
+    )
+
+
+@pytest.fixture
+def disk_vault(tmp_path: Path) -> Vault:
+    key, admin = _keys(tmp_path)
     return Vault(
         [tmp_path / "a", tmp_path / "b"],
         key_path=key,
@@ -57,7 +84,7 @@ def test_commit_read_roundtrip_and_versions(vault: Vault, tmp_path: Path) -> Non
     assert vault.snapshot("model/digits@1").meta == {"acc": 0.9}
     assert vault.snapshot("model/digits@1").id == one.id
     # the second commit wrote no new big chunks: every chunk of w.bin deduplicated
-    assert vault.statistics()["chunks_dedup"] >= len(two.files["w.bin"].chunks)
+    assert vault.statistics().chunks_dedup >= len(two.files["w.bin"].chunks)
     events = vault.events.query(kind="vault.put") if vault.events else []
     assert [e.data["version"] for e in events] == [1, 2]
 
@@ -113,49 +140,44 @@ def test_concurrent_commits_get_dense_versions(vault: Vault) -> None:
     assert [s.version for s in vault.versions("ckpt/j")] == [1, 2, 3, 4, 5, 6]
 
 
-def test_read_repairs_a_damaged_replica(vault: Vault, tmp_path: Path) -> None:
+def test_read_repairs_a_damaged_replica(vault: Vault, stores: list[MemoryStore]) -> None:
+    a, b = stores
     data = os.urandom(300_000)
     snap = vault.commit("dataset/d", {"x.bin": data})
-    digest = snap.files["x.bin"].chunks[0].id
-    path = tmp_path / "a" / object_key(digest)
-    path.chmod(0o644)
-    raw = bytearray(path.read_bytes())
-    raw[1000] ^= 0xFF
-    path.write_bytes(bytes(raw))
+    key = object_key(snap.files["x.bin"].chunks[0].id)
+    a.damage(key, 1000)
     assert vault.read("dataset/d", "x.bin") == data
-    assert vault.events is not None
     assert vault.events.query(kind="vault.repaired")
-    assert (tmp_path / "a" / object_key(digest)).read_bytes() == (
-        tmp_path / "b" / object_key(digest)
-    ).read_bytes()
+    assert a.get(key) == b.get(key)
     # damaged everywhere: never served
-    for replica in ("a", "b"):
-        target = tmp_path / replica / object_key(digest)
-        target.chmod(0o644)
-        target.write_bytes(b"\x00garbage")
+    for store in stores:
+        store.put(key, [b"\x00garbage"], replace=True)
     with pytest.raises(IntegrityError):
         vault.read("dataset/d", "x.bin")
+    assert vault.events.query(kind="vault.unrecoverable")
 
 
-def test_forged_snapshot_rejected(vault: Vault, tmp_path: Path) -> None:
+def test_forged_snapshot_rejected(vault: Vault, stores: list[MemoryStore]) -> None:
     vault.commit("model/m", {"f": b"good"})
-    for replica in ("a", "b"):
-        doc = tmp_path / replica / "snapshots/model/m/_v/0000000001"
-        doc.chmod(0o644)
-        doc.write_bytes(doc.read_bytes().replace(b'"meta":{}', b'"meta":{"x":1}'))
+    key = "snapshots/model/m/_v/0000000001"
+    for store in stores:
+        forged = store.get(key).replace(b'"meta":{}', b'"meta":{"x":1}')
+        store.put(key, [forged], replace=True)
     with pytest.raises(IntegrityError):
         vault.snapshot("model/m@1")
     with pytest.raises((IntegrityError, NotFoundError)):
         vault.read("model/m", "f")
 
 
-def test_forged_snapshot_on_one_replica_is_repaired(vault: Vault, tmp_path: Path) -> None:
+def test_forged_snapshot_on_one_replica_is_repaired(
+    vault: Vault, stores: list[MemoryStore]
+) -> None:
+    a, b = stores
     vault.commit("model/m", {"f": b"good"})
-    doc = tmp_path / "a" / "snapshots/model/m/_v/0000000001"
-    doc.chmod(0o644)
-    doc.write_bytes(doc.read_bytes()[:-3])
+    key = "snapshots/model/m/_v/0000000001"
+    a.put(key, [a.get(key)[:-3]], replace=True)
     assert vault.read("model/m@1", "f") == b"good"
-    assert doc.read_bytes() == (tmp_path / "b" / "snapshots/model/m/_v/0000000001").read_bytes()
+    assert a.get(key) == b.get(key)
 
 
 def test_restore_is_bit_identical(vault: Vault, tmp_path: Path) -> None:
@@ -180,21 +202,23 @@ def test_restore_is_bit_identical(vault: Vault, tmp_path: Path) -> None:
 def test_replica_down_is_degraded_not_fatal(tmp_path: Path) -> None:
     key = tmp_path / "signing.key"
     make_key(key)
-    blocker = tmp_path / "down"
-    blocker.write_text("not a directory")
+    up, down = MemoryStore("a"), MemoryStore("b")
+    down.unavailable = True
     events = EventLog.in_state_dir(tmp_path / "state")
-    vault = Vault([tmp_path / "a", blocker / "b"], key_path=key, events=events)
+    vault = Vault([up, down], key_path=key, events=events)
     snap = vault.commit("dataset/d", {"f": b"data"})
     assert vault.read(snap, "f") == b"data"
-    assert vault.degraded() == [str(blocker / "b")]
-    assert events.query(kind="vault.degraded")
-    only_down = Vault([blocker / "c"], key_path=key)
+    assert vault.degraded() == ["memory://b"]
+    (degraded,) = events.query(kind="vault.degraded")
+    assert degraded.data["down"] == ["memory://b"]
+    assert down.keys() == []
+    only_down = Vault([down], key_path=key)
     with pytest.raises(UnavailableError):
         only_down.commit("dataset/d", {"f": b"data"})
 
 
-def test_objects_are_read_only_and_content_addressed(vault: Vault, tmp_path: Path) -> None:
-    snap = vault.commit("dataset/d", {"t.txt": b"hello " * 1000})
+def test_objects_are_read_only_and_content_addressed(disk_vault: Vault, tmp_path: Path) -> None:
+    snap = disk_vault.commit("dataset/d", {"t.txt": b"hello " * 1000})
     digest = snap.files["t.txt"].chunks[0].id
     for replica in ("a", "b"):
         path = tmp_path / replica / object_key(digest)
@@ -215,8 +239,9 @@ def _tree(root: Path, count: int) -> dict[str, Path]:
 
 
 def test_whole_files_in_worker_processes_store_what_threads_store(
-    vault: Vault, tmp_path: Path
+    disk_vault: Vault, tmp_path: Path
 ) -> None:
+    vault = disk_vault
     files = _tree(tmp_path / "src", 150)
     vault.ingest_processes = False
     by_threads = vault.commit("dataset/t", files)
@@ -232,18 +257,19 @@ def test_whole_files_in_worker_processes_store_what_threads_store(
         assert other.read("dataset/t@latest", path) == source.read_bytes()
     assert other.scrub(repair=False).ok
     # the workers' writes are counted on the parent's replicas, as threads' writes are
-    assert [r["puts"] for r in other.statistics()["replicas"]] == [
-        r["puts"] for r in vault.statistics()["replicas"]
+    assert [r.store.puts for r in other.statistics().replicas.replicas] == [
+        r.store.puts for r in vault.statistics().replicas.replicas
     ]
-    assert other.statistics()["chunks_new"] == vault.statistics()["chunks_new"] > 0
+    assert other.statistics().chunks_new == vault.statistics().chunks_new > 0
     # a second commit of the same files dedups in the workers too: no object written
-    written = other.statistics()["bytes_written"]
+    written = other.statistics().bytes_written
     again = other.commit("dataset/t", files)
     assert again.files == by_threads.files
-    assert other.statistics()["bytes_written"] == written
+    assert other.statistics().bytes_written == written
 
 
-def test_worker_processes_missing_file_is_a_clear_error(vault: Vault, tmp_path: Path) -> None:
+def test_worker_processes_missing_file_is_a_clear_error(disk_vault: Vault, tmp_path: Path) -> None:
+    vault = disk_vault
     files = _tree(tmp_path / "src", 20)
     gone = files["d3/f3.csv"]
     gone.unlink()
@@ -253,15 +279,15 @@ def test_worker_processes_missing_file_is_a_clear_error(vault: Vault, tmp_path: 
     assert vault.versions("dataset/m") == []
 
 
-def test_dead_ingest_workers_fail_jobs_instead_of_hanging(vault: Vault, tmp_path: Path) -> None:
+def test_dead_ingest_workers_fail_jobs_instead_of_hanging(
+    disk_vault: Vault, tmp_path: Path
+) -> None:
     import signal
 
-    from bastion.store import LocalStore
     from bastion.vault._ingest import IngestWorkers
 
     files = _tree(tmp_path / "src", 4)
-    stores = [s for s in vault.stores if isinstance(s, LocalStore)]
-    with IngestWorkers(stores, seal_key=b"k" * 32, compress=True, count=2) as workers:
+    with IngestWorkers(disk_vault.stores, seal_key=b"k" * 32, compress=True, count=2) as workers:
         ok = workers.submit([str(p) for p in files.values()]).result()
         assert [size for size, _, _ in ok] == [p.stat().st_size for p in files.values()]
         for proc in workers._procs:
@@ -276,7 +302,7 @@ def test_dead_ingest_workers_fail_jobs_instead_of_hanging(vault: Vault, tmp_path
 
 
 def test_fixed_chunks_of_an_aligned_buffer_are_stored_aligned_and_verified(
-    vault: Vault, tmp_path: Path
+    disk_vault: Vault, tmp_path: Path
 ) -> None:
     """Checkpoints: fixed 1 MiB chunks of a page-aligned buffer are stored in the aligned
     form (header byte 03, payload after a 4 KiB block), read back verified, and damage
@@ -285,6 +311,7 @@ def test_fixed_chunks_of_an_aligned_buffer_are_stored_aligned_and_verified(
 
     from bastion.drill.faults import FlipBytes, Scope
 
+    vault = disk_vault
     size = (5 << 20) + 3000
     mapped = mmap.mmap(-1, size)
     mapped[:] = os.urandom(size)
@@ -311,9 +338,7 @@ def test_fixed_chunks_of_an_aligned_buffer_are_stored_aligned_and_verified(
         vault.commit("ckpt/j/step-000003", {"state": b"x"}, chunk_size=100)
 
 
-def test_gc_keeps_labels_recent_versions_and_the_lineage_of_what_stays(
-    vault: Vault, tmp_path: Path
-) -> None:
+def test_gc_keeps_labels_recent_versions_and_the_lineage_of_what_stays(vault: Vault) -> None:
     """Retention drops a version only when every rule lets it go, never a labelled one,
     and never a snapshot a kept model names in its lineage (so it can be rebuilt)."""
     for i in range(4):
@@ -356,9 +381,11 @@ def test_retention_in_the_manifest_is_checked(tmp_path: Path) -> None:
 
 
 def test_no_worker_processes_means_threads_do_the_work(
-    vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    disk_vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bastion.vault import _ingest
+
+    vault = disk_vault
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise BlockingIOError(11, "Resource temporarily unavailable (fork refused)")

@@ -204,15 +204,17 @@ def guard(
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
     """Watch protected directories; detect tampering and ransomware; stop it (Ctrl-C ends)."""
+    from bastion.events import EventLog
     from bastion.vault._guard import Guard
 
-    vault = _vault(file)
+    manifest = load_manifest(file)
+    events = EventLog.in_state_dir(manifest.state_dir)
+    vault = Vault.from_manifest(manifest, events=events)
     stop = threading.Event()
     with Guard(vault, restore=restore) as watcher:
-        console.print(f"guarding {watcher.statistics()['dirs']} directories (Ctrl-C to stop)")
+        console.print(f"guarding {watcher.statistics().dirs} directories (Ctrl-C to stop)")
         try:
-            assert vault.events is not None
-            for event in vault.events.follow(kind="vault.guard.*", stop=stop):
+            for event in events.follow(kind="vault.guard.*", stop=stop):
                 console.print(f"{event.kind}: {json.dumps(event.data, default=str)}")
         except KeyboardInterrupt:
             stop.set()

@@ -26,6 +26,7 @@ from ruamel.yaml.error import MarkedYAMLError
 
 from bastion.errors import ManifestError, ManifestProblem, UsageError
 from bastion.manifest._model import Manifest
+from bastion.store._url import parse_replica_url
 
 __all__ = ["DEFAULT_FILE", "load", "loads"]
 
@@ -451,3 +452,14 @@ def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestP
                     f"{listen} is already the address of service {listens[listen]!r}",
                 )
             listens[listen] = str(name)
+
+    vault = tree.get("vault")
+    for i, replica in _items(vault.get("replicas") if isinstance(vault, dict) else None):
+        if not isinstance(replica, str):
+            continue
+        try:
+            problem = parse_replica_url(replica).problem
+        except UsageError:
+            continue  # malformed: the schema's check reports it at the same place
+        if problem is not None:
+            yield located.problem(("vault", "replicas", i), f"{replica!r}: {problem}")

@@ -26,8 +26,9 @@ from pydantic import (
     model_validator,
 )
 
-from bastion.errors import InvalidNameError
+from bastion.errors import InvalidNameError, UsageError
 from bastion.names import parse_ref
+from bastion.store._url import parse_replica_url
 
 __all__ = [
     "Backend",
@@ -85,6 +86,23 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
 
 
 RelPath = Annotated[Path, AfterValidator(_resolve)]
+
+
+def _replica(value: str, info: ValidationInfo) -> str:
+    # The store's own grammar (bastion.store.parse_replica_url, no I/O): a path resolves
+    # against the manifest's directory, a URL stays as written. Whether a backend opens
+    # the scheme is checked by the loader, so a manifest built in code may still name an
+    # s3:// replica for the map to draw.
+    try:
+        parsed = parse_replica_url(value)
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
+    if parsed.url != parsed.location:  # a URL (file:// included): as written
+        return value
+    return str(_resolve(Path(value), info))
+
+
+ReplicaEntry = Annotated[str, AfterValidator(_replica)]
 
 
 def _url(value: str) -> str:
@@ -174,7 +192,7 @@ class Retention(_Strict):
 
 
 class VaultConfig(_Strict):
-    replicas: list[str] = Field(min_length=1)
+    replicas: list[ReplicaEntry] = Field(min_length=1)
     quorum: int | None = Field(default=None, ge=1)
     key: RelPath | None = None
     admin_key: RelPath | None = None
@@ -182,19 +200,10 @@ class VaultConfig(_Strict):
 
     @field_validator("replicas")
     @classmethod
-    def _replicas(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        base = (info.context or {}).get("base_dir")
-        out = []
-        for item in value:
-            if "://" in item:
-                out.append(item)
-            elif base is not None and not Path(item).is_absolute():
-                out.append(str((Path(base) / item).resolve()))
-            else:
-                out.append(item)
-        if len(set(out)) != len(out):
+    def _replicas(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
             raise ValueError("the same replica is listed twice; replicas must be distinct")
-        return out
+        return value
 
 
 class CheckpointPolicy(_Strict):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from bastion.manifest import Manifest
 from bastion.map._graph import Graph, Node
+from bastion.store import parse_replica_url
 
 __all__ = ["graph_from_manifest"]
 
@@ -91,8 +92,9 @@ def graph_from_manifest(manifest: Manifest) -> Graph:
         for j, replica in enumerate(manifest.vault.replicas):
             rid = f"vault:{j}"
             replica_ids.append(rid)
-            if "://" in replica:
-                scheme = replica.split("://", 1)[0]
+            where = parse_replica_url(replica)
+            if not where.is_local:
+                scheme = where.scheme
                 nodes.append(
                     Node(
                         id=rid,

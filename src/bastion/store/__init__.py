@@ -1,24 +1,42 @@
 """Replica backends behind one small Protocol: ``put / get / has / list / delete``.
 
-``LocalStore`` keeps a replica in a local directory. An S3 backend is one more module
-implementing ``Store``.
+``LocalStore`` keeps a replica in a local directory; ``MemoryStore`` keeps one in memory,
+with failures on demand, for tests. ``open_store(url)`` is the one place a replica URL
+becomes a backend (``parse_replica_url`` reads one without opening it). An S3 backend is
+one more module implementing ``Store`` and one more entry in ``SCHEMES``.
 """
 
 from __future__ import annotations
 
+from bastion.errors import UsageError
 from bastion.store._local import LocalStore, buffer_address, write_direct
-from bastion.store._protocol import Buffer, Store
+from bastion.store._memory import MemoryStore
+from bastion.store._protocol import Buffer, Store, StoreStatistics
+from bastion.store._url import SCHEMES, ReplicaUrl, parse_replica_url
 
-__all__ = ["Buffer", "LocalStore", "Store", "buffer_address", "open_store", "write_direct"]
+__all__ = [
+    "SCHEMES",
+    "Buffer",
+    "LocalStore",
+    "MemoryStore",
+    "ReplicaUrl",
+    "Store",
+    "StoreStatistics",
+    "buffer_address",
+    "open_store",
+    "parse_replica_url",
+    "write_direct",
+]
 
 
-def open_store(url: str) -> Store:
-    """The backend for a replica URL from the manifest (a local path for now)."""
-    from bastion.errors import UsageError
+def open_store(url: str, *, create: bool = True) -> Store:
+    """The backend for a replica URL from the manifest: a path or ``file://`` for now.
 
-    if "://" in url and not url.startswith("file://"):
-        raise UsageError(
-            f"vault replica {url!r}: only local directories are supported yet "
-            "(use a path such as .bastion/vault/b)"
-        )
-    return LocalStore(url.removeprefix("file://"))
+    ``create``: make a local replica's directory if it is missing (``False`` for a
+    process that only joins an open vault, such as an ingest worker).
+    """
+    parsed = parse_replica_url(url)
+    problem = parsed.problem
+    if problem is not None:
+        raise UsageError(f"vault replica {url!r}: {problem}")
+    return LocalStore(parsed.location, create=create)

@@ -10,6 +10,9 @@ vault's repair path), or follow a key outside ``root``.
 
 Why hard links rather than ``rename``: ``link`` fails when the key exists, which makes
 "write once" atomic across processes without a lock; ``rename`` would silently replace.
+
+``tmp/`` also holds the replica's named locks (``tmp/<name>.lock``, ``flock``): no key
+can start with ``tmp/``, and ``cleanup`` removes only files named by a writer's pid.
 """
 
 # The hot path creates one file per object per replica: plain str paths and os calls
@@ -28,16 +31,21 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from bastion.errors import InvalidNameError, NotFoundError, UnavailableError
-from bastion.store._protocol import Buffer
+from bastion.store._protocol import Buffer, StoreStatistics
 
 __all__ = ["LocalStore", "buffer_address", "write_direct"]
 
 _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]*(/[A-Za-z0-9_][A-Za-z0-9._@-]*)*$")
 _TMP = "tmp"
+# What a writer leaves in tmp/: "<pid>-<16 hex>.tmp" (and ".tmp.swap" while replacing).
+_LEFTOVER = re.compile(r"^(\d+)-[0-9a-f]{16}\.tmp(\.swap)?$")
+_LOCK_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 # Linux caps one write at 0x7ffff000 bytes; larger views are written in a loop.
 _MAX_WRITE = 0x7FFFF000
 # Values this big are written with O_DIRECT from a page-aligned buffer (see _put_direct).
@@ -187,14 +195,10 @@ class LocalStore:
     def __init__(self, root: str | Path, *, create: bool = True) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
+        # Plain ints in a dict on the hot path (one per object per replica); the typed
+        # record is made only when someone asks (statistics()).
         self._stats: dict[str, int] = {
-            "puts": 0,
-            "put_bytes": 0,
-            "put_existing": 0,
-            "gets": 0,
-            "get_bytes": 0,
-            "deletes": 0,
-            "errors": 0,
+            name: 0 for name in asdict(StoreStatistics("")) if name != "url"
         }
         self._known_dirs: set[str] = set()
         # Unnamed files need O_TMPFILE (Linux >= 3.11 on ext4, xfs, btrfs, tmpfs) and
@@ -209,6 +213,11 @@ class LocalStore:
     @property
     def url(self) -> str:
         return str(self.root)
+
+    @property
+    def worker_url(self) -> str:
+        # Any process on this machine reaches the same directory.
+        return str(self.root.absolute())
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -437,6 +446,13 @@ class LocalStore:
         except FileNotFoundError:
             raise NotFoundError(f"{key} is not on vault replica {self.root}") from None
 
+    def age(self, key: str) -> float:
+        # A value's file is created, written and linked once, so its mtime is its birth.
+        try:
+            return time.time() - os.stat(self._path(key)).st_mtime
+        except FileNotFoundError:
+            raise NotFoundError(f"{key} is not on vault replica {self.root}") from None
+
     def list(self, prefix: str = "") -> Iterator[str]:
         if prefix and not prefix.endswith("/"):
             raise InvalidNameError(f"store prefix {prefix!r} must end with '/'")
@@ -476,16 +492,42 @@ class LocalStore:
         finally:
             os.close(fd)
 
-    def clean_tmp(self) -> int:
-        """Remove values a killed writer left in ``tmp/``; return how many.
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """``flock`` on ``tmp/<name>.lock``: every process on this machine (and, where the
+        filesystem passes ``flock`` on, every host mounting it) takes the same lock."""
+        if not _LOCK_NAME.match(name):
+            raise InvalidNameError(f"lock name {name!r} must be lower-case letters and digits")
+        tmp = os.path.join(self.root, _TMP)
+        if not os.path.isdir(tmp):
+            # Never recreate the replica itself: a missing root is an unmounted disk.
+            raise UnavailableError(
+                f"vault replica {self.root}: directory is missing (is the disk mounted?)"
+            )
+        fd = os.open(
+            os.path.join(tmp, f"{name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def cleanup(self) -> int:
+        """Remove values killed writers left in ``tmp/``; return how many.
 
         Only files of writers that are gone (the pid in the name is not running) are
-        removed, so a concurrent writer in another process keeps its value in progress.
+        removed, so a concurrent writer in another process keeps its value in progress,
+        and lock files are left alone.
         """
         removed = 0
-        for entry in os.scandir(os.path.join(self.root, _TMP)):
-            pid = entry.name.split("-", 1)[0]
-            if pid.isdigit() and _alive(int(pid)):
+        try:
+            entries = list(os.scandir(os.path.join(self.root, _TMP)))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            match = _LEFTOVER.match(entry.name)
+            if match is None or _alive(int(match.group(1))):
                 continue
             try:
                 os.unlink(entry.path)
@@ -494,13 +536,11 @@ class LocalStore:
                 pass
         return removed
 
-    def absorb_statistics(self, delta: dict[str, int]) -> None:
-        """Add counts made for this replica elsewhere (the vault's ingest processes)."""
+    def absorb_statistics(self, delta: StoreStatistics) -> None:
         with self._lock:
-            for name, n in delta.items():
-                if name in self._stats:
-                    self._stats[name] += n
+            for name in self._stats:
+                self._stats[name] += getattr(delta, name)
 
-    def statistics(self) -> dict[str, int | float | str]:
+    def statistics(self) -> StoreStatistics:
         with self._lock:
-            return {"url": self.url, **self._stats}
+            return StoreStatistics(self.url, **self._stats)

@@ -2,7 +2,9 @@
 
 ``Vault`` commits trees of files as signed, versioned snapshots on every replica, reads
 them back verified (repairing a bad replica from a good one), restores them, moves
-labels, scrubs, and guards working directories against tampering and ransomware.
+labels, scrubs, and guards working directories against tampering and ransomware. Its
+``ReplicaSet`` holds the replicas' stores and owns every loop over them: read order,
+verified reads with repair, put-to-all with a quorum.
 """
 
 from __future__ import annotations
@@ -10,15 +12,17 @@ from __future__ import annotations
 from bastion.vault._guard import (
     CANARY,
     Guard,
+    GuardStatistics,
     Protected,
     load_protected,
     protect,
     snapshot_dir,
 )
 from bastion.vault._keys import make_key
+from bastion.vault._replicas import ReplicaSet, ReplicaSetStatistics, ReplicaStatistics
 from bastion.vault._scrub import ScrubReport
 from bastion.vault._snapshot import ChunkRef, FileEntry, Snapshot
-from bastion.vault._vault import FileSource, Vault
+from bastion.vault._vault import FileSource, Vault, VaultStatistics
 
 __all__ = [
     "CANARY",
@@ -26,10 +30,15 @@ __all__ = [
     "FileEntry",
     "FileSource",
     "Guard",
+    "GuardStatistics",
     "Protected",
+    "ReplicaSet",
+    "ReplicaSetStatistics",
+    "ReplicaStatistics",
     "ScrubReport",
     "Snapshot",
     "Vault",
+    "VaultStatistics",
     "load_protected",
     "make_key",
     "protect",

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from bastion import event_kinds as ek
 from bastion.errors import NotFoundError, UsageError
 from bastion.names import parse_name
 from bastion.vault._objects import boundaries, hash_bytes
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from bastion.vault._snapshot import Snapshot
     from bastion.vault._vault import Vault
 
-__all__ = ["Guard", "Protected", "load_protected", "protect", "snapshot_dir"]
+__all__ = ["Guard", "GuardStatistics", "Protected", "load_protected", "protect", "snapshot_dir"]
 
 _GETFLAGS, _SETFLAGS, _IMMUTABLE = 0x80086601, 0x40086602, 0x10
 _NOTE = re.compile(r"(readme|restore|decrypt|ransom|how[_-]?to|recover).*\.(txt|html?|md)$", re.I)
@@ -110,7 +111,7 @@ def protect(vault: Vault, directory: Path, name: str) -> Snapshot:
     path = _registry(vault)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([{"dir": str(p.directory), "name": p.name} for p in entries]))
-    vault._emit("vault.guard.protected", subject=name, dir=str(directory), snapshot=snap.ref)
+    vault.events.emit(ek.VAULT_GUARD_PROTECTED, name, dir=str(directory), snapshot=snap.ref)
     return snap
 
 
@@ -129,6 +130,21 @@ def _set_immutable(path: Path, on: bool) -> None:
         pass  # not root, or a filesystem without the flag: the read-only modes remain
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardStatistics:
+    """What a running guard watches.
+
+    Attributes:
+        dirs: protected directories being watched.
+        incidents: ransomware detections since it started.
+        frozen: directories frozen now (read-only until restored).
+    """
+
+    dirs: int
+    incidents: int
+    frozen: int
 
 
 @dataclass
@@ -202,8 +218,10 @@ class Guard:
         self._observer.start()
         self._thread = threading.Thread(target=self._loop, name="vault-guard", daemon=True)
         self._thread.start()
-        self.vault._emit(
-            "vault.guard.started", dirs=[str(w.protected.directory) for w in self._watches]
+        self.vault.events.emit(
+            ek.VAULT_GUARD_STARTED,
+            self.vault.subject,
+            dirs=[str(w.protected.directory) for w in self._watches],
         )
 
     def stop(self) -> None:
@@ -223,12 +241,12 @@ class Guard:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "dirs": len(self._watches),
-            "incidents": len(self.incidents),
-            "frozen": sum(1 for w in self._watches if w.frozen),
-        }
+    def statistics(self) -> GuardStatistics:
+        return GuardStatistics(
+            dirs=len(self._watches),
+            incidents=len(self.incidents),
+            frozen=sum(1 for w in self._watches if w.frozen),
+        )
 
     # ------------------------------------------------------------------ detection
 
@@ -314,9 +332,9 @@ class Guard:
                 self._detect(watch)
             elif watch.changed and not watch.tampered_reported and not watch.signals:
                 watch.tampered_reported = True
-                self.vault._emit(
-                    "vault.guard.tampered",
-                    subject=watch.protected.name,
+                self.vault.events.emit(
+                    ek.VAULT_GUARD_TAMPERED,
+                    watch.protected.name,
                     dir=str(watch.protected.directory),
                     files=sorted(watch.changed)[:20],
                     detect_ms=round((time.monotonic_ns() - watch.first_change_ns) / 1e6, 1),
@@ -327,7 +345,7 @@ class Guard:
         if self.freeze:
             self._freeze(watch)
         now = time.monotonic_ns()
-        incident = {
+        incident: dict[str, Any] = {
             "dir": str(watch.protected.directory),
             "name": watch.protected.name,
             "signals": watch.signals[:10],
@@ -336,7 +354,7 @@ class Guard:
             "frozen": bool(watch.frozen),
         }
         self.incidents.append(incident)
-        self.vault._emit("vault.guard.ransomware", subject=watch.protected.name, **incident)
+        self.vault.events.emit(ek.VAULT_GUARD_RANSOMWARE, watch.protected.name, **incident)
 
     def _on_quiet(self) -> None:
         now = time.monotonic_ns()
@@ -397,9 +415,9 @@ class Guard:
         with contextlib.suppress(queue.Empty):
             while True:
                 self._inbox.get_nowait()
-        self.vault._emit(
-            "vault.guard.restored",
-            subject=watch.protected.name,
+        self.vault.events.emit(
+            ek.VAULT_GUARD_RESTORED,
+            watch.protected.name,
             dir=str(root),
             snapshot=watch.snapshot.ref,
             files_damaged=damaged,

@@ -12,8 +12,9 @@ Why processes: Python's per-object work (about 40 us of interpreter time per obj
 replica, on top of the syscalls) holds the GIL, and with threads every GIL hand-off
 around a syscall is a futex wake: on 2 cores a 1 GiB dataset of 10,000 files kept 1.3
 cores busy with threads. Worker processes run that work on every core. They are used
-for many whole files on local replicas (``Vault`` decides); in-memory buffers
-(checkpoints) and big files stay on threads, where the work is in C and releases the GIL.
+for many whole files on replicas another process can reach (``Store.worker_url``;
+``Vault`` decides); in-memory buffers (checkpoints) and big files stay on threads, where
+the work is in C and releases the GIL.
 
 Why a pipe of pickles and not ``multiprocessing``: its ``spawn`` and ``forkserver``
 start methods re-import the caller's ``__main__`` in every worker (a user's script
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import BastionError, NotFoundError, UnavailableError, UsageError
-from bastion.store import LocalStore, Store, buffer_address
+from bastion.store import Store, StoreStatistics, buffer_address, open_store
 from bastion.vault._objects import (
     ALIGNED_HEADER,
     Encoded,
@@ -207,7 +208,8 @@ def store_file(
 
 
 class IngestWorkers:
-    """Worker processes storing batches of whole files on local replicas.
+    """Worker processes storing batches of whole files on replicas they reach themselves
+    (through each store's ``worker_url``; every store must have one).
 
     ``submit(paths)`` returns a future of one ``FileResult`` per path (or raises the
     worker's NotFoundError for a file that vanished). Use as a context manager: leaving
@@ -216,7 +218,7 @@ class IngestWorkers:
 
     def __init__(
         self,
-        stores: Sequence[LocalStore],
+        stores: Sequence[Store],
         *,
         seal_key: bytes,
         compress: bool,
@@ -230,8 +232,11 @@ class IngestWorkers:
         self._threads: list[threading.Thread] = []
         self._alive = 0
         self._lock = threading.Lock()
+        urls = [s.worker_url for s in self._stores]
+        if None in urls:
+            raise UsageError("ingest worker processes need replicas with a worker_url")
         init = {
-            "roots": [str(s.root) for s in self._stores],
+            "urls": urls,
             "seal_key": seal_key,
             "compress": compress,
             "chunk_size": chunk_size,
@@ -362,7 +367,7 @@ def _worker() -> None:
         init: dict[str, Any] = pickle.load(inp)  # noqa: S301 - our parent's pipe
     except EOFError:
         return  # the parent died before it said what to do
-    stores = [LocalStore(root, create=False) for root in init["roots"]]
+    stores = [open_store(url, create=False) for url in init["urls"]]
     seal_key: bytes = init["seal_key"]
     compress: bool = init["compress"]
     chunk_size: int | None = init["chunk_size"]
@@ -395,10 +400,7 @@ def _worker() -> None:
         except (OSError, BastionError) as exc:
             status, payload = "error", f"{type(exc).__name__}: {exc}"
         after = [s.statistics() for s in stores]
-        deltas = [
-            {k: int(a[k]) - int(b[k]) for k in a if isinstance(a[k], int)}
-            for a, b in zip(after, before, strict=True)
-        ]
+        deltas: list[StoreStatistics] = [a.since(b) for a, b in zip(after, before, strict=True)]
         try:
             pickle.dump((status, payload, deltas), out, protocol=pickle.HIGHEST_PROTOCOL)
             out.flush()

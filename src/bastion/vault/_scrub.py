@@ -28,8 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bastion.errors import BastionError, IntegrityError, NotFoundError, UsageError
+from bastion import event_kinds as ek
+from bastion.errors import BastionError, NotFoundError, UsageError
+from bastion.vault._layout import OBJECTS, SNAPSHOTS, name_of_version_key
 from bastion.vault._objects import object_key, verify_stored
+from bastion.vault._replicas import Copy, ReplicaSet
 from bastion.vault._snapshot import decode_document
 
 if TYPE_CHECKING:
@@ -42,31 +45,53 @@ __all__ = ["ScrubReport", "scrub"]
 
 # Reads run ahead of verification in a few I/O threads, so a cold vault (objects written
 # with O_DIRECT are not in the page cache) is read at the disk's queue depth instead of
-# one file at a time (0.3-0.45 -> 0.75-0.85 GB/s cold on this VM; parallel `cat` of the
-# same files: 0.8); hashing stays on the calling thread (one core).
+# one file at a time; hashing stays on the calling thread (one core).
 _READERS = 4
 _BATCH = 8  # objects per read task (one hand-off per batch: a warm vault reads at
 _BATCH_BYTES = 32 << 20  # memory speed), or fewer once this many bytes are read
 _AHEAD = 4  # batches read ahead: at most ~4 x (32 MiB + one object's copies) held
 
-Copy = bytes | BaseException | None  # stored bytes, the read's error, or None: not listed
-
 
 @dataclass
 class ScrubReport:
-    """What one scrub pass saw. ``complete``: this run reached the end of the vault."""
+    """What one scrub (or verify) pass saw.
+
+    Attributes:
+        replicas: replicas checked (reachable when the pass began).
+        unreachable: URLs of the replicas that could not be checked.
+        objects: objects checked.
+        copies_checked: copies read and verified, over every replica.
+        bytes_checked: plaintext bytes verified, summed over replicas.
+        bytes_read: stored bytes read and hashed (less where objects are compressed).
+        decompressed: copies checked by decompressing (deep, unsealed, or a bad seal).
+        seals_failed: copies with the right content under a seal that did not match.
+        deep: every compressed copy was decompressed (``scrub(deep=True)``).
+        snapshots: snapshot documents checked.
+        bad_copies: copies missing or failing verification where a good copy exists.
+        repaired: bad copies rewritten from a good one (only with ``repair``).
+        repair_failed: ``"<replica>: <why it was bad>"`` for each repair that failed.
+        unrecoverable: objects with no good copy on any replica.
+        bad_snapshots: snapshot or label keys with no copy that verifies.
+        orphans: objects no snapshot names (left by a killed write; not data).
+        seconds: how long the pass took.
+        complete: this run reached the end of the vault (not stopped by ``max_seconds``).
+        resumed_from: the cursor this run started after ("" from the beginning).
+        cursor: the last object checked (where the next budgeted run resumes).
+    """
 
     replicas: int = 0
+    unreachable: list[str] = field(default_factory=list)
     objects: int = 0
     copies_checked: int = 0
-    bytes_checked: int = 0  # plaintext bytes verified, summed over replicas
-    bytes_read: int = 0  # stored bytes read and hashed (less where objects are compressed)
-    decompressed: int = 0  # copies checked by decompressing (deep, unsealed, or bad seal)
-    seals_failed: int = 0  # right content under a seal that did not match (see _scrub_object)
+    bytes_checked: int = 0
+    bytes_read: int = 0
+    decompressed: int = 0
+    seals_failed: int = 0
     deep: bool = False
     snapshots: int = 0
     bad_copies: int = 0
     repaired: int = 0
+    repair_failed: list[str] = field(default_factory=list)
     unrecoverable: list[str] = field(default_factory=list)
     bad_snapshots: list[str] = field(default_factory=list)
     orphans: int = 0
@@ -77,6 +102,7 @@ class ScrubReport:
 
     @property
     def ok(self) -> bool:
+        """No data is lost: every object and snapshot has a good copy somewhere."""
         return not self.unrecoverable and not self.bad_snapshots
 
     @property
@@ -90,45 +116,42 @@ class ScrubReport:
 def _check_snapshots(
     vault: Vault, stores: list[Store], repair: bool, report: ScrubReport
 ) -> set[str]:
-    """Verify every snapshot document on every replica; return every referenced chunk."""
+    """Verify every snapshot document and label record on every replica; return every
+    chunk a snapshot names."""
+    replicas = vault.replicas
     referenced: set[str] = set()
-    keys: set[str] = set()
-    for store in stores:
-        keys.update(k for k in store.list("snapshots/") if "/_v/" in k or "/_l/" in k)
-    for key in sorted(keys):
-        good: bytes | None = None
-        bad: list[tuple[Store, str]] = []
-        for store in stores:
-            try:
-                stored = store.get(key)
-                decode_document(stored, vault.verifier, f"{store.url}/{key}")
-            except NotFoundError:
-                bad.append((store, "missing"))
-                continue
-            except (IntegrityError, OSError) as exc:
-                bad.append((store, str(exc)))
-                continue
-            good = good or stored
-        if good is None:
+    keys = [k for k in replicas.list(SNAPSHOTS, stores) if "/_v/" in k or "/_l/" in k]
+    for key in keys:
+
+        def verify(stored: bytes, key: str = key) -> object:
+            return decode_document(stored, vault.verifier, key)
+
+        checked = replicas.check(key, verify, stores=stores, repair=repair)
+        if checked.good is None:
             report.bad_snapshots.append(key)
-            vault._emit("vault.integrity.failed", key=key, error="no replica has a valid copy")
             continue
-        if repair:
-            for store, why in bad:
-                vault._repair(store, key, good, why, context="scrub")
-                report.repaired += 1
-        else:
-            report.bad_copies += len(bad)
-        if "/_v/" in key:
+        _count_repairs(report, checked.bad, checked.repaired, checked.repair_failed)
+        named = name_of_version_key(key)
+        if named is not None:
             report.snapshots += 1
-            name, _, version = key.removeprefix("snapshots/").partition("/_v/")
             try:
-                snap = vault.snapshot(f"{name}@{int(version)}")
+                snap = vault.snapshot(f"{named[0]}@{named[1]}")
             except BastionError:
                 report.bad_snapshots.append(key)
                 continue
             referenced.update(snap.chunk_ids())
     return referenced
+
+
+def _count_repairs(
+    report: ScrubReport,
+    bad: list[tuple[Store, str]],
+    repaired: int,
+    failed: list[tuple[str, str]],
+) -> None:
+    report.bad_copies += len(bad)
+    report.repaired += repaired
+    report.repair_failed.extend(f"{url}: {why}" for url, why in failed)
 
 
 def _cursor_file(vault: Vault) -> Path | None:
@@ -156,11 +179,14 @@ def scrub(
             seal_key = vault.signer.seal_key()
         except UsageError:
             seal_key = None  # a verify-only host: no seals to check, every copy in full
-    stores = vault.available_stores()
+    stores = vault.replicas.available()
     report.replicas = len(stores)
-    vault._emit("vault.scrub.started", repair=repair, max_seconds=max_seconds, deep=deep)
+    report.unreachable = [s.url for s in vault.stores if s not in stores]
+    vault.events.emit(
+        ek.VAULT_SCRUB_STARTED, vault.subject, repair=repair, max_seconds=max_seconds, deep=deep
+    )
     referenced = _check_snapshots(vault, stores, repair=repair, report=report)
-    present = [{k.rsplit("/", 1)[-1] for k in s.list("objects/")} for s in stores]
+    present = [{k.rsplit("/", 1)[-1] for k in s.list(OBJECTS)} for s in stores]
     digests = sorted(set().union(referenced, *present))
     cursor_path = _cursor_file(vault)
     cursor = ""
@@ -192,7 +218,7 @@ def scrub(
                     break
                 digest, copies = current.pop()
                 _scrub_object(
-                    vault,
+                    vault.replicas,
                     stores=stores,
                     copies=copies,
                     digest=digest,
@@ -214,7 +240,7 @@ def scrub(
         tmp.write_text(json.dumps(state))
         tmp.replace(cursor_path)
     report.seconds = time.perf_counter() - started
-    vault._emit("vault.scrub.completed", **report.to_json())
+    vault.events.emit(ek.VAULT_SCRUB_COMPLETED, vault.subject, **report.to_json())
     return report
 
 
@@ -239,7 +265,7 @@ def _read_batch(
                 continue
             try:
                 stored = store.get(key)
-            except (NotFoundError, OSError) as exc:
+            except (NotFoundError, OSError, BastionError) as exc:
                 copies.append(exc)
                 continue
             copies.append(stored)
@@ -248,8 +274,16 @@ def _read_batch(
     return out
 
 
+def _seal_damaged(checked: tuple[int, str]) -> str | None:
+    # A failed seal over the right content is damage to the seal (or a seal made with
+    # another key): the data is fine, so it is a bad copy only when another replica has
+    # a copy that passed to repair it from; otherwise every copy may simply predate a
+    # key change, and it stays as it is (checked in full each time).
+    return "seal does not match" if checked[1] == "seal_failed" else None
+
+
 def _scrub_object(
-    vault: Vault,
+    replicas: ReplicaSet,
     *,
     stores: list[Store],
     copies: list[Copy],
@@ -259,59 +293,35 @@ def _scrub_object(
     report: ScrubReport,
     seal_key: bytes | None,
 ) -> None:
-    key = object_key(digest)
-    good: bytes | None = None
-    sealed: bytes | None = None  # a copy whose seal matched
-    stale: list[Store] = []  # copies with the right content under a seal that failed
-    bad: list[tuple[Store, str]] = []
+    def verify(stored: bytes) -> tuple[int, str]:
+        return verify_stored(stored, digest, seal_key=seal_key, deep=report.deep)
+
+    # An object no snapshot names (left by a killed write, never published) is not
+    # data: a missing copy of it is not bad, and no good copy is not a loss.
+    checked = replicas.check(
+        object_key(digest),
+        verify,
+        stores=stores,
+        copies=copies,
+        repair=repair,
+        required=referenced,
+        inferior=_seal_damaged,
+    )
     report.objects += 1
-    for store, stored in zip(stores, copies, strict=True):
-        if stored is None:
-            bad.append((store, "missing"))
+    report.copies_checked += sum(1 for c in copies if c is not None)
+    for copy in checked.copies:
+        if copy.value is None or copy.stored is None:
             continue
-        try:
-            if isinstance(stored, BaseException):
-                raise stored
-            size, how = verify_stored(stored, digest, seal_key=seal_key, deep=report.deep)
-        except (IntegrityError, NotFoundError, OSError) as exc:
-            bad.append((store, str(exc)))
-            report.copies_checked += 1
-            continue
-        report.copies_checked += 1
+        size, how = copy.value
         report.bytes_checked += size
-        report.bytes_read += len(stored)
+        report.bytes_read += len(copy.stored)
         report.decompressed += how in ("decompressed", "seal_failed")
-        if how == "seal_failed":
-            stale.append(store)
-        elif how == "sealed":
-            sealed = sealed or stored
-        if good is None:
-            good = stored
-    if not referenced and good is None:
-        report.orphans += 1  # left by a killed write and never published: not data
-        return
+        report.seals_failed += how == "seal_failed"
     if not referenced:
         report.orphans += 1
-        bad = [(s, why) for s, why in bad if why != "missing"]
-    if good is None:
+        if checked.good is None:
+            return
+    if checked.good is None:
         report.unrecoverable.append(digest)
-        vault._emit(
-            "vault.unrecoverable",
-            object=digest,
-            context="scrub",
-            replicas={s.url: why for s, why in bad},
-        )
         return
-    # A failed seal over the right content is damage to the seal (or a seal made with
-    # another key): the data is fine, so it is a bad copy only when another replica has
-    # a copy whose seal matches to repair it from; otherwise every copy may simply
-    # predate a key change, and it stays as it is (checked in full each time).
-    report.seals_failed += len(stale)
-    if sealed is not None:
-        bad.extend((store, "seal does not match") for store in stale)
-        good = sealed
-    report.bad_copies += len(bad)
-    if repair:
-        for store, why in bad:
-            vault._repair(store, key, good, why, context="scrub")
-            report.repaired += 1
+    _count_repairs(report, checked.bad, checked.repaired, checked.repair_failed)

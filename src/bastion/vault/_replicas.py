@@ -1,0 +1,608 @@
+"""The replica set: the only holder of the vault's ``Store``s, and every loop over them.
+
+Owns: which replicas are read first (the manifest's order, with a health-aware
+preference), the one "first copy that verifies, repair the rest" path (reads of chunks
+and documents) and its exhaustive form for scrub (every copy checked, the bad ones
+repaired from a good one), repair itself, put-to-all with a write quorum and degraded
+mode (``Write``), listing, sweeping and housekeeping across replicas, the cross-process
+publish lock when the vault has no state directory, the ``vault.repaired`` /
+``vault.repair_failed`` / ``vault.integrity.failed`` / ``vault.unrecoverable`` /
+``vault.degraded`` events, and ``ReplicaSetStatistics``.
+
+Must never: serve or copy bytes that did not verify, repair from anything but a copy
+that verified, count a write as done on a replica it did not reach, or look behind the
+``Store`` protocol (no backend is special here).
+
+Read order: the reachable replicas (``Store.available()``, asked at most once a second)
+in the manifest's order, except that a replica that failed recently (a read raised, a
+copy did not verify, or a read took longer than ``slow_s``) is tried after the others
+until ``cooldown_s`` has passed since its last failure, or until it serves a good copy.
+Unreachable replicas are not tried at all. The preference only reorders: every
+reachable replica is still tried before a read gives up, so it can never lose data, and
+it keeps the healthy replicas' order stable (the manifest's), so which copy is read is
+predictable. Defaults: ``cooldown_s`` 30 s (long enough that a failing disk is not asked
+first for every chunk of a restore, short enough that a replica back from a hiccup is
+used again within a minute), ``slow_s`` 5 s (a local disk or NAS answers a chunk in
+milliseconds to tens of them; five seconds is a replica in trouble).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
+
+from bastion import event_kinds as ek
+from bastion.errors import (
+    BastionError,
+    IntegrityError,
+    NotFoundError,
+    UnavailableError,
+    UsageError,
+)
+from bastion.events import NO_EVENTS, Emit
+from bastion.store import Buffer, Store, StoreStatistics
+
+__all__ = [
+    "Checked",
+    "CopyCheck",
+    "ReplicaSet",
+    "ReplicaSetStatistics",
+    "ReplicaStatistics",
+    "Write",
+]
+
+T = TypeVar("T")
+# A copy read ahead (scrub): its stored bytes, the read's error, or None (not listed there).
+Copy = bytes | BaseException | None
+
+_AVAILABLE_TTL_S = 1.0  # reads ask once per chunk; a replica failing in between is caught
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatistics:
+    """One replica, as the set sees it.
+
+    Attributes:
+        url: the replica (``Store.url``).
+        available: it answered ``available()`` at the last look (at most a second ago).
+        demoted: it failed recently and is read after the others (see the module).
+        failures: reads that raised, copies that did not verify, slow reads, and writes
+            that failed, since the set was made.
+        last_error: what the last failure was ("" if none).
+        reads_served: verified reads this replica served.
+        repairs: bad or missing copies rewritten on this replica.
+        store: the backend's own counts (``StoreStatistics``).
+    """
+
+    url: str
+    available: bool
+    demoted: bool
+    failures: int
+    last_error: str
+    reads_served: int
+    repairs: int
+    store: StoreStatistics
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSetStatistics:
+    """The replica set as a whole.
+
+    Attributes:
+        quorum: replicas a write must reach (1 unless ``vault.quorum`` says more).
+        reachable: replicas reachable now.
+        degraded: at least one replica is unreachable.
+        integrity_failures: copies that failed verification on a read or a scrub.
+        unrecoverable: keys found with no good copy on any replica (never served).
+        repairs: copies rewritten from a good one, over every replica.
+        repair_failures: repairs that could not be written.
+        replicas: each replica, in the manifest's order.
+    """
+
+    quorum: int
+    reachable: int
+    degraded: bool
+    integrity_failures: int
+    unrecoverable: int
+    repairs: int
+    repair_failures: int
+    replicas: tuple[ReplicaStatistics, ...]
+
+
+@dataclass(slots=True)
+class _Health:
+    failures: int = 0
+    last_error: str = ""
+    demoted_until: float = 0.0
+    served: int = 0
+    repairs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CopyCheck(Generic[T]):
+    """One replica's copy of a key, checked: ``value`` when it verified, else ``problem``."""
+
+    store: Store
+    stored: bytes | None
+    value: T | None
+    problem: str | None
+
+
+@dataclass(slots=True)
+class Checked(Generic[T]):
+    """Every copy of one key (``ReplicaSet.check``): which is good, which were bad, and
+    what repair did. ``good`` is None when no copy verified."""
+
+    key: str
+    copies: list[CopyCheck[T]]
+    good: bytes | None = None
+    bad: list[tuple[Store, str]] = field(default_factory=list)
+    repaired: int = 0
+    repair_failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+class ReplicaSet:
+    """The vault's replicas (see the module). Thread-safe.
+
+    ``clock`` is monotonic seconds (read order and the availability cache); ``events``
+    records repairs, integrity failures and degraded writes under ``subject``.
+    """
+
+    def __init__(
+        self,
+        stores: Sequence[Store],
+        *,
+        quorum: int | None = None,
+        events: Emit = NO_EVENTS,
+        subject: str = "vault",
+        clock: Callable[[], float] = time.monotonic,
+        cooldown_s: float = 30.0,
+        slow_s: float = 5.0,
+    ) -> None:
+        if not stores:
+            raise UsageError("a vault needs at least one replica (vault.replicas in bastion.yaml)")
+        if quorum is not None and not 1 <= quorum <= len(stores):
+            raise UsageError(
+                f"vault quorum {quorum} cannot be met by {len(stores)} replicas "
+                "(set vault.quorum between 1 and the number of vault.replicas)"
+            )
+        self.stores: tuple[Store, ...] = tuple(stores)
+        self.quorum = quorum
+        self.events = events
+        self.subject = subject
+        self.cooldown_s = cooldown_s
+        self.slow_s = slow_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._health = {id(s): _Health() for s in self.stores}
+        # The latest end of any demotion: once past, read_order is the manifest's order
+        # without looking at any replica's health (the common, healthy case).
+        self._demoted_until = 0.0
+        self._available: tuple[float, tuple[Store, ...]] | None = None
+        self._integrity_failures = 0
+        self._unrecoverable = 0
+        self._repair_failures = 0
+
+    def __len__(self) -> int:
+        return len(self.stores)
+
+    def __repr__(self) -> str:
+        return f"ReplicaSet({[s.url for s in self.stores]!r}, quorum={self.needed})"
+
+    @property
+    def needed(self) -> int:
+        """Replicas a write must reach."""
+        return self.quorum or 1
+
+    def emit(self, kind: str, subject: str | None = None, **data: Any) -> None:
+        """Record an event through the set's emitter (subject: the vault's, by default)."""
+        self.events.emit(kind, subject or self.subject, **data)
+
+    # ----------------------------------------------------------------- health
+
+    def available(self) -> list[Store]:
+        """Replicas reachable now, in the manifest's order (cached for a second)."""
+        now = self._clock()
+        cached = self._available
+        if cached is not None and now - cached[0] < _AVAILABLE_TTL_S:
+            return list(cached[1])
+        found = tuple(s for s in self.stores if s.available())
+        self._available = (now, found)
+        return list(found)
+
+    def unavailable(self) -> list[str]:
+        """URLs of the replicas that cannot be reached now (asked afresh)."""
+        return [s.url for s in self.stores if not s.available()]
+
+    def read_order(self) -> list[Store]:
+        """The reachable replicas in the order a read tries them (see the module)."""
+        stores = self.available()
+        now = self._clock()
+        if now >= self._demoted_until:
+            return stores
+        with self._lock:
+            late = [s for s in stores if self._health[id(s)].demoted_until > now]
+        if not late:
+            return stores
+        return [s for s in stores if s not in late] + late
+
+    def note_failure(self, store: Store, why: str) -> None:
+        """Record that ``store`` failed: it is read after the others for ``cooldown_s``."""
+        until = self._clock() + self.cooldown_s
+        with self._lock:
+            health = self._health[id(store)]
+            health.failures += 1
+            health.last_error = why
+            health.demoted_until = until
+            self._demoted_until = max(self._demoted_until, until)
+
+    def _served(self, store: Store) -> None:
+        with self._lock:
+            health = self._health[id(store)]
+            health.served += 1
+            health.demoted_until = 0.0  # it answered with a good copy: healthy again
+
+    # ------------------------------------------------------------------ reads
+
+    def read(
+        self,
+        key: str,
+        verify: Callable[[bytes], T],
+        *,
+        what: str,
+        required: bool,
+        context: str = "",
+    ) -> T:
+        """The first copy of ``key``, in read order, that ``verify`` accepts (it raises
+        ``IntegrityError`` for a bad copy and returns what the caller wants); the copies
+        tried before it that were bad are repaired from it.
+
+        ``required``: the key must exist (a chunk a snapshot names): a copy missing on a
+        replica is repaired too, and missing everywhere is data loss (``IntegrityError``).
+        Otherwise (a document that may simply not be there) a missing copy is left alone
+        and missing everywhere is ``NotFoundError``. ``UnavailableError`` if no replica is
+        reachable. ``what`` names the key in messages.
+        """
+        stores = self.read_order()
+        if not stores:
+            raise UnavailableError(
+                f"vault: no replica reachable to read {what} ({', '.join(self.unavailable())})"
+            )
+        bad: list[tuple[Store, str]] = []
+        for store in stores:
+            started = self._clock()
+            try:
+                stored = store.get(key)
+            except NotFoundError:
+                if required:
+                    bad.append((store, "missing"))
+                continue
+            except (OSError, UnavailableError) as exc:
+                self.note_failure(store, f"unreadable: {exc}")
+                bad.append((store, f"unreadable: {exc}"))
+                continue
+            took = self._clock() - started
+            try:
+                value = verify(stored)
+            except IntegrityError as exc:
+                self._integrity_failed(store, key, str(exc), context)
+                bad.append((store, str(exc)))
+                continue
+            if took > self.slow_s:
+                self.note_failure(store, f"slow: a read took {took:.1f} s")
+            else:
+                self._served(store)
+            for target, why in bad:
+                self.repair(target, key, stored, why, context=context)
+            return value
+        if not bad:
+            raise NotFoundError(f"vault: {what} is not on any reachable replica")
+        self._lost(key, what, bad, context)
+        raise IntegrityError(
+            f"vault: {what} has no good copy on any replica ("
+            + "; ".join(f"{s.url}: {why}" for s, why in bad)
+            + "); it will not be served"
+        )
+
+    def check(
+        self,
+        key: str,
+        verify: Callable[[bytes], T],
+        *,
+        stores: Sequence[Store] | None = None,
+        copies: Sequence[Copy] | None = None,
+        repair: bool,
+        required: bool = True,
+        inferior: Callable[[T], str | None] | None = None,
+        context: str = "scrub",
+    ) -> Checked[T]:
+        """Every copy of ``key`` checked (scrub): read now, or given as ``copies`` (one per
+        store in ``stores``, read ahead by the caller). The good copy is the first that
+        verifies; with ``repair`` every bad copy is rewritten from it.
+
+        ``required``: a missing copy is bad, and no good copy at all is
+        ``vault.unrecoverable``. ``inferior(value)``: a reason why a copy that verified
+        is still worse than another (a damaged seal over the right content); such a copy
+        is bad only when some other copy verified and is not inferior.
+        """
+        stores = list(self.available() if stores is None else stores)
+        checked: list[CopyCheck[T]] = []
+        for index, store in enumerate(stores):
+            copy: Copy
+            if copies is None:
+                try:
+                    copy = store.get(key)
+                except NotFoundError:
+                    copy = None
+                except (OSError, UnavailableError) as exc:
+                    copy = exc
+            else:
+                copy = copies[index]
+            checked.append(self._check_copy(store, key, copy, verify, context))
+        result = Checked(key, checked)
+        good = [c for c in checked if c.problem is None]
+        best = good[0] if good else None
+        demoted: list[tuple[Store, str]] = []
+        if inferior is not None and good:
+            reasons = [(c, inferior(cast("T", c.value))) for c in good]
+            fine = [c for c, why in reasons if why is None]
+            if fine:
+                best = fine[0]
+                demoted = [(c.store, why) for c, why in reasons if why is not None]
+        result.bad = [
+            (c.store, c.problem)
+            for c in checked
+            if c.problem is not None and (required or c.problem != "missing")
+        ] + demoted
+        if best is None:
+            if required and result.bad:
+                self._lost(key, key, result.bad, context)
+            return result
+        result.good = best.stored
+        if repair and result.good is not None:
+            for store, why in result.bad:
+                if self.repair(store, key, result.good, why, context=context):
+                    result.repaired += 1
+                else:
+                    result.repair_failed.append((store.url, why))
+        return result
+
+    def _check_copy(
+        self, store: Store, key: str, copy: Copy, verify: Callable[[bytes], T], context: str
+    ) -> CopyCheck[T]:
+        if copy is None or isinstance(copy, NotFoundError):
+            return CopyCheck(store, None, None, "missing")
+        if isinstance(copy, BaseException):
+            self.note_failure(store, f"unreadable: {copy}")
+            return CopyCheck(store, None, None, f"unreadable: {copy}")
+        try:
+            value = verify(copy)
+        except (IntegrityError, NotFoundError, OSError) as exc:
+            self._integrity_failed(store, key, str(exc), context)
+            return CopyCheck(store, copy, None, str(exc))
+        return CopyCheck(store, copy, value, None)
+
+    def _integrity_failed(self, store: Store, key: str, error: str, context: str) -> None:
+        with self._lock:
+            self._integrity_failures += 1
+        self.note_failure(store, error)
+        self.emit(
+            ek.VAULT_INTEGRITY_FAILED, key=key, replica=store.url, error=error, context=context
+        )
+
+    def _lost(self, key: str, what: str, bad: Sequence[tuple[Store, str]], context: str) -> None:
+        with self._lock:
+            self._unrecoverable += 1
+        self.emit(
+            ek.VAULT_UNRECOVERABLE,
+            key=key,
+            what=what,
+            context=context,
+            replicas={s.url: why for s, why in bad},
+        )
+
+    def repair(self, store: Store, key: str, good: bytes, why: str, *, context: str = "") -> bool:
+        """Rewrite ``key`` on ``store`` with ``good`` (bytes that verified); True if done."""
+        try:
+            store.put(key, [good], replace=True, durable=True)
+        except (OSError, BastionError) as exc:
+            with self._lock:
+                self._repair_failures += 1
+            self.note_failure(store, f"repair failed: {exc}")
+            self.emit(
+                ek.VAULT_REPAIR_FAILED, key=key, replica=store.url, reason=why, error=str(exc)
+            )
+            return False
+        with self._lock:
+            self._health[id(store)].repairs += 1
+        self.emit(ek.VAULT_REPAIRED, key=key, replica=store.url, reason=why, context=context)
+        return True
+
+    # -------------------------------------------------------------- listings
+
+    def list(self, prefix: str, stores: Sequence[Store] | None = None) -> list[str]:
+        """Every key under ``prefix`` on any reachable replica (the union), sorted."""
+        found: set[str] = set()
+        for store in self.available() if stores is None else stores:
+            found.update(store.list(prefix))
+        return sorted(found)
+
+    def delete(self, key: str) -> int:
+        """Remove ``key`` from every reachable replica; how many held it."""
+        return sum(1 for store in self.available() if store.delete(key))
+
+    def sweep(self, prefix: str, keep: Callable[[str], bool], *, min_age_s: float) -> int:
+        """On every reachable replica, delete each key under ``prefix`` that ``keep``
+        refuses and that is older than ``min_age_s``; then clean up after dead writers.
+        How many keys were deleted."""
+        removed = 0
+        for store in self.available():
+            for key in list(store.list(prefix)):
+                if keep(key):
+                    continue
+                with contextlib.suppress(NotFoundError):
+                    if store.age(key) < min_age_s:
+                        continue  # may belong to a commit in flight
+                    if store.delete(key):
+                        removed += 1
+            store.cleanup()
+        return removed
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """The cross-process lock ``name`` on the first reachable replica in the
+        manifest's order (every writer asks the same replica while it is up)."""
+        for store in self.stores:
+            if store.available():
+                with store.lock(name):
+                    yield
+                return
+        raise UnavailableError(f"vault: no replica reachable to take the {name} lock")
+
+    # ----------------------------------------------------------------- writes
+
+    def begin_write(self, what: str) -> Write:
+        """A write to every reachable replica; ``UnavailableError`` unless the quorum is."""
+        stores = self.available()
+        if len(stores) < self.needed:
+            raise UnavailableError(
+                f"vault: {what}: {len(stores)} of {len(self.stores)} replicas reachable, "
+                f"{self.needed} needed ({', '.join(self.unavailable())} down; bring it back "
+                "or lower vault.quorum)"
+            )
+        return Write(self, stores, what)
+
+    def statistics(self) -> ReplicaSetStatistics:
+        now = self._clock()
+        reachable = {id(s) for s in self.available()}
+        with self._lock:
+            replicas = tuple(
+                ReplicaStatistics(
+                    url=s.url,
+                    available=id(s) in reachable,
+                    demoted=self._health[id(s)].demoted_until > now,
+                    failures=self._health[id(s)].failures,
+                    last_error=self._health[id(s)].last_error,
+                    reads_served=self._health[id(s)].served,
+                    repairs=self._health[id(s)].repairs,
+                    store=s.statistics(),
+                )
+                for s in self.stores
+            )
+            return ReplicaSetStatistics(
+                quorum=self.needed,
+                reachable=len(reachable),
+                degraded=len(reachable) < len(self.stores),
+                integrity_failures=self._integrity_failures,
+                unrecoverable=self._unrecoverable,
+                repairs=sum(r.repairs for r in replicas),
+                repair_failures=self._repair_failures,
+                replicas=replicas,
+            )
+
+
+class Write:
+    """One write across the replica set (a commit, a label move): the replicas it began
+    on, and which of them dropped out and why. Chunk writers skip ``failed`` indexes.
+
+    A replica that fails any step is out of the write from then on; ``require`` raises
+    ``UnavailableError`` when fewer than the quorum are left, and ``close`` emits
+    ``vault.degraded`` when the write reached fewer replicas than the set has.
+    """
+
+    def __init__(self, replicas: ReplicaSet, stores: list[Store], what: str) -> None:
+        self.replicas = replicas
+        self.stores = stores
+        self.what = what
+        #: index into ``stores`` -> why it dropped out (read without the lock by writers)
+        self.failed: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def fail(self, index: int, why: str) -> None:
+        with self._lock:
+            if index not in self.failed:
+                self.failed[index] = why
+                self.replicas.note_failure(self.stores[index], why)
+
+    def ok(self) -> list[Store]:
+        """The replicas still in the write."""
+        return [s for i, s in enumerate(self.stores) if i not in self.failed]
+
+    def require(self, stage: str) -> list[Store]:
+        """The replicas still in; ``UnavailableError`` if fewer than the quorum."""
+        ok = self.ok()
+        if len(ok) < self.replicas.needed:
+            raise UnavailableError(
+                f"vault: {self.what} {stage} on {len(ok)} replicas, {self.replicas.needed} "
+                "needed: " + "; ".join(f"{url}: {why}" for url, why in self.missed().items())
+            )
+        return ok
+
+    def sync(self) -> None:
+        """Flush every replica still in (in parallel); one that fails drops out."""
+        ok = [(i, s) for i, s in enumerate(self.stores) if i not in self.failed]
+
+        def flush(item: tuple[int, Store]) -> None:
+            try:
+                item[1].sync()
+            except (OSError, BastionError) as exc:
+                self.fail(item[0], f"flush failed: {type(exc).__name__}: {exc}")
+
+        if len(ok) == 1:
+            flush(ok[0])
+            return
+        with ThreadPoolExecutor(len(ok)) as pool:
+            list(pool.map(flush, ok))
+
+    def put(self, key: str, parts: Sequence[Buffer], *, exclusive: bool = False) -> list[Store]:
+        """Write ``key`` durably on every replica still in; the ones that hold it now.
+        ``exclusive``: the key must be new (a version number): existing is an
+        ``IntegrityError`` (another writer is not taking the vault's lock)."""
+        done = []
+        for index, store in enumerate(self.stores):
+            if index in self.failed:
+                continue
+            try:
+                created = store.put(key, parts, durable=True)
+            except (OSError, UnavailableError) as exc:
+                self.fail(index, f"{type(exc).__name__}: {exc}")
+                continue
+            if exclusive and not created:
+                raise IntegrityError(
+                    f"{store.url}: {key} exists already; another writer is not taking the "
+                    "vault lock"
+                )
+            done.append(store)
+        return done
+
+    def missed(self) -> dict[str, str]:
+        """Every replica of the set this write did not reach, and why."""
+        reached = {id(s) for s in self.ok()}
+        out: dict[str, str] = {}
+        for index, store in enumerate(self.stores):
+            if index in self.failed:
+                out[store.url] = self.failed[index]
+        for store in self.replicas.stores:
+            if id(store) not in reached and store.url not in out:
+                out[store.url] = "unreachable when the write began"
+        return out
+
+    def close(self, subject: str) -> dict[str, str]:
+        """End the write: ``vault.degraded`` if it missed a replica. Returns ``missed()``."""
+        missed = self.missed()
+        if missed:
+            self.replicas.emit(
+                ek.VAULT_DEGRADED,
+                subject,
+                what=self.what,
+                replicas_ok=len(self.replicas.stores) - len(missed),
+                replicas_total=len(self.replicas.stores),
+                down=sorted(missed),
+                reasons=missed,
+            )
+        return missed
