@@ -211,7 +211,7 @@ def test_replica_down_is_degraded_not_fatal(tmp_path: Path) -> None:
     assert vault.degraded() == ["memory://b"]
     (degraded,) = events.query(kind="vault.degraded")
     assert degraded.data["down"] == ["memory://b"]
-    assert down.keys() == []
+    assert down.stored_keys() == []
     only_down = Vault([down], key_path=key)
     with pytest.raises(UnavailableError):
         only_down.commit("dataset/d", {"f": b"data"})

@@ -8,8 +8,9 @@ can switch on while the vault runs against it (in the spirit of httpx's
   ``UnavailableError`` (an unmounted disk, a bucket that does not answer);
 - ``full = True``: ``available()`` stays True but every ``put`` raises ``OSError``
   ENOSPC (a disk that fills up in the middle of a commit);
-- ``corrupt_reads(prefix)``: ``get`` returns the stored value with one byte flipped,
-  while the value itself stays intact (a bad cable or controller), until ``heal()``;
+- ``corrupt_reads(prefix)``: ``get`` returns the stored value with its last byte
+  flipped, while the value itself stays intact (a bad cable or controller), until
+  ``heal()``;
 - ``damage(key)``: flip a byte of the stored value itself (bit rot, which a repair fixes);
 - ``delay_s``: every call first waits this long through the injected ``sleep`` (a slow
   replica; give ``sleep=clock.advance`` to make it slow on a ``ManualClock``).
@@ -87,7 +88,7 @@ class MemoryStore:
             value, born = self._values[key]
             self._values[key] = (_flip(value, offset), born)
 
-    def keys(self) -> list[str]:
+    def stored_keys(self) -> list[str]:
         """Every key held, sorted (injection and failures ignored)."""
         with self._guard:
             return sorted(self._values)
@@ -141,7 +142,7 @@ class MemoryStore:
             self._stats["get_bytes"] += len(found[0])
         value = found[0]
         if any(key.startswith(p) for p in self._corrupt):
-            value = _flip(value, len(value) // 2)
+            value = _flip(value, -1)
         return value
 
     def has(self, key: str) -> bool:

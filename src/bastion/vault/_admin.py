@@ -1,8 +1,14 @@
 """The admin key's pin: what makes deleting need a key that writers do not hold.
 
 Owns: pinning the admin public key in every replica (``config/admin.pub``, written once,
-at the first commit and on any replica found without it), and checking an admin key
-against the pins before anything is deleted.
+at the first commit and on any replica found without it: by a commit, or by scrub on a
+rebuilt replica), checking the pins in scrub and verify (``check_pins``), and checking
+an admin key against the pins before anything is deleted.
+
+Which pin is right: this host's admin public key (``admin.key`` or ``admin.key.pub``)
+when it has one; otherwise the pin every replica that has one agrees on. Replicas that
+disagree are reported, never "repaired": only a person can tell which key is the
+vault's.
 
 Must never: replace a pin that is there (a writer with access to the vault could then
 swap in a key of their own), or let a delete go ahead when any reachable replica pins
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bastion.errors import BastionError, NotFoundError, ScopeError, UsageError
@@ -20,7 +27,7 @@ from bastion.store import Store
 from bastion.vault._keys import Signer, Verifier
 from bastion.vault._layout import ADMIN_PIN
 
-__all__ = ["admin_public", "pin_admin", "require_admin"]
+__all__ = ["PinCheck", "admin_public", "check_pins", "pin_admin", "require_admin"]
 
 
 def admin_public(admin_key_path: Path | None) -> bytes | None:
@@ -64,3 +71,55 @@ def require_admin(stores: Sequence[Store], admin_key_path: Path | None) -> Signe
                     f"{store.url}/{ADMIN_PIN}); nothing was deleted"
                 )
     return admin
+
+
+@dataclass
+class PinCheck:
+    """The admin pins of the replicas checked (URLs in each list)."""
+
+    missing: list[str] = field(default_factory=list)  # no pin, and none written
+    pinned: list[str] = field(default_factory=list)  # had no pin; pinned now
+    mismatched: list[str] = field(default_factory=list)  # pins another key
+    unknown: bool = False  # no admin key here and no pin anywhere: nothing to check against
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.mismatched
+
+
+def check_pins(stores: Sequence[Store], admin_key_path: Path | None, *, repair: bool) -> PinCheck:
+    """Every replica's pin against the right one (see the module); with ``repair`` a
+    replica without a pin gets it."""
+    result = PinCheck()
+    pins: dict[str, bytes | None] = {}
+    for store in stores:
+        try:
+            pins[store.url] = store.get(ADMIN_PIN)
+        except NotFoundError:
+            pins[store.url] = None
+        except (OSError, BastionError):
+            continue  # unreadable now: scrub reports the replica itself
+    expected = admin_public(admin_key_path)
+    if expected is None:
+        found = {pin for pin in pins.values() if pin is not None}
+        if len(found) > 1:
+            result.mismatched = sorted(url for url, pin in pins.items() if pin is not None)
+            return result
+        if not found:
+            result.unknown = True
+            return result
+        expected = found.pop()
+    for store in stores:
+        if store.url not in pins:
+            continue
+        pin = pins[store.url]
+        if pin is None:
+            if repair:
+                with contextlib.suppress(OSError, BastionError):
+                    if store.put(ADMIN_PIN, [expected], durable=True):
+                        result.pinned.append(store.url)
+                        continue
+            result.missing.append(store.url)
+        elif pin != expected:
+            result.mismatched.append(store.url)
+    return result

@@ -92,6 +92,7 @@ def gc(
         if value is not None and value <= 0:
             raise UsageError(f"vault gc: {flag} must be positive, got {value}")
     dropped = 0
+    unreached: set[str] = set()
     with vault.publish_lock():
         everything = {name: vault.versions(name) for name in vault.names()}
         kept = keep(
@@ -108,7 +109,7 @@ def gc(
                 if (name, snap.version) in kept:
                     needed.update(snap.chunk_ids())
                     continue
-                replicas.delete(version_key(name, snap.version))
+                unreached.update(replicas.delete(version_key(name, snap.version)))
                 dropped += 1
                 vault.events.emit(ek.VAULT_DELETED, name, ref=snap.ref, snapshot=snap.id)
         kept_objects = 0
@@ -120,13 +121,15 @@ def gc(
                 return True
             return False
 
-        removed = replicas.sweep(OBJECTS, needs, min_age_s=grace_s)
+        removed, failed = replicas.sweep(OBJECTS, needs, min_age_s=grace_s)
+        unreached.update(failed)
     vault.events.emit(
         ek.VAULT_GC,
         vault.subject,
         snapshots_deleted=dropped,
         objects_deleted=removed,
         objects_kept=kept_objects,
+        unreached=sorted(unreached),
     )
     return {
         "snapshots_deleted": dropped,

@@ -426,32 +426,60 @@ class ReplicaSet:
     # -------------------------------------------------------------- listings
 
     def list(self, prefix: str, stores: Sequence[Store] | None = None) -> list[str]:
-        """Every key under ``prefix`` on any reachable replica (the union), sorted."""
+        """Every key under ``prefix`` on any reachable replica (the union), sorted. A
+        replica that fails to list is skipped (and read last for a while);
+        ``UnavailableError`` if none could list."""
         found: set[str] = set()
+        listed = 0
         for store in self.available() if stores is None else stores:
-            found.update(store.list(prefix))
+            try:
+                found.update(store.list(prefix))
+                listed += 1
+            except (OSError, UnavailableError) as exc:
+                self.note_failure(store, f"cannot list {prefix}: {exc}")
+        if not listed:
+            # Nothing answered: that is not "there is nothing" (NotFoundError).
+            raise UnavailableError(
+                f"vault: no replica reachable to list {prefix} "
+                f"({', '.join(self.unavailable()) or 'every replica failed'})"
+            )
         return sorted(found)
 
-    def delete(self, key: str) -> int:
-        """Remove ``key`` from every reachable replica; how many held it."""
-        return sum(1 for store in self.available() if store.delete(key))
+    def delete(self, key: str) -> list[str]:
+        """Remove ``key`` from every reachable replica; the URLs of the replicas that
+        could not be asked (the key may still be there)."""
+        failed = []
+        for store in self.available():
+            try:
+                store.delete(key)
+            except (OSError, UnavailableError) as exc:
+                self.note_failure(store, f"cannot delete {key}: {exc}")
+                failed.append(store.url)
+        return failed
 
-    def sweep(self, prefix: str, keep: Callable[[str], bool], *, min_age_s: float) -> int:
+    def sweep(
+        self, prefix: str, keep: Callable[[str], bool], *, min_age_s: float
+    ) -> tuple[int, list[str]]:
         """On every reachable replica, delete each key under ``prefix`` that ``keep``
         refuses and that is older than ``min_age_s``; then clean up after dead writers.
-        How many keys were deleted."""
+        How many keys were deleted, and the URLs of replicas that failed midway."""
         removed = 0
+        failed = []
         for store in self.available():
-            for key in list(store.list(prefix)):
-                if keep(key):
-                    continue
-                with contextlib.suppress(NotFoundError):
-                    if store.age(key) < min_age_s:
-                        continue  # may belong to a commit in flight
-                    if store.delete(key):
-                        removed += 1
-            store.cleanup()
-        return removed
+            try:
+                for key in list(store.list(prefix)):
+                    if keep(key):
+                        continue
+                    with contextlib.suppress(NotFoundError):
+                        if store.age(key) < min_age_s:
+                            continue  # may belong to a commit in flight
+                        if store.delete(key):
+                            removed += 1
+                store.cleanup()
+            except (OSError, UnavailableError) as exc:
+                self.note_failure(store, f"sweep of {prefix} failed: {exc}")
+                failed.append(store.url)
+        return removed, failed
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
@@ -579,6 +607,19 @@ class Write:
                 )
             done.append(store)
         return done
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` on the replicas still in (the union), sorted; one
+        that cannot list drops out, so nothing is numbered from a partial view."""
+        found: set[str] = set()
+        for index, store in enumerate(self.stores):
+            if index in self.failed:
+                continue
+            try:
+                found.update(store.list(prefix))
+            except (OSError, UnavailableError) as exc:
+                self.fail(index, f"cannot list {prefix}: {type(exc).__name__}: {exc}")
+        return sorted(found)
 
     def missed(self) -> dict[str, str]:
         """Every replica of the set this write did not reach, and why."""

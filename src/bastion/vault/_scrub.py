@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bastion import event_kinds as ek
-from bastion.errors import BastionError, NotFoundError, UsageError
+from bastion.errors import BastionError, NotFoundError, UnavailableError, UsageError
+from bastion.vault._admin import check_pins
 from bastion.vault._layout import OBJECTS, SNAPSHOTS, name_of_version_key
 from bastion.vault._objects import object_key, verify_stored
 from bastion.vault._replicas import Copy, ReplicaSet
@@ -70,6 +71,11 @@ class ScrubReport:
         bad_copies: copies missing or failing verification where a good copy exists.
         repaired: bad copies rewritten from a good one (only with ``repair``).
         repair_failed: ``"<replica>: <why it was bad>"`` for each repair that failed.
+        pins_missing: replicas without the admin pin (``config/admin.pub``) after the
+            pass (with ``repair`` a missing pin is written; see ``_admin``).
+        pins_written: replicas that had no pin and got it in this pass.
+        pins_mismatched: replicas whose pin is not the vault's admin key (never
+            changed by scrub: a person decides which key is right).
         unrecoverable: objects with no good copy on any replica.
         bad_snapshots: snapshot or label keys with no copy that verifies.
         orphans: objects no snapshot names (left by a killed write; not data).
@@ -92,6 +98,9 @@ class ScrubReport:
     bad_copies: int = 0
     repaired: int = 0
     repair_failed: list[str] = field(default_factory=list)
+    pins_missing: list[str] = field(default_factory=list)
+    pins_written: list[str] = field(default_factory=list)
+    pins_mismatched: list[str] = field(default_factory=list)
     unrecoverable: list[str] = field(default_factory=list)
     bad_snapshots: list[str] = field(default_factory=list)
     orphans: int = 0
@@ -180,13 +189,23 @@ def scrub(
         except UsageError:
             seal_key = None  # a verify-only host: no seals to check, every copy in full
     stores = vault.replicas.available()
-    report.replicas = len(stores)
     report.unreachable = [s.url for s in vault.stores if s not in stores]
     vault.events.emit(
         ek.VAULT_SCRUB_STARTED, vault.subject, repair=repair, max_seconds=max_seconds, deep=deep
     )
+    present: list[set[str]] = []
+    for store in list(stores):
+        try:
+            present.append({k.rsplit("/", 1)[-1] for k in store.list(OBJECTS)})
+        except (OSError, UnavailableError) as exc:
+            vault.replicas.note_failure(store, f"cannot list {OBJECTS}: {exc}")
+            stores.remove(store)  # not checked this pass: said in the report
+            report.unreachable.append(store.url)
+    report.replicas = len(stores)
     referenced = _check_snapshots(vault, stores, repair=repair, report=report)
-    present = [{k.rsplit("/", 1)[-1] for k in s.list(OBJECTS)} for s in stores]
+    pins = check_pins(stores, vault.admin_key_path, repair=repair)
+    report.pins_missing, report.pins_written = pins.missing, pins.pinned
+    report.pins_mismatched = pins.mismatched
     digests = sorted(set().union(referenced, *present))
     cursor_path = _cursor_file(vault)
     cursor = ""

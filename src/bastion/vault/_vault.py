@@ -349,7 +349,8 @@ class Vault:
         labels: Sequence[str],
     ) -> Snapshot:
         """Number, sign and publish the snapshot (under the publish lock)."""
-        version = self._latest_version(name, write.ok()) + 1
+        numbers = [n for k in write.list(versions_prefix(name)) if (n := seq_of(k)) is not None]
+        version = max(numbers, default=0) + 1
         parent = self._latest_id(name)
         signer = self.signer
         snap = Snapshot(
@@ -374,24 +375,17 @@ class Vault:
         return replace(snap, id=snap_id)
 
     def _write_label(self, name: str, label: str, version: int, snap_id: str, write: Write) -> None:
-        seq = self._label_seq(name, label, write.ok()) + 1
+        seqs = [n for k in write.list(labels_prefix(name, label)) if (n := seq_of(k)) is not None]
+        seq = max(seqs, default=0) + 1
         record = LabelRecord(
             name, label, version, snap_id, seq, self._now().isoformat(timespec="seconds")
         )
         document, _ = encode_document(record.body(), self.signer)
         write.put(label_key(name, label, seq), [document])
 
-    def _label_seq(self, name: str, label: str, stores: Sequence[Store]) -> int:
-        keys = self.replicas.list(labels_prefix(name, label), stores)
-        return max((seq for k in keys if (seq := seq_of(k)) is not None), default=0)
-
-    def _version_numbers(self, name: str, stores: Sequence[Store] | None = None) -> list[int]:
-        keys = self.replicas.list(versions_prefix(name), stores)
+    def _version_numbers(self, name: str) -> list[int]:
+        keys = self.replicas.list(versions_prefix(name))
         return sorted({seq for k in keys if (seq := seq_of(k)) is not None})
-
-    def _latest_version(self, name: str, stores: Sequence[Store] | None = None) -> int:
-        numbers = self._version_numbers(name, stores)
-        return numbers[-1] if numbers else 0
 
     def _latest_id(self, name: str) -> str | None:
         try:
