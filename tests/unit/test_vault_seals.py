@@ -1,9 +1,10 @@
 """Sealed objects: scrub checks a compressed object's seal instead of decompressing it,
-and a seal never lets a bad object pass (damaged, forged, moved, or made with another key)."""
+and a seal never lets a bad object pass (damaged, forged, moved, or made with another key).
+
+Seals are the vault's logic, not the disk's: the replicas are in memory (``MemoryStore``)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import zstandard
 
 from bastion.errors import IntegrityError
 from bastion.events import EventLog
-from bastion.store import LocalStore
+from bastion.store import MemoryStore
 from bastion.vault import Vault, make_key
 from bastion.vault._objects import SEALED, hash_bytes, object_key, seal
 
@@ -19,32 +20,46 @@ CSV = b"".join(b"%d,%d,%d\n" % (i, i * 7 % 13, i % 5) for i in range(20_000))
 
 
 @pytest.fixture
-def vault(tmp_path: Path) -> Vault:
+def stores() -> tuple[MemoryStore, MemoryStore]:
+    return MemoryStore("a"), MemoryStore("b")
+
+
+@pytest.fixture
+def vault(tmp_path: Path, stores: tuple[MemoryStore, MemoryStore]) -> Vault:
     key = tmp_path / "keys" / "signing.key"
     make_key(key)
     return Vault(
-        [tmp_path / "a", tmp_path / "b"],
+        stores,
         key_path=key,
         state_dir=tmp_path / "state",
         events=EventLog.in_state_dir(tmp_path / "state"),
     )
 
 
-def _commit(vault: Vault, tmp_path: Path) -> tuple[str, Path, Path]:
+class Copy:
+    """One replica's copy of an object, read and overwritten through the store."""
+
+    def __init__(self, store: MemoryStore, key: str) -> None:
+        self.store, self.key = store, key
+
+    def read_bytes(self) -> bytes:
+        return self.store.get(self.key)
+
+    def overwrite(self, data: bytes) -> None:
+        self.store.put(self.key, [data], replace=True)
+
+
+def _commit(vault: Vault, stores: tuple[MemoryStore, MemoryStore]) -> tuple[str, Copy, Copy]:
     snap = vault.commit("dataset/s", {"t.csv": CSV})
     (chunk,) = snap.files["t.csv"].chunks
-    return chunk.id, tmp_path / "a" / object_key(chunk.id), tmp_path / "b" / object_key(chunk.id)
-
-
-def _overwrite(path: Path, data: bytes) -> None:
-    path.chmod(0o644)
-    path.write_bytes(data)
+    key = object_key(chunk.id)
+    return chunk.id, Copy(stores[0], key), Copy(stores[1], key)
 
 
 def test_compressed_objects_are_sealed_and_scrubbed_without_decompressing(
-    vault: Vault, tmp_path: Path
+    vault: Vault, stores: tuple[MemoryStore, MemoryStore]
 ) -> None:
-    digest, a, _ = _commit(vault, tmp_path)
+    digest, a, _ = _commit(vault, stores)
     assert a.read_bytes()[:1] == SEALED
     fast = vault.scrub(repair=False)
     assert fast.ok
@@ -60,12 +75,12 @@ def test_compressed_objects_are_sealed_and_scrubbed_without_decompressing(
 
 @pytest.mark.parametrize("offset", [3, 40, -7], ids=["in-seal", "frame-header", "payload"])
 def test_a_damaged_copy_is_repaired_from_the_sealed_one(
-    vault: Vault, tmp_path: Path, offset: int
+    vault: Vault, stores: tuple[MemoryStore, MemoryStore], offset: int
 ) -> None:
-    _, a, b = _commit(vault, tmp_path)
+    _, a, b = _commit(vault, stores)
     damaged = bytearray(a.read_bytes())
     damaged[offset] ^= 0x10
-    _overwrite(a, bytes(damaged))
+    a.overwrite(bytes(damaged))
     report = vault.scrub(repair=True)
     assert report.ok
     assert (report.bad_copies, report.repaired) == (1, 1)
@@ -73,8 +88,10 @@ def test_a_damaged_copy_is_repaired_from_the_sealed_one(
     assert vault.scrub(repair=False).decompressed == 0
 
 
-def test_forged_or_moved_objects_fail_even_with_a_seal(vault: Vault, tmp_path: Path) -> None:
-    digest, a, b = _commit(vault, tmp_path)
+def test_forged_or_moved_objects_fail_even_with_a_seal(
+    vault: Vault, tmp_path: Path, stores: tuple[MemoryStore, MemoryStore]
+) -> None:
+    digest, a, b = _commit(vault, stores)
     frame = zstandard.ZstdCompressor(level=1).compress(CSV.replace(b"3", b"4"))
     other = tmp_path / "other.key"
     make_key(other)
@@ -84,8 +101,8 @@ def test_forged_or_moved_objects_fail_even_with_a_seal(vault: Vault, tmp_path: P
         a: SEALED + seal(Signer(other).seal_key(), digest, frame) + frame,  # another key
         b: SEALED + bytes(32) + frame,  # no key at all
     }
-    for path, forged in forgeries.items():
-        _overwrite(path, forged)
+    for copy, forged in forgeries.items():
+        copy.overwrite(forged)
     report = vault.scrub(repair=False)
     assert report.unrecoverable == [digest]
     assert not report.ok
@@ -94,22 +111,21 @@ def test_forged_or_moved_objects_fail_even_with_a_seal(vault: Vault, tmp_path: P
     # A genuine sealed object moved under another object's name fails too: the seal
     # covers the name.
     snap = vault.commit("dataset/t", {"u.csv": CSV + b"9,9,9\n"})
-    moved = tmp_path / "a" / object_key(snap.files["u.csv"].chunks[0].id)
-    shutil.copyfile(moved, tmp_path / "moved")
-    _overwrite(a, (tmp_path / "moved").read_bytes())
+    moved = stores[0].get(object_key(snap.files["u.csv"].chunks[0].id))
+    a.overwrite(moved)
     assert digest in vault.scrub(repair=False).unrecoverable
 
 
 def test_seals_made_with_another_key_are_checked_in_full_not_failed(
-    vault: Vault, tmp_path: Path
+    vault: Vault, tmp_path: Path, stores: tuple[MemoryStore, MemoryStore]
 ) -> None:
-    _commit(vault, tmp_path)
+    _commit(vault, stores)
     rotated = tmp_path / "keys2" / "signing.key"
     make_key(rotated)
     # The same replicas under a new signing key: old seals no longer match, the content
     # is still right, so nothing is bad; it is checked by decompressing.
     later = Vault(
-        [LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")],
+        stores,
         key_path=rotated,
         state_dir=tmp_path / "state2",
     )
@@ -118,11 +134,13 @@ def test_seals_made_with_another_key_are_checked_in_full_not_failed(
     assert (report.seals_failed, report.decompressed, report.bad_copies) == (2, 2, 0)
 
 
-def test_a_verify_only_host_checks_every_copy_in_full(vault: Vault, tmp_path: Path) -> None:
-    _commit(vault, tmp_path)
+def test_a_verify_only_host_checks_every_copy_in_full(
+    vault: Vault, tmp_path: Path, stores: tuple[MemoryStore, MemoryStore]
+) -> None:
+    _commit(vault, stores)
     key = tmp_path / "keys" / "signing.key"
     key.rename(tmp_path / "elsewhere.key")  # only signing.key.pub stays on this host
-    reader = Vault([tmp_path / "a", tmp_path / "b"], key_path=key, state_dir=tmp_path / "st")
+    reader = Vault(stores, key_path=key, state_dir=tmp_path / "st")
     report = reader.scrub(repair=False)
     assert report.ok
     assert (report.copies_checked, report.decompressed) == (2, 2)
