@@ -16,6 +16,7 @@ def test_vault_public_names() -> None:
             "Guard",
             "GuardStatistics",
             "Protected",
+            "PutResult",
             "ReplicaSet",
             "ReplicaSetStatistics",
             "ReplicaStatistics",

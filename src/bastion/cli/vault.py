@@ -13,16 +13,31 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from bastion.cli._common import DEFAULT_MANIFEST, ManifestOption, console, load_manifest
-from bastion.errors import CheckFailed, UsageError
-from bastion.vault import Vault
+from bastion.errors import CheckFailed, UnavailableError, UsageError
+from bastion.vault import ReplicaSetStatistics, ScrubReport, Vault
 
 __all__ = ["register"]
 
 app = typer.Typer(help="Content-addressed, replicated, signed snapshots of data and models.")
 
 
-def _vault(file: Path) -> Vault:
-    return Vault.from_manifest(load_manifest(file))
+def _vault(file: Path, *, create: bool = True) -> Vault:
+    return Vault.from_manifest(load_manifest(file), create=create)
+
+
+_FIX_REPLICA = (
+    "fix the replica (mount its disk, free space, repair permissions), then run "
+    "`bastion vault scrub` to copy what it lacks"
+)
+
+
+def _failed_since(before: ReplicaSetStatistics, after: ReplicaSetStatistics) -> list[str]:
+    """``url: last error`` of each replica that failed between two readings."""
+    return [
+        f"{now.url}: {now.last_error}"
+        for was, now in zip(before.replicas, after.replicas, strict=True)
+        if now.failures > was.failures
+    ]
 
 
 def _tree(path: Path) -> dict[str, Path]:
@@ -47,13 +62,19 @@ def put(
 ) -> None:
     """Store a file or directory as the next version of NAME."""
     vault = _vault(file)
-    snap = vault.commit(name, _tree(path), lineage=lineage, labels=label)
+    result = vault.put(name, _tree(path), lineage=lineage, labels=label)
+    snap = result.snapshot
     console.print(
         f"{snap.ref}: {len(snap.files)} files, {snap.size:,} bytes, id {snap.id[:16]}, "
-        f"on {len(vault.available_stores())}/{len(vault.stores)} replicas"
+        f"on {len(result.replicas)}/{len(vault.stores)} replicas"
     )
-    if vault.degraded():
-        console.print(f"[yellow]degraded: {', '.join(vault.degraded())} unreachable[/]")
+    if result.missed:
+        raise UnavailableError(
+            f"{snap.ref} is stored, but on {len(result.replicas)} of {len(vault.stores)} "
+            "replicas; not on "
+            + "; ".join(f"{url} ({why})" for url, why in result.missed.items())
+            + f"; {_FIX_REPLICA}"
+        )
 
 
 @app.command()
@@ -127,25 +148,67 @@ Deep = Annotated[
 def _scrub(
     file: Path, *, repair: bool, max_seconds: float | None, as_json: bool, deep: bool
 ) -> None:
-    report = _vault(file).scrub(repair=repair, max_seconds=max_seconds, deep=deep)
+    # verify changes nothing: not even a replica directory that has gone missing
+    vault = _vault(file, create=repair)
+    report = vault.scrub(repair=repair, max_seconds=max_seconds, deep=deep)
     if as_json:
         console.print_json(json.dumps(report.to_json()))
     else:
         console.print(
             f"{'scrub' if repair else 'verify'}: {report.objects} objects, "
-            f"{report.copies_checked} copies on {report.replicas} replicas, "
-            f"{report.bytes_checked / 1e6:,.1f} MB in {report.seconds:.2f} s "
+            f"{report.copies_checked} copies on {report.replicas} of {len(vault.stores)} "
+            f"replicas, {report.bytes_checked / 1e6:,.1f} MB in {report.seconds:.2f} s "
             f"({report.gb_per_s:.2f} GB/s); {report.snapshots} snapshots; "
             f"bad copies {report.bad_copies}, repaired {report.repaired}, "
+            f"repairs failed {len(report.repair_failed)}, "
             f"unrecoverable {len(report.unrecoverable)}; "
             f"{'deep' if report.deep else 'by seals'}, {report.decompressed} decompressed"
+            + (f"; admin pin written on {len(report.pins_written)}" if report.pins_written else "")
             + ("" if report.complete else f"; budget spent, resumes after {report.cursor[:16]}")
         )
+    problems = _scrub_problems(report, repair=repair)
+    if problems:
+        raise CheckFailed("; ".join(problems))
+
+
+def _scrub_problems(report: ScrubReport, *, repair: bool) -> list[str]:
+    """What a scrub or verify left undone or found wrong, each with the fix."""
+    problems = []
     if not report.ok:
-        raise CheckFailed(
+        problems.append(
             f"{len(report.unrecoverable)} objects and {len(report.bad_snapshots)} snapshots "
             "have no good copy on any replica"
         )
+    if report.unreachable:
+        problems.append(
+            f"not checked: {', '.join(report.unreachable)} (missing or unreachable; mount "
+            "its disk, or recreate the directory if the replica was lost, then run "
+            "`bastion vault scrub` to rebuild it)"
+        )
+    if report.repair_failed:
+        failed: dict[str, int] = {}
+        for item in report.repair_failed:
+            url = item.split(": ", 1)[0]
+            failed[url] = failed.get(url, 0) + 1
+        problems.append(
+            f"{len(report.repair_failed)} repairs failed ("
+            + ", ".join(f"{n} on {url}" for url, n in failed.items())
+            + "; free space or fix permissions there, then run `bastion vault scrub` again)"
+        )
+    if report.pins_missing:
+        fix = (
+            "could not write it; fix the replica and run scrub again"
+            if repair
+            else "run `bastion vault scrub` to write it"
+        )
+        problems.append(f"no admin key pin on {', '.join(report.pins_missing)} ({fix})")
+    if report.pins_mismatched:
+        problems.append(
+            f"the admin key pin (config/admin.pub) on {', '.join(report.pins_mismatched)} "
+            "is not this vault's admin key; nothing deletes until it is put back (copy it "
+            "from a replica whose pin matches, or from the admin key's .pub file)"
+        )
+    return problems
 
 
 @app.command()
@@ -244,8 +307,17 @@ def restore(
             with lock:
                 bar.advance(task, n)
 
+        before = vault.replicas.statistics()
         vault.restore(snap, dest, progress=advance, clean=clean)
+        after = vault.replicas.statistics()
     console.print(f"restored {snap.ref} ({len(snap.files)} files, {snap.size:,} bytes) to {dest}")
+    if after.repair_failures > before.repair_failures:
+        raise UnavailableError(
+            f"restored, but {after.repair_failures - before.repair_failures} bad copies met "
+            "on the way could not be repaired ("
+            + "; ".join(_failed_since(before, after))
+            + f"); {_FIX_REPLICA}"
+        )
 
 
 @app.command()
@@ -291,10 +363,19 @@ def gc(
     Defaults come from vault.retention in bastion.yaml. Labelled versions and the
     lineage of every kept snapshot are always kept.
     """
-    result = _vault(file).gc(
-        keep_last=keep_last, keep_within_days=keep_within_days, grace_s=grace_s
-    )
+    vault = _vault(file)
+    skipped = vault.degraded()
+    before = vault.replicas.statistics()
+    result = vault.gc(keep_last=keep_last, keep_within_days=keep_within_days, grace_s=grace_s)
     console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.items()))
+    failed = _failed_since(before, vault.replicas.statistics())
+    if skipped or failed:
+        raise UnavailableError(
+            "gc did not reach "
+            + "; ".join([f"{url}: unreachable" for url in skipped] + failed)
+            + " (what it holds there is still there; bring the replica back and run "
+            "`bastion vault gc` again)"
+        )
 
 
 def register(root: typer.Typer) -> None:

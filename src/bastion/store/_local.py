@@ -223,13 +223,16 @@ class LocalStore:
         return f"LocalStore({str(self.root)!r})"
 
     def available(self) -> bool:
-        tmp = self.root / _TMP
-        try:
-            if not tmp.is_dir():
-                tmp.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return False
-        return os.access(tmp, os.W_OK | os.X_OK) and os.access(self.root, os.W_OK | os.X_OK)
+        # Asks, never creates: a missing replica is an unmounted or lost disk, and making
+        # it here would put the vault's writes on whatever disk holds the mount point
+        # (and make a read-only command change something). It is made at open time
+        # (``create=True``), by ``bastion init``, or by the user.
+        tmp = os.path.join(self.root, _TMP)
+        return (
+            os.path.isdir(tmp)
+            and os.access(tmp, os.W_OK | os.X_OK)
+            and os.access(self.root, os.W_OK | os.X_OK)
+        )
 
     def _path(self, key: str) -> str:
         if not _KEY.match(key) or ".." in key.split("/") or key.split("/", 1)[0] == _TMP:

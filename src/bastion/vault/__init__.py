@@ -22,7 +22,7 @@ from bastion.vault._keys import make_key
 from bastion.vault._replicas import ReplicaSet, ReplicaSetStatistics, ReplicaStatistics
 from bastion.vault._scrub import ScrubReport
 from bastion.vault._snapshot import ChunkRef, FileEntry, Snapshot
-from bastion.vault._vault import FileSource, Vault, VaultStatistics
+from bastion.vault._vault import FileSource, PutResult, Vault, VaultStatistics
 
 __all__ = [
     "CANARY",
@@ -32,6 +32,7 @@ __all__ = [
     "Guard",
     "GuardStatistics",
     "Protected",
+    "PutResult",
     "ReplicaSet",
     "ReplicaSetStatistics",
     "ReplicaStatistics",

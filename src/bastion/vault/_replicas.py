@@ -425,7 +425,7 @@ class ReplicaSet:
 
     # -------------------------------------------------------------- listings
 
-    def list(self, prefix: str, stores: Sequence[Store] | None = None) -> list[str]:
+    def keys(self, prefix: str, stores: Sequence[Store] | None = None) -> list[str]:
         """Every key under ``prefix`` on any reachable replica (the union), sorted. A
         replica that fails to list is skipped (and read last for a while);
         ``UnavailableError`` if none could list."""
@@ -608,7 +608,7 @@ class Write:
             done.append(store)
         return done
 
-    def list(self, prefix: str) -> list[str]:
+    def keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` on the replicas still in (the union), sorted; one
         that cannot list drops out, so nothing is numbered from a partial view."""
         found: set[str] = set()

@@ -129,7 +129,7 @@ def _check_snapshots(
     chunk a snapshot names."""
     replicas = vault.replicas
     referenced: set[str] = set()
-    keys = [k for k in replicas.list(SNAPSHOTS, stores) if "/_v/" in k or "/_l/" in k]
+    keys = [k for k in replicas.keys(SNAPSHOTS, stores) if "/_v/" in k or "/_l/" in k]
     for key in keys:
 
         def verify(stored: bytes, key: str = key) -> object:

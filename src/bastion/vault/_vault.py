@@ -69,9 +69,30 @@ if TYPE_CHECKING:
     from bastion.manifest import Manifest
     from bastion.vault._scrub import ScrubReport
 
-__all__ = ["FileSource", "Vault", "VaultStatistics"]
+__all__ = ["FileSource", "PutResult", "Vault", "VaultStatistics"]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """What ``Vault.put`` did: the snapshot, and where it is.
+
+    Attributes:
+        snapshot: the snapshot committed.
+        replicas: URLs of the replicas that hold it (at least the quorum).
+        missed: for each replica of the vault that does not hold it, why (unreachable,
+            a full disk, ...); empty when it is on every replica.
+    """
+
+    snapshot: Snapshot
+    replicas: tuple[str, ...]
+    missed: Mapping[str, str]
+
+    @property
+    def degraded(self) -> bool:
+        """The snapshot is on fewer replicas than the vault has (scrub fills the gap)."""
+        return bool(self.missed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,13 +290,37 @@ class Vault:
         compress: bool = True,
         chunk_size: int | None = None,
     ) -> Snapshot:
-        """Store ``files`` as the next version of ``name``; visible only once durable.
+        """Store ``files`` as the next version of ``name``; visible only once durable on
+        the write quorum. ``put`` does the same and also says which replicas hold it.
 
         ``chunk_size``: cut at fixed offsets of this many bytes instead of CDC, for data
         with nothing for CDC to find (checkpoints: see ``_objects``). A multiple of 4 KiB
         keeps the chunks of a page-aligned buffer aligned, so uncompressed ones are
         written with no copy.
         """
+        return self.put(
+            name,
+            files,
+            meta=meta,
+            lineage=lineage,
+            labels=labels,
+            compress=compress,
+            chunk_size=chunk_size,
+        ).snapshot
+
+    def put(
+        self,
+        name: str,
+        files: Mapping[str, FileSource],
+        *,
+        meta: Mapping[str, Any] | None = None,
+        lineage: Sequence[str] = (),
+        labels: Sequence[str] = ("latest",),
+        compress: bool = True,
+        chunk_size: int | None = None,
+    ) -> PutResult:
+        """``commit``, returning where the snapshot went: a ``PutResult`` whose
+        ``missed`` names each replica that does not hold it and why (degraded)."""
         if chunk_size is not None and (chunk_size < 4096 or chunk_size > 64 << 20):
             raise UsageError(
                 f"vault commit of {name}: chunk_size {chunk_size} is outside 4 KiB..64 MiB"
@@ -335,8 +380,8 @@ class Vault:
             mb_per_s=round(size / 1e6 / seconds, 1) if seconds > 0 else None,
             labels=list(labels),
         )
-        write.close(name)
-        return snap
+        missed = write.close(name)
+        return PutResult(snap, tuple(s.url for s in write.ok()), missed)
 
     def _publish(
         self,
@@ -349,7 +394,7 @@ class Vault:
         labels: Sequence[str],
     ) -> Snapshot:
         """Number, sign and publish the snapshot (under the publish lock)."""
-        numbers = [n for k in write.list(versions_prefix(name)) if (n := seq_of(k)) is not None]
+        numbers = [n for k in write.keys(versions_prefix(name)) if (n := seq_of(k)) is not None]
         version = max(numbers, default=0) + 1
         parent = self._latest_id(name)
         signer = self.signer
@@ -375,7 +420,7 @@ class Vault:
         return replace(snap, id=snap_id)
 
     def _write_label(self, name: str, label: str, version: int, snap_id: str, write: Write) -> None:
-        seqs = [n for k in write.list(labels_prefix(name, label)) if (n := seq_of(k)) is not None]
+        seqs = [n for k in write.keys(labels_prefix(name, label)) if (n := seq_of(k)) is not None]
         seq = max(seqs, default=0) + 1
         record = LabelRecord(
             name, label, version, snap_id, seq, self._now().isoformat(timespec="seconds")
@@ -384,7 +429,7 @@ class Vault:
         write.put(label_key(name, label, seq), [document])
 
     def _version_numbers(self, name: str) -> list[int]:
-        keys = self.replicas.list(versions_prefix(name))
+        keys = self.replicas.keys(versions_prefix(name))
         return sorted({seq for k in keys if (seq := seq_of(k)) is not None})
 
     def _latest_id(self, name: str) -> str | None:
@@ -447,7 +492,7 @@ class Vault:
             ) from None
 
     def _resolve_label(self, name: str, label: str, *, missing_ok: bool = False) -> int:
-        keys = self.replicas.list(labels_prefix(name, label))
+        keys = self.replicas.keys(labels_prefix(name, label))
         for key in sorted(keys, key=lambda k: seq_of(k) or -1, reverse=True):
 
             def check(body: dict[str, Any], _id: str, key: str = key) -> LabelRecord:
@@ -482,7 +527,7 @@ class Vault:
         """Every artifact name with at least one snapshot, sorted."""
         found = {
             named[0]
-            for key in self.replicas.list(SNAPSHOTS)
+            for key in self.replicas.keys(SNAPSHOTS)
             if (named := name_of_version_key(key)) is not None
         }
         return sorted(n for n in found if n.startswith(prefix))
@@ -491,7 +536,7 @@ class Vault:
         """Every label of ``name`` and the version it points at."""
         parse_name(name)
         prefix = f"{SNAPSHOTS}{name}/_l/"
-        found = {key.removeprefix(prefix).split("/", 1)[0] for key in self.replicas.list(prefix)}
+        found = {key.removeprefix(prefix).split("/", 1)[0] for key in self.replicas.keys(prefix)}
         out = {}
         for label in sorted(found):
             version = self._resolve_label(name, label, missing_ok=True)
