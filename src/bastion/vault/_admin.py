@@ -17,15 +17,15 @@ another key.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bastion.errors import BastionError, NotFoundError, ScopeError, UsageError
+from bastion.errors import ScopeError, UsageError
 from bastion.store import Store
 from bastion.vault._keys import Signer, Verifier
 from bastion.vault._layout import ADMIN_PIN
+from bastion.vault._replicas import ReplicaSet
 
 __all__ = ["PinCheck", "admin_public", "check_pins", "pin_admin", "require_admin"]
 
@@ -41,20 +41,17 @@ def admin_public(admin_key_path: Path | None) -> bytes | None:
         return None
 
 
-def pin_admin(stores: Sequence[Store], admin_key_path: Path | None) -> list[Store]:
+def pin_admin(
+    replicas: ReplicaSet, stores: Sequence[Store], admin_key_path: Path | None
+) -> list[Store]:
     """Pin the admin key on each of ``stores`` that lacks a pin; the stores pinned now."""
     raw = admin_public(admin_key_path)
     if raw is None:
         return []
-    pinned = []
-    for store in stores:
-        with contextlib.suppress(OSError, BastionError):
-            if store.put(ADMIN_PIN, [raw], durable=True):
-                pinned.append(store)
-    return pinned
+    return replicas.put_missing(ADMIN_PIN, raw, stores)
 
 
-def require_admin(stores: Sequence[Store], admin_key_path: Path | None) -> Signer:
+def require_admin(replicas: ReplicaSet, admin_key_path: Path | None) -> Signer:
     """The admin key, checked against the pin of every reachable replica (``ScopeError``
     if there is none, or a replica pins another key: then nothing may be deleted)."""
     if admin_key_path is None:
@@ -63,13 +60,13 @@ def require_admin(stores: Sequence[Store], admin_key_path: Path | None) -> Signe
             "a writer key can add but not destroy"
         )
     admin = Signer(admin_key_path, role="admin")
-    for store in stores:
-        with contextlib.suppress(NotFoundError):
-            if store.get(ADMIN_PIN) != admin.public_bytes():
-                raise ScopeError(
-                    f"{admin_key_path} is not this vault's admin key (pinned in "
-                    f"{store.url}/{ADMIN_PIN}); nothing was deleted"
-                )
+    stores = replicas.available()
+    for store, pin in zip(stores, replicas.copies(ADMIN_PIN, stores), strict=True):
+        if isinstance(pin, bytes) and pin != admin.public_bytes():
+            raise ScopeError(
+                f"{admin_key_path} is not this vault's admin key (pinned in "
+                f"{store.url}/{ADMIN_PIN}); nothing was deleted"
+            )
     return admin
 
 
@@ -87,39 +84,31 @@ class PinCheck:
         return not self.missing and not self.mismatched
 
 
-def check_pins(stores: Sequence[Store], admin_key_path: Path | None, *, repair: bool) -> PinCheck:
+def check_pins(
+    replicas: ReplicaSet, stores: Sequence[Store], admin_key_path: Path | None, *, repair: bool
+) -> PinCheck:
     """Every replica's pin against the right one (see the module); with ``repair`` a
     replica without a pin gets it."""
     result = PinCheck()
-    pins: dict[str, bytes | None] = {}
-    for store in stores:
-        try:
-            pins[store.url] = store.get(ADMIN_PIN)
-        except NotFoundError:
-            pins[store.url] = None
-        except (OSError, BastionError):
-            continue  # unreadable now: scrub reports the replica itself
+    # an unreadable pin (an error) is left out: scrub reports the replica itself
+    pins = {
+        store: pin
+        for store, pin in zip(stores, replicas.copies(ADMIN_PIN, stores), strict=True)
+        if not isinstance(pin, BaseException)
+    }
     expected = admin_public(admin_key_path)
     if expected is None:
         found = {pin for pin in pins.values() if pin is not None}
         if len(found) > 1:
-            result.mismatched = sorted(url for url, pin in pins.items() if pin is not None)
+            result.mismatched = sorted(s.url for s, pin in pins.items() if pin is not None)
             return result
         if not found:
             result.unknown = True
             return result
         expected = found.pop()
-    for store in stores:
-        if store.url not in pins:
-            continue
-        pin = pins[store.url]
-        if pin is None:
-            if repair:
-                with contextlib.suppress(OSError, BastionError):
-                    if store.put(ADMIN_PIN, [expected], durable=True):
-                        result.pinned.append(store.url)
-                        continue
-            result.missing.append(store.url)
-        elif pin != expected:
-            result.mismatched.append(store.url)
+    result.mismatched = [s.url for s, pin in pins.items() if pin is not None and pin != expected]
+    lacking = [s for s, pin in pins.items() if pin is None]
+    written = replicas.put_missing(ADMIN_PIN, expected, lacking) if repair else []
+    result.pinned = [s.url for s in written]
+    result.missing = [s.url for s in lacking if s not in written]
     return result

@@ -87,7 +87,7 @@ def gc(
 ) -> dict[str, int]:
     """Drop old versions and unneeded objects (see ``Vault.gc``)."""
     replicas = vault.replicas
-    require_admin(replicas.available(), vault.admin_key_path)
+    require_admin(replicas, vault.admin_key_path)
     for value, flag in ((keep_last, "keep_last"), (keep_within_days, "keep_within_days")):
         if value is not None and value <= 0:
             raise UsageError(f"vault gc: {flag} must be positive, got {value}")

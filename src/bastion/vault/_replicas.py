@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
@@ -444,6 +444,53 @@ class ReplicaSet:
                 f"({', '.join(self.unavailable()) or 'every replica failed'})"
             )
         return sorted(found)
+
+    def keys_each(self, prefix: str, stores: Sequence[Store]) -> list[tuple[Store, set[str]]]:
+        """Each replica's keys under ``prefix`` (scrub, which checks every copy); a
+        replica that cannot list is left out (and read last for a while)."""
+        out = []
+        for store in stores:
+            try:
+                out.append((store, set(store.list(prefix))))
+            except (OSError, UnavailableError) as exc:
+                self.note_failure(store, f"cannot list {prefix}: {exc}")
+        return out
+
+    def copies(
+        self,
+        key: str,
+        stores: Sequence[Store],
+        present: Sequence[Container[str]] | None = None,
+        *,
+        name: str = "",
+    ) -> list[Copy]:
+        """Every replica's stored bytes of ``key``, unverified (``check`` verifies them):
+        the bytes, the read's error, or None where it is missing. ``present``: what each
+        replica listed; a replica that did not list ``name`` is not asked."""
+        out: list[Copy] = []
+        for index, store in enumerate(stores):
+            if present is not None and name not in present[index]:
+                out.append(None)
+                continue
+            try:
+                out.append(store.get(key))
+            except NotFoundError:
+                out.append(None)
+            except (OSError, BastionError) as exc:
+                out.append(exc)
+        return out
+
+    def put_missing(self, key: str, value: bytes, stores: Sequence[Store]) -> list[Store]:
+        """Write ``key`` once on each of ``stores`` that lacks it (never replacing one
+        that is there); the stores written now."""
+        written = []
+        for store in stores:
+            try:
+                if store.put(key, [value], durable=True):
+                    written.append(store)
+            except (OSError, BastionError) as exc:
+                self.note_failure(store, f"cannot write {key}: {exc}")
+        return written
 
     def delete(self, key: str) -> list[str]:
         """Remove ``key`` from every reachable replica; the URLs of the replicas that

@@ -20,6 +20,7 @@ is then checked in full, so a seal can only spare work, never pass a bad object.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import deque
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bastion import event_kinds as ek
-from bastion.errors import BastionError, NotFoundError, UnavailableError, UsageError
+from bastion.errors import BastionError, UsageError
 from bastion.vault._admin import check_pins
 from bastion.vault._layout import OBJECTS, SNAPSHOTS, name_of_version_key
 from bastion.vault._objects import object_key, verify_stored
@@ -193,17 +194,14 @@ def scrub(
     vault.events.emit(
         ek.VAULT_SCRUB_STARTED, vault.subject, repair=repair, max_seconds=max_seconds, deep=deep
     )
-    present: list[set[str]] = []
-    for store in list(stores):
-        try:
-            present.append({k.rsplit("/", 1)[-1] for k in store.list(OBJECTS)})
-        except (OSError, UnavailableError) as exc:
-            vault.replicas.note_failure(store, f"cannot list {OBJECTS}: {exc}")
-            stores.remove(store)  # not checked this pass: said in the report
-            report.unreachable.append(store.url)
+    listed = vault.replicas.keys_each(OBJECTS, stores)
+    # a replica that cannot even list is not checked this pass, and the report says so
+    report.unreachable += [s.url for s in stores if s not in {st for st, _ in listed}]
+    stores = [store for store, _ in listed]
+    present = [{k.rsplit("/", 1)[-1] for k in keys} for _, keys in listed]
     report.replicas = len(stores)
     referenced = _check_snapshots(vault, stores, repair=repair, report=report)
-    pins = check_pins(stores, vault.admin_key_path, repair=repair)
+    pins = check_pins(vault.replicas, stores, vault.admin_key_path, repair=repair)
     report.pins_missing, report.pins_written = pins.missing, pins.pinned
     report.pins_mismatched = pins.mismatched
     digests = sorted(set().union(referenced, *present))
@@ -213,6 +211,7 @@ def scrub(
         cursor = str(json.loads(cursor_path.read_text()).get("cursor", ""))
         report.resumed_from = cursor
     todo = [d for d in digests if not cursor or d > cursor]
+    read = functools.partial(_read_batch, vault.replicas, stores, present)
     with ThreadPoolExecutor(_READERS, thread_name_prefix="vault-scrub") as pool:
         ahead: deque[tuple[list[str], Future[list[list[Copy]]]]] = deque()
         batches = (todo[at : at + _BATCH] for at in range(0, len(todo), _BATCH))
@@ -220,7 +219,7 @@ def scrub(
         try:
             while True:
                 while len(ahead) < _AHEAD and (batch := next(batches, None)) is not None:
-                    ahead.append((batch, pool.submit(_read_batch, stores, present, batch)))
+                    ahead.append((batch, pool.submit(read, batch)))
                 if not current:
                     if not ahead:
                         break
@@ -228,7 +227,7 @@ def scrub(
                     done = reading.result()
                     if len(done) < len(batch):  # stopped at _BATCH_BYTES: read the rest next
                         rest = batch[len(done) :]
-                        ahead.appendleft((rest, pool.submit(_read_batch, stores, present, rest)))
+                        ahead.appendleft((rest, pool.submit(read, rest)))
                     current = list(zip(batch, done, strict=False))[::-1]
                 # Checked after at least one object, so every budgeted run makes progress.
                 spent = time.perf_counter() - started
@@ -264,7 +263,7 @@ def scrub(
 
 
 def _read_batch(
-    stores: list[Store], present: list[set[str]], digests: list[str]
+    replicas: ReplicaSet, stores: list[Store], present: list[set[str]], digests: list[str]
 ) -> list[list[Copy]]:
     """Every replica's stored bytes of some objects (read in an I/O thread, checked later).
 
@@ -276,19 +275,8 @@ def _read_batch(
     for digest in digests:
         if held >= _BATCH_BYTES:
             break
-        key = object_key(digest)
-        copies: list[Copy] = []
-        for index, store in enumerate(stores):
-            if digest not in present[index]:
-                copies.append(None)
-                continue
-            try:
-                stored = store.get(key)
-            except (NotFoundError, OSError, BastionError) as exc:
-                copies.append(exc)
-                continue
-            copies.append(stored)
-            held += len(stored)
+        copies = replicas.copies(object_key(digest), stores, present, name=digest)
+        held += sum(len(c) for c in copies if isinstance(c, bytes))
         out.append(copies)
     return out
 

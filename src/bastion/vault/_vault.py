@@ -416,7 +416,7 @@ class Vault:
         for label in labels:
             self._write_label(name, label, version, snap_id, write)
         if version == 1 or not all(_has(s, ADMIN_PIN) for s in published):
-            pin_admin(published, self.admin_key_path)
+            pin_admin(self.replicas, published, self.admin_key_path)
         return replace(snap, id=snap_id)
 
     def _write_label(self, name: str, label: str, version: int, snap_id: str, write: Write) -> None:
