@@ -59,7 +59,7 @@ def _aligned_buffer(size: int) -> mmap.mmap:
     """This thread's reusable page-aligned buffer of at least ``size`` bytes.
 
     An anonymous mmap is page-aligned; reusing it per thread avoids a fresh allocation
-    (page faults and zeroing) per object, which costs more than the write on this VM.
+    (page faults and zeroing) per object, which can cost more than the write itself.
     """
     buf: mmap.mmap | None = getattr(_aligned, "buf", None)
     if buf is None or len(buf) < size:
@@ -86,8 +86,8 @@ def write_direct(fd: int, parts: Sequence[Buffer], size: int, *, durable: bool) 
 
     Big objects (checkpoint chunks, model weights) skip the page cache: the disk
     DMAs from memory, so there is no copy into the cache, no dirty-page throttling
-    and no writeback left for the commit's ``syncfs`` (training's DirStore measured
-    2.65 vs 0.55-0.88 GB/s for the same bytes). O_DIRECT needs block-aligned memory,
+    and no writeback left for the commit's ``syncfs`` (measured several times faster
+    for the same bytes; see ``benchmarks/checkpoint.py``). O_DIRECT needs block-aligned memory,
     offsets and lengths: a part that starts page-aligned in memory at a block-aligned
     file offset (a chunk of the training's staging buffer behind a 4 KiB object
     header, see ``bastion.vault._objects``) is written straight from where it is;
@@ -374,8 +374,9 @@ class LocalStore:
         if 1 < len(views) <= 16 and size < _MAX_WRITE:
             # One writev, not a write per part: ext4 zero-fills the rest of the page
             # cache folio a short first write (the one-byte object header) lands in,
-            # then the payload's write copies over those zeroes (perf: 6.5 % of ingest
-            # CPU in memset). A short writev (a full disk, a signal) goes on below.
+            # then the payload's write copies over those zeroes (perf showed that memset
+            # as a visible share of ingest CPU). A short writev (a full disk, a signal)
+            # goes on below.
             written = os.writev(fd, views)
             if written == size:
                 if durable:

@@ -8,10 +8,10 @@ of whole files.
 Must never: report a chunk as stored on a replica it was not written to, or leave a
 worker process running after the vault call that started it returns.
 
-Why processes: Python's per-object work (about 40 us of interpreter time per object and
-replica, on top of the syscalls) holds the GIL, and with threads every GIL hand-off
-around a syscall is a futex wake: on 2 cores a 1 GiB dataset of 10,000 files kept 1.3
-cores busy with threads. Worker processes run that work on every core. They are used
+Why processes: Python's per-object work (tens of microseconds of interpreter time per
+object and replica, on top of the syscalls) holds the GIL, and with threads every GIL
+hand-off around a syscall is a futex wake, so a dataset of many small files cannot keep
+every core busy on threads. Worker processes run that work on every core. They are used
 for many whole files on replicas another process can reach (``Store.worker_url``;
 ``Vault`` decides); in-memory buffers (checkpoints) and big files stay on threads, where
 the work is in C and releases the GIL.

@@ -6,9 +6,9 @@ and its stored form (one header byte, then the payload).
 Must never: name an object by anything but its plaintext hash (dedup and verification
 both rest on it), or return bytes it has not verified against that name.
 
-Chunk sizes (FastCDC, pyfastcdc's Cython build: ~3.8 GB/s on one core here; the
-pure-Python ``fastcdc`` package runs at tens of MB/s, far too slow for GB-per-second
-ingest and scrub):
+Chunk sizes (FastCDC, pyfastcdc's Cython build: the pure-Python ``fastcdc`` package is
+orders of magnitude slower, far too slow for GB-per-second ingest and scrub; figures in
+``docs/vault.md``):
 
 - files under 64 MiB: min 256 KiB, average ~1 MiB, max 4 MiB. Datasets (CSV shards,
   images) dedup when appended or edited, and one object per ~1 MiB keeps a 1 GiB
@@ -22,9 +22,9 @@ ingest and scrub):
 Compression: zstd level 1 where it pays. A 64 KiB sample is tried first; if it does not
 shrink by 10 %, the chunk is stored raw (random weights, compressed images), so
 incompressible data costs one small trial instead of a full compression pass. Level 1,
-not 3: on CSV shards and integer arrays level 3 stored 6 % less (0.218 vs 0.233 of the
-input) at 1.6x the CPU (91 vs 141 MB/s per core here), and compression was the largest
-CPU cost of ingest; negative levels were faster but stored 0.41-0.42.
+not 3: on CSV shards and integer arrays level 3 stored only a little less for markedly
+more CPU, and compression was the largest CPU cost of ingest; negative levels were
+faster but stored far more (measured in ``benchmarks/vault.py``; see ``docs/vault.md``).
 
 Stored forms (first byte):
 
