@@ -44,7 +44,15 @@ if TYPE_CHECKING:
     from bastion.vault._snapshot import Snapshot
     from bastion.vault._vault import Vault
 
-__all__ = ["Guard", "GuardStatistics", "Protected", "load_protected", "protect", "snapshot_dir"]
+__all__ = [
+    "CANARY",
+    "Guard",
+    "GuardStatistics",
+    "Protected",
+    "load_protected",
+    "protect",
+    "snapshot_dir",
+]
 
 _GETFLAGS, _SETFLAGS, _IMMUTABLE = 0x80086601, 0x40086602, 0x10
 _NOTE = re.compile(r"(readme|restore|decrypt|ransom|how[_-]?to|recover).*\.(txt|html?|md)$", re.I)

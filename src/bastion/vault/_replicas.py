@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Container, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 from bastion import event_kinds as ek
 from bastion.errors import (
@@ -49,6 +49,7 @@ from bastion.store import Buffer, Store, StoreStatistics
 
 __all__ = [
     "Checked",
+    "Copy",
     "CopyCheck",
     "ReplicaSet",
     "ReplicaSetStatistics",
@@ -56,7 +57,7 @@ __all__ = [
     "Write",
 ]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 # A copy read ahead (scrub): its stored bytes, the read's error, or None (not listed there).
 Copy = bytes | BaseException | None
 
@@ -123,23 +124,23 @@ class _Health:
     repairs: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class CopyCheck(Generic[T]):
-    """One replica's copy of a key, checked: ``value`` when it verified, else ``problem``."""
+class CopyCheck(NamedTuple, Generic[_T]):
+    """One replica's copy of a key, checked: ``value`` when it verified, else ``problem``.
+    (A tuple: scrub makes one per object per replica.)"""
 
     store: Store
     stored: bytes | None
-    value: T | None
+    value: _T | None
     problem: str | None
 
 
 @dataclass(slots=True)
-class Checked(Generic[T]):
+class Checked(Generic[_T]):
     """Every copy of one key (``ReplicaSet.check``): which is good, which were bad, and
     what repair did. ``good`` is None when no copy verified."""
 
     key: str
-    copies: list[CopyCheck[T]]
+    copies: list[CopyCheck[_T]]
     good: bytes | None = None
     bad: list[tuple[Store, str]] = field(default_factory=list)
     repaired: int = 0
@@ -252,12 +253,12 @@ class ReplicaSet:
     def read(
         self,
         key: str,
-        verify: Callable[[bytes], T],
+        verify: Callable[[bytes], _T],
         *,
         what: str,
         required: bool,
         context: str = "",
-    ) -> T:
+    ) -> _T:
         """The first copy of ``key``, in read order, that ``verify`` accepts (it raises
         ``IntegrityError`` for a bad copy and returns what the caller wants); the copies
         tried before it that were bad are repaired from it.
@@ -312,15 +313,15 @@ class ReplicaSet:
     def check(
         self,
         key: str,
-        verify: Callable[[bytes], T],
+        verify: Callable[[bytes], _T],
         *,
         stores: Sequence[Store] | None = None,
         copies: Sequence[Copy] | None = None,
         repair: bool,
         required: bool = True,
-        inferior: Callable[[T], str | None] | None = None,
+        inferior: Callable[[_T], str | None] | None = None,
         context: str = "scrub",
-    ) -> Checked[T]:
+    ) -> Checked[_T]:
         """Every copy of ``key`` checked (scrub): read now, or given as ``copies`` (one per
         store in ``stores``, read ahead by the caller). The good copy is the first that
         verifies; with ``repair`` every bad copy is rewritten from it.
@@ -331,7 +332,7 @@ class ReplicaSet:
         is bad only when some other copy verified and is not inferior.
         """
         stores = list(self.available() if stores is None else stores)
-        checked: list[CopyCheck[T]] = []
+        checked: list[CopyCheck[_T]] = []
         for index, store in enumerate(stores):
             copy: Copy
             if copies is None:
@@ -349,7 +350,7 @@ class ReplicaSet:
         best = good[0] if good else None
         demoted: list[tuple[Store, str]] = []
         if inferior is not None and good:
-            reasons = [(c, inferior(cast("T", c.value))) for c in good]
+            reasons = [(c, inferior(cast("_T", c.value))) for c in good]
             fine = [c for c, why in reasons if why is None]
             if fine:
                 best = fine[0]
@@ -373,8 +374,8 @@ class ReplicaSet:
         return result
 
     def _check_copy(
-        self, store: Store, key: str, copy: Copy, verify: Callable[[bytes], T], context: str
-    ) -> CopyCheck[T]:
+        self, store: Store, key: str, copy: Copy, verify: Callable[[bytes], _T], context: str
+    ) -> CopyCheck[_T]:
         if copy is None or isinstance(copy, NotFoundError):
             return CopyCheck(store, None, None, "missing")
         if isinstance(copy, BaseException):

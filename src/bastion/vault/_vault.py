@@ -71,7 +71,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FileSource", "PutResult", "Vault", "VaultStatistics"]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,12 +461,12 @@ class Vault:
                 continue
         raise NotFoundError(f"vault: no snapshot named {parsed.name} (see `bastion vault ls`)")
 
-    def _read_document(self, key: str, check: Callable[[dict[str, Any], str], T]) -> T:
+    def _read_document(self, key: str, check: Callable[[dict[str, Any], str], _T]) -> _T:
         """The first copy of document ``key`` that verifies and passes ``check``; bad
         copies read before it are repaired from it (a missing one is left alone: a label
         record written while a replica was down is simply not there)."""
 
-        def verify(stored: bytes) -> T:
+        def verify(stored: bytes) -> _T:
             body, doc_id = decode_document(stored, self.verifier, key)
             return check(body, doc_id)
 

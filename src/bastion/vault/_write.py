@@ -46,7 +46,17 @@ from bastion.vault._ingest import (
 from bastion.vault._replicas import Write
 from bastion.vault._snapshot import ChunkRef, FileEntry
 
-__all__ = ["Written", "write_files"]
+__all__ = [
+    "BATCH_BELOW",
+    "BATCH_BYTES",
+    "BATCH_COUNT",
+    "IO_WORKERS",
+    "PROCESS_FILES",
+    "PROCESS_WORKERS",
+    "WHOLE_BELOW",
+    "Written",
+    "write_files",
+]
 
 # Threads for put: chunks of big files and buffers (checkpoints) are hashed in C and
 # written with O_DIRECT, each write waiting on the disk, so throughput follows the writes
@@ -68,7 +78,7 @@ BATCH_BYTES = 1 << 20
 # chunks; bigger ones are cut here so their chunks spread over every worker.
 WHOLE_BELOW = 16 << 20
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -91,16 +101,16 @@ class Written:
         self.entries[path] = FileEntry(size, chunks, mode)
 
 
-class _Batch(Generic[T]):
+class _Batch(Generic[_T]):
     """Items gathered until there are ``BATCH_COUNT`` of them or ``BATCH_BYTES``, then
     handed to ``hand_off`` as one job."""
 
-    def __init__(self, hand_off: Callable[[list[T]], None]) -> None:
+    def __init__(self, hand_off: Callable[[list[_T]], None]) -> None:
         self._hand_off = hand_off
-        self.items: list[T] = []
+        self.items: list[_T] = []
         self._bytes = 0
 
-    def add(self, item: T, size: int) -> None:
+    def add(self, item: _T, size: int) -> None:
         self.items.append(item)
         self._bytes += size
         if len(self.items) >= BATCH_COUNT or self._bytes >= BATCH_BYTES:
