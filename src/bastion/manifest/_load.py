@@ -353,7 +353,26 @@ def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestP
                 )
             else:
                 ids[cid] = ("components", i, "id")
-    known = set(ids) | {str(j) for j in jobs} | {str(s) for s in services}
+    for name in services:
+        if name in jobs:
+            yield located.problem(
+                ("services", str(name)),
+                f"{name!r} is both a job and a service; give them different names",
+                at_key=True,
+            )
+    runnable = {str(j) for j in jobs} | {str(s) for s in services}
+    for i, comp in _items(components):
+        comp_id = comp.get("id") if isinstance(comp, dict) else None
+        if comp_id in runnable and isinstance(comp.get("redundancy"), dict):
+            kind = "job" if comp_id in jobs else "service"
+            yield located.problem(
+                ("components", i, "redundancy"),
+                f"component {comp_id!r} describes the {kind} {comp_id!r}, which cannot declare "
+                f"redundancy here (declare its redundant parts as components and list them "
+                f"in the {kind}'s depends_on, or rename the component)",
+                at_key=True,
+            )
+    known = set(ids) | runnable
 
     graph: nx.DiGraph[str] = nx.DiGraph()
     dep_loc: dict[tuple[str, str], Loc] = {}
@@ -373,9 +392,18 @@ def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestP
                 graph.add_edge(owner, target)
                 dep_loc.setdefault((owner, target), (*base, "depends_on", j))
         red = node.get("redundancy") if isinstance(node, dict) else None
+        listed: dict[str, int] = {}
         for j, member in _items(red.get("members") if isinstance(red, dict) else None):
             if not isinstance(member, str):
                 continue
+            if member in listed:
+                yield located.problem(
+                    (*base, "redundancy", "members", j),
+                    f"{member!r} is listed twice (also members[{listed[member]}]); "
+                    "members must be distinct",
+                )
+                continue
+            listed[member] = j
             if member not in known:
                 yield located.problem(
                     (*base, "redundancy", "members", j), f"unknown component {member!r}"
@@ -395,6 +423,15 @@ def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestP
         yield from check_deps(str(name), ("jobs", str(name)), job)
     for name, svc in services.items():
         yield from check_deps(str(name), ("services", str(name)), svc)
+        # A backend whose provider is a declared component depends on it (the map draws
+        # that edge), so a provider that depends on the service back is a cycle too.
+        for j, backend in _items(svc.get("backends") if isinstance(svc, dict) else None):
+            provider = backend.get("provider") if isinstance(backend, dict) else None
+            if isinstance(provider, str) and provider in ids:
+                graph.add_edge(str(name), provider)
+                dep_loc.setdefault(
+                    (str(name), provider), ("services", str(name), "backends", j, "provider")
+                )
 
     reported: set[frozenset[str]] = set()
     for cycle in nx.simple_cycles(graph):
@@ -430,6 +467,17 @@ def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestP
     listens: dict[str, str] = {}
     for name, job in jobs.items():
         yield from check_segment(("jobs", str(name)), job)
+        slots: dict[str, int] = {}
+        for j, slot in _items(job.get("slots") if isinstance(job, dict) else None):
+            sname = slot.get("name") if isinstance(slot, dict) else None
+            if isinstance(sname, str):
+                if sname in slots:
+                    yield located.problem(
+                        ("jobs", str(name), "slots", j, "name"),
+                        f"duplicate slot name {sname!r} (also slots[{slots[sname]}])",
+                    )
+                else:
+                    slots[sname] = j
     for name, svc in services.items():
         yield from check_segment(("services", str(name)), svc)
         if not isinstance(svc, dict):

@@ -449,7 +449,10 @@ def _findings(report: MapReport, recovery: dict[str, tuple[float, float]]) -> li
         for name, (_rto, rpo) in recovery.items():
             if name not in COMMON_CAUSE_TAGS:
                 continue
-            values = {report.graph.nodes[m].tags().get(name) for m in vault.members}
+            values = set()
+            for m in vault.members:
+                value = report.graph.nodes[m].tags().get(name)
+                values.add(report.tree.names.canonical(name, value) if value else None)
             if len(values) == 1 and None not in values:
                 out.append(
                     Finding(
@@ -460,6 +463,10 @@ def _findings(report: MapReport, recovery: dict[str, tuple[float, float]]) -> li
                         "add a vault replica in another " + name,
                     )
                 )
+    out.extend(
+        Finding(note.severity, note.subject, note.message, note.fix)
+        for note in report.tree.names.notes
+    )
     unknown = sorted({u for top in report.tops for u in top.unknown})
     if unknown:
         shown = ", ".join(unknown[:8]) + (" ..." if len(unknown) > 8 else "")

@@ -19,7 +19,10 @@ Synthetic ids use ``:`` (never valid in a manifest id), so they cannot collide.
     ``replicas.min`` (at least 1) replica processes ``SVC:BACKEND#i`` is up (host=localhost);
   - a remote backend (``url:``) is up while its provider is: the component whose id is
     its ``provider`` if one is declared, else its own endpoint event tagged with that
-    provider (so two backends on one vendor share fate).
+    provider (so two backends on one vendor share fate, however the provider is spelled).
+    A remote backend with no provider is tagged with its URL's host instead (so two
+    backends on one machine share fate; a loopback address is ``host=localhost``, the
+    machine the local replicas and vault directories are on).
 - a component whose id equals a job's or service's lends that node its availability,
   location and tags (the gateway or supervisor itself then counts as a failure).
 
@@ -27,6 +30,9 @@ Must never: read the event log or files (pure: manifest in, graph out).
 """
 
 from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
 
 from bastion.manifest import Manifest
 from bastion.map._graph import Graph, Node
@@ -46,6 +52,19 @@ def _hard_soft(deps: list[object]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         if isinstance(dep_id, str):
             (soft if dep_type == "soft" else hard).append(dep_id)
     return tuple(hard), tuple(soft)
+
+
+def _url_host(url: str) -> str:
+    """The failure domain a URL's host names: ``localhost`` for any loopback address."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return "localhost"
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return "localhost"
+    except ValueError:
+        pass
+    return host
 
 
 def graph_from_manifest(manifest: Manifest) -> Graph:
@@ -263,6 +282,9 @@ def graph_from_manifest(manifest: Manifest) -> Graph:
                         kind="vendor-api",
                         location="third-party",
                         provider=backend.provider,
+                        domains={}
+                        if backend.provider or not backend.url
+                        else {"host": _url_host(backend.url)},
                         origin=origin,
                         label=f"{backend.name}: {backend.url} ({tier})",
                     )

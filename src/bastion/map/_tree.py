@@ -6,7 +6,9 @@ Owns: turning nodes into failure logic, and the common-cause model. A node fails
     OR  any hard dependency fails  OR  at least n-k+1 of its n members fail.
 
 Common cause (a beta-factor model, as in PRA practice): every provider / region / zone /
-site / account / host value shared by two or more nodes becomes one basic event that
+site / account / host value shared by two or more nodes (compared as ``_spelling`` folds
+them: case, width, invisible characters and look-alike letters do not make two values
+differ) becomes one basic event that
 fails all of them together, with probability ``beta * min(q)`` over the members' declared
 unavailabilities q. Each member keeps its declared availability as its marginal: its
 independent part is lowered so that ``P(own or any of its groups) = q``. So a "redundant"
@@ -22,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bastion.map._graph import COMMON_CAUSE_TAGS, Graph
+from bastion.map._spelling import DomainNames
 
 __all__ = ["DEFAULT_BETA", "Event", "FaultTree"]
 
@@ -62,6 +65,11 @@ class FaultTree:
         self.gate_children: list[tuple[int, ...]] = []
         self.gate_node: list[str | None] = []
         self.node_literal: dict[str, int] = {}
+        self.names = DomainNames(
+            (node_id, tag, value)
+            for node_id in graph.order
+            for tag, value in graph.nodes[node_id].tags().items()
+        )
         self._build()
 
     @property
@@ -76,7 +84,7 @@ class FaultTree:
         groups: dict[tuple[str, str], list[str]] = {}
         for node_id in graph.order:
             for tag, value in graph.nodes[node_id].tags().items():
-                groups.setdefault((tag, value), []).append(node_id)
+                groups.setdefault((tag, self.names.canonical(tag, value)), []).append(node_id)
         shared = {
             key: members
             for key, members in sorted(
