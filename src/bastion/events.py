@@ -347,14 +347,13 @@ class EventLog:
         poll_s: float = 0.2,
         stop: threading.Event | None = None,
     ) -> Iterator[Event]:
-        """Yield matching events as they are appended, until ``stop`` is set."""
+        """Yield matching events as they are appended, until ``stop`` is set.
+
+        ``since`` holds for every poll, not only the first: when nothing recent matched at
+        first, the next poll must not start again from event #1."""
         last = 0
-        first = True
         while stop is None or not stop.is_set():
-            batch = self.query(
-                kind=kind, subject=subject, since=since if first else None, after_id=last
-            )
-            first = False
+            batch = self.query(kind=kind, subject=subject, since=since, after_id=last)
             for event in batch:
                 last = event.id
                 yield event
