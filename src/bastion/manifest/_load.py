@@ -14,17 +14,18 @@ import difflib
 import os
 import types
 import typing
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, ReusedAnchorWarning
 
-from bastion.errors import ManifestError, ManifestProblem, UsageError
+from bastion.errors import ManifestError, ManifestProblem
+from bastion.manifest import _limits
 from bastion.manifest._model import Manifest
 from bastion.store._url import parse_replica_url
 
@@ -38,20 +39,18 @@ Loc = tuple[str | int, ...]
 def load(path: str | Path = DEFAULT_FILE) -> Manifest:
     """Load and check a manifest file; relative paths in it resolve against its directory."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(
-            f"{path}: no such manifest (create one with `bastion init`, or pass -f FILE)"
-        ) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read the manifest: {exc}") from None
+    text = _limits.read(path)
     return loads(text, filename=str(path), base_dir=path.resolve().parent)
 
 
 def loads(text: str, *, filename: str = DEFAULT_FILE, base_dir: Path | None = None) -> Manifest:
-    """Load and check manifest text. ``filename`` is only used in messages."""
+    """Load and check manifest text. ``filename`` is only used in messages.
+
+    Text past the limits in ``_limits`` (size, nesting, alias expansion) is refused with a
+    located problem before it can cost more than about a second."""
+    _limits.check_text(text, filename)
     tree = _parse(text, filename)
+    _limits.check_tree(tree, filename)
     located = _Locator(tree, filename)
     problems: list[ManifestProblem] = []
     manifest: Manifest | None = None
@@ -104,7 +103,10 @@ def _parse(text: str, filename: str) -> CommentedMap:
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:
-        tree = yaml.load(text)
+        with warnings.catch_warnings():
+            # YAML lets a later anchor reuse a name; the alias then means the later one.
+            warnings.simplefilter("ignore", ReusedAnchorWarning)
+            tree = yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -112,6 +114,10 @@ def _parse(text: str, filename: str) -> CommentedMap:
         if "duplicate key" in str(exc):
             what = f"duplicate key: {exc.problem}"
         raise ManifestError([ManifestProblem(filename, line, col, "", what)]) from None
+    except RecursionError:
+        raise ManifestError(
+            [ManifestProblem(filename, 1, 1, "", "the manifest nests too deeply to read")]
+        ) from None
     except Exception as exc:  # ruamel raises a few unmarked errors (e.g. bad tags)
         raise ManifestError([ManifestProblem(filename, 1, 1, "", f"invalid YAML: {exc}")]) from None
     if tree is None:
@@ -171,13 +177,15 @@ class _Locator:
         found: list[str | int] = []
         for step in loc:
             if isinstance(node, CommentedMap) and step in node:
-                kline, kcol = node.lc.key(step)
                 value = node[step]
-                if isinstance(value, CommentedMap | CommentedSeq) or value is None:
-                    line, col = kline + 1, kcol + 1
-                else:
-                    vline, vcol = node.lc.value(step)
-                    line, col = vline + 1, vcol + 1
+                if step in node.lc.data:
+                    kline, kcol = node.lc.key(step)
+                    if isinstance(value, CommentedMap | CommentedSeq) or value is None:
+                        line, col = kline + 1, kcol + 1
+                    else:
+                        vline, vcol = node.lc.value(step)
+                        line, col = vline + 1, vcol + 1
+                # else: a key merged in with "<<: *anchor"; it is where the mapping is
                 node = value
             elif isinstance(node, CommentedSeq) and isinstance(step, int) and 0 <= step < len(node):
                 iline, icol = node.lc.item(step)
@@ -195,7 +203,7 @@ class _Locator:
         for step in found:
             node = node[step]
         last = loc[-1]
-        if isinstance(node, CommentedMap) and last in node:
+        if isinstance(node, CommentedMap) and last in node.lc.data:
             kline, kcol = node.lc.key(last)
             return kline + 1, kcol + 1
         return parent_line, parent_col
@@ -336,6 +344,99 @@ def _dep_id(item: Any) -> str | None:
     return None
 
 
+class _Digraph:
+    """The dependency edges, and one cycle per strongly connected part of them.
+
+    Small on purpose: the loader runs on every command, and importing networkx for this
+    cost a quarter of a second of each one's start."""
+
+    def __init__(self) -> None:
+        self.edges: dict[str, list[str]] = {}
+
+    def add_edge(self, a: str, b: str) -> None:
+        self.edges.setdefault(a, [])
+        self.edges.setdefault(b, [])
+        if b not in self.edges[a]:
+            self.edges[a].append(b)
+
+    def _components(self) -> list[list[str]]:
+        # Tarjan's algorithm, iteratively (a manifest may chain thousands of components).
+        index: dict[str, int] = {}
+        low: dict[str, int] = {}
+        stack: list[str] = []
+        on_stack: set[str] = set()
+        out: list[list[str]] = []
+        for root in sorted(self.edges):
+            if root in index:
+                continue
+            work = [(root, 0)]
+            while work:
+                node, i = work.pop()
+                if i == 0:
+                    index[node] = low[node] = len(index)
+                    stack.append(node)
+                    on_stack.add(node)
+                targets = self.edges[node]
+                if i < len(targets):
+                    work.append((node, i + 1))
+                    nxt = targets[i]
+                    if nxt not in index:
+                        work.append((nxt, 0))
+                    elif nxt in on_stack:
+                        low[node] = min(low[node], index[nxt])
+                    continue
+                if low[node] == index[node]:
+                    part = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        part.append(member)
+                        if member == node:
+                            break
+                    out.append(part)
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+        return out
+
+    def cycles(self, *, limit: int) -> list[list[str]]:
+        """Up to ``limit`` cycles, one per strongly connected part: the shortest through its
+        smallest id, starting there."""
+        out = []
+        for part in self._components():
+            members = set(part)
+            start = min(part)
+            if len(part) == 1 and start not in self.edges[start]:
+                continue
+            # Breadth-first from start back to start, inside the part.
+            parent: dict[str, str] = {}
+            queue = [start]
+            found = start in self.edges[start]
+            while queue and not found:
+                nxt_queue = []
+                for node in queue:
+                    for target in self.edges[node]:
+                        if target == start:
+                            parent[start] = node
+                            found = True
+                            break
+                        if target in members and target not in parent:
+                            parent[target] = node
+                            nxt_queue.append(target)
+                    if found:
+                        break
+                queue = nxt_queue
+            path = [start]
+            node = parent.get(start, start)
+            while node != start:
+                path.append(node)
+                node = parent[node]
+            out.append([start, *reversed(path[1:])])
+            if len(out) >= limit:
+                break
+        return out
+
+
 def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestProblem]:
     components = tree.get("components")
     jobs = tree.get("jobs") if isinstance(tree.get("jobs"), dict) else {}
@@ -374,7 +475,7 @@ def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestP
             )
     known = set(ids) | runnable
 
-    graph: nx.DiGraph[str] = nx.DiGraph()
+    graph = _Digraph()
     dep_loc: dict[tuple[str, str], Loc] = {}
 
     def check_deps(owner: str, base: Loc, node: Any) -> Iterator[ManifestProblem]:
@@ -433,20 +534,10 @@ def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestP
                     (str(name), provider), ("services", str(name), "backends", j, "provider")
                 )
 
-    reported: set[frozenset[str]] = set()
-    for cycle in nx.simple_cycles(graph):
-        members = frozenset(cycle)
-        if members in reported:
-            continue
-        reported.add(members)
-        start = min(cycle)
-        k = cycle.index(start)
-        ordered = cycle[k:] + cycle[:k]
+    for ordered in graph.cycles(limit=10):
         text = " -> ".join([*ordered, ordered[0]])
         loc = dep_loc[(ordered[0], ordered[1 % len(ordered)])]
         yield located.problem(loc, f"dependency cycle: {text}")
-        if len(reported) >= 10:
-            break
 
     declared = ", ".join(map(str, services)) or "none"
     for i, slo in _items(tree.get("slos")):
