@@ -47,8 +47,32 @@ __all__ = [
 
 
 def schema() -> dict[str, object]:
-    """JSON Schema of the manifest, for editors."""
+    """JSON Schema of the manifest, for editors: it accepts what ``bastion check`` accepts,
+    except what needs the whole document (references between sections, cycles)."""
     out = Manifest.model_json_schema()
     out["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     out["title"] = "bastion.yaml"
+    _closed_maps(out)
     return out
+
+
+# pydantic leaves a bound on an optional whole number (Field(ge=1) on ``Int | None``) in
+# its own words, which JSON Schema does not know and so would not check.
+_BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+
+
+def _closed_maps(node: object) -> None:
+    # A mapping keyed by id (jobs, services, recovery) gets patternProperties from
+    # pydantic, which lets a key that breaks the pattern through; check refuses one.
+    if isinstance(node, dict):
+        if "patternProperties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        if node.get("type") in ("integer", "number"):
+            for ours, theirs in _BOUNDS.items():
+                if ours in node:
+                    node[theirs] = node.pop(ours)
+        for value in node.values():
+            _closed_maps(value)
+    elif isinstance(node, list):
+        for value in node:
+            _closed_maps(value)

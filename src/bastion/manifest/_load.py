@@ -178,7 +178,7 @@ class _Locator:
         for step in loc:
             if isinstance(node, CommentedMap) and step in node:
                 value = node[step]
-                if step in node.lc.data:
+                if step in (node.lc.data or {}):
                     kline, kcol = node.lc.key(step)
                     if isinstance(value, CommentedMap | CommentedSeq) or value is None:
                         line, col = kline + 1, kcol + 1
@@ -203,7 +203,7 @@ class _Locator:
         for step in found:
             node = node[step]
         last = loc[-1]
-        if isinstance(node, CommentedMap) and last in node.lc.data:
+        if isinstance(node, CommentedMap) and last in (node.lc.data or {}):
             kline, kcol = node.lc.key(last)
             return kline + 1, kcol + 1
         return parent_line, parent_col
@@ -313,9 +313,38 @@ def _schema_problems(exc: ValidationError, located: _Locator) -> Iterator[Manife
                 f"{value!r} is not a valid id: use lower-case letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
+        elif kind in _STRICT_TYPES and isinstance(value, str):
+            msg = _quoted(value, kind)
         elif not isinstance(value, dict | list) and value is not None and kind != "value_error":
             msg = f"{value!r}: {msg[0].lower()}{msg[1:]}"
         yield located.problem(found if len(found) < len(loc) else loc, msg)
+
+
+# Validation is strict (see _model), so text where a number or a boolean belongs is a
+# type error: say whether it was a quoted value or no value of that type at all.
+_STRICT_TYPES = {
+    "float_type": ("number", "unable to parse string as a number"),
+    "int_type": ("integer", "unable to parse string as an integer"),
+    "bool_type": ("boolean", "unable to interpret input"),
+}
+
+
+def _quoted(value: str, kind: str) -> str:
+    what, otherwise = _STRICT_TYPES[kind]
+    text = value.strip()
+    if kind == "bool_type":
+        looks = text.lower() in ("true", "false", "yes", "no", "on", "off", "y", "n", "1", "0")
+        hint = "write true or false, unquoted"
+    else:
+        try:
+            number = float(text)
+            looks = kind == "float_type" or number.is_integer()
+        except ValueError:
+            looks = False
+        hint = f"write {text} without quotes"
+    if looks:
+        return f"{value!r} is text, not a {what}: {hint}"
+    return f"{value!r}: input should be a valid {what}, {otherwise}"
 
 
 def _dedupe(problems: list[ManifestProblem]) -> list[ManifestProblem]:

@@ -4,6 +4,11 @@ Owns: field names, types, defaults and per-field checks. Cross-references betwee
 sections (depends_on, cycles, slo -> service) are checked in ``_load`` because they need
 the whole document.
 
+Every field has a description (the string under it), which ``bastion schema`` gives
+editors for help on hover. Validation is strict (a quoted ``"30"`` is text, not a number),
+so the JSON Schema and ``bastion check`` accept the same documents; what a schema cannot
+say (references between sections) is ``_load``'s.
+
 Must never: do I/O. Relative paths are resolved against the manifest's directory, which
 the loader passes in the validation context as ``base_dir``.
 """
@@ -18,13 +23,18 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     PrivateAttr,
+    Strict,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from bastion.errors import InvalidNameError, UsageError
 from bastion.names import parse_ref
@@ -50,6 +60,16 @@ __all__ = [
 ]
 
 _ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+def _whole(value: Any) -> Any:
+    # JSON Schema calls 2.0 an integer; so does check (strict mode alone would refuse it).
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_whole)]
 Id = Annotated[str, Field(pattern=_ID)]
 
 ComponentKind = Literal[
@@ -75,7 +95,14 @@ def _vault_ref(value: str) -> str:
     return value
 
 
-VaultRef = Annotated[str, AfterValidator(_vault_ref)]
+# The grammar of bastion.names, for editors (the validator is parse_ref itself).
+_REF_PATTERN = (
+    r"^(dataset|model|ckpt|code|config|run|dir)(/[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,127})+"
+    r"(@([0-9]+|[A-Za-z][A-Za-z0-9._-]{0,63}))?$"
+)
+VaultRef = Annotated[
+    str, AfterValidator(_vault_ref), Field(json_schema_extra={"pattern": _REF_PATTERN})
+]
 
 
 def _resolve(value: Path, info: ValidationInfo) -> Path:
@@ -85,7 +112,8 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
-RelPath = Annotated[Path, AfterValidator(_resolve)]
+# Strict(False): a path is written as text, which strict mode would refuse for a Path.
+RelPath = Annotated[Path, Strict(False), AfterValidator(_resolve)]
 
 
 def _replica(value: str, info: ValidationInfo) -> str:
@@ -117,33 +145,67 @@ def _url(value: str) -> str:
     return value.rstrip("/")
 
 
-HttpUrl = Annotated[str, AfterValidator(_url)]
+HttpUrl = Annotated[
+    str,
+    AfterValidator(_url),
+    Field(json_schema_extra={"pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]+"}),
+]
 
 
 def _listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:8700)")
     return value
 
 
-Listen = Annotated[str, AfterValidator(_listen)]
+_PORT = r"0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+Listen = Annotated[
+    str, AfterValidator(_listen), Field(json_schema_extra={"pattern": f"^.+:{_PORT}$"})
+]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        strict=True,
+        use_attribute_docstrings=True,
+    )
 
 
 class Dependency(_Strict):
     """An edge to another component. ``hard``: fails with it; ``soft``: degrades only."""
 
     id: Id
+    """The id of the component, job or service depended on."""
     type: Literal["hard", "soft"] = "hard"
+    """``hard``: this fails when that fails; ``soft``: this only degrades."""
 
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value: Any) -> Any:
         return {"id": value} if isinstance(value, str) else value
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # The short form (just the id) is what most manifests write; check accepts it, so
+        # the schema must too.
+        full = handler.resolve_ref_schema(handler(core_schema))
+        return {
+            "description": "A hard dependency by id (short form), or {id, type}.",
+            "anyOf": [
+                {
+                    "type": "string",
+                    "pattern": _ID,
+                    "description": "The id of a hard dependency.",
+                },
+                dict(full),
+            ],
+        }
 
 
 class Redundancy(_Strict):
@@ -153,8 +215,11 @@ class Redundancy(_Strict):
     """
 
     mode: Literal["active-active", "standby", "k-of-n"] = "active-active"
-    k: int | None = Field(default=None, ge=1)
+    """How the members share the work; ``k-of-n`` needs ``k``."""
+    k: Int | None = Field(default=None, ge=1)
+    """How many members must be up (k-of-n only; the others need 1)."""
     members: list[Id] = Field(min_length=1)
+    """The component ids that stand in for one another, each listed once."""
 
     @model_validator(mode="after")
     def _k(self) -> Redundancy:
@@ -170,16 +235,29 @@ class Redundancy(_Strict):
 
 
 class Component(_Strict):
+    """Something the system depends on: a dataset, a vendor API, a compute pool, a disk."""
+
     id: Id
+    """A unique id (lower-case letters, digits, '.', '_', '-'); a job's or service's name
+    here describes that job or service."""
     kind: ComponentKind
+    """What it is."""
     location: Location = "on-prem"
+    """Where it runs."""
     provider: str | None = None
+    """Who runs it (a common-cause tag: components on one provider can fail together)."""
     domains: dict[Literal["region", "zone", "site", "account"], str] = Field(default_factory=dict)
+    """Failure domains (common-cause tags): region, zone, site, account."""
     availability: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Its availability as a fraction (0.999 for 99.9%), for the map's numbers."""
     availability_source: str | None = None
+    """Where the availability figure comes from (an SLA, a measurement)."""
     depends_on: list[Dependency] = Field(default_factory=list)
+    """What it needs: ids, or {id, type: soft} for what it only degrades without."""
     redundancy: Redundancy | None = None
+    """Makes this a group that is up while enough of its members are."""
     description: str | None = None
+    """Free text, shown as the component's label."""
 
 
 class Retention(_Strict):
@@ -187,16 +265,26 @@ class Retention(_Strict):
     snapshot a kept one names in its lineage, are always kept). A version goes only when
     every rule set here lets it go; with no rule set, no version goes."""
 
-    keep_last: int | None = Field(default=None, ge=1)
+    keep_last: Int | None = Field(default=None, ge=1)
+    """Keep the newest N versions of each name."""
     keep_within_days: float | None = Field(default=None, gt=0)
+    """Keep every version made within this many days."""
 
 
 class VaultConfig(_Strict):
+    """The vault: replicated, content-addressed, signed storage for datasets, checkpoints
+    and models."""
+
     replicas: list[ReplicaEntry] = Field(min_length=1)
-    quorum: int | None = Field(default=None, ge=1)
+    """Where the copies live: directories (relative to this file) or URLs such as s3://."""
+    quorum: Int | None = Field(default=None, ge=1)
+    """How many replicas a write must reach to succeed (default: all reachable)."""
     key: RelPath | None = None
+    """The Ed25519 signing key that signs every snapshot."""
     admin_key: RelPath | None = None
+    """The key that authorises deletion (gc); keep it off hosts that write."""
     retention: Retention = Field(default_factory=Retention)
+    """Which versions ``bastion vault gc`` keeps."""
 
     @field_validator("replicas")
     @classmethod
@@ -207,49 +295,85 @@ class VaultConfig(_Strict):
 
 
 class CheckpointPolicy(_Strict):
-    every_steps: int | None = Field(default=None, ge=1)
+    """When a training job checkpoints, and how many checkpoints it keeps."""
+
+    every_steps: Int | None = Field(default=None, ge=1)
+    """Checkpoint every N training steps."""
     every_seconds: float | None = Field(default=None, gt=0)
+    """Checkpoint at least this often, in seconds."""
     max_overhead: float | None = Field(default=None, gt=0, lt=1)
-    keep: int = Field(default=3, ge=1)
+    """Checkpoint as often as keeps the time spent checkpointing below this fraction."""
+    keep: Int = Field(default=3, ge=1)
+    """How many recent checkpoints to keep."""
     on_busy: Literal["wait", "skip"] = "skip"
+    """When the previous checkpoint is still being written: wait for it, or skip this one."""
 
 
 class RestartPolicy(_Strict):
-    max: int = Field(default=10, ge=0)
+    """How the supervisor restarts a failed job."""
+
+    max: Int = Field(default=10, ge=0)
+    """Restarts allowed before the job is failed."""
     backoff_s: float = Field(default=0.5, ge=0)
+    """The first wait before a restart, in seconds; it doubles each time."""
     backoff_max_s: float = Field(default=30.0, ge=0)
-    # a worker that ran this long proved the earlier failures transient: the backoff
-    # and the restart count start over (Kubernetes' CrashLoopBackOff reset)
+    """The longest wait before a restart, in seconds."""
     healthy_after_s: float = Field(default=300.0, gt=0)
+    """A worker that ran this long proved the earlier failures transient: the backoff and
+    the restart count start over (as Kubernetes' CrashLoopBackOff resets)."""
 
 
 class WorkerSlot(_Strict):
+    """One place a job's worker can run."""
+
     name: Id
+    """A name unique within the job."""
     scratch: RelPath | None = None
+    """A scratch directory for the worker."""
     backend: Literal["local", "ray"] = "local"
+    """Run the worker here, or on a Ray cluster."""
 
 
 class Job(_Strict):
+    """A supervised training job: restarted on failure, resumed from verified checkpoints."""
+
     segment: str | None = None
+    """The segment (one of ``segments``) it belongs to."""
     command: list[str] = Field(min_length=1)
+    """The program and its arguments, run without a shell."""
     workdir: RelPath = Field(default=Path(), validate_default=True)
+    """The directory the command runs in (relative to this file)."""
     env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment variables for the command."""
     inputs: dict[str, VaultRef] = Field(default_factory=dict)
+    """Vault artifacts the job reads, by a name of its choosing (e.g. data:
+    dataset/digits@latest)."""
     checkpoint: CheckpointPolicy = CheckpointPolicy()
+    """When to checkpoint and how many checkpoints to keep."""
     restart: RestartPolicy = RestartPolicy()
+    """How to restart the job when it fails."""
     heartbeat_timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds without a heartbeat after which the job counts as hung and is restarted."""
     grace_s: float = Field(default=10.0, ge=0)
+    """Seconds between asking the job to stop (SIGTERM) and killing it."""
     slots: list[WorkerSlot] = Field(default_factory=list)
+    """Where its workers can run; the job needs at least one."""
     depends_on: list[Dependency] = Field(default_factory=list)
-    # keep one interpreter with torch imported waiting, so a restart skips the imports
+    """Components the job needs (besides the vault for its inputs)."""
     warm_standby: bool = True
-    # until its first heartbeat a child gets this long instead of heartbeat_timeout_s
+    """Keep one interpreter with the imports done waiting, so a restart skips them."""
     startup_timeout_s: float = Field(default=120.0, gt=0)
+    """Until its first heartbeat, a new process gets this many seconds instead of
+    heartbeat_timeout_s."""
 
 
 class Replicas(_Strict):
-    min: int = Field(default=1, ge=0)
-    max: int = Field(default=1, ge=1)
+    """How many replica processes serve a local backend."""
+
+    min: Int = Field(default=1, ge=0)
+    """Replicas always kept running."""
+    max: Int = Field(default=1, ge=1)
+    """Replicas the autoscaler may run at most."""
 
     @model_validator(mode="after")
     def _order(self) -> Replicas:
@@ -262,14 +386,23 @@ class Backend(_Strict):
     """One backend: a local replica set serving a vault model, or a remote URL."""
 
     name: Id
+    """A name unique within the service."""
     model: VaultRef | None = None
+    """A vault model to serve locally (e.g. model/digits@prod); or give url."""
     url: HttpUrl | None = None
+    """A remote OpenAI-compatible endpoint (http:// or https://); or give model."""
     model_name: str | None = None
-    tier: Literal["primary", "fallback"] | int = "primary"
+    """The model name to send to the remote endpoint."""
+    tier: Literal["primary", "fallback"] | Int = "primary"
+    """primary (0), fallback (1) or a number: lower tiers are tried first."""
     provider: str | None = None
+    """Who runs it: a component id (then the backend depends on it), or a common-cause tag."""
     replicas: Replicas = Replicas()
+    """How many local replica processes to run."""
     command: list[str] | None = None
+    """A custom replica command, instead of Bastion's own."""
     api_key_env: str | None = None
+    """The environment variable that holds the remote endpoint's API key."""
 
     @model_validator(mode="after")
     def _one_target(self) -> Backend:
@@ -285,14 +418,24 @@ class Backend(_Strict):
 
 
 class GatewayPolicy(_Strict):
+    """How the gateway treats a request: deadlines, retries, hedging, queueing."""
+
     timeout_ms: float = Field(default=1000, gt=0)
+    """A request's deadline, in milliseconds."""
     ttft_timeout_ms: float | None = Field(default=None, gt=0)
+    """How long a stream may take to its first token, in milliseconds."""
     stall_timeout_ms: float | None = Field(default=None, gt=0)
+    """How long a stream may pause between tokens, in milliseconds."""
     retry_budget: float = Field(default=0.2, ge=0, le=1)
+    """Retries allowed, as a fraction of requests (so retries cannot multiply load)."""
     hedge: str = "off"
-    max_queue: int = Field(default=256, ge=0)
+    """When to send a second attempt to another backend: off, p95, p99 or a delay (50ms)."""
+    max_queue: Int = Field(default=256, ge=0)
+    """Requests that may wait for a free backend."""
     queue_timeout_ms: float = Field(default=500, ge=0)
+    """How long a request may wait in the queue, in milliseconds."""
     max_ejected: float = Field(default=0.5, gt=0, le=1)
+    """The largest fraction of backends outlier detection may eject at once."""
 
     @field_validator("hedge")
     @classmethod
@@ -307,19 +450,33 @@ class GatewayPolicy(_Strict):
 
 
 class Service(_Strict):
+    """An OpenAI-compatible gateway in front of local replicas and remote backends."""
+
     segment: str | None = None
+    """The segment (one of ``segments``) it belongs to."""
     listen: Listen = "127.0.0.1:8700"
+    """host:port the gateway listens on."""
     backends: list[Backend] = Field(min_length=1)
+    """Where requests go, tried by tier."""
     policy: GatewayPolicy = GatewayPolicy()
+    """Deadlines, retries, hedging and queueing."""
     depends_on: list[Dependency] = Field(default_factory=list)
+    """Components the service needs besides its backends."""
 
 
 class Slo(_Strict):
+    """A service level objective: the availability or latency a service promises."""
+
     id: Id
+    """A unique id."""
     service: str
+    """The service it is about (a name under ``services``)."""
     objective: float | None = Field(default=None, gt=0, lt=1)
+    """The availability promised, as a fraction (0.999)."""
     p99_ms: float | None = Field(default=None, gt=0)
+    """The 99th-percentile latency promised, in milliseconds."""
     window: str = "30d"
+    """The window the objective is measured over (e.g. 30d)."""
 
     @model_validator(mode="after")
     def _something(self) -> Slo:
@@ -329,23 +486,38 @@ class Slo(_Strict):
 
 
 class RecoveryTarget(_Strict):
+    """Recovery targets for one kind of loss; drills measure against them."""
+
     rto_s: float = Field(gt=0)
+    """Recovery time objective: seconds until service is back."""
     rpo_s: float = Field(ge=0)
+    """Recovery point objective: seconds of work that may be lost."""
 
 
 class Manifest(_Strict):
     """A whole ``bastion.yaml``."""
 
     version: Literal[1]
+    """The manifest format version: 1."""
     system: Id
+    """The system's name."""
     state_dir: RelPath = Field(default=Path(".bastion"), validate_default=True)
+    """Where events, keys and local state live (relative to this file)."""
     vault: VaultConfig | None = None
+    """The vault's replicas, keys and retention."""
     segments: list[Id] = Field(default_factory=list)
+    """Names for parts of the system (prod, staging) that jobs and services belong to."""
     components: list[Component] = Field(default_factory=list)
+    """What the system depends on, for the dependency map."""
     jobs: dict[Id, Job] = Field(default_factory=dict)
+    """Supervised training jobs, by name."""
     services: dict[Id, Service] = Field(default_factory=dict)
+    """Inference gateways, by name."""
     slos: list[Slo] = Field(default_factory=list)
+    """Service level objectives."""
     recovery: dict[Id, RecoveryTarget] = Field(default_factory=dict)
+    """Recovery targets by the loss they are for: software, or a failure domain (host,
+    site, region, zone, account, provider)."""
     _path: Path | None = PrivateAttr(default=None)
 
     @property
