@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bastion import event_kinds as ek
-from bastion.cli._common import DEFAULT_MANIFEST, ManifestOption, console
+from bastion.cli._common import DEFAULT_MANIFEST, console
 
 __all__ = ["register"]
 
@@ -70,14 +70,23 @@ class _LiveState:
             return Group(header, line, table)
 
 
-def _state_dir(experiment: Path, file: Path, state_dir: Path | None) -> Path:
+def _state_dir(loaded: dict[str, Any], file: Path, state_dir: Path | None) -> Path | None:
+    """Where the drill's events go: ``--state-dir``; else the manifest given with ``-f``;
+    else the experiment's own ``manifest:`` (the runner resolves it next to the
+    experiment, wherever the drill is run from); else ./bastion.yaml if there is one;
+    else None (the runner's default, ``.bastion`` next to the experiment)."""
+    from bastion.drill.runner import bastion_settings
+    from bastion.manifest import load
+
     if state_dir is not None:
         return state_dir
-    if file.is_file():
-        from bastion.manifest import load
-
+    if file != DEFAULT_MANIFEST:
         return load(file).state_dir
-    return experiment.resolve().parent / ".bastion"
+    if bastion_settings(loaded).get("manifest"):
+        return None
+    if file.is_file():
+        return load(file).state_dir
+    return None
 
 
 def _timeline(bastion: dict[str, Any], width: int = 60) -> list[Text]:
@@ -137,7 +146,15 @@ def _fmt(value: Any) -> str:
 
 def run(
     experiment: Annotated[Path, typer.Argument(help="The experiment (Chaos Toolkit format).")],
-    file: ManifestOption = DEFAULT_MANIFEST,
+    file: Annotated[
+        Path,
+        typer.Option(
+            "-f",
+            "--file",
+            help="The system's manifest, for its event log (default: the experiment's "
+            "manifest: key, else ./bastion.yaml).",
+        ),
+    ] = DEFAULT_MANIFEST,
     journal: Annotated[Path, typer.Option(help="Where to write the JSON journal.")] = Path(
         "journal.json"
     ),
@@ -155,7 +172,7 @@ def run(
     hypothesis = loaded.get("steady-state-hypothesis") or {}
     hidden = {str(p.get("name")) for p in hypothesis.get("probes", [])}
     state = _LiveState(str(loaded.get("title", experiment.name)), hidden)
-    where = _state_dir(experiment, file, state_dir)
+    where = _state_dir(loaded, file, state_dir)
     if live:
         with Live(state, console=console, refresh_per_second=8, transient=False):
             result = run_experiment(

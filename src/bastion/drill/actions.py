@@ -374,7 +374,11 @@ def http_load(
 ) -> dict[str, Any]:
     """Background load: request ``url`` at ``rps`` for ``duration_s`` (or until the drill
     stops); count ok and failed requests. Emits ``drill.load.summary`` with
-    ``requests_ok`` and ``requests_failed`` (the RPO of a service drill)."""
+    ``requests_ok`` and ``requests_failed`` (the RPO of a service drill).
+
+    A request is ok when it answers 2xx: a 4xx is a failed request too (a 429 from an
+    overloaded gateway, a 400 from a model that refused the input), as the client sees it.
+    The body is read whole, so a cut answer is a failure as well."""
     ctx = current()
     target = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
     port = target.port or 80
@@ -392,7 +396,9 @@ def http_load(
         try:
             headers = {"Content-Type": "application/json"} if body else {}
             conn.request(method, path, body=body, headers=headers)
-            ok = conn.getresponse().status < 500
+            response = conn.getresponse()
+            response.read()
+            ok = 200 <= response.status < 300
         except (OSError, http.client.HTTPException):
             ok = False
         finally:

@@ -18,6 +18,7 @@ import socket
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from bastion import event_kinds as ek
 from bastion.drill.context import current
@@ -61,13 +62,25 @@ def http_ok(url: str, timeout_s: float = 1.0, expect_status: int = 200) -> bool:
     return status == expect_status
 
 
-def chat_ok(url: str, timeout_s: float = 2.0, model: str = "any") -> bool:
+def chat_ok(
+    url: str,
+    timeout_s: float = 2.0,
+    model: str = "any",
+    content: str = "steady?",
+    messages: list[dict[str, Any]] | None = None,
+) -> bool:
     """True when an OpenAI-compatible ``POST {url}/v1/chat/completions`` answers 200 with a
-    parseable completion within ``timeout_s`` (a gateway's or a vendor's steady state)."""
+    parseable completion within ``timeout_s`` (a gateway's or a vendor's steady state).
+
+    ``content`` is the user message sent (or ``messages``, the whole conversation): give
+    one the model behind ``url`` accepts. The example's digits model, for one, reads 64
+    comma-separated pixel values and refuses anything else with a 400, which counts as
+    not steady."""
     target = urllib.parse.urlsplit(url)
     if target.hostname not in ("127.0.0.1", "localhost"):
         raise UsageError(f"chat_ok: {url} is not on 127.0.0.1")
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "steady?"}]})
+    conversation = messages if messages is not None else [{"role": "user", "content": content}]
+    body = json.dumps({"model": model, "messages": conversation})
     path = target.path.rstrip("/") + "/v1/chat/completions"
     conn = http.client.HTTPConnection("127.0.0.1", target.port or 80, timeout=timeout_s)
     try:

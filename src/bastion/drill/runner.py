@@ -23,6 +23,7 @@ The ``bastion`` extension::
         setup: [[python, -m, bastion, vault, protect, data, --name, dataset/x]]  # must exit 0
         processes:                                         # started before the run, in scope
           web: {command: [python, -m, http.server, "${web_port}"], ready_port: "${web_port}"}
+          api: {command: [python, -m, bastion, serve], ready_url: /healthz, ready_port: 8700}
           guard: {command: [python, -m, bastion, vault, guard], ready_event: vault.guard.started}
         upstreams: {vendor-b: {port: 8801}}                # OpenAI-compatible fault upstreams
         proxies: {db: {upstream_port: 8900, listen_port: 8901}}  # TCP fault proxies
@@ -53,7 +54,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bastion import event_kinds as ek
 from bastion.drill import control
@@ -62,6 +63,9 @@ from bastion.drill.faults import Scope
 from bastion.drill.measure import check_targets, measure
 from bastion.errors import ScopeError, UsageError
 from bastion.events import EventLog
+
+if TYPE_CHECKING:
+    from bastion.manifest import Manifest
 
 __all__ = [
     "DrillResult",
@@ -152,16 +156,85 @@ def bastion_settings(experiment: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _wait_ready(name: str, spec: dict[str, Any], proc: Any) -> None:
+def _ready_url(name: str, spec: dict[str, Any]) -> str | None:
+    """``ready_url`` as a full URL: a path alone (``/healthz``) is on ``ready_port``."""
+    url = spec.get("ready_url")
+    if url is None:
+        return None
+    url = str(url)
+    if url.startswith("/"):
+        port = spec.get("ready_port")
+        if port is None:
+            raise UsageError(
+                f"drill setup: process {name!r}: ready_url {url!r} is a path; give ready_port "
+                "too, or a whole URL (http://127.0.0.1:PORT/healthz)"
+            )
+        return f"http://127.0.0.1:{int(port)}{url}"
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(
+            f"drill setup: process {name!r}: ready_url {url!r} is not an http:// URL or a path"
+        )
+    return url
+
+
+def _gateway_ready(url: str, manifest: Manifest | None) -> tuple[bool, str]:
+    """Whether the Bastion gateway at ``url``'s origin serves from its primary backends.
+
+    A gateway's ``/healthz`` is liveness: it answers 200 while any backend, a fallback
+    included, can take a request. A drill must not start its steady state on the fallback
+    while the primary replicas are still loading, so for a Bastion gateway ready means:
+    every primary backend (tier 0; the manifest's, when the drill knows the manifest) has
+    an upstream that is up. Anything that is not a Bastion gateway is ready on a 2xx.
+    """
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    status_url = f"{parts.scheme}://{parts.netloc}/bastion/status"
+    try:
+        with urllib.request.urlopen(status_url, timeout=1) as resp:  # noqa: S310 - loopback
+            status = json.loads(resp.read())
+        pool = status["pool"]
+        upstreams = list(pool["upstreams"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return True, ""  # not a Bastion gateway
+    wanted: set[str] = set()
+    service = manifest.services.get(str(status.get("service"))) if manifest else None
+    if service is not None:
+        wanted = {b.name for b in service.backends if b.tier_index == 0}
+    else:
+        wanted = {str(u.get("group") or u.get("name")) for u in upstreams if u.get("tier") == 0}
+    if not wanted:
+        return False, "no primary (tier 0) backend has started yet"
+
+    def up(u: dict[str, Any]) -> bool:
+        breaker = u.get("breaker") or {}
+        return not u.get("needs_probe") and breaker.get("state", "closed") != "open"
+
+    waiting = sorted(
+        g
+        for g in wanted
+        if not any(up(u) and (u.get("group") or u.get("name")) == g for u in upstreams)
+    )
+    if waiting:
+        return False, f"primary backend(s) not up yet: {', '.join(waiting)}"
+    return True, ""
+
+
+def _wait_ready(
+    name: str, spec: dict[str, Any], proc: Any, manifest: Manifest | None = None
+) -> None:
     """Wait (deadline, not sleep) until a started process answers on its ready port/URL."""
+    import urllib.error
     import urllib.request
 
     port = spec.get("ready_port")
-    url = spec.get("ready_url")
+    url = _ready_url(name, spec)
     event = spec.get("ready_event")
     if port is None and url is None and event is None:
         return
     ctx = current()
+    why = "it never answered"
     deadline = time.monotonic() + float(spec.get("ready_timeout_s", 30))
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -177,17 +250,31 @@ def _wait_ready(name: str, spec: dict[str, Any], proc: Any) -> None:
             continue
         try:
             if url is not None:
-                with urllib.request.urlopen(str(url), timeout=1):  # noqa: S310 - loopback
+                with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback
+                    pass  # 2xx (urlopen raises HTTPError for the rest)
+                ready, why = _gateway_ready(url, manifest)
+                if ready:
                     return
             else:
                 with socket.create_connection(("127.0.0.1", int(port or 0)), timeout=1):
                     return
+        except urllib.error.HTTPError as exc:
+            why = f"{url} answered {exc.code}"
         except OSError:
-            threading.Event().wait(0.05)
-    raise UsageError(f"drill setup: process {name!r} was not ready within the timeout")
+            pass
+        threading.Event().wait(0.05)
+    raise UsageError(
+        f"drill setup: process {name!r} was not ready within the timeout ({why}); raise "
+        "ready_timeout_s, or check its log"
+    )
 
 
-def _setup(ctx: DrillContext, settings: dict[str, Any], experiment: dict[str, Any]) -> None:
+def _setup(
+    ctx: DrillContext,
+    settings: dict[str, Any],
+    experiment: dict[str, Any],
+    manifest: Manifest | None = None,
+) -> None:
     """Start what the experiment declares (processes, upstreams, proxies) before the
     steady state is first checked; publish their ports as configuration values."""
     from bastion.drill import actions
@@ -232,7 +319,7 @@ def _setup(ctx: DrillContext, settings: dict[str, Any], experiment: dict[str, An
             cwd=None if cwd is None else str(cwd),
             env=None if not isinstance(env, dict) else {str(k): str(v) for k, v in env.items()},
         )
-        _wait_ready(str(name), spec, ctx.processes[str(name)])
+        _wait_ready(str(name), spec, ctx.processes[str(name)], manifest)
         config[f"{name}_pid"] = ctx.processes[str(name)].pid
     for name, spec in (settings.get("upstreams") or {}).items():
         url = actions.start_upstream(str(name), port=int(fill((spec or {}).get("port", 0))))
@@ -363,11 +450,15 @@ def run_experiment(
     scope = Scope.from_config(settings.get("scope"), base=base)
     title = str(experiment.get("title", "drill"))
     subject = str(settings.get("subject", ""))
-    if state_dir is None and settings.get("manifest"):
-        # The system's own event log, so detections by its parts land in the same log.
+    manifest: Manifest | None = None
+    if settings.get("manifest"):
+        # The system's own event log, so detections by its parts land in the same log;
+        # relative to the experiment file, wherever the drill is run from.
         from bastion.manifest import load
 
-        state_dir = load(base / str(settings["manifest"])).state_dir
+        manifest = load(base / str(settings["manifest"]))
+        if state_dir is None:
+            state_dir = manifest.state_dir
     events = EventLog.in_state_dir(state_dir or base / ".bastion")
     ctx = DrillContext(base=base, scope=scope, events=events, subject=subject, seed=seed)
     frequency = float(settings.get("frequency_s", 0.5))
@@ -384,7 +475,7 @@ def run_experiment(
     try:
         with activate(ctx):
             try:
-                _setup(ctx, settings, experiment)
+                _setup(ctx, settings, experiment, manifest)
                 handler = _Handler(ctx, on_update)
                 runner = Runner(
                     Strategy.CONTINUOUS, Schedule(continuous_hypothesis_frequency=frequency)

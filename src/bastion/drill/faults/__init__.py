@@ -49,6 +49,9 @@ Families:
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from bastion.drill.faults._base import Fault, FaultStatistics
 from bastion.drill.faults.data import (
     DataFault,
@@ -57,20 +60,7 @@ from bastion.drill.faults.data import (
     NanInjection,
     SchemaBreak,
 )
-from bastion.drill.faults.http import (
-    FaultyUpstream,
-    HttpFault,
-    HttpFaultInjection,
-    UpstreamStatistics,
-)
 from bastion.drill.faults.model import CorruptWeights, SwapModel, degrade
-from bastion.drill.faults.network import (
-    ProxyStatistics,
-    TcpFaultProxy,
-    Toxic,
-    ToxicFault,
-    ToxiproxyApi,
-)
 from bastion.drill.faults.process import (
     CpuHog,
     HangProcess,
@@ -79,7 +69,6 @@ from bastion.drill.faults.process import (
     RestartProcess,
     wait_exit,
 )
-from bastion.drill.faults.ransomware import Ransomware, RansomwareProcess, restore_from_journal
 from bastion.drill.faults.scope import Scope
 from bastion.drill.faults.storage import (
     DeleteFiles,
@@ -89,6 +78,51 @@ from bastion.drill.faults.storage import (
     SlowReads,
     TruncateFile,
 )
+
+# The three modules that also run as programs (``python -m bastion.drill.faults.http``,
+# ``.network``, ``.ransomware``) are imported when one of their names is first used, not
+# here: a module the package imported before ``-m`` runs it makes runpy warn that it is
+# found in sys.modules and may behave unpredictably.
+_LAZY = {
+    "FaultyUpstream": "http",
+    "HttpFault": "http",
+    "HttpFaultInjection": "http",
+    "UpstreamStatistics": "http",
+    "ProxyStatistics": "network",
+    "TcpFaultProxy": "network",
+    "Toxic": "network",
+    "ToxicFault": "network",
+    "ToxiproxyApi": "network",
+    "Ransomware": "ransomware",
+    "RansomwareProcess": "ransomware",
+    "restore_from_journal": "ransomware",
+}
+
+if TYPE_CHECKING:
+    from bastion.drill.faults.http import (
+        FaultyUpstream,
+        HttpFault,
+        HttpFaultInjection,
+        UpstreamStatistics,
+    )
+    from bastion.drill.faults.network import (
+        ProxyStatistics,
+        TcpFaultProxy,
+        Toxic,
+        ToxicFault,
+        ToxiproxyApi,
+    )
+    from bastion.drill.faults.ransomware import Ransomware, RansomwareProcess, restore_from_journal
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CorruptWeights",
