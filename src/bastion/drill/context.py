@@ -13,7 +13,9 @@ everything it started), or widen its scope to anything the experiment did not st
 from __future__ import annotations
 
 import contextlib
+import logging
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -186,13 +188,44 @@ _current: DrillContext | None = None
 _current_lock = threading.Lock()
 
 
+class _NotInADrill(SystemExit):
+    """A Bastion activity run by plain ``chaos run``, outside a drill: the run must stop.
+
+    Why SystemExit: chaoslib turns every ``Exception`` an activity raises into a failed
+    activity and carries on, so the experiment ended "completed" and ``chaos run`` exited
+    0 although no fault was injected: a pass that did not happen. A SystemExit is not an
+    ``Exception``: chaoslib's runner marks the run "interrupted", and ``chaos run`` exits 1.
+    """
+
+
+def _called_by_chaos_toolkit() -> bool:
+    frame = sys._getframe(1)
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith("chaoslib."):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 def current() -> DrillContext:
-    """The running drill's context; a clear error when an activity runs outside a drill."""
+    """The running drill's context; a clear error when an activity runs outside a drill.
+
+    Called by Chaos Toolkit outside a drill (plain ``chaos run``), it stops the whole run
+    (``_NotInADrill``), so the run can never be reported as passed."""
     if _current is None:
-        raise UsageError(
+        message = (
             "no drill is running: Bastion's activities run inside `bastion drill run` "
             "(or bastion.drill.run_experiment), which sets up their scope"
         )
+        if _called_by_chaos_toolkit():
+            message += (
+                "; plain `chaos run` cannot run this experiment (nothing was injected, so "
+                "it did not pass): run it with `bastion drill run EXPERIMENT`, which uses "
+                "Chaos Toolkit's runner with Bastion's scope, setup and measurements"
+            )
+            logging.getLogger("chaostoolkit").critical(message)
+            raise _NotInADrill(message)
+        raise UsageError(message)
     return _current
 
 

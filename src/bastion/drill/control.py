@@ -117,8 +117,12 @@ def configure_control(
     frequency_s: float = 0.25,
     **_: Any,
 ) -> None:
-    """Called once by Chaos Toolkit when the run starts: start watching."""
+    """Called once by Chaos Toolkit when the run starts: start watching.
+
+    Outside a drill (plain ``chaos run``) the conditions could not be checked (their
+    probes need the drill's scope), so the run stops here rather than go on unguarded."""
     global _watcher
+    current()
     _stop.clear()
     _watcher = threading.Thread(
         target=_watch,
