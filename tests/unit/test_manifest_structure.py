@@ -158,6 +158,8 @@ def systems(draw: st.DrawFn) -> dict[str, Any]:
                 backend["url"] = draw(st.sampled_from(["http://h1:1", "http://127.0.0.1:2"]))
                 if draw(st.booleans()):
                     backend["provider"] = draw(ids)
+            if draw(st.integers(0, 3)) == 0:
+                backend["component"] = draw(ids)
             backends.append(backend)
         doc["services"] = {
             draw(ids): {"backends": backends, "depends_on": draw(st.lists(ids, max_size=2))}

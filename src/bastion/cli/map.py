@@ -1,7 +1,10 @@
 """``bastion map``: the dependency map, its SPOFs and availability against the targets.
 
 Exit 1 when a target is breached, a SPOF exists, or (with ``--observed``) the event log saw
-a dependency nobody declared, so the map can gate CI. Exit 2 for bad input.
+a dependency nobody declared, so the map can gate CI; ``--exit-zero`` reports the same
+and exits 0. A drawing written to stdout (``--format dot`` or ``mermaid``) exits 0 whatever
+it shows, so ``bastion map --format dot | dot -Tpng`` works under ``set -o pipefail``.
+Exit 2 for bad input.
 """
 
 from __future__ import annotations
@@ -45,8 +48,17 @@ def map_cmd(
         float,
         typer.Option(help="Common-cause beta factor: share of a failure a group shares."),
     ] = DEFAULT_BETA,
+    exit_zero: Annotated[
+        bool,
+        typer.Option(
+            "--exit-zero", help="Exit 0 even with SPOFs or breaches (the verdict is still shown)."
+        ),
+    ] = False,
 ) -> None:
-    """Find single points of failure and compute exact availability from the manifest."""
+    """Find single points of failure and compute exact availability from the manifest.
+
+    Exit 1 on a SPOF, a breached target or an undeclared dependency (not for dot or
+    mermaid written to stdout, nor with --exit-zero); 2 for bad input."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     if not 1 <= max_order <= 6:
@@ -71,7 +83,9 @@ def map_cmd(
         console.print(f"wrote {out} ({fmt}); verdict: {'ok' if report.ok else 'FAIL'}")
     else:
         print(text, end="")
-    if not report.ok or (seen is not None and seen.undeclared):
+    drawing_piped = out is None and fmt in ("dot", "mermaid")
+    failed = not report.ok or (seen is not None and seen.undeclared)
+    if failed and not exit_zero and not drawing_piped:
         raise typer.Exit(1)
 
 

@@ -562,6 +562,21 @@ def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestP
                 dep_loc.setdefault(
                     (str(name), provider), ("services", str(name), "backends", j, "provider")
                 )
+            component = backend.get("component") if isinstance(backend, dict) else None
+            if not isinstance(component, str):
+                continue
+            where: Loc = ("services", str(name), "backends", j, "component")
+            if component not in ids:
+                hint = difflib.get_close_matches(component, sorted(ids), n=1, cutoff=0.6)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                yield located.problem(
+                    where,
+                    f"unknown component {component!r}{extra}; a backend's component is one "
+                    "declared under components",
+                )
+            else:
+                graph.add_edge(str(name), component)
+                dep_loc.setdefault((str(name), component), where)
 
     for ordered in graph.cycles(limit=10):
         text = " -> ".join([*ordered, ordered[0]])

@@ -397,6 +397,10 @@ class Backend(_Strict):
     """primary (0), fallback (1) or a number: lower tiers are tried first."""
     provider: str | None = None
     """Who runs it: a component id (then the backend depends on it), or a common-cause tag."""
+    component: Id | None = None
+    """The component (under ``components``) this backend is, e.g. the vendor API it calls:
+    the map then takes its availability and failure domains from there, and a use of the
+    backend counts as a use of that component."""
     replicas: Replicas = Replicas()
     """How many local replica processes to run."""
     command: list[str] | None = None

@@ -10,13 +10,17 @@ Synthetic ids use ``:`` (never valid in a manifest id), so they cannot collide.
 - ``vault`` -> ``vault:replicas``, up while at least 1 of its replicas ``vault:N`` is up
   (reads need one intact copy). Local-directory replicas are tagged ``host=localhost``
   (one machine's disk); ``s3://...`` replicas are ``cloud`` with provider ``s3``.
-- a job -> node ``JOB``: up while every hard ``depends_on`` is up, the vault is up (if it
-  has inputs; each input also appears as ``JOB:input=NAME``), and at least one of its
-  worker slots ``JOB:slot=NAME`` (if it declares slots).
+- a job -> node ``JOB``: up while every hard ``depends_on`` is up, the vault is up (if
+  there is one: it holds the job's checkpoints and model; through ``JOB:input=NAME`` for
+  each input it reads, else directly), and at least one of its worker slots
+  ``JOB:slot=NAME`` (if it declares slots).
 - a service -> node ``SVC``: up while every hard ``depends_on`` is up and at least one
   backend ``SVC:BACKEND`` is up, in any tier (the gateway falls back through tiers).
   - a local backend (``model:``) is up while the vault is up and at least one of its
     ``replicas.min`` (at least 1) replica processes ``SVC:BACKEND#i`` is up (host=localhost);
+  - a remote backend that names the component it is (``component:``) is up while that
+    component is (so its availability, location and tags are the component's); a local
+    one also needs that component (the machine or pool its replicas run on);
   - a remote backend (``url:``) is up while its provider is: the component whose id is
     its ``provider`` if one is declared, else its own endpoint event tagged with that
     provider (so two backends on one vendor share fate, however the provider is spelled).
@@ -25,6 +29,8 @@ Synthetic ids use ``:`` (never valid in a manifest id), so they cannot collide.
     machine the local replicas and vault directories are on).
 - a component whose id equals a job's or service's lends that node its availability,
   location and tags (the gateway or supervisor itself then counts as a failure).
+- with no jobs and no services, the components nothing depends on are the tops (what is
+  analysed), so a plain chain of components still shows its single points of failure.
 
 Must never: read the event log or files (pure: manifest in, graph out).
 """
@@ -32,6 +38,7 @@ Must never: read the event log or files (pure: manifest in, graph out).
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from bastion.manifest import Manifest
@@ -201,6 +208,8 @@ def graph_from_manifest(manifest: Manifest) -> Graph:
                     )
                 )
             hard_l.append(iid)
+        if manifest.vault is not None and not job.inputs:
+            hard_l.append(VAULT)  # checkpoints and the model it makes are stored there
         if job.slots:
             slot_ids = []
             for slot in job.slots:
@@ -238,7 +247,19 @@ def graph_from_manifest(manifest: Manifest) -> Graph:
             backend_ids.append(bid)
             origin = f"services.{name}.backends[{j}]"
             tier = f"tier {backend.tier_index}"
-            if backend.model is not None:
+            if backend.component is not None and backend.model is None:
+                nodes.append(
+                    Node(
+                        id=bid,
+                        kind=declared[backend.component][1].kind,
+                        location=declared[backend.component][1].location,
+                        hard=(backend.component,),
+                        basic=False,
+                        origin=origin,
+                        label=f"{backend.name}: component {backend.component} ({tier})",
+                    )
+                )
+            elif backend.model is not None:
                 replica_ids = []
                 for r in range(max(1, backend.replicas.min)):
                     rid = f"{bid}#{r}"
@@ -252,11 +273,14 @@ def graph_from_manifest(manifest: Manifest) -> Graph:
                             label=f"replica {r} of {backend.model}",
                         )
                     )
+                model_hard = (VAULT,) if manifest.vault is not None else ()
+                if backend.component is not None:
+                    model_hard = (*model_hard, backend.component)
                 nodes.append(
                     Node(
                         id=bid,
                         kind="model",
-                        hard=(VAULT,) if manifest.vault is not None else (),
+                        hard=model_hard,
                         members=tuple(replica_ids),
                         basic=False,
                         origin=origin,
@@ -303,4 +327,17 @@ def graph_from_manifest(manifest: Manifest) -> Graph:
         hard_l.append(group)
         nodes.append(merged(name, "service", f"services.{name}", hard_l, soft_l))
 
+    if not runnable:
+        nodes = _components_as_tops(nodes)
     return Graph(nodes, system=manifest.system)
+
+
+def _components_as_tops(nodes: list[Node]) -> list[Node]:
+    """With no jobs or services, what nothing depends on is what the system is for."""
+    depended = {ref for node in nodes for ref in (*node.hard, *node.soft, *node.members)}
+    return [
+        replace(node, top=True)
+        if node.origin.startswith("components[") and node.id not in depended
+        else node
+        for node in nodes
+    ]

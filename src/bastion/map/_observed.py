@@ -4,7 +4,8 @@ Owns: reading ``dep.used`` events (subject = the service or job id; data ``targe
 it used, ``via``: ``backend`` or ``input``) and matching each against the manifest.
 
 A use is declared when its target is, for a service: one of its backends (by name, url,
-model ref or provider) or one of its ``depends_on`` ids; for a job: one of its inputs (the
+model ref, provider or component; a backend that names its component confirms that
+component) or one of its ``depends_on`` ids; for a job: one of its inputs (the
 same artifact name, any revision) or ``depends_on`` ids. Anything else is undeclared, and
 so is any use by a subject the manifest does not know.
 
@@ -76,9 +77,11 @@ def _declared(manifest: Manifest) -> dict[str, dict[str, str]]:
     for name, svc in manifest.services.items():
         known: dict[str, str] = {d.id: d.id for d in svc.depends_on}
         for b in svc.backends:
-            for alias in (b.name, b.url, b.model, b.provider):
+            # A backend that names its component is that component: using it confirms it.
+            canonical = b.component if b.component else f"backend {b.name}"
+            for alias in (b.name, b.url, b.model, b.provider, b.component):
                 if alias:
-                    known[alias] = f"backend {b.name}"
+                    known[alias] = canonical
         out[name] = known
     for name, job in manifest.jobs.items():
         known = {d.id: d.id for d in job.depends_on}

@@ -71,13 +71,23 @@ def _text(report: MapReport, observed: ObservedReport | None) -> str:
             if f.fix:
                 out.append(f"    fix: {f.fix}")
     out.append("")
+    if not report.tops:
+        out.append(
+            "nothing to analyse: the manifest declares no services, jobs or components "
+            "(declare what the system depends on under components:)"
+        )
     for top in report.tops:
         target = ""
         if top.objective is not None:
             verdict = "met" if top.met else "BREACHED"
             target = f" (objective {top.objective}: {verdict})"
         avail = fmt_availability(top.availability)
-        out.append(f"{top.kind} {top.id}: availability {avail}{target}")
+        unknown = (
+            f"; {len(top.unknown)} event(s) with no declared availability count as always up"
+            if top.unknown
+            else ""
+        )
+        out.append(f"{top.kind} {top.id}: availability {avail}{target}{unknown}")
         by_order: dict[int, list[str]] = {}
         for c in top.cut_sets:
             by_order.setdefault(c.order, []).append("{" + ", ".join(c.events) + "}")
