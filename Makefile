@@ -34,15 +34,18 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy src
 
-# The map's HTML is checked in a real headless Chromium. Where we are root with apt (CI,
-# these machines) it is installed once; elsewhere that test says why it skipped.
+# The map's HTML is laid out by Graphviz's dot and checked in a real headless Chromium.
+# Where we are root with apt (CI, these machines) both are installed once; elsewhere the
+# page falls back to a simpler layout and the browser tests say why they skipped.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@missing=""; command -v chromium >/dev/null 2>&1 || missing=" chromium"; \
+	command -v dot >/dev/null 2>&1 || missing="$$missing graphviz"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing chromium for the browser test (Debian package)"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	      || echo "could not install chromium; the browser test will skip"; \
-	  else echo "chromium not found; the browser test will skip (install Debian's chromium)"; fi; }
+	    echo "installing$$missing for the map's page and its browser test (Debian packages)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	      || echo "could not install$$missing; the browser tests will skip"; \
+	  else echo "not found:$$missing; the browser tests will skip (install Debian's$$missing)"; fi; fi
 
 pytest: $(VENV)/.installed-dev browser
 	$(BIN)/python -m pytest -W error $(PYTEST_ARGS)
