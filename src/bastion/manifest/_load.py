@@ -24,7 +24,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, ReusedAnchorWarning
 
-from bastion.errors import ManifestError, ManifestProblem
+from bastion.errors import ManifestError, ManifestProblem, UsageError
 from bastion.manifest import _limits
 from bastion.manifest._model import Manifest
 from bastion.store._url import parse_replica_url
