@@ -28,7 +28,7 @@ needs_chromium = pytest.mark.skipif(
 BIGGER = """\
 version: 1
 system: shop
-vault: {replicas: [v/a, v/b, "s3://bucket/v"]}
+vault: {replicas: [v/a, v/b, "file:///tmp/bastion-picture/vault"]}
 components:
   - {id: db-a, kind: storage, location: cloud, provider: aws, availability: 0.999}
   - {id: db-b, kind: storage, location: cloud, provider: gcp, availability: 0.999}

@@ -137,7 +137,7 @@ def systems(draw: st.DrawFn) -> dict[str, Any]:
         components.append(comp)
     doc: dict[str, Any] = {"version": 1, "system": "s", "components": components}
     if draw(st.booleans()):
-        doc["vault"] = {"replicas": ["/tmp/v1", "s3://b/x"][: draw(st.integers(1, 2))]}
+        doc["vault"] = {"replicas": ["/tmp/v1", "file:///tmp/v2"][: draw(st.integers(1, 2))]}
     if draw(st.booleans()):
         slots = [{"name": n} for n in draw(st.lists(st.sampled_from(["w1", "w2"]), max_size=3))]
         doc["jobs"] = {
