@@ -46,8 +46,7 @@ def run(
     from bastion.events import EventLog
     from bastion.manifest import load
     from bastion.supervise import Backoff
-    from bastion.train import JobSupervisor, job_status
-    from bastion.train._job import check_job_name
+    from bastion.train import JobSupervisor, check_job_name, job_status
 
     words = list(args or [])
     if name is not None:
