@@ -31,9 +31,9 @@ from torch import nn
 
 from bastion import event_kinds as ek
 from bastion.errors import BastionError
-from bastion.events import EventLog
+from bastion.events import Emit
 from bastion.manifest import load
-from bastion.train import Cadence, Checkpointer, ResumableSampler, open_store
+from bastion.train import Cadence, Checkpointer, ResumableSampler, VaultStore
 
 HERE = Path(__file__).resolve().parent
 BATCH = 64
@@ -53,7 +53,7 @@ def parse_rows(blobs: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(rows), torch.tensor(labels)
 
 
-def load_input(vault, ref: str, local: Path, log: EventLog, job: str):  # type: ignore[no-untyped-def]
+def load_input(vault, ref: str, local: Path, log: Emit, job: str):  # type: ignore[no-untyped-def]
     """The dataset's shards, read verified from the vault (snapshotting the local copy
     the first time, so the model's lineage names the exact bytes it trained on)."""
     name = ref.split("@", 1)[0]
@@ -95,30 +95,24 @@ def main() -> int:
     args = parser.parse_args()
     began = time.monotonic()
     torch.manual_seed(SEED)
-    torch.set_num_threads(1)  # bit-exact resume needs the same thread count (see issue)
+    # Bit-exact resume needs the same intra-op thread count in every attempt (CPU kernels
+    # split their sums by thread; the default follows the machine): fix it, before any op.
+    torch.set_num_threads(1)
 
     manifest_path = args.manifest or Path(os.environ.get("BASTION_MANIFEST", HERE / "bastion.yaml"))
     manifest = load(manifest_path)
     job_cfg = manifest.jobs.get(args.job)
-    log = EventLog.in_state_dir(manifest.state_dir)
-    # the manifest's vault; without its signing key this stops with the fix (exit 2)
-    store = open_store(manifest, job=args.job, events=log)
-    vault = store.vault
-    policy = job_cfg.checkpoint if job_cfg else None
-    cadence = (
-        Cadence(every_steps=args.every)
-        if args.every
-        else (Cadence.from_policy(policy) if policy else Cadence(every_steps=50))
-    )
-    ckpt = Checkpointer(
+    # The job's checkpointer as the manifest describes it: its vault (without the signing
+    # key this stops with the fix, exit 2), its event log, its `checkpoint:` settings.
+    ckpt = Checkpointer.from_env(
         args.job,
-        store,
-        cadence=cadence,
-        keep=policy.keep if policy else 3,
-        on_busy=policy.on_busy if policy else "skip",
-        events=log,
-        segment=(job_cfg.segment or "") if job_cfg else "",
+        manifest=manifest,
+        **({"cadence": Cadence(every_steps=args.every)} if args.every else {}),
     )
+    store = ckpt.store
+    assert isinstance(store, VaultStore)
+    vault = store.vault
+    log = ckpt.events
     inputs = dict(job_cfg.inputs) if job_cfg else {}
     (x, y), dataset_ref = load_input(
         vault, inputs.get("data", "dataset/digits@latest"), HERE / "dataset", log, args.job
@@ -146,7 +140,6 @@ def main() -> int:
     ckpt.wait()  # the cadence may have begun a save of the last step: let it land first
     if ckpt.statistics().last_saved_step != args.steps:
         ckpt.save(args.steps, reason="final", block=True)
-    ckpt.close()
 
     with torch.no_grad():
         acc = (model(x).argmax(1) == y).float().mean().item()
@@ -155,6 +148,7 @@ def main() -> int:
         args.hash_out.write_text(digest)
     store_model(vault, model, args, job_cfg=job_cfg, dataset_ref=dataset_ref, acc=acc, log=log)
     log.emit(ek.TRAIN_FINISHED, args.job, steps=args.steps, accuracy=acc, state_hash=digest)
+    ckpt.close()  # last: it also closes the event log it opened
     print(f"done: {args.steps} steps, train accuracy {acc:.3f}, state {digest[:16]}")
     return 0
 

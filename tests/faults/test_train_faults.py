@@ -26,7 +26,14 @@ from bastion.drill.faults import FlipBytes, HangProcess, KillProcess, Scope
 from bastion.events import EventLog
 from bastion.manifest import load
 from bastion.supervise import Backoff, heartbeat_note, heartbeat_progress
-from bastion.train import Checkpointer, JobResult, JobSupervisor, VaultStore, job_status
+from bastion.train import (
+    Checkpointer,
+    JobResult,
+    JobSupervisor,
+    VaultStore,
+    job_status,
+    recovery_timeline,
+)
 from bastion.vault import Vault, make_key
 from tests.conftest import EXAMPLE
 
@@ -267,3 +274,69 @@ def test_corrupt_checkpoint_repaired_or_skipped(tmp_path: Path, seed: int) -> No
     kinds = [e.kind for e in events.query(after_id=mark)]
     assert "train.checkpoint.corrupt" in kinds
     again.close()
+
+
+def test_many_kills_spread_over_a_long_run_neither_slow_recovery_nor_fail_the_job(
+    baseline: str, tmp_path: Path, seed: int
+) -> None:
+    # Kills spread over one long run, each after the worker ran healthy_after_s and saved
+    # a checkpoint of its own: more kills than the restart budget allows in a row. Each
+    # restart must cost what the first did (backoff reset) and the job must succeed.
+    work = _prepare(tmp_path / "digits")
+    manifest_text = (work / "bastion.yaml").read_text()
+    manifest_text = manifest_text.replace(
+        "restart: {max: 10, backoff_s: 0.2}",
+        "restart: {max: 2, backoff_s: 0.2, backoff_max_s: 30, healthy_after_s: 0.5}\n"
+        "    warm_standby: false",
+    )
+    assert "healthy_after_s: 0.5" in manifest_text
+    (work / "bastion.yaml").write_text(manifest_text)
+    manifest = load(work / "bastion.yaml")
+    events = EventLog.in_state_dir(manifest.state_dir)
+    hash_out = work / "final-hash"
+    sup = JobSupervisor.from_manifest(manifest, JOB, events=events)
+    sup.command = [sys.executable, "train.py", "--steps", str(STEPS), "--step-ms", "10"]
+    sup.command += ["--hash-out", str(hash_out)]
+    sup.rng = random.Random(seed)
+    results: list[JobResult] = []
+    thread = threading.Thread(
+        target=lambda: results.append(sup.run(handle_signals=False)), daemon=True
+    )
+    thread.start()
+    kills = 5
+
+    def healthy_with_a_checkpoint(after_id: int) -> int | None:
+        s = sup.supervisor
+        child = s.child if s is not None else None
+        if results or child is None or child.exit is not None:
+            return None
+        if child.statistics().uptime_s <= 0.5 + 0.1:
+            return None
+        restored = events.query(kind="train.restored", subject=JOB, after_id=after_id)
+        if not restored:
+            return None
+        saved = events.query(kind="train.checkpoint.saved", subject=JOB, after_id=restored[-1].id)
+        return child.pid if saved else None
+
+    mark = events.count()
+    after = mark
+    for _ in range(kills):
+        pid = _wait_for(lambda a=after: results or healthy_with_a_checkpoint(a), timeout=120)
+        assert not results, f"the job ended before all {kills} kills: {results[0]}"
+        after = events.count()
+        KillProcess(pid, scope=Scope.of(pids=[pid]), events=events, subject=JOB).inject()
+    thread.join(180)
+    assert results, "the supervisor did not finish"
+    assert results[0].ok, results[0]
+    assert results[0].restarts == kills
+    restarting = events.query(kind="train.restarting", subject=JOB, after_id=mark)
+    assert len(restarting) == kills
+    # every restart is a first restart again: streak 1, the initial backoff (with jitter)
+    assert [e.data["streak"] for e in restarting] == [1] * kills
+    assert all(e.data["reset"] for e in restarting)
+    assert all(e.data["delay_s"] <= 0.2 for e in restarting), restarting
+    timeline = recovery_timeline(events, JOB, after_id=mark)
+    assert len(timeline) == kills
+    restarts_s = [(r.started_ns - r.exited_ns) / 1e9 for r in timeline]
+    assert max(restarts_s) < 0.2 + 0.5, restarts_s  # the policy's part of recovery stays flat
+    assert hash_out.read_text() == baseline

@@ -13,6 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+import pytest
+
 from bastion.drill.faults import HangProcess, KillProcess, Scope
 from bastion.events import EventLog
 from bastion.supervise import Backoff
@@ -279,3 +282,66 @@ def test_fresh_copy_is_refused_with_the_fix_and_after_init_trains_into_the_vault
         len(names),
         400,
     )
+
+
+@pytest.mark.parametrize("record", ["start time", "no start time"])
+def test_a_dead_workers_pid_now_someone_elses_is_left_alone(tmp_path: Path, record: str) -> None:
+    # The supervisor and its worker both died; the worker's pid went to an unrelated
+    # process (a session leader, so a process-group signal would reach it). The next
+    # supervisor must not signal it, and must not report an orphan it stopped.
+    stranger = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True
+    )
+    try:
+        state_dir = tmp_path / ".bastion"
+        job_dir = state_dir / "train" / "quick"
+        job_dir.mkdir(parents=True)
+        state = {"status": "running", "run_id": "r1", "child_pid": stranger.pid}
+        if record == "start time":
+            # the worker that had this pid started a minute before the stranger did
+            state["child_created"] = psutil.Process(stranger.pid).create_time() - 60
+        (job_dir / "supervisor.json").write_text(json.dumps(state))
+        log = EventLog.in_state_dir(state_dir)
+        sup = JobSupervisor(
+            "quick",
+            ["python", "-c", "pass"],
+            state_dir=state_dir,
+            events=log,
+            backoff=FAST,
+            heartbeat_timeout_s=None,
+            grace_s=1.0,
+            warm_standby=False,
+        )
+        result = sup.run(handle_signals=False)
+        assert result.ok, result
+        resumed = log.query(kind="train.supervisor.resumed", subject="quick")
+        assert len(resumed) == 1
+        assert resumed[0].data["orphan_stopped"] is False
+        assert resumed[0].data["orphan"] == "not_ours"
+        assert stranger.poll() is None, "an unrelated process was signalled"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_dead_workers_exit_is_not_reported_as_an_orphan_stopped(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    gone.wait()
+    state_dir = tmp_path / ".bastion"
+    (state_dir / "train" / "quick").mkdir(parents=True)
+    (state_dir / "train" / "quick" / "supervisor.json").write_text(
+        json.dumps({"status": "running", "run_id": "r1", "child_pid": gone.pid})
+    )
+    log = EventLog.in_state_dir(state_dir)
+    sup = JobSupervisor(
+        "quick",
+        ["python", "-c", "pass"],
+        state_dir=state_dir,
+        events=log,
+        backoff=FAST,
+        heartbeat_timeout_s=None,
+        warm_standby=False,
+    )
+    assert sup.run(handle_signals=False).ok
+    resumed = log.query(kind="train.supervisor.resumed", subject="quick")[0]
+    assert (resumed.data["orphan_stopped"], resumed.data["orphan"]) == (False, "exited")

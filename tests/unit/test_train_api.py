@@ -26,6 +26,7 @@ def test_train_exports() -> None:
             "Stateful",
             "VaultStore",
             "WorkerSlot",
+            "check_job_name",
             "checkpoint_keys",
             "checkpoint_name",
             "checkpoint_replicas",

@@ -466,3 +466,28 @@ def test_manifest_job_sets_warm_standby_and_startup_timeout(tmp_path: Path) -> N
     )
     with pytest.raises(ManifestError, match="startup_timeout_s"):
         load(path)
+
+
+def test_recovery_follows_when_events_happened_not_when_they_were_written(
+    tmp_path: Path,
+) -> None:
+    # One restart's events come from two processes; on a busy machine the supervisor's
+    # writes waited for the log's lock and landed after the new worker's own events.
+    from bastion import event_kinds as ek
+    from bastion.train import job_status, recovery_timeline
+
+    log = EventLog.in_state_dir(tmp_path)
+    t = 10**12
+    log.emit(ek.TRAIN_RESTORED, "j", at_ns=t + 300, step=250, restore_s=0.2)
+    log.emit(ek.TRAIN_STEP_FIRST, "j", at_ns=t + 400, step=251)
+    log.emit(ek.TRAIN_EXITED, "j", at_ns=t, code=None, reason="signal:SIGKILL", last_step=301)
+    log.emit(ek.TRAIN_STARTED, "j", at_ns=t + 100, warm=True)
+    [rec] = recovery_timeline(log, "j")
+    assert (rec.exited_ns, rec.started_ns, rec.restored_ns, rec.first_step_ns) == (
+        t,
+        t + 100,
+        t + 300,
+        t + 400,
+    )
+    assert (rec.step, rec.warm, rec.reason) == (250, True, "signal:SIGKILL")
+    assert job_status(tmp_path, log, "j").steps_lost == 301 - 250

@@ -88,7 +88,9 @@ def run(
         if importlib.util.find_spec(module_name) is None:
             continue
         module = importlib.import_module(module_name)
-        console.print(Rule(f"[bold]{module.TITLE}"))
+        # off a terminal the CLI's console is unbounded (so piped names stay whole): a
+        # rule across 10,000 columns is noise, so rules keep to a readable width
+        console.print(Rule(f"[bold]{module.TITLE}"), width=min(console.width, 100))
         scene: Scene = module.run(ctx)
         results.append(scene)
         for line in scene.findings:

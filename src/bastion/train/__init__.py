@@ -19,7 +19,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from bastion.train._cadence import Cadence, CadenceStatistics
-from bastion.train._job import JobResult, JobStatistics, JobSupervisor
+from bastion.train._job import JobResult, JobStatistics, JobSupervisor, check_job_name
 from bastion.train._slots import LocalSlot, SlotPicker, WorkerSlot
 from bastion.train._status import (
     JobStatus,
@@ -90,6 +90,7 @@ __all__ = [
     "Stateful",
     "VaultStore",
     "WorkerSlot",
+    "check_job_name",
     "checkpoint_keys",
     "checkpoint_name",
     "checkpoint_replicas",

@@ -17,6 +17,13 @@ hold half-updated weights. At the step boundary the state is consistent.
 Must never: let the training loop wait for serialisation, hashing or disk (except the
 emergency save, which must be durable before the process exits, and ``on_busy="wait"``),
 or load a checkpoint that failed verification.
+
+Under ``bastion train run`` the checkpointer takes what the script leaves out from the
+job's environment (``bastion.train._env``): ``Checkpointer.from_env()`` finds the job,
+its manifest, its vault and the event log; and for the supervised job, settings left
+``None`` come from the manifest (``checkpoint.every_steps``/``every_seconds``/
+``max_overhead``, ``keep``, ``on_busy``, ``segment``) and events go to the job's event
+log, so ``bastion train status`` counts them. Explicit arguments always win.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ import json
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, Protocol
 
@@ -35,12 +44,14 @@ import torch
 
 from bastion import event_kinds as ek
 from bastion.errors import BastionError, IntegrityError, NotFoundError, UsageError
-from bastion.events import NO_EVENTS, Emit
+from bastion.events import NO_EVENTS, Emit, EventLog
+from bastion.manifest import Manifest, load, loads
 from bastion.supervise import EXITING, Heartbeat
 from bastion.train._cadence import Cadence, CadenceStatistics
+from bastion.train._env import JobEnv, job_settings
 from bastion.train._rng import RNGState
 from bastion.train._staging import StagingBuffer
-from bastion.train._store import CheckpointStore, checkpoint_name
+from bastion.train._store import CheckpointStore, checkpoint_name, open_store
 from bastion.train._tree import flatten, unflatten
 
 __all__ = ["CheckpointStatistics", "Checkpointer", "Preempted", "Stateful"]
@@ -148,23 +159,45 @@ class Checkpointer:
         store: CheckpointStore,
         *,
         cadence: Cadence | None = None,
-        on_busy: Literal["wait", "skip"] = "skip",
-        keep: int = 3,
-        events: Emit = NO_EVENTS,
-        segment: str = "",
+        on_busy: Literal["wait", "skip"] | None = None,
+        keep: int | None = None,
+        events: Emit | None = None,
+        segment: str | None = None,
         heartbeat: Heartbeat | None = None,
         lineage: Sequence[str] = (),
         track_rng: bool = True,
         handle_signals: bool = True,
         async_staging: bool = True,
     ) -> None:
+        """``cadence``, ``on_busy``, ``keep``, ``events`` and ``segment`` left ``None``
+        come from the job's manifest and event log when this process is ``job``'s worker
+        under ``bastion train run``; otherwise they default to every 100 steps, ``"skip"``,
+        3, no events and no segment."""
         self.job = job
         self.store = store
-        self.cadence = cadence or Cadence()
-        self.on_busy = on_busy
-        self.keep = keep
-        self.events = events
-        self.segment = segment
+        env = JobEnv.from_environ()
+        self._env = env
+        self._owned_events: EventLog | None = None
+        if env.supervises(job) and None in (cadence, on_busy, keep, segment):
+            settings = job_settings(job, load(env.manifest) if env.manifest else None)
+            policy, job_segment = settings.policy, settings.segment
+        else:
+            settings, policy, job_segment = None, None, ""
+        if events is None and env.supervises(job) and env.state_dir is not None:
+            events = self._owned_events = EventLog.in_state_dir(env.state_dir)
+        if cadence is None:
+            cadence = Cadence.from_policy(policy) if policy is not None else Cadence()
+        self.cadence = cadence
+        self.on_busy: Literal["wait", "skip"] = (
+            on_busy if on_busy is not None else policy.on_busy if policy else "skip"
+        )
+        self.keep = keep if keep is not None else policy.keep if policy else 3
+        self.events: Emit = events if events is not None else NO_EVENTS
+        self.segment = segment if segment is not None else job_segment
+        # the run this worker belongs to, under `bastion train run` (checkpoints carry it,
+        # so a run started with --fresh restores only its own)
+        self.run_id = env.run_id if env.supervises(job) else None
+        self.fresh_run = env.fresh_run if env.supervises(job) else None
         self.heartbeat = heartbeat or Heartbeat.from_env()
         self.lineage = tuple(lineage)
         self._tracked: dict[str, Stateful] = {}
@@ -192,8 +225,55 @@ class Checkpointer:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
 
+    @classmethod
+    def from_env(
+        cls,
+        job: str | None = None,
+        *,
+        manifest: Manifest | str | Path | None = None,
+        **options: Any,
+    ) -> Checkpointer:
+        """The checkpointer of the job this script runs, configured from its manifest.
+
+        Under ``bastion train run`` everything comes from the environment the supervisor
+        sets (docs/training.md): the job (``BASTION_JOB``), its manifest
+        (``BASTION_MANIFEST``), the manifest's vault as the store (``open_store``: exit 2
+        with the fix while it cannot sign), the job's event log, and its ``checkpoint:``
+        settings and segment. Run by hand, name the job (``job=``); the manifest is then
+        ``./bastion.yaml`` unless given. ``options`` are ``Checkpointer``'s own keyword
+        arguments and win over the manifest's settings.
+        """
+        env = JobEnv.from_environ()
+        job = job or env.job
+        if not job:
+            raise UsageError(
+                "Checkpointer.from_env(): which job? Run the script under `bastion train run "
+                "JOB` (it sets BASTION_JOB), or pass job='...'"
+            )
+        loaded = _manifest_for(job, manifest, env)
+        events = options.pop("events", None)
+        owned: EventLog | None = None
+        if events is None:
+            events = owned = EventLog.in_state_dir(loaded.state_dir)
+        settings = job_settings(job, loaded)
+        options.setdefault("cadence", Cadence.from_policy(settings.policy))
+        options.setdefault("on_busy", settings.policy.on_busy)
+        options.setdefault("keep", settings.policy.keep)
+        options.setdefault("segment", settings.segment)
+        log = owned or (events if isinstance(events, EventLog) else None)
+        store = options.pop("store", None) or open_store(loaded, job=job, events=log)
+        ckpt = cls(job, store, events=events, **options)
+        ckpt._owned_events = owned
+        ckpt.manifest = loaded
+        return ckpt
+
+    manifest: Manifest | None = None
+    """The manifest ``from_env`` read the job's settings from."""
+
     # -- events --------------------------------------------------------------------------
     def _emit(self, kind: ek.Kind, **data: Any) -> None:
+        if self.run_id:
+            data.setdefault("run_id", self.run_id)
         with contextlib.suppress(Exception):  # an event log hiccup must not stop training
             self.events.emit(kind, self.job, segment=self.segment or None, **data)
 
@@ -315,9 +395,13 @@ class Checkpointer:
                 ).start()
             # No sort_keys: state_dict order is part of the state (iteration order of
             # optimizer state, module registration) and must come back as it was.
-            body = json.dumps(
-                {"format": FORMAT, "job": self.job, "step": step, "state": skeleton}
-            ).encode()
+            header: dict[str, Any] = {"format": FORMAT, "job": self.job, "step": step}
+            # the run (a --fresh run restores only its own) and the intra-op thread count
+            # (a resume with another count is not bit-exact: see restore)
+            header["threads"] = torch.get_num_threads()
+            if self.run_id:
+                header["run_id"] = self.run_id
+            body = json.dumps({**header, "state": skeleton}).encode()
             stall = time.monotonic() - began
             self._counts.stall_s_total += stall
             self._counts.last_stall_s = stall
@@ -379,7 +463,13 @@ class Checkpointer:
             ref = self.store.commit(
                 job.name,
                 {STATE_FILE: view, SKELETON_FILE: job.skeleton},
-                meta={"job": self.job, "step": job.step, "format": FORMAT, "reason": job.reason},
+                meta={
+                    "job": self.job,
+                    "step": job.step,
+                    "format": FORMAT,
+                    "reason": job.reason,
+                    **({"run_id": self.run_id} if self.run_id else {}),
+                },
                 lineage=self.lineage,
             )
             # durable and visible here; pruning older ones is housekeeping, not persist
@@ -429,6 +519,9 @@ class Checkpointer:
             self._closed = True
             self._cv.notify_all()
         self._writer.join()
+        if self._owned_events is not None:
+            self._owned_events.close()
+            self._owned_events = None
 
     # -- restoring -----------------------------------------------------------------------
     def restore(self) -> int:
@@ -437,15 +530,27 @@ class Checkpointer:
         A checkpoint that fails verification is reported (``train.checkpoint.corrupt``)
         and skipped in favour of the one before. A checkpoint whose shapes or dtypes do
         not match the tracked objects is a ``UsageError``, never a silent partial load.
+        In a run started with ``bastion train run --fresh``, checkpoints of earlier runs
+        are passed over (``older_runs`` in the ``train.restored`` event).
+
+        Bit-exact resume needs the intra-op thread count the checkpoint was written with
+        (``torch.set_num_threads``: CPU kernels split their sums by thread); a different
+        one is a ``RuntimeWarning`` and is recorded in the event, the resume goes on.
         """
         began = time.monotonic()
         names = self.store.checkpoints(self.job)
+        older_runs = 0
+        corrupt = 0
         for name in names:
             try:
                 body = json.loads(self.store.read(name, SKELETON_FILE))
+                if self.fresh_run and body.get("run_id") != self.fresh_run:
+                    older_runs += 1
+                    continue
                 tensors = _load_tensors(self.store.read(name, STATE_FILE))
                 tree = unflatten(body["state"], tensors)
             except (IntegrityError, NotFoundError, ValueError, KeyError) as exc:
+                corrupt += 1
                 self._emit(ek.TRAIN_CHECKPOINT_CORRUPT, name=name, error=str(exc)[:500])
                 continue
             self._apply(name, tree)
@@ -455,12 +560,15 @@ class Checkpointer:
             self._counts.restored_step = step
             self._counts.last_saved_step = step
             self.current_step = step
+            threads = _thread_check(name, body.get("threads"))
             self._emit(
                 ek.TRAIN_RESTORED,
                 step=step,
                 name=name,
                 restore_s=round(time.monotonic() - began, 6),
                 skipped=names.index(name),
+                **threads,
+                **({"older_runs": older_runs} if self.fresh_run else {}),
             )
             return step
         self.prepare()
@@ -471,9 +579,10 @@ class Checkpointer:
             fresh=True,
             skipped=len(names),
             restore_s=round(time.monotonic() - began, 6),
+            **({"older_runs": older_runs} if self.fresh_run else {}),
         )
-        if names:
-            self._emit(ek.TRAIN_CHECKPOINT_NONE_VALID, tried=len(names))
+        if corrupt:
+            self._emit(ek.TRAIN_CHECKPOINT_NONE_VALID, tried=corrupt)
         return 0
 
     def _apply(self, name: str, tree: Mapping[str, Any]) -> None:
@@ -507,6 +616,49 @@ class Checkpointer:
                 staging_bytes=self._staging.nbytes if self._staging else 0,
                 cadence=self.cadence.statistics(),
             )
+
+
+def _thread_check(name: str, saved: Any) -> dict[str, Any]:
+    """The ``threads`` fields of a ``train.restored`` event; warn on a different count."""
+    now = torch.get_num_threads()
+    if not isinstance(saved, int):
+        return {}  # written before checkpoints recorded it
+    if saved != now:
+        warnings.warn(
+            f"{name} was written with {saved} intra-op threads and this process uses {now}: "
+            f"the resumed run will not be bit-exact; call torch.set_num_threads({saved}) "
+            "before training (docs/training.md)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return {"threads": now, "saved_threads": saved}
+    return {"threads": now}
+
+
+def _manifest_for(job: str, manifest: Manifest | str | Path | None, env: JobEnv) -> Manifest:
+    """The manifest ``from_env`` configures ``job`` from (see there)."""
+    if isinstance(manifest, Manifest):
+        return manifest
+    if manifest is not None:
+        return load(manifest)
+    if env.supervises(job):
+        if env.manifest is not None:
+            return load(env.manifest)
+        if env.state_dir is not None:
+            # a `--name` job run with no manifest: the default vault under the state dir
+            text = f"version: 1\nsystem: {json.dumps(job)}\n"
+            return loads(
+                text + f"state_dir: {json.dumps(str(env.state_dir))}\n",
+                filename="(no manifest)",
+                base_dir=env.state_dir.parent,
+            )
+    here = Path("bastion.yaml")
+    if here.is_file():
+        return load(here)
+    raise UsageError(
+        f"Checkpointer.from_env(): no manifest for job {job!r}: there is no ./bastion.yaml; "
+        "pass manifest='path/to/bastion.yaml', or run the script under `bastion train run`"
+    )
 
 
 def _load_tensors(data: bytes) -> dict[str, torch.Tensor]:

@@ -6,17 +6,25 @@ grace), the job's runtime directory ``<state_dir>/train/<job>/`` (heartbeat, sta
 log), the ``train.*`` lifecycle events, slot failover, and picking a run back up after the
 supervisor itself was killed.
 
+A job whose last run succeeded with the same command, environment and working directory
+is not run again (``JobResult.already_finished``): its worker would restore the final
+checkpoint, train nothing and store the model again. ``fresh=True`` starts a new run from
+step 0 (the worker restores only that run's checkpoints, ``BASTION_FRESH_RUN``).
+
 Must never: restart without a budget, restart a job that failed on its own
-configuration (exit 2: a restart fails the same way), or leave a child behind when
-asked to stop (SIGTERM, grace, SIGKILL).
+configuration (exit 2: a restart fails the same way), leave a child behind when asked
+to stop (SIGTERM, grace, SIGKILL), or signal a process it cannot show is its own worker
+(a dead worker's pid may belong to someone else by now).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -40,10 +48,28 @@ from bastion.supervise import (
     heartbeat_progress,
     pid_alive,
 )
+from bastion.train._env import ENV_FRESH_RUN, ENV_JOB, ENV_MANIFEST, ENV_RUN_ID, ENV_STATE_DIR
 from bastion.train._slots import LocalSlot, SlotPicker, WorkerSlot, slots_from_manifest
 from bastion.train._store import require_signing_key
 
-__all__ = ["PRELOAD", "JobResult", "JobStatistics", "JobSupervisor"]
+__all__ = ["PRELOAD", "JobResult", "JobStatistics", "JobSupervisor", "check_job_name"]
+
+# The manifest's rule for ids (bastion.manifest's ``Id``): an ad-hoc `--name` job gets
+# the same, so its events, state directory and checkpoint names look like a manifest job's.
+_JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def check_job_name(name: str, *, where: str = "job name") -> str:
+    """``name`` if it is a valid job id (as in the manifest); else a ``UsageError``
+    saying the rule and a name that would do."""
+    if _JOB_NAME.match(name):
+        return name
+    fixed = re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).lstrip("_.-")[:64] or "job"
+    raise UsageError(
+        f"{where} {name!r} is not a valid job id: use lower-case letters, digits, '.', '_' "
+        f"or '-', starting with a letter or digit, at most 64 (e.g. {fixed!r})"
+    )
+
 
 # What a warm standby imports before it is needed: torch, and torch._dynamo, which the
 # first optimizer imports lazily (about a second on 2 cores), plus Bastion's own side.
@@ -62,12 +88,20 @@ PRELOAD = (
 
 @dataclass(frozen=True)
 class JobResult:
+    """How one ``JobSupervisor.run()`` ended."""
+
     job: str
     run_id: str
     state: str
+    """``succeeded``, ``failed`` or ``stopped``."""
     restarts: int
     reason: str
     exit_code: int | None
+    """The worker's last exit code (None: killed by a signal, or nothing ran)."""
+    already_finished: bool = False
+    """Nothing ran: the job's last run (``run_id``) had succeeded with this command."""
+    stop_signal: int | None = None
+    """The signal (SIGINT, SIGTERM) that stopped supervision, for a ``stopped`` run."""
 
     @property
     def ok(self) -> bool:
@@ -113,7 +147,9 @@ class JobSupervisor:
         warm_standby: bool = True,
         startup_timeout_s: float | None = 120.0,
         preload: Sequence[str] = PRELOAD,
+        fresh: bool = False,
     ) -> None:
+        check_job_name(name)
         if not command:
             raise UsageError(f"job {name!r}: the command is empty; give the program to run")
         self.name = name
@@ -137,6 +173,9 @@ class JobSupervisor:
         self.warm_standby = warm_standby
         self.startup_timeout_s = startup_timeout_s
         self.preload = tuple(preload)
+        self.fresh = fresh
+        self._fresh_run: str | None = None
+        self._stop_signal: int | None = None
         self.dir = self.state_dir / "train" / name
         self.heartbeat_path = self.dir / "heartbeat"
         self.state_path = self.dir / "supervisor.json"
@@ -150,11 +189,11 @@ class JobSupervisor:
 
     @classmethod
     def from_manifest(
-        cls, manifest: Manifest, job: str, *, events: EventLog | None = None
+        cls, manifest: Manifest, job: str, *, events: EventLog | None = None, fresh: bool = False
     ) -> JobSupervisor:
         """The manifest's job. Its checkpoints go to the manifest's vault (or the default
         one, see ``bastion.train``), so ``run()`` refuses to start while that vault
-        cannot sign (``UsageError`` naming the fix, exit 2)."""
+        cannot sign (``UsageError`` naming the fix, exit 2). ``fresh``: see the module."""
         cfg = manifest.jobs.get(job)
         if cfg is None:
             known = ", ".join(sorted(manifest.jobs)) or "none"
@@ -179,6 +218,7 @@ class JobSupervisor:
             manifest_path=manifest.path,
             warm_standby=cfg.warm_standby,
             startup_timeout_s=cfg.startup_timeout_s,
+            fresh=fresh,
         )
         sup._manifest = manifest
         return sup
@@ -203,16 +243,46 @@ class JobSupervisor:
         except (OSError, ValueError):
             return {}
 
+    def _config_digest(self) -> str:
+        """What makes two runs the same job: command, environment, working directory (a
+        digest, so no environment value is written down)."""
+        blob = json.dumps(
+            [self.command, sorted(self.env.items()), str(self.workdir or "")], sort_keys=True
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def finished_run(self) -> str | None:
+        """The id of the job's last run if it succeeded with this command, environment
+        and working directory (``run()`` would then run nothing); None otherwise, and
+        always with ``fresh``."""
+        state = self._read_state()
+        run_id = state.get("run_id")
+        if self.fresh or state.get("status") != "succeeded" or not run_id:
+            return None
+        config = state.get("config")
+        if config is not None:
+            same = config == self._config_digest()
+        else:
+            same = state.get("command") == self.command  # a state file from before digests
+        return str(run_id) if same else None
+
     def _pick_up(self) -> int:
         """Continue a run whose supervisor died: same run id, its restarts counted, and
-        its orphaned child (if alive) stopped politely so it writes its checkpoint."""
+        its orphaned child (if it is still running) stopped politely so it writes its
+        checkpoint. With ``fresh``, the orphan is stopped all the same, and a new run
+        begins."""
         state = self._read_state()
         if state.get("status") != "running" or not state.get("run_id"):
-            self.run_id = uuid.uuid4().hex[:12]
-            self.resumed = False
+            self._new_run()
+            return 0
+        orphan = state.get("child_pid")
+        outcome = self._stop_orphan(state)
+        if self.fresh:
+            self._new_run()
             return 0
         self.resumed = True
         self.run_id = str(state["run_id"])
+        self._fresh_run = self.run_id if state.get("fresh") else None
         restarts = len(
             [
                 e
@@ -220,27 +290,68 @@ class JobSupervisor:
                 if e.data.get("run_id") == self.run_id
             ]
         )
-        orphan = state.get("child_pid")
-        adopted = False
-        if isinstance(orphan, int) and orphan > 0 and pid_alive(orphan):
-            adopted = True
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(orphan, signal.SIGTERM)
-                os.killpg(orphan, signal.SIGCONT)  # a stopped orphan cannot act on SIGTERM
-            end = time.monotonic() + self.grace_s
-            while pid_alive(orphan) and time.monotonic() < end:
-                time.sleep(0.02)  # polling an unrelated pid: nothing to wait on but time
-            if pid_alive(orphan):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(orphan, signal.SIGKILL)
         self._emit(
             ek.TRAIN_SUPERVISOR_RESUMED,
             restarts_so_far=restarts,
             orphan_pid=orphan,
-            orphan_stopped=adopted,
+            orphan_stopped=outcome in ("stopped", "killed"),
+            orphan=outcome,
             last_step=heartbeat_progress(self.heartbeat_path),
         )
         return restarts
+
+    def _new_run(self) -> None:
+        self.run_id = uuid.uuid4().hex[:12]
+        self.resumed = False
+        self._fresh_run = self.run_id if self.fresh else None
+
+    def _stop_orphan(self, state: Mapping[str, Any]) -> str | None:
+        """Stop the dead supervisor's worker if it still runs: SIGTERM (+SIGCONT, for a
+        stopped one), ``grace_s``, SIGKILL. Returns what was found: None (no worker was
+        recorded), ``exited`` (not running any more), ``not_ours`` (its pid is another
+        process's now: left alone), ``stopped`` (ended within the grace period) or
+        ``killed``."""
+        pid = state.get("child_pid")
+        if not isinstance(pid, int) or pid <= 0:
+            return None
+        if not pid_alive(pid):
+            return "exited"
+        if not self._is_our_worker(pid, state):
+            return "not_ours"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, signal.SIGCONT)  # a stopped orphan cannot act on SIGTERM
+        if self._wait_gone(pid, self.grace_s):
+            return "stopped"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        self._wait_gone(pid, 5.0)
+        return "killed"
+
+    def _is_our_worker(self, pid: int, state: Mapping[str, Any]) -> bool:
+        """Whether ``pid`` is still the worker the state file names, not a process that
+        got its number after it died: the same start time, or (a state file without one)
+        this job's run id in its environment."""
+        import psutil
+
+        try:
+            proc = psutil.Process(pid)
+            created = state.get("child_created")
+            if isinstance(created, int | float):
+                return abs(proc.create_time() - float(created)) < 0.05
+            env = proc.environ()
+        except psutil.Error:
+            return False
+        return env.get(ENV_JOB) == self.name and env.get(ENV_RUN_ID) == state.get("run_id")
+
+    @staticmethod
+    def _wait_gone(pid: int, seconds: float) -> bool:
+        end = time.monotonic() + seconds
+        while pid_alive(pid):
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.02)  # polling an unrelated pid: nothing to wait on but time
+        return True
 
     # -- the supervised process ----------------------------------------------------------
     def _spec(self, attempt: int) -> ProcessSpec:
@@ -253,12 +364,15 @@ class JobSupervisor:
         env = {
             **self.env,
             **slot.env(),
-            "BASTION_JOB": self.name,
-            "BASTION_RUN_ID": self.run_id,
-            "BASTION_STATE_DIR": str(self.state_dir),
+            ENV_JOB: self.name,
+            ENV_RUN_ID: self.run_id,
+            # absolute: the worker's working directory is the job's, not ours
+            ENV_STATE_DIR: str(self.state_dir.resolve()),
         }
         if self.manifest_path is not None:
-            env["BASTION_MANIFEST"] = str(self.manifest_path)
+            env[ENV_MANIFEST] = str(Path(self.manifest_path).resolve())
+        if self._fresh_run is not None:
+            env[ENV_FRESH_RUN] = self._fresh_run
         return ProcessSpec(
             argv=self.command,
             cwd=self.workdir,
@@ -272,7 +386,8 @@ class JobSupervisor:
         if self._slot is not None:
             data.setdefault("slot", self._slot.name)
         if kind == "started":
-            self._write_state(child_pid=data.get("pid"), slot=data.get("slot"))
+            pid = data.get("pid")
+            self._write_state(child_pid=pid, child_created=_created(pid), slot=data.get("slot"))
             self._emit(ek.TRAIN_STARTED, at_ns=at_ns, **data)
             if data.get("attempt", 1) > 1:
                 self._emit(ek.TRAIN_RESTARTED, at_ns=at_ns, **data)
@@ -291,8 +406,22 @@ class JobSupervisor:
 
     def run(self, *, handle_signals: bool = True) -> JobResult:
         """Supervise until the job ends; SIGTERM/SIGINT to the supervisor stop the job
-        politely (it writes an emergency checkpoint) and end supervision."""
+        politely (it writes an emergency checkpoint) and end supervision
+        (``JobResult.stop_signal``). A job that already finished is not run again
+        (``JobResult.already_finished``; see the module)."""
         self.check()
+        finished = self.finished_run()
+        if finished is not None:
+            return JobResult(
+                self.name,
+                finished,
+                "succeeded",
+                0,
+                f"already finished: run {finished} succeeded with this command; "
+                "fresh=True trains it again from step 0",
+                0,
+                already_finished=True,
+            )
         preloaded = self._pick_up()
         budget = RestartBudget(max_restarts=self.max_restarts)
         budget.preload(preloaded)
@@ -317,8 +446,11 @@ class JobSupervisor:
         self._write_state(
             run_id=self.run_id,
             status="running",
+            reason="",
             supervisor_pid=os.getpid(),
             command=self.command,
+            config=self._config_digest(),
+            fresh=self._fresh_run is not None,
         )
         if not self.resumed:
             self._emit(
@@ -327,6 +459,7 @@ class JobSupervisor:
                 slots=[s.describe() for s in self.picker.slots],
                 max_restarts=self.max_restarts,
                 heartbeat_timeout_s=self.heartbeat_timeout_s,
+                fresh=self._fresh_run is not None,
             )
         previous: dict[signal.Signals, Any] = {}
         if handle_signals:
@@ -344,10 +477,18 @@ class JobSupervisor:
         self._write_state(status=outcome.state, reason=outcome.reason)
         code = outcome.last_exit.code if outcome.last_exit else None
         return JobResult(
-            self.name, self.run_id, outcome.state, outcome.restarts, outcome.reason, code
+            self.name,
+            self.run_id,
+            outcome.state,
+            outcome.restarts,
+            outcome.reason,
+            code,
+            stop_signal=self._stop_signal if outcome.state == "stopped" else None,
         )
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self._stop_signal is None:
+            self._stop_signal = signum
         if self.supervisor is not None:
             self.supervisor.request_stop()
 
@@ -371,3 +512,15 @@ class JobSupervisor:
             slot_failures=dict(self.picker.failures),
             supervisor=self.supervisor.statistics() if self.supervisor else None,
         )
+
+
+def _created(pid: Any) -> float | None:
+    """A process's start time (to tell it from a later process with its pid)."""
+    if not isinstance(pid, int):
+        return None
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None

@@ -4,6 +4,11 @@ view over the event log and the job's state file.
 Owns: deriving those figures (``JobStatus``) and the recovery split of each restart
 (``Recovery``); every figure comes from an event, so a report can recompute it.
 
+Events of one restart come from two processes (the supervisor: exited, started; the
+worker: restored, first step), and a write can wait for the log's lock, so the log's
+order is not the order things happened in: sequences are read in ``at_ns`` order (the
+row's ``mono_ns``, one clock for every process on the machine).
+
 Must never: write anything.
 """
 
@@ -84,6 +89,11 @@ class Recovery:
     """Its first step after the resume finished."""
 
 
+def _in_time_order(events: list[Event]) -> list[Event]:
+    """When each happened (``mono_ns``), the log's order breaking ties (see the module)."""
+    return sorted(events, key=lambda e: (e.mono_ns, e.id))
+
+
 def _latest_run(events: list[Event]) -> str | None:
     for e in reversed(events):
         if e.kind in (ek.TRAIN_RUN_STARTED, ek.TRAIN_SUPERVISOR_RESUMED):
@@ -113,7 +123,7 @@ def job_status(state_dir: Path, events: EventLog, job: str) -> JobStatus:
     saved = [e for e in run if e.kind == ek.TRAIN_CHECKPOINT_SAVED]
     steps_lost = 0
     pending_exit: int | None = None
-    for e in run:
+    for e in _in_time_order(run):
         if (
             e.kind in (ek.TRAIN_EXITED, ek.TRAIN_SUPERVISOR_RESUMED)
             and e.data.get("last_step") is not None
@@ -157,7 +167,7 @@ def recovery_timeline(events: EventLog, job: str, *, after_id: int = 0) -> list[
     first step (each event's ``mono_ns``: one clock for every process on the machine)."""
     out: list[Recovery] = []
     current: dict[str, Any] | None = None
-    for e in events.query(subject=job, after_id=after_id):
+    for e in _in_time_order(events.query(subject=job, after_id=after_id)):
         if e.kind == ek.TRAIN_EXITED and e.data.get("code") != 0:
             current = {"exited_ns": e.mono_ns, "reason": e.data.get("reason")}
         elif current is not None and e.kind == ek.TRAIN_STARTED:
