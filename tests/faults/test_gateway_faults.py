@@ -19,38 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import openai
 import pytest
 
 from bastion.drill.faults.http import FaultyUpstream
 from bastion.manifest import GatewayPolicy
 from bastion.serve import Gateway, GatewayThread, UpstreamSpec, spawn_server, stop_server
+from tests.helpers import write_model
 
 PIXELS = ",".join(["8"] * 64)
-
-
-def write_model(directory: Path, seed: int) -> Path:
-    from safetensors.numpy import save
-
-    rng = np.random.default_rng(seed)
-    tensors = {
-        "0.weight": rng.normal(size=(64, 64)).astype(np.float32),
-        "0.bias": np.zeros(64, np.float32),
-        "2.weight": rng.normal(size=(10, 64)).astype(np.float32),
-        "2.bias": np.zeros(10, np.float32),
-    }
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "model.safetensors").write_bytes(save(tensors))
-    meta = {
-        "arch": "mlp",
-        "layers": [64, 64, 10],
-        "activation": "relu",
-        "input_scale": 1 / 16,
-        "labels": list(range(10)),
-    }
-    (directory / "model.json").write_text(json.dumps(meta))
-    return directory
 
 
 @pytest.fixture
@@ -189,8 +166,8 @@ def test_sigkill_one_of_three_replicas_no_request_fails(
         load.wait_for(300)
         stats = thread.run(gw.statistics)
     assert load.failed == [], load.failed[:5]
-    dead = stats["pool"]["upstreams"][victim_i]
-    assert dead["breaker"]["state"] != "closed"
+    dead = stats.pool.upstreams[victim_i]
+    assert dead.breaker.state != "closed"
 
 
 def test_sigstop_one_replica_keeps_p99_bounded(
@@ -329,7 +306,7 @@ def test_burst_is_shed_with_429_and_bounded_memory_then_recovers(seed: int) -> N
             assert set(codes) <= {200, 429, 503}, set(codes)
             assert codes.count(200) >= 8
             assert codes.count(429) + codes.count(503) > 0
-            assert stats["admission"]["peak"] <= 32
+            assert stats.admission.peak <= 32
             # Recovered: once the burst ends, requests pass again.
             after = asyncio.run(burst(4))
             assert after == [200] * 4

@@ -11,11 +11,11 @@ from bastion.events import EventLog
 from bastion.manifest import load
 from bastion.serve import Autoscaler, EventSink, Gateway, GatewayThread, ReplicaSet
 from tests.faults.test_gateway_faults import Load
-from tests.faults.test_serve_selfheal import _commit_model
+from tests.helpers import commit_model
 
 
 def test_load_scales_replicas_up_and_the_new_one_serves(example_copy: Path, seed: int) -> None:
-    _commit_model(example_copy, seed)
+    commit_model(example_copy, seed)
     manifest = load(example_copy / "bastion.yaml")
     service = manifest.services["digits"]
     local = next(b for b in service.backends if b.model is not None)

@@ -22,10 +22,8 @@ MODEL = "model/digits@latest"
 
 def _ensure_model(ctx: DemoContext) -> str:
     """The trained model if the train scene stored one; else a small random one (said so)."""
-    import numpy as np
-    from safetensors.numpy import save
-
     from bastion.errors import BastionError
+    from bastion.serve.replica import random_model
     from bastion.vault import Vault
 
     vault = Vault.from_manifest(ctx.manifest())
@@ -33,24 +31,7 @@ def _ensure_model(ctx: DemoContext) -> str:
         vault.snapshot(MODEL)
         return "the trained digits model from the vault"
     except BastionError:
-        rng = np.random.default_rng(0)
-        tensors = {
-            "0.weight": rng.normal(size=(64, 64)).astype(np.float32),
-            "0.bias": np.zeros(64, np.float32),
-            "2.weight": rng.normal(size=(10, 64)).astype(np.float32),
-            "2.bias": np.zeros(10, np.float32),
-        }
-        meta = {
-            "arch": "mlp",
-            "layers": [64, 64, 10],
-            "activation": "relu",
-            "input_scale": 1 / 16,
-            "labels": list(range(10)),
-        }
-        vault.commit(
-            "model/digits",
-            files={"model.safetensors": save(tensors), "model.json": json.dumps(meta).encode()},
-        )
+        vault.commit("model/digits", files=random_model(0))
         return "an untrained stand-in model (no trained one was in the vault)"
 
 
@@ -161,8 +142,8 @@ def run(ctx: DemoContext) -> Scene:
     scene.findings.append(
         f"{victim} was ejected on its first failed connection; the last request routed "
         f"to it left {last_routed_ms:.0f} ms after the kill signal; "
-        f"{stats['requeues']} in-flight requests moved to the other replica (requeues), "
-        f"{stats['retry_budget']['retries']} budgeted retries/hedges"
+        f"{stats.attempts.requeues} in-flight requests moved to the other replica (requeues), "
+        f"{stats.retry_budget.retries} budgeted retries/hedges"
     )
     if rejoined_s is not None:
         scene.findings.append(

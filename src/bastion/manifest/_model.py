@@ -284,11 +284,29 @@ class Backend(_Strict):
         return 0 if self.tier == "primary" else 1
 
 
+_HEDGE = re.compile(r"off|p(50|90|95|99)|(\d+(?:\.\d+)?)ms")
+
+
+def _hedge_rule(value: str) -> tuple[float | None, float | None]:
+    """The hedge grammar, parsed in this one place: ``off`` -> (None, None), ``p95`` ->
+    (0.95, None) (hedge after the 95th percentile of recent latencies), ``50ms`` -> (None,
+    0.05) (hedge after a fixed delay)."""
+    match = _HEDGE.fullmatch(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a hedge policy (use off, p95, p99 or e.g. 50ms)")
+    if match.group(1) is not None:
+        return int(match.group(1)) / 100.0, None
+    if match.group(2) is not None:
+        return None, float(match.group(2)) / 1000.0
+    return None, None
+
+
 class GatewayPolicy(_Strict):
     timeout_ms: float = Field(default=1000, gt=0)
     ttft_timeout_ms: float | None = Field(default=None, gt=0)
     stall_timeout_ms: float | None = Field(default=None, gt=0)
     retry_budget: float = Field(default=0.2, ge=0, le=1)
+    max_attempts: int = Field(default=3, ge=1, le=10)
     hedge: str = "off"
     max_queue: int = Field(default=256, ge=0)
     queue_timeout_ms: float = Field(default=500, ge=0)
@@ -297,13 +315,13 @@ class GatewayPolicy(_Strict):
     @field_validator("hedge")
     @classmethod
     def _hedge(cls, value: str) -> str:
-        if (
-            value == "off"
-            or re.fullmatch(r"p(50|90|95|99)", value)
-            or re.fullmatch(r"\d+(\.\d+)?ms", value)
-        ):
-            return value
-        raise ValueError(f"{value!r} is not a hedge policy (use off, p95, p99 or e.g. 50ms)")
+        _hedge_rule(value)
+        return value
+
+    @property
+    def hedge_rule(self) -> tuple[float | None, float | None]:
+        """``hedge`` as (latency quantile, fixed delay in seconds); at most one is set."""
+        return _hedge_rule(self.hedge)
 
 
 class Service(_Strict):
