@@ -9,8 +9,9 @@ import signal
 import time
 from pathlib import Path
 
+from bastion.events import EventWriter
 from bastion.manifest import load
-from bastion.serve import EventSink, Gateway, GatewayThread, ReplicaSet
+from bastion.serve import Gateway, GatewayThread, ReplicaSet
 from tests.faults.test_gateway_faults import Load
 from tests.helpers import commit_model
 
@@ -29,7 +30,7 @@ def test_killed_replica_is_restarted_and_rejoins_after_probe(
     manifest = load(example_copy / "bastion.yaml")
     service = manifest.services["digits"]
     local = next(b for b in service.backends if b.model is not None)
-    sink = EventSink(manifest.state_dir)
+    sink = EventWriter.in_state_dir(manifest.state_dir)
     gw = Gateway("digits", service.policy, events=sink, probe_interval_s=0.2)
     rs = ReplicaSet(
         gw, local, manifest_path=example_copy / "bastion.yaml", log_dir=manifest.state_dir / "serve"

@@ -18,9 +18,9 @@ import pytest
 from aiohttp import web
 
 from bastion.drill.faults.http import FaultyUpstream
-from bastion.events import EventLog
+from bastion.events import EventLog, EventWriter
 from bastion.manifest import GatewayPolicy
-from bastion.serve import EventSink, Gateway, GatewayThread, UpstreamSpec
+from bastion.serve import Gateway, GatewayThread, UpstreamSpec
 from tests.helpers import served
 
 
@@ -60,7 +60,7 @@ def test_deadline_and_model_name_reach_the_backend_auth_does_not(
     recorder: tuple[str, list[dict[str, str]]], tmp_path: Path
 ) -> None:
     url, seen = recorder
-    sink = EventSink(tmp_path)
+    sink = EventWriter.in_state_dir(tmp_path)
     gw = Gateway("svc", GatewayPolicy(timeout_ms=2000), events=sink)
     gw.add_upstream(
         UpstreamSpec(
@@ -137,7 +137,7 @@ def test_retry_budget_bounds_load_during_a_total_outage(seed: int) -> None:
 
 
 def test_every_backend_out_queues_briefly_then_503_with_retry_after(tmp_path: Path) -> None:
-    sink = EventSink(tmp_path)
+    sink = EventWriter.in_state_dir(tmp_path)
     gw = Gateway(
         "svc",
         GatewayPolicy(timeout_ms=2000, queue_timeout_ms=100),

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 import bastion.serve as serve
+from bastion.events import Relay
 from bastion.manifest import GatewayPolicy
 from bastion.resilience import ManualClock, RetryBudget
 from bastion.serve import Admission, Autoscaler, QueueFull
@@ -47,7 +48,6 @@ def test_public_api_is_pinned() -> None:
             "AttemptStatistics",
             "Autoscaler",
             "AutoscalerStatistics",
-            "EventSink",
             "Gateway",
             "GatewayDown",
             "GatewayStatistics",
@@ -225,7 +225,9 @@ def test_begin_finish_settles_an_attempt_with_a_manual_clock() -> None:
 def test_pool_finish_ejects_holds_and_restores_with_events() -> None:
     clock = ManualClock()
     events: list[tuple[str, dict[str, object]]] = []
-    pool = Pool("svc", clock=clock, emit=lambda kind, subject, **data: events.append((kind, data)))
+    pool = Pool(
+        "svc", clock=clock, events=Relay(lambda kind, _s, _at, data: events.append((kind, data)))
+    )
     for i in range(2):
         pool.add(Upstream(UpstreamSpec(name=f"b{i}", url="http://x"), BackendMetrics(), clock))
     a, b = pool.upstreams["b0"], pool.upstreams["b1"]

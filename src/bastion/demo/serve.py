@@ -39,14 +39,15 @@ def run(ctx: DemoContext) -> Scene:
     import aiohttp
 
     from bastion.demo import Scene
-    from bastion.serve import EventSink, Gateway, GatewayThread, ReplicaSet
+    from bastion.events import EventWriter
+    from bastion.serve import Gateway, GatewayThread, ReplicaSet
 
     scene = Scene(TITLE)
     manifest = ctx.manifest()
     service_name, service = next(iter(manifest.services.items()))
     local = next(b for b in service.backends if b.model is not None)
     which = _ensure_model(ctx)
-    sink = EventSink(manifest.state_dir, segment=service.segment or "")
+    sink = EventWriter.in_state_dir(manifest.state_dir, segment=service.segment or "")
     gw = Gateway(service_name, service.policy, events=sink, probe_interval_s=0.2)
     replicas = ReplicaSet(
         gw,

@@ -9,6 +9,9 @@ failover, admission and shedding, Prometheus metrics), the backend pool (``Pool`
 Each ``statistics()`` returns a frozen record (``GatewayStatistics`` ...), turned into
 JSON or ``/metrics`` only at the edges.
 
+Events go to any ``bastion.events.Emit``; give the gateway an ``EventWriter``, whose
+thread keeps SQLite off the event loop.
+
 Must never: write the event log on the per-request path; spawn processes except through
 ``bastion.supervise``; load model bytes the vault did not verify.
 """
@@ -16,7 +19,6 @@ Must never: write the event log on the per-request path; spawn processes except 
 from __future__ import annotations
 
 from bastion.serve._attempts import AttemptStatistics
-from bastion.serve._events import EventSink
 from bastion.serve.admission import PRIORITIES, Admission, AdmissionStatistics, QueueFull
 from bastion.serve.gateway import (
     BACKEND_HEADER,
@@ -52,7 +54,6 @@ __all__ = [
     "AttemptStatistics",
     "Autoscaler",
     "AutoscalerStatistics",
-    "EventSink",
     "Gateway",
     "GatewayDown",
     "GatewayStatistics",

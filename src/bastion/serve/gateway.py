@@ -28,7 +28,8 @@ Deadlines: ``x-bastion-deadline-ms`` from the client (or the policy's ``timeout_
 whichever is shorter) bounds the whole request, a stream to its last byte; each attempt
 gets what is left and passes it on to the backend in the same header.
 
-Must never: write the event log per request (rare state changes go to the event writer);
+Must never: write the event log per request (rare state changes are events, through an
+``Emit`` that does not block, such as ``bastion.events.EventWriter``);
 re-encode a body that needs no model-name translation; answer 500 for a client's bad
 input; forward the client's ``Authorization`` to a vendor.
 """
@@ -46,6 +47,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bastion import event_kinds as ek
+from bastion.events import NO_EVENTS, Emit
 from bastion.manifest import GatewayPolicy
 from bastion.resilience import (
     Clock,
@@ -57,7 +60,6 @@ from bastion.resilience import (
 )
 from bastion.serve import shapes
 from bastion.serve._attempts import AttemptRules, Attempts, AttemptStatistics
-from bastion.serve._events import EventSink
 from bastion.serve._outcome import (
     ABANDONED,
     CANCELLED,
@@ -153,8 +155,10 @@ def _retry_after(value: str | None) -> float | None:
 class Gateway:
     """One service's gateway. ``await start()``, then ``await close()``.
 
-    ``clock`` (monotonic seconds) times deadlines, attempts and every policy the gateway
-    drives (breakers, limits, the retry budget); tests may pass a ``ManualClock``.
+    ``events`` records its rare state changes (use a ``bastion.events.EventWriter``: the
+    event loop must never wait on SQLite), in ``segment``. ``clock`` (monotonic seconds)
+    times deadlines, attempts and every policy the gateway drives (breakers, limits, the
+    retry budget); tests may pass a ``ManualClock``.
     """
 
     def __init__(
@@ -163,7 +167,7 @@ class Gateway:
         policy: GatewayPolicy,
         *,
         segment: str = "",
-        events: EventSink | None = None,
+        events: Emit = NO_EVENTS,
         host: str = "127.0.0.1",
         port: int = 0,
         probe_interval_s: float = 1.0,
@@ -176,10 +180,15 @@ class Gateway:
         self.host = host
         self.port = port
         self._clock = clock
-        self.events = events or EventSink(None, segment=segment)
+        self.events = events
+        self.segment = segment or None
         self.metrics = GatewayMetrics(service)
         self.pool = Pool(
-            service, max_ejected=policy.max_ejected, emit=self.events.emit, clock=clock
+            service,
+            max_ejected=policy.max_ejected,
+            events=events,
+            segment=self.segment,
+            clock=clock,
         )
         self.budget = RetryBudget(ratio=policy.retry_budget, clock=clock)
         self.attempts = AttemptRules(
@@ -244,9 +253,8 @@ class Gateway:
         )
         self._runner, self.port = await serve_app(self.app, self.host, self.port, backlog=1024)
         self._tasks.append(asyncio.create_task(self._probe_loop()))
-        self.events.emit(
-            "serve.started",
-            self.service,
+        self.record(
+            ek.SERVE_STARTED,
             listen=f"{self.host}:{self.port}",
             backends=[u.name for u in self.pool.upstreams.values()],
         )
@@ -265,11 +273,15 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        self.events.emit("serve.stopped", self.service, **asdict(self.budget.statistics()))
+        self.record(ek.SERVE_STOPPED, **asdict(self.budget.statistics()))
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def record(self, kind: str, *, at_ns: int | None = None, **data: Any) -> None:
+        """Record a (rare) event about this service, in its segment."""
+        self.events.emit(kind, self.service, segment=self.segment, at_ns=at_ns, **data)
 
     # -- small routes -------------------------------------------------------------------
     async def _models(self, request: web.Request) -> web.Response:
@@ -372,7 +384,7 @@ class Gateway:
         group = up.spec.group or up.name
         if group not in self._used_groups:
             self._used_groups.add(group)
-            self.events.emit("dep.used", self.service, target=group, url=up.spec.url, via="backend")
+            self.record(ek.DEP_USED, target=group, url=up.spec.url, via="backend")
 
     # -- settling an attempt -----------------------------------------------------------------
     def _finish(
@@ -622,15 +634,12 @@ class Gateway:
         self._episode_shed += 1
         if self._episode_start is None:
             self._episode_start = now
-            self.events.emit(
-                "serve.overload.started", self.service, reason=reason, queue=self.admission.waiting
-            )
+            self.record(ek.SERVE_OVERLOAD_STARTED, reason=reason, queue=self.admission.waiting)
 
     def _check_overload_over(self) -> None:
         if self._episode_start is not None and self._clock() - self._last_shed > 1.0:
-            self.events.emit(
-                "serve.overload.ended",
-                self.service,
+            self.record(
+                ek.SERVE_OVERLOAD_ENDED,
                 shed=self._episode_shed,
                 duration_s=round(self._last_shed - self._episode_start, 3),
                 queue_peak=self.admission.peak,

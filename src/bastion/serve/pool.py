@@ -18,7 +18,7 @@ Rejoining: after a hard failure (refused, timed out, failed probe) an upstream i
 reset); after soft failures (5xx, malformed) it rejoins through a half_open trial, since
 a health probe cannot see a bad inference answer.
 
-Must never: do I/O or await; emit per-request events (only state changes go to the sink).
+Must never: do I/O or await; emit per-request events (only state changes are events).
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from bastion import event_kinds as ek
+from bastion.events import NO_EVENTS, Emit
 from bastion.resilience import (
     AdaptiveLimit,
     AdaptiveLimitStatistics,
@@ -242,9 +244,6 @@ class PoolStatistics:
     ejection_cap: EjectionCapStatistics
 
 
-Emit = Callable[..., None]
-
-
 class Pool:
     """Tiers of upstreams with P2C routing and capped outlier ejection."""
 
@@ -253,7 +252,8 @@ class Pool:
         service: str,
         *,
         max_ejected: float = 0.5,
-        emit: Emit | None = None,
+        events: Emit = NO_EVENTS,
+        segment: str | None = None,
         clock: Clock = monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -262,9 +262,13 @@ class Pool:
         self.cap = EjectionCap(max_fraction=max_ejected)
         self.upstreams: dict[str, Upstream] = {}
         self.tiers: list[list[Upstream]] = []
-        self._emit = emit or (lambda *a, **k: None)
+        self._events = events
+        self._segment = segment
         self._rng = rng or random.Random()
         self.on_recover: Callable[[], None] = lambda: None
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        self._events.emit(kind, self.service, segment=self._segment, **data)
 
     # -- membership ---------------------------------------------------------------------
     def add(self, upstream: Upstream) -> None:
@@ -361,8 +365,7 @@ class Pool:
             up.ejected_at = self.clock()
             up.metrics.ejections.inc()
             self._emit(
-                "serve.backend.ejected",
-                self.service,
+                ek.SERVE_BACKEND_EJECTED,
                 backend=up.name,
                 reason=reason,
                 open_s=round(seconds, 3),
@@ -378,7 +381,7 @@ class Pool:
         up.down_reason = reason
         up.ejected_at = self.clock()
         up.metrics.ejections.inc()
-        self._emit("serve.backend.ejected", self.service, backend=up.name, reason=reason, hard=True)
+        self._emit(ek.SERVE_BACKEND_EJECTED, backend=up.name, reason=reason, hard=True)
 
     def _trip(self, up: Upstream, reason: str, *, hard: bool) -> None:
         open_s = up.breaker.trip()
@@ -391,8 +394,7 @@ class Pool:
         up.down_reason = reason
         up.ejected_at = self.clock()
         self._emit(
-            "serve.backend.ejected",
-            self.service,
+            ek.SERVE_BACKEND_EJECTED,
             backend=up.name,
             reason=reason,
             open_s=round(open_s, 3),
@@ -405,8 +407,7 @@ class Pool:
         out_s = self.clock() - up.ejected_at if up.ejected_at else 0.0
         up.down_reason = ""
         self._emit(
-            "serve.backend.restored",
-            self.service,
+            ek.SERVE_BACKEND_RESTORED,
             backend=up.name,
             via=via,
             out_s=round(out_s, 3),

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bastion import event_kinds as ek
 from bastion.events import Relay
 from bastion.manifest import Backend
 from bastion.resilience import Clock, monotonic
@@ -36,6 +37,8 @@ from bastion.supervise import (
 )
 
 __all__ = ["Autoscaler", "AutoscalerStatistics", "ReplicaSet", "ReplicaSetStatistics"]
+
+_REPLICA = "serve.replica."
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,9 +188,10 @@ class ReplicaSet:
 
     def _on_event(self, name: str, kind: str, at_ns: int | None, data: dict[str, Any]) -> None:
         """From a supervisor thread: hop onto the gateway's loop before touching the pool."""
-        self.gateway.events.emit(
-            f"serve.replica.{kind}",
-            self.gateway.service,
+        # The supervisor's kinds are the suffixes of bastion.event_kinds.CHILD; a replica's
+        # are those under serve.replica.
+        self.gateway.record(
+            _REPLICA + kind,
             at_ns=at_ns,
             replica=name,
             **{k: v for k, v in data.items() if k != "argv"},
@@ -225,9 +229,8 @@ class ReplicaSet:
             want = self.autoscaler.decide(len(self.replicas), concurrency)
             while len(self.replicas) < want:
                 self._spawn()
-                self.gateway.events.emit(
-                    "serve.scaled",
-                    self.gateway.service,
+                self.gateway.record(
+                    ek.SERVE_SCALED,
                     backend=self.backend.name,
                     replicas=len(self.replicas),
                 )
@@ -236,9 +239,8 @@ class ReplicaSet:
                 sup = self.replicas.pop(name)
                 self.gateway.remove_upstream(name)
                 await asyncio.to_thread(sup.stop, timeout=5)
-                self.gateway.events.emit(
-                    "serve.scaled",
-                    self.gateway.service,
+                self.gateway.record(
+                    ek.SERVE_SCALED,
                     backend=self.backend.name,
                     replicas=len(self.replicas),
                 )

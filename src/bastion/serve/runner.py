@@ -156,14 +156,14 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
 
 async def run_services(manifest: Manifest, names: Sequence[str], *, stop: asyncio.Event) -> None:
     """Run the named services' gateways (with their local replica sets) until ``stop``."""
-    from bastion.serve._events import EventSink
+    from bastion.events import EventWriter
     from bastion.serve.replicas import ReplicaSet
 
     if manifest.path is None:
         raise UsageError("bastion serve needs a manifest loaded from a file")
     gateways: list[Gateway] = []
     sets: list[ReplicaSet] = []
-    sink = EventSink(manifest.state_dir)
+    sink = EventWriter.in_state_dir(manifest.state_dir)
     try:
         for name in names:
             service = manifest.services.get(name)
