@@ -110,12 +110,6 @@ class AdaptiveLimit:
             return True
         return False
 
-    def acquire(self) -> None:
-        """Count one request in flight without asking: the caller already checked that
-        there is room (the gateway routes only to a backend under its limit, in the same
-        event-loop turn)."""
-        self.inflight += 1
-
     def release(self, rtt_s: float | None, *, dropped: bool = False) -> None:
         """One request finished: its latency, or ``dropped`` for a timeout/refusal."""
         inflight = self.inflight

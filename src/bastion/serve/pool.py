@@ -166,7 +166,7 @@ class Upstream:
         if breaker.state != "closed":
             breaker.allow()  # claim the one half_open trial, so no second one goes out
         self.outstanding += 1
-        self.limit.acquire()
+        self.limit.inflight += 1  # routable() saw room in this same loop turn
         self.metrics.requests.inc()
         self.last_sent = now
         return now
