@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import openai
@@ -65,16 +66,19 @@ class Load:
     """Steady load from a plain HTTP loop (aiohttp, in its own thread) and the openai
     client (in another), counting every failed request and every latency."""
 
-    def __init__(self, url: str, *, http_concurrency: int = 4) -> None:
+    def __init__(
+        self, url: str, *, http_concurrency: int = 4, openai_clients: int = 1, stream: bool = False
+    ) -> None:
         self.url = url
         self.concurrency = http_concurrency
+        self.stream = stream
         self.ok = 0
         self.failed: list[str] = []
         self.latencies: list[float] = []
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=lambda: asyncio.run(self._http()), daemon=True),
-            threading.Thread(target=self._openai, daemon=True),
+            *(threading.Thread(target=self._openai, daemon=True) for _ in range(openai_clients)),
         ]
 
     async def _http(self) -> None:
@@ -105,15 +109,26 @@ class Load:
 
     def _openai(self) -> None:
         client = openai.OpenAI(base_url=self.url + "/v1", api_key="x", max_retries=0, timeout=10)
+        messages: Any = [{"role": "user", "content": PIXELS}]
         while not self._stop.is_set():
+            t0 = time.perf_counter()
             try:
-                reply = client.chat.completions.create(
-                    model="digits", messages=[{"role": "user", "content": PIXELS}]
-                )
-                assert reply.choices[0].message.content is not None
-                self.ok += 1
+                if self.stream:
+                    chunks = client.chat.completions.create(
+                        model="digits", messages=messages, stream=True
+                    )
+                    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                else:
+                    reply = client.chat.completions.create(model="digits", messages=messages)
+                    text = reply.choices[0].message.content or ""
             except openai.OpenAIError as exc:
                 self.failed.append(f"openai {exc!r}")
+                continue
+            if not text:
+                self.failed.append("openai: an empty answer")
+                continue
+            self.latencies.append(time.perf_counter() - t0)
+            self.ok += 1
 
     def wait_for(self, n: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -310,3 +325,39 @@ def test_burst_is_shed_with_429_and_bounded_memory_then_recovers(seed: int) -> N
             # Recovered: once the burst ends, requests pass again.
             after = asyncio.run(burst(4))
             assert after == [200] * 4
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_hang_and_kill_pairs_under_load_fail_no_request(
+    tmp_path: Path, seed: int, rng: random.Random, stream: bool
+) -> None:
+    """Compound faults: in each round, one of three replicas is SIGSTOPped and another
+    SIGKILLed at the same moment (the pair, their order and the gap between them drawn
+    from the seed), under steady load from the real ``openai`` client with max_retries=0.
+    A refused attempt or hedge must re-route at once rather than leave the request waiting
+    on the hung replica; no request may fail."""
+    model = write_model(tmp_path / "model", seed)
+    argv = ["-m", "bastion.serve.replica", "model/digits@test", "--dir", str(model)]
+    failed: list[str] = []
+    served = 0
+    for _ in range(3):
+        procs = [spawn_server(argv) for _ in range(3)]
+        try:
+            gw = make_gateway([p for _, p in procs], GatewayPolicy(timeout_ms=3000, hedge="p95"))
+            with (
+                GatewayThread(gw) as thread,
+                Load(thread.url, http_concurrency=4, openai_clients=3, stream=stream) as load,
+            ):
+                load.wait_for(300)  # warm: the hedge timer has its samples
+                hung, killed = rng.sample(range(3), 2)
+                first, second = rng.sample([(hung, signal.SIGSTOP), (killed, signal.SIGKILL)], 2)
+                os.kill(procs[first[0]][0].pid, first[1])
+                time.sleep(rng.uniform(0.0, 0.05))
+                os.kill(procs[second[0]][0].pid, second[1])
+                load.wait_for(600)
+            failed += load.failed
+            served += load.ok
+        finally:
+            for proc, _ in procs:
+                stop_server(proc)
+    assert failed == [], f"{len(failed)} of {served + len(failed)} failed: {failed[:5]}"

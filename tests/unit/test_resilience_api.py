@@ -9,6 +9,8 @@ def test_public_api_is_pinned() -> None:
     assert sorted(resilience.__all__) == [
         "AdaptiveLimit",
         "AdaptiveLimitStatistics",
+        "AdaptiveTimeout",
+        "AdaptiveTimeoutStatistics",
         "BreakerState",
         "CircuitBreaker",
         "CircuitBreakerStatistics",

@@ -409,3 +409,173 @@ def test_the_gateway_runs_on_an_injected_clock() -> None:
     assert stats.attempts.max_attempts == 2
     assert stats.retry_budget.requests == 1
     assert stats.pool.upstreams[0].needs_probe
+
+
+# -- hedged attempts: re-routing at once --------------------------------------------------
+
+
+def _race_rules(n: int = 3) -> tuple[AttemptRules, ManualClock]:
+    rules, clock = _rules(n, max_attempts=3)
+    rules.budget.balance = 5.0
+    return rules, clock
+
+
+def test_a_refused_hedge_is_re_routed_at_once_not_left_on_the_hung_attempt() -> None:
+    from bastion.serve._race import hedged
+
+    async def go() -> None:
+        rules, clock = _race_rules()
+        attempts = rules.start(clock() + 10, hedge=True)
+        first = next(attempts)
+        assert first is not None
+        calls: list[Upstream] = []
+        cancelled: list[Upstream] = []
+
+        async def run(up: Upstream) -> str:
+            calls.append(up)
+            if len(calls) == 1:  # the inline attempt: a hung replica
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    cancelled.append(up)
+                    raise
+            if len(calls) == 2:  # the hedge: a replica killed a moment ago
+                raise Failure(CONNECTION, "connection: ClientConnectorError")
+            return up.name
+
+        assert await hedged(first, attempts, run, 0.0) == calls[2].name
+        assert len(set(calls)) == 3
+        assert cancelled == [first]  # the hung attempt was let go, not waited out
+        assert rules.statistics().hedges == 1
+        assert rules.statistics().requeues == 1  # the refusal cost no budget token
+
+    asyncio.run(go())
+
+
+def test_an_inline_attempt_that_fails_while_its_hedge_hangs_is_re_routed_at_once() -> None:
+    from bastion.serve._race import hedged
+
+    async def go() -> None:
+        rules, clock = _race_rules()
+        attempts = rules.start(clock() + 10, hedge=True)
+        first = next(attempts)
+        assert first is not None
+        hedge_out = asyncio.Event()
+        calls: list[Upstream] = []
+
+        async def run(up: Upstream) -> str:
+            calls.append(up)
+            if len(calls) == 1:  # inline: reset once the hedge is out (killed mid-request)
+                await hedge_out.wait()
+                raise Failure(CONNECTION, "connection: ServerDisconnectedError")
+            if len(calls) == 2:  # the hedge: a hung replica
+                hedge_out.set()
+                await asyncio.Event().wait()
+            return up.name
+
+        assert await hedged(first, attempts, run, 0.0) == calls[2].name
+        assert attempts.tried == tuple(calls)
+
+    asyncio.run(go())
+
+
+def test_every_hedged_attempt_failing_raises_the_last_failure() -> None:
+    from bastion.serve._race import hedged
+
+    async def go() -> None:
+        rules, clock = _race_rules(2)
+        attempts = rules.start(clock() + 10, hedge=True)
+        first = next(attempts)
+        assert first is not None
+        hedge_out = asyncio.Event()
+
+        async def run(up: Upstream) -> str:
+            if up is first:
+                await hedge_out.wait()
+                raise Failure(STATUS, "status 503")
+            hedge_out.set()
+            raise Failure(STATUS, "status 502")
+
+        with pytest.raises(Failure) as caught:
+            await hedged(first, attempts, run, 0.0)
+        assert caught.value.reason in ("status 502", "status 503")
+        assert len(attempts.tried) == 2  # no third backend to go to
+
+    asyncio.run(go())
+
+
+def test_a_success_that_lost_the_race_is_discarded_not_leaked() -> None:
+    from bastion.serve._race import hedged
+
+    async def go() -> None:
+        rules, clock = _race_rules(2)
+        attempts = rules.start(clock() + 10, hedge=True)
+        first = next(attempts)
+        assert first is not None
+        hedge_out = asyncio.Event()
+        discarded: list[str] = []
+
+        async def run(up: Upstream) -> str:
+            if up is first:
+                await hedge_out.wait()  # both answer in the same loop turn
+                return up.name
+            hedge_out.set()
+            return up.name
+
+        won = await hedged(first, attempts, run, 0.0, discarded.append)
+        await asyncio.sleep(0)  # let the losing task's done callback run
+        assert sorted([won, *discarded]) == sorted(u.name for u in attempts.tried)
+        assert len(discarded) == 1
+
+    asyncio.run(go())
+
+
+def test_adaptive_ttft_timeout_follows_observed_ttft_within_its_cap() -> None:
+    from bastion.resilience import AdaptiveTimeout
+
+    timeout = AdaptiveTimeout(cap_s=0.75, quantile=0.99, factor=4.0, floor_s=0.25, refresh=10)
+    assert timeout.timeout() == 0.75  # cold: the cap, a quarter of a 3 s deadline
+    for i in range(100):
+        timeout.observe(0.300 + i * 0.0001)
+    assert timeout.timeout() == 0.75  # 4 x p99 (~1.2 s) would pass the cap
+    fast = AdaptiveTimeout(cap_s=0.75, refresh=10)
+    for _ in range(100):
+        fast.observe(0.002)
+    assert fast.timeout() == 0.25  # 4 x 2 ms is noise: the floor
+    mid = AdaptiveTimeout(cap_s=2.0, floor_s=0.1, refresh=10)
+    for _ in range(100):
+        mid.observe(0.1)
+    assert mid.timeout() == pytest.approx(0.4)
+    assert mid.statistics().observed_s == pytest.approx(0.1)
+
+
+def test_a_hedge_with_nowhere_to_go_looks_again_later_instead_of_giving_up() -> None:
+    from bastion.serve._race import Race
+
+    async def go() -> None:
+        rules, clock = _race_rules(2)
+        attempts = rules.start(clock() + 10, hedge=True)
+        first = next(attempts)
+        assert first is not None
+        other = next(u for u in rules.pool.upstreams.values() if u is not first)
+        other.limit.limit = 0  # busy: the hedge cannot go now
+
+        async def run(up: Upstream) -> str:
+            return up.name
+
+        race = Race(attempts, run, 0.004)
+        armed = race.timer.when()
+        race.fire()  # what the timer does
+        assert race.tasks is None
+        assert attempts.hedges_left == 1  # not spent
+        assert race.timer.when() > armed  # looks again, twice the delay later
+        other.limit.limit = 8
+        race.fire()
+        assert race.tasks is not None
+        assert len(race.tasks) == 1
+        assert attempts.tried == (first, other)
+        race.timer.cancel()
+        race.drop()
+        await asyncio.gather(*race.tasks, return_exceptions=True)
+
+    asyncio.run(go())

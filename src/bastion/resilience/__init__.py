@@ -1,8 +1,9 @@
 """Resilience policies: pure, synchronous, clock-injected state machines.
 
 Owns: circuit breaker (``CircuitBreaker``), retry budget (``RetryBudget``), adaptive
-concurrency limit (``AdaptiveLimit``), hedge timer (``HedgeTimer``), time-based EWMA
-(``Ewma``) and the outlier ejection cap (``EjectionCap``). Each exposes ``statistics()``,
+concurrency limit (``AdaptiveLimit``), hedge timer (``HedgeTimer``), a timeout from
+observed latency (``AdaptiveTimeout``), time-based EWMA (``Ewma``) and the outlier
+ejection cap (``EjectionCap``). Each exposes ``statistics()``,
 a frozen record with documented fields (``CircuitBreakerStatistics`` ...), as trio's
 ``LockStatistics``; JSON and ``/metrics`` are made from them at the edges.
 
@@ -19,10 +20,13 @@ from bastion.resilience.ewma import Ewma, EwmaStatistics
 from bastion.resilience.hedge import HedgeTimer, HedgeTimerStatistics
 from bastion.resilience.limiter import AdaptiveLimit, AdaptiveLimitStatistics
 from bastion.resilience.outlier import EjectionCap, EjectionCapStatistics
+from bastion.resilience.timeout import AdaptiveTimeout, AdaptiveTimeoutStatistics
 
 __all__ = [
     "AdaptiveLimit",
     "AdaptiveLimitStatistics",
+    "AdaptiveTimeout",
+    "AdaptiveTimeoutStatistics",
     "BreakerState",
     "CircuitBreaker",
     "CircuitBreakerStatistics",

@@ -154,6 +154,16 @@ class Attempts:
     def expired(self) -> bool:
         return self._rules.clock() >= self.deadline
 
+    @property
+    def may_hedge(self) -> bool:
+        """Could a hedge still go out (one is left, under the cap, before the deadline)?"""
+        rules = self._rules
+        return (
+            self.hedges_left > 0
+            and len(self.tried) < rules.max_attempts
+            and rules.clock() < self.deadline
+        )
+
     def hedge(self) -> Upstream | None:
         """The upstream for a hedge, sent now alongside the attempt in flight, or None
         (no hedge left, the attempt cap reached, no other backend has room, or no budget

@@ -4,34 +4,46 @@ Owns: the HTTP routes (OpenAI-compatible ``/v1/chat/completions`` with SSE strea
 ``/v1/completions``, ``/v1/embeddings``, ``/v1/models``; the generic JSON
 ``/v1/predict``; ``/metrics``, ``/healthz``, ``/bastion/status``), and the per-request
 path: admission, running the attempts (``_attempts``: count, retry budget, deadline, tried
-backends) for whole answers and streams alike, hedging, deadlines, stream failover.
+backends) for whole answers and streams alike, hedging (``_race``), deadlines, stream
+failover.
 
 What is retried, and why that is safe: every proxied route is an inference call with no
 side effect on the backend (a prediction, a completion, an embedding), so sending it
 again cannot double-apply anything. A non-streaming answer is buffered whole before the
 client sees a byte, so any failed attempt (refused, timeout, 5xx, 429, malformed JSON)
 may be retried on a *different* backend, at most ``max_attempts`` attempts (the policy's;
-3 by default), while the request's deadline has time left and, unless the failure was a
-refused or reset connection (a "requeue": the backend is gone, not overloaded), while the
-retry budget has a token. 4xx answers other than 429 are the client's fault and are
-passed through, never retried. What each way an attempt can end means is decided in one
-place, ``_outcome``. A stream is retried only before its first byte reaches the client
-(refused, error status, no first chunk within the TTFT timeout). Once bytes have been
-sent, a cut or stalled stream cannot be resumed: the OpenAI protocol has no offset to
-continue from, and a second backend would generate different tokens. The gateway then
-ends the stream with an SSE ``error`` event on its own lines (which the ``openai`` client
-raises as ``APIError``), never with a silent truncation. It forwards whole lines only,
-so that event never lands on a partial line. Streams are not hedged (two live
-generations would both bill).
+3 by default, hedges included), while the request's deadline has time left and, unless
+the failure was a refused or reset connection (a "requeue": the backend is gone, not
+overloaded), while the retry budget has a token. 4xx answers other than 429 are the
+client's fault and are passed through, never retried. What each way an attempt can end
+means is decided in one place, ``_outcome``.
+
+Hedging: an attempt still unanswered after the hedge delay (``p95`` of recent latencies,
+or a fixed delay) gets a hedge on another backend, paid from the retry budget; the first
+success wins and the rest are cancelled. An attempt or hedge that fails while another is
+out is re-routed at once, beside it, so a hedge refused by a replica killed a moment ago
+does not leave the request waiting on a hung one.
+
+Streams are retried and hedged only before their first byte reaches the client
+(refused, error status, no first bytes within the TTFT timeout; the hedge delay follows
+the time to first byte). A hedged stream's loser is closed as soon as the winner's first
+bytes arrive, so at most its prompt is spent. The TTFT timeout, unless the policy sets
+``ttft_timeout_ms``, is four times the p99 of observed times to first byte, at least
+250 ms and at most a quarter of ``timeout_ms`` (``resilience.AdaptiveTimeout``). Once
+bytes have been sent, a cut or stalled stream cannot be resumed: the OpenAI protocol has
+no offset to continue from, and a second backend would generate different tokens. The
+gateway then ends the stream with an SSE ``error`` event on its own lines (which the
+``openai`` client raises as ``APIError``), never with a silent truncation. It forwards
+whole lines only, so that event never lands on a partial line.
 
 Deadlines: ``x-bastion-deadline-ms`` from the client (or the policy's ``timeout_ms``,
 whichever is shorter) bounds the whole request, a stream to its last byte; each attempt
 gets what is left and passes it on to the backend in the same header.
 
 Must never: write the event log per request (rare state changes are events, through an
-``Emit`` that does not block, such as ``bastion.events.EventWriter``);
-re-encode a body that needs no model-name translation; answer 500 for a client's bad
-input; forward the client's ``Authorization`` to a vendor.
+``Emit`` that does not block, such as ``bastion.events.EventWriter``); re-encode a body
+that needs no model-name translation; answer 500 for a client's bad input; forward the
+client's ``Authorization`` to a vendor.
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -51,6 +63,8 @@ from bastion import event_kinds as ek
 from bastion.events import NO_EVENTS, Emit
 from bastion.manifest import GatewayPolicy
 from bastion.resilience import (
+    AdaptiveTimeout,
+    AdaptiveTimeoutStatistics,
     Clock,
     HedgeTimer,
     HedgeTimerStatistics,
@@ -80,6 +94,7 @@ from bastion.serve._outcome import (
     classify_error,
     classify_status,
 )
+from bastion.serve._race import hedged
 from bastion.serve.admission import PRIORITIES, Admission, AdmissionStatistics, QueueFull
 from bastion.serve.metrics import BackendMetrics, GatewayMetrics
 from bastion.serve.pool import Pool, PoolStatistics, Upstream, UpstreamSpec, UpstreamStatistics
@@ -95,6 +110,9 @@ _POST_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v
 _DONE = b"data: [DONE]"
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 _MAX_LINE = 1024 * 1024  # a partial line held back longer than this is forwarded anyway
+TTFT_SHARE = 0.25
+"""The most of ``timeout_ms`` a stream waits for its first byte, unless the policy's
+``ttft_timeout_ms`` says otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +125,10 @@ class GatewayStatistics:
         pool: its backends.
         retry_budget: the retry budget's account.
         attempts: how requests used their attempts (retries, requeues, hedges).
-        hedge: the hedge timer.
+        hedge: the hedge timer of whole answers (on their latency).
+        ttft_hedge: the hedge timer of streams (on their time to first byte).
+        ttft_timeout_s: how long a stream waits for its first byte now.
+        ttft: the adaptive TTFT timeout, or None when the policy fixes it.
         admission: the admission queue.
     """
 
@@ -117,14 +138,23 @@ class GatewayStatistics:
     retry_budget: RetryBudgetStatistics
     attempts: AttemptStatistics
     hedge: HedgeTimerStatistics
+    ttft_hedge: HedgeTimerStatistics
+    ttft_timeout_s: float
+    ttft: AdaptiveTimeoutStatistics | None
     admission: AdmissionStatistics
 
 
 @dataclass(slots=True)
-class _Race:
-    hedge: asyncio.Task[_Answer] | None = None
-    winner: _Answer | None = None
-    done: bool = False
+class _Opened:
+    """A stream attempt that got its first bytes (``resp`` set), or a client error to pass
+    on (``resp`` None, ``first`` the whole body)."""
+
+    up: Upstream
+    resp: aiohttp.ClientResponse | None
+    status: int
+    first: bytes
+    content_type: str
+    start: float
 
 
 @dataclass(slots=True)
@@ -196,11 +226,19 @@ class Gateway:
         )
         quantile, fixed = policy.hedge_rule
         self.hedge = HedgeTimer(quantile=quantile, fixed_s=fixed)
+        # A stream is hedged on its time to first byte, by the same rule.
+        self.ttft_hedge = HedgeTimer(quantile=quantile, fixed_s=fixed)
         self._hedging = self.hedge.enabled
         self.admission = Admission(policy.max_queue)
         self.pool.on_recover = self.admission.wake_all
         self.timeout_s = policy.timeout_ms / 1000.0
-        self.ttft_s = (policy.ttft_timeout_ms or policy.timeout_ms) / 1000.0
+        # Unless the policy fixes it, the TTFT timeout follows the observed time to first
+        # byte (resilience.AdaptiveTimeout), capped at a small share of the deadline: a
+        # hung backend then costs that share, and the stream moves on well in time.
+        self.ttft_fixed_s = (
+            policy.ttft_timeout_ms / 1000.0 if policy.ttft_timeout_ms is not None else None
+        )
+        self.ttft = AdaptiveTimeout(cap_s=TTFT_SHARE * self.timeout_s)
         self.stall_s = (policy.stall_timeout_ms or policy.timeout_ms) / 1000.0
         self.queue_timeout_s = policy.queue_timeout_ms / 1000.0
         self.probe_interval_s = probe_interval_s
@@ -305,6 +343,9 @@ class Gateway:
             retry_budget=self.budget.statistics(),
             attempts=self.attempts.statistics(),
             hedge=self.hedge.statistics(),
+            ttft_hedge=self.ttft_hedge.statistics(),
+            ttft_timeout_s=self._ttft_timeout(),
+            ttft=self.ttft.statistics() if self.ttft_fixed_s is None else None,
             admission=self.admission.statistics(),
         )
 
@@ -480,93 +521,18 @@ class Gateway:
                 if shed is not None:
                     return shed
                 continue
-            data = self._body_for(up, body, obj)
             delay = self.hedge.delay() if attempts.hedges_left else None
             try:
                 if delay is None or delay >= attempts.remaining():
-                    return await self._attempt(up, path, data, deadline)
-                return await self._hedged(
-                    up, attempts, path=path, data=data, body=body, obj=obj, delay=delay
-                )
+                    return await self._attempt(up, path, self._body_for(up, body, obj), deadline)
+
+                def run(other: Upstream) -> Coroutine[Any, Any, _Answer]:
+                    return self._attempt(other, path, self._body_for(other, body, obj), deadline)
+
+                return await hedged(up, attempts, run, delay)
             except Failure as failure:
                 attempts.failed(failure)
         return self._give_up(attempts)
-
-    async def _hedged(
-        self,
-        up: Upstream,
-        attempts: Attempts,
-        *,
-        path: str,
-        data: bytes,
-        body: bytes,
-        obj: dict[str, Any],
-        delay: float,
-    ) -> _Answer:
-        """Run the attempt on ``up`` inline; if it has not answered after ``delay``, send a
-        hedge to another backend. The first success wins and the loser is cancelled.
-
-        Why inline plus a timer, not two tasks and ``asyncio.wait``: most requests never
-        hedge, and for them a timer costs a heap push, while a task and a wait cost two
-        extra event-loop turns each. When the hedge wins first, this handler is cancelled
-        out of its own await and ``uncancel()``-ed, which is how asyncio lets a task
-        recover from a cancellation it asked for."""
-        loop = asyncio.get_running_loop()
-        me = asyncio.current_task()
-        assert me is not None
-        race = _Race()
-        deadline = attempts.deadline
-
-        def fire() -> None:
-            if race.done:
-                return
-            other = attempts.hedge()
-            if other is None:
-                return
-            task = loop.create_task(
-                self._attempt(other, path, self._body_for(other, body, obj), deadline)
-            )
-            race.hedge = task
-
-            def on_done(t: asyncio.Task[_Answer]) -> None:
-                if race.done or t.cancelled() or t.exception() is not None:
-                    return
-                race.done = True
-                race.winner = t.result()
-                me.cancel()
-
-            task.add_done_callback(on_done)
-
-        timer = loop.call_later(delay, fire)
-        try:
-            answer = await self._attempt(up, path, data, deadline)
-        except asyncio.CancelledError:
-            timer.cancel()
-            if race.winner is not None:
-                me.uncancel()
-                return race.winner
-            if race.hedge is not None:
-                race.hedge.cancel()
-            raise
-        except Failure:
-            timer.cancel()
-            hedge = race.hedge
-            if hedge is None:
-                raise
-            # From here we read the hedge ourselves, so its callback must not cancel us.
-            # (Done callbacks run a loop turn after completion: a hedge that succeeded in
-            # this same turn has not cancelled us yet, and now will not.)
-            race.done = True
-            if not hedge.done():
-                return await hedge
-            if hedge.cancelled() or hedge.exception() is not None:
-                raise
-            return hedge.result()
-        race.done = True
-        timer.cancel()
-        if race.hedge is not None:
-            race.hedge.cancel()
-        return answer
 
     def _give_up(self, attempts: Attempts) -> web.Response:
         names = ", ".join(u.name for u in attempts.tried) or "none"
@@ -656,60 +622,96 @@ class Gateway:
         priority: int,
         deadline: float,
     ) -> web.StreamResponse:
-        """Fail over before the first byte; after it, end a cut/stalled stream with an
-        SSE error event (see the module docstring for why it cannot resume)."""
+        """Fail over, and hedge, before the first byte; after it, end a cut/stalled stream
+        with an SSE error event (see the module docstring for why it cannot resume)."""
         path = request.path
-        session = self._session
-        assert session is not None
-        attempts = self.attempts.start(deadline)
+        attempts = self.attempts.start(deadline, hedge=self._hedging)
         for up in attempts:
             if up is None:
                 shed = await self._wait_capacity(priority, attempts.remaining())
                 if shed is not None:
                     return shed
                 continue
-            if not up.used:
-                self._first_use(up)
-            start = up.begin()
-            resp: aiohttp.ClientResponse | None = None
+            delay = self.ttft_hedge.delay() if attempts.hedges_left else None
             try:
-                async with asyncio.timeout(min(self.ttft_s, attempts.remaining())):
-                    resp = await session.post(
-                        up.spec.url + path,
-                        data=self._body_for(up, body, obj),
-                        headers=self._headers_for(up, deadline),
-                        timeout=aiohttp.ClientTimeout(total=None),
-                    )
-                    status = resp.status
-                    first = await (resp.read() if status != 200 else resp.content.readany())
-            except BaseException as exc:
-                if resp is not None:
-                    resp.release()
-                failure = self._error_failure(up, exc, "first_byte", start)
-                if failure.outcome is CANCELLED or failure.outcome is ABANDONED:
-                    raise
+                if delay is None or delay >= attempts.remaining():
+                    opened = await self._open(up, path, body, obj, deadline)
+                else:
+
+                    def run(other: Upstream) -> Coroutine[Any, Any, _Opened]:
+                        return self._open(other, path, body, obj, deadline)
+
+                    opened = await hedged(up, attempts, run, delay, self._close_opened)
+            except Failure as failure:
                 attempts.failed(failure)
                 continue
+            resp = opened.resp
+            if resp is None:  # the client's own error: pass it on
+                self._responses["4xx"].inc()
+                return web.Response(
+                    status=opened.status, body=opened.first, content_type=opened.content_type
+                )
             try:
-                if status != 200:
-                    outcome = classify_status(status)
-                    if outcome.retry == "answer":  # the client's own error: pass it on
-                        self._finish(up, outcome, start)
-                        self._responses["4xx"].inc()
-                        return web.Response(
-                            status=status, body=first, content_type=resp.content_type
-                        )
-                    retry_after = resp.headers.get("Retry-After")
-                    attempts.failed(self._status_failure(up, outcome, status, retry_after, start))
-                    continue
-                if not first:
-                    self._finish(up, EMPTY, start, reason=EMPTY.kind)
-                    attempts.failed(Failure(EMPTY, EMPTY.kind))
-                    continue
-                return await self._relay(request, up, resp, first, start=start, deadline=deadline)
+                return await self._relay(
+                    request, opened.up, resp, opened.first, start=opened.start, deadline=deadline
+                )
             finally:
                 resp.release()
         return self._give_up(attempts)
+
+    def _ttft_timeout(self) -> float:
+        return self.ttft.timeout() if self.ttft_fixed_s is None else self.ttft_fixed_s
+
+    async def _open(
+        self, up: Upstream, path: str, body: bytes, obj: dict[str, Any], deadline: float
+    ) -> _Opened:
+        """One stream attempt up to its first bytes (or a client error to pass on); raises
+        Failure. A stream that opens is settled by ``_relay``, or by ``_close_opened`` when
+        it lost a hedge race."""
+        if not up.used:
+            self._first_use(up)
+        session = self._session
+        assert session is not None
+        start = up.begin()
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(min(self._ttft_timeout(), deadline - start)):
+                resp = await session.post(
+                    up.spec.url + path,
+                    data=self._body_for(up, body, obj),
+                    headers=self._headers_for(up, deadline),
+                    timeout=aiohttp.ClientTimeout(total=None),
+                )
+                status = resp.status
+                first = await (resp.read() if status != 200 else resp.content.readany())
+        except BaseException as exc:
+            if resp is not None:
+                resp.release()
+            failure = self._error_failure(up, exc, "first_byte", start)
+            if failure.outcome is CANCELLED or failure.outcome is ABANDONED:
+                raise
+            raise failure from None
+        if status == 200 and first:
+            ttft = self._clock() - start
+            self.ttft.observe(ttft)
+            self.ttft_hedge.observe(ttft)
+            return _Opened(up, resp, status, first, resp.content_type, start)
+        resp.release()
+        if status == 200:
+            self._finish(up, EMPTY, start, reason=EMPTY.kind)
+            raise Failure(EMPTY, EMPTY.kind)
+        outcome = classify_status(status)
+        if outcome.retry != "answer":
+            raise self._status_failure(up, outcome, status, resp.headers.get("Retry-After"), start)
+        self._finish(up, outcome, start)
+        return _Opened(up, None, status, first, resp.content_type, start)
+
+    def _close_opened(self, opened: _Opened) -> None:
+        """A stream that opened but lost the hedge race: close it before any byte of it
+        reaches the client (the backend sees the disconnect and stops generating)."""
+        if opened.resp is not None:
+            opened.resp.release()
+            self._finish(opened.up, CANCELLED, opened.start)
 
     async def _relay(
         self,
