@@ -12,7 +12,7 @@ from bastion.events import Relay
 from bastion.manifest import GatewayPolicy
 from bastion.resilience import ManualClock, RetryBudget
 from bastion.serve import Admission, Autoscaler, QueueFull
-from bastion.serve._attempts import AttemptRules
+from bastion.serve._attempts import AttemptRules, Attempts
 from bastion.serve._outcome import (
     CANCELLED,
     CLIENT_ERROR,
@@ -414,20 +414,22 @@ def test_the_gateway_runs_on_an_injected_clock() -> None:
 # -- hedged attempts: re-routing at once --------------------------------------------------
 
 
-def _race_rules(n: int = 3) -> tuple[AttemptRules, ManualClock]:
+def _hedged_request(n: int = 3) -> tuple[AttemptRules, Attempts, Upstream]:
+    """A request that may hedge, over ``n`` backends, with budget to spare, and its first
+    backend."""
     rules, clock = _rules(n, max_attempts=3)
     rules.budget.balance = 5.0
-    return rules, clock
+    attempts = rules.start(clock() + 10, hedge=True)
+    first = next(attempts)
+    assert first is not None
+    return rules, attempts, first
 
 
 def test_a_refused_hedge_is_re_routed_at_once_not_left_on_the_hung_attempt() -> None:
     from bastion.serve._race import hedged
 
     async def go() -> None:
-        rules, clock = _race_rules()
-        attempts = rules.start(clock() + 10, hedge=True)
-        first = next(attempts)
-        assert first is not None
+        rules, attempts, first = _hedged_request()
         calls: list[Upstream] = []
         cancelled: list[Upstream] = []
 
@@ -456,10 +458,7 @@ def test_an_inline_attempt_that_fails_while_its_hedge_hangs_is_re_routed_at_once
     from bastion.serve._race import hedged
 
     async def go() -> None:
-        rules, clock = _race_rules()
-        attempts = rules.start(clock() + 10, hedge=True)
-        first = next(attempts)
-        assert first is not None
+        _, attempts, first = _hedged_request()
         hedge_out = asyncio.Event()
         calls: list[Upstream] = []
 
@@ -483,10 +482,7 @@ def test_every_hedged_attempt_failing_raises_the_last_failure() -> None:
     from bastion.serve._race import hedged
 
     async def go() -> None:
-        rules, clock = _race_rules(2)
-        attempts = rules.start(clock() + 10, hedge=True)
-        first = next(attempts)
-        assert first is not None
+        _, attempts, first = _hedged_request(2)
         hedge_out = asyncio.Event()
 
         async def run(up: Upstream) -> str:
@@ -508,10 +504,7 @@ def test_a_success_that_lost_the_race_is_discarded_not_leaked() -> None:
     from bastion.serve._race import hedged
 
     async def go() -> None:
-        rules, clock = _race_rules(2)
-        attempts = rules.start(clock() + 10, hedge=True)
-        first = next(attempts)
-        assert first is not None
+        _, attempts, first = _hedged_request(2)
         hedge_out = asyncio.Event()
         discarded: list[str] = []
 
@@ -553,10 +546,7 @@ def test_a_hedge_with_nowhere_to_go_looks_again_later_instead_of_giving_up() -> 
     from bastion.serve._race import Race
 
     async def go() -> None:
-        rules, clock = _race_rules(2)
-        attempts = rules.start(clock() + 10, hedge=True)
-        first = next(attempts)
-        assert first is not None
+        rules, attempts, first = _hedged_request(2)
         other = next(u for u in rules.pool.upstreams.values() if u is not first)
         other.limit.limit = 0  # busy: the hedge cannot go now
 

@@ -52,9 +52,9 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -110,6 +110,8 @@ _POST_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v
 _DONE = b"data: [DONE]"
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 _MAX_LINE = 1024 * 1024  # a partial line held back longer than this is forwarded anyway
+T = TypeVar("T")
+
 TTFT_SHARE = 0.25
 """The most of ``timeout_ms`` a stream waits for its first byte, unless the policy's
 ``ttft_timeout_ms`` says otherwise."""
@@ -395,7 +397,13 @@ class Gateway:
         deadline = self._clock() + timeout_s
         if obj.get("stream") is True:
             return await self._stream(request, body, obj, priority, deadline)
-        answer = await self._unary(request.path, body, obj, priority, deadline)
+        path = request.path
+
+        def run(up: Upstream) -> Coroutine[Any, Any, _Answer]:
+            return self._attempt(up, path, self._body_for(up, body, obj), deadline)
+
+        attempts = self.attempts.start(deadline, hedge=self._hedging)
+        answer = await self._run(attempts, priority, run, self.hedge)
         if isinstance(answer, web.Response):
             return answer
         code = answer.status
@@ -511,25 +519,29 @@ class Gateway:
             self._finish(up, outcome, start)  # the client's own error: the backend is fine
         return _Answer(status, data, ctype or _JSON, up.name)
 
-    async def _unary(
-        self, path: str, body: bytes, obj: dict[str, Any], priority: int, deadline: float
-    ) -> _Answer | web.Response:
-        attempts = self.attempts.start(deadline, hedge=self._hedging)
+    async def _run(
+        self,
+        attempts: Attempts,
+        priority: int,
+        run: Callable[[Upstream], Coroutine[Any, Any, T]],
+        hedge: HedgeTimer,
+        discard: Callable[[T], None] | None = None,
+    ) -> T | web.Response:
+        """The attempts of one request, whole answer or stream alike: ``run`` one on each
+        backend ``attempts`` hands out, hedged after ``hedge``'s delay, queueing while no
+        backend has room, until one succeeds or the attempts end (then the client gets
+        why)."""
         for up in attempts:
             if up is None:
                 shed = await self._wait_capacity(priority, attempts.remaining())
                 if shed is not None:
                     return shed
                 continue
-            delay = self.hedge.delay() if attempts.hedges_left else None
+            delay = hedge.delay() if attempts.hedges_left else None
             try:
                 if delay is None or delay >= attempts.remaining():
-                    return await self._attempt(up, path, self._body_for(up, body, obj), deadline)
-
-                def run(other: Upstream) -> Coroutine[Any, Any, _Answer]:
-                    return self._attempt(other, path, self._body_for(other, body, obj), deadline)
-
-                return await hedged(up, attempts, run, delay)
+                    return await run(up)
+                return await hedged(up, attempts, run, delay, discard)
             except Failure as failure:
                 attempts.failed(failure)
         return self._give_up(attempts)
@@ -625,39 +637,26 @@ class Gateway:
         """Fail over, and hedge, before the first byte; after it, end a cut/stalled stream
         with an SSE error event (see the module docstring for why it cannot resume)."""
         path = request.path
+
+        def run(up: Upstream) -> Coroutine[Any, Any, _Opened]:
+            return self._open(up, path, body, obj, deadline)
+
         attempts = self.attempts.start(deadline, hedge=self._hedging)
-        for up in attempts:
-            if up is None:
-                shed = await self._wait_capacity(priority, attempts.remaining())
-                if shed is not None:
-                    return shed
-                continue
-            delay = self.ttft_hedge.delay() if attempts.hedges_left else None
-            try:
-                if delay is None or delay >= attempts.remaining():
-                    opened = await self._open(up, path, body, obj, deadline)
-                else:
-
-                    def run(other: Upstream) -> Coroutine[Any, Any, _Opened]:
-                        return self._open(other, path, body, obj, deadline)
-
-                    opened = await hedged(up, attempts, run, delay, self._close_opened)
-            except Failure as failure:
-                attempts.failed(failure)
-                continue
-            resp = opened.resp
-            if resp is None:  # the client's own error: pass it on
-                self._responses["4xx"].inc()
-                return web.Response(
-                    status=opened.status, body=opened.first, content_type=opened.content_type
-                )
-            try:
-                return await self._relay(
-                    request, opened.up, resp, opened.first, start=opened.start, deadline=deadline
-                )
-            finally:
-                resp.release()
-        return self._give_up(attempts)
+        opened = await self._run(attempts, priority, run, self.ttft_hedge, self._close_opened)
+        if isinstance(opened, web.Response):
+            return opened
+        resp = opened.resp
+        if resp is None:  # the client's own error: pass it on
+            self._responses["4xx"].inc()
+            return web.Response(
+                status=opened.status, body=opened.first, content_type=opened.content_type
+            )
+        try:
+            return await self._relay(
+                request, opened.up, resp, opened.first, start=opened.start, deadline=deadline
+            )
+        finally:
+            resp.release()
 
     def _ttft_timeout(self) -> float:
         return self.ttft.timeout() if self.ttft_fixed_s is None else self.ttft_fixed_s
