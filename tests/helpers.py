@@ -1,14 +1,23 @@
 """Helpers the tests share (outside the production API, as trio keeps ``trio.testing``).
 
 - ``run_bastion``: the real CLI in a child process, as a user runs it.
+- ``write_model`` / ``commit_model``: an untrained digits MLP (``bastion.serve.replica``'s
+  layout) in a directory, or committed to an example's vault as ``model/digits``.
+- ``served``: an aiohttp app on a real 127.0.0.1 port, in its own event-loop thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from aiohttp import web
+
+from bastion.aio import LoopThread, serve_app
+from bastion.serve.replica import random_model
 
 BASTION = [sys.executable, "-m", "bastion"]
 
@@ -31,3 +40,41 @@ def run_bastion(
         env=dict(env) if env is not None else None,
         input=input,
     )
+
+
+def write_model(directory: Path, seed: int) -> Path:
+    """Write an untrained model with weights from ``seed`` into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in random_model(seed).items():
+        (directory / name).write_bytes(data)
+    return directory
+
+
+def commit_model(example: Path, seed: int) -> None:
+    """Commit an untrained model as ``model/digits`` to the vault of the example copy at
+    ``example`` (making its keys and replica directories first)."""
+    from bastion.manifest import load
+    from bastion.starter import write_key
+    from bastion.vault import Vault
+
+    manifest = load(example / "bastion.yaml")
+    assert manifest.vault is not None
+    for key in (manifest.vault.key, manifest.vault.admin_key):
+        assert key is not None
+        write_key(key)
+    for replica in manifest.vault.replicas:
+        Path(replica).mkdir(parents=True, exist_ok=True)
+    Vault.from_manifest(manifest).commit("model/digits", files=random_model(seed))
+
+
+@contextlib.contextmanager
+def served(app: web.Application) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 (any free port) while the block runs; yields its URL."""
+    thread = LoopThread("test-server")
+    started = thread.start(serve_app(app))
+    assert started is not None
+    runner, port = started
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        thread.stop(runner.cleanup())

@@ -1,23 +1,67 @@
-"""An asyncio event loop in a daemon thread, for async servers driven from sync code.
+"""Asyncio plumbing shared by every server Bastion runs: a loop in a daemon thread, and
+starting an aiohttp app on a port.
 
-Owns: starting the loop, running coroutines on it from other threads, and stopping it
-after an optional clean-up coroutine. The gateway's ``GatewayThread``, the fault
-library's HTTP upstream, TCP fault proxy and Toxiproxy API all run their servers this way.
+Owns: ``LoopThread`` (starting the loop, running coroutines on it from other threads, and
+stopping it after an optional clean-up coroutine: the gateway's ``GatewayThread``, the
+fault library's HTTP upstream, TCP fault proxy and Toxiproxy API all run their servers
+this way); ``serve_app`` (start an aiohttp app on host:port, 0 meaning any free port, and
+learn the port it got); ``serve_forever`` (the same, then print ``PORT <n>``, the line
+``bastion.serve.spawn_server`` waits for, and serve until killed).
 
-Must never: leave a loop running after ``stop()``, or swallow an error raised while
-starting (``call`` re-raises it in the caller's thread).
+Must never: leave a loop running after ``stop()``; swallow an error raised while starting
+(``call`` re-raises it in the caller's thread); log every request (access logs are off).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["LoopThread"]
+if TYPE_CHECKING:
+    from aiohttp import web
+
+__all__ = ["LoopThread", "serve_app", "serve_forever"]
 
 T = TypeVar("T")
+
+
+async def serve_app(
+    app: web.Application,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    backlog: int = 128,
+    shutdown_timeout: float = 60.0,
+) -> tuple[web.AppRunner, int]:
+    """Start ``app`` on ``host:port`` and return its runner (``await runner.cleanup()``
+    stops it) and the port it is bound to, which is the one the OS chose when ``port`` is 0."""
+    from aiohttp import web
+
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, backlog=backlog).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    # AppRunner.addresses lists each bound socket's (host, port, ...).
+    return runner, int(runner.addresses[0][1])
+
+
+async def serve_forever(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> None:
+    """Serve ``app`` until the process is killed, after printing ``PORT <n>`` on stdout."""
+    runner, bound = await serve_app(app, host, port, backlog=1024)
+    sys.stdout.write(f"PORT {bound}\n")
+    sys.stdout.flush()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
 
 
 class LoopThread:

@@ -17,40 +17,18 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
-import numpy as np
 import openai
 import pytest
 
 from bastion.drill.faults.http import FaultyUpstream
 from bastion.manifest import GatewayPolicy
 from bastion.serve import Gateway, GatewayThread, UpstreamSpec, spawn_server, stop_server
+from tests.helpers import write_model
 
 PIXELS = ",".join(["8"] * 64)
-
-
-def write_model(directory: Path, seed: int) -> Path:
-    from safetensors.numpy import save
-
-    rng = np.random.default_rng(seed)
-    tensors = {
-        "0.weight": rng.normal(size=(64, 64)).astype(np.float32),
-        "0.bias": np.zeros(64, np.float32),
-        "2.weight": rng.normal(size=(10, 64)).astype(np.float32),
-        "2.bias": np.zeros(10, np.float32),
-    }
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "model.safetensors").write_bytes(save(tensors))
-    meta = {
-        "arch": "mlp",
-        "layers": [64, 64, 10],
-        "activation": "relu",
-        "input_scale": 1 / 16,
-        "labels": list(range(10)),
-    }
-    (directory / "model.json").write_text(json.dumps(meta))
-    return directory
 
 
 @pytest.fixture
@@ -88,16 +66,19 @@ class Load:
     """Steady load from a plain HTTP loop (aiohttp, in its own thread) and the openai
     client (in another), counting every failed request and every latency."""
 
-    def __init__(self, url: str, *, http_concurrency: int = 4) -> None:
+    def __init__(
+        self, url: str, *, http_concurrency: int = 4, openai_clients: int = 1, stream: bool = False
+    ) -> None:
         self.url = url
         self.concurrency = http_concurrency
+        self.stream = stream
         self.ok = 0
         self.failed: list[str] = []
         self.latencies: list[float] = []
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=lambda: asyncio.run(self._http()), daemon=True),
-            threading.Thread(target=self._openai, daemon=True),
+            *(threading.Thread(target=self._openai, daemon=True) for _ in range(openai_clients)),
         ]
 
     async def _http(self) -> None:
@@ -128,15 +109,26 @@ class Load:
 
     def _openai(self) -> None:
         client = openai.OpenAI(base_url=self.url + "/v1", api_key="x", max_retries=0, timeout=10)
+        messages: Any = [{"role": "user", "content": PIXELS}]
         while not self._stop.is_set():
+            t0 = time.perf_counter()
             try:
-                reply = client.chat.completions.create(
-                    model="digits", messages=[{"role": "user", "content": PIXELS}]
-                )
-                assert reply.choices[0].message.content is not None
-                self.ok += 1
+                if self.stream:
+                    chunks = client.chat.completions.create(
+                        model="digits", messages=messages, stream=True
+                    )
+                    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                else:
+                    reply = client.chat.completions.create(model="digits", messages=messages)
+                    text = reply.choices[0].message.content or ""
             except openai.OpenAIError as exc:
                 self.failed.append(f"openai {exc!r}")
+                continue
+            if not text:
+                self.failed.append("openai: an empty answer")
+                continue
+            self.latencies.append(time.perf_counter() - t0)
+            self.ok += 1
 
     def wait_for(self, n: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -189,8 +181,8 @@ def test_sigkill_one_of_three_replicas_no_request_fails(
         load.wait_for(300)
         stats = thread.run(gw.statistics)
     assert load.failed == [], load.failed[:5]
-    dead = stats["pool"]["upstreams"][victim_i]
-    assert dead["breaker"]["state"] != "closed"
+    dead = stats.pool.upstreams[victim_i]
+    assert dead.breaker.state != "closed"
 
 
 def test_sigstop_one_replica_keeps_p99_bounded(
@@ -329,7 +321,60 @@ def test_burst_is_shed_with_429_and_bounded_memory_then_recovers(seed: int) -> N
             assert set(codes) <= {200, 429, 503}, set(codes)
             assert codes.count(200) >= 8
             assert codes.count(429) + codes.count(503) > 0
-            assert stats["admission"]["peak"] <= 32
+            assert stats.admission.peak <= 32
             # Recovered: once the burst ends, requests pass again.
             after = asyncio.run(burst(4))
             assert after == [200] * 4
+
+
+def _settled(thread: GatewayThread, hung: str) -> bool:
+    """Every attempt was settled: nothing is left counted in flight, but on the hung
+    replica (whose attempts wait for their deadline)."""
+    ups = thread.run(thread.gateway.statistics).pool.upstreams
+    return all((u.outstanding, u.limit.inflight) == (0, 0) for u in ups if u.name != hung)
+
+
+def _hang_and_kill_round(
+    argv: list[str], rng: random.Random, *, stream: bool
+) -> tuple[list[str], int]:
+    """Three fresh replicas under load; one SIGSTOPped and another SIGKILLed. Returns the
+    failed requests and the count of answered ones."""
+    procs = [spawn_server(argv) for _ in range(3)]
+    try:
+        policy = GatewayPolicy(timeout_ms=3000, hedge="p95", queue_timeout_ms=2000)
+        with GatewayThread(make_gateway([p for _, p in procs], policy)) as thread:
+            with Load(thread.url, http_concurrency=4, openai_clients=2, stream=stream) as load:
+                load.wait_for(300)  # warm: the hedge timer has its samples
+                hung, killed = rng.sample(range(3), 2)
+                signals = [(hung, signal.SIGSTOP), (killed, signal.SIGKILL)]
+                for i, (victim, sig) in enumerate(rng.sample(signals, 2)):
+                    if i:
+                        time.sleep(rng.uniform(0.0, 0.05))
+                    os.kill(procs[victim][0].pid, sig)
+                load.wait_for(600)
+            _wait(lambda: _settled(thread, f"r{hung}"))
+        return load.failed, load.ok
+    finally:
+        for proc, _ in procs:
+            stop_server(proc)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_hang_and_kill_pairs_under_load_fail_no_request(
+    tmp_path: Path, seed: int, rng: random.Random, stream: bool
+) -> None:
+    """Compound faults: in each round, one of three replicas is SIGSTOPped and another
+    SIGKILLed at the same moment (the pair, their order and the gap between them drawn
+    from the seed), under steady load from the real ``openai`` client with max_retries=0.
+    A refused attempt or hedge must re-route at once rather than leave the request waiting
+    on the hung replica; no request may fail. (The one replica left must carry the load:
+    a queued burst may wait up to 2 s for it, since shedding is tested on its own.)"""
+    model = write_model(tmp_path / "model", seed)
+    argv = ["-m", "bastion.serve.replica", "model/digits@test", "--dir", str(model)]
+    failed: list[str] = []
+    served = 0
+    for _ in range(3):
+        lost, ok = _hang_and_kill_round(argv, rng, stream=stream)
+        failed += lost
+        served += ok
+    assert failed == [], f"{len(failed)} of {served + len(failed)} failed: {failed[:5]}"

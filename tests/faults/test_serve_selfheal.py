@@ -4,49 +4,16 @@ rejoins only after its health probe passes, with no client request failing."""
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import time
 from pathlib import Path
 
-import numpy as np
-
+from bastion.events import EventWriter
 from bastion.manifest import load
-from bastion.serve import EventSink, Gateway, GatewayThread, ReplicaSet
-from bastion.starter import write_key
-from bastion.vault import Vault
+from bastion.serve import Gateway, GatewayThread, ReplicaSet
 from tests.faults.test_gateway_faults import Load
-
-
-def _commit_model(example: Path, seed: int) -> None:
-    from safetensors.numpy import save
-
-    manifest = load(example / "bastion.yaml")
-    assert manifest.vault is not None
-    for key in (manifest.vault.key, manifest.vault.admin_key):
-        assert key is not None
-        write_key(key)
-    for replica in manifest.vault.replicas:
-        Path(replica).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    tensors = {
-        "0.weight": rng.normal(size=(64, 64)).astype(np.float32),
-        "0.bias": np.zeros(64, np.float32),
-        "2.weight": rng.normal(size=(10, 64)).astype(np.float32),
-        "2.bias": np.zeros(10, np.float32),
-    }
-    meta = {
-        "arch": "mlp",
-        "layers": [64, 64, 10],
-        "activation": "relu",
-        "input_scale": 1 / 16,
-        "labels": list(range(10)),
-    }
-    Vault.from_manifest(manifest).commit(
-        "model/digits",
-        files={"model.safetensors": save(tensors), "model.json": json.dumps(meta).encode()},
-    )
+from tests.helpers import commit_model
 
 
 def _wait(cond: object, timeout: float = 30.0) -> None:
@@ -59,11 +26,11 @@ def _wait(cond: object, timeout: float = 30.0) -> None:
 def test_killed_replica_is_restarted_and_rejoins_after_probe(
     example_copy: Path, seed: int, rng: random.Random
 ) -> None:
-    _commit_model(example_copy, seed)
+    commit_model(example_copy, seed)
     manifest = load(example_copy / "bastion.yaml")
     service = manifest.services["digits"]
     local = next(b for b in service.backends if b.model is not None)
-    sink = EventSink(manifest.state_dir)
+    sink = EventWriter.in_state_dir(manifest.state_dir)
     gw = Gateway("digits", service.policy, events=sink, probe_interval_s=0.2)
     rs = ReplicaSet(
         gw, local, manifest_path=example_copy / "bastion.yaml", log_dir=manifest.state_dir / "serve"

@@ -1,10 +1,10 @@
 """Gateway behaviour over real sockets: deadline propagation, the retry budget under a
-total outage, queue-then-503 with Retry-After when every backend is out, and the events
-it writes (dep.used once per backend, ejections, overload episodes)."""
+total outage, queue-then-503 with Retry-After when every backend is out, the events it
+writes (dep.used once per backend, ejections, overload episodes), a stream bounded by its
+deadline to its end, and SSE error events on their own lines."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 from aiohttp import web
 
 from bastion.drill.faults.http import FaultyUpstream
-from bastion.events import EventLog
+from bastion.events import EventLog, EventWriter
 from bastion.manifest import GatewayPolicy
-from bastion.serve import EventSink, Gateway, GatewayThread, UpstreamSpec
+from bastion.serve import Gateway, GatewayThread, UpstreamSpec
+from tests.helpers import served
 
 
 def _closed_port() -> int:
@@ -50,30 +52,15 @@ def recorder() -> Iterator[tuple[str, list[dict[str, str]]]]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = runner.addresses[0][1]
-    import threading
-
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
+    with served(app) as url:
+        yield url, seen
 
 
 def test_deadline_and_model_name_reach_the_backend_auth_does_not(
     recorder: tuple[str, list[dict[str, str]]], tmp_path: Path
 ) -> None:
     url, seen = recorder
-    sink = EventSink(tmp_path)
+    sink = EventWriter.in_state_dir(tmp_path)
     gw = Gateway("svc", GatewayPolicy(timeout_ms=2000), events=sink)
     gw.add_upstream(
         UpstreamSpec(
@@ -150,7 +137,7 @@ def test_retry_budget_bounds_load_during_a_total_outage(seed: int) -> None:
 
 
 def test_every_backend_out_queues_briefly_then_503_with_retry_after(tmp_path: Path) -> None:
-    sink = EventSink(tmp_path)
+    sink = EventWriter.in_state_dir(tmp_path)
     gw = Gateway(
         "svc",
         GatewayPolicy(timeout_ms=2000, queue_timeout_ms=100),
@@ -202,5 +189,98 @@ def test_hedge_to_another_backend_wins_and_the_slow_attempt_is_cancelled(seed: i
     assert {a[1]["x-bastion-backend"] for a in answers} == {"fast"}
     assert hedges is not None
     assert hedges >= 1  # P2C picked the slow one at least once (its score starts at 0)
-    slow_stats = next(u for u in stats["pool"]["upstreams"] if u["name"] == "slow")
-    assert slow_stats["outstanding"] == 0  # the losing attempt was cancelled, not left running
+    slow_stats = next(u for u in stats.pool.upstreams if u.name == "slow")
+    assert slow_stats.outstanding == 0  # the losing attempt was cancelled, not left running
+
+
+def _events(raw: bytes) -> list[bytes]:
+    """The SSE events of a stream, each checked to be whole ``data:`` lines."""
+    events = [e for e in raw.replace(b"\r\n", b"\n").split(b"\n\n") if e.strip()]
+    for event in events:
+        for line in event.strip(b"\n").split(b"\n"):
+            assert line.startswith(b"data: "), (line[:80], raw[-300:])
+    return events
+
+
+async def _stream(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, float]:
+    t0 = time.monotonic()
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            url + "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+            headers=headers,
+        ) as r,
+    ):
+        raw = await r.read()
+        return r.status, raw, time.monotonic() - t0
+
+
+def test_a_stream_is_bounded_by_the_deadline_to_its_end(seed: int) -> None:
+    """A backend that trickles a long answer (100 words, one per 50 ms: 5 s) past the
+    request's 500 ms deadline is cut at the deadline, and the client gets a well-formed
+    SSE error event, not a stream that outlives its deadline."""
+    words = " ".join(f"w{i}" for i in range(100))
+    policy = GatewayPolicy(timeout_ms=5000, stall_timeout_ms=2000)
+    gw = Gateway("svc", policy, probe_interval_s=30)
+    with FaultyUpstream(name="slow", seed=seed, reply=words) as slow:
+        slow.set_fault(chunk_delay_s=0.05)
+        gw.add_upstream(UpstreamSpec(name="slow", url=slow.url))
+        with GatewayThread(gw) as thread:
+            status, raw, took = thread.call(
+                _stream(thread.url, {"x-bastion-deadline-ms": "500"}), timeout=30
+            )
+            client = openai.OpenAI(
+                base_url=thread.url + "/v1", api_key="x", max_retries=0, timeout=30
+            )
+            chunks = client.chat.completions.create(
+                model="m",
+                messages=[{"role": "user", "content": "hi"}],
+                stream=True,
+                extra_headers={"x-bastion-deadline-ms": "500"},
+            )
+            with pytest.raises(openai.APIError, match="deadline"):
+                for _ in chunks:
+                    pass
+            stats = thread.run(gw.statistics)
+    assert status == 200
+    assert took < 2.5, f"the stream ran {took:.2f} s, past its 0.5 s deadline"
+    events = _events(raw)
+    assert len(events) > 1  # some words came before the deadline
+    last = json.loads(events[-1].removeprefix(b"data: "))
+    assert last["error"]["type"] == "stream_interrupted"
+    assert "deadline" in last["error"]["message"]
+    assert b"[DONE]" not in raw
+    backend = stats.pool.upstreams[0]
+    assert backend.outstanding == 0
+    assert backend.limit.inflight == 0
+    assert not backend.needs_probe  # slow, not dead: a soft failure, no hard ejection
+
+
+def test_a_stream_cut_mid_line_ends_with_an_error_event_on_its_own_line() -> None:
+    """The backend's answer ends in the middle of an SSE line: the gateway forwards whole
+    lines only, so its error event is never glued onto the partial one."""
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        chunk = {"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]}
+        await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await resp.write(b'data: {"choices": [{"index": 0, "del')
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    with served(app) as url:
+        gw = Gateway("svc", GatewayPolicy(timeout_ms=3000), probe_interval_s=30)
+        gw.add_upstream(UpstreamSpec(name="b", url=url))
+        with GatewayThread(gw) as thread:
+            status, raw, _ = thread.call(_stream(thread.url), timeout=30)
+    assert status == 200
+    events = _events(raw)
+    assert len(events) == 2, raw
+    assert json.loads(events[0].removeprefix(b"data: "))["choices"][0]["delta"] == {"content": "a"}
+    error = json.loads(events[1].removeprefix(b"data: "))["error"]
+    assert "ended without [DONE]" in error["message"]
+    assert "cannot resume" in error["message"]

@@ -7,19 +7,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bastion.events import EventLog
+from bastion.events import EventLog, EventWriter
 from bastion.manifest import load
-from bastion.serve import Autoscaler, EventSink, Gateway, GatewayThread, ReplicaSet
+from bastion.serve import Autoscaler, Gateway, GatewayThread, ReplicaSet
 from tests.faults.test_gateway_faults import Load
-from tests.faults.test_serve_selfheal import _commit_model
+from tests.helpers import commit_model
 
 
 def test_load_scales_replicas_up_and_the_new_one_serves(example_copy: Path, seed: int) -> None:
-    _commit_model(example_copy, seed)
+    commit_model(example_copy, seed)
     manifest = load(example_copy / "bastion.yaml")
     service = manifest.services["digits"]
     local = next(b for b in service.backends if b.model is not None)
-    sink = EventSink(manifest.state_dir)
+    sink = EventWriter.in_state_dir(manifest.state_dir)
     gw = Gateway("digits", service.policy, events=sink, probe_interval_s=0.2)
     scaler = Autoscaler(
         min_replicas=1, max_replicas=2, target_per_replica=0.5, cooldown_s=600, up_cooldown_s=0

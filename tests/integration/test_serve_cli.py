@@ -17,7 +17,7 @@ from pathlib import Path
 import openai
 from ruamel.yaml import YAML
 
-from tests.faults.test_serve_selfheal import _commit_model
+from tests.helpers import commit_model
 
 BASTION = [sys.executable, "-m", "bastion"]
 
@@ -38,7 +38,7 @@ def _get(url: str) -> dict[str, object] | None:
 
 
 def test_bastion_serve_runs_replicas_and_answers(example_copy: Path, seed: int) -> None:
-    _commit_model(example_copy, seed)
+    commit_model(example_copy, seed)
     yaml = YAML()
     path = example_copy / "bastion.yaml"
     doc = yaml.load(path)

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bastion.serve.replica import Mlp, load_dir, make_app
-from tests.faults.test_gateway_faults import write_model
+from tests.helpers import served, write_model
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +25,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def replica(model_dir: Path) -> Iterator[str]:
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(make_app(load_dir(model_dir, "model/digits@1")), access_log=None)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
-    port = runner.addresses[0][1]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=5)
-    loop.run_until_complete(runner.cleanup())
-    loop.close()
+    with served(make_app(load_dir(model_dir, "model/digits@1"))) as url:
+        yield url
 
 
 def _post(url: str, path: str, body: bytes) -> tuple[int, str]:

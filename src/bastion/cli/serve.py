@@ -60,32 +60,34 @@ def status(
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
     """Show each running gateway's backends: breaker state, load, latency, ejections."""
+    from bastion.serve import GatewayDown
     from bastion.serve import status as gateway_status
 
     manifest = load_manifest(file)
     for item in gateway_status(manifest, _names(list(manifest.services), service)):
-        if "down" in item:
-            console.print(f"{item['service']}: not running on {item['listen']} ({item['down']})")
+        if isinstance(item, GatewayDown):
+            console.print(f"{item.service}: not running on {item.listen} ({item.reason})")
             continue
-        table = Table(title=f"{item['service']} on {item['listen']}")
+        table = Table(title=f"{item.service} on {item.listen}")
         for col in ("backend", "tier", "breaker", "in flight", "limit", "latency ms", "down"):
             table.add_column(col)
-        for up in item["pool"]["upstreams"]:
+        for up in item.pool.upstreams:
             table.add_row(
-                up["name"],
-                str(up["tier"]),
-                up["breaker"]["state"],
-                str(up["outstanding"]),
-                str(up["limit"]["limit"]),
-                f"{up['latency_ewma_ms']:.2f}",
-                up["down_reason"] or ("waiting for probe" if up["needs_probe"] else ""),
+                up.name,
+                str(up.tier),
+                up.breaker.state,
+                str(up.outstanding),
+                f"{up.limit.limit:.2f}",
+                f"{up.latency_ewma_ms:.2f}",
+                up.down_reason or ("waiting for probe" if up.needs_probe else ""),
             )
         console.print(table)
-        budget = item["retry_budget"]
+        budget, queue = item.retry_budget, item.admission
         console.print(
-            f"retry budget {budget['ratio']:.0%}: {budget['retries']} retries/hedges for "
-            f"{budget['requests']} requests ({budget['denied']} denied); queue "
-            f"{item['admission']['waiting']}/{item['admission']['max_queue']}"
+            f"retry budget {budget.ratio:.0%}: {budget.retries} retries/hedges for "
+            f"{budget.requests} requests ({budget.denied} denied); at most "
+            f"{item.attempts.max_attempts} attempts per request; queue "
+            f"{queue.waiting}/{queue.max_queue}"
         )
 
 

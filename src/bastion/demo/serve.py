@@ -22,10 +22,8 @@ MODEL = "model/digits@latest"
 
 def _ensure_model(ctx: DemoContext) -> str:
     """The trained model if the train scene stored one; else a small random one (said so)."""
-    import numpy as np
-    from safetensors.numpy import save
-
     from bastion.errors import BastionError
+    from bastion.serve.replica import random_model
     from bastion.vault import Vault
 
     vault = Vault.from_manifest(ctx.manifest())
@@ -33,24 +31,7 @@ def _ensure_model(ctx: DemoContext) -> str:
         vault.snapshot(MODEL)
         return "the trained digits model from the vault"
     except BastionError:
-        rng = np.random.default_rng(0)
-        tensors = {
-            "0.weight": rng.normal(size=(64, 64)).astype(np.float32),
-            "0.bias": np.zeros(64, np.float32),
-            "2.weight": rng.normal(size=(10, 64)).astype(np.float32),
-            "2.bias": np.zeros(10, np.float32),
-        }
-        meta = {
-            "arch": "mlp",
-            "layers": [64, 64, 10],
-            "activation": "relu",
-            "input_scale": 1 / 16,
-            "labels": list(range(10)),
-        }
-        vault.commit(
-            "model/digits",
-            files={"model.safetensors": save(tensors), "model.json": json.dumps(meta).encode()},
-        )
+        vault.commit("model/digits", files=random_model(0))
         return "an untrained stand-in model (no trained one was in the vault)"
 
 
@@ -58,14 +39,15 @@ def run(ctx: DemoContext) -> Scene:
     import aiohttp
 
     from bastion.demo import Scene
-    from bastion.serve import EventSink, Gateway, GatewayThread, ReplicaSet
+    from bastion.events import EventWriter
+    from bastion.serve import Gateway, GatewayThread, ReplicaSet
 
     scene = Scene(TITLE)
     manifest = ctx.manifest()
     service_name, service = next(iter(manifest.services.items()))
     local = next(b for b in service.backends if b.model is not None)
     which = _ensure_model(ctx)
-    sink = EventSink(manifest.state_dir, segment=service.segment or "")
+    sink = EventWriter.in_state_dir(manifest.state_dir, segment=service.segment or "")
     gw = Gateway(service_name, service.policy, events=sink, probe_interval_s=0.2)
     replicas = ReplicaSet(
         gw,
@@ -161,8 +143,8 @@ def run(ctx: DemoContext) -> Scene:
     scene.findings.append(
         f"{victim} was ejected on its first failed connection; the last request routed "
         f"to it left {last_routed_ms:.0f} ms after the kill signal; "
-        f"{stats['requeues']} in-flight requests moved to the other replica (requeues), "
-        f"{stats['retry_budget']['retries']} budgeted retries/hedges"
+        f"{stats.attempts.requeues} in-flight requests moved to the other replica (requeues), "
+        f"{stats.retry_budget.retries} budgeted retries/hedges"
     )
     if rejoined_s is not None:
         scene.findings.append(

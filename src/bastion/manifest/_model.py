@@ -421,17 +421,37 @@ class Backend(_Strict):
         return 0 if self.tier == "primary" else 1
 
 
+_HEDGE = re.compile(r"off|p(50|90|95|99)|(\d+(?:\.\d+)?)ms")
+
+
+def _hedge_rule(value: str) -> tuple[float | None, float | None]:
+    """The hedge grammar, parsed in this one place: ``off`` -> (None, None), ``p95`` ->
+    (0.95, None) (hedge after the 95th percentile of recent latencies), ``50ms`` -> (None,
+    0.05) (hedge after a fixed delay)."""
+    match = _HEDGE.fullmatch(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a hedge policy (use off, p95, p99 or e.g. 50ms)")
+    if match.group(1) is not None:
+        return int(match.group(1)) / 100.0, None
+    if match.group(2) is not None:
+        return None, float(match.group(2)) / 1000.0
+    return None, None
+
+
 class GatewayPolicy(_Strict):
     """How the gateway treats a request: deadlines, retries, hedging, queueing."""
 
     timeout_ms: float = Field(default=1000, gt=0)
     """A request's deadline, in milliseconds."""
     ttft_timeout_ms: float | None = Field(default=None, gt=0)
-    """How long a stream may take to its first token, in milliseconds."""
+    """How long a stream may take to its first token, in milliseconds; unset, 4 x the p99
+    of observed time to first token, at least 250 ms and at most a quarter of timeout_ms."""
     stall_timeout_ms: float | None = Field(default=None, gt=0)
     """How long a stream may pause between tokens, in milliseconds."""
     retry_budget: float = Field(default=0.2, ge=0, le=1)
     """Retries allowed, as a fraction of requests (so retries cannot multiply load)."""
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    """Attempts one request may make in all, hedges included (the first counts)."""
     hedge: str = "off"
     """When to send a second attempt to another backend: off, p95, p99 or a delay (50ms)."""
     max_queue: Int = Field(default=256, ge=0)
@@ -444,13 +464,13 @@ class GatewayPolicy(_Strict):
     @field_validator("hedge")
     @classmethod
     def _hedge(cls, value: str) -> str:
-        if (
-            value == "off"
-            or re.fullmatch(r"p(50|90|95|99)", value)
-            or re.fullmatch(r"\d+(\.\d+)?ms", value)
-        ):
-            return value
-        raise ValueError(f"{value!r} is not a hedge policy (use off, p95, p99 or e.g. 50ms)")
+        _hedge_rule(value)
+        return value
+
+    @property
+    def hedge_rule(self) -> tuple[float | None, float | None]:
+        """``hedge`` as (latency quantile, fixed delay in seconds); at most one is set."""
+        return _hedge_rule(self.hedge)
 
 
 class Service(_Strict):

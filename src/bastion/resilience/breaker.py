@@ -21,13 +21,39 @@ Must never: do I/O, sleep, or read a clock other than the injected one.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 from bastion.resilience._clock import Clock, monotonic
 
-__all__ = ["BreakerState", "CircuitBreaker"]
+__all__ = ["BreakerState", "CircuitBreaker", "CircuitBreakerStatistics"]
 
 BreakerState = Literal["closed", "open", "half_open"]
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerStatistics:
+    """A circuit breaker at one moment.
+
+    Attributes:
+        state: ``closed`` (traffic flows), ``open`` (none until ``open_for_s`` has passed)
+            or ``half_open`` (one trial request at a time decides).
+        failures_in_row: failures since the last success.
+        trips: times the breaker opened, over its life.
+        trips_in_row: trips with no success between them; the n-th stays open n times
+            ``base_open_s`` (capped).
+        open_for_s: seconds until an open breaker lets a trial through; 0 unless open.
+        window_requests: requests counted in the current failure-rate window.
+        window_failures: failures among them.
+    """
+
+    state: BreakerState
+    failures_in_row: int
+    trips: int
+    trips_in_row: int
+    open_for_s: float
+    window_requests: int
+    window_failures: int
 
 
 class CircuitBreaker:
@@ -165,15 +191,14 @@ class CircuitBreaker:
         self.trips_in_row = 0
         self._trial_out = False
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "failures_in_row": self.failures_in_row,
-            "trips": self.trips,
-            "trips_in_row": self.trips_in_row,
-            "open_for_s": max(0.0, self.open_until - self._clock())
-            if self.state == "open"
-            else 0.0,
-            "window_requests": self._win_total,
-            "window_failures": self._win_fail,
-        }
+    def statistics(self) -> CircuitBreakerStatistics:
+        open_for = max(0.0, self.open_until - self._clock()) if self.state == "open" else 0.0
+        return CircuitBreakerStatistics(
+            state=self.state,
+            failures_in_row=self.failures_in_row,
+            trips=self.trips,
+            trips_in_row=self.trips_in_row,
+            open_for_s=open_for,
+            window_requests=self._win_total,
+            window_failures=self._win_fail,
+        )

@@ -11,11 +11,30 @@ Must never: block, or read a clock other than the injected one.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from bastion.resilience._clock import Clock, monotonic
 
-__all__ = ["RetryBudget"]
+__all__ = ["RetryBudget", "RetryBudgetStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetStatistics:
+    """A retry budget's account.
+
+    Attributes:
+        ratio: tokens each original request deposits (the share of load retries may add).
+        balance: tokens in the account now (at most ``cap``), not counting the reserve.
+        requests: original requests deposited.
+        retries: retries and hedges that got a token (from the balance or the reserve).
+        denied: retries and hedges refused for want of a token.
+    """
+
+    ratio: float
+    balance: float
+    requests: int
+    retries: int
+    denied: int
 
 
 class RetryBudget:
@@ -77,11 +96,11 @@ class RetryBudget:
         self.denied += 1
         return False
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "ratio": self.ratio,
-            "balance": round(self.balance, 3),
-            "requests": self.requests,
-            "retries": self.withdrawn,
-            "denied": self.denied,
-        }
+    def statistics(self) -> RetryBudgetStatistics:
+        return RetryBudgetStatistics(
+            ratio=self.ratio,
+            balance=self.balance,
+            requests=self.requests,
+            retries=self.withdrawn,
+            denied=self.denied,
+        )

@@ -11,11 +11,28 @@ Must never: allocate per update, or read any clock but the injected one.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 from bastion.resilience._clock import Clock, monotonic
 
-__all__ = ["Ewma"]
+__all__ = ["Ewma", "EwmaStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class EwmaStatistics:
+    """A moving average's state.
+
+    Attributes:
+        value: the smoothed value now (seconds, for latencies).
+        count: samples seen.
+        tau_s: its memory: a sample's weight falls to 1/e after this many seconds.
+        peak: whether a sample above the value replaces it at once (peak EWMA).
+    """
+
+    value: float
+    count: int
+    tau_s: float
+    peak: bool
 
 
 class Ewma:
@@ -49,5 +66,5 @@ class Ewma:
         self.count += 1
         return self.value
 
-    def statistics(self) -> dict[str, Any]:
-        return {"value": self.value, "count": self.count, "tau_s": self.tau_s, "peak": self.peak}
+    def statistics(self) -> EwmaStatistics:
+        return EwmaStatistics(value=self.value, count=self.count, tau_s=self.tau_s, peak=self.peak)

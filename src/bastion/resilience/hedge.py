@@ -6,26 +6,35 @@ request, so asking for the delay costs nothing on the hot path. Unconditional he
 (Envoy #20036 asks for it): the gateway hedges any request still unanswered after
 ``delay()``, bounded by the retry budget so hedges cannot double the load.
 
+The grammar users write (``off``, ``p95``, ``50ms``) is the manifest's
+(``GatewayPolicy.hedge_rule``); this timer takes the parsed numbers.
+
 Must never: return a delay below ``min_delay_s`` (hedging every request wastes capacity)
 or hedge before it has ``min_samples`` (a cold quantile is noise).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-__all__ = ["HedgeTimer", "parse_hedge"]
+__all__ = ["HedgeTimer", "HedgeTimerStatistics"]
 
 
-def parse_hedge(policy: str) -> tuple[float | None, float | None]:
-    """``off`` -> (None, None); ``p95`` -> (0.95, None); ``50ms`` -> (None, 0.05)."""
-    if policy == "off":
-        return None, None
-    if policy.startswith("p"):
-        return int(policy[1:]) / 100.0, None
-    if policy.endswith("ms"):
-        return None, float(policy[:-2]) / 1000.0
-    raise ValueError(f"{policy!r} is not a hedge policy (use off, p95, p99 or e.g. 50ms)")
+@dataclass(frozen=True, slots=True)
+class HedgeTimerStatistics:
+    """When the gateway hedges now, and from what.
+
+    Attributes:
+        quantile: the latency quantile hedging follows (0.95 for ``p95``), or None.
+        fixed_ms: the fixed hedge delay in milliseconds (``50ms``), or None.
+        delay_ms: the delay in force now, or None while hedging is off or still cold.
+        samples: latencies in the ring the quantile is taken from.
+    """
+
+    quantile: float | None
+    fixed_ms: float | None
+    delay_ms: float | None
+    samples: int
 
 
 class HedgeTimer:
@@ -91,11 +100,11 @@ class HedgeTimer:
             return self.fixed_s
         return self._value
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> HedgeTimerStatistics:
         d = self.delay()
-        return {
-            "quantile": self.quantile,
-            "fixed_ms": None if self.fixed_s is None else self.fixed_s * 1e3,
-            "delay_ms": None if d is None else round(d * 1e3, 3),
-            "samples": self._n,
-        }
+        return HedgeTimerStatistics(
+            quantile=self.quantile,
+            fixed_ms=None if self.fixed_s is None else self.fixed_s * 1e3,
+            delay_ms=None if d is None else d * 1e3,
+            samples=self._n,
+        )

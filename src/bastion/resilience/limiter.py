@@ -20,11 +20,32 @@ Must never: block or sleep; the gateway asks ``try_acquire`` and queues on its o
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 from bastion.resilience._clock import Clock, monotonic
 
-__all__ = ["AdaptiveLimit"]
+__all__ = ["AdaptiveLimit", "AdaptiveLimitStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveLimitStatistics:
+    """An adaptive concurrency limit at one moment.
+
+    Attributes:
+        limit: requests allowed in flight at once now.
+        inflight: requests in flight now.
+        long_rtt_ms: the slow-moving latency baseline (milliseconds).
+        short_rtt_ms: the mean latency of the last window (milliseconds).
+        samples: latency samples taken over the limit's life.
+        updates: times the limit was recomputed (at most once per window).
+    """
+
+    limit: float
+    inflight: int
+    long_rtt_ms: float
+    short_rtt_ms: float
+    samples: int
+    updates: int
 
 
 class AdaptiveLimit:
@@ -135,12 +156,12 @@ class AdaptiveLimit:
         limit = self.limit * (1.0 - self.smoothing) + target * self.smoothing
         self.limit = self.min_limit if limit < self.min_limit else min(limit, self.max_limit)
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "limit": round(self.limit, 2),
-            "inflight": self.inflight,
-            "long_rtt_ms": round(self.long_rtt * 1e3, 3),
-            "short_rtt_ms": round(self.short_rtt * 1e3, 3),
-            "samples": self.samples,
-            "updates": self.updates,
-        }
+    def statistics(self) -> AdaptiveLimitStatistics:
+        return AdaptiveLimitStatistics(
+            limit=self.limit,
+            inflight=self.inflight,
+            long_rtt_ms=self.long_rtt * 1e3,
+            short_rtt_ms=self.short_rtt * 1e3,
+            samples=self.samples,
+            updates=self.updates,
+        )

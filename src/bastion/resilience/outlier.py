@@ -16,9 +16,24 @@ Must never: eject by itself; the caller asks ``try_eject`` and acts on the answe
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
-__all__ = ["EjectionCap"]
+__all__ = ["EjectionCap", "EjectionCapStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class EjectionCapStatistics:
+    """Who is ejected for statistical reasons, and how often the cap said no.
+
+    Attributes:
+        ejected: members ejected by outlier rules now, sorted (hard failures are not here).
+        max_fraction: the share of a pool that may be ejected at once.
+        denied: ejections refused because the cap was reached.
+    """
+
+    ejected: tuple[str, ...]
+    max_fraction: float
+    denied: int
 
 
 class EjectionCap:
@@ -46,9 +61,9 @@ class EjectionCap:
     def restore(self, member: str) -> None:
         self.ejected.discard(member)
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "ejected": sorted(self.ejected),
-            "max_fraction": self.max_fraction,
-            "denied": self.denied,
-        }
+    def statistics(self) -> EjectionCapStatistics:
+        return EjectionCapStatistics(
+            ejected=tuple(sorted(self.ejected)),
+            max_fraction=self.max_fraction,
+            denied=self.denied,
+        )

@@ -1,10 +1,16 @@
 """The inference gateway and the local model replica.
 
 Owns: the aiohttp gateway (``Gateway``: routes, P2C routing over tiers, passive and active
-health, retries under a budget, hedging, deadlines, stream failover, admission and
-shedding, Prometheus metrics), the backend pool (``Pool``, ``Upstream``), admission
-(``Admission``), local replica sets under ``bastion.supervise`` (``ReplicaSet``) with the
-autoscaler (``Autoscaler``), and the model replica server (``bastion.serve.replica``).
+health, attempts under a retry budget and an attempt cap, hedging, deadlines, stream
+failover, admission and shedding, Prometheus metrics), the backend pool (``Pool``,
+``Upstream``), admission (``Admission``), local replica sets under ``bastion.supervise``
+(``ReplicaSet``) with the autoscaler (``Autoscaler``), the model replica server
+(``bastion.serve.replica``) and the OpenAI response shapes (``bastion.serve.shapes``).
+Each ``statistics()`` returns a frozen record (``GatewayStatistics`` ...), turned into
+JSON or ``/metrics`` only at the edges.
+
+Events go to any ``bastion.events.Emit``; give the gateway an ``EventWriter``, whose
+thread keeps SQLite off the event loop.
 
 Must never: write the event log on the per-request path; spawn processes except through
 ``bastion.supervise``; load model bytes the vault did not verify.
@@ -12,12 +18,24 @@ Must never: write the event log on the per-request path; spawn processes except 
 
 from __future__ import annotations
 
-from bastion.serve._events import EventSink
-from bastion.serve.admission import PRIORITIES, Admission, QueueFull
-from bastion.serve.gateway import BACKEND_HEADER, DEADLINE_HEADER, PRIORITY_HEADER, Gateway
-from bastion.serve.pool import Pool, Upstream, UpstreamSpec
-from bastion.serve.replicas import Autoscaler, ReplicaSet
+from bastion.serve._attempts import AttemptStatistics
+from bastion.serve.admission import PRIORITIES, Admission, AdmissionStatistics, QueueFull
+from bastion.serve.gateway import (
+    BACKEND_HEADER,
+    DEADLINE_HEADER,
+    PRIORITY_HEADER,
+    Gateway,
+    GatewayStatistics,
+)
+from bastion.serve.pool import Pool, PoolStatistics, Upstream, UpstreamSpec, UpstreamStatistics
+from bastion.serve.replicas import (
+    Autoscaler,
+    AutoscalerStatistics,
+    ReplicaSet,
+    ReplicaSetStatistics,
+)
 from bastion.serve.runner import (
+    GatewayDown,
     GatewayThread,
     run_services,
     spawn_server,
@@ -32,15 +50,22 @@ __all__ = [
     "PRIORITIES",
     "PRIORITY_HEADER",
     "Admission",
+    "AdmissionStatistics",
+    "AttemptStatistics",
     "Autoscaler",
-    "EventSink",
+    "AutoscalerStatistics",
     "Gateway",
+    "GatewayDown",
+    "GatewayStatistics",
     "GatewayThread",
     "Pool",
+    "PoolStatistics",
     "QueueFull",
     "ReplicaSet",
+    "ReplicaSetStatistics",
     "Upstream",
     "UpstreamSpec",
+    "UpstreamStatistics",
     "run_services",
     "spawn_server",
     "specs_for",

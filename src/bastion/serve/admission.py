@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from typing import Any
+from dataclasses import dataclass
 
-__all__ = ["PRIORITIES", "Admission", "QueueFull"]
+__all__ = ["PRIORITIES", "Admission", "AdmissionStatistics", "QueueFull"]
 
 PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 _SHARE = (1.0, 0.8, 0.5)
@@ -25,6 +25,28 @@ _SHARE = (1.0, 0.8, 0.5)
 
 class QueueFull(Exception):
     """The queue has no room for this priority class: shed the request."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionStatistics:
+    """The admission queue.
+
+    Attributes:
+        waiting: requests waiting for capacity now.
+        max_queue: the most that may wait at once (``high`` may fill it all, ``normal``
+            80 %, ``low`` 50 %).
+        peak: the most that ever waited at once.
+        admitted: waiters that got capacity.
+        timed_out: waiters whose queue time ran out (shed with 429 or 503).
+        refused: requests refused at once, the queue being full for their priority.
+    """
+
+    waiting: int
+    max_queue: int
+    peak: int
+    admitted: int
+    timed_out: int
+    refused: int
 
 
 class Admission:
@@ -79,12 +101,12 @@ class Admission:
     def wake_all(self) -> None:
         self.wake(len(self._heap))
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "waiting": self.waiting,
-            "max_queue": self.max_queue,
-            "peak": self.peak,
-            "admitted": self.admitted,
-            "timed_out": self.timed_out,
-            "refused": self.refused,
-        }
+    def statistics(self) -> AdmissionStatistics:
+        return AdmissionStatistics(
+            waiting=self.waiting,
+            max_queue=self.max_queue,
+            peak=self.peak,
+            admitted=self.admitted,
+            timed_out=self.timed_out,
+            refused=self.refused,
+        )

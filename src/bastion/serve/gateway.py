@@ -3,30 +3,47 @@
 Owns: the HTTP routes (OpenAI-compatible ``/v1/chat/completions`` with SSE streaming,
 ``/v1/completions``, ``/v1/embeddings``, ``/v1/models``; the generic JSON
 ``/v1/predict``; ``/metrics``, ``/healthz``, ``/bastion/status``), and the per-request
-path: admission, routing, retries under the budget, hedging, deadlines, stream failover.
+path: admission, running the attempts (``_attempts``: count, retry budget, deadline, tried
+backends) for whole answers and streams alike, hedging (``_race``), deadlines, stream
+failover.
 
 What is retried, and why that is safe: every proxied route is an inference call with no
 side effect on the backend (a prediction, a completion, an embedding), so sending it
 again cannot double-apply anything. A non-streaming answer is buffered whole before the
 client sees a byte, so any failed attempt (refused, timeout, 5xx, 429, malformed JSON)
-may be retried on a *different* backend, at most three attempts, while the request's
-deadline has time left and, unless the failure was a refused or reset connection (a
-"requeue": the backend is gone, not overloaded), while the retry budget has a token.
-4xx answers other than 429 are the client's fault and are passed through, never retried.
-A stream is retried only before its first byte reaches the client (refused, error
-status, no first chunk within the TTFT timeout). Once bytes have been sent, a cut or
-stalled stream cannot be resumed: the OpenAI protocol has no offset to continue from, and
-a second backend would generate different tokens. The gateway then ends the stream with
-an SSE ``error`` event (which the ``openai`` client raises as ``APIError``), never with a
-silent truncation. Streams are not hedged (two live generations would both bill).
+may be retried on a *different* backend, at most ``max_attempts`` attempts (the policy's;
+3 by default, hedges included), while the request's deadline has time left and, unless
+the failure was a refused or reset connection (a "requeue": the backend is gone, not
+overloaded), while the retry budget has a token. 4xx answers other than 429 are the
+client's fault and are passed through, never retried. What each way an attempt can end
+means is decided in one place, ``_outcome``.
+
+Hedging: an attempt still unanswered after the hedge delay (``p95`` of recent latencies,
+or a fixed delay) gets a hedge on another backend, paid from the retry budget; the first
+success wins and the rest are cancelled. An attempt or hedge that fails while another is
+out is re-routed at once, beside it, so a hedge refused by a replica killed a moment ago
+does not leave the request waiting on a hung one.
+
+Streams are retried and hedged only before their first byte reaches the client
+(refused, error status, no first bytes within the TTFT timeout; the hedge delay follows
+the time to first byte). A hedged stream's loser is closed as soon as the winner's first
+bytes arrive, so at most its prompt is spent. The TTFT timeout, unless the policy sets
+``ttft_timeout_ms``, is four times the p99 of observed times to first byte, at least
+250 ms and at most a quarter of ``timeout_ms`` (``resilience.AdaptiveTimeout``). Once
+bytes have been sent, a cut or stalled stream cannot be resumed: the OpenAI protocol has
+no offset to continue from, and a second backend would generate different tokens. The
+gateway then ends the stream with an SSE ``error`` event on its own lines (which the
+``openai`` client raises as ``APIError``), never with a silent truncation. It forwards
+whole lines only, so that event never lands on a partial line.
 
 Deadlines: ``x-bastion-deadline-ms`` from the client (or the policy's ``timeout_ms``,
-whichever is shorter) bounds the whole request; each attempt gets what is left and
-passes it on to the backend in the same header.
+whichever is shorter) bounds the whole request, a stream to its last byte; each attempt
+gets what is left and passes it on to the backend in the same header.
 
-Must never: write the event log per request (rare state changes go to ``EventSink``);
-re-encode a body that needs no model-name translation; answer 500 for a client's bad
-input; forward the client's ``Authorization`` to a vendor.
+Must never: write the event log per request (rare state changes are events, through an
+``Emit`` that does not block, such as ``bastion.events.EventWriter``); re-encode a body
+that needs no model-name translation; answer 500 for a client's bad input; forward the
+client's ``Authorization`` to a vendor.
 """
 
 from __future__ import annotations
@@ -35,21 +52,54 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 
+from bastion import event_kinds as ek
+from bastion.events import NO_EVENTS, Emit
 from bastion.manifest import GatewayPolicy
-from bastion.resilience import HedgeTimer, RetryBudget, monotonic, parse_hedge
-from bastion.serve._events import EventSink
-from bastion.serve.admission import PRIORITIES, Admission, QueueFull
+from bastion.resilience import (
+    AdaptiveTimeout,
+    AdaptiveTimeoutStatistics,
+    Clock,
+    HedgeTimer,
+    HedgeTimerStatistics,
+    RetryBudget,
+    RetryBudgetStatistics,
+    monotonic,
+)
+from bastion.serve import shapes
+from bastion.serve._attempts import AttemptRules, Attempts, AttemptStatistics
+from bastion.serve._outcome import (
+    ABANDONED,
+    CANCELLED,
+    CLIENT_GONE,
+    CONNECTION,
+    DEADLINE,
+    EMPTY,
+    MALFORMED,
+    OK,
+    RATE_LIMITED,
+    STALLED,
+    TTFT_TIMEOUT,
+    UNFINISHED,
+    Failure,
+    Outcome,
+    Phase,
+    classify_answer,
+    classify_error,
+    classify_status,
+)
+from bastion.serve._race import hedged
+from bastion.serve.admission import PRIORITIES, Admission, AdmissionStatistics, QueueFull
 from bastion.serve.metrics import BackendMetrics, GatewayMetrics
-from bastion.serve.pool import Pool, Upstream, UpstreamSpec
+from bastion.serve.pool import Pool, PoolStatistics, Upstream, UpstreamSpec, UpstreamStatistics
 
-__all__ = ["BACKEND_HEADER", "DEADLINE_HEADER", "PRIORITY_HEADER", "Gateway"]
+__all__ = ["BACKEND_HEADER", "DEADLINE_HEADER", "PRIORITY_HEADER", "Gateway", "GatewayStatistics"]
 
 DEADLINE_HEADER = "x-bastion-deadline-ms"
 BACKEND_HEADER = "x-bastion-backend"
@@ -58,26 +108,55 @@ MAX_BODY = 4 * 1024 * 1024
 _JSON = "application/json"
 _POST_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/predict")
 _DONE = b"data: [DONE]"
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+_MAX_LINE = 1024 * 1024  # a partial line held back longer than this is forwarded anyway
+T = TypeVar("T")
+
+TTFT_SHARE = 0.25
+"""The most of ``timeout_ms`` a stream waits for its first byte, unless the policy's
+``ttft_timeout_ms`` says otherwise."""
 
 
-class _Fail(Exception):
-    __slots__ = ("hard", "kind", "retry_after", "status")
+@dataclass(frozen=True, slots=True)
+class GatewayStatistics:
+    """One gateway at one moment (``/bastion/status`` serves it as JSON).
 
-    def __init__(
-        self, kind: str, *, hard: bool = False, status: int = 502, retry_after: float | None = None
-    ) -> None:
-        super().__init__(kind)
-        self.kind = kind
-        self.hard = hard
-        self.status = status
-        self.retry_after = retry_after
+    Attributes:
+        service: the service it fronts.
+        listen: ``host:port`` it accepts requests on.
+        pool: its backends.
+        retry_budget: the retry budget's account.
+        attempts: how requests used their attempts (retries, requeues, hedges).
+        hedge: the hedge timer of whole answers (on their latency).
+        ttft_hedge: the hedge timer of streams (on their time to first byte).
+        ttft_timeout_s: how long a stream waits for its first byte now.
+        ttft: the adaptive TTFT timeout, or None when the policy fixes it.
+        admission: the admission queue.
+    """
+
+    service: str
+    listen: str
+    pool: PoolStatistics
+    retry_budget: RetryBudgetStatistics
+    attempts: AttemptStatistics
+    hedge: HedgeTimerStatistics
+    ttft_hedge: HedgeTimerStatistics
+    ttft_timeout_s: float
+    ttft: AdaptiveTimeoutStatistics | None
+    admission: AdmissionStatistics
 
 
 @dataclass(slots=True)
-class _Race:
-    hedge: asyncio.Task[_Answer] | None = None
-    winner: _Answer | None = None
-    done: bool = False
+class _Opened:
+    """A stream attempt that got its first bytes (``resp`` set), or a client error to pass
+    on (``resp`` None, ``first`` the whole body)."""
+
+    up: Upstream
+    resp: aiohttp.ClientResponse | None
+    status: int
+    first: bytes
+    content_type: str
+    start: float
 
 
 @dataclass(slots=True)
@@ -92,7 +171,7 @@ def _error(
     status: int, message: str, kind: str, *, retry_after: float | None = None
 ) -> web.Response:
     headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else None
-    body = json.dumps({"error": {"message": message, "type": kind, "code": status}})
+    body = json.dumps(shapes.error(message, kind, status))
     return web.Response(status=status, text=body, content_type=_JSON, headers=headers)
 
 
@@ -105,25 +184,14 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP-date: rare from model vendors; fall back to our default
 
 
-_FULL_CHECK = 64 * 1024
-
-
-def _looks_like_json(data: bytes) -> bool:
-    """Is a backend's JSON answer whole? Small bodies are parsed (a few microseconds);
-    big ones (embeddings) only checked for a closing bracket, which is what a truncated
-    or cut body lacks, so a large answer is not decoded just to be passed on."""
-    if len(data) <= _FULL_CHECK:
-        try:
-            json.loads(data)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return False
-        return True
-    end = data.rstrip()[-1:]
-    return data.lstrip()[:1] in (b"{", b"[") and end in (b"}", b"]")
-
-
 class Gateway:
-    """One service's gateway. ``await start()``, then ``await close()``."""
+    """One service's gateway. ``await start()``, then ``await close()``.
+
+    ``events`` records its rare state changes (use a ``bastion.events.EventWriter``: the
+    event loop must never wait on SQLite), in ``segment``. ``clock`` (monotonic seconds)
+    times deadlines, attempts and every policy the gateway drives (breakers, limits, the
+    retry budget); tests may pass a ``ManualClock``.
+    """
 
     def __init__(
         self,
@@ -131,34 +199,53 @@ class Gateway:
         policy: GatewayPolicy,
         *,
         segment: str = "",
-        events: EventSink | None = None,
+        events: Emit = NO_EVENTS,
         host: str = "127.0.0.1",
         port: int = 0,
         probe_interval_s: float = 1.0,
         probe_timeout_s: float = 0.5,
         hold_429_s: float = 1.0,
+        clock: Clock = monotonic,
     ) -> None:
         self.service = service
         self.policy = policy
         self.host = host
         self.port = port
-        self.events = events or EventSink(None, segment=segment)
+        self._clock = clock
+        self.events = events
+        self.segment = segment or None
         self.metrics = GatewayMetrics(service)
-        self.pool = Pool(service, max_ejected=policy.max_ejected, emit=self.events.emit)
-        self.budget = RetryBudget(ratio=policy.retry_budget)
-        quantile, fixed = parse_hedge(policy.hedge)
+        self.pool = Pool(
+            service,
+            max_ejected=policy.max_ejected,
+            events=events,
+            segment=self.segment,
+            clock=clock,
+        )
+        self.budget = RetryBudget(ratio=policy.retry_budget, clock=clock)
+        self.attempts = AttemptRules(
+            self.pool, self.budget, max_attempts=policy.max_attempts, clock=clock
+        )
+        quantile, fixed = policy.hedge_rule
         self.hedge = HedgeTimer(quantile=quantile, fixed_s=fixed)
+        # A stream is hedged on its time to first byte, by the same rule.
+        self.ttft_hedge = HedgeTimer(quantile=quantile, fixed_s=fixed)
+        self._hedging = self.hedge.enabled
         self.admission = Admission(policy.max_queue)
         self.pool.on_recover = self.admission.wake_all
         self.timeout_s = policy.timeout_ms / 1000.0
-        self.ttft_s = (policy.ttft_timeout_ms or policy.timeout_ms) / 1000.0
+        # Unless the policy fixes it, the TTFT timeout follows the observed time to first
+        # byte (resilience.AdaptiveTimeout), capped at a small share of the deadline: a
+        # hung backend then costs that share, and the stream moves on well in time.
+        self.ttft_fixed_s = (
+            policy.ttft_timeout_ms / 1000.0 if policy.ttft_timeout_ms is not None else None
+        )
+        self.ttft = AdaptiveTimeout(cap_s=TTFT_SHARE * self.timeout_s)
         self.stall_s = (policy.stall_timeout_ms or policy.timeout_ms) / 1000.0
         self.queue_timeout_s = policy.queue_timeout_ms / 1000.0
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_s = probe_timeout_s
         self.hold_429_s = hold_429_s
-        self.max_attempts = 3
-        self.requeues = 0
         self._used_groups: set[str] = set()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -182,7 +269,7 @@ class Gateway:
     def remove_upstream(self, name: str) -> None:
         self.pool.remove(name)
 
-    def _state_rows(self) -> Iterable[tuple[str, BackendMetrics, dict[str, Any]]]:
+    def _state_rows(self) -> Iterable[tuple[str, BackendMetrics, UpstreamStatistics]]:
         for up in list(self.pool.upstreams.values()):
             yield up.name, up.metrics, up.statistics()
 
@@ -198,21 +285,16 @@ class Gateway:
         return app
 
     async def start(self) -> tuple[str, int]:
+        from bastion.aio import serve_app
+
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
         )
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
-        await site.start()
-        server = site._server
-        if server is not None and server.sockets:  # type: ignore[attr-defined]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_app(self.app, self.host, self.port, backlog=1024)
         self._tasks.append(asyncio.create_task(self._probe_loop()))
-        self.events.emit(
-            "serve.started",
-            self.service,
+        self.record(
+            ek.SERVE_STARTED,
             listen=f"{self.host}:{self.port}",
             backends=[u.name for u in self.pool.upstreams.values()],
         )
@@ -231,16 +313,19 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        self.events.emit("serve.stopped", self.service, **self.budget.statistics())
+        self.record(ek.SERVE_STOPPED, **asdict(self.budget.statistics()))
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def record(self, kind: str, *, at_ns: int | None = None, **data: Any) -> None:
+        """Record a (rare) event about this service, in its segment."""
+        self.events.emit(kind, self.service, segment=self.segment, at_ns=at_ns, **data)
+
     # -- small routes -------------------------------------------------------------------
     async def _models(self, request: web.Request) -> web.Response:
-        data = [{"id": self.service, "object": "model", "created": 0, "owned_by": "bastion"}]
-        return web.json_response({"object": "list", "data": data})
+        return web.json_response(shapes.model_list([self.service], owned_by="bastion"))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain")
@@ -250,18 +335,21 @@ class Gateway:
         return web.json_response({"ok": ok}, status=200 if ok else 503)
 
     async def _status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.statistics())
+        return web.json_response(asdict(self.statistics()))
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "service": self.service,
-            "listen": f"{self.host}:{self.port}",
-            "pool": self.pool.statistics(),
-            "retry_budget": self.budget.statistics(),
-            "requeues": self.requeues,
-            "hedge": self.hedge.statistics(),
-            "admission": self.admission.statistics(),
-        }
+    def statistics(self) -> GatewayStatistics:
+        return GatewayStatistics(
+            service=self.service,
+            listen=f"{self.host}:{self.port}",
+            pool=self.pool.statistics(),
+            retry_budget=self.budget.statistics(),
+            attempts=self.attempts.statistics(),
+            hedge=self.hedge.statistics(),
+            ttft_hedge=self.ttft_hedge.statistics(),
+            ttft_timeout_s=self._ttft_timeout(),
+            ttft=self.ttft.statistics() if self.ttft_fixed_s is None else None,
+            admission=self.admission.statistics(),
+        )
 
     # -- the request path -----------------------------------------------------------------
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
@@ -306,11 +394,16 @@ class Gateway:
             timeout_s = min(timeout_s, asked)
         prio_name = headers.get(PRIORITY_HEADER)
         priority = 1 if prio_name is None else PRIORITIES.get(prio_name.lower(), 1)
-        deadline = monotonic() + timeout_s
-        self.budget.deposit()
+        deadline = self._clock() + timeout_s
         if obj.get("stream") is True:
             return await self._stream(request, body, obj, priority, deadline)
-        answer = await self._unary(request.path, body, obj, priority, deadline)
+        path = request.path
+
+        def run(up: Upstream) -> Coroutine[Any, Any, _Answer]:
+            return self._attempt(up, path, self._body_for(up, body, obj), deadline)
+
+        attempts = self.attempts.start(deadline, hedge=self._hedging)
+        answer = await self._run(attempts, priority, run, self.hedge)
         if isinstance(answer, web.Response):
             return answer
         code = answer.status
@@ -329,7 +422,7 @@ class Gateway:
         return json.dumps({**obj, "model": name}).encode()
 
     def _headers_for(self, up: Upstream, deadline: float) -> dict[str, str]:
-        remaining_ms = max(1, int((deadline - monotonic()) * 1000))
+        remaining_ms = max(1, int((deadline - self._clock()) * 1000))
         headers = {"Content-Type": _JSON, DEADLINE_HEADER: str(remaining_ms)}
         if up.auth_header is not None:
             headers["Authorization"] = up.auth_header
@@ -340,34 +433,62 @@ class Gateway:
         group = up.spec.group or up.name
         if group not in self._used_groups:
             self._used_groups.add(group)
-            self.events.emit("dep.used", self.service, target=group, url=up.spec.url, via="backend")
+            self.record(ek.DEP_USED, target=group, url=up.spec.url, via="backend")
 
-    async def _attempt(self, up: Upstream, path: str, body: bytes, deadline: float) -> _Answer:
-        """One non-streaming attempt. Returns an answer to pass on, or raises _Fail."""
-        if not up.used:
-            self._first_use(up)
-        up.limit.inflight += 1  # the caller checked routable(); single-threaded, so no race
-        up.outstanding += 1
-        up.metrics.requests.inc()
-        up.last_sent = start = monotonic()
-        try:
-            return await self._exchange(up, path, body, deadline, start)
-        finally:
-            up.outstanding -= 1
-            if self.admission.waiting:
-                self.admission.wake()
-
-    async def _exchange(
+    # -- settling an attempt -----------------------------------------------------------------
+    def _finish(
         self,
         up: Upstream,
-        path: str,
-        body: bytes,
-        deadline: float,
+        outcome: Outcome,
         start: float,
-    ) -> _Answer:
-        timeout = deadline - start
+        *,
+        reason: str = "",
+        hold_s: float = 0.0,
+    ) -> None:
+        """Every attempt ends here, once: the pool settles it, and a freed slot lets a
+        queued request in."""
+        self.pool.finish(up, outcome, self._clock() - start, reason=reason, hold_s=hold_s)
+        if self.admission.waiting:
+            self.admission.wake()
+
+    def _error_failure(
+        self, up: Upstream, exc: BaseException, phase: Phase, start: float
+    ) -> Failure:
+        """Settle an attempt that raised ``exc``; the caller re-raises ``exc`` itself when
+        the outcome is not a failure of the backend (cancelled, or an unknown error)."""
+        outcome = classify_error(exc, phase)
+        if outcome is CONNECTION:
+            reason = f"connection: {type(exc).__name__}"
+        elif outcome is TTFT_TIMEOUT:
+            reason = "no first token within TTFT timeout"
+        else:
+            reason = outcome.kind
+        self._finish(up, outcome, start, reason=reason)
+        return Failure(outcome, reason)
+
+    def _status_failure(
+        self, up: Upstream, outcome: Outcome, status: int, retry_after: str | None, start: float
+    ) -> Failure:
+        """Settle an attempt whose answer was a failure (5xx, 408, 429, malformed)."""
+        if outcome is RATE_LIMITED:
+            after = _retry_after(retry_after)
+            hold = after if after is not None else self.hold_429_s
+            reason = "rate limited (429)" + ("" if after is not None else ", no Retry-After")
+            self._finish(up, outcome, start, reason=reason, hold_s=hold)
+            return Failure(outcome, reason, retry_after=hold)
+        reason = "malformed JSON body" if outcome is MALFORMED else f"status {status}"
+        self._finish(up, outcome, start, reason=reason)
+        return Failure(outcome, reason)
+
+    # -- whole answers --------------------------------------------------------------------
+    async def _attempt(self, up: Upstream, path: str, body: bytes, deadline: float) -> _Answer:
+        """One non-streaming attempt. Returns an answer to pass on, or raises Failure."""
+        if not up.used:
+            self._first_use(up)
         session = self._session
         assert session is not None
+        start = up.begin()
+        timeout = deadline - start
         try:
             async with session.post(
                 up.spec.url + path,
@@ -379,182 +500,56 @@ class Gateway:
                 status = resp.status
                 ctype = resp.content_type
                 retry_after = resp.headers.get("Retry-After") if status == 429 else None
-        except TimeoutError:
-            up.limit.release(None, dropped=True)
-            self.pool.fail(up, hard=True, reason="timeout")
-            raise _Fail("timeout", hard=True, status=504) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            up.limit.release(None, dropped=True)
-            self.pool.fail(up, hard=True, reason=f"connection: {type(exc).__name__}")
-            raise _Fail("connection", hard=True) from None
-        except asyncio.CancelledError:
-            # Lost a hedge race (or the client left): what we know is that it was at
-            # least this slow, so P2C should see that.
-            up.limit.release(None)
-            up.latency.update(monotonic() - start)
-            raise
-        elapsed = monotonic() - start
-        if status < 400:
-            if ctype == _JSON and not _looks_like_json(data):
-                up.limit.release(None)
-                self.pool.fail(up, hard=False, reason="malformed JSON body")
-                raise _Fail("malformed", status=502)
-            up.limit.release(elapsed)
-            up.latency.update(elapsed)
-            up.metrics.latency.observe(elapsed)
+        except BaseException as exc:
+            # CANCELLED (lost a hedge race, or the client left) still settles the attempt.
+            failure = self._error_failure(up, exc, "answer", start)
+            if failure.outcome is CANCELLED or failure.outcome is ABANDONED:
+                raise
+            raise failure from None
+        outcome = classify_answer(status, ctype, data)
+        if outcome.retry != "answer":
+            raise self._status_failure(up, outcome, status, retry_after, start)
+        if outcome is OK:
+            elapsed = self._clock() - start
+            self.pool.finish(up, OK, elapsed)
+            if self.admission.waiting:
+                self.admission.wake()
             self.hedge.observe(elapsed)
-            if up.breaker.state != "closed" or up.breaker.failures_in_row:
-                self.pool.succeed(up)
-            return _Answer(status, data, ctype or _JSON, up.name)
-        up.limit.release(None)
-        if status == 429:
-            after = _retry_after(retry_after)
-            why = "rate limited (429)" + ("" if after is not None else ", no Retry-After")
-            self.pool.hold(up, after if after is not None else self.hold_429_s, why)
-            raise _Fail("rate_limited", status=429, retry_after=after or self.hold_429_s)
-        if status >= 500 or status == 408:
-            self.pool.fail(up, hard=False, reason=f"status {status}")
-            raise _Fail(f"status {status}", status=502)
-        # The client's own error: pass it through, the backend is fine.
-        if up.breaker.failures_in_row:
-            self.pool.succeed(up)
+        else:
+            self._finish(up, outcome, start)  # the client's own error: the backend is fine
         return _Answer(status, data, ctype or _JSON, up.name)
 
-    async def _unary(
-        self, path: str, body: bytes, obj: dict[str, Any], priority: int, deadline: float
-    ) -> _Answer | web.Response:
-        tried: list[Upstream] = []
-        last: _Fail | None = None
-        hedge_left = True  # at most one hedge per request
-        pool = self.pool
-        while True:
-            remaining = deadline - monotonic()
-            if remaining <= 0:
-                break
-            up = pool.pick(tuple(tried)) if tried else pool.pick()
+    async def _run(
+        self,
+        attempts: Attempts,
+        priority: int,
+        run: Callable[[Upstream], Coroutine[Any, Any, T]],
+        hedge: HedgeTimer,
+        discard: Callable[[T], None] | None = None,
+    ) -> T | web.Response:
+        """The attempts of one request, whole answer or stream alike: ``run`` one on each
+        backend ``attempts`` hands out, hedged after ``hedge``'s delay, queueing while no
+        backend has room, until one succeeds or the attempts end (then the client gets
+        why)."""
+        for up in attempts:
             if up is None:
-                if len(tried) >= len(pool.upstreams):
-                    break
-                shed = await self._wait_capacity(priority, remaining)
+                shed = await self._wait_capacity(priority, attempts.remaining())
                 if shed is not None:
                     return shed
                 continue
-            if tried:
-                if len(tried) >= self.max_attempts or not self._may_retry(last):
-                    break
-                up.metrics.retries.inc()
-            tried.append(up)
-            data = self._body_for(up, body, obj)
-            delay = self.hedge.delay() if hedge_left else None
+            delay = hedge.delay() if attempts.hedges_left else None
             try:
-                if delay is None or delay >= remaining:
-                    return await self._attempt(up, path, data, deadline)
-                hedge_left = False
-                return await self._hedged(
-                    up,
-                    path=path,
-                    data=data,
-                    body=body,
-                    obj=obj,
-                    deadline=deadline,
-                    delay=delay,
-                    tried=tried,
-                )
-            except _Fail as fail:
-                last = fail
-        return self._give_up(last, tuple(tried))
+                if delay is None or delay >= attempts.remaining():
+                    return await run(up)
+                return await hedged(up, attempts, run, delay, discard)
+            except Failure as failure:
+                attempts.failed(failure)
+        return self._give_up(attempts)
 
-    async def _hedged(
-        self,
-        up: Upstream,
-        *,
-        path: str,
-        data: bytes,
-        body: bytes,
-        obj: dict[str, Any],
-        deadline: float,
-        delay: float,
-        tried: list[Upstream],
-    ) -> _Answer:
-        """Run the attempt on ``up`` inline; if it has not answered after ``delay``, send a
-        hedge to another backend. The first success wins and the loser is cancelled.
-
-        Why inline plus a timer, not two tasks and ``asyncio.wait``: 95% of requests
-        never hedge, and for them a timer costs a heap push, while a task and a wait cost
-        two extra event-loop turns (measured: ~60 us CPU and ~0.07 ms latency each). When
-        the hedge wins first, this handler is cancelled out of its own await and
-        ``uncancel()``-ed, which is how asyncio lets a task recover from a cancellation
-        it asked for."""
-        loop = asyncio.get_running_loop()
-        me = asyncio.current_task()
-        assert me is not None
-        race = _Race()
-
-        def fire() -> None:
-            other = self.pool.pick(tuple(tried))
-            if other is None or race.done or not self.budget.try_withdraw():
-                return
-            other.metrics.hedges.inc()
-            tried.append(other)
-            task = loop.create_task(
-                self._attempt(other, path, self._body_for(other, body, obj), deadline)
-            )
-            race.hedge = task
-
-            def on_done(t: asyncio.Task[_Answer]) -> None:
-                if race.done or t.cancelled() or t.exception() is not None:
-                    return
-                race.done = True
-                race.winner = t.result()
-                me.cancel()
-
-            task.add_done_callback(on_done)
-
-        timer = loop.call_later(delay, fire)
-        try:
-            answer = await self._attempt(up, path, data, deadline)
-        except asyncio.CancelledError:
-            timer.cancel()
-            if race.winner is not None:
-                me.uncancel()
-                return race.winner
-            if race.hedge is not None:
-                race.hedge.cancel()
-            raise
-        except _Fail:
-            timer.cancel()
-            hedge = race.hedge
-            if hedge is None:
-                raise
-            # From here we read the hedge ourselves, so its callback must not cancel us.
-            # (Done callbacks run a loop turn after completion: a hedge that succeeded in
-            # this same turn has not cancelled us yet, and now will not.)
-            race.done = True
-            if not hedge.done():
-                return await hedge
-            if hedge.cancelled() or hedge.exception() is not None:
-                raise
-            return hedge.result()
-        race.done = True
-        timer.cancel()
-        if race.hedge is not None:
-            race.hedge.cancel()
-        return answer
-
-    def _may_retry(self, last: _Fail | None) -> bool:
-        """A connection failure (refused, reset: the backend process is gone) is requeued
-        without a budget token, as Finagle's requeues are: it put no load on a backend, so
-        retrying it cannot feed a retry storm, and a crashed replica's in-flight requests
-        must all move. Timeouts, 5xx, 429 and bad bodies may mean overload: those spend
-        the budget. Either way a request makes at most ``max_attempts`` attempts."""
-        if last is not None and last.kind == "connection":
-            self.requeues += 1
-            return True
-        return self.budget.try_withdraw()
-
-    def _give_up(self, last: _Fail | None, tried: tuple[Upstream, ...]) -> web.Response:
-        names = ", ".join(u.name for u in tried) or "none"
-        self._responses["5xx" if last is None or last.status != 429 else "4xx"].inc()
+    def _give_up(self, attempts: Attempts) -> web.Response:
+        names = ", ".join(u.name for u in attempts.tried) or "none"
+        last = attempts.last
+        self._responses["5xx" if last is None or last.outcome is not RATE_LIMITED else "4xx"].inc()
         if last is None:
             return _error(
                 504,
@@ -562,17 +557,16 @@ class Gateway:
                 "timeout",
                 retry_after=1,
             )
-        if last.status == 429:
+        if last.outcome is RATE_LIMITED:
             return _error(
                 429,
                 f"service {self.service}: every backend is rate limited (tried: {names})",
                 "rate_limited",
                 retry_after=last.retry_after,
             )
-        status = 504 if last.kind == "timeout" else 502
         return _error(
-            status,
-            f"service {self.service}: every attempt failed, last: {last.kind} (tried: {names})",
+            last.outcome.status,
+            f"service {self.service}: every attempt failed, last: {last.reason} (tried: {names})",
             "upstream_error",
             retry_after=1,
         )
@@ -599,8 +593,9 @@ class Gateway:
                 "overloaded",
                 retry_after=1,
             )
+        now = self._clock()
         soonest = min(
-            (u.breaker.open_until - monotonic() for u in self.pool.upstreams.values()),
+            (u.breaker.open_until - now for u in self.pool.upstreams.values()),
             default=1.0,
         )
         return _error(
@@ -612,20 +607,17 @@ class Gateway:
 
     def _note_shed(self, reason: str) -> None:
         """Overload is reported as an episode (started/ended), never per shed request."""
-        now = monotonic()
+        now = self._clock()
         self._last_shed = now
         self._episode_shed += 1
         if self._episode_start is None:
             self._episode_start = now
-            self.events.emit(
-                "serve.overload.started", self.service, reason=reason, queue=self.admission.waiting
-            )
+            self.record(ek.SERVE_OVERLOAD_STARTED, reason=reason, queue=self.admission.waiting)
 
     def _check_overload_over(self) -> None:
-        if self._episode_start is not None and monotonic() - self._last_shed > 1.0:
-            self.events.emit(
-                "serve.overload.ended",
-                self.service,
+        if self._episode_start is not None and self._clock() - self._last_shed > 1.0:
+            self.record(
+                ek.SERVE_OVERLOAD_ENDED,
                 shed=self._episode_shed,
                 duration_s=round(self._last_shed - self._episode_start, 3),
                 queue_peak=self.admission.peak,
@@ -642,106 +634,83 @@ class Gateway:
         priority: int,
         deadline: float,
     ) -> web.StreamResponse:
-        """Fail over before the first byte; after it, end a cut/stalled stream with an
-        SSE error event (see the module docstring for why it cannot resume)."""
+        """Fail over, and hedge, before the first byte; after it, end a cut/stalled stream
+        with an SSE error event (see the module docstring for why it cannot resume)."""
         path = request.path
-        tried: tuple[Upstream, ...] = ()
-        last: _Fail | None = None
-        pool = self.pool
-        while True:
-            remaining = deadline - monotonic()
-            if remaining <= 0:
-                return self._give_up(last, tried)
-            up = pool.pick(tried)
-            if up is None:
-                if len(tried) >= len(pool.upstreams):
-                    return self._give_up(last, tried)
-                shed = await self._wait_capacity(priority, remaining)
-                if shed is not None:
-                    return shed
-                continue
-            if tried:
-                if len(tried) >= self.max_attempts or not self._may_retry(last):
-                    return self._give_up(last, tried)
-                up.metrics.retries.inc()
-            tried += (up,)
-            if not up.used:
-                self._first_use(up)
-            up.limit.inflight += 1
-            up.outstanding += 1
-            up.metrics.requests.inc()
-            up.last_sent = start = monotonic()
-            resp: aiohttp.ClientResponse | web.Response | None = None
-            try:
-                try:
-                    async with asyncio.timeout(min(self.ttft_s, remaining)):
-                        resp = await self._open_stream(up, path, body, obj, deadline)
-                        if isinstance(resp, web.Response):
-                            up.limit.release(None)
-                            self._responses["4xx"].inc()
-                            return resp
-                        first = await self._first_chunk(resp)
-                except TimeoutError:
-                    up.limit.release(None, dropped=True)
-                    self.pool.fail(up, hard=True, reason="no first token within TTFT timeout")
-                    last = _Fail("ttft timeout", hard=True, status=504)
-                    continue
-                except (aiohttp.ClientError, OSError) as exc:
-                    up.limit.release(None, dropped=True)
-                    self.pool.fail(up, hard=True, reason=f"connection: {type(exc).__name__}")
-                    last = _Fail("connection", hard=True)
-                    continue
-                except _Fail as fail:
-                    up.limit.release(None)
-                    if fail.status == 429:
-                        self.pool.hold(
-                            up, fail.retry_after or self.hold_429_s, "rate limited (429)"
-                        )
-                    else:
-                        self.pool.fail(up, hard=False, reason=fail.kind)
-                    last = fail
-                    continue
-                ttft = monotonic() - start
-                up.latency.update(ttft)
-                assert isinstance(resp, aiohttp.ClientResponse)
-                return await self._relay(request, up, resp, first, ttft)
-            finally:
-                up.outstanding -= 1
-                if isinstance(resp, aiohttp.ClientResponse):
-                    resp.release()
-                if self.admission.waiting:
-                    self.admission.wake()
 
-    async def _open_stream(
+        def run(up: Upstream) -> Coroutine[Any, Any, _Opened]:
+            return self._open(up, path, body, obj, deadline)
+
+        attempts = self.attempts.start(deadline, hedge=self._hedging)
+        opened = await self._run(attempts, priority, run, self.ttft_hedge, self._close_opened)
+        if isinstance(opened, web.Response):
+            return opened
+        resp = opened.resp
+        if resp is None:  # the client's own error: pass it on
+            self._responses["4xx"].inc()
+            return web.Response(
+                status=opened.status, body=opened.first, content_type=opened.content_type
+            )
+        try:
+            return await self._relay(
+                request, opened.up, resp, opened.first, start=opened.start, deadline=deadline
+            )
+        finally:
+            resp.release()
+
+    def _ttft_timeout(self) -> float:
+        return self.ttft.timeout() if self.ttft_fixed_s is None else self.ttft_fixed_s
+
+    async def _open(
         self, up: Upstream, path: str, body: bytes, obj: dict[str, Any], deadline: float
-    ) -> aiohttp.ClientResponse | web.Response:
-        """POST a streaming request; a client error comes back as a Response to pass on."""
+    ) -> _Opened:
+        """One stream attempt up to its first bytes (or a client error to pass on); raises
+        Failure. A stream that opens is settled by ``_relay``, or by ``_close_opened`` when
+        it lost a hedge race."""
+        if not up.used:
+            self._first_use(up)
         session = self._session
         assert session is not None
-        resp = await session.post(
-            up.spec.url + path,
-            data=self._body_for(up, body, obj),
-            headers=self._headers_for(up, deadline),
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
-        if resp.status == 200:
-            return resp
-        data = await resp.read()
+        start = up.begin()
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(min(self._ttft_timeout(), deadline - start)):
+                resp = await session.post(
+                    up.spec.url + path,
+                    data=self._body_for(up, body, obj),
+                    headers=self._headers_for(up, deadline),
+                    timeout=aiohttp.ClientTimeout(total=None),
+                )
+                status = resp.status
+                first = await (resp.read() if status != 200 else resp.content.readany())
+        except BaseException as exc:
+            if resp is not None:
+                resp.release()
+            failure = self._error_failure(up, exc, "first_byte", start)
+            if failure.outcome is CANCELLED or failure.outcome is ABANDONED:
+                raise
+            raise failure from None
+        if status == 200 and first:
+            ttft = self._clock() - start
+            self.ttft.observe(ttft)
+            self.ttft_hedge.observe(ttft)
+            return _Opened(up, resp, status, first, resp.content_type, start)
         resp.release()
-        if resp.status < 500 and resp.status not in (408, 429):
-            return web.Response(status=resp.status, body=data, content_type=resp.content_type)
-        raise _Fail(
-            f"status {resp.status}",
-            status=resp.status,
-            retry_after=_retry_after(resp.headers.get("Retry-After")),
-        )
+        if status == 200:
+            self._finish(up, EMPTY, start, reason=EMPTY.kind)
+            raise Failure(EMPTY, EMPTY.kind)
+        outcome = classify_status(status)
+        if outcome.retry != "answer":
+            raise self._status_failure(up, outcome, status, resp.headers.get("Retry-After"), start)
+        self._finish(up, outcome, start)
+        return _Opened(up, None, status, first, resp.content_type, start)
 
-    @staticmethod
-    async def _first_chunk(resp: aiohttp.ClientResponse) -> bytes:
-        first = await resp.content.readany()
-        if not first:
-            raise _Fail("empty stream")
-        return first
+    def _close_opened(self, opened: _Opened) -> None:
+        """A stream that opened but lost the hedge race: close it before any byte of it
+        reaches the client (the backend sees the disconnect and stops generating)."""
+        if opened.resp is not None:
+            opened.resp.release()
+            self._finish(opened.up, CANCELLED, opened.start)
 
     async def _relay(
         self,
@@ -749,8 +718,16 @@ class Gateway:
         up: Upstream,
         resp: aiohttp.ClientResponse,
         first: bytes,
-        ttft: float,
+        *,
+        start: float,
+        deadline: float,
     ) -> web.StreamResponse:
+        """Relay a stream whose first bytes came, to its end or to the request's deadline,
+        whichever is first; settle the attempt with how it ended."""
+        ttft = self._clock() - start
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + (deadline - self._clock())
+        stall_s = self.stall_s
         out = web.StreamResponse(
             status=200,
             headers={
@@ -759,52 +736,93 @@ class Gateway:
                 BACKEND_HEADER: up.name,
             },
         )
-        await out.prepare(request)
-        sent = len(first)
-        tail = first[-64:]
+        sent = 0
+        tail = b""
+        pending = b""
+        chunk = first
+        reading = False
+        outcome = OK
         problem = ""
         try:
-            await out.write(first)
-            while True:
-                async with asyncio.timeout(self.stall_s):
+            # One timer bounds the whole relay: before each read it is set to the stall
+            # timeout or the deadline, whichever is sooner. A write to a client that does
+            # not read runs out the same timer, and is the client's doing, not the
+            # backend's (``reading`` tells which).
+            async with asyncio.timeout_at(ends) as timer:
+                await out.prepare(request)
+                while True:
+                    # Forward whole lines only: if the backend is cut mid-line, the error
+                    # event below must not land on the partial line.
+                    if pending:
+                        chunk = pending + chunk
+                        pending = b""
+                    if chunk[-1] not in (10, 13):  # "\n", "\r"
+                        cut = max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1
+                        if len(chunk) - cut <= _MAX_LINE:
+                            chunk, pending = chunk[:cut], chunk[cut:]
+                    if chunk:
+                        await out.write(chunk)
+                        sent += len(chunk)
+                        tail = (tail + chunk)[-64:]
+                    reading = True
+                    timer.reschedule(min(loop.time() + stall_s, ends))
                     chunk = await resp.content.readany()
-                if not chunk:
-                    break
-                await out.write(chunk)
-                sent += len(chunk)
-                tail = (tail + chunk)[-64:]
-        except TimeoutError:
-            problem = f"stalled for {self.stall_s * 1000:.0f} ms"
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            problem = f"cut ({type(exc).__name__})"
-        except (ConnectionResetError, RuntimeError):
-            up.limit.release(None)
-            return out  # the client left; nothing more to say to it
-        if not problem and _DONE not in tail:
+                    reading = False
+                    if not chunk:
+                        break
+            if _DONE in pending:  # a backend that left out the last newline
+                await out.write(pending)
+                tail = (tail + pending)[-64:]
+        except (TimeoutError, OSError, aiohttp.ClientError, RuntimeError) as exc:
+            if not reading:
+                outcome = CLIENT_GONE
+            else:
+                outcome = classify_error(exc, "relay", expired=loop.time() >= ends)
+                if outcome is ABANDONED:
+                    self._finish(up, outcome, start)
+                    raise
+                if outcome is DEADLINE:
+                    problem = "passed the request's deadline"
+                elif outcome is STALLED:
+                    problem = f"stalled for {stall_s * 1000:.0f} ms"
+                else:
+                    problem = f"cut ({type(exc).__name__})"
+        except BaseException:
+            self._finish(up, CANCELLED, start)
+            raise
+        if outcome is OK and _DONE not in tail:
+            outcome = UNFINISHED
             problem = "ended without [DONE]"
-        if not problem:
-            up.limit.release(ttft)
-            up.metrics.latency.observe(ttft)
-            if up.breaker.state != "closed" or up.breaker.failures_in_row:
-                self.pool.succeed(up)
+        if outcome is OK:
+            self.pool.finish(up, OK, ttft)
+            if self.admission.waiting:
+                self.admission.wake()
             self._responses["2xx"].inc()
-            await out.write_eof()
+            with contextlib.suppress(OSError, aiohttp.ClientError, RuntimeError):
+                await out.write_eof()
             return out
-        up.limit.release(None, dropped=True)
-        self.pool.fail(up, hard=problem.startswith("stalled"), reason=f"stream {problem}")
+        self._finish(up, outcome, start, reason=f"stream {problem}" if problem else outcome.kind)
+        if outcome is CLIENT_GONE:
+            return out  # nothing more to say to a client that left
         self._responses["5xx"].inc()
-        message = (
-            f"backend {up.name} stream {problem} after {sent} bytes; a started stream cannot "
-            "resume on another backend (retry the request)"
-        )
-        event = json.dumps(
-            {"error": {"message": message, "type": "stream_interrupted", "code": 502}}
-        )
-        try:
-            await out.write(f"data: {event}\n\n".encode())
-            await out.write_eof()
-        except (ConnectionResetError, RuntimeError):
-            pass
+        if outcome is DEADLINE:
+            message = (
+                f"service {self.service}: the stream from backend {up.name} passed the "
+                f"request's deadline after {sent} bytes; ask for a longer "
+                f"{DEADLINE_HEADER} or a shorter answer"
+            )
+        else:
+            message = (
+                f"backend {up.name} stream {problem} after {sent} bytes; a started stream "
+                "cannot resume on another backend (retry the request)"
+            )
+        event = shapes.sse(shapes.error(message, "stream_interrupted", outcome.status))
+        if not tail.endswith(_EVENT_ENDS):
+            event = b"\n" + event  # end the event the backend left open (its lines are whole)
+        with contextlib.suppress(OSError, aiohttp.ClientError, RuntimeError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await out.write(event)
+                await out.write_eof()
         return out
 
     # -- active health ----------------------------------------------------------------------
@@ -813,7 +831,7 @@ class Gateway:
         are out or waiting to join are probed every 100 ms, healthy ones every interval."""
         while True:
             self._check_overload_over()
-            now = monotonic()
+            now = self._clock()
             due = []
             for up in list(self.pool.upstreams.values()):
                 fast = up.needs_probe or up.breaker.state != "closed"
@@ -829,7 +847,7 @@ class Gateway:
         session = self._session
         if session is None:
             return
-        start = monotonic()
+        start = self._clock()
         try:
             async with session.get(
                 up.spec.url + up.spec.probe_path,
@@ -843,4 +861,4 @@ class Gateway:
         except (aiohttp.ClientError, OSError) as exc:
             ok, detail = False, type(exc).__name__
         if up.name in self.pool.upstreams:
-            self.pool.probe_result(up, ok, detail, monotonic() - start)
+            self.pool.probe_result(up, ok, detail, self._clock() - start)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -30,6 +30,9 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from bastion.serve.pool import UpstreamStatistics
 
 __all__ = ["BackendMetrics", "Count", "GatewayMetrics", "Histogram"]
 
@@ -96,7 +99,7 @@ _COUNTERS = (
     ("hedges", "bastion_gateway_hedges", "Hedged attempts sent to this backend"),
 )
 
-Rows = Callable[[], Iterable[tuple[str, BackendMetrics, dict[str, Any]]]]
+Rows = Callable[[], Iterable[tuple[str, BackendMetrics, "UpstreamStatistics"]]]
 
 
 class _Exporter(Collector):
@@ -137,9 +140,9 @@ class _Exporter(Collector):
             "bastion_gateway_inflight", "Requests in flight per backend", labels=labels
         )
         for backend, _, stats in rows:
-            state.add_metric([service, backend], _STATE.get(stats["breaker"]["state"], 2.0))
-            limit.add_metric([service, backend], stats["limit"]["limit"])
-            inflight.add_metric([service, backend], stats["limit"]["inflight"])
+            state.add_metric([service, backend], _STATE.get(stats.breaker.state, 2.0))
+            limit.add_metric([service, backend], stats.limit.limit)
+            inflight.add_metric([service, backend], stats.limit.inflight)
         yield state
         yield limit
         yield inflight

@@ -1,10 +1,14 @@
 """The backend pool: each backend's live state, tiers, and routing by power of two choices.
 
 Owns: ``Upstream`` (one backend endpoint with its breaker, adaptive limit, peak-EWMA
-latency and outstanding count) and ``Pool`` (tiers of upstreams, the ejection cap, and
-``pick``). Routing is P2C over a score of (outstanding + 1) * latency EWMA, as Finagle
-and Linkerd do: two random candidates, the less loaded wins, so no global scan and no
-herd onto one "best" backend. ``pick(exclude=...)`` never returns a backend already tried
+latency and outstanding count; ``begin()`` an attempt on it and ``finish(outcome,
+elapsed)`` it, which is all the accounting an attempt does) and ``Pool`` (tiers of
+upstreams, the ejection cap, ``pick``, and ``finish``, which applies an attempt's outcome
+and acts on what the breaker decided: eject, hold for a 429, restore).
+
+Routing is P2C over a score of (outstanding + 1) * latency EWMA, as Finagle and Linkerd
+do: two random candidates, the less loaded wins, so no global scan and no herd onto one
+"best" backend. ``pick(exclude=...)`` never returns a backend already tried
 by this request (a retry always goes elsewhere; Envoy's previous_hosts, #2259, is opt-in
 there and built in here). Tiers are tried in order: a fallback tier is used only when
 every upstream of the tiers before it is unavailable or already tried.
@@ -14,7 +18,7 @@ Rejoining: after a hard failure (refused, timed out, failed probe) an upstream i
 reset); after soft failures (5xx, malformed) it rejoins through a half_open trial, since
 a health probe cannot see a bad inference answer.
 
-Must never: do I/O or await; emit per-request events (only state changes go to the sink).
+Must never: do I/O or await; emit per-request events (only state changes are events).
 """
 
 from __future__ import annotations
@@ -24,11 +28,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bastion.resilience import AdaptiveLimit, CircuitBreaker, EjectionCap, Ewma, monotonic
-from bastion.resilience._clock import Clock
+from bastion import event_kinds as ek
+from bastion.events import NO_EVENTS, Emit
+from bastion.resilience import (
+    AdaptiveLimit,
+    AdaptiveLimitStatistics,
+    CircuitBreaker,
+    CircuitBreakerStatistics,
+    Clock,
+    EjectionCap,
+    EjectionCapStatistics,
+    Ewma,
+    monotonic,
+)
+from bastion.serve._outcome import Outcome
 from bastion.serve.metrics import BackendMetrics
 
-__all__ = ["FAILURE_PENALTY_S", "Pool", "Upstream", "UpstreamSpec"]
+__all__ = [
+    "FAILURE_PENALTY_S",
+    "Pool",
+    "PoolStatistics",
+    "Upstream",
+    "UpstreamSpec",
+    "UpstreamStatistics",
+]
 
 FAILURE_PENALTY_S = 0.05
 
@@ -49,10 +72,46 @@ class UpstreamSpec:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamStatistics:
+    """One backend as the gateway sees it.
+
+    Attributes:
+        name: the upstream's name (a manifest backend, or ``<backend>-<n>`` for a replica).
+        group: the manifest backend it belongs to (the map's node for it).
+        tier: 0 for primaries, 1 for fallbacks; lower tiers are tried first.
+        url: where it is reached.
+        kind: ``local`` (a replica Bastion runs) or ``remote`` (a URL).
+        outstanding: attempts in flight on it now (streams count until they end).
+        latency_ewma_ms: its peak-EWMA latency (milliseconds), what P2C routing weighs.
+        down_reason: why it is out of the pool, or empty while it is in.
+        needs_probe: it gets no request until an active health probe passes.
+        last_sent_mono: monotonic time of the last attempt sent to it (0: never).
+        ejected_at_mono: monotonic time it was last ejected (0: never).
+        breaker: its circuit breaker.
+        limit: its adaptive concurrency limit.
+    """
+
+    name: str
+    group: str
+    tier: int
+    url: str
+    kind: str
+    outstanding: int
+    latency_ewma_ms: float
+    down_reason: str
+    needs_probe: bool
+    last_sent_mono: float
+    ejected_at_mono: float
+    breaker: CircuitBreakerStatistics
+    limit: AdaptiveLimitStatistics
+
+
 class Upstream:
     """One backend endpoint and everything the gateway knows about it."""
 
     __slots__ = (
+        "_clock",
         "auth_header",
         "breaker",
         "down_reason",
@@ -69,6 +128,7 @@ class Upstream:
 
     def __init__(self, spec: UpstreamSpec, metrics: BackendMetrics, clock: Clock) -> None:
         self.spec = spec
+        self._clock = clock
         self.breaker = CircuitBreaker(clock=clock)
         self.limit = AdaptiveLimit(initial=spec.initial_limit, clock=clock)
         # Optimistic start (0): a new or rejoined backend is tried soon, so it earns a real
@@ -97,25 +157,91 @@ class Upstream:
     def score(self) -> float:
         return (self.outstanding + 1) * (self.latency.value or 1e-4)
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "group": self.spec.group,
-            "tier": self.spec.tier,
-            "url": self.spec.url,
-            "kind": self.spec.kind,
-            "outstanding": self.outstanding,
-            "latency_ewma_ms": round(self.latency.value * 1e3, 3),
-            "down_reason": self.down_reason,
-            "needs_probe": self.needs_probe,
-            "last_sent_mono": self.last_sent,
-            "ejected_at_mono": self.ejected_at,
-            "breaker": self.breaker.statistics(),
-            "limit": self.limit.statistics(),
-        }
+    # -- one attempt ----------------------------------------------------------------------
+    def begin(self) -> float:
+        """An attempt on this upstream starts now (the caller picked it as routable, in
+        this event-loop turn). Returns the start time, for ``finish``."""
+        now = self._clock()
+        breaker = self.breaker
+        if breaker.state != "closed":
+            breaker.allow()  # claim the one half_open trial, so no second one goes out
+        self.outstanding += 1
+        self.limit.inflight += 1  # routable() saw room in this same loop turn
+        self.metrics.requests.inc()
+        self.last_sent = now
+        return now
+
+    def finish(self, outcome: Outcome, elapsed: float) -> bool:
+        """The attempt ``begin`` started ended with ``outcome`` after ``elapsed`` seconds.
+
+        Settles the attempt's accounting: the in-flight counts, the concurrency limit
+        (a latency sample or a drop), the latency estimate, the metrics and the breaker's
+        counts. Returns True when the breaker's state should now change, which is the
+        pool's to act on (``Pool.finish``): a failure that should trip it, a 429 that
+        holds it open, a success that closes it."""
+        self.outstanding -= 1
+        latency = outcome.latency
+        if latency == "sample":
+            self.limit.release(elapsed)
+            self.latency.update(elapsed)
+            self.metrics.latency.observe(elapsed)
+        else:
+            self.limit.release(None, dropped=outcome.dropped)
+            if latency == "penalty":
+                # A fast failure must not look like a fast backend (the "black hole" of
+                # least-latency routing): count it as a slow sample, which peak EWMA
+                # takes at once.
+                self.latency.update(max(self.latency.value * 4.0, FAILURE_PENALTY_S))
+            elif latency == "bound" and elapsed > self.latency.value:
+                # Cancelled (a lost hedge race): it took at least this long.
+                self.latency.update(elapsed)
+        health = outcome.health
+        if health == "success":
+            breaker = self.breaker
+            if breaker.state == "closed" and not breaker.failures_in_row:
+                return False
+            return breaker.record_success()
+        if health in {"soft", "hard"}:
+            self.metrics.errors.inc()
+            return self.breaker.record_failure(hard=health == "hard")
+        if health == "hold":
+            self.metrics.errors.inc()
+            return True
+        return False
+
+    def statistics(self) -> UpstreamStatistics:
+        return UpstreamStatistics(
+            name=self.name,
+            group=self.spec.group,
+            tier=self.spec.tier,
+            url=self.spec.url,
+            kind=self.spec.kind,
+            outstanding=self.outstanding,
+            latency_ewma_ms=self.latency.value * 1e3,
+            down_reason=self.down_reason,
+            needs_probe=self.needs_probe,
+            last_sent_mono=self.last_sent,
+            ejected_at_mono=self.ejected_at,
+            breaker=self.breaker.statistics(),
+            limit=self.limit.statistics(),
+        )
 
 
-Emit = Callable[..., None]
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """A service's backends.
+
+    Attributes:
+        service: the service the pool serves.
+        tiers: upstream names by tier, primaries first.
+        upstreams: each upstream's statistics.
+        ejection_cap: who is ejected by outlier rules, and how often the cap refused.
+    """
+
+    service: str
+    tiers: tuple[tuple[str, ...], ...]
+    upstreams: tuple[UpstreamStatistics, ...]
+    ejection_cap: EjectionCapStatistics
 
 
 class Pool:
@@ -126,7 +252,8 @@ class Pool:
         service: str,
         *,
         max_ejected: float = 0.5,
-        emit: Emit | None = None,
+        events: Emit = NO_EVENTS,
+        segment: str | None = None,
         clock: Clock = monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -135,9 +262,13 @@ class Pool:
         self.cap = EjectionCap(max_fraction=max_ejected)
         self.upstreams: dict[str, Upstream] = {}
         self.tiers: list[list[Upstream]] = []
-        self._emit = emit or (lambda *a, **k: None)
+        self._events = events
+        self._segment = segment
         self._rng = rng or random.Random()
         self.on_recover: Callable[[], None] = lambda: None
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        self._events.emit(kind, self.service, segment=self._segment, **data)
 
     # -- membership ---------------------------------------------------------------------
     def add(self, upstream: Upstream) -> None:
@@ -194,28 +325,39 @@ class Pool:
                 return a if a.score() <= b.score() else b
         return None
 
-    def has_untried(self, exclude: tuple[Upstream, ...]) -> bool:
-        """Is some upstream not yet tried that could become usable (not hard-down)?"""
-        return any(u not in exclude and u.breaker.available() for u in self.upstreams.values())
-
     # -- health -----------------------------------------------------------------------------
-    def fail(self, up: Upstream, *, hard: bool, reason: str) -> None:
-        """An attempt on ``up`` failed: maybe eject it (hard failures bypass the cap)."""
-        up.metrics.errors.inc()
-        # A fast failure must not look like a fast backend (the "black hole" of
-        # least-latency routing): count it as a slow sample, which peak EWMA takes at once.
-        up.latency.update(max(up.latency.value * 4.0, FAILURE_PENALTY_S))
-        if not up.breaker.record_failure(hard=hard):
+    def finish(
+        self,
+        up: Upstream,
+        outcome: Outcome,
+        elapsed: float,
+        *,
+        reason: str = "",
+        hold_s: float = 0.0,
+    ) -> None:
+        """An attempt on ``up`` ended with ``outcome``: settle it and act on what its breaker
+        decided. A hard failure ejects at once; a soft one ejects within the ejection cap;
+        a 429 holds ``up`` out for ``hold_s``; a success may close a half_open breaker.
+        ``reason`` is what the ejection event says."""
+        if not up.finish(outcome, elapsed):
             return
+        health = outcome.health
+        if health == "success":
+            self._restored(up, via="trial")
+        elif health == "hold":
+            self._hold(up, hold_s, reason)
+        else:
+            self._eject(up, hard=health == "hard", reason=reason)
+
+    def _eject(self, up: Upstream, *, hard: bool, reason: str) -> None:
         if up.breaker.state == "closed" and not hard:
             size = sum(1 for u in self.upstreams.values() if u.spec.tier == up.spec.tier)
             if not self.cap.try_eject(up.name, size):
                 return
         self._trip(up, reason, hard=hard)
 
-    def hold(self, up: Upstream, seconds: float, reason: str) -> None:
+    def _hold(self, up: Upstream, seconds: float, reason: str) -> None:
         """Keep ``up`` out for ``seconds`` (a vendor's 429 with or without Retry-After)."""
-        up.metrics.errors.inc()
         up.breaker.state = "open"
         up.breaker.open_until = max(up.breaker.open_until, self.clock() + seconds)
         if not up.down_reason:
@@ -223,13 +365,23 @@ class Pool:
             up.ejected_at = self.clock()
             up.metrics.ejections.inc()
             self._emit(
-                "serve.backend.ejected",
-                self.service,
+                ek.SERVE_BACKEND_EJECTED,
                 backend=up.name,
                 reason=reason,
                 open_s=round(seconds, 3),
                 hard=False,
             )
+
+    def mark_down(self, up: Upstream, reason: str) -> None:
+        """``up``'s process is known to be gone (its supervisor saw it exit or hang): no
+        request goes to it until a health probe passes."""
+        if up.needs_probe:
+            return
+        up.needs_probe = True
+        up.down_reason = reason
+        up.ejected_at = self.clock()
+        up.metrics.ejections.inc()
+        self._emit(ek.SERVE_BACKEND_EJECTED, backend=up.name, reason=reason, hard=True)
 
     def _trip(self, up: Upstream, reason: str, *, hard: bool) -> None:
         open_s = up.breaker.trip()
@@ -242,8 +394,7 @@ class Pool:
         up.down_reason = reason
         up.ejected_at = self.clock()
         self._emit(
-            "serve.backend.ejected",
-            self.service,
+            ek.SERVE_BACKEND_EJECTED,
             backend=up.name,
             reason=reason,
             open_s=round(open_s, 3),
@@ -251,17 +402,12 @@ class Pool:
             trips=up.breaker.trips,
         )
 
-    def succeed(self, up: Upstream) -> None:
-        if up.breaker.record_success():
-            self._restored(up, via="trial")
-
     def _restored(self, up: Upstream, *, via: str) -> None:
         self.cap.restore(up.name)
         out_s = self.clock() - up.ejected_at if up.ejected_at else 0.0
         up.down_reason = ""
         self._emit(
-            "serve.backend.restored",
-            self.service,
+            ek.SERVE_BACKEND_RESTORED,
             backend=up.name,
             via=via,
             out_s=round(out_s, 3),
@@ -289,10 +435,10 @@ class Pool:
             up.breaker.record_failure(hard=True)
             self._trip(up, f"probe failed: {detail}", hard=True)
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "service": self.service,
-            "tiers": [[u.name for u in tier] for tier in self.tiers],
-            "upstreams": [u.statistics() for u in self.upstreams.values()],
-            "ejection_cap": self.cap.statistics(),
-        }
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(
+            service=self.service,
+            tiers=tuple(tuple(u.name for u in tier) for tier in self.tiers),
+            upstreams=tuple(u.statistics() for u in self.upstreams.values()),
+            ejection_cap=self.cap.statistics(),
+        )

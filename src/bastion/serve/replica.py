@@ -8,6 +8,8 @@ floats], ...]}``; ``POST /v1/embeddings`` (the hidden layer's activations for ``
 a list of 64-number vectors or comma-separated strings); ``POST /v1/chat/completions``
 (the last user message holds 64 comma-separated pixel values; the reply is the digit,
 plain or as an SSE stream); ``GET /v1/models``; ``GET /health`` (cheap: no forward pass).
+``random_model`` makes the files of an untrained model in the same layout (the demo's and
+the tests' stand-in when no trained model is at hand).
 
 Must never: serve bytes the vault did not verify; answer 500 for a malformed input (it
 answers 400 naming the field and the fix).
@@ -19,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,10 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-__all__ = ["Mlp", "load_dir", "load_vault", "main", "make_app"]
+from bastion.aio import serve_forever
+from bastion.serve import shapes
+
+__all__ = ["Mlp", "load_dir", "load_vault", "main", "make_app", "random_model", "serve"]
 
 
 @dataclass
@@ -72,6 +76,28 @@ class Mlp:
         w, b = self.weights[-1]
         out: np.ndarray = self.hidden(x) @ w.T + b
         return out
+
+
+def random_model(seed: int) -> dict[str, bytes]:
+    """The files of an untrained 64-64-10 digits MLP with weights drawn from ``seed``:
+    ``model.safetensors`` and ``model.json``, as a vault snapshot or a directory holds them."""
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(seed)
+    tensors = {
+        "0.weight": rng.normal(size=(64, 64)).astype(np.float32),
+        "0.bias": np.zeros(64, np.float32),
+        "2.weight": rng.normal(size=(10, 64)).astype(np.float32),
+        "2.bias": np.zeros(10, np.float32),
+    }
+    meta = {
+        "arch": "mlp",
+        "layers": [64, 64, 10],
+        "activation": "relu",
+        "input_scale": 1 / 16,
+        "labels": list(range(10)),
+    }
+    return {"model.safetensors": save(tensors), "model.json": json.dumps(meta).encode()}
 
 
 def load_dir(directory: Path, name: str = "model") -> Mlp:
@@ -133,9 +159,7 @@ def _last_content(messages: Any) -> str:
 
 
 def _bad(message: str) -> web.Response:
-    return web.json_response(
-        {"error": {"message": message, "type": "invalid_request_error", "code": 400}}, status=400
-    )
+    return web.json_response(shapes.error(message, "invalid_request_error", 400), status=400)
 
 
 def make_app(model: Mlp) -> web.Application:
@@ -167,19 +191,7 @@ def make_app(model: Mlp) -> web.Application:
             x = _matrix((await body_of(request)).get("input"), n, "input")
         except _BadInput as exc:
             return _bad(str(exc))
-        h = model.hidden(x)
-        data = [
-            {"object": "embedding", "index": i, "embedding": row.tolist()}
-            for i, row in enumerate(h)
-        ]
-        return web.json_response(
-            {
-                "object": "list",
-                "data": data,
-                "model": model.name,
-                "usage": {"prompt_tokens": 0, "total_tokens": 0},
-            }
-        )
+        return web.json_response(shapes.embeddings(model.hidden(x).tolist(), model.name))
 
     async def chat(request: web.Request) -> web.StreamResponse:
         try:
@@ -188,48 +200,24 @@ def make_app(model: Mlp) -> web.Application:
         except _BadInput as exc:
             return _bad(str(exc))
         digit = str(model.labels[int(model.logits(x)[0].argmax())])
-        base = {"id": "chatcmpl-bastion", "created": int(time.time()), "model": model.name}
+        created = int(time.time())
         if obj.get("stream") is not True:
             return web.json_response(
-                {
-                    **base,
-                    "object": "chat.completion",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": digit},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                    "usage": {"prompt_tokens": n, "completion_tokens": 1, "total_tokens": n + 1},
-                }
+                shapes.chat_completion(model.name, digit, created=created, prompt_tokens=n)
             )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for delta, finish in (({"role": "assistant", "content": digit}, None), ({}, "stop")):
-            chunk = {
-                **base,
-                "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
+            await resp.write(
+                shapes.sse(shapes.chat_chunk(model.name, delta, finish, created=created))
+            )
+        await resp.write(shapes.SSE_DONE)
         await resp.write_eof()
         return resp
 
     async def models(request: web.Request) -> web.Response:
         return web.json_response(
-            {
-                "object": "list",
-                "data": [
-                    {
-                        "id": model.name,
-                        "object": "model",
-                        "created": int(started),
-                        "owned_by": "bastion",
-                    }
-                ],
-            }
+            shapes.model_list([model.name], owned_by="bastion", created=int(started))
         )
 
     async def health(request: web.Request) -> web.Response:
@@ -245,13 +233,8 @@ def make_app(model: Mlp) -> web.Application:
 
 
 async def serve(model: Mlp, host: str, port: int) -> None:
-    runner = web.AppRunner(make_app(model), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
-    sys.stdout.write(f"PORT {runner.addresses[0][1]}\n")
-    sys.stdout.flush()
-    await asyncio.Event().wait()
+    """Serve ``model`` until killed (``PORT <n>`` on stdout once listening)."""
+    await serve_forever(make_app(model), host, port)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,19 +17,60 @@ import asyncio
 import math
 import socket
 import sys
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bastion import event_kinds as ek
 from bastion.events import Relay
 from bastion.manifest import Backend
-from bastion.resilience import monotonic
-from bastion.resilience._clock import Clock
+from bastion.resilience import Clock, monotonic
 from bastion.serve.gateway import Gateway
 from bastion.serve.pool import UpstreamSpec
-from bastion.supervise import Backoff, ProcessSpec, RestartBudget, Supervisor
+from bastion.supervise import (
+    Backoff,
+    ProcessSpec,
+    RestartBudget,
+    Supervisor,
+    SupervisorStatistics,
+)
 
-__all__ = ["Autoscaler", "ReplicaSet"]
+__all__ = ["Autoscaler", "AutoscalerStatistics", "ReplicaSet", "ReplicaSetStatistics"]
+
+_REPLICA = "serve.replica."
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalerStatistics:
+    """An autoscaler's bounds and how often it changed its mind.
+
+    Attributes:
+        min_replicas: the floor (healing below it never waits for a cool-down).
+        max_replicas: the ceiling.
+        target_per_replica: in-flight plus queued requests one replica should carry.
+        decisions: times it changed the desired replica count.
+    """
+
+    min_replicas: int
+    max_replicas: int
+    target_per_replica: float
+    decisions: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSetStatistics:
+    """One ``model:`` backend's replicas.
+
+    Attributes:
+        backend: the manifest backend.
+        replicas: each replica's supervisor statistics, by upstream name.
+        autoscaler: its autoscaler.
+    """
+
+    backend: str
+    replicas: Mapping[str, SupervisorStatistics]
+    autoscaler: AutoscalerStatistics
 
 
 @dataclass
@@ -66,13 +107,13 @@ class Autoscaler:
         self.decisions += 1
         return target
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "min": self.min_replicas,
-            "max": self.max_replicas,
-            "target_per_replica": self.target_per_replica,
-            "decisions": self.decisions,
-        }
+    def statistics(self) -> AutoscalerStatistics:
+        return AutoscalerStatistics(
+            min_replicas=self.min_replicas,
+            max_replicas=self.max_replicas,
+            target_per_replica=self.target_per_replica,
+            decisions=self.decisions,
+        )
 
 
 def _free_port() -> int:
@@ -147,9 +188,10 @@ class ReplicaSet:
 
     def _on_event(self, name: str, kind: str, at_ns: int | None, data: dict[str, Any]) -> None:
         """From a supervisor thread: hop onto the gateway's loop before touching the pool."""
-        self.gateway.events.emit(
-            f"serve.replica.{kind}",
-            self.gateway.service,
+        # The supervisor's kinds are the suffixes of bastion.event_kinds.CHILD; a replica's
+        # are those under serve.replica.
+        self.gateway.record(
+            _REPLICA + kind,
             at_ns=at_ns,
             replica=name,
             **{k: v for k, v in data.items() if k != "argv"},
@@ -159,18 +201,8 @@ class ReplicaSet:
 
     def _mark_down(self, name: str, why: str) -> None:
         up = self.gateway.pool.upstreams.get(name)
-        if up is not None and not up.needs_probe:
-            up.needs_probe = True
-            up.down_reason = f"replica {why}"
-            up.ejected_at = self.gateway.pool.clock()
-            up.metrics.ejections.inc()
-            self.gateway.events.emit(
-                "serve.backend.ejected",
-                self.gateway.service,
-                backend=name,
-                reason=f"replica {why}",
-                hard=True,
-            )
+        if up is not None:
+            self.gateway.pool.mark_down(up, f"replica {why}")
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -197,9 +229,8 @@ class ReplicaSet:
             want = self.autoscaler.decide(len(self.replicas), concurrency)
             while len(self.replicas) < want:
                 self._spawn()
-                self.gateway.events.emit(
-                    "serve.scaled",
-                    self.gateway.service,
+                self.gateway.record(
+                    ek.SERVE_SCALED,
                     backend=self.backend.name,
                     replicas=len(self.replicas),
                 )
@@ -208,9 +239,8 @@ class ReplicaSet:
                 sup = self.replicas.pop(name)
                 self.gateway.remove_upstream(name)
                 await asyncio.to_thread(sup.stop, timeout=5)
-                self.gateway.events.emit(
-                    "serve.scaled",
-                    self.gateway.service,
+                self.gateway.record(
+                    ek.SERVE_SCALED,
                     backend=self.backend.name,
                     replicas=len(self.replicas),
                 )
@@ -221,9 +251,9 @@ class ReplicaSet:
         for sup in self.replicas.values():
             await asyncio.to_thread(sup.stop, timeout=5)
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend.name,
-            "replicas": {n: asdict(s.statistics()) for n, s in self.replicas.items()},
-            "autoscaler": self.autoscaler.statistics(),
-        }
+    def statistics(self) -> ReplicaSetStatistics:
+        return ReplicaSetStatistics(
+            backend=self.backend.name,
+            replicas={n: s.statistics() for n, s in self.replicas.items()},
+            autoscaler=self.autoscaler.statistics(),
+        )

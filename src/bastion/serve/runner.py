@@ -3,8 +3,9 @@ foreground (``bastion serve``).
 
 Owns: ``GatewayThread`` (a gateway on its own event loop in a daemon thread, started and
 stopped from synchronous code), ``spawn_server`` (start a ``PORT <n>``-printing server
-process and wait for its port), and ``specs_for`` (a manifest service's remote backends
-as upstream specs).
+process and wait for its port), ``specs_for`` (a manifest service's remote backends
+as upstream specs), and ``status`` (ask running gateways for their ``GatewayStatistics``
+over HTTP, read back into the typed record).
 
 Must never: bind anything but the address it was given; leave a process behind on error.
 """
@@ -18,17 +19,41 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bastion.aio import LoopThread
 from bastion.errors import NotFoundError, UnavailableError, UsageError
 from bastion.manifest import Manifest, Service
-from bastion.serve.gateway import Gateway
+from bastion.serve.gateway import Gateway, GatewayStatistics
 from bastion.serve.pool import UpstreamSpec
 
-__all__ = ["GatewayThread", "run_services", "spawn_server", "specs_for", "status", "stop_server"]
+__all__ = [
+    "GatewayDown",
+    "GatewayThread",
+    "run_services",
+    "spawn_server",
+    "specs_for",
+    "status",
+    "stop_server",
+]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayDown:
+    """A service whose gateway did not answer ``/bastion/status``.
+
+    Attributes:
+        service: the service.
+        listen: where its gateway should be listening.
+        reason: what went wrong (refused, timed out ...).
+    """
+
+    service: str
+    listen: str
+    reason: str
 
 
 def specs_for(service: Service) -> list[UpstreamSpec]:
@@ -131,14 +156,14 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
 
 async def run_services(manifest: Manifest, names: Sequence[str], *, stop: asyncio.Event) -> None:
     """Run the named services' gateways (with their local replica sets) until ``stop``."""
-    from bastion.serve._events import EventSink
+    from bastion.events import EventWriter
     from bastion.serve.replicas import ReplicaSet
 
     if manifest.path is None:
         raise UsageError("bastion serve needs a manifest loaded from a file")
     gateways: list[Gateway] = []
     sets: list[ReplicaSet] = []
-    sink = EventSink(manifest.state_dir)
+    sink = EventWriter.in_state_dir(manifest.state_dir)
     try:
         for name in names:
             service = manifest.services.get(name)
@@ -180,12 +205,14 @@ async def run_services(manifest: Manifest, names: Sequence[str], *, stop: asynci
         sink.close()
 
 
-def status(manifest: Manifest, names: Sequence[str]) -> list[dict[str, Any]]:
+def status(manifest: Manifest, names: Sequence[str]) -> list[GatewayStatistics | GatewayDown]:
     """Ask each named service's running gateway for its statistics (``/bastion/status``)."""
-    import json
     import urllib.request
 
-    out = []
+    import pydantic
+
+    reader = pydantic.TypeAdapter(GatewayStatistics)
+    out: list[GatewayStatistics | GatewayDown] = []
     for name in names:
         service = manifest.services.get(name)
         if service is None:
@@ -193,7 +220,15 @@ def status(manifest: Manifest, names: Sequence[str]) -> list[dict[str, Any]]:
         url = f"http://{service.listen}/bastion/status"
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
-                out.append(json.loads(resp.read()))
+                body = resp.read()
         except OSError as exc:
-            out.append({"service": name, "listen": service.listen, "down": str(exc)})
+            out.append(GatewayDown(name, service.listen, str(exc)))
+            continue
+        try:
+            out.append(reader.validate_json(body))
+        except pydantic.ValidationError as exc:
+            raise UnavailableError(
+                f"{url} answered, but not with a Bastion gateway's status ({exc.error_count()} "
+                "problem(s)); is another program, or another Bastion version, on that port?"
+            ) from None
     return out

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from bastion import event_kinds as ek
-from bastion.aio import LoopThread
+from bastion.aio import LoopThread, serve_app
 from bastion.drill.faults._base import Fault
 from bastion.errors import ScopeError, UsageError
 
@@ -214,14 +214,7 @@ class FaultyUpstream:
         app.router.add_post("/_bastion/fault", self._control_set)
         app.router.add_delete("/_bastion/fault", self._control_clear)
         app.router.add_get("/_bastion/stats", self._control_stats)
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        # The actual port when 0 was asked for: AppRunner.addresses lists (host, port).
-        self.port = int(self._runner.addresses[0][1])
+        self._runner, self.port = await serve_app(app, self.host, self.port, shutdown_timeout=0.5)
 
     async def _shutdown(self) -> None:
         if self._runner is not None:

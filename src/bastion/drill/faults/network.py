@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from bastion import event_kinds as ek
-from bastion.aio import LoopThread
+from bastion.aio import LoopThread, serve_app
 from bastion.drill.faults._base import Fault
 from bastion.errors import UsageError
 
@@ -545,11 +545,7 @@ class ToxiproxyApi:
         app.router.add_post("/proxies/{name}/toxics", self._add)
         app.router.add_delete("/proxies/{name}/toxics/{toxic}", self._remove)
         app.router.add_post("/reset", self._reset)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self._runner, self.port = await serve_app(app, "127.0.0.1", self.port)
 
     def _view(self, name: str, proxy: TcpFaultProxy) -> dict[str, Any]:
         return {
