@@ -104,7 +104,7 @@ __all__ = ["BACKEND_HEADER", "DEADLINE_HEADER", "PRIORITY_HEADER", "Gateway", "G
 DEADLINE_HEADER = "x-bastion-deadline-ms"
 BACKEND_HEADER = "x-bastion-backend"
 PRIORITY_HEADER = "x-bastion-priority"
-MAX_BODY = 4 * 1024 * 1024
+_MAX_BODY = 4 * 1024 * 1024
 _JSON = "application/json"
 _POST_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/predict")
 _DONE = b"data: [DONE]"
@@ -112,7 +112,7 @@ _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 _MAX_LINE = 1024 * 1024  # a partial line held back longer than this is forwarded anyway
 T = TypeVar("T")
 
-TTFT_SHARE = 0.25
+_TTFT_SHARE = 0.25
 """The most of ``timeout_ms`` a stream waits for its first byte, unless the policy's
 ``ttft_timeout_ms`` says otherwise."""
 
@@ -240,7 +240,7 @@ class Gateway:
         self.ttft_fixed_s = (
             policy.ttft_timeout_ms / 1000.0 if policy.ttft_timeout_ms is not None else None
         )
-        self.ttft = AdaptiveTimeout(cap_s=TTFT_SHARE * self.timeout_s)
+        self.ttft = AdaptiveTimeout(cap_s=_TTFT_SHARE * self.timeout_s)
         self.stall_s = (policy.stall_timeout_ms or policy.timeout_ms) / 1000.0
         self.queue_timeout_s = policy.queue_timeout_ms / 1000.0
         self.probe_interval_s = probe_interval_s
@@ -275,7 +275,7 @@ class Gateway:
 
     # -- lifecycle ----------------------------------------------------------------------
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=_MAX_BODY)
         for route in _POST_ROUTES:
             app.router.add_post(route, self._proxy)
         app.router.add_get("/v1/models", self._models)
@@ -359,7 +359,7 @@ class Gateway:
             self._responses["4xx"].inc()
             return _error(
                 413,
-                f"request body over {MAX_BODY} bytes; send a smaller one",
+                f"request body over {_MAX_BODY} bytes; send a smaller one",
                 "invalid_request_error",
             )
         try:

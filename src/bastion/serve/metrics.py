@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BackendMetrics", "Count", "GatewayMetrics", "Histogram"]
 
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _STATE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 
@@ -58,16 +58,16 @@ class Histogram:
     __slots__ = ("counts", "sum")
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)
+        self.counts = [0] * (len(_BUCKETS) + 1)
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.counts[bisect.bisect_left(_BUCKETS, value)] += 1
         self.sum += value
 
     def cumulative(self) -> list[tuple[str, float]]:
         out, running = [], 0
-        for bound, n in zip((*BUCKETS, float("inf")), self.counts, strict=True):
+        for bound, n in zip((*_BUCKETS, float("inf")), self.counts, strict=True):
             running += n
             out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
         return out
@@ -99,7 +99,7 @@ _COUNTERS = (
     ("hedges", "bastion_gateway_hedges", "Hedged attempts sent to this backend"),
 )
 
-Rows = Callable[[], Iterable[tuple[str, BackendMetrics, "UpstreamStatistics"]]]
+_Rows = Callable[[], Iterable[tuple[str, BackendMetrics, "UpstreamStatistics"]]]
 
 
 class _Exporter(Collector):
@@ -171,10 +171,10 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.shed = {"saturated": Count(), "no_backend": Count()}
         self.responses = {"2xx": Count(), "4xx": Count(), "5xx": Count()}
-        self.rows: Rows = lambda: ()
+        self.rows: _Rows = lambda: ()
         self.registry.register(_Exporter(self))
 
-    def watch(self, rows: Rows) -> None:
+    def watch(self, rows: _Rows) -> None:
         """Where the exporter finds the backends: (name, metrics, statistics) rows."""
         self.rows = rows
 
