@@ -121,7 +121,7 @@ SERVE_BACKEND_EJECTED = _k("serve.backend.ejected", "a backend left the pool (ba
 SERVE_BACKEND_RESTORED = _k("serve.backend.restored", "an ejected backend passed its probe")
 SERVE_OVERLOAD_STARTED = _k("serve.overload.started", "the gateway began shedding load")
 SERVE_OVERLOAD_ENDED = _k("serve.overload.ended", "the gateway stopped shedding load (shed)")
-SERVE_SCALED = _k("serve.scaled", "a replica set changed size (backend, from, to, reason)")
+SERVE_SCALED = _k("serve.scaled", "a replica set changed size (backend, replicas)")
 
 # -- drills -------------------------------------------------------------------------------
 DRILL_STARTED = _k("drill.started", "an experiment began (title)")
