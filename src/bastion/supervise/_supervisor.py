@@ -313,7 +313,9 @@ class Supervisor:
                     age = self.child.heartbeat_age() if limit is not None else None
                     if limit is not None and age is not None and age > limit:
                         self.hangs += 1
-                        self._emit("hang", heartbeat_age_s=math.ceil(age * 1000) / 1000, pid=self.child.pid)
+                        self._emit(
+                            "hang", heartbeat_age_s=math.ceil(age * 1000) / 1000, pid=self.child.pid
+                        )
                         self._begin_stop("hang")
             elif self.state == "backoff":
                 if self._stop_requested:

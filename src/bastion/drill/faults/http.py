@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import random
 import threading
@@ -28,6 +27,7 @@ from bastion import event_kinds as ek
 from bastion.aio import LoopThread, serve_app
 from bastion.drill.faults._base import Fault
 from bastion.errors import ScopeError, UsageError
+from bastion.serve import shapes
 
 if TYPE_CHECKING:
     from bastion.events import Emit
@@ -295,10 +295,7 @@ class FaultyUpstream:
         return web.json_response({"ok": True, "name": self.name}, headers=self._headers())
 
     async def _models(self, request: web.Request) -> web.Response:
-        body = {
-            "object": "list",
-            "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": self.name}],
-        }
+        body = shapes.model_list([self.model], owned_by=self.name)
         return web.json_response(body, headers=self._headers())
 
     async def _control_set(self, request: web.Request) -> web.Response:
@@ -360,21 +357,14 @@ class FaultyUpstream:
         if payload.get("stream"):
             return await self._stream(request, rid, created, text, fault)
         self._count(_label(fault))
-        words = len(text.split())
-        body = {
-            "id": rid,
-            "object": "chat.completion",
-            "created": created,
-            "model": payload.get("model") or self.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 8, "completion_tokens": words, "total_tokens": 8 + words},
-        }
+        body = shapes.chat_completion(
+            payload.get("model") or self.model,
+            text,
+            id=rid,
+            created=created,
+            prompt_tokens=8,
+            completion_tokens=len(text.split()),
+        )
         return web.json_response(body, headers=self._headers())
 
     async def _stream(
@@ -399,24 +389,12 @@ class FaultyUpstream:
                 if request.transport is not None:
                     request.transport.abort()
                 return resp
-            chunk = {
-                "id": rid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": self.model,
-                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
-            }
-            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        final = {
-            "id": rid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-        }
+            chunk = shapes.chat_chunk(self.model, {"content": piece}, id=rid, created=created)
+            await resp.write(shapes.sse(chunk))
+        final = shapes.chat_chunk(self.model, {}, "stop", id=rid, created=created)
         # Counted before the last write: a client that has read [DONE] may ask at once.
         self._count(_label(fault))
-        await resp.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
+        await resp.write(shapes.sse(final) + b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
 
