@@ -358,23 +358,30 @@ def gc(
     grace_s: Annotated[float, typer.Option(help="Keep objects younger than this.")] = 3600.0,
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
-    """Drop old versions and unreferenced objects. Needs the admin key.
+    """Drop old versions, old checkpoints and unreferenced objects. Needs the admin key.
 
-    Defaults come from vault.retention in bastion.yaml. Labelled versions and the
-    lineage of every kept snapshot are always kept.
+    Defaults come from vault.retention in bastion.yaml. Each job's checkpoints beyond
+    its checkpoint.keep go, except the newest that reads back whole. Labelled versions
+    and the lineage of every kept snapshot are always kept.
     """
     vault = _vault(file)
     skipped = vault.degraded()
-    before = vault.replicas.statistics()
     result = vault.gc(keep_last=keep_last, keep_within_days=keep_within_days, grace_s=grace_s)
     console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.items()))
-    failed = _failed_since(before, vault.replicas.statistics())
-    if skipped or failed:
+    unreached = [url for url in result.unreached if url not in skipped]
+    if skipped or unreached:
         raise UnavailableError(
             "gc did not reach "
-            + "; ".join([f"{url}: unreachable" for url in skipped] + failed)
+            + "; ".join([f"{url}: unreachable" for url in skipped] + unreached)
             + " (what it holds there is still there; bring the replica back and run "
             "`bastion vault gc` again)"
+        )
+    if result.unverified:
+        raise CheckFailed(
+            f"{len(result.unverified)} checkpoints do not read back whole (a chunk has no "
+            f"good copy on any replica): {', '.join(result.unverified)}; they cannot be "
+            "restored, and each job's newest good checkpoint was kept; run `bastion vault "
+            "scrub` to see every loss"
         )
 
 

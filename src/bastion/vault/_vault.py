@@ -54,6 +54,7 @@ from bastion.vault._layout import (
     version_key,
     versions_prefix,
 )
+from bastion.vault._manifest import checkpoint_series
 from bastion.vault._objects import decode, object_key
 from bastion.vault._replicas import ReplicaSet, ReplicaSetStatistics, Write
 from bastion.vault._snapshot import (
@@ -67,6 +68,7 @@ from bastion.vault._write import Written, write_files
 
 if TYPE_CHECKING:
     from bastion.manifest import Manifest
+    from bastion.vault._gc import GcReport
     from bastion.vault._scrub import ScrubReport
 
 __all__ = ["FileSource", "PutResult", "Vault", "VaultStatistics"]
@@ -133,7 +135,9 @@ class Vault:
     through ``events`` when given). ``clock``: wall-clock seconds
     since the epoch, for when a snapshot is created and how old it is (retention).
     ``retention``: gc's defaults, as ``vault.retention`` in the manifest
-    (``keep_last``, ``keep_within_days``).
+    (``keep_last``, ``keep_within_days``). ``series``: checkpoint series gc counts as
+    one (name prefix -> how many to keep; ``from_manifest`` gives each job's
+    ``checkpoint.keep``, see ``bastion.vault._gc``).
     """
 
     #: Store whole files in worker processes: None decides per commit (many files on
@@ -152,6 +156,7 @@ class Vault:
         subject: str = "vault",
         clock: Callable[[], float] = time.time,
         retention: Mapping[str, float] | None = None,
+        series: Mapping[str, int] | None = None,
     ) -> None:
         self.events: Emit = events if events is not None else NO_EVENTS
         self.subject = subject
@@ -167,6 +172,7 @@ class Vault:
         self.state_dir = Path(state_dir) if state_dir else None
         self.clock = clock
         self.retention: dict[str, float] = dict(retention or {})
+        self.series: dict[str, int] = dict(series or {})
         self._signer: Signer | None = None
         self._verifier: Verifier | None = None
         self._commit_lock = threading.Lock()
@@ -207,6 +213,7 @@ class Vault:
             events=events,
             quorum=config.quorum,
             retention=config.retention.model_dump(exclude_none=True),
+            series=checkpoint_series(manifest),
         )
 
     # ----------------------------------------------------------------- plumbing
@@ -629,7 +636,8 @@ class Vault:
         keep_last: int | None = None,
         keep_within_days: float | None = None,
         grace_s: float = 3600.0,
-    ) -> dict[str, int]:
+        series: Mapping[str, int] | None = None,
+    ) -> GcReport:
         """Drop old versions and every object no remaining snapshot needs. Needs the
         admin key.
 
@@ -641,8 +649,17 @@ class Vault:
         or in ``retention``, the manifest's ``vault.retention``): no version is dropped,
         only unneeded objects.
 
+        ``series``: checkpoint series (name prefix -> how many to keep; by default the
+        vault's ``series``, each job's ``checkpoint.keep``): each counted as one, its
+        newest steps kept and the others dropped whole, except the newest checkpoint
+        that reads back whole and any a kept snapshot names in its lineage.
+
         ``grace_s``: objects younger than this are kept, so a commit in flight (whose
         objects are written before its snapshot) is never robbed.
+
+        Returns a ``GcReport``: a mapping of its counts (``snapshots_deleted``,
+        ``objects_deleted``, ``objects_kept``, ``checkpoints_deleted``), and the replicas
+        it could not reach and the checkpoints that did not read back whole.
         """
         from bastion.vault._gc import gc
 
@@ -650,7 +667,13 @@ class Vault:
             keep_last = int(self.retention["keep_last"])
         if keep_within_days is None and "keep_within_days" in self.retention:
             keep_within_days = float(self.retention["keep_within_days"])
-        return gc(self, keep_last=keep_last, keep_within_days=keep_within_days, grace_s=grace_s)
+        return gc(
+            self,
+            keep_last=keep_last,
+            keep_within_days=keep_within_days,
+            grace_s=grace_s,
+            series=self.series if series is None else series,
+        )
 
 
 def _has(store: Store, key: str) -> bool:
