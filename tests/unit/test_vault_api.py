@@ -39,17 +39,25 @@ def test_vault_public_names() -> None:
 
 def test_store_public_names() -> None:
     assert sorted(bastion.store.__all__) == [
+        "ACCESS_MODES",
+        "AccessMode",
         "Buffer",
         "LocalStore",
         "MemoryStore",
+        "Permissions",
         "ReplicaUrl",
         "SCHEMES",
         "Store",
         "StoreStatistics",
         "buffer_address",
+        "make_dirs",
+        "open_file",
         "open_store",
         "parse_replica_url",
+        "permissions",
+        "umask",
         "write_direct",
+        "write_file",
     ]
     for name in bastion.store.__all__:
         assert hasattr(bastion.store, name)

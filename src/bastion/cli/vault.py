@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -84,12 +85,22 @@ def get(
     out: Annotated[Path | None, typer.Option("-o", help="Write here instead of stdout.")] = None,
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
-    """Print (or write) one file of a snapshot, verified."""
-    data = _vault(file).read(ref, path)
+    """Print (or write) one file of a snapshot, verified. A new -o file gets the mode the
+    file had in the snapshot; an existing one keeps its own (as cp does)."""
+    vault = _vault(file)
+    snap = vault.snapshot(ref)
+    data = vault.read(snap, path)
     if out is None:
         sys.stdout.buffer.write(data)
-    else:
-        out.write_bytes(data)
+        return
+    mode = snap.files[path].mode
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        os.fchmod(fd, mode)  # exactly the snapshot's, whatever the umask
+    except FileExistsError:
+        fd = os.open(out, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    with os.fdopen(fd, "wb") as sink:
+        sink.write(data)
 
 
 @app.command("ls")

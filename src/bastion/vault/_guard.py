@@ -116,9 +116,8 @@ def protect(vault: Vault, directory: Path, name: str) -> Snapshot:
     (directory / CANARY).write_text("bastion canary: do not touch\n")
     entries = [p for p in load_protected(vault) if p.directory != directory]
     entries.append(Protected(directory, name))
-    path = _registry(vault)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([{"dir": str(p.directory), "name": p.name} for p in entries]))
+    listed = [{"dir": str(p.directory), "name": p.name} for p in entries]
+    vault.write_state(_registry(vault).name, json.dumps(listed).encode())
     vault.events.emit(ek.VAULT_GUARD_PROTECTED, name, dir=str(directory), snapshot=snap.ref)
     return snap
 
@@ -379,16 +378,20 @@ class Guard:
     def _freeze(self, watch: _Watch) -> None:
         root = watch.protected.directory
         dirs = [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]
+        # Only write bits are taken away: a freeze must not make a private file readable
+        # by others (0600 stays 0400, never 0444).
         for directory in dirs:  # directories first: no more renames or new files
             with contextlib.suppress(OSError):
-                watch.frozen[directory] = directory.stat().st_mode & 0o7777
-                directory.chmod(0o555)
+                mode = directory.stat().st_mode & 0o7777
+                watch.frozen[directory] = mode
+                directory.chmod(mode & ~0o222)
                 _set_immutable(directory, True)
         for path in root.rglob("*"):
             if path.is_file() and not path.is_symlink():
                 with contextlib.suppress(OSError):
-                    watch.frozen[path] = path.stat().st_mode & 0o7777
-                    path.chmod(0o444)
+                    mode = path.stat().st_mode & 0o7777
+                    watch.frozen[path] = mode
+                    path.chmod(mode & ~0o222)
                     _set_immutable(path, True)
 
     def _unfreeze(self, watch: _Watch) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from bastion import event_kinds as ek
 from bastion.errors import IntegrityError
+from bastion.store import umask
 from bastion.vault._snapshot import Snapshot, check_path
 from bastion.vault._write import BATCH_BELOW, BATCH_BYTES, BATCH_COUNT
 
@@ -32,15 +33,6 @@ __all__ = ["restore"]
 
 # Threads for restore (file creation waits on the disk).
 _WORKERS = max(4, 2 * (os.cpu_count() or 2))
-
-
-def _umask() -> int:
-    """This process's umask, read without changing it (os.umask would race other threads)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    return 0o777  # unknown: always fchmod
 
 
 def _targets(snap: Snapshot, root: Path, dest: Path) -> tuple[dict[str, Path], dict[str, Path]]:
@@ -109,7 +101,7 @@ class _FileRestorer:
         self.snap = snap
         self.targets = targets
         self.progress = progress
-        self.umask = _umask()
+        self.umask = umask()
 
     def _open(self, path: str) -> tuple[int, Path | None, bool]:
         """A descriptor to write ``path`` into, the temporary name it has (None: its

@@ -40,7 +40,15 @@ from bastion import event_kinds as ek
 from bastion.errors import IntegrityError, NotFoundError, UnavailableError, UsageError
 from bastion.events import NO_EVENTS, Emit
 from bastion.names import parse_name, parse_ref
-from bastion.store import Store, open_store
+from bastion.store import (
+    AccessMode,
+    Store,
+    make_dirs,
+    open_file,
+    open_store,
+    permissions,
+    write_file,
+)
 from bastion.vault._admin import pin_admin
 from bastion.vault._ingest import FileSource
 from bastion.vault._keys import Signer, Verifier
@@ -137,7 +145,9 @@ class Vault:
     ``retention``: gc's defaults, as ``vault.retention`` in the manifest
     (``keep_last``, ``keep_within_days``). ``series``: checkpoint series gc counts as
     one (name prefix -> how many to keep; ``from_manifest`` gives each job's
-    ``checkpoint.keep``, see ``bastion.vault._gc``).
+    ``checkpoint.keep``, see ``bastion.vault._gc``). ``mode``: who may read the files of
+    the replicas opened from paths here and of the state directory (``private``: the
+    owner alone; ``group``: the owner's group too; ``vault.mode`` in the manifest).
     """
 
     #: Store whole files in worker processes: None decides per commit (many files on
@@ -157,15 +167,19 @@ class Vault:
         clock: Callable[[], float] = time.time,
         retention: Mapping[str, float] | None = None,
         series: Mapping[str, int] | None = None,
+        mode: AccessMode = "private",
     ) -> None:
         self.events: Emit = events if events is not None else NO_EVENTS
+        self.permissions = permissions(mode)
         self.subject = subject
         if isinstance(replicas, ReplicaSet):
             self.replicas = replicas
             if events is not None:
                 replicas.events, replicas.subject = events, subject
         else:
-            stores = [r if isinstance(r, Store) else open_store(str(r)) for r in replicas]
+            stores = [
+                r if isinstance(r, Store) else open_store(str(r), mode=mode) for r in replicas
+            ]
             self.replicas = ReplicaSet(stores, quorum=quorum, events=self.events, subject=subject)
         self.key_path = Path(key_path) if key_path else None
         self.admin_key_path = Path(admin_key_path) if admin_key_path else None
@@ -206,7 +220,7 @@ class Vault:
 
             events = EventLog.in_state_dir(state)
         return cls(
-            [open_store(r, create=create) for r in config.replicas],
+            [open_store(r, create=create, mode=config.mode) for r in config.replicas],
             key_path=config.key or state / "keys" / "signing.key",
             admin_key_path=config.admin_key or state / "keys" / "admin.key",
             state_dir=state,
@@ -214,6 +228,7 @@ class Vault:
             quorum=config.quorum,
             retention=config.retention.model_dump(exclude_none=True),
             series=checkpoint_series(manifest),
+            mode=config.mode,
         )
 
     # ----------------------------------------------------------------- plumbing
@@ -271,15 +286,30 @@ class Vault:
                 with self.replicas.lock("vault"):
                     yield
                 return
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(
-                self.state_dir / "vault.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
+            fd = open_file(self.state_file("vault.lock"), os.O_RDWR, self.permissions.files)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
             finally:
                 os.close(fd)
+
+    def state_file(self, name: str) -> Path:
+        """Where the vault keeps its state file ``name`` (``vault.lock``,
+        ``scrub-cursor.json``, ``guard.json``), the state directory made with the
+        vault's mode if it is missing. ``UsageError`` without a state directory."""
+        if self.state_dir is None:
+            raise UsageError(f"this vault has no state directory to keep {name} in")
+        make_dirs(self.state_dir, self.permissions.dirs)
+        return self.state_dir / name
+
+    def write_state(self, name: str, data: bytes) -> None:
+        """Replace the state file ``name`` whole, with the vault's mode (0600 private)."""
+        write_file(
+            self.state_file(name),
+            data,
+            mode=self.permissions.files,
+            dir_mode=self.permissions.dirs,
+        )
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
