@@ -299,11 +299,19 @@ def restore(
     ref: Annotated[str, typer.Argument(help="NAME[@REV]")],
     dest: Annotated[Path, typer.Argument(help="Directory to restore into.")],
     clean: Annotated[bool, typer.Option(help="Remove files the snapshot lacks.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Restore into a directory that is not empty.")
+    ] = False,
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
-    """Restore a snapshot bit-identical, every chunk verified."""
+    """Restore a snapshot bit-identical, every chunk verified, into a new or empty
+    directory (--force: into one that holds files, overwriting those the snapshot has)."""
     vault = _vault(file)
     snap = vault.snapshot(ref)
+    if not force:
+        from bastion.vault._restore import require_empty
+
+        require_empty(snap, dest)  # before the progress bar: a refusal writes nothing
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -319,7 +327,7 @@ def restore(
                 bar.advance(task, n)
 
         before = vault.replicas.statistics()
-        vault.restore(snap, dest, progress=advance, clean=clean)
+        vault.restore(snap, dest, progress=advance, clean=clean, empty_only=not force)
         after = vault.replicas.statistics()
     console.print(f"restored {snap.ref} ({len(snap.files)} files, {snap.size:,} bytes) to {dest}")
     if after.repair_failures > before.repair_failures:

@@ -6,8 +6,10 @@ existing file as it was, ``clean`` (removing what the snapshot lacks: a ransom n
 ``*.locked`` copies), and the ``vault.restored`` event.
 
 Must never: write a byte that did not verify (every chunk comes from ``Vault.fetch``,
-which reads through the replica set), follow a symlink out of the destination, or leave
-a half-written file under a name the snapshot gives.
+which reads through the replica set), follow a symlink out of the destination, leave
+a half-written file under a name the snapshot gives, or (``empty_only``, the CLI's
+default) write into a directory that holds anything: ``vault restore x /`` must not
+overwrite a system without being told to (``--force``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bastion import event_kinds as ek
-from bastion.errors import IntegrityError
+from bastion.errors import IntegrityError, UsageError
 from bastion.store import umask
 from bastion.vault._snapshot import Snapshot, check_path
 from bastion.vault._write import BATCH_BELOW, BATCH_BYTES, BATCH_COUNT
@@ -29,7 +31,7 @@ from bastion.vault._write import BATCH_BELOW, BATCH_BYTES, BATCH_COUNT
 if TYPE_CHECKING:
     from bastion.vault._vault import Vault
 
-__all__ = ["restore"]
+__all__ = ["require_empty", "restore"]
 
 # Threads for restore (file creation waits on the disk).
 _WORKERS = max(4, 2 * (os.cpu_count() or 2))
@@ -67,6 +69,23 @@ def _clean(root: Path, keep: set[Path]) -> None:
             if not any(k.is_relative_to(path) for k in keep):
                 with contextlib.suppress(OSError):
                     path.rmdir()
+
+
+def require_empty(snap: Snapshot, dest: Path) -> None:
+    """``UsageError`` (nothing written) unless ``dest`` is missing or an empty directory."""
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise UsageError(f"restore {snap.ref}: {dest} is a file, not a directory")
+    found = sorted(entry.name for entry in os.scandir(dest))
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise UsageError(
+            f"restore {snap.ref}: {dest} is not empty ({len(found)} entries: {shown}); "
+            "restoring would overwrite what is there. Give a new or empty directory, or "
+            "pass --force to restore into it anyway (--clean also removes what the "
+            "snapshot lacks); nothing was written"
+        )
 
 
 def _batches(snap: Snapshot) -> list[list[str]]:
@@ -156,10 +175,13 @@ def restore(
     *,
     progress: Callable[[int], None] | None = None,
     clean: bool = False,
+    empty_only: bool = False,
 ) -> Snapshot:
     """Write ``snap``'s files under ``dest`` (see ``Vault.restore``)."""
     started = time.perf_counter()
     dest = Path(dest)
+    if empty_only:
+        require_empty(snap, dest)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     targets, parents = _targets(snap, root, dest)

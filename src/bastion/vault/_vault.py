@@ -627,15 +627,25 @@ class Vault:
         *,
         progress: Callable[[int], None] | None = None,
         clean: bool = False,
+        empty_only: bool = False,
     ) -> Snapshot:
         """Write the snapshot's files under ``dest``, bit-identical and verified.
 
         ``clean`` also removes files under ``dest`` that the snapshot does not have (a
         ransom note, ``*.locked`` copies), so the directory is exactly the snapshot.
+        ``empty_only``: refuse (``UsageError``, nothing written) unless ``dest`` is
+        missing or empty (``bastion vault restore`` without ``--force``).
         """
         from bastion.vault._restore import restore
 
-        return restore(self, self.snapshot(ref), Path(dest), progress=progress, clean=clean)
+        return restore(
+            self,
+            self.snapshot(ref),
+            Path(dest),
+            progress=progress,
+            clean=clean,
+            empty_only=empty_only,
+        )
 
     def scrub(
         self,
