@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bastion import event_kinds as ek
-from bastion.errors import IntegrityError, UsageError
+from bastion.errors import BastionError, IntegrityError, UsageError
 from bastion.store import umask
 from bastion.vault._snapshot import Snapshot, check_path
 from bastion.vault._write import BATCH_BELOW, BATCH_BYTES, BATCH_COUNT
@@ -121,6 +122,8 @@ class _FileRestorer:
         self.targets = targets
         self.progress = progress
         self.umask = umask()
+        self.failed: list[tuple[str, Exception]] = []
+        self._lock = threading.Lock()
 
     def _open(self, path: str) -> tuple[int, Path | None, bool]:
         """A descriptor to write ``path`` into, the temporary name it has (None: its
@@ -161,11 +164,40 @@ class _FileRestorer:
             raise
         os.close(fd)
         if tmp is not None:
-            tmp.replace(self.targets[path])
+            try:
+                tmp.replace(self.targets[path])
+            except BaseException:
+                # the target could not be replaced (immutable, a directory's lock): leave
+                # it as it was, and nothing of ours behind
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
         return entry.size
 
     def batch(self, paths: list[str]) -> int:
-        return sum(self.file(path) for path in paths)
+        # one file that cannot be written (a directory in its place, an immutable file)
+        # must not stop the others: each is tried, and every failure is said at the end
+        total = 0
+        for path in paths:
+            try:
+                total += self.file(path)
+            except (OSError, BastionError) as exc:
+                with self._lock:
+                    self.failed.append((path, exc))
+        return total
+
+    def raise_failures(self) -> None:
+        """Raise the first failure (its own type), naming every file not restored."""
+        if not self.failed:
+            return
+        failed = sorted(self.failed, key=lambda item: item[0])
+        first = failed[0][1]
+        first.add_note(
+            f"restore {self.snap.ref}: {len(failed)} files not restored: "
+            + ", ".join(path for path, _ in failed[:20])
+            + (", ..." if len(failed) > 20 else "")
+        )
+        raise first
 
 
 def restore(
@@ -192,6 +224,7 @@ def restore(
     restorer = _FileRestorer(vault, snap, targets, progress)
     with ThreadPoolExecutor(_WORKERS, thread_name_prefix="vault-restore") as pool:
         total = sum(pool.map(restorer.batch, _batches(snap)))
+    restorer.raise_failures()
     vault.events.emit(
         ek.VAULT_RESTORED,
         snap.name,
