@@ -9,8 +9,10 @@ key goes: beside the signing key by default (with a plain note that it belongs o
 hosts that write), or at ``admin_key_out``, leaving this host only its public half (what
 the vault pins at its first commit), so this host can write but never delete.
 
-Layer: orchestration. It reads the manifest and drives the vault and training's choice
-of vault, so it sits above them (the foundation must not import a capability).
+Which vault: ``Vault.from_manifest``'s, the one place that says it (the manifest's
+``vault:``, or the default vault, see ``bastion.vault.vault_replicas``), which is where
+training checkpoints too. Layer: orchestration. It reads the manifest and drives the
+vault, so it sits above it (the foundation must not import a capability).
 
 Must never: change an existing manifest (``force`` writes a fresh starter over it, and
 only the manifest), replace an existing key, make a private key where only its ``.pub``
@@ -26,13 +28,8 @@ from pathlib import Path
 from bastion.errors import UsageError
 from bastion.events import EventLog
 from bastion.manifest import Manifest, load, loads
-from bastion.train import (
-    checkpoint_keys,
-    checkpoint_replicas,
-    checkpoint_vault,
-    holds_snapshots,
-)
-from bastion.vault import make_key
+from bastion.store import open_store, parse_replica_url
+from bastion.vault import Vault, make_key, vault_keys, vault_replicas
 
 __all__ = ["STARTER", "Setup", "init", "set_up_vault", "write_key"]
 
@@ -157,8 +154,8 @@ def set_up_vault(
     """
     if manifest.vault is None and not manifest.jobs:
         return [], ["the manifest declares no vault and no jobs: no vault to set up"]
-    replicas = checkpoint_replicas(manifest)
-    signing, admin = checkpoint_keys(manifest)
+    replicas = vault_replicas(manifest)
+    signing, admin = vault_keys(manifest)
     if admin_key_out is not None:
         if admin_key_out.exists():
             raise UsageError(_out_exists(admin_key_out))
@@ -171,7 +168,7 @@ def set_up_vault(
             )
     keys = (("signing", signing), ("admin", admin))
     absent = [(role, key) for role, key in keys if not key.exists()]
-    existing = bool(absent) and holds_snapshots(manifest)
+    existing = bool(absent) and _holds_snapshots(replicas)
     if existing and not signing.exists() and not _public(signing).exists():
         raise UsageError(
             f"{signing}: the vault's signing key is missing, and the vault "
@@ -186,7 +183,7 @@ def set_up_vault(
         )
     missing = [Path(r) for r in replicas if not Path(r).is_dir()]
     with EventLog.in_state_dir(manifest.state_dir) as log:
-        checkpoint_vault(manifest, events=log)  # opening a local replica makes its directory
+        Vault.from_manifest(manifest, events=log)  # opening a local replica makes its directory
     made = [p for p in missing if p.is_dir()]  # (a URL is never a directory here)
     for role, key in absent:
         if _public(key).exists():
@@ -229,6 +226,18 @@ def _admin_elsewhere(admin: Path, out: Path) -> list[Path]:
     admin.parent.chmod(0o700)
     _public(admin).write_bytes(_public(out).read_bytes())
     return [out, _public(admin)]
+
+
+def _holds_snapshots(replicas: list[str]) -> bool:
+    """Whether the local replicas that exist hold any snapshot (read without a key, and
+    without making the directory of a missing replica: only ``tmp/`` in one that is
+    there, which a bare directory made by hand lacks)."""
+    present = []
+    for url in replicas:
+        parsed = parse_replica_url(url)
+        if parsed.is_local and Path(parsed.location).is_dir():
+            present.append(open_store(url))
+    return bool(present) and bool(Vault(present).names())
 
 
 def _public(key: Path) -> Path:

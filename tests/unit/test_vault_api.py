@@ -31,6 +31,8 @@ def test_vault_public_names() -> None:
             "make_key",
             "protect",
             "snapshot_dir",
+            "vault_keys",
+            "vault_replicas",
         ]
     )
     for name in bastion.vault.__all__:

@@ -20,7 +20,12 @@ from bastion.vault._guard import (
     snapshot_dir,
 )
 from bastion.vault._keys import make_key
-from bastion.vault._manifest import checkpoint_prefix, checkpoint_series
+from bastion.vault._manifest import (
+    checkpoint_prefix,
+    checkpoint_series,
+    vault_keys,
+    vault_replicas,
+)
 from bastion.vault._replicas import ReplicaSet, ReplicaSetStatistics, ReplicaStatistics
 from bastion.vault._scrub import ScrubReport
 from bastion.vault._snapshot import ChunkRef, FileEntry, Snapshot
@@ -49,4 +54,6 @@ __all__ = [
     "make_key",
     "protect",
     "snapshot_dir",
+    "vault_keys",
+    "vault_replicas",
 ]

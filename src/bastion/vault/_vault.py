@@ -62,7 +62,7 @@ from bastion.vault._layout import (
     version_key,
     versions_prefix,
 )
-from bastion.vault._manifest import checkpoint_series
+from bastion.vault._manifest import checkpoint_series, vault_keys, vault_replicas
 from bastion.vault._objects import decode, object_key
 from bastion.vault._replicas import ReplicaSet, ReplicaSetStatistics, Write
 from bastion.vault._snapshot import (
@@ -204,31 +204,30 @@ class Vault:
     def from_manifest(
         cls, manifest: Manifest, *, events: Emit | None = None, create: bool = True
     ) -> Vault:
-        """The manifest's vault: its replicas, keys, quorum, retention, state dir and event
-        log. ``create=False`` opens the replicas without making a missing directory (a
+        """The manifest's vault: its replicas, keys, quorum, retention, mode, each job's
+        checkpoint series, the state dir and its event log. A manifest without
+        ``vault:`` has the default vault under its state directory (see
+        ``bastion.vault.vault_replicas``), the one its jobs checkpoint into.
+        ``create=False`` opens the replicas without making a missing directory (a
         read-only check must not re-create a replica that was deleted)."""
         config = manifest.vault
-        if config is None:
-            raise UsageError(
-                f"{manifest.base_dir / 'bastion.yaml'}: no vault section "
-                "(add vault: {replicas: [.bastion/vault/a, .bastion/vault/b]}, or run "
-                "`bastion init`)"
-            )
         state = Path(manifest.state_dir)
         if events is None:
             from bastion.events import EventLog
 
             events = EventLog.in_state_dir(state)
+        mode: AccessMode = config.mode if config is not None else "private"
+        signing, admin = vault_keys(manifest)
         return cls(
-            [open_store(r, create=create, mode=config.mode) for r in config.replicas],
-            key_path=config.key or state / "keys" / "signing.key",
-            admin_key_path=config.admin_key or state / "keys" / "admin.key",
+            [open_store(r, create=create, mode=mode) for r in vault_replicas(manifest)],
+            key_path=signing,
+            admin_key_path=admin,
             state_dir=state,
             events=events,
-            quorum=config.quorum,
-            retention=config.retention.model_dump(exclude_none=True),
+            quorum=config.quorum if config is not None else None,
+            retention=config.retention.model_dump(exclude_none=True) if config else None,
             series=checkpoint_series(manifest),
-            mode=config.mode,
+            mode=mode,
         )
 
     # ----------------------------------------------------------------- plumbing
