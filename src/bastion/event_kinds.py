@@ -86,6 +86,9 @@ VAULT_GUARD_RANSOMWARE = _k(
     "vault.guard.ransomware", "ransomware signals seen; the tree was frozen (signals, files)"
 )
 VAULT_GUARD_RESTORED = _k("vault.guard.restored", "the guard put a tree back from its snapshot")
+VAULT_GUARD_RESTORE_FAILED = _k(
+    "vault.guard.restore_failed", "the guard could not put every file back (files, errors)"
+)
 
 # -- training -----------------------------------------------------------------------------
 TRAIN_RUN_STARTED = _k("train.run.started", "a supervised training run began (job, slot)")

@@ -24,7 +24,7 @@ def test_put_get_has_list_delete(tmp_path: Path, unnamed: bool) -> None:
     assert store.get("objects/ab/abc") == b"hello"
     assert store.size("objects/ab/abc") == 5
     assert store.has("objects/ab/abc")
-    assert (tmp_path / "r/objects/ab/abc").stat().st_mode & 0o777 == 0o444
+    assert (tmp_path / "r/objects/ab/abc").stat().st_mode & 0o777 == 0o400  # private
     assert store.put("objects/ab/abc", [b"fixed"], replace=True)
     assert store.get("objects/ab/abc") == b"fixed"
     store.put("snapshots/x/_v/0000000001", [b"s"], durable=False)
@@ -52,7 +52,7 @@ def test_big_values_written_direct_read_back_whole(
     store.sync()
     assert store.size("objects/cd/big") == size + 1
     assert store.get("objects/cd/big") == b"\x00" + payload
-    assert (tmp_path / "r/objects/cd/big").stat().st_mode & 0o777 == 0o444
+    assert (tmp_path / "r/objects/cd/big").stat().st_mode & 0o777 == 0o400  # private
     assert not store.put("objects/cd/big", [b"\x01", memoryview(payload)])
     assert store.get("objects/cd/big")[:1] == b"\x00"
     assert store.statistics().put_bytes == size + 1

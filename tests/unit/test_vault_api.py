@@ -13,6 +13,7 @@ def test_vault_public_names() -> None:
             "ChunkRef",
             "FileEntry",
             "FileSource",
+            "GcReport",
             "Guard",
             "GuardStatistics",
             "Protected",
@@ -24,10 +25,14 @@ def test_vault_public_names() -> None:
             "Snapshot",
             "Vault",
             "VaultStatistics",
+            "checkpoint_prefix",
+            "checkpoint_series",
             "load_protected",
             "make_key",
             "protect",
             "snapshot_dir",
+            "vault_keys",
+            "vault_replicas",
         ]
     )
     for name in bastion.vault.__all__:
@@ -36,17 +41,25 @@ def test_vault_public_names() -> None:
 
 def test_store_public_names() -> None:
     assert sorted(bastion.store.__all__) == [
+        "ACCESS_MODES",
+        "AccessMode",
         "Buffer",
         "LocalStore",
         "MemoryStore",
+        "Permissions",
         "ReplicaUrl",
         "SCHEMES",
         "Store",
         "StoreStatistics",
         "buffer_address",
+        "make_dirs",
+        "open_file",
         "open_store",
         "parse_replica_url",
+        "permissions",
+        "umask",
         "write_direct",
+        "write_file",
     ]
     for name in bastion.store.__all__:
         assert hasattr(bastion.store, name)

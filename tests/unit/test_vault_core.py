@@ -222,7 +222,7 @@ def test_objects_are_read_only_and_content_addressed(disk_vault: Vault, tmp_path
     digest = snap.files["t.txt"].chunks[0].id
     for replica in ("a", "b"):
         path = tmp_path / replica / object_key(digest)
-        assert path.stat().st_mode & 0o777 == 0o444
+        assert path.stat().st_mode & 0o777 == 0o400  # private
         assert path.read_bytes()[:1] == b"\x02"  # compressible: sealed zstd
 
 

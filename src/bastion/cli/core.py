@@ -35,10 +35,18 @@ def init(
     force: Annotated[
         bool, typer.Option(help="Write a fresh starter over an existing bastion.yaml.")
     ] = False,
+    admin_key_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--admin-key-out",
+            help="Make the admin key (it deletes from the vault) at this path, off the "
+            "vault's key directory; this host keeps only its public half.",
+        ),
+    ] = None,
 ) -> None:
     """Create a commented starter manifest with a vault of two local replicas; beside an
     existing manifest, make only the keys and replica directories its vault lacks."""
-    setup = starter.init(directory, system=system, force=force)
+    setup = starter.init(directory, system=system, force=force, admin_key_out=admin_key_out)
     if setup.wrote_manifest:
         _say(f"created {_shown(setup.manifest)}")
     for path in setup.made:

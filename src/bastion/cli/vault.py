@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -84,12 +85,22 @@ def get(
     out: Annotated[Path | None, typer.Option("-o", help="Write here instead of stdout.")] = None,
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
-    """Print (or write) one file of a snapshot, verified."""
-    data = _vault(file).read(ref, path)
+    """Print (or write) one file of a snapshot, verified. A new -o file gets the mode the
+    file had in the snapshot; an existing one keeps its own (as cp does)."""
+    vault = _vault(file)
+    snap = vault.snapshot(ref)
+    data = vault.read(snap, path)
     if out is None:
         sys.stdout.buffer.write(data)
-    else:
-        out.write_bytes(data)
+        return
+    mode = snap.files[path].mode
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        os.fchmod(fd, mode)  # exactly the snapshot's, whatever the umask
+    except FileExistsError:
+        fd = os.open(out, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    with os.fdopen(fd, "wb") as sink:
+        sink.write(data)
 
 
 @app.command("ls")
@@ -288,11 +299,19 @@ def restore(
     ref: Annotated[str, typer.Argument(help="NAME[@REV]")],
     dest: Annotated[Path, typer.Argument(help="Directory to restore into.")],
     clean: Annotated[bool, typer.Option(help="Remove files the snapshot lacks.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Restore into a directory that is not empty.")
+    ] = False,
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
-    """Restore a snapshot bit-identical, every chunk verified."""
+    """Restore a snapshot bit-identical, every chunk verified, into a new or empty
+    directory (--force: into one that holds files, overwriting those the snapshot has)."""
     vault = _vault(file)
     snap = vault.snapshot(ref)
+    if not force:
+        from bastion.vault._restore import require_empty
+
+        require_empty(snap, dest)  # before the progress bar: a refusal writes nothing
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -308,7 +327,7 @@ def restore(
                 bar.advance(task, n)
 
         before = vault.replicas.statistics()
-        vault.restore(snap, dest, progress=advance, clean=clean)
+        vault.restore(snap, dest, progress=advance, clean=clean, empty_only=not force)
         after = vault.replicas.statistics()
     console.print(f"restored {snap.ref} ({len(snap.files)} files, {snap.size:,} bytes) to {dest}")
     if after.repair_failures > before.repair_failures:
@@ -358,23 +377,30 @@ def gc(
     grace_s: Annotated[float, typer.Option(help="Keep objects younger than this.")] = 3600.0,
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
-    """Drop old versions and unreferenced objects. Needs the admin key.
+    """Drop old versions, old checkpoints and unreferenced objects. Needs the admin key.
 
-    Defaults come from vault.retention in bastion.yaml. Labelled versions and the
-    lineage of every kept snapshot are always kept.
+    Defaults come from vault.retention in bastion.yaml. Each job's checkpoints beyond
+    its checkpoint.keep go, except the newest that reads back whole. Labelled versions
+    and the lineage of every kept snapshot are always kept.
     """
     vault = _vault(file)
     skipped = vault.degraded()
-    before = vault.replicas.statistics()
     result = vault.gc(keep_last=keep_last, keep_within_days=keep_within_days, grace_s=grace_s)
     console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.items()))
-    failed = _failed_since(before, vault.replicas.statistics())
-    if skipped or failed:
+    unreached = [url for url in result.unreached if url not in skipped]
+    if skipped or unreached:
         raise UnavailableError(
             "gc did not reach "
-            + "; ".join([f"{url}: unreachable" for url in skipped] + failed)
+            + "; ".join([f"{url}: unreachable" for url in skipped] + unreached)
             + " (what it holds there is still there; bring the replica back and run "
             "`bastion vault gc` again)"
+        )
+    if result.unverified:
+        raise CheckFailed(
+            f"{len(result.unverified)} checkpoints do not read back whole (a chunk has no "
+            f"good copy on any replica): {', '.join(result.unverified)}; they cannot be "
+            "restored, and each job's newest good checkpoint was kept; run `bastion vault "
+            "scrub` to see every loss"
         )
 
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from bastion import event_kinds as ek
 from bastion.starter import write_key
+from bastion.store import parse_replica_url
 
 if TYPE_CHECKING:
     from bastion.demo import DemoContext, Scene
@@ -26,7 +27,7 @@ def run(ctx: DemoContext) -> Scene:
     if manifest.vault is not None:
         made = [k for k in (manifest.vault.key, manifest.vault.admin_key) if k and write_key(k)]
         for replica in manifest.vault.replicas:
-            if "://" not in replica:
+            if parse_replica_url(replica).is_local:
                 (ctx.workdir / replica).mkdir(parents=True, exist_ok=True)
         scene.findings.append(
             f"vault: {len(manifest.vault.replicas)} local replicas, {len(made)} new signing keys"

@@ -285,6 +285,9 @@ class VaultConfig(_Strict):
     """The key that authorises deletion (gc); keep it off hosts that write."""
     retention: Retention = Field(default_factory=Retention)
     """Which versions ``bastion vault gc`` keeps."""
+    mode: Literal["private", "group"] = "private"
+    """Who may read the replicas and the vault's state files: private (the owner alone:
+    0700 directories, 0400/0600 files) or group (the owner's group too: 2770, 0440/0660)."""
 
     @field_validator("replicas")
     @classmethod

@@ -9,34 +9,54 @@ one more module implementing ``Store`` and one more entry in ``SCHEMES``.
 from __future__ import annotations
 
 from bastion.errors import UsageError
+from bastion.store._access import (
+    ACCESS_MODES,
+    AccessMode,
+    Permissions,
+    make_dirs,
+    open_file,
+    permissions,
+    umask,
+    write_file,
+)
 from bastion.store._local import LocalStore, buffer_address, write_direct
 from bastion.store._memory import MemoryStore
 from bastion.store._protocol import Buffer, Store, StoreStatistics
 from bastion.store._url import SCHEMES, ReplicaUrl, parse_replica_url
 
 __all__ = [
+    "ACCESS_MODES",
     "SCHEMES",
+    "AccessMode",
     "Buffer",
     "LocalStore",
     "MemoryStore",
+    "Permissions",
     "ReplicaUrl",
     "Store",
     "StoreStatistics",
     "buffer_address",
+    "make_dirs",
+    "open_file",
     "open_store",
     "parse_replica_url",
+    "permissions",
+    "umask",
     "write_direct",
+    "write_file",
 ]
 
 
-def open_store(url: str, *, create: bool = True) -> Store:
+def open_store(url: str, *, create: bool = True, mode: AccessMode = "private") -> Store:
     """The backend for a replica URL from the manifest: a path or ``file://`` for now.
 
     ``create``: make a local replica's directory if it is missing (``False`` for a
-    process that only joins an open vault, such as an ingest worker).
+    process that only joins an open vault, such as an ingest worker). ``mode``: who may
+    reach its files (``vault.mode``; a ``file://...?mode=`` URL says for itself).
     """
     parsed = parse_replica_url(url)
     problem = parsed.problem
     if problem is not None:
         raise UsageError(f"vault replica {url!r}: {problem}")
-    return LocalStore(parsed.location, create=create)
+    chosen = mode if parsed.mode is None else permissions(parsed.mode).mode
+    return LocalStore(parsed.location, create=create, mode=chosen)

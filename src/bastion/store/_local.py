@@ -1,7 +1,10 @@
 """A replica in a local directory (another disk, a NAS mount): the ``Store`` for paths.
 
-Owns: the on-disk form of one replica: ``<root>/<key>`` files, made read-only (0444) the
-moment they are created, and ``<root>/tmp/`` for values being written.
+Owns: the on-disk form of one replica: ``<root>/<key>`` files, read-only the moment they
+are created, and ``<root>/tmp/`` for values being written. Who may read them is the
+replica's access mode (``bastion.store._access``): by default the owner alone (0700
+directories, 0400 values, 0600 lock files), whatever the umask and whatever the modes of
+the files that were put in the vault.
 
 Must never: expose a partial value (a value is written to an unnamed ``O_TMPFILE`` in its
 key's directory, or to ``tmp/`` where that is unsupported, then hard-linked to its key,
@@ -17,7 +20,7 @@ can start with ``tmp/``, and ``cleanup`` removes only files named by a writer's 
 
 # The hot path creates one file per object per replica: plain str paths and os calls
 # avoid building a Path per object, so the pathlib rules are off for this module.
-# ruff: noqa: PTH103, PTH105, PTH108, PTH112, PTH113, PTH116, PTH118, PTH120
+# ruff: noqa: PTH101, PTH105, PTH108, PTH112, PTH113, PTH116, PTH118, PTH120
 
 from __future__ import annotations
 
@@ -37,7 +40,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bastion.errors import InvalidNameError, NotFoundError, UnavailableError
+from bastion.store._access import AccessMode, make_dirs, open_file, permissions, umask
 from bastion.store._protocol import Buffer, StoreStatistics
+from bastion.supervise import pid_alive
 
 __all__ = ["LocalStore", "buffer_address", "write_direct"]
 
@@ -177,23 +182,25 @@ def _proc_fd() -> int:
     return _proc[0]
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class LocalStore:
-    """One replica in a directory. Thread-safe; safe across processes (write-once keys)."""
+    """One replica in a directory. Thread-safe; safe across processes (write-once keys).
 
-    def __init__(self, root: str | Path, *, create: bool = True) -> None:
+    ``mode``: who may reach its files (``private``: the owner; ``group``: the owner's
+    group too; see ``bastion.store._access``). ``create``: make the directory if it is
+    missing, and give an existing one that the owner holds the mode's bits (a replica
+    made before modes were enforced becomes unreadable to others at once, because its
+    root no longer lets them in).
+    """
+
+    def __init__(
+        self, root: str | Path, *, create: bool = True, mode: AccessMode = "private"
+    ) -> None:
         self.root = Path(root)
+        self.mode: AccessMode = mode
+        self.permissions = permissions(mode)
+        # A file's bits are set at creation; where the umask would strip some of them
+        # (group mode under umask 027 or 077), they are set again on the descriptor.
+        self._chmod_values = bool(self.permissions.values & umask())
         self._lock = threading.Lock()
         # Plain ints in a dict on the hot path (one per object per replica); the typed
         # record is made only when someone asks (statistics()).
@@ -208,7 +215,17 @@ class LocalStore:
         if create:
             # A failure is reported by available(); a vault with a replica down still works.
             with contextlib.suppress(OSError):
-                (self.root / _TMP).mkdir(parents=True, exist_ok=True)
+                make_dirs(self.root / _TMP, self.permissions.dirs)
+                self._tighten(str(self.root))
+                self._tighten(os.path.join(self.root, _TMP))
+
+    def _tighten(self, directory: str) -> None:
+        """Give a directory this replica owns the mode's bits (not one it does not own:
+        a shared mount point is its administrator's)."""
+        with contextlib.suppress(OSError):
+            info = os.stat(directory)
+            if info.st_uid == os.geteuid() and info.st_mode & 0o7777 != self.permissions.dirs:
+                os.chmod(directory, self.permissions.dirs)
 
     @property
     def url(self) -> str:
@@ -216,8 +233,9 @@ class LocalStore:
 
     @property
     def worker_url(self) -> str:
-        # Any process on this machine reaches the same directory.
-        return str(self.root.absolute())
+        # Any process on this machine reaches the same directory, with the same mode.
+        where = str(self.root.absolute())
+        return where if self.mode == "private" else f"file://{where}?mode={self.mode}"
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -256,13 +274,17 @@ class LocalStore:
                 return created
         tmp = os.path.join(self.root, _TMP, f"{os.getpid()}-{secrets.token_hex(8)}.tmp")
         try:
-            # Created read-only (0444) yet writable through this descriptor: no extra chmod.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+            # Created read-only yet writable through this descriptor.
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.permissions.values
+            )
         except (FileNotFoundError, NotADirectoryError):
             raise UnavailableError(
                 f"vault replica {self.root}: directory is missing (is the disk mounted?)"
             ) from None
         try:
+            if self._chmod_values:
+                os.fchmod(fd, self.permissions.values)
             total = self._write_all(fd, parts, durable=durable)
         except BaseException:
             os.close(fd)
@@ -313,6 +335,8 @@ class LocalStore:
                 return None
             raise
         try:
+            if self._chmod_values:
+                os.fchmod(fd, self.permissions.values)
             if direct:
                 try:
                     total = write_direct(fd, parts, size, durable=durable)
@@ -349,11 +373,11 @@ class LocalStore:
 
     def _open_tmpfile(self, parent: str, flags: int) -> int:
         try:
-            return os.open(parent, flags, 0o444)
+            return os.open(parent, flags, self.permissions.values)
         except FileNotFoundError:
             self._known_dirs.discard(parent)
             self._ensure_dir(parent)
-            return os.open(parent, flags, 0o444)
+            return os.open(parent, flags, self.permissions.values)
 
     def _ensure_dir(self, parent: str) -> None:
         if parent in self._known_dirs:
@@ -363,8 +387,16 @@ class LocalStore:
             raise UnavailableError(
                 f"vault replica {self.root}: directory is missing (is the disk mounted?)"
             )
-        os.makedirs(parent, exist_ok=True)
+        self._make_dirs(parent)
         self._known_dirs.add(parent)
+
+    def _make_dirs(self, directory: str) -> None:
+        try:
+            make_dirs(directory, self.permissions.dirs, stop=self.root)
+        except FileNotFoundError:
+            raise UnavailableError(
+                f"vault replica {self.root}: directory is missing (is the disk mounted?)"
+            ) from None
 
     @staticmethod
     def _write_all(fd: int, parts: Sequence[Buffer], *, durable: bool) -> int:
@@ -397,19 +429,29 @@ class LocalStore:
     def _link(self, tmp: str, path: str, *, replace: bool) -> None:
         parent = os.path.dirname(path)
         if parent not in self._known_dirs:
-            os.makedirs(parent, exist_ok=True)
+            self._make_dirs(parent)
             self._known_dirs.add(parent)
         if replace:
             # Keep tmp's name alive for the caller's unlink: link a second name, then swap.
             swap = f"{tmp}.swap"
             os.link(tmp, swap)
-            os.replace(swap, path)
+            try:
+                os.replace(swap, path)
+            except FileNotFoundError:
+                # the key's directory went (a repair after damage): make it again
+                self._known_dirs.discard(parent)
+                try:
+                    self._make_dirs(parent)
+                    os.replace(swap, path)
+                except BaseException:
+                    os.unlink(swap)
+                    raise
             return
         try:
             os.link(tmp, path)
         except FileNotFoundError:
             self._known_dirs.discard(parent)
-            os.makedirs(parent, exist_ok=True)
+            self._make_dirs(parent)
             os.link(tmp, path)
 
     @staticmethod
@@ -508,9 +550,7 @@ class LocalStore:
             raise UnavailableError(
                 f"vault replica {self.root}: directory is missing (is the disk mounted?)"
             )
-        fd = os.open(
-            os.path.join(tmp, f"{name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
+        fd = open_file(os.path.join(tmp, f"{name}.lock"), os.O_RDWR, self.permissions.files)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -531,7 +571,7 @@ class LocalStore:
             return 0
         for entry in entries:
             match = _LEFTOVER.match(entry.name)
-            if match is None or _alive(int(match.group(1))):
+            if match is None or pid_alive(int(match.group(1))):
                 continue
             try:
                 os.unlink(entry.path)

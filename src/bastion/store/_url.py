@@ -1,8 +1,9 @@
 """Replica URLs: the one grammar of where a replica lives.
 
 Owns: reading a ``vault.replicas`` entry: a local directory (a path, or ``file://`` and
-a path) or ``<scheme>://<location>`` for a backend, and saying whether Bastion can open
-it. ``open_store`` opens what this parses; the manifest checks ``vault.replicas`` with it
+a path, optionally ``?mode=private|group`` to give that replica its own access mode) or
+``<scheme>://<location>`` for a backend, and saying whether Bastion can open it.
+``open_store`` opens what this parses; the manifest checks ``vault.replicas`` with it
 when it is loaded, and the map draws replicas from it, so no caller guesses with
 ``"://" in``.
 
@@ -17,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from bastion.errors import UsageError
+from bastion.store._access import ACCESS_MODES
 
 __all__ = ["SCHEMES", "ReplicaUrl", "parse_replica_url"]
 
@@ -39,12 +41,14 @@ class ReplicaUrl:
     """One replica's address, as parsed (no I/O was done to make it).
 
     ``scheme`` is ``file`` for a plain path. ``location`` is the path for ``file``, and
-    what follows ``<scheme>://`` otherwise (``bucket/prefix`` for ``s3``).
+    what follows ``<scheme>://`` otherwise (``bucket/prefix`` for ``s3``). ``mode``: the
+    access mode a ``file://...?mode=`` URL asks for (None: the vault's ``vault.mode``).
     """
 
     url: str
     scheme: str
     location: str
+    mode: str | None = None
 
     @property
     def is_local(self) -> bool:
@@ -54,6 +58,8 @@ class ReplicaUrl:
     @property
     def problem(self) -> str | None:
         """Why Bastion cannot open this replica, with the fix; None if it can."""
+        if self.mode is not None and self.mode not in ACCESS_MODES:
+            return f"mode {self.mode!r} is not one of {', '.join(ACCESS_MODES)}"
         if self.scheme in SCHEMES:
             return None
         why = _LATER.get(self.scheme.lower())
@@ -86,4 +92,13 @@ def parse_replica_url(url: str) -> ReplicaUrl:
     scheme, location = match.group(1), match.group(2)
     if not location:
         raise UsageError(f"replica {url!r} names no location after {scheme}://")
-    return ReplicaUrl(url, scheme.lower(), location)
+    mode = None
+    if scheme.lower() == "file" and "?" in location:
+        location, _, query = location.partition("?")
+        key, sep, mode = query.partition("=")
+        if key != "mode" or not sep:
+            raise UsageError(
+                f"replica {url!r}: {query!r} is not an option of a file:// replica (the "
+                f"one option is ?mode=, one of {', '.join(ACCESS_MODES)})"
+            )
+    return ReplicaUrl(url, scheme.lower(), location, mode)

@@ -9,6 +9,7 @@ verified reads with repair, put-to-all with a quorum.
 
 from __future__ import annotations
 
+from bastion.vault._gc import GcReport
 from bastion.vault._guard import (
     CANARY,
     Guard,
@@ -19,6 +20,12 @@ from bastion.vault._guard import (
     snapshot_dir,
 )
 from bastion.vault._keys import make_key
+from bastion.vault._manifest import (
+    checkpoint_prefix,
+    checkpoint_series,
+    vault_keys,
+    vault_replicas,
+)
 from bastion.vault._replicas import ReplicaSet, ReplicaSetStatistics, ReplicaStatistics
 from bastion.vault._scrub import ScrubReport
 from bastion.vault._snapshot import ChunkRef, FileEntry, Snapshot
@@ -29,6 +36,7 @@ __all__ = [
     "ChunkRef",
     "FileEntry",
     "FileSource",
+    "GcReport",
     "Guard",
     "GuardStatistics",
     "Protected",
@@ -40,8 +48,12 @@ __all__ = [
     "Snapshot",
     "Vault",
     "VaultStatistics",
+    "checkpoint_prefix",
+    "checkpoint_series",
     "load_protected",
     "make_key",
     "protect",
     "snapshot_dir",
+    "vault_keys",
+    "vault_replicas",
 ]

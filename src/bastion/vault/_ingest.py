@@ -131,6 +131,9 @@ def store_chunk(
     return ChunkResult(digest, len(view), stored, errors)
 
 
+_MEMORY_MODE = 0o600
+
+
 def _read_all(fd: int, size: int) -> bytes:
     """The whole of a small file (one read in practice; loops if it grew or was short)."""
     data = os.read(fd, size + 1)
@@ -160,14 +163,15 @@ def open_source(source: FileSource) -> tuple[memoryview, int, mmap.mmap | None]:
         with contextlib.suppress(OSError, AttributeError):
             mapped.madvise(mmap.MADV_SEQUENTIAL)
         return memoryview(mapped), mode, mapped
+    # Bytes in memory have no mode of their own: a restore makes them private (0600).
     if isinstance(source, memoryview):
         return (
             source.cast("B") if source.format != "B" or source.ndim != 1 else source,
-            0o644,
+            _MEMORY_MODE,
             None,
         )
     if isinstance(source, bytes | bytearray):
-        return memoryview(source), 0o644, None
+        return memoryview(source), _MEMORY_MODE, None
     raise UsageError(f"cannot store a {type(source).__name__}; give bytes, memoryview or Path")
 
 

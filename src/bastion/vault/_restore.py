@@ -6,14 +6,17 @@ existing file as it was, ``clean`` (removing what the snapshot lacks: a ransom n
 ``*.locked`` copies), and the ``vault.restored`` event.
 
 Must never: write a byte that did not verify (every chunk comes from ``Vault.fetch``,
-which reads through the replica set), follow a symlink out of the destination, or leave
-a half-written file under a name the snapshot gives.
+which reads through the replica set), follow a symlink out of the destination, leave
+a half-written file under a name the snapshot gives, or (``empty_only``, the CLI's
+default) write into a directory that holds anything: ``vault restore x /`` must not
+overwrite a system without being told to (``--force``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,26 +24,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bastion import event_kinds as ek
-from bastion.errors import IntegrityError
+from bastion.errors import BastionError, IntegrityError, UsageError
+from bastion.store import umask
 from bastion.vault._snapshot import Snapshot, check_path
 from bastion.vault._write import BATCH_BELOW, BATCH_BYTES, BATCH_COUNT
 
 if TYPE_CHECKING:
     from bastion.vault._vault import Vault
 
-__all__ = ["restore"]
+__all__ = ["require_empty", "restore"]
 
 # Threads for restore (file creation waits on the disk).
 _WORKERS = max(4, 2 * (os.cpu_count() or 2))
-
-
-def _umask() -> int:
-    """This process's umask, read without changing it (os.umask would race other threads)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    return 0o777  # unknown: always fchmod
 
 
 def _targets(snap: Snapshot, root: Path, dest: Path) -> tuple[dict[str, Path], dict[str, Path]]:
@@ -77,6 +72,23 @@ def _clean(root: Path, keep: set[Path]) -> None:
                     path.rmdir()
 
 
+def require_empty(snap: Snapshot, dest: Path) -> None:
+    """``UsageError`` (nothing written) unless ``dest`` is missing or an empty directory."""
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise UsageError(f"restore {snap.ref}: {dest} is a file, not a directory")
+    found = sorted(entry.name for entry in os.scandir(dest))
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise UsageError(
+            f"restore {snap.ref}: {dest} is not empty ({len(found)} entries: {shown}); "
+            "restoring would overwrite what is there. Give a new or empty directory, or "
+            "pass --force to restore into it anyway (--clean also removes what the "
+            "snapshot lacks); nothing was written"
+        )
+
+
 def _batches(snap: Snapshot) -> list[list[str]]:
     """Small files in batches, as on the write path; each big one alone."""
     batches: list[list[str]] = []
@@ -109,7 +121,9 @@ class _FileRestorer:
         self.snap = snap
         self.targets = targets
         self.progress = progress
-        self.umask = _umask()
+        self.umask = umask()
+        self.failed: list[tuple[str, Exception]] = []
+        self._lock = threading.Lock()
 
     def _open(self, path: str) -> tuple[int, Path | None, bool]:
         """A descriptor to write ``path`` into, the temporary name it has (None: its
@@ -150,11 +164,40 @@ class _FileRestorer:
             raise
         os.close(fd)
         if tmp is not None:
-            tmp.replace(self.targets[path])
+            try:
+                tmp.replace(self.targets[path])
+            except BaseException:
+                # the target could not be replaced (immutable, a directory's lock): leave
+                # it as it was, and nothing of ours behind
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
         return entry.size
 
     def batch(self, paths: list[str]) -> int:
-        return sum(self.file(path) for path in paths)
+        # one file that cannot be written (a directory in its place, an immutable file)
+        # must not stop the others: each is tried, and every failure is said at the end
+        total = 0
+        for path in paths:
+            try:
+                total += self.file(path)
+            except (OSError, BastionError) as exc:
+                with self._lock:
+                    self.failed.append((path, exc))
+        return total
+
+    def raise_failures(self) -> None:
+        """Raise the first failure (its own type), naming every file not restored."""
+        if not self.failed:
+            return
+        failed = sorted(self.failed, key=lambda item: item[0])
+        first = failed[0][1]
+        first.add_note(
+            f"restore {self.snap.ref}: {len(failed)} files not restored: "
+            + ", ".join(path for path, _ in failed[:20])
+            + (", ..." if len(failed) > 20 else "")
+        )
+        raise first
 
 
 def restore(
@@ -164,10 +207,13 @@ def restore(
     *,
     progress: Callable[[int], None] | None = None,
     clean: bool = False,
+    empty_only: bool = False,
 ) -> Snapshot:
     """Write ``snap``'s files under ``dest`` (see ``Vault.restore``)."""
     started = time.perf_counter()
     dest = Path(dest)
+    if empty_only:
+        require_empty(snap, dest)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     targets, parents = _targets(snap, root, dest)
@@ -178,6 +224,7 @@ def restore(
     restorer = _FileRestorer(vault, snap, targets, progress)
     with ThreadPoolExecutor(_WORKERS, thread_name_prefix="vault-restore") as pool:
         total = sum(pool.map(restorer.batch, _batches(snap)))
+    restorer.raise_failures()
     vault.events.emit(
         ek.VAULT_RESTORED,
         snap.name,

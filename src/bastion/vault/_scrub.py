@@ -253,10 +253,7 @@ def scrub(
                 pending.cancel()
     if cursor_path is not None:
         state = {"cursor": "" if report.complete else report.cursor, "ts": time.time()}
-        tmp = cursor_path.with_suffix(".tmp")
-        cursor_path.parent.mkdir(parents=True, exist_ok=True)  # a fresh state dir
-        tmp.write_text(json.dumps(state))
-        tmp.replace(cursor_path)
+        vault.write_state(cursor_path.name, json.dumps(state).encode())
     report.seconds = time.perf_counter() - started
     vault.events.emit(ek.VAULT_SCRUB_COMPLETED, vault.subject, **report.to_json())
     return report

@@ -40,7 +40,15 @@ from bastion import event_kinds as ek
 from bastion.errors import IntegrityError, NotFoundError, UnavailableError, UsageError
 from bastion.events import NO_EVENTS, Emit
 from bastion.names import parse_name, parse_ref
-from bastion.store import Store, open_store
+from bastion.store import (
+    AccessMode,
+    Store,
+    make_dirs,
+    open_file,
+    open_store,
+    permissions,
+    write_file,
+)
 from bastion.vault._admin import pin_admin
 from bastion.vault._ingest import FileSource
 from bastion.vault._keys import Signer, Verifier
@@ -54,6 +62,7 @@ from bastion.vault._layout import (
     version_key,
     versions_prefix,
 )
+from bastion.vault._manifest import checkpoint_series, vault_keys, vault_replicas
 from bastion.vault._objects import decode, object_key
 from bastion.vault._replicas import ReplicaSet, ReplicaSetStatistics, Write
 from bastion.vault._snapshot import (
@@ -67,6 +76,7 @@ from bastion.vault._write import Written, write_files
 
 if TYPE_CHECKING:
     from bastion.manifest import Manifest
+    from bastion.vault._gc import GcReport
     from bastion.vault._scrub import ScrubReport
 
 __all__ = ["FileSource", "PutResult", "Vault", "VaultStatistics"]
@@ -133,7 +143,11 @@ class Vault:
     through ``events`` when given). ``clock``: wall-clock seconds
     since the epoch, for when a snapshot is created and how old it is (retention).
     ``retention``: gc's defaults, as ``vault.retention`` in the manifest
-    (``keep_last``, ``keep_within_days``).
+    (``keep_last``, ``keep_within_days``). ``series``: checkpoint series gc counts as
+    one (name prefix -> how many to keep; ``from_manifest`` gives each job's
+    ``checkpoint.keep``, see ``bastion.vault._gc``). ``mode``: who may read the files of
+    the replicas opened from paths here and of the state directory (``private``: the
+    owner alone; ``group``: the owner's group too; ``vault.mode`` in the manifest).
     """
 
     #: Store whole files in worker processes: None decides per commit (many files on
@@ -152,21 +166,27 @@ class Vault:
         subject: str = "vault",
         clock: Callable[[], float] = time.time,
         retention: Mapping[str, float] | None = None,
+        series: Mapping[str, int] | None = None,
+        mode: AccessMode = "private",
     ) -> None:
         self.events: Emit = events if events is not None else NO_EVENTS
+        self.permissions = permissions(mode)
         self.subject = subject
         if isinstance(replicas, ReplicaSet):
             self.replicas = replicas
             if events is not None:
                 replicas.events, replicas.subject = events, subject
         else:
-            stores = [r if isinstance(r, Store) else open_store(str(r)) for r in replicas]
+            stores = [
+                r if isinstance(r, Store) else open_store(str(r), mode=mode) for r in replicas
+            ]
             self.replicas = ReplicaSet(stores, quorum=quorum, events=self.events, subject=subject)
         self.key_path = Path(key_path) if key_path else None
         self.admin_key_path = Path(admin_key_path) if admin_key_path else None
         self.state_dir = Path(state_dir) if state_dir else None
         self.clock = clock
         self.retention: dict[str, float] = dict(retention or {})
+        self.series: dict[str, int] = dict(series or {})
         self._signer: Signer | None = None
         self._verifier: Verifier | None = None
         self._commit_lock = threading.Lock()
@@ -184,29 +204,30 @@ class Vault:
     def from_manifest(
         cls, manifest: Manifest, *, events: Emit | None = None, create: bool = True
     ) -> Vault:
-        """The manifest's vault: its replicas, keys, quorum, retention, state dir and event
-        log. ``create=False`` opens the replicas without making a missing directory (a
+        """The manifest's vault: its replicas, keys, quorum, retention, mode, each job's
+        checkpoint series, the state dir and its event log. A manifest without
+        ``vault:`` has the default vault under its state directory (see
+        ``bastion.vault.vault_replicas``), the one its jobs checkpoint into.
+        ``create=False`` opens the replicas without making a missing directory (a
         read-only check must not re-create a replica that was deleted)."""
         config = manifest.vault
-        if config is None:
-            raise UsageError(
-                f"{manifest.base_dir / 'bastion.yaml'}: no vault section "
-                "(add vault: {replicas: [.bastion/vault/a, .bastion/vault/b]}, or run "
-                "`bastion init`)"
-            )
         state = Path(manifest.state_dir)
         if events is None:
             from bastion.events import EventLog
 
             events = EventLog.in_state_dir(state)
+        mode: AccessMode = config.mode if config is not None else "private"
+        signing, admin = vault_keys(manifest)
         return cls(
-            [open_store(r, create=create) for r in config.replicas],
-            key_path=config.key or state / "keys" / "signing.key",
-            admin_key_path=config.admin_key or state / "keys" / "admin.key",
+            [open_store(r, create=create, mode=mode) for r in vault_replicas(manifest)],
+            key_path=signing,
+            admin_key_path=admin,
             state_dir=state,
             events=events,
-            quorum=config.quorum,
-            retention=config.retention.model_dump(exclude_none=True),
+            quorum=config.quorum if config is not None else None,
+            retention=config.retention.model_dump(exclude_none=True) if config else None,
+            series=checkpoint_series(manifest),
+            mode=mode,
         )
 
     # ----------------------------------------------------------------- plumbing
@@ -264,15 +285,30 @@ class Vault:
                 with self.replicas.lock("vault"):
                     yield
                 return
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(
-                self.state_dir / "vault.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
+            fd = open_file(self.state_file("vault.lock"), os.O_RDWR, self.permissions.files)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
             finally:
                 os.close(fd)
+
+    def state_file(self, name: str) -> Path:
+        """Where the vault keeps its state file ``name`` (``vault.lock``,
+        ``scrub-cursor.json``, ``guard.json``), the state directory made with the
+        vault's mode if it is missing. ``UsageError`` without a state directory."""
+        if self.state_dir is None:
+            raise UsageError(f"this vault has no state directory to keep {name} in")
+        make_dirs(self.state_dir, self.permissions.dirs)
+        return self.state_dir / name
+
+    def write_state(self, name: str, data: bytes) -> None:
+        """Replace the state file ``name`` whole, with the vault's mode (0600 private)."""
+        write_file(
+            self.state_file(name),
+            data,
+            mode=self.permissions.files,
+            dir_mode=self.permissions.dirs,
+        )
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -590,15 +626,25 @@ class Vault:
         *,
         progress: Callable[[int], None] | None = None,
         clean: bool = False,
+        empty_only: bool = False,
     ) -> Snapshot:
         """Write the snapshot's files under ``dest``, bit-identical and verified.
 
         ``clean`` also removes files under ``dest`` that the snapshot does not have (a
         ransom note, ``*.locked`` copies), so the directory is exactly the snapshot.
+        ``empty_only``: refuse (``UsageError``, nothing written) unless ``dest`` is
+        missing or empty (``bastion vault restore`` without ``--force``).
         """
         from bastion.vault._restore import restore
 
-        return restore(self, self.snapshot(ref), Path(dest), progress=progress, clean=clean)
+        return restore(
+            self,
+            self.snapshot(ref),
+            Path(dest),
+            progress=progress,
+            clean=clean,
+            empty_only=empty_only,
+        )
 
     def scrub(
         self,
@@ -629,7 +675,8 @@ class Vault:
         keep_last: int | None = None,
         keep_within_days: float | None = None,
         grace_s: float = 3600.0,
-    ) -> dict[str, int]:
+        series: Mapping[str, int] | None = None,
+    ) -> GcReport:
         """Drop old versions and every object no remaining snapshot needs. Needs the
         admin key.
 
@@ -641,8 +688,17 @@ class Vault:
         or in ``retention``, the manifest's ``vault.retention``): no version is dropped,
         only unneeded objects.
 
+        ``series``: checkpoint series (name prefix -> how many to keep; by default the
+        vault's ``series``, each job's ``checkpoint.keep``): each counted as one, its
+        newest steps kept and the others dropped whole, except the newest checkpoint
+        that reads back whole and any a kept snapshot names in its lineage.
+
         ``grace_s``: objects younger than this are kept, so a commit in flight (whose
         objects are written before its snapshot) is never robbed.
+
+        Returns a ``GcReport``: a mapping of its counts (``snapshots_deleted``,
+        ``objects_deleted``, ``objects_kept``, ``checkpoints_deleted``), and the replicas
+        it could not reach and the checkpoints that did not read back whole.
         """
         from bastion.vault._gc import gc
 
@@ -650,7 +706,13 @@ class Vault:
             keep_last = int(self.retention["keep_last"])
         if keep_within_days is None and "keep_within_days" in self.retention:
             keep_within_days = float(self.retention["keep_within_days"])
-        return gc(self, keep_last=keep_last, keep_within_days=keep_within_days, grace_s=grace_s)
+        return gc(
+            self,
+            keep_last=keep_last,
+            keep_within_days=keep_within_days,
+            grace_s=grace_s,
+            series=self.series if series is None else series,
+        )
 
 
 def _has(store: Store, key: str) -> bool:
