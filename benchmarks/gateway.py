@@ -10,12 +10,20 @@ Then failover: Bastion over three replica processes under paced load at 50% of i
 measured capacity; one replica is SIGKILLed; it reports failed requests and the time from
 the kill to the last request routed to the dead replica (goals: 0 and <= 100 ms).
 
+Then the compound fault (issue 19): the same three replicas under paced load, unary and
+streaming calls mixed; at one moment one replica is SIGSTOPped (hung: it accepts
+connections and never answers) and another SIGKILLed. It reports failed requests (goal
+0: a non-200, or a stream without ``data: [DONE]`` or with an error event) and the p99
+latency of the requests started during the fault. Seeded (``--seed``; the seed is printed):
+the seed picks the hung and the killed replica, the moment of the fault and the mix.
+
 LiteLLM runs from its own venv (``benchmarks/.litellm-venv``, ignored by git through the
 venv's own ``.gitignore``; create it with ``python -m venv benchmarks/.litellm-venv &&
 echo '*' > benchmarks/.litellm-venv/.gitignore && benchmarks/.litellm-venv/bin/pip
 install 'litellm[proxy]'``); it is skipped, and says so, when that venv is missing.
 
-Run: ``.venv/bin/python benchmarks/gateway.py [--requests 3000] [--seconds 5]``.
+Run: ``.venv/bin/python benchmarks/gateway.py [--requests 3000] [--seconds 5]``;
+the compound fault alone: ``... --compound-only [--compound 3] [--seed N]``.
 """
 
 from __future__ import annotations
@@ -23,7 +31,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import random
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -351,6 +363,155 @@ def failover(py: str, seconds: int) -> dict[str, Any]:
             p.wait()
 
 
+STREAM_BODY = json.dumps(
+    {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+).encode()
+
+
+async def compound_load(
+    port: int,
+    rate: float,
+    seconds: float,
+    *,
+    hang: subprocess.Popen[str],
+    kill: subprocess.Popen[str],
+    fault_after: float,
+    stream_share: float,
+    rng: random.Random,
+) -> dict[str, Any]:
+    """Open-loop load at ``rate`` req/s, a ``stream_share`` of them streams; after
+    ``fault_after`` seconds ``hang`` is SIGSTOPped and ``kill`` SIGKILLed at once."""
+    import aiohttp
+
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    done: list[tuple[float, float, bool]] = []  # (started, latency s, ok)
+    kinds: dict[str, int] = {}
+    fault_at = 0.0
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=30)
+    ) as s:
+
+        async def one(stream: bool) -> None:
+            t0 = time.monotonic()
+            ok = False
+            why = ""
+            try:
+                async with s.post(
+                    url,
+                    data=STREAM_BODY if stream else BODY,
+                    headers={"Content-Type": "application/json"},
+                ) as r:
+                    data = await r.read()
+                    if r.status != 200:
+                        why = f"status {r.status}"
+                    elif stream and (b"data: [DONE]" not in data or b'"error"' in data):
+                        why = "stream broken"
+                    else:
+                        ok = True
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                why = type(exc).__name__
+            done.append((t0, time.monotonic() - t0, ok))
+            if not ok:
+                key = f"{'stream' if stream else 'unary'}: {why}"
+                kinds[key] = kinds.get(key, 0) + 1
+
+        tasks = []
+        start = time.monotonic()
+        i = 0
+        while (now := time.monotonic()) - start < seconds:
+            if not fault_at and now - start >= fault_after:
+                os.kill(hang.pid, signal.SIGSTOP)
+                kill.kill()
+                fault_at = time.monotonic()
+            due = int((now - start) * rate)
+            while i < due:
+                tasks.append(asyncio.ensure_future(one(rng.random() < stream_share)))
+                i += 1
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*tasks)
+
+    def p99(lat: list[float]) -> float:
+        lat = sorted(lat)
+        return lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3 if lat else 0.0
+
+    before = [lat for t0, lat, _ in done if t0 < fault_at]
+    during = [lat for t0, lat, _ in done if t0 >= fault_at]
+    return {
+        "ok": sum(ok for _, _, ok in done),
+        "failed": sum(not ok for _, _, ok in done),
+        "failures_by_kind": kinds,
+        "requests_during_fault": len(during),
+        "p99_before_ms": p99(before),
+        "p99_during_ms": p99(during),
+    }
+
+
+def compound(py: str, seconds: float, seed: int) -> dict[str, Any]:
+    """One compound-fault run: three replicas, one hung and one killed at the same moment."""
+    rng = random.Random(seed)
+    procs: list[subprocess.Popen[str]] = []
+    hung: subprocess.Popen[str] | None = None
+    try:
+        ports = []
+        for i in range(3):
+            proc, port = start([py, "-m", "bastion.serve.standin", "--name", f"r{i}"])
+            procs.append(proc)
+            ports.append(port)
+        urls = ",".join(f"http://127.0.0.1:{p}" for p in ports)
+        gw, gport = start([py, "-c", BASTION, urls, str(free_port())])
+        procs.append(gw)
+        wait_http(gport)
+        capacity = sorted(asyncio.run(closed_loop(gport, 32, 1.0)) for _ in range(3))[1]
+        rate = capacity * 0.5
+        hang_i, kill_i = rng.sample(range(3), 2)
+        hung = procs[hang_i]
+        fault_after = rng.uniform(0.25, 0.4) * seconds
+        share = rng.choice([0.0, 0.3, 0.5, 1.0])
+        row = asyncio.run(
+            compound_load(
+                gport,
+                rate,
+                seconds,
+                hang=procs[hang_i],
+                kill=procs[kill_i],
+                fault_after=fault_after,
+                stream_share=share,
+                rng=rng,
+            )
+        )
+        return {
+            "seed": seed,
+            "hung": f"b{hang_i}",
+            "killed": f"b{kill_i}",
+            "fault_after_s": round(fault_after, 3),
+            "stream_share": share,
+            "capacity_rps": capacity,
+            "load_rps": rate,
+            **row,
+        }
+    finally:
+        if hung is not None and hung.poll() is None:
+            os.kill(hung.pid, signal.SIGCONT)
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def run_compound(py: str, runs: int, seconds: float, seed: int) -> None:
+    print(f"compound fault: seed {seed} (replay: --seed {seed})")
+    seeds = random.Random(seed)
+    rows = [compound(py, seconds, seeds.randrange(2**32)) for _ in range(runs)]
+    print(json.dumps({"compound": rows}, indent=1))
+    failed = sum(r["failed"] for r in rows)
+    total = failed + sum(r["ok"] for r in rows)
+    worst = max(r["p99_during_ms"] for r in rows)
+    print(
+        f"compound fault (one replica hung + one killed at once, {runs} runs, seed {seed}): "
+        f"{failed} failed of {total} (goal 0); p99 during the fault, worst run "
+        f"{worst:.1f} ms"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=3000)
@@ -358,8 +519,16 @@ def main() -> None:
     ap.add_argument("--skip-litellm", action="store_true")
     ap.add_argument("--kills", type=int, default=3, help="failover runs (one kill each)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
+    ap.add_argument("--compound", type=int, default=3, help="compound-fault runs (hang + kill)")
+    ap.add_argument("--compound-seconds", type=float, default=6.0, help="each run's load")
+    ap.add_argument("--compound-only", action="store_true", help="run only the compound fault")
+    ap.add_argument("--seed", type=int, default=None, help="the compound fault's seed")
     args = ap.parse_args()
     py = sys.executable
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
+    if args.compound_only:
+        run_compound(py, args.compound, args.compound_seconds, seed)
+        return
     procs = []
     try:
         backend, bport = start([py, "-m", "bastion.serve.standin", "--name", "backend"])
@@ -484,6 +653,8 @@ def main() -> None:
             f"per-round ratios {rps_ratios[len(rps_ratios) // 2]:.2f}x (rounds: "
             f"{', '.join(f'{r:.2f}' for r in rps_ratios)}; goal >= 0.67x)"
         )
+    if args.compound:
+        run_compound(py, args.compound, args.compound_seconds, seed)
 
 
 if __name__ == "__main__":

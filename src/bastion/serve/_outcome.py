@@ -44,6 +44,7 @@ __all__ = [
     "TIMEOUT",
     "TTFT_TIMEOUT",
     "UNFINISHED",
+    "VIOLATION",
     "Failure",
     "Outcome",
     "Phase",
@@ -102,7 +103,9 @@ STATUS = Outcome("status", "soft", "penalty", False, "budget", 502)
 """A 5xx or 408."""
 RATE_LIMITED = Outcome("rate_limited", "hold", "none", False, "budget", 429)
 MALFORMED = Outcome("malformed", "soft", "penalty", False, "budget", 502)
-"""A 2xx whose JSON body is not whole."""
+"""A 2xx that breaks the protocol before anything reached the client: a body that is not
+whole JSON or not the route's shape, a wrong content type, a stream whose first events
+are not SSE or which ends without its finish (``_protocol`` says how)."""
 EMPTY = Outcome("empty stream", "soft", "penalty", False, "budget", 502)
 """A stream that ended before its first byte."""
 CUT = Outcome("cut", "soft", "penalty", True, "never", 502)
@@ -111,6 +114,8 @@ STALLED = Outcome("stalled", "hard", "penalty", True, "never", 502)
 """A stream that sent nothing for the stall timeout."""
 UNFINISHED = Outcome("unfinished", "soft", "penalty", True, "never", 502)
 """A stream that ended without ``data: [DONE]``."""
+VIOLATION = Outcome("protocol violation", "soft", "penalty", False, "never", 502)
+"""A stream that broke the protocol after bytes reached the client (a malformed event)."""
 DEADLINE = Outcome("deadline", "soft", "penalty", True, "never", 504)
 """A stream still going when the request's deadline passed. Soft: the backend is alive
 and sending, only slower than this request allows."""

@@ -18,6 +18,13 @@ overloaded), while the retry budget has a token. 4xx answers other than 429 are 
 client's fault and are passed through, never retried. What each way an attempt can end
 means is decided in one place, ``_outcome``.
 
+A 2xx is a success only if it keeps the protocol (``_protocol``): a whole answer must have
+the route's content type and JSON shape; a stream must be ``text/event-stream`` whose
+lines are SSE and whose events are chunks, ending with a ``finish_reason`` and
+``data: [DONE]``. A stream is held back until its first token (or its end), so a backend
+that breaks the protocol before that is retried elsewhere; every violation counts against
+the backend's breaker like a 5xx.
+
 Hedging: an attempt still unanswered after the hedge delay (``p95`` of recent latencies,
 or a fixed delay) gets a hedge on another backend, paid from the retry budget; the first
 success wins and the rest are cancelled. An attempt or hedge that fails while another is
@@ -87,13 +94,14 @@ from bastion.serve._outcome import (
     STALLED,
     TTFT_TIMEOUT,
     UNFINISHED,
+    VIOLATION,
     Failure,
     Outcome,
     Phase,
-    classify_answer,
     classify_error,
     classify_status,
 )
+from bastion.serve._protocol import StreamCheck, answer_problem
 from bastion.serve._race import hedged
 from bastion.serve.admission import PRIORITIES, Admission, AdmissionStatistics, QueueFull
 from bastion.serve.metrics import BackendMetrics, GatewayMetrics
@@ -107,7 +115,6 @@ PRIORITY_HEADER = "x-bastion-priority"
 _MAX_BODY = 4 * 1024 * 1024
 _JSON = "application/json"
 _POST_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/predict")
-_DONE = b"data: [DONE]"
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 _MAX_LINE = 1024 * 1024  # a partial line held back longer than this is forwarded anyway
 T = TypeVar("T")
@@ -157,6 +164,8 @@ class _Opened:
     first: bytes
     content_type: str
     start: float
+    check: StreamCheck | None = None
+    checked: int = 0  # how many bytes of ``first`` ``check`` has seen
 
 
 @dataclass(slots=True)
@@ -506,7 +515,12 @@ class Gateway:
             if failure.outcome is CANCELLED or failure.outcome is ABANDONED:
                 raise
             raise failure from None
-        outcome = classify_answer(status, ctype, data)
+        outcome = classify_status(status)
+        problem = answer_problem(path, ctype, data) if outcome is OK else ""
+        if problem:
+            # A 2xx that breaks the protocol is the backend's failure, retried elsewhere.
+            self._finish(up, MALFORMED, start, reason=problem)
+            raise Failure(MALFORMED, problem)
         if outcome.retry != "answer":
             raise self._status_failure(up, outcome, status, retry_after, start)
         if outcome is OK:
@@ -653,7 +667,14 @@ class Gateway:
             )
         try:
             return await self._relay(
-                request, opened.up, resp, opened.first, start=opened.start, deadline=deadline
+                request,
+                opened.up,
+                resp,
+                opened.first,
+                opened.check or StreamCheck(),
+                checked=opened.checked,
+                start=opened.start,
+                deadline=deadline,
             )
         finally:
             resp.release()
@@ -682,7 +703,18 @@ class Gateway:
                     timeout=aiohttp.ClientTimeout(total=None),
                 )
                 status = resp.status
-                first = await (resp.read() if status != 200 else resp.content.readany())
+                check: StreamCheck | None = None
+                problem = ""
+                if status != 200:
+                    first = await resp.read()
+                elif resp.content_type != "text/event-stream":
+                    first = b""
+                    problem = f"content type {resp.content_type!r}, not text/event-stream"
+                else:
+                    # Hold the stream back until its first event a client acts on, checked
+                    # against the protocol: until then a violation is retried elsewhere.
+                    check = StreamCheck()
+                    first, checked, problem = await self._first_events(resp, check)
         except BaseException as exc:
             if resp is not None:
                 resp.release()
@@ -690,11 +722,15 @@ class Gateway:
             if failure.outcome is CANCELLED or failure.outcome is ABANDONED:
                 raise
             raise failure from None
+        if problem:
+            resp.release()
+            self._finish(up, MALFORMED, start, reason=f"stream {problem}")
+            raise Failure(MALFORMED, f"stream {problem}")
         if status == 200 and first:
             ttft = self._clock() - start
             self.ttft.observe(ttft)
             self.ttft_hedge.observe(ttft)
-            return _Opened(up, resp, status, first, resp.content_type, start)
+            return _Opened(up, resp, status, first, resp.content_type, start, check, checked)
         resp.release()
         if status == 200:
             self._finish(up, EMPTY, start, reason=EMPTY.kind)
@@ -704,6 +740,34 @@ class Gateway:
             raise self._status_failure(up, outcome, status, resp.headers.get("Retry-After"), start)
         self._finish(up, outcome, start)
         return _Opened(up, None, status, first, resp.content_type, start)
+
+    @staticmethod
+    async def _first_events(
+        resp: aiohttp.ClientResponse, check: StreamCheck
+    ) -> tuple[bytes, int, str]:
+        """Read a stream until its first event a client acts on (or its end), checking
+        each whole line; returns the bytes read, how many were checked, and the first
+        violation (or "")."""
+        held = b""
+        checked = 0
+        while True:
+            chunk = await resp.content.readany()
+            if not chunk:
+                if not held:
+                    return held, 0, ""  # an empty stream: the caller's EMPTY
+                problem = check.feed(held[checked:])
+                return held, len(held), problem or check.end()
+            held += chunk
+            cut = max(held.rfind(b"\n"), held.rfind(b"\r")) + 1
+            if cut > checked:
+                problem = check.feed(held[checked:cut])
+                checked = cut
+                if problem:
+                    return held, checked, problem
+                if check.started:
+                    return held, checked, ""
+            if len(held) - checked > _MAX_LINE:
+                return held, checked, "a line longer than the gateway's limit"
 
     def _close_opened(self, opened: _Opened) -> None:
         """A stream that opened but lost the hedge race: close it before any byte of it
@@ -718,7 +782,9 @@ class Gateway:
         up: Upstream,
         resp: aiohttp.ClientResponse,
         first: bytes,
+        check: StreamCheck,
         *,
+        checked: int = 0,
         start: float,
         deadline: float,
     ) -> web.StreamResponse:
@@ -761,6 +827,17 @@ class Gateway:
                         if len(chunk) - cut <= _MAX_LINE:
                             chunk, pending = chunk[:cut], chunk[cut:]
                     if chunk:
+                        # The protocol check of each line before it is sent (the first
+                        # ``checked`` bytes were checked while the stream opened).
+                        if checked >= len(chunk):
+                            checked -= len(chunk)
+                        else:
+                            problem = check.feed(chunk[checked:])
+                            checked = 0
+                            if problem:
+                                outcome = VIOLATION
+                                problem = f"broke the protocol ({problem})"
+                                break
                         await out.write(chunk)
                         sent += len(chunk)
                         tail = (tail + chunk)[-64:]
@@ -770,9 +847,16 @@ class Gateway:
                     reading = False
                     if not chunk:
                         break
-            if _DONE in pending:  # a backend that left out the last newline
-                await out.write(pending)
-                tail = (tail + pending)[-64:]
+            # A last line without its newline: whole if it is the [DONE] a backend sent
+            # without one; otherwise the stream was cut inside an event (``check.end``).
+            if outcome is OK and pending and (check.done or pending.rstrip().endswith(b"[DONE]")):
+                problem = check.feed(pending[checked:])
+                if problem:
+                    outcome = VIOLATION
+                    problem = f"broke the protocol ({problem})"
+                elif check.done:
+                    await out.write(pending)
+                    tail = (tail + pending)[-64:]
         except (TimeoutError, OSError, aiohttp.ClientError, RuntimeError) as exc:
             if not reading:
                 outcome = CLIENT_GONE
@@ -790,9 +874,10 @@ class Gateway:
         except BaseException:
             self._finish(up, CANCELLED, start)
             raise
-        if outcome is OK and _DONE not in tail:
-            outcome = UNFINISHED
-            problem = "ended without [DONE]"
+        if outcome is OK:
+            problem = check.end()
+            if problem:
+                outcome = UNFINISHED
         if outcome is OK:
             self.pool.finish(up, OK, ttft)
             if self.admission.waiting:
