@@ -298,6 +298,20 @@ def _text_column(
     )
 
 
+def _all_numbers(table: Table, name: str) -> bool:
+    """Every present cell of a text column is a number (and one is present)."""
+    cells = table.columns[name]
+    first = next((c for c in cells if c is not None and c != ""), None)
+    if first is None:
+        return False
+    try:
+        float(first)
+    except (TypeError, ValueError):
+        return False  # the usual text column: decided without parsing every cell
+    counts = table.numbers(name).counts
+    return counts["not_numbers"] == 0
+
+
 def infer_schema(
     table: Table,
     *,
@@ -325,10 +339,7 @@ def infer_schema(
     columns = []
     for name in table.names:
         is_label = name == label_name
-        numeric = not table.is_text(name) or (
-            table.numbers(name).counts["not_numbers"] == 0
-            and table.numbers(name).counts["missing"] < table.rows
-        )
+        numeric = not table.is_text(name) or _all_numbers(table, name)
         make = _numeric_column if numeric else _text_column
         columns.append(
             make(

@@ -199,12 +199,13 @@ def validate_data(
     label: str | None = "label",
     config: DataGateConfig | None = None,
     record: bool = True,
-    events: Emit = NO_EVENTS,
+    events: Emit | None = None,
 ) -> GateRun:
     """The data gate on snapshot ``ref`` against snapshot ``against`` (the schema
     inferred from it, or ``schema``: a ``schema/...`` ref); ``test``: a held-out dataset
-    whose rows must not appear in ``ref``."""
+    whose rows must not appear in ``ref``. ``events``: default, the vault's."""
     cfg = config or DataGateConfig()
+    events = events if events is not None else vault.events
     ref_snap, ref_parts = _load_reference(vault, against)
     ref_table = Table.concat(ref_parts, source=ref_snap.ref)
     if schema is not None:
@@ -294,12 +295,13 @@ def validate_model(
     label: str = "label",
     config: ModelGateConfig | None = None,
     record: bool = True,
-    events: Emit = NO_EVENTS,
+    events: Emit | None = None,
 ) -> GateRun:
     """The model gate on snapshot ``candidate`` against the model ``against`` (None: no
     baseline, so only absolute thresholds), evaluated on the ``holdout`` and ``golden``
-    dataset snapshots."""
+    dataset snapshots. ``events``: default, the vault's."""
     cfg = config or ModelGateConfig()
+    events = events if events is not None else vault.events
     cand_snap = vault.snapshot(candidate)
     try:
         base_snap = vault.snapshot(against) if against is not None else None

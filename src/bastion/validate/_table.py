@@ -86,10 +86,9 @@ def _is_text(array: np.ndarray) -> bool:
 
 
 def _missing_text(cells: np.ndarray) -> np.ndarray:
-    """Empty or ``None`` cells of a text column."""
-    empty = np.asarray(cells == "", dtype=np.bool_)
-    none = np.fromiter((c is None for c in cells), np.bool_, cells.shape[0])
-    out: np.ndarray = empty | none
+    """Empty or ``None`` cells of a text column (a text column holds ``str`` or
+    ``None``; both missing kinds are the falsy ones, found in one C loop)."""
+    out: np.ndarray = ~cells.astype(np.bool_)
     return out
 
 
