@@ -173,7 +173,7 @@ def _text_findings(rule: ColumnSchema, table: Table) -> list[Finding]:
                 name,
             )
         ]
-    cells, missing = table.text(name)
+    _, missing = table.text(name)
     out: list[Finding] = []
     count = int(missing.sum())
     if count and count / max(n, 1) > rule.max_missing_fraction:
@@ -187,13 +187,13 @@ def _text_findings(rule: ColumnSchema, table: Table) -> list[Finding]:
             )
         )
     if rule.categories is not None:
-        present = cells[~missing]
+        counts = table.text_counts(name)
         known = set(rule.categories)
-        unseen_mask = np.fromiter((c not in known for c in present), bool, present.shape[0])
-        unseen = int(unseen_mask.sum())
-        if unseen and unseen / present.shape[0] > rule.max_unseen_fraction:
-            example = str(present[unseen_mask][0])[:40]
-            out.append(_unseen(rule, unseen, int(present.shape[0]), example))
+        new = sorted((v for v in counts if v not in known), key=lambda v: -counts[v])
+        unseen = sum(counts[v] for v in new)
+        present = sum(counts.values())
+        if unseen and unseen / present > rule.max_unseen_fraction:
+            out.append(_unseen(rule, unseen, present, str(new[0])[:40]))
     return out
 
 

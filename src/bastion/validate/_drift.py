@@ -238,8 +238,7 @@ def _category_counts(table: Table, name: str, rule: ColumnSchema) -> Counter[obj
                 )
         values, counts = np.unique(finite, return_counts=True)
         return Counter(dict(zip(values.tolist(), counts.tolist(), strict=True)))
-    cells, missing = table.text(name)
-    return Counter(cells[~missing].tolist())
+    return Counter(table.text_counts(name))
 
 
 # ------------------------------------------------------------------- statistics
@@ -249,17 +248,22 @@ def _merge(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """KS statistic and Wasserstein-1 distance of two sorted samples, in one merge.
 
     A stable argsort of the two concatenated runs is a single merge (timsort finds the
-    runs). After each value the running sum of +m (reference) and -n (current) is
-    ``n*m*(F_a - F_b)``, a whole number, so exact; the KS statistic is its largest magnitude at
-    the end of each group of equal values, the Wasserstein distance its integral over
-    the gaps between values.
+    runs). After each value, ``n*m*(F_a - F_b)`` follows from how many reference values
+    came so far; the KS statistic is its largest magnitude at the end of each group of
+    equal values, the Wasserstein distance its integral over the gaps between values.
     """
     n, m = a.shape[0], b.shape[0]
     values = np.concatenate([a, b])
     order = np.argsort(values, kind="stable")
     merged = values[order]
-    # whole numbers up to n*m, exact in float64 (below 2**53 for any table that fits)
-    diff = np.cumsum(np.where(order < n, float(m), float(-n)))
+    # after k values, c of them from the reference: n*m*(F_a - F_b) = c*m - (k - c)*n =
+    # c*(n + m) - k*n, a whole number, so exact in float64 (below 2**53 for any table
+    # that fits in memory)
+    seen = np.cumsum(order < n, dtype=np.int32 if n + m < 2**31 else np.int64)
+    diff = seen * float(n + m)
+    taken = np.arange(1, n + m + 1, dtype=np.float64)
+    taken *= n
+    diff -= taken
     gaps = np.diff(merged)
     ends = np.empty(n + m, bool)
     np.not_equal(gaps, 0, out=ends[:-1])
@@ -296,7 +300,11 @@ def _psi(expected: np.ndarray, actual: np.ndarray) -> float:
 
 
 def _numeric_psi(a: np.ndarray, b: np.ndarray, bins: int) -> float:
-    edges = np.unique(np.quantile(a, np.linspace(0, 1, bins + 1)[1:-1]))
+    # a is sorted: its quantiles (numpy's linear rule) are read off, not searched for
+    at = np.linspace(0, 1, bins + 1)[1:-1] * (a.shape[0] - 1)
+    low = np.floor(at).astype(np.int64)
+    high = np.minimum(low + 1, a.shape[0] - 1)
+    edges = np.unique(a[low] + (a[high] - a[low]) * (at - low))
     # counts at or below each edge, read off the sorted samples: no histogram pass
     cum_a = np.concatenate([[0], np.searchsorted(a, edges, side="right"), [a.shape[0]]])
     cum_b = np.concatenate([[0], np.searchsorted(b, edges, side="right"), [b.shape[0]]])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -131,6 +132,7 @@ class Table:
     source: str = ""
     missing: Mapping[str, np.ndarray] = field(default_factory=dict)
     _numbers: dict[str, Numbers] = field(default_factory=dict, init=False, repr=False)
+    _counts: dict[str, Counter[str]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         lengths = {name: a.shape[0] for name, a in self.columns.items()}
@@ -203,6 +205,16 @@ class Table:
             cells = a.astype(object, copy=False)
             return cells, _missing_text(cells)
         return np.array([repr(float(v)) for v in a], dtype=object), self._missing(name)
+
+    def text_counts(self, name: str) -> Counter[str]:
+        """How often each present text value occurs in column ``name`` (counted once,
+        then cached: the schema check and the drift test both read it)."""
+        found = self._counts.get(name)
+        if found is None:
+            cells, missing = self.text(name)
+            found = Counter(cells[~missing].tolist())
+            self._counts[name] = found
+        return found
 
     @staticmethod
     def concat(parts: Sequence[Table], source: str = "") -> Table:
