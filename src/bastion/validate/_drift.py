@@ -259,8 +259,8 @@ def _merge(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     # after k values, c of them from the reference: n*m*(F_a - F_b) = c*m - (k - c)*n =
     # c*(n + m) - k*n, a whole number, so exact in float64 (below 2**53 for any table
     # that fits in memory)
-    seen = np.cumsum(order < n, dtype=np.int32 if n + m < 2**31 else np.int64)
-    diff = seen * float(n + m)
+    seen: np.ndarray = np.cumsum(order < n, dtype=np.int32 if n + m < 2**31 else np.int64)
+    diff = np.multiply(seen, float(n + m))
     taken = np.arange(1, n + m + 1, dtype=np.float64)
     taken *= n
     diff -= taken
