@@ -147,6 +147,20 @@ DRILL_PROXY_TOXIC_REMOVED = _k("drill.proxy.toxic_removed", "a toxic was removed
 DRILL_HTTP_FAULT_SET = _k("drill.http.fault_set", "an HTTP fault upstream changed its behaviour")
 DRILL_FINISHED = _k("drill.finished", "an experiment ended (deviated, rto_s, rpo)")
 
+# -- validation ---------------------------------------------------------------------------
+VALIDATE_SCHEMA_STORED = _k(
+    "validate.schema.stored",
+    "a schema was inferred from a reference dataset and stored (ref, source, columns)",
+)
+VALIDATE_DATA_CHECKED = _k(
+    "validate.data.checked",
+    "the data gate judged a dataset (status, against, verdict, findings, drifted)",
+)
+VALIDATE_MODEL_CHECKED = _k(
+    "validate.model.checked",
+    "the model gate judged a candidate model (status, against, verdict, findings)",
+)
+
 # -- the rest -----------------------------------------------------------------------------
 DEP_USED = _k("dep.used", "a service used a backend or a job read an input (target, via)")
 MAP_ANALYSED = _k("map.analysed", "the dependency map was analysed (findings, availability)")

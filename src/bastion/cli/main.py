@@ -31,7 +31,7 @@ app = typer.Typer(
 
 # Each module registers its commands on the app. A group that is not built yet is simply
 # absent, so the CLI only ever offers what exists.
-_GROUPS = ("core", "demo", "vault", "train", "serve", "model", "map", "drill")
+_GROUPS = ("core", "demo", "vault", "train", "serve", "model", "map", "drill", "validate")
 
 
 def _register() -> None:
