@@ -21,7 +21,10 @@ from bastion.demo import train as scene_module
 
 @pytest.fixture
 def cpu_hogs() -> Iterator[None]:
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    # Each hog spins only while its parent (this test run) lives: a run killed before its
+    # teardown must not leave two cores busy for whatever runs next.
+    spin = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(2)]
     try:
         yield
     finally:
