@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,17 +20,11 @@ import pytest
 
 from bastion.drill.faults import DeleteFiles, FillDisk, Scope
 from bastion.events import EventLog
+from tests.helpers import run_bastion
 
 
 def _bastion(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bastion", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_bastion(*args, cwd=cwd, timeout=180)
 
 
 @contextlib.contextmanager

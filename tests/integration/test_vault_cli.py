@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
+
+from tests.helpers import run_bastion
 
 
 def _bastion(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bastion", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_bastion(*args, cwd=cwd, timeout=120)
 
 
 def test_vault_cli_put_ls_get_verify_restore_lineage(tmp_path: Path) -> None:
