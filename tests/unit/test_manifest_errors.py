@@ -108,7 +108,8 @@ CASES = [
         "bad vault reference",
         ("inputs: {data: dataset/digits@latest}", "inputs: {data: data/digits}"),
         "bastion.yaml:18:20: jobs.train.inputs.data: artifact name 'data/digits' must start with "
-        "one of dataset, model, ckpt, code, config, run, dir (e.g. dataset/data)",
+        "one of dataset, model, ckpt, code, config, run, dir, schema, verdict "
+        "(e.g. dataset/data)",
     ),
     (
         "path escape in a vault reference",
