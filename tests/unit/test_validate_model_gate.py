@@ -83,7 +83,10 @@ def test_bad_thresholds_are_usage_errors() -> None:
 
 
 def test_a_real_improvement_passes_and_a_noisy_one_does_not(seed: int) -> None:
-    rng = np.random.default_rng(seed)
+    # The data is fixed: on a small golden set a random draw can make 0.95 vs 0.80 look
+    # like noise (seed 3711531118 drew 0.90 vs 0.84), and then failing is the right verdict.
+    # The bootstrap's own seed still varies.
+    rng = np.random.default_rng(0)
     base = _sets(rng, 0.80)
     strict = ModelGateConfig(
         thresholds={"accuracy": MetricThreshold(min_absolute_change=0.0)}, seed=seed
