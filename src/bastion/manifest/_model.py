@@ -445,7 +445,13 @@ class GatewayPolicy(_Strict):
     """How the gateway treats a request: deadlines, retries, hedging, queueing."""
 
     timeout_ms: float = Field(default=1000, gt=0)
-    """A request's deadline, in milliseconds."""
+    """A request's deadline, in milliseconds: every attempt, retry and fallback of one
+    request fits in it (a client's x-bastion-deadline-ms may shorten it)."""
+    attempt_timeout_ms: float | None = Field(default=None, gt=0)
+    """How long one attempt of a whole answer may take, in milliseconds, within the
+    deadline; unset, an even share of the time left over the attempts that could still
+    be made, so a request whose primaries all hang still reaches the fallback tier. Set
+    it for a backend slower than that share."""
     ttft_timeout_ms: float | None = Field(default=None, gt=0)
     """How long a stream may take to its first token, in milliseconds; unset, 4 x the p99
     of observed time to first token, at least 250 ms and at most a quarter of timeout_ms."""
@@ -463,6 +469,9 @@ class GatewayPolicy(_Strict):
     """How long a request may wait in the queue, in milliseconds."""
     max_ejected: float = Field(default=0.5, gt=0, le=1)
     """The largest fraction of backends outlier detection may eject at once."""
+    header_timeout_ms: float = Field(default=10000, gt=0)
+    """How long a client connection may take to send a request's line and headers, in
+    milliseconds, before the gateway closes it (a slow-headers, slowloris, defence)."""
 
     @field_validator("hedge")
     @classmethod

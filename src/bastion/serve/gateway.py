@@ -44,8 +44,11 @@ gateway then ends the stream with an SSE ``error`` event on its own lines (which
 whole lines only, so that event never lands on a partial line.
 
 Deadlines: ``x-bastion-deadline-ms`` from the client (or the policy's ``timeout_ms``,
-whichever is shorter) bounds the whole request, a stream to its last byte; each attempt
-gets what is left and passes it on to the backend in the same header.
+whichever is shorter) bounds the whole request, a stream to its last byte. An attempt
+at a whole answer gets ``attempt_timeout_ms``, or unset an even share of what is left
+over the attempts that could still be made (``_attempts``), so primaries that all hang
+still leave the fallback tier time to answer; it passes its own deadline on to the
+backend in the same header.
 
 Must never: write the event log per request (rare state changes are events, through an
 ``Emit`` that does not block, such as ``bastion.events.EventWriter``); re-encode a body
@@ -233,7 +236,15 @@ class Gateway:
         )
         self.budget = RetryBudget(ratio=policy.retry_budget, clock=clock)
         self.attempts = AttemptRules(
-            self.pool, self.budget, max_attempts=policy.max_attempts, clock=clock
+            self.pool,
+            self.budget,
+            max_attempts=policy.max_attempts,
+            attempt_timeout_s=(
+                policy.attempt_timeout_ms / 1000.0
+                if policy.attempt_timeout_ms is not None
+                else None
+            ),
+            clock=clock,
         )
         quantile, fixed = policy.hedge_rule
         self.hedge = HedgeTimer(quantile=quantile, fixed_s=fixed)
@@ -408,10 +419,12 @@ class Gateway:
             return await self._stream(request, body, obj, priority, deadline)
         path = request.path
 
-        def run(up: Upstream) -> Coroutine[Any, Any, _Answer]:
-            return self._attempt(up, path, self._body_for(up, body, obj), deadline)
-
         attempts = self.attempts.start(deadline, hedge=self._hedging)
+
+        def run(up: Upstream) -> Coroutine[Any, Any, _Answer]:
+            ends = attempts.attempt_deadline()
+            return self._attempt(up, path, self._body_for(up, body, obj), ends)
+
         answer = await self._run(attempts, priority, run, self.hedge)
         if isinstance(answer, web.Response):
             return answer
@@ -491,7 +504,8 @@ class Gateway:
 
     # -- whole answers --------------------------------------------------------------------
     async def _attempt(self, up: Upstream, path: str, body: bytes, deadline: float) -> _Answer:
-        """One non-streaming attempt. Returns an answer to pass on, or raises Failure."""
+        """One non-streaming attempt, due by ``deadline`` (the attempt's, which is never
+        after the request's). Returns an answer to pass on, or raises Failure."""
         if not up.used:
             self._first_use(up)
         session = self._session
