@@ -71,9 +71,7 @@ def _gateway(ports: list[int], fallback_url: str, policy: GatewayPolicy) -> Gate
 
 
 def _all_routable(thread: GatewayThread) -> bool:
-    return thread.run(
-        lambda: all(u.routable() for u in thread.gateway.pool.upstreams.values())
-    )
+    return thread.run(lambda: all(u.routable() for u in thread.gateway.pool.upstreams.values()))
 
 
 @pytest.mark.parametrize("attempt_timeout_ms", [None, 200.0])
@@ -82,7 +80,9 @@ def test_every_primary_hung_fallback_answers_every_request(
     rng: random.Random,
     attempt_timeout_ms: float | None,
 ) -> None:
-    policy = GatewayPolicy(timeout_ms=1000, )
+    policy = GatewayPolicy(
+        timeout_ms=1000,
+    )
     with served(make_app(name="vendor")) as vendor_url:
         gw = _gateway([p for _, p in two_replicas], vendor_url, policy)
         with GatewayThread(gw) as thread:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import enum
+import logging
 import signal
+import sys
 from typing import Annotated
 
 import typer
@@ -12,6 +15,13 @@ from rich.table import Table
 from bastion.cli._common import DEFAULT_MANIFEST, ManifestOption, console, load_manifest
 
 __all__ = ["register"]
+
+
+class LogLevel(enum.StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
 
 
 def _names(manifest_services: list[str], service: str | None) -> list[str]:
@@ -25,6 +35,14 @@ def serve(
     ] = None,
     which: Annotated[str | None, typer.Argument(help="With 'status': one service.")] = None,
     file: ManifestOption = DEFAULT_MANIFEST,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            "--log-level",
+            help="What the gateways log to stderr: info adds an access line per request.",
+            case_sensitive=False,
+        ),
+    ] = LogLevel.warning,
 ) -> None:
     """Run the gateway for each service in the manifest (Ctrl-C stops it).
 
@@ -36,6 +54,11 @@ def serve(
         return
     from bastion.serve import run_services
 
+    logging.basicConfig(
+        level=log_level.value.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     manifest = load_manifest(file)
     names = _names(list(manifest.services), service)
 

@@ -485,6 +485,15 @@ class GatewayPolicy(_Strict):
         return _hedge_rule(self.hedge)
 
 
+class ServiceAuth(_Strict):
+    """Client API keys a service's gateway requires (as LiteLLM's virtual keys)."""
+
+    keys_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The environment variable that holds the accepted keys, comma-separated; a client
+    sends one as ``Authorization: Bearer <key>``. ``bastion serve`` refuses to start when
+    it is unset or empty."""
+
+
 class Service(_Strict):
     """An OpenAI-compatible gateway in front of local replicas and remote backends."""
 
@@ -496,6 +505,9 @@ class Service(_Strict):
     """Where requests go, tried by tier."""
     policy: GatewayPolicy = GatewayPolicy()
     """Deadlines, retries, hedging and queueing."""
+    auth: ServiceAuth | None = None
+    """Client API keys: unset, the gateway answers anyone who can reach ``listen``; set,
+    every route but ``/healthz`` and ``/metrics`` needs a key (401 without one)."""
     depends_on: list[Dependency] = Field(default_factory=list)
     """Components the service needs besides its backends."""
 

@@ -60,9 +60,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
+import logging
 import math
-from collections.abc import Callable, Coroutine, Iterable
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -84,6 +88,7 @@ from bastion.resilience import (
 )
 from bastion.serve import shapes
 from bastion.serve._attempts import AttemptRules, Attempts, AttemptStatistics
+from bastion.serve._auth import ClientKeys
 from bastion.serve._outcome import (
     ABANDONED,
     CANCELLED,
@@ -110,11 +115,27 @@ from bastion.serve.admission import PRIORITIES, Admission, AdmissionStatistics, 
 from bastion.serve.metrics import BackendMetrics, GatewayMetrics
 from bastion.serve.pool import Pool, PoolStatistics, Upstream, UpstreamSpec, UpstreamStatistics
 
-__all__ = ["BACKEND_HEADER", "DEADLINE_HEADER", "PRIORITY_HEADER", "Gateway", "GatewayStatistics"]
+__all__ = [
+    "BACKEND_HEADER",
+    "DEADLINE_HEADER",
+    "PRIORITY_HEADER",
+    "REQUEST_ID_HEADER",
+    "Gateway",
+    "GatewayStatistics",
+    "exposed",
+]
 
 DEADLINE_HEADER = "x-bastion-deadline-ms"
 BACKEND_HEADER = "x-bastion-backend"
 PRIORITY_HEADER = "x-bastion-priority"
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+"""A client's request id we echo and log as it is; anything else is replaced by ours."""
+_OPEN_ROUTES = frozenset({"/healthz", "/metrics"})
+"""Routes that answer without a client key: liveness and scraping expose no backend URL."""
+_CHOICE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+_log = logging.getLogger("bastion.serve")
+_REQUEST_ID_KEY = web.RequestKey("request_id", str)
 _MAX_BODY = 4 * 1024 * 1024
 _JSON = "application/json"
 _POST_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/predict")
@@ -180,11 +201,37 @@ class _Answer:
 
 
 def _error(
-    status: int, message: str, kind: str, *, retry_after: float | None = None
+    status: int,
+    message: str,
+    kind: str,
+    *,
+    retry_after: float | None = None,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> web.Response:
-    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else None
-    body = json.dumps(shapes.error(message, kind, status))
+    headers = dict(headers or {})
+    if retry_after:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    body = json.dumps(shapes.error(message, kind, code or status, param=param))
     return web.Response(status=status, text=body, content_type=_JSON, headers=headers)
+
+
+def exposed(host: str) -> bool:
+    """Does listening on ``host`` accept connections from beyond this machine? (Every
+    address but loopback does; a name other than ``localhost`` is taken to.)"""
+    if host in ("localhost", ""):
+        return host == ""
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return True
+
+
+def _request_id(given: str | None) -> str:
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -200,9 +247,10 @@ class Gateway:
     """One service's gateway. ``await start()``, then ``await close()``.
 
     ``events`` records its rare state changes (use a ``bastion.events.EventWriter``: the
-    event loop must never wait on SQLite), in ``segment``. ``clock`` (monotonic seconds)
-    times deadlines, attempts and every policy the gateway drives (breakers, limits, the
-    retry budget); tests may pass a ``ManualClock``.
+    event loop must never wait on SQLite), in ``segment``. ``api_keys``: the client keys
+    it requires (``serve._auth.client_keys``); empty, it requires none. ``clock``
+    (monotonic seconds) times deadlines, attempts and every policy the gateway drives
+    (breakers, limits, the retry budget); tests may pass a ``ManualClock``.
     """
 
     def __init__(
@@ -217,9 +265,11 @@ class Gateway:
         probe_interval_s: float = 1.0,
         probe_timeout_s: float = 0.5,
         hold_429_s: float = 1.0,
+        api_keys: Sequence[str] = (),
         clock: Clock = monotonic,
     ) -> None:
         self.service = service
+        self.keys = ClientKeys(api_keys)
         self.policy = policy
         self.host = host
         self.port = port
@@ -276,7 +326,7 @@ class Gateway:
         self._last_shed = 0.0
         self._shed = self.metrics.shed
         self._responses = self.metrics.responses
-        self.metrics.watch(self._state_rows)
+        self.metrics.watch(self._state_rows, lambda: self.admission.waiting)
         self.app = self._build_app()
 
     # -- membership ---------------------------------------------------------------------
@@ -295,14 +345,86 @@ class Gateway:
 
     # -- lifecycle ----------------------------------------------------------------------
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=_MAX_BODY)
+        app = web.Application(
+            client_max_size=_MAX_BODY, middlewares=[self._outermost, self._authorize]
+        )
         for route in _POST_ROUTES:
             app.router.add_post(route, self._proxy)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model:.+}", self._model)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/bastion/status", self._status)
+        app.on_response_prepare.append(self._stamp)
         return app
+
+    @web.middleware
+    async def _outermost(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Every request: its id (the client's ``x-request-id``, or a new one), echoed on
+        the response and in the access log; HTTP errors (404, 405 ...) as OpenAI error
+        JSON; the end-to-end duration by route and status."""
+        start = self._clock()
+        request[_REQUEST_ID_KEY] = _request_id(request.headers.get(REQUEST_ID_HEADER))
+        info = request.match_info
+        route = info.route.resource.canonical if info.route.resource is not None else "other"
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            resp = self._http_error(request, exc)
+        self.metrics.observe_request(route, resp.status, self._clock() - start)
+        return resp
+
+    def _http_error(self, request: web.Request, exc: web.HTTPException) -> web.Response:
+        status = exc.status
+        if status == 404:
+            message = (
+                f"{request.method} {request.path}: no such route on the gateway of service "
+                f"{self.service} (it serves {', '.join(_POST_ROUTES)}, GET /v1/models)"
+            )
+        elif status == 405:
+            allowed = exc.headers.get("Allow", "")
+            message = (
+                f"{request.method} {request.path}: method not allowed; use {allowed or 'another'}"
+            )
+        else:
+            message = f"{request.method} {request.path}: {exc.reason}"
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        self._responses["4xx" if status < 500 else "5xx"].inc()
+        keep = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        return _error(status, message, kind, code=None, headers=keep)
+
+    @web.middleware
+    async def _authorize(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """With client keys, every route but liveness and metrics needs one (LiteLLM's
+        virtual keys; the key itself is never logged or recorded)."""
+        if not self.keys.enabled or request.path in _OPEN_ROUTES:
+            return await handler(request)
+        header = request.headers.get("Authorization")
+        if self.keys.allows(header):
+            return await handler(request)
+        self._responses["4xx"].inc()
+        message = (
+            f"service {self.service} needs an API key: send Authorization: Bearer <key>"
+            if not header
+            else f"service {self.service}: the API key is not one this gateway accepts"
+        )
+        return _error(
+            401,
+            message,
+            "invalid_request_error",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": 'Bearer realm="bastion"'},
+        )
+
+    @staticmethod
+    async def _stamp(request: web.Request, response: web.StreamResponse) -> None:
+        request_id = request.get(_REQUEST_ID_KEY)
+        if request_id is not None:
+            response.headers[REQUEST_ID_HEADER] = request_id
 
     async def start(self) -> tuple[str, int]:
         from bastion.aio import serve_app
@@ -311,7 +433,23 @@ class Gateway:
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
         )
-        self._runner, self.port = await serve_app(self.app, self.host, self.port, backlog=1024)
+        if exposed(self.host):
+            _log.warning(
+                "service %s listens on %s, reachable beyond this machine%s",
+                self.service,
+                self.host,
+                ""
+                if self.keys.enabled
+                else " with no client keys: set services.<s>.auth.keys_env, or listen on "
+                "127.0.0.1 behind a proxy",
+            )
+        self._runner, self.port = await serve_app(
+            self.app,
+            self.host,
+            self.port,
+            backlog=1024,
+            header_timeout_s=self.policy.header_timeout_ms / 1000.0,
+        )
         self._tasks.append(asyncio.create_task(self._probe_loop()))
         self.record(
             ek.SERVE_STARTED,
@@ -347,8 +485,27 @@ class Gateway:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response(shapes.model_list([self.service], owned_by="bastion"))
 
+    async def _model(self, request: web.Request) -> web.Response:
+        """``models.retrieve``: the gateway serves one model, named as its service."""
+        asked = request.match_info["model"]
+        if asked != self.service:
+            self._responses["4xx"].inc()
+            return _error(
+                404,
+                f"model {asked[:80]!r} is not served here; this gateway serves "
+                f"{self.service!r} (GET /v1/models lists it)",
+                "invalid_request_error",
+                code="model_not_found",
+                param="model",
+            )
+        (entry,) = shapes.model_list([self.service], owned_by="bastion")["data"]
+        return web.json_response(entry)
+
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), content_type="text/plain")
+        body, content_type = self.metrics.render(request.headers.get("Accept"))
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = content_type  # with its version/charset parameters
+        return resp
 
     async def _healthz(self, request: web.Request) -> web.Response:
         ok = any(u.breaker.available() and not u.needs_probe for u in self.pool.upstreams.values())
@@ -395,6 +552,19 @@ class Gateway:
             self._responses["4xx"].inc()
             return _error(
                 400, f"{request.path}: the body must be a JSON object", "invalid_request_error"
+            )
+        n = obj.get("n")
+        if request.path in _CHOICE_ROUTES and n is not None and n != 1:
+            # A backend may answer with fewer choices than asked (local replicas make
+            # one), and a failover could not keep them consistent: refuse, never send
+            # fewer choices than the client counts on.
+            self._responses["4xx"].inc()
+            return _error(
+                400,
+                f"{request.path}: n={json.dumps(n)[:20]} is not supported; this gateway "
+                "returns one choice per request (send n separate requests)",
+                "invalid_request_error",
+                param="n",
             )
         headers = request.headers
         timeout_s = self.timeout_s

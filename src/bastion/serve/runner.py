@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from bastion.aio import LoopThread
 from bastion.errors import NotFoundError, UnavailableError, UsageError
 from bastion.manifest import Manifest, Service
+from bastion.serve._auth import client_keys
 from bastion.serve.gateway import Gateway, GatewayStatistics
 from bastion.serve.pool import UpstreamSpec
 
@@ -178,6 +179,7 @@ async def run_services(manifest: Manifest, names: Sequence[str], *, stop: asynci
                 events=sink,
                 host=host,
                 port=int(port),
+                api_keys=client_keys(name, service.auth.keys_env if service.auth else None),
             )
             for spec in specs_for(service):
                 gw.add_upstream(spec)
@@ -218,8 +220,12 @@ def status(manifest: Manifest, names: Sequence[str]) -> list[GatewayStatistics |
         if service is None:
             raise NotFoundError(f"service {name!r} is not in the manifest")
         url = f"http://{service.listen}/bastion/status"
+        keys = client_keys(name, service.auth.keys_env if service.auth else None)
+        asking = urllib.request.Request(
+            url, headers={"Authorization": f"Bearer {keys[0]}"} if keys else {}
+        )
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with urllib.request.urlopen(asking, timeout=2) as resp:  # noqa: S310 - http:// built above
                 body = resp.read()
         except OSError as exc:
             out.append(GatewayDown(name, service.listen, str(exc)))
