@@ -110,6 +110,9 @@ def test_client_keys_gate_every_route_but_health_and_metrics(tmp_path: Path) -> 
             assert code == 200
             assert vendor_url.encode() in text
             assert _status(base + "/metrics")[0] == 200
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"GET /pot HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
+                assert sock.recv(65536).split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
 
             shown = run_bastion("serve", "status", "-f", str(path), env=env)
             assert shown.returncode == 0, shown.stderr
@@ -123,6 +126,10 @@ def test_client_keys_gate_every_route_but_health_and_metrics(tmp_path: Path) -> 
             out, err = proc.communicate(timeout=30)
     logged = out + err
     assert "POST /v1/chat/completions" in logged  # the access log is on at --log-level info
+    # The malformed request is one line, no aiohttp traceback.
+    bad_lines = [line for line in logged.splitlines() if "Error handling request" in line]
+    assert len(bad_lines) == 1, logged
+    assert "Traceback" not in logged
     for key in (ALPHA, BETA):
         assert key not in logged
     events = tmp_path / ".bastion" / "events.db"

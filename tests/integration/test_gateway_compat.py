@@ -18,13 +18,14 @@ from typing import Any
 
 import openai
 import pytest
+from aiohttp import web
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from bastion.manifest import GatewayPolicy
-from bastion.serve import Gateway, GatewayThread, UpstreamSpec
+from bastion.serve import Gateway, GatewayThread, UpstreamSpec, shapes
 from bastion.serve.standin import make_app
 from tests.helpers import served
 
@@ -185,3 +186,28 @@ def test_malformed_http_logs_one_line_without_traceback(
         assert record.exc_info is None
         assert "\n" not in record.getMessage()
     assert any("Error handling request" in r.getMessage() for r in lines)
+
+
+def test_request_id_reaches_the_backend() -> None:
+    seen: list[str | None] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("x-request-id"))
+        return web.json_response(shapes.chat_completion("m", "ok"))
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response(shapes.model_list(["m"], owned_by="test"))
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
+    with served(app) as backend_url:
+        gw = Gateway("chat", GatewayPolicy(timeout_ms=5000), probe_interval_s=0.2)
+        gw.add_upstream(UpstreamSpec(name="b", url=backend_url, group="b"))
+        with GatewayThread(gw) as thread:
+            client = _client(thread)
+            client.chat.completions.create(
+                model="chat", messages=MESSAGES, extra_headers={"x-request-id": "end-to-end-7"}
+            )
+            raw = client.chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
+    assert seen == ["end-to-end-7", raw.headers["x-request-id"]]

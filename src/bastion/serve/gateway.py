@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ipaddress
 import json
 import logging
@@ -136,6 +137,11 @@ _OPEN_ROUTES = frozenset({"/healthz", "/metrics"})
 _CHOICE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 _log = logging.getLogger("bastion.serve")
 _REQUEST_ID_KEY = web.RequestKey("request_id", str)
+_current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "bastion_request_id", default=None
+)
+"""The request id of the request being served, for the attempts it makes (hedges run in
+tasks, which copy the context)."""
 _MAX_BODY = 4 * 1024 * 1024
 _JSON = "application/json"
 _POST_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/predict")
@@ -366,7 +372,8 @@ class Gateway:
         the response and in the access log; HTTP errors (404, 405 ...) as OpenAI error
         JSON; the end-to-end duration by route and status."""
         start = self._clock()
-        request[_REQUEST_ID_KEY] = _request_id(request.headers.get(REQUEST_ID_HEADER))
+        request_id = request[_REQUEST_ID_KEY] = _request_id(request.headers.get(REQUEST_ID_HEADER))
+        _current_request_id.set(request_id)
         info = request.match_info
         route = info.route.resource.canonical if info.route.resource is not None else "other"
         try:
@@ -616,6 +623,9 @@ class Gateway:
     def _headers_for(self, up: Upstream, deadline: float) -> dict[str, str]:
         remaining_ms = max(1, int((deadline - self._clock()) * 1000))
         headers = {"Content-Type": _JSON, DEADLINE_HEADER: str(remaining_ms)}
+        request_id = _current_request_id.get()
+        if request_id is not None:
+            headers[REQUEST_ID_HEADER] = request_id  # so a backend's logs say the same
         if up.auth_header is not None:
             headers["Authorization"] = up.auth_header
         return headers
