@@ -74,11 +74,14 @@ def _all_routable(thread: GatewayThread) -> bool:
     return thread.run(lambda: all(u.routable() for u in thread.gateway.pool.upstreams.values()))
 
 
-@pytest.mark.parametrize("attempt_timeout_ms", [None, 200.0])
+@pytest.mark.parametrize(
+    ("attempt_timeout_ms", "stream"), [(None, False), (200.0, False), (None, True)]
+)
 def test_every_primary_hung_fallback_answers_every_request(
     two_replicas: list[tuple[subprocess.Popen[str], int]],
     rng: random.Random,
     attempt_timeout_ms: float | None,
+    stream: bool,
 ) -> None:
     policy = GatewayPolicy(
         timeout_ms=1000,
@@ -102,8 +105,15 @@ def test_every_primary_hung_fallback_answers_every_request(
             for _ in range(12):
                 try:
                     raw = client.chat.completions.with_raw_response.create(
-                        model="digits", messages=[{"role": "user", "content": PIXELS}]
+                        model="digits",
+                        messages=[{"role": "user", "content": PIXELS}],
+                        stream=stream,
                     )
+                    if stream:
+                        text = "".join(
+                            c.choices[0].delta.content or "" for c in raw.parse() if c.choices
+                        )
+                        assert text, "an empty stream"
                 except openai.OpenAIError as exc:
                     failed.append(repr(exc))
                     continue
