@@ -24,6 +24,8 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from bastion import event_kinds as ek
+from bastion.events import Relay
 from bastion.manifest import GatewayPolicy
 from bastion.serve import Gateway, GatewayThread, UpstreamSpec, shapes
 from bastion.serve.standin import make_app
@@ -211,3 +213,35 @@ def test_request_id_reaches_the_backend() -> None:
             )
             raw = client.chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
     assert seen == ["end-to-end-7", raw.headers["x-request-id"]]
+
+
+def test_an_ejection_a_request_caused_names_its_request_id() -> None:
+    recorded: list[tuple[str, dict[str, Any]]] = []
+    events = Relay(lambda kind, _subject, _at, data: recorded.append((kind, data)))
+
+    async def cut(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        request.transport.abort()  # the connection resets before any answer
+        return web.Response()
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response(shapes.model_list(["m"], owned_by="test"))
+
+    flaky = web.Application()
+    flaky.router.add_post("/v1/chat/completions", cut)
+    flaky.router.add_get("/v1/models", models)
+    with served(flaky) as flaky_url, served(make_app(name="vendor")) as vendor_url:
+        gw = Gateway("chat", GatewayPolicy(timeout_ms=5000), events=events)
+        gw.add_upstream(UpstreamSpec(name="flaky", url=flaky_url, group="flaky", tier=0))
+        gw.add_upstream(UpstreamSpec(name="vendor", url=vendor_url, group="v", tier=1))
+        with GatewayThread(gw) as thread:
+            raw = _client(thread).chat.completions.with_raw_response.create(
+                model="chat", messages=MESSAGES, extra_headers={"x-request-id": "ev-1"}
+            )
+            assert raw.headers["x-bastion-backend"] == "vendor"
+    ejected = [data for kind, data in recorded if kind == ek.SERVE_BACKEND_EJECTED]
+    assert ejected, recorded
+    assert ejected[0]["backend"] == "flaky"
+    assert ejected[0]["request_id"] == "ev-1"
+    started = [data for kind, data in recorded if kind == ek.SERVE_STARTED]
+    assert "request_id" not in started[0]  # nothing is tagged outside a request

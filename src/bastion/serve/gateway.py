@@ -234,6 +234,30 @@ def exposed(host: str) -> bool:
         return True
 
 
+class _RequestEvents:
+    """An ``Emit`` that adds the id of the request being served, if any, to each event
+    (a backend ejected by a request's failure says which request saw it)."""
+
+    __slots__ = ("_events",)
+
+    def __init__(self, events: Emit) -> None:
+        self._events = events
+
+    def emit(
+        self,
+        kind: str,
+        subject: str = "",
+        *,
+        segment: str | None = None,
+        at_ns: int | None = None,
+        **data: Any,
+    ) -> object:
+        request_id = _current_request_id.get()
+        if request_id is not None and "request_id" not in data:
+            data["request_id"] = request_id
+        return self._events.emit(kind, subject, segment=segment, at_ns=at_ns, **data)
+
+
 def _request_id(given: str | None) -> str:
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
@@ -281,12 +305,13 @@ class Gateway:
         self.port = port
         self._clock = clock
         self.events = events
+        self._tagged = _RequestEvents(events)
         self.segment = segment or None
         self.metrics = GatewayMetrics(service)
         self.pool = Pool(
             service,
             max_ejected=policy.max_ejected,
-            events=events,
+            events=self._tagged,
             segment=self.segment,
             clock=clock,
         )
@@ -486,7 +511,7 @@ class Gateway:
 
     def record(self, kind: str, *, at_ns: int | None = None, **data: Any) -> None:
         """Record a (rare) event about this service, in its segment."""
-        self.events.emit(kind, self.service, segment=self.segment, at_ns=at_ns, **data)
+        self._tagged.emit(kind, self.service, segment=self.segment, at_ns=at_ns, **data)
 
     # -- small routes -------------------------------------------------------------------
     async def _models(self, request: web.Request) -> web.Response:
