@@ -43,7 +43,10 @@ ACCESS_LOG = "bastion.access"
 HTTP_LOG = "bastion.http"
 """The logger of connections the HTTP layer gave up on (one line each)."""
 _ACCESS_FORMAT = '%a "%r" %s %b %Tf request_id=%{X-Request-Id}o'
-_KEEPALIVE_S = 30.0
+_KEEPALIVE_S = 75.0
+"""Longer than any of our clients keeps an idle connection (the gateway's pool 30 s,
+httpx's 5 s): a server that closes first races a client reusing the connection, and the
+gateway would take the reset for a dead backend."""
 _MAX_DETAIL = 200
 
 

@@ -21,9 +21,9 @@ from bastion.serve import Gateway, GatewayThread, UpstreamSpec
 from bastion.serve.standin import make_app
 from tests.helpers import served
 
-CONNECTIONS = 100
+CONNECTIONS = 200
 TRICKLE_FOR_S = 20.0
-"""How long the slow clients keep trickling: shorter than the 30 s keep-alive time, so
+"""How long the slow clients keep trickling: shorter than the 75 s keep-alive time, so
 only the header timeout can close them in time."""
 PACE_S = 0.25
 """One header line per connection per pace: 80 lines at most, under aiohttp's own limit
