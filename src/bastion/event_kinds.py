@@ -161,6 +161,23 @@ VALIDATE_MODEL_CHECKED = _k(
     "the model gate judged a candidate model (status, against, verdict, findings)",
 )
 
+MODEL_PROMOTED = _k(
+    "model.promoted",
+    "@prod moved to a model version through a passing verdict (name, version, verdict)",
+)
+MODEL_PROMOTION_REFUSED = _k(
+    "model.promotion_refused",
+    "a promotion was refused: no passing verdict for that exact snapshot (name, reason)",
+)
+MODEL_PROMOTION_FORCED = _k(
+    "model.promotion_forced",
+    "@prod was moved with --force and the admin key, bypassing the gate (name, version)",
+)
+MODEL_ROLLED_BACK = _k(
+    "model.rolled_back",
+    "@prod moved back to the previously promoted version (name, version, from_version)",
+)
+
 # -- the rest -----------------------------------------------------------------------------
 DEP_USED = _k("dep.used", "a service used a backend or a job read an input (target, via)")
 MAP_ANALYSED = _k("map.analysed", "the dependency map was analysed (findings, availability)")
