@@ -124,6 +124,14 @@ SERVE_BACKEND_EJECTED = _k("serve.backend.ejected", "a backend left the pool (ba
 SERVE_BACKEND_RESTORED = _k("serve.backend.restored", "an ejected backend passed its probe")
 SERVE_OVERLOAD_STARTED = _k("serve.overload.started", "the gateway began shedding load")
 SERVE_OVERLOAD_ENDED = _k("serve.overload.ended", "the gateway stopped shedding load (shed)")
+SERVE_GOLDEN_FAILED = _k(
+    "serve.golden.failed",
+    "a backend answered golden probes wrongly (backend, wrong, total, examples)",
+)
+SERVE_GOLDEN_PASSED = _k(
+    "serve.golden.passed",
+    "a backend that had failed golden probes answers them right again (backend)",
+)
 SERVE_SCALED = _k("serve.scaled", "a replica set changed size (backend, replicas)")
 
 # -- drills -------------------------------------------------------------------------------
