@@ -24,9 +24,11 @@ from bastion.validate import (
     promote,
     promotion_history,
     rollback,
+    validate_data,
 )
 from bastion.vault import Vault, make_key
 from tests.helpers import run_bastion
+from tests.integration.test_validate_data_gate import _faults, _Make
 from tests.integration.test_validate_model_gate import (
     World,
     _commit_dir,
@@ -228,3 +230,34 @@ def test_cli_promote_and_rollback_exit_codes(example_copy: Path, tmp_path: Path,
     nothing = run_bastion("model", "rollback", "model/digits", cwd=example_copy)
     assert nothing.returncode == 1, nothing.stdout + nothing.stderr
     assert vault.labels("model/digits")["prod"] == 1
+
+
+@pytest.mark.parametrize(("make", "check"), _faults())
+def test_a_model_made_from_a_dataset_the_gate_stopped_never_reaches_prod(
+    world: World, example_copy: Path, seed: int, make: _Make, check: str
+) -> None:
+    """Every data fault is stopped at the data gate, and @prod never moves: even a model
+    that passes its own gate is refused when its lineage holds the stopped dataset."""
+    source = example_copy / "dataset"
+    reference = _commit_dir(world.vault, "dataset/digits", source)
+    damaged = world.tmp / "damaged"
+    with make(source, damaged, seed):
+        poisoned = _commit_dir(world.vault, "dataset/digits", damaged)
+    data = validate_data(world.vault, poisoned, reference)
+    assert data.status is Status.FAILED
+    assert check in {f.check for f in data.verdict.findings}
+    # the model here was not really trained on it (the test's weights are fixed), so its
+    # own gate passes: the dataset in its lineage is what stops it
+    model_dir = _model_dir(world.tmp / "m", _weights(200))
+    files = {p.name: p for p in sorted(model_dir.iterdir())}
+    candidate = world.vault.commit("model/digits", files, lineage=[poisoned]).ref
+    assert world.gate(candidate, seed).status is Status.PASSED
+    with pytest.raises(PromotionRefused, match=f"trained on {poisoned}, which the data gate"):
+        promote(world.vault, candidate)
+    assert _prod(world) == 1
+    # the same model made from the clean reference (judged, passed) is promoted
+    assert validate_data(world.vault, reference, reference).status is Status.PASSED
+    clean = world.vault.commit("model/digits", files, lineage=[reference]).ref
+    assert world.gate(clean, seed).status is Status.PASSED
+    assert promote(world.vault, clean).moved
+    print(f"seed {seed}: {check} stopped {poisoned}; @prod moved only for {clean}")

@@ -15,7 +15,8 @@ is checked when the vault loads it, its bytes by their hashes when read. A newer
 failing verdict for the same snapshot outranks an older pass. The verdict must have
 been judged against the snapshot ``@prod`` points at now (or, with no ``@prod`` yet,
 against nothing): a pass against a baseline that has since been replaced says nothing
-about the new one.
+about the new one. And a model trained on a dataset the data gate failed (a dataset in its
+lineage whose newest data verdict did not pass) is refused however well it scores.
 
 Must never: move ``@prod`` without a passing verdict or the admin key; read a missing,
 unreadable or ``insufficient_evidence`` verdict as a pass; let a verdict for one
@@ -219,6 +220,32 @@ def passing_verdict(vault: Vault, candidate: Snapshot, prod: Snapshot | None) ->
     return verdict
 
 
+def _check_data(vault: Vault, candidate: Snapshot) -> None:
+    """``PromotionRefused`` when a dataset named in ``candidate``'s lineage has a newest
+    data-gate verdict (for that exact snapshot) that did not pass. A dataset never judged
+    does not stop it (not every model's data goes through a gate)."""
+    for ref in candidate.lineage:
+        try:
+            parsed = parse_ref(ref)
+        except UsageError:
+            continue
+        if parsed.kind != "dataset":
+            continue
+        data = vault.snapshot(ref)
+        judged = [
+            v
+            for v in vault.versions(verdict_name(data.name))
+            if v.meta.get("subject_id") == data.id and v.meta.get("gate") == "data"
+        ]
+        if judged and judged[-1].meta.get("status") != Status.PASSED:
+            raise PromotionRefused(
+                candidate.name,
+                f"{candidate.ref} was trained on {data.ref}, which the data gate judged "
+                f"{judged[-1].meta.get('status')} ({judged[-1].ref}); a bad dataset never "
+                "reaches @prod, however the model scores",
+            )
+
+
 def _entry(snap: Snapshot, action: str, verdict: str | None, **extra: Any) -> dict[str, Any]:
     return {"version": snap.version, "id": snap.id, "action": action, "verdict": verdict, **extra}
 
@@ -275,6 +302,7 @@ def promote(
         extra = {"reason": reason, "admin_signature": admin.sign(entry_bytes).hex()}
     else:
         try:
+            _check_data(vault, candidate)
             verdict_ref = passing_verdict(vault, candidate, prod).ref
         except PromotionRefused as refused:
             events.emit(
