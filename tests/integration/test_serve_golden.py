@@ -287,3 +287,31 @@ services:
         loads(text.format(extra=", backends: [locl]"))
     with pytest.raises(ManifestError, match="tolerance"):
         loads(text.format(extra="").replace("0.05", "1.5"))
+
+
+def test_the_probe_loop_is_built_from_the_manifest_and_refuses_an_empty_set(
+    example_copy: Path,
+) -> None:
+    from bastion.manifest import load
+    from tests.helpers import run_bastion
+
+    assert run_bastion("init", cwd=example_copy).returncode == 0
+    path = example_copy / "bastion.yaml"
+    text = path.read_text()
+    assert "    policy: {timeout_ms: 1000" in text
+    golden = "    golden: {ref: dataset/digits-golden@latest, every_s: 3, tolerance: 0.1}\n"
+    path.write_text(
+        text.replace("    policy: {timeout_ms: 1000", golden + "    policy: {timeout_ms: 1000")
+    )
+    manifest = load(path)
+    vault = Vault.from_manifest(manifest)
+    header = (example_copy / "dataset" / "shard-00.csv").read_text().splitlines()[:3]
+    vault.commit("dataset/digits-golden", {"g.csv": ("\n".join(header) + "\n").encode()})
+    gw = Gateway("digits", GatewayPolicy())
+    prober = GoldenProber.from_manifest(gw, manifest)
+    assert prober is not None
+    assert (prober.every_s, prober.tolerance, len(prober.golden)) == (3, 0.1, 2)
+    assert prober.golden.ref == "dataset/digits-golden@1"
+    vault.commit("dataset/digits-golden", {"g.csv": (header[0] + "\n").encode()})
+    with pytest.raises(UsageError, match="has no rows: an empty golden set would pass"):
+        GoldenProber.from_manifest(Gateway("digits", GatewayPolicy()), manifest)
