@@ -261,9 +261,10 @@ def _swap(ctx: DemoContext, vault: Vault, scene: Scene, candidate: Any, golden_r
             restart_on="always",
             grace_s=2.0,
         )
-    counts = {"ok": 0, "failed": 0}
+    counts = {"ok": 0, "failed": 0, "wrong": 0}
     stop = threading.Event()
     body = json.dumps({"inputs": [list(golden.inputs[0])]}).encode()
+    expected = golden.expected[0]
 
     async def load(url: str) -> None:
         async with aiohttp.ClientSession() as session:
@@ -276,9 +277,14 @@ def _swap(ctx: DemoContext, vault: Vault, scene: Scene, candidate: Any, golden_r
                             data=body,
                             headers={"Content-Type": "application/json"},
                         ) as r:
-                            await r.read()
-                            counts["ok" if r.status == 200 else "failed"] += 1
-                    except aiohttp.ClientError:
+                            answer = await r.read()
+                        if r.status != 200:
+                            counts["failed"] += 1
+                            continue
+                        counts["ok"] += 1
+                        got = json.loads(answer)["predictions"][0]
+                        counts["wrong"] += str(got) != expected
+                    except (aiohttp.ClientError, ValueError, KeyError, IndexError):
                         counts["failed"] += 1
 
             await asyncio.gather(*(worker() for _ in range(4)))
@@ -322,35 +328,35 @@ def _swap(ctx: DemoContext, vault: Vault, scene: Scene, candidate: Any, golden_r
     sink.close()
     events = ctx.events().query(kind="serve.*")
     failed = [e for e in events if e.kind == ek.SERVE_GOLDEN_FAILED and e.subject == service_name]
-    back = [
-        e
-        for e in events
-        if e.kind == ek.SERVE_BACKEND_RESTORED
-        and e.data.get("backend") == victim
-        and failed
-        and e.mono_ns < failed[-1].mono_ns
-    ]
+    held_s = failed[-1].data.get("held_s") if failed else None
     scene.findings.append(
         f"served {MODEL}@prod from 2 supervised replicas, golden probes every {_EVERY_S:g} s "
         f"({len(golden)} examples from {golden.ref}, labelled x-bastion-probe: golden)"
     )
-    if caught and failed and back:
-        gap = (failed[-1].mono_ns - back[-1].mono_ns) / 1e9
+    if caught and held_s is not None:
         scene.findings.append(
             f"swapped the model file under {victim} (SwapModel, degraded weights); it restarted "
-            f"on it and passed its health probe, then answered "
-            f"{failed[-1].data['wrong']} of {failed[-1].data['total']} golden examples "
-            f"wrongly: ejected {gap:.2f} s ({gap / _EVERY_S:.1f} probe intervals) after it "
-            "rejoined"
+            f"on it and passed its health probe, but was held out until a golden round: it "
+            f"answered {failed[-1].data['wrong']} of {failed[-1].data['total']} golden "
+            f"examples wrongly and was ejected {held_s:.2f} s ({held_s / _EVERY_S:.1f} probe "
+            "intervals) after it was up again"
         )
     else:
         scene.findings.append(f"{victim} was not caught by golden probes within {_WAIT_S:g} s")
     scene.findings.append(
         f"client requests under 4 concurrent clients: {counts['ok']} answered, "
-        f"{counts['failed']} failed; golden rounds {sum(stats.rounds.values())} "
-        f"(counted apart from user traffic), {victim} still held out: {held_out}"
+        f"{counts['failed']} failed, {counts['wrong']} answered wrongly; "
+        f"{sum(stats.rounds.values())} golden rounds (counted apart from user traffic); "
+        f"{victim} still held out: {held_out}"
     )
-    scene.ok = scene.ok and caught and bool(back) and held_out and counts["failed"] == 0
+    scene.ok = (
+        scene.ok
+        and caught
+        and held_s is not None
+        and held_out
+        and counts["failed"] == 0
+        and counts["wrong"] == 0
+    )
 
 
 def run(ctx: DemoContext) -> Scene:

@@ -19,8 +19,10 @@ round gives a stable judgement, not a sample that flaps: a backend fails a round
 more than ``tolerance`` of the examples are answered differently from expected (or the
 answer is not 200, not JSON, or the wrong length). A backend that does not answer at all
 (refused, timed out) is the health probe's to eject; a golden round leaves it as it was.
-A backend that rejoined since its last golden round (a restarted replica) is asked again
-at once, before its next scheduled round.
+While the loop runs, a backend coming back after it was down (a restarted replica, a new
+one) is held out after its health probe passes until a golden round says its answers
+are right, so a replica that restarted on a swapped model never serves a user request;
+``held_s`` in ``serve.golden.failed`` is how long it waited for that verdict.
 
 Must never: eject beyond the pool's ejection cap (a golden set that every backend fails
 says more about the set than the backends: the event says so and nothing is ejected);
@@ -45,6 +47,7 @@ from prometheus_client.registry import Collector
 
 from bastion import event_kinds as ek
 from bastion.errors import UsageError
+from bastion.serve.pool import REJOINING
 
 if TYPE_CHECKING:
     from bastion.manifest import Manifest
@@ -275,6 +278,7 @@ class GoldenProber:
         self.counts: dict[tuple[str, str], int] = {}
         self.failing: set[str] = set()
         self._last: dict[str, float] = {}
+        self._held_since: dict[str, float] = {}
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         gateway.metrics.registry.register(_Exporter(self))
@@ -302,9 +306,11 @@ class GoldenProber:
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(skip_auto_headers=("User-Agent",))
+        self.gateway.pool.hold_rejoin = self._probed
         self._task = asyncio.create_task(self._loop())
 
     async def close(self) -> None:
+        self.gateway.pool.hold_rejoin = lambda _up: False
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -326,9 +332,13 @@ class GoldenProber:
             if not self._probed(up) or up.needs_probe:
                 continue  # not up at all: the health probe's business, not ours
             last = self._last.get(up.name)
-            # a backend that (re)joined since its last round is asked at once
+            held = up.wrong == REJOINING
+            if held:
+                self._held_since.setdefault(up.name, now)
+            # a backend waiting to rejoin is asked at once (and again each tick until it
+            # answers); one that (re)joined since its last round, too
             rejoined = last is not None and up.ejected_at > last and not up.wrong
-            if last is None or rejoined or now - last >= self.every_s:
+            if held or last is None or rejoined or now - last >= self.every_s:
                 self._last[up.name] = now
                 due.append(up)
         return due
@@ -382,6 +392,8 @@ class GoldenProber:
             self._count(up.name, "no_answer")
             return
         self._count(up.name, "right" if check.ok else "wrong")
+        since = self._held_since.pop(up.name, None)
+        held_s = round(pool.clock() - since, 3) if since is not None else None
         if check.ok:
             if up.name in self.failing:
                 self.failing.discard(up.name)
@@ -406,6 +418,7 @@ class GoldenProber:
                 total=check.total,
                 detail=check.detail,
                 ejected=ejected,
+                held_s=held_s,
                 examples=[list(e) for e in check.examples],
             )
 

@@ -18,7 +18,8 @@ Rejoining: after a hard failure (refused, timed out, failed probe) an upstream i
 reset); after soft failures (5xx, malformed) it rejoins through a half_open trial, since
 a health probe cannot see a bad inference answer. One that golden probes saw answer 200
 but wrongly (``eject_wrong``, within the cap) rejoins only through a right golden round
-(``restore_right``; ``serve/_golden.py``).
+(``restore_right``; ``serve/_golden.py``); with golden probes on, so does any backend
+coming back after it was down (``hold_rejoin``), before it serves a single request.
 
 Must never: do I/O or await; emit per-request events (only state changes are events).
 """
@@ -48,6 +49,7 @@ from bastion.serve.metrics import BackendMetrics
 
 __all__ = [
     "FAILURE_PENALTY_S",
+    "REJOINING",
     "Pool",
     "PoolStatistics",
     "Upstream",
@@ -56,6 +58,8 @@ __all__ = [
 ]
 
 FAILURE_PENALTY_S = 0.05
+#: ``Upstream.wrong`` of a backend that is up again and waits for a right golden round
+REJOINING = "rejoining: waiting for a right golden round"
 
 
 @dataclass(frozen=True)
@@ -273,6 +277,9 @@ class Pool:
         self._segment = segment
         self._rng = rng or random.Random()
         self.on_recover: Callable[[], None] = lambda: None
+        # set by golden probes: whether an upstream whose health probe passed after it was
+        # down must also answer a golden round right before it gets a request
+        self.hold_rejoin: Callable[[Upstream], bool] = lambda _up: False
 
     def _emit(self, kind: str, **data: Any) -> None:
         self._events.emit(kind, self.service, segment=self._segment, **data)
@@ -436,6 +443,8 @@ class Pool:
             if up.needs_probe:
                 up.needs_probe = False
                 up.breaker.reset()
+                if not up.wrong and self.hold_rejoin(up):
+                    up.wrong = REJOINING  # up, but not yet known to answer right
                 self._restored(up, via="probe")
             elif up.breaker.probe_ok():
                 self.on_recover()
@@ -448,6 +457,8 @@ class Pool:
         """Golden probes saw ``up`` answer 200 but wrongly: hold it out, within the
         ejection cap, until ``restore_right``. False when the cap refused (or it was
         out for that already)."""
+        if up.wrong == REJOINING:
+            up.wrong = ""  # it was only waiting: now it is judged, within the cap
         if up.wrong:
             return False
         size = sum(1 for u in self.upstreams.values() if u.spec.tier == up.spec.tier)
