@@ -316,3 +316,71 @@ def test_the_probe_loop_is_built_from_the_manifest_and_refuses_an_empty_set(
     vault.commit("dataset/digits-golden", {"g.csv": (header[0] + "\n").encode()})
     with pytest.raises(UsageError, match="has no rows: an empty golden set would pass"):
         GoldenProber.from_manifest(Gateway("digits", GatewayPolicy()), manifest)
+
+
+def test_a_model_swapped_in_a_running_replica_is_caught_within_two_intervals(
+    tmp_path: Path, seed: int
+) -> None:
+    """The weights of a live replica's model change in memory (no restart, nothing for a
+    health probe to see): golden probes catch it within two probe intervals of the swap,
+    measured from the events, and it stays out while it answers wrongly."""
+    from bastion.aio import serve_app
+    from bastion.serve.replica import make_app
+
+    good = _model_dir(tmp_path / "a")
+    vault, ref = _golden(tmp_path, good)
+    golden = load_golden(vault, ref)
+    every_s = 0.5
+    models = {n: load_dir(good, "digits") for n in ("a", "b")}
+    sink = EventWriter.in_state_dir(tmp_path / "state")
+    gw = Gateway("digits", GatewayPolicy(), events=sink, probe_interval_s=0.2)
+    prober = GoldenProber(gw, golden, every_s=every_s)
+    runners = []
+
+    async def serve_replicas() -> None:
+        for name, model in models.items():
+            runner, port = await serve_app(make_app(model))
+            runners.append(runner)
+            spec = UpstreamSpec(
+                name, f"http://127.0.0.1:{port}", kind="local", probe_path="/health"
+            )
+            gw.add_upstream(spec, needs_probe=True)
+        await prober.start()
+
+    async def stop_replicas() -> None:
+        await prober.close()
+        for runner in runners:
+            await runner.cleanup()
+
+    degraded = tmp_path / "worse"
+    shutil.copytree(good, degraded)
+    degrade(good / "model.safetensors", degraded / "model.safetensors", noise=1.0, seed=seed)
+    worse = load_dir(degraded, "digits")
+    with GatewayThread(gw) as thread:
+        thread.call(serve_replicas())
+        try:
+            _wait(
+                lambda: thread.run(lambda: all(u.routable() for u in gw.pool.upstreams.values())),
+                "both replicas judged right",
+            )
+
+            def swap() -> int:
+                models["a"].weights = worse.weights  # what make_app's handlers read
+                return time.monotonic_ns()  # CLOCK_MONOTONIC, the events' mono_ns
+
+            swapped_ns = thread.run(swap)
+            _wait(lambda: "a" in thread.run(lambda: set(prober.failing)), "a caught")
+            assert not thread.run(gw.pool.upstreams["a"].routable)
+            assert thread.run(gw.pool.upstreams["b"].routable)
+        finally:
+            thread.call(stop_replicas())
+    sink.close()
+    failed = EventLog.in_state_dir(tmp_path / "state").query(kind=ek.SERVE_GOLDEN_FAILED)
+    assert [e.data["backend"] for e in failed] == ["a"]
+    caught_s = (failed[0].mono_ns - swapped_ns) / 1e9
+    print(
+        f"seed {seed}: an in-memory swap caught {caught_s:.3f} s later "
+        f"({caught_s / every_s:.2f} probe intervals of {every_s:g} s); "
+        f"{failed[0].data['wrong']} of {failed[0].data['total']} golden answers wrong"
+    )
+    assert 0 < caught_s <= 2 * every_s
