@@ -338,7 +338,7 @@ def _swap(ctx: DemoContext, vault: Vault, scene: Scene, candidate: Any, golden_r
             f"swapped the model file under {victim} (SwapModel, degraded weights); it restarted "
             f"on it and passed its health probe, but was held out until a golden round: it "
             f"answered {failed[-1].data['wrong']} of {failed[-1].data['total']} golden "
-            f"examples wrongly and was ejected {held_s:.2f} s ({held_s / _EVERY_S:.1f} probe "
+            f"examples wrongly and was ejected {held_s:.2f} s ({held_s / _EVERY_S:.2f} probe "
             "intervals) after it was up again"
         )
     else:
