@@ -494,7 +494,8 @@ class GoldenProbe(_Strict):
     """How long one round's answer may take; no answer decides nothing (the health
     probe ejects a backend that does not answer)."""
     backends: list[str] | None = None
-    """The backends (names under backends) to probe; default: every local model backend."""
+    """The backends (names under backends) to probe; default: every local model backend
+    (replicas answer POST /v1/predict; name a remote one only if it does too)."""
 
 
 class Service(_Strict):
