@@ -118,7 +118,16 @@ def test_serve_status_as_json_running_and_not(tmp_path: Path) -> None:
     manifest.write_text(
         f"version: 1\nsystem: s\nservices:\n  chat:\n    listen: 127.0.0.1:{port}\n"
         f"    backends:\n      - name: far\n        url: http://127.0.0.1:{_free_port()}\n"
+        "        api_key_env: BASTION_TEST_UNSET_KEY\n"
     )
+    env = {k: v for k, v in os.environ.items() if k != "BASTION_TEST_UNSET_KEY"}
+    text = run_bastion("serve", "status", cwd=tmp_path)
+    assert text.returncode == 1
+    assert "urlopen" not in text.stdout + text.stderr
+    assert (
+        f"no gateway is running for service chat at 127.0.0.1:{port} (connection refused); "
+        "start it with `bastion serve chat`"
+    ) in text.stderr
     down = _json(tmp_path, "serve", "status", code=1)
     assert down["services"] == [
         {
@@ -134,6 +143,7 @@ def test_serve_status_as_json_running_and_not(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=env,
     )
     try:
         deadline = time.monotonic() + 30
@@ -153,5 +163,9 @@ def test_serve_status_as_json_running_and_not(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+        said = proc.stdout.read() if proc.stdout is not None else ""
         if proc.stdout is not None:
             proc.stdout.close()
+    # the unset key was named at start, before the gateway said it was serving
+    warned = said.index("api_key_env BASTION_TEST_UNSET_KEY is not set")
+    assert warned < said.index(f"serving chat on http://127.0.0.1:{port}")
