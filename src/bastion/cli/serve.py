@@ -38,7 +38,8 @@ def serve(
     ] = None,
     which: Annotated[str | None, typer.Argument(help="With 'status': one service.")] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="With 'status': one JSON document (see docs/serving.md).")
+        bool,
+        typer.Option("--json", help="With 'status': one JSON document (keys in docs/cli-json.md)."),
     ] = False,
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
