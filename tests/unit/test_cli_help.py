@@ -68,3 +68,26 @@ def test_help_shows_what_to_type(monkeypatch: pytest.MonkeyPatch) -> None:
         "Restore a snapshot bit-identical, every chunk verified, into a new or empty directory"
         in _help(["vault", "restore"], monkeypatch)
     )
+
+
+def test_the_cli_starts_without_the_heavy_capabilities() -> None:
+    # `bastion --version`, `check`, `vault ls` ... load no networkx (the map), no torch.
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from bastion.cli.main import command; command(); "
+        "print(sorted(m for m in ('networkx', 'torch', 'bastion.map', 'bastion.vault') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_the_maps_default_beta_is_the_libraries() -> None:
+    from bastion.cli.map import DEFAULT_BETA as SHOWN
+    from bastion.map import DEFAULT_BETA
+
+    assert SHOWN == DEFAULT_BETA

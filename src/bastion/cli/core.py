@@ -11,7 +11,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bastion import starter
 from bastion.cli._common import DEFAULT_MANIFEST, ManifestOption, console, err_console
 from bastion.errors import ManifestError
 from bastion.events import EventLog, parse_since
@@ -95,6 +94,8 @@ def init(
 ) -> None:
     """Create a commented starter manifest with a vault of two local replicas; beside an
     existing manifest, make only the keys and replica directories its vault lacks."""
+    from bastion import starter
+
     setup = starter.init(directory, system=system, force=force, admin_key_out=admin_key_out)
     if setup.wrote_manifest:
         _say(f"created {_shown(setup.manifest)}")

@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import (
@@ -28,7 +28,9 @@ from bastion.cli._common import (
     load_manifest,
 )
 from bastion.errors import CheckFailed, UnavailableError, UsageError
-from bastion.vault import ReplicaSetStatistics, ScrubReport, Snapshot, Vault
+
+if TYPE_CHECKING:  # bastion.vault loads when a vault command runs, not for every command
+    from bastion.vault import ReplicaSetStatistics, ScrubReport, Snapshot, Vault
 
 __all__ = ["register"]
 
@@ -36,6 +38,8 @@ app = typer.Typer(help="Content-addressed, replicated, signed snapshots of data 
 
 
 def _vault(file: Path, *, create: bool = True) -> Vault:
+    from bastion.vault import Vault
+
     return Vault.from_manifest(load_manifest(file), create=create)
 
 
@@ -351,6 +355,7 @@ def guard(
 ) -> None:
     """Watch protected directories; detect tampering and ransomware; stop it (Ctrl-C ends)."""
     from bastion.events import EventLog
+    from bastion.vault import Vault
     from bastion.vault._guard import Guard
 
     manifest = load_manifest(file)
