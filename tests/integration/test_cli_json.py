@@ -42,7 +42,9 @@ def test_vault_listings_as_json(tmp_path: Path) -> None:
     (data / "b.bin").write_bytes(bytes(range(256)) * 100)
     long_name = "ckpt/a-rather-long-training-job-name/step-000001200"
     for name in ("dataset/d", "dataset/d", long_name):
-        assert run_bastion("vault", "put", name, "data", cwd=tmp_path).returncode == 0
+        put = run_bastion("vault", "put", name, "data", cwd=tmp_path)
+        assert put.returncode == 0, put.stderr
+        assert put.stderr == ""  # piped: no progress bar, not even on stderr
     listed = _json(tmp_path, "vault", "ls")
     assert listed["degraded"] == []
     by_name = {a["name"]: a for a in listed["artifacts"]}
@@ -69,7 +71,9 @@ def test_vault_listings_as_json(tmp_path: Path) -> None:
     assert all(v["files"] == 2 and v["lineage"] == [] for v in log["versions"])
 
     for verb in ("verify", "scrub"):
-        report = _json(tmp_path, "vault", verb)
+        done = run_bastion("vault", verb, "--json", cwd=tmp_path)
+        assert done.stderr == "", done.stderr
+        report = json.loads(done.stdout)
         assert report["ok"] is True
         assert report["replicas"] == 2
         assert report["objects"] > 0
@@ -169,3 +173,46 @@ def test_serve_status_as_json_running_and_not(tmp_path: Path) -> None:
     # the unset key was named at start, before the gateway said it was serving
     warned = said.index("api_key_env BASTION_TEST_UNSET_KEY is not set")
     assert warned < said.index(f"serving chat on http://127.0.0.1:{port}")
+
+
+def _on_a_terminal(cwd: Path, *args: str) -> tuple[int, str]:
+    """Run ``bastion ARGS`` with a pseudo-terminal as stdin, stdout and stderr."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [*BASTION, *args],
+        cwd=cwd,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    )
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    return proc.wait(60), seen.decode(errors="replace")
+
+
+def test_progress_bars_are_drawn_on_a_terminal(tmp_path: Path) -> None:
+    assert run_bastion("init", cwd=tmp_path).returncode == 0
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.bin").write_bytes(os.urandom(300_000))
+    code, shown = _on_a_terminal(tmp_path, "vault", "put", "dataset/t", "data")
+    assert code == 0, shown
+    assert "put dataset/t: 1 files" in shown
+    assert "━" in shown  # the bar
+    code, shown = _on_a_terminal(tmp_path, "vault", "scrub")
+    assert code == 0, shown
+    assert "scrub: objects checked" in shown
+    code, shown = _on_a_terminal(tmp_path, "vault", "verify")
+    assert code == 0, shown
+    assert "verify: objects checked" in shown
