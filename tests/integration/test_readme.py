@@ -3,9 +3,10 @@
 The README's fenced blocks are read in order. A shell block (``sh``, ``bash``,
 ``shell``) is run, line by line, with ``bash -o pipefail``, unless an HTML comment right
 before it says ``<!-- readme-test: skip (why) -->``; ``<!-- readme-test: run in DIR -->``
-runs it in DIR of the clone (default: the clone's root). A block with no language is a
-failure: the test could not tell a command from output. A line's expected exit code is 0,
-or N when its comment starts with ``# exit N``.
+runs it in DIR of the clone (default: the clone's root), after the blocks before it
+there, and ``run in DIR (independent)`` beside them, as it needs none of them. A block
+with no language is a failure: the test could not tell a command from output. A line's
+expected exit code is 0, or N when its comment starts with ``# exit N``.
 
 The clone is a copy of README.md and examples/ in a temporary directory, with the
 repository's ``.venv`` linked in and its ``bin`` first on ``PATH``, as after ``make``.
@@ -147,7 +148,7 @@ def test_every_shell_block_is_run_or_skipped_with_a_reason() -> None:
             assert (
                 not directive
                 or re.fullmatch(r"skip \(.{10,}\)", directive)
-                or re.fullmatch(r"run in \S+", directive)
+                or re.fullmatch(r"run in \S+( \(independent\))?", directive)
             ), f"README.md:{block.line}: unknown readme-test directive {directive!r}"
     runnable = [b for b in blocks if b.lang in SHELLS and not b.directive.startswith("skip")]
     assert len(runnable) >= 5
@@ -201,17 +202,19 @@ def test_the_readmes_commands_run_as_written(tmp_path: Path) -> None:
     env["TMPDIR"] = str(tmp_path / "tmp")  # "$(mktemp -d)" lands in the test's own dir
     # Blocks that share a directory run in README order (each builds on the last); the
     # directories are independent, so each runs in a thread of its own, to keep this fast.
-    chains: dict[Path, list[Block]] = {}
+    chains: dict[tuple[Path, int], list[Block]] = {}
     for block in _blocks(README.read_text()):
         if block.lang in SHELLS and not block.directive.startswith("skip"):
-            where = root / block.directive.removeprefix("run in ").strip()
-            chains.setdefault(where, []).append(block)
-    ran: dict[Path, int] = {}
+            place = block.directive.removeprefix("run in ")
+            alone = place.endswith(" (independent)")
+            where = root / place.removesuffix(" (independent)").strip()
+            chains.setdefault((where, block.line if alone else 0), []).append(block)
+    ran: dict[tuple[Path, int], int] = {}
     failures: list[BaseException] = []
 
-    def chain(where: Path, blocks: list[Block]) -> None:
+    def chain(key: tuple[Path, int], blocks: list[Block]) -> None:
         try:
-            ran[where] = sum(_run_block(b, where, env, ports) for b in blocks)
+            ran[key] = sum(_run_block(b, key[0], env, ports) for b in blocks)
         except BaseException as exc:  # reported below, on the test's own thread
             failures.append(exc)
 
