@@ -18,7 +18,7 @@ from bastion.cli.main import command
 NOISE = re.compile(
     r"<(bool|str|int|float|path|list\[[^\]]*\]|[a-z_]+ range)>"  # Python types
     r"|``"  # reStructuredText literals
-    r"|\bnoqa\b|\bTODO\b|\bXXX\b|\bFIXME\b|# type:"  # notes for the code's readers
+    r"|\bnoqa\b|\bTODO\b|\bXXX\b|\bFIXME\b|# type:|\bOwns:|\bMust never\b"  # for coders
     r"|\{[a-z_]+\}"  # typer's {name} for a required argument
 )
 
