@@ -37,6 +37,7 @@ __all__ = [
     "specs_for",
     "status",
     "stop_server",
+    "unset_api_keys",
 ]
 
 T = TypeVar("T")
@@ -155,8 +156,38 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
         proc.stdout.close()
 
 
-async def run_services(manifest: Manifest, names: Sequence[str], *, stop: asyncio.Event) -> None:
-    """Run the named services' gateways (with their local replica sets) until ``stop``."""
+def unset_api_keys(manifest: Manifest, names: Sequence[str] | None = None) -> list[str]:
+    """One line for each remote backend whose ``api_key_env`` names an environment
+    variable that is unset or empty (the backend would be called without its key, and
+    answer 401): the service, the backend, the variable and the fix. Never the value."""
+    out = []
+    for name, service in manifest.services.items():
+        if names is not None and name not in names:
+            continue
+        for backend in service.backends:
+            env = backend.api_key_env
+            if env and not os.environ.get(env):
+                out.append(
+                    f"services.{name}.backends.{backend.name}: api_key_env {env} is not set "
+                    f"in this environment, so {backend.url or 'the backend'} is called "
+                    f"without a key; export {env} before `bastion serve`"
+                )
+    return out
+
+
+async def run_services(
+    manifest: Manifest,
+    names: Sequence[str],
+    *,
+    stop: asyncio.Event,
+    serving: Callable[[str, str], None] | None = None,
+) -> None:
+    """Run the named services' gateways (with their local replica sets) until ``stop``;
+    ``serving(service, url)`` is called once each gateway is listening.
+
+    An address that cannot be bound (in use, not this host's, a privileged port) is a
+    ``UsageError`` naming the service and the address, raised before any replica starts.
+    """
     from bastion.events import EventWriter
     from bastion.serve._golden import GoldenProber
     from bastion.serve.replicas import ReplicaSet
@@ -200,7 +231,18 @@ async def run_services(manifest: Manifest, names: Sequence[str], *, stop: asynci
             if prober is not None:
                 probers.append(prober)
         for gw in gateways:
-            await gw.start()
+            try:
+                await gw.start()
+            except OSError as exc:
+                listen = manifest.services[gw.service].listen
+                why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise UsageError(
+                    f"service {gw.service!r} cannot listen on {listen}: {why} (is another "
+                    "program, or another `bastion serve`, on that port?); stop it, or change "
+                    f"services.{gw.service}.listen in {manifest.path}"
+                ) from None
+            if serving is not None:
+                serving(gw.service, gw.url)
         for rs in sets:
             await rs.start()
         for prober in probers:
@@ -237,7 +279,11 @@ def status(manifest: Manifest, names: Sequence[str]) -> list[GatewayStatistics |
             with urllib.request.urlopen(asking, timeout=2) as resp:  # noqa: S310 - http:// built above
                 body = resp.read()
         except OSError as exc:
-            out.append(GatewayDown(name, service.listen, str(exc)))
+            # URLError wraps the socket's error: its strerror ("Connection refused") is
+            # what a person reads, not "<urlopen error [Errno 111] ...>"
+            cause = getattr(exc, "reason", exc)
+            why = cause.strerror if isinstance(cause, OSError) and cause.strerror else cause
+            out.append(GatewayDown(name, service.listen, str(why).lower()))
             continue
         try:
             out.append(reader.validate_json(body))
