@@ -230,6 +230,13 @@ def test_cli_promote_and_rollback_exit_codes(example_copy: Path, tmp_path: Path,
     nothing = run_bastion("model", "rollback", "model/digits", cwd=example_copy)
     assert nothing.returncode == 1, nothing.stdout + nothing.stderr
     assert vault.labels("model/digits")["prod"] == 1
+    # a put cannot move a model's @prod around the gates
+    bypass = run_bastion(
+        "vault", "put", "model/digits", str(tmp_path / "b"), "--label", "prod", cwd=example_copy
+    )
+    assert bypass.returncode == 2, bypass.stdout + bypass.stderr
+    assert "bastion model promote" in bypass.stderr
+    assert vault.labels("model/digits")["prod"] == 1
 
 
 @pytest.mark.parametrize(("make", "check"), _faults())

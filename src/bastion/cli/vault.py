@@ -79,6 +79,13 @@ def put(
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
     """Store a file or directory as the next version of NAME."""
+    if name.startswith("model/") and "prod" in label:
+        # @prod on a model moves through the gates only (issue 13): a put would bypass them
+        raise UsageError(
+            f"vault put {name} --label prod: a model's @prod moves only through its gates; "
+            f"put it without --label prod, then `bastion validate model {name}@latest` and "
+            f"`bastion model promote {name}@latest` (or promote --force with the admin key)"
+        )
     vault = _vault(file)
     tree = _tree(path)
     total = sum(p.stat().st_size for p in tree.values())
