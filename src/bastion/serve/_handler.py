@@ -19,8 +19,8 @@ number, is a 500 naming the handler.
 
 Owns: ``HandlerModel`` and ``load`` (resolving ``module:Class`` safely: dotted
 identifiers only; a module found in the snapshot must resolve, symlinks followed, to a
-file inside the snapshot directory; one shadowed by an installed module of the same
-name is refused rather than silently imported from elsewhere).
+file inside the snapshot directory, and is imported from there even where an installed
+module has its name).
 
 Must never: import a module from a path outside the snapshot when the snapshot names it.
 """
@@ -31,6 +31,8 @@ import importlib
 import json
 import re
 import sys
+import types
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -128,14 +130,17 @@ def _import(module: str, root: Path, ref: str) -> Any:
         raise UsageError(f"{ref}: the snapshot has no {'/'.join(parts)}.py for {module!r}")
     if not all(_inside(c, root) for c in [*found, root / top]):
         raise UsageError(f"{ref}: handler module {module!r} leads outside the snapshot")
-    if top in sys.modules and not _inside(Path(sys.modules[top].__file__ or "/"), root):
-        raise UsageError(
-            f"{ref}: handler module {top!r} has the name of a module already imported "
-            f"from {sys.modules[top].__file__}; rename it in the snapshot"
-        )
+    # Imported as a submodule of a package of its own whose path is the snapshot: the
+    # snapshot's file is the one imported even where an installed module has its name
+    # (a json.py), and two snapshots' predictor.py never meet in sys.modules. The root is
+    # on sys.path during the import only, for the handler's own sibling imports.
+    package = f"_bastion_snapshot_{uuid.uuid4().hex[:16]}"
+    holder = types.ModuleType(package)
+    holder.__path__ = [str(root)]
+    sys.modules[package] = holder
     sys.path.insert(0, str(root))
     try:
-        loaded = importlib.import_module(module)
+        loaded = importlib.import_module(f"{package}.{module}")
     except Exception as exc:
         raise UsageError(f"{ref}: importing handler module {module!r} failed: {exc!r}") from None
     finally:

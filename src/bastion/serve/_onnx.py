@@ -82,9 +82,10 @@ def load(files: ModelFiles, meta: dict[str, Any]) -> OnnxModel:
         )
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initialisers are not the user's
+    graph = files.read(file)  # verified: a tampered byte is an IntegrityError here
     try:
         session = ort.InferenceSession(
-            files.read(file), sess_options=options, providers=["CPUExecutionProvider"]
+            graph, sess_options=options, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise UsageError(
