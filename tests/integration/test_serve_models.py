@@ -131,6 +131,8 @@ def replica_process(world: tuple[Path, Vault, Any, bytes]) -> Iterator[str]:
     finally:
         proc.kill()
         proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def test_onnx_from_torch_served_by_a_replica_process(

@@ -29,14 +29,15 @@ _MAX_TEXT = 1 << 20
 
 
 def _reject_constant(name: str) -> float:
-    raise BadInput(f"{name} is not a number a model can take: send finite numbers only")
+    raise BadInput(f"the body holds {name}, which no model can take: send finite numbers only")
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise BadInput(
-            f"{text[:40]} is out of range (it is infinite as a number): send finite numbers"
+            f"the body holds {text[:40]}, out of range (infinite as a number): send finite "
+            "numbers only"
         )
     return value
 
