@@ -454,3 +454,11 @@ def test_replica_metrics(tmp_path: Path) -> None:
         status, ctype, text = _get(url, "/metrics", accept="application/openmetrics-text")
         assert ctype.startswith("application/openmetrics-text")
         assert text.rstrip().endswith("# EOF")
+
+
+def test_a_deeply_nested_input_is_a_400_not_a_500(digits: tuple[str, Any]) -> None:
+    for depth in (3, 200, 900):
+        body = '{"inputs": ' + "[" * depth + "1" + "]" * depth + "}"
+        status, _, answer = _post(digits[0], "/v1/predict", body)
+        assert status == 400, (depth, answer)
+        assert "64 numbers" in answer["error"]["message"] or "JSON" in answer["error"]["message"]

@@ -56,10 +56,21 @@ def _depth(value: Any) -> int:
     return depth
 
 
-def _numbers_only(value: Any) -> bool:
-    if isinstance(value, list):
-        return all(_numbers_only(v) for v in value)
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _numbers_only(value: Any, rank: int) -> bool:
+    """Numbers nested no deeper than ``rank`` (a loop, not recursion: a deep body must
+    be a 400, never a RecursionError)."""
+    level = [value]
+    for _ in range(rank + 1):
+        deeper = []
+        for v in level:
+            if isinstance(v, list):
+                deeper.extend(v)
+            elif not isinstance(v, int | float) or isinstance(v, bool):
+                return False
+        if not deeper:
+            return True
+        level = deeper
+    return False
 
 
 def _text_numbers(text: str, field: str) -> Any:
@@ -138,7 +149,7 @@ class TensorModel:
 
     def _row(self, item: Any, field: str) -> np.ndarray:
         row = _text_numbers(item, field) if isinstance(item, str) else item
-        if not _numbers_only(row):
+        if not _numbers_only(row, max(len(self.input_shape), 1)):
             raise BadInput(f"{field}: each input must be {self.describe()}")
         try:
             arr = np.asarray(row, dtype=np.float64)
