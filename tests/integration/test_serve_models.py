@@ -18,6 +18,8 @@ import aiohttp
 import numpy as np
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from bastion.errors import IntegrityError, UsageError
@@ -462,3 +464,39 @@ def test_a_deeply_nested_input_is_a_400_not_a_500(digits: tuple[str, Any]) -> No
         status, _, answer = _post(digits[0], "/v1/predict", body)
         assert status == 400, (depth, answer)
         assert "64 numbers" in answer["error"]["message"] or "JSON" in answer["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def onnx_replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    d = tmp_path_factory.mktemp("onnx")
+    torch.manual_seed(0)
+    _export(Tiny(), d / "model.onnx")
+    (d / "model.json").write_text(json.dumps({"format": "onnx", "labels": LABELS}))
+    with served(make_app(load_dir(d, "model/tiny@1"))) as url:
+        yield url
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=20) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=60,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from(
+        ["/v1/predict", "/v1/embeddings", "/v1/chat/completions", "/v1/completions"]
+    ),
+    field=st.sampled_from(["inputs", "input", "messages", "prompt"]),
+    value=json_values,
+)
+def test_no_input_makes_an_onnx_replica_500(
+    onnx_replica: str, path: str, field: str, value: object
+) -> None:
+    status, _, answer = _post(onnx_replica, path, json.dumps({field: value}))
+    assert status in (200, 400), answer
