@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -500,3 +502,18 @@ def test_no_input_makes_an_onnx_replica_500(
 ) -> None:
     status, _, answer = _post(onnx_replica, path, json.dumps({field: value}))
     assert status in (200, 400), answer
+
+
+def test_a_replica_process_refuses_an_unknown_format_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "model.json").write_text('{"format": "pickle"}')
+    done = subprocess.run(
+        [sys.executable, "-m", "bastion.serve.replica", "model/odd@1", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "model/odd@1" in done.stderr
+    assert "mlp, onnx, handler" in done.stderr

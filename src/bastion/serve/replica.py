@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -37,6 +38,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
 from bastion.aio import serve_forever
+from bastion.errors import BastionError
 from bastion.serve import shapes
 from bastion.serve._formats import BadInput, ModelError, ModelFiles, ServedModel, load_model
 from bastion.serve._mlp import Mlp, random_model
@@ -295,11 +297,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    model = (
-        load_dir(args.dir, args.model)
-        if args.dir is not None
-        else load_vault(args.manifest, args.model)
-    )
+    try:
+        model = (
+            load_dir(args.dir, args.model)
+            if args.dir is not None
+            else load_vault(args.manifest, args.model)
+        )
+    except BastionError as exc:  # one line in the replica's log, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
     asyncio.run(serve(model, args.host, args.port))
 
 
