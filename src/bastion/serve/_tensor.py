@@ -56,21 +56,18 @@ def _depth(value: Any) -> int:
     return depth
 
 
-def _numbers_only(value: Any, rank: int) -> bool:
-    """Numbers nested no deeper than ``rank`` (a loop, not recursion: a deep body must
-    be a 400, never a RecursionError)."""
-    level = [value]
-    for _ in range(rank + 1):
-        deeper = []
-        for v in level:
-            if isinstance(v, list):
-                deeper.extend(v)
-            elif not isinstance(v, int | float) or isinstance(v, bool):
-                return False
-        if not deeper:
-            return True
-        level = deeper
-    return False
+_NUMBER_TYPES = frozenset({int, float})
+
+
+def _numbers_only(value: Any) -> bool:
+    """Only ints and floats (not bools, not None), in nested lists. numpy walks the
+    nesting in C, to at most its dimension limit, so a deep body is a 400, never a
+    RecursionError; what lies deeper stays a list and fails the type check."""
+    try:
+        flat = np.asarray(value, dtype=object).ravel()
+    except (ValueError, TypeError):
+        return False
+    return set(map(type, flat)) <= _NUMBER_TYPES
 
 
 def _text_numbers(text: str, field: str) -> Any:
@@ -149,7 +146,7 @@ class TensorModel:
 
     def _row(self, item: Any, field: str) -> np.ndarray:
         row = _text_numbers(item, field) if isinstance(item, str) else item
-        if not _numbers_only(row, max(len(self.input_shape), 1)):
+        if not _numbers_only(row):
             raise BadInput(f"{field}: each input must be {self.describe()}")
         try:
             arr = np.asarray(row, dtype=np.float64)
@@ -172,6 +169,16 @@ class TensorModel:
             want is None or want == got for want, got in zip(self.input_shape, shape, strict=True)
         )
 
+    def _whole(self, rows: list[Any]) -> np.ndarray | None:
+        """The common case in one conversion: every input numbers nested to the shape."""
+        if any(isinstance(r, str) for r in rows) or not _numbers_only(rows):
+            return None
+        try:
+            x = np.asarray(rows, dtype=np.float64)
+        except (ValueError, OverflowError):
+            return None
+        return x if self._matches(x.shape[1:]) else None
+
     def batch(self, value: Any, field: str) -> np.ndarray:
         """``value`` (one input or a list of inputs) as an array of the model's dtype."""
         rank = len(self.input_shape)
@@ -187,10 +194,14 @@ class TensorModel:
             raise BadInput(f"{field}: give one input or a list of inputs, each {self.describe()}")
         if len(rows) > MAX_BATCH:
             raise BadInput(f"{field}: at most {MAX_BATCH} inputs per request")
-        arrays = [self._row(item, field) for item in rows]
-        if len({a.shape for a in arrays}) > 1:
-            raise BadInput(f"{field}: the inputs differ in shape; give them all one shape")
-        x = np.stack(arrays)
+        x = self._whole(rows)
+        if x is None:  # texts, flat inputs, or something wrong: row by row, to say what
+            arrays = [self._row(item, field) for item in rows]
+            if len({a.shape for a in arrays}) > 1:
+                raise BadInput(f"{field}: the inputs differ in shape; give them all one shape")
+            x = np.stack(arrays)
+        elif not np.isfinite(x).all():
+            raise BadInput(f"{field}: a number is not finite: send finite numbers only")
         if self.dtype.kind in "iub":
             if not (x == np.round(x)).all():
                 raise BadInput(f"{field}: the model takes whole numbers ({self.dtype})")
