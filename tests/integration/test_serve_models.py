@@ -11,6 +11,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,10 +115,13 @@ def _post(url: str, path: str, body: bytes | str) -> tuple[int, str, dict[str, A
     return asyncio.run(go())
 
 
-def _get(url: str, path: str, accept: str = "") -> tuple[int, str, str]:
+def _get(url: str, path: str, accept: str = "", timeout: float = 60) -> tuple[int, str, str]:
     async def go() -> tuple[int, str, str]:
         headers = {"Accept": accept} if accept else {}
-        async with aiohttp.ClientSession() as s, s.get(url + path, headers=headers) as r:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s,
+            s.get(url + path, headers=headers) as r,
+        ):
             return r.status, r.headers.get("Content-Type", ""), await r.text()
 
     return asyncio.run(go())
@@ -517,3 +521,42 @@ def test_a_replica_process_refuses_an_unknown_format_in_one_line(tmp_path: Path)
     assert "Traceback" not in done.stderr
     assert "model/odd@1" in done.stderr
     assert "mlp, onnx, handler" in done.stderr
+
+
+SLOW_HANDLER = """
+import threading
+
+
+class Slow:
+    def load(self, directory):
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def predict(self, batch):
+        self.entered.set()
+        self.gate.wait(120)
+        return ["done" for _ in batch]
+"""
+
+
+def test_a_busy_handler_does_not_stall_health(tmp_path: Path) -> None:
+    model = load_dir(_handler_dir(tmp_path, "slow:Slow", {"slow.py": SLOW_HANDLER}), "model/s@1")
+    handler = model.handler  # type: ignore[attr-defined]
+    answers: list[tuple[int, str, dict[str, Any]]] = []
+    with served(make_app(model)) as url:
+        worker = threading.Thread(
+            target=lambda: answers.append(_post(url, "/v1/predict", '{"inputs": ["x"]}'))
+        )
+        worker.start()
+        try:
+            assert handler.entered.wait(60), "the handler was never called"
+            # predict is inside the handler now; the replica still answers its probe.
+            # (The deadline is far above a probe's answer time and far below the handler's
+            # wait: a replica whose loop is blocked by predict misses it.)
+            status, _, text = _get(url, "/health", timeout=30)
+            assert status == 200
+            assert json.loads(text)["ok"] is True
+        finally:
+            handler.gate.set()
+            worker.join(60)
+    assert [(a[0], a[2]["predictions"]) for a in answers] == [(200, ["done"])]

@@ -69,6 +69,11 @@ class ServedModel(Protocol):
     @property
     def format(self) -> str: ...
 
+    @property
+    def offload(self) -> bool:
+        """True when a request may take long: the replica runs it in a worker thread."""
+        ...
+
     def describe(self) -> str:
         """The input the model takes, for error messages (``64 numbers``)."""
         ...

@@ -49,6 +49,7 @@ class HandlerModel:
     """A model served by a user's handler object."""
 
     format = "handler"
+    offload = True
 
     def __init__(self, handler: Any, name: str, spec: str) -> None:
         self.handler = handler

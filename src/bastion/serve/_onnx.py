@@ -45,6 +45,7 @@ class OnnxModel(TensorModel):
     """An onnxruntime session over one graph of one input."""
 
     format = "onnx"
+    offload = True
 
     def __init__(
         self, session: Any, name: str, labels: list[Any] | None, output: str, embedding: str

@@ -100,6 +100,7 @@ class TensorModel:
     ``forward`` (a batch to outputs, one row per input) and ``hidden`` (to embeddings)."""
 
     format = "tensor"
+    offload = False
 
     def __init__(
         self,

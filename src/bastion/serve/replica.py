@@ -29,8 +29,9 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -42,7 +43,7 @@ from bastion.errors import BastionError
 from bastion.serve import shapes
 from bastion.serve._formats import BadInput, ModelError, ModelFiles, ServedModel, load_model
 from bastion.serve._mlp import Mlp, random_model
-from bastion.serve._tensor import finite_json
+from bastion.serve._tensor import MAX_BATCH, finite_json
 
 __all__ = [
     "Mlp",
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -152,6 +154,23 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def make_app(model: ServedModel) -> web.Application:
     started = time.time()
     metrics = _Metrics(model)
+    # A format that may take long per request (onnx, a handler) runs in one worker thread
+    # of its own, so /health and /metrics still answer while it works, and the gateway's
+    # probe does not eject a replica for being busy. The numpy MLP is quicker than the hop.
+    worker = (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{model.format}")
+        if model.offload
+        else None
+    )
+
+    async def run(fn: Callable[..., _T], *args: Any) -> _T:
+        if worker is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
+
+    async def stop_worker(app: web.Application) -> None:
+        if worker is not None:
+            worker.shutdown(wait=False, cancel_futures=True)
 
     @web.middleware
     async def answers(request: web.Request, handler: _Handler) -> web.StreamResponse:
@@ -191,11 +210,11 @@ def make_app(model: ServedModel) -> web.Application:
         return obj
 
     async def predict(request: web.Request) -> web.Response:
-        predictions = model.predict((await body_of(request)).get("inputs"), "inputs")
+        predictions = await run(model.predict, (await body_of(request)).get("inputs"), "inputs")
         return web.json_response({"model": model.name, "predictions": predictions})
 
     async def embeddings(request: web.Request) -> web.Response:
-        vectors = model.embed((await body_of(request)).get("input"), "input")
+        vectors = await run(model.embed, (await body_of(request)).get("input"), "input")
         return web.json_response(shapes.embeddings(vectors, model.name))
 
     async def sse(request: web.Request, events: list[dict[str, Any]]) -> web.StreamResponse:
@@ -210,7 +229,7 @@ def make_app(model: ServedModel) -> web.Application:
     async def chat(request: web.Request) -> web.StreamResponse:
         obj = await body_of(request)
         _one_choice(obj)
-        text = model.reply(_content(obj.get("messages")), "messages[-1].content")
+        text = await run(model.reply, _content(obj.get("messages")), "messages[-1].content")
         created = int(time.time())
         if obj.get("stream") is not True:
             return web.json_response(shapes.chat_completion(model.name, text, created=created))
@@ -233,8 +252,10 @@ def make_app(model: ServedModel) -> web.Application:
         )
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise BadInput("prompt: give the model's input as text, or a list of such texts")
+        if len(prompts) > MAX_BATCH:
+            raise BadInput(f"prompt: at most {MAX_BATCH} prompts per request")
         texts = [
-            model.reply(p, f"prompt[{i}]" if len(prompts) > 1 else "prompt")
+            await run(model.reply, p, f"prompt[{i}]" if len(prompts) > 1 else "prompt")
             for i, p in enumerate(prompts)
         ]
         created = int(time.time())
@@ -272,6 +293,7 @@ def make_app(model: ServedModel) -> web.Application:
         return metrics.scrape(request.headers.get("Accept", ""))
 
     app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[answers])
+    app.on_cleanup.append(stop_worker)
     app.router.add_post("/v1/predict", predict)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/chat/completions", chat)
