@@ -560,3 +560,35 @@ def test_a_busy_handler_does_not_stall_health(tmp_path: Path) -> None:
             handler.gate.set()
             worker.join(60)
     assert [(a[0], a[2]["predictions"]) for a in answers] == [(200, ["done"])]
+
+
+BROKEN_HANDLER = """
+class Broken:
+    def load(self, directory):
+        pass
+
+    def predict(self, batch):
+        if batch == ["boom"]:
+            raise RuntimeError("the GPU fell off")
+        if batch == ["short"]:
+            return []
+        return [float("nan")]
+"""
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("boom", "the GPU fell off"),
+        ("short", "one answer per input"),
+        ("nan", "JSON cannot carry"),
+    ],
+)
+def test_a_failing_handler_is_a_500_naming_it(tmp_path: Path, given: str, said: str) -> None:
+    d = _handler_dir(tmp_path, "broken:Broken", {"broken.py": BROKEN_HANDLER})
+    with served(make_app(load_dir(d, "model/b@1"))) as url:
+        status, ctype, answer = _post(url, "/v1/predict", json.dumps({"inputs": [given]}))
+    assert status == 500
+    assert ctype.startswith("application/json")
+    assert "broken:Broken.predict" in answer["error"]["message"]
+    assert said in answer["error"]["message"]

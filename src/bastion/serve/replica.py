@@ -182,6 +182,7 @@ def make_app(model: ServedModel) -> web.Application:
         except BadInput as exc:
             response = _error(400, str(exc))
         except ModelError as exc:
+            _log.warning("%s %s: %s", request.method, request.path, exc)
             response = _error(500, str(exc))
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -194,7 +195,9 @@ def make_app(model: ServedModel) -> web.Application:
             response = _error(exc.status, reason or "request refused")
             if exc.status == 405 and "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
-        except Exception as exc:  # a bug: one line in the log, JSON to the client
+        except ConnectionError:
+            raise  # the client went away: there is no one to answer
+        except Exception as exc:  # a bug: its traceback to the log, JSON to the client
             _log.exception("%s %s failed", request.method, request.path)
             response = _error(500, f"the replica failed on this request: {exc!r}")
         metrics.observe(route, response.status, time.perf_counter() - t0)
