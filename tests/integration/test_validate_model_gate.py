@@ -3,8 +3,9 @@
 vault: CorruptWeights and SwapModel are stopped, a retrained model passes, the verdict
 is a signed snapshot in the candidate's lineage and reproducible bit for bit.
 
-The models are trained here with NumPy (a 64-32-10 ReLU MLP, full-batch Adam, fixed
-seeds) so the test needs no torch and takes a fraction of a second; the fault and the
+The models are trained with NumPy (``bastion.demo.validate.train_mlp``: a 64-32-10 ReLU
+MLP, full-batch Adam, fixed seeds, as the demo's validation scene trains them) so the test
+needs no torch and takes a fraction of a second; the fault and the
 bootstrap take the printed seed."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from bastion.cli.main import main
+from bastion.demo.validate import train_mlp
 from bastion.drill.faults import CorruptWeights, Scope, SwapModel, degrade
 from bastion.errors import UsageError
 from bastion.events import EventLog
@@ -58,33 +60,7 @@ def _digits(dataset: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 def _weights(steps: int) -> dict[str, np.ndarray]:
     """The model trained for ``steps`` on the first 1,200 rows (once per test run)."""
     x, y, _ = _digits(EXAMPLE / "dataset")
-    return _train(x[:1200], y[:1200], steps)
-
-
-def _train(x: np.ndarray, y: np.ndarray, steps: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    params = [
-        rng.normal(0, 1 / 8, (32, 64)).astype(np.float32),
-        np.zeros(32, np.float32),
-        rng.normal(0, 1 / np.sqrt(32), (10, 32)).astype(np.float32),
-        np.zeros(10, np.float32),
-    ]
-    m = [np.zeros_like(p) for p in params]
-    v = [np.zeros_like(p) for p in params]
-    xs, target = x / 16, np.eye(10, dtype=np.float32)[y]
-    for t in range(1, steps + 1):
-        w0, b0, w1, b1 = params
-        h = np.maximum(xs @ w0.T + b0, 0)
-        z = h @ w1.T + b1
-        p = np.exp(z - z.max(axis=1, keepdims=True))
-        g = (p / p.sum(axis=1, keepdims=True) - target) / len(y)
-        gh = g @ w1
-        gh[h <= 0] = 0
-        for i, grad in enumerate((gh.T @ xs, gh.sum(0), g.T @ h, g.sum(0))):
-            m[i] = 0.9 * m[i] + 0.1 * grad
-            v[i] = 0.999 * v[i] + 0.001 * grad * grad
-            params[i] -= 0.01 * (m[i] / (1 - 0.9**t)) / (np.sqrt(v[i] / (1 - 0.999**t)) + 1e-8)
-    return dict(zip(("0.weight", "0.bias", "2.weight", "2.bias"), params, strict=True))
+    return train_mlp(x[:1200], y[:1200], (steps,))[0]
 
 
 def _model_dir(root: Path, weights: dict[str, np.ndarray]) -> Path:

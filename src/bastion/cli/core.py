@@ -2,28 +2,76 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from bastion import starter
-from bastion.cli._common import DEFAULT_MANIFEST, ManifestOption, console
+from bastion.cli._common import DEFAULT_MANIFEST, ManifestOption, console, err_console
+from bastion.errors import ManifestError
 from bastion.events import EventLog, parse_since
 from bastion.manifest import load, schema
 
 __all__ = ["register"]
 
 
-def check(file: ManifestOption = DEFAULT_MANIFEST) -> None:
-    """Check a manifest; print every problem with file:line:column, exit 2 if any."""
-    manifest = load(file)
+def check(
+    file: ManifestOption = DEFAULT_MANIFEST,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON document: ok, counts, problems, warnings."),
+    ] = False,
+) -> None:
+    """Check a manifest; print every problem with file:line:column, exit 2 if any.
+
+    Warnings (an api_key_env that is not set here) are printed but do not fail the check.
+    """
+    from bastion.serve.runner import unset_api_keys
+
+    try:
+        manifest = load(file)
+    except ManifestError as exc:
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "file": str(file),
+                        "ok": False,
+                        "problems": [dataclasses.asdict(p) for p in exc.problems],
+                        "warnings": [],
+                    },
+                    sort_keys=True,
+                )
+            )
+        raise
+    warnings = unset_api_keys(manifest)
+    if as_json:
+        doc = {
+            "file": str(file),
+            "ok": True,
+            "system": manifest.system,
+            "components": len(manifest.components),
+            "jobs": len(manifest.jobs),
+            "services": len(manifest.services),
+            "slos": len(manifest.slos),
+            "state_dir": str(manifest.state_dir),
+            "problems": [],
+            "warnings": warnings,
+        }
+        print(json.dumps(doc, sort_keys=True))
+        return
+    for line in warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
     console.print(
         f"{file}: ok: system {manifest.system!r}, {len(manifest.components)} components, "
         f"{len(manifest.jobs)} jobs, {len(manifest.services)} services, "
-        f"{len(manifest.slos)} SLOs, state in {manifest.state_dir}"
+        f"{len(manifest.slos)} SLOs, state in {manifest.state_dir}",
+        soft_wrap=True,
+        markup=False,
     )
 
 
@@ -46,6 +94,8 @@ def init(
 ) -> None:
     """Create a commented starter manifest with a vault of two local replicas; beside an
     existing manifest, make only the keys and replica directories its vault lacks."""
+    from bastion import starter
+
     setup = starter.init(directory, system=system, force=force, admin_key_out=admin_key_out)
     if setup.wrote_manifest:
         _say(f"created {_shown(setup.manifest)}")

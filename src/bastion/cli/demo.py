@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from bastion import demo as demo_lib
 from bastion.cli._common import console
 from bastion.errors import CheckFailed
 
@@ -25,6 +24,8 @@ def demo(
     scene: Annotated[list[str] | None, typer.Option(help="Run only these scenes.")] = None,
 ) -> None:
     """Run the bundled example: what works today, shown and measured."""
+    from bastion import demo as demo_lib
+
     source = demo_lib.find_example(example)
     target = workdir or Path(tempfile.mkdtemp(prefix="bastion-demo-")) / source.name
     console.print(f"[bold]Bastion demo[/bold]: {source} copied to {target}")

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 import tempfile
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -19,7 +21,7 @@ from rich.markup import escape
 from bastion.cli._common import err_console
 from bastion.errors import BastionError, ManifestError
 
-__all__ = ["app", "main"]
+__all__ = ["app", "command", "main"]
 
 app = typer.Typer(
     name="bastion",
@@ -43,6 +45,83 @@ def _register() -> None:
 
 
 _register()
+
+# Typer (0.2x) labels every option with its Python type: ``--json <bool>``, ``--label
+# <list[str]>``, ``{name} <str>``. That reads as noise to someone who never wrote the
+# annotation; the help shows what to type instead (TEXT, PATH, a choice), and nothing
+# for a flag.
+_PLAIN = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": ""}
+
+
+def _plain_type(label: str | None, said_repeat: bool = False) -> str | None:
+    if not label or not (label.startswith("<") and label.endswith(">")):
+        return label
+    inner = label[1:-1]
+    repeat = inner.startswith("list[") and inner.endswith("]")
+    if repeat:
+        inner = inner[5:-1]
+    inner = inner.removesuffix(" range")
+    shown = _PLAIN.get(inner, f"[{inner}]" if "|" in inner else inner.upper())
+    if not shown:
+        return None
+    return f"{shown} (repeatable)" if repeat and not said_repeat else shown
+
+
+def _reflow(text: str | None) -> str | None:
+    """A docstring's paragraphs each on one line: rich help keeps every line break of the
+    source, which wraps a terminal's lines at random places."""
+    if not text:
+        return text
+    # escaped: help is read as rich markup, which would swallow "NAME[@REV]"'s "[@REV]"
+    return escape("\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n")))
+
+
+def _plain_param(param: Any) -> None:
+    shown = getattr(param, "display_type_rich", None)
+    if shown is None:
+        return  # a Typer without type labels: nothing to clean
+    if getattr(param, "param_type_name", "") == "argument":
+        param.metavar = (param.metavar or param.name or "").upper()
+        param.display_type_rich = lambda ctx: None
+        if hasattr(param, "_usage_display_name"):
+            param._usage_display_name = lambda p=param: (
+                p.metavar if p.required else f"[{p.metavar}]"
+            )
+    else:
+        said = "repeat" in (getattr(param, "help", None) or "")  # "(repeatable)" once
+        param.display_type_rich = lambda ctx, shown=shown: _plain_type(shown(ctx), said)
+
+
+def _plain_help(command: Any) -> None:
+    """Give every parameter of ``command`` and its subcommands the plain labels above,
+    and its help text reflowed."""
+    command.help = _reflow(command.help)
+    if getattr(command, "short_help", None):
+        command.short_help = _reflow(command.short_help)
+    for param in getattr(command, "params", []):
+        if getattr(param, "help", None):
+            param.help = _reflow(param.help)
+        _plain_param(param)
+    get_help_option = getattr(command, "get_help_option", None)
+    if get_help_option is not None:
+
+        def help_option(ctx: Any, get: Any = get_help_option) -> Any:
+            option = get(ctx)
+            if option is not None and not getattr(option, "_bastion_plain", False):
+                _plain_param(option)
+                option._bastion_plain = True
+            return option
+
+        command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
+
+
+def command() -> Any:
+    """The click command ``bastion`` runs (the Typer app, its help labels made plain)."""
+    built = typer.main.get_command(app)
+    _plain_help(built)
+    return built
 
 
 def _crash_log(exc: BaseException) -> Path:
@@ -77,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # Standalone mode: typer reports its own usage errors (exit 2) and exits; our
         # errors propagate to here because pretty exceptions are off.
-        app(args=argv)
+        command()(args=argv, prog_name="bastion")
     except ManifestError as exc:
         for problem in exc.problems:
             err_console.print(escape(str(problem)), soft_wrap=True)

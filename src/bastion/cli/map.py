@@ -16,15 +16,11 @@ import typer
 
 from bastion.cli._common import DEFAULT_MANIFEST, ManifestOption, console, event_log
 from bastion.errors import UsageError
-from bastion.manifest import load
-from bastion.map import (
-    DEFAULT_BETA,
-    FORMATS,
-    ObservedReport,
-    map_manifest,
-    observed_dependencies,
-    render,
-)
+
+# bastion.map (networkx) loads only when the map is drawn: every other command starts
+# without it. The default is bastion.map.DEFAULT_BETA (tests/unit/test_cli_help.py
+# keeps the two equal).
+DEFAULT_BETA = 0.1
 
 __all__ = ["register"]
 
@@ -59,6 +55,9 @@ def map_cmd(
 
     Exit 1 on a SPOF, a breached target or an undeclared dependency (not for dot or
     mermaid written to stdout, nor with --exit-zero); 2 for bad input."""
+    from bastion.manifest import load
+    from bastion.map import FORMATS, ObservedReport, map_manifest, observed_dependencies, render
+
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     if not 1 <= max_order <= 6:

@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import enum
+import json
+import logging
 import signal
-from typing import Annotated
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from bastion.cli._common import DEFAULT_MANIFEST, ManifestOption, console, load_manifest
+from bastion.cli._common import (
+    DEFAULT_MANIFEST,
+    ManifestOption,
+    console,
+    err_console,
+    load_manifest,
+)
+from bastion.errors import UnavailableError
+
+if TYPE_CHECKING:
+    from bastion.serve import GatewayStatistics
 
 __all__ = ["register"]
+
+
+class LogLevel(enum.StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
 
 
 def _names(manifest_services: list[str], service: str | None) -> list[str]:
@@ -24,50 +47,93 @@ def serve(
         typer.Argument(help="One service (default: all), or 'status' to inspect running ones."),
     ] = None,
     which: Annotated[str | None, typer.Argument(help="With 'status': one service.")] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="With 'status': one JSON document (keys in docs/cli-json.md)."),
+    ] = False,
     file: ManifestOption = DEFAULT_MANIFEST,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            "--log-level",
+            help="What the gateways log to stderr: info adds an access line per request.",
+            case_sensitive=False,
+        ),
+    ] = LogLevel.warning,
 ) -> None:
     """Run the gateway for each service in the manifest (Ctrl-C stops it).
 
-    ``bastion serve status [SERVICE]`` shows the running gateways instead. (One command,
-    not a group: a group's positional SERVICE would swallow the word ``status``.)
+    'bastion serve status [SERVICE]' shows the running gateways instead, and exits 1 when
+    one is not running.
     """
+    # One command, not a group: a group's positional SERVICE would swallow 'status'.
     if service == "status":
-        status(which, file)
+        status(which, file, as_json=as_json)
         return
     from bastion.serve import run_services
+    from bastion.serve.runner import unset_api_keys
 
+    logging.basicConfig(
+        level=log_level.value.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     manifest = load_manifest(file)
     names = _names(list(manifest.services), service)
+    for line in unset_api_keys(manifest, names):
+        err_console.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
+
+    def serving(name: str, url: str) -> None:
+        console.print(f"serving {name} on {url}", soft_wrap=True, markup=False)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        for name in names:
-            console.print(
-                f"serving {name} on http://{manifest.services[name].listen}"
-                if name in manifest.services
-                else f"service {name}"
-            )
-        await run_services(manifest, names, stop=stop)
+        await run_services(manifest, names, stop=stop, serving=serving)
 
     asyncio.run(main())
 
 
-def status(
-    service: Annotated[str | None, typer.Argument(help="One service (default: all).")] = None,
-    file: ManifestOption = DEFAULT_MANIFEST,
-) -> None:
+def status(service: str | None, file: Path, *, as_json: bool = False) -> None:
     """Show each running gateway's backends: breaker state, load, latency, ejections."""
-    from bastion.serve import GatewayDown
+    import pydantic
+
+    from bastion.serve import GatewayDown, GatewayStatistics
     from bastion.serve import status as gateway_status
 
     manifest = load_manifest(file)
-    for item in gateway_status(manifest, _names(list(manifest.services), service)):
-        if isinstance(item, GatewayDown):
-            console.print(f"{item.service}: not running on {item.listen} ({item.reason})")
-            continue
+    found = gateway_status(manifest, _names(list(manifest.services), service))
+    down = [item for item in found if isinstance(item, GatewayDown)]
+    if as_json:
+        dump = pydantic.TypeAdapter(GatewayStatistics)
+        services = [
+            {"service": i.service, "listen": i.listen, "running": False, "reason": i.reason}
+            if isinstance(i, GatewayDown)
+            else {
+                "service": i.service,
+                "listen": i.listen,
+                "running": True,
+                "status": dump.dump_python(i, mode="json"),
+            }
+            for i in found
+        ]
+        print(json.dumps({"services": services}, sort_keys=True))
+    else:
+        _show_status([i for i in found if not isinstance(i, GatewayDown)])
+    if down:
+        raise UnavailableError(
+            "; ".join(
+                f"no gateway is running for service {d.service} at {d.listen} ({d.reason}); "
+                f"start it with `bastion serve {d.service}`"
+                for d in down
+            )
+        )
+
+
+def _show_status(running: list[GatewayStatistics]) -> None:
+    for item in running:
         table = Table(title=f"{item.service} on {item.listen}")
         for col in ("backend", "tier", "breaker", "in flight", "limit", "latency ms", "down"):
             table.add_column(col)

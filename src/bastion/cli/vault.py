@@ -7,15 +7,30 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
-from bastion.cli._common import DEFAULT_MANIFEST, ManifestOption, console, load_manifest
+from bastion.cli._common import (
+    DEFAULT_MANIFEST,
+    ManifestOption,
+    console,
+    err_console,
+    load_manifest,
+)
 from bastion.errors import CheckFailed, UnavailableError, UsageError
-from bastion.vault import ReplicaSetStatistics, ScrubReport, Vault
+
+if TYPE_CHECKING:  # bastion.vault loads when a vault command runs, not for every command
+    from bastion.vault import ReplicaSetStatistics, ScrubReport, Snapshot, Vault
 
 __all__ = ["register"]
 
@@ -23,6 +38,8 @@ app = typer.Typer(help="Content-addressed, replicated, signed snapshots of data 
 
 
 def _vault(file: Path, *, create: bool = True) -> Vault:
+    from bastion.vault import Vault
+
     return Vault.from_manifest(load_manifest(file), create=create)
 
 
@@ -63,7 +80,16 @@ def put(
 ) -> None:
     """Store a file or directory as the next version of NAME."""
     vault = _vault(file)
-    result = vault.put(name, _tree(path), lineage=lineage, labels=label)
+    tree = _tree(path)
+    total = sum(p.stat().st_size for p in tree.values())
+    with _progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn()
+    ) as bar:
+        # Vault.put reports no progress of its own: the bar pulses until every file is
+        # chunked, stored on the replicas and the snapshot is signed, then fills.
+        task = bar.add_task(f"put {name}: {len(tree)} files", total=None)
+        result = vault.put(name, tree, lineage=lineage, labels=label)
+        bar.update(task, total=total, completed=total)
     snap = result.snapshot
     console.print(
         f"{snap.ref}: {len(snap.files)} files, {snap.size:,} bytes, id {snap.id[:16]}, "
@@ -103,25 +129,59 @@ def get(
         sink.write(data)
 
 
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="One JSON document (keys in docs/cli-json.md).")
+]
+
+
+def _snapshot_json(snap: Snapshot) -> dict[str, object]:
+    return {
+        "name": snap.name,
+        "version": snap.version,
+        "ref": snap.ref,
+        "id": snap.id,
+        "created": snap.created.isoformat(),
+        "files": len(snap.files),
+        "bytes": snap.size,
+        "lineage": list(snap.lineage),
+    }
+
+
+def _print_json(doc: object) -> None:
+    # plain print, not rich: no wrapping, no colour, whatever the terminal
+    print(json.dumps(doc, sort_keys=True, default=str))
+
+
+def _progress(*columns: str | ProgressColumn) -> Progress:
+    """A progress bar on a terminal only: piped or --json output stays clean."""
+    return Progress(*columns, console=err_console, disable=not err_console.is_terminal)
+
+
 @app.command("ls")
 def ls(
     prefix: Annotated[str, typer.Argument(help="Only names starting with this.")] = "",
+    as_json: JsonOption = False,
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
     """List artifact names with their latest version and labels."""
     vault = _vault(file)
     table = Table("name", "latest", "labels", "files", "bytes", "created")
+    artifacts = []
     for name in vault.names(prefix):
         snap = vault.snapshot(name)
-        labels = ", ".join(f"{k}@{v}" for k, v in vault.labels(name).items())
+        labels = vault.labels(name)
+        artifacts.append({**_snapshot_json(snap), "labels": dict(labels)})
         table.add_row(
             name,
             str(snap.version),
-            labels,
+            ", ".join(f"{k}@{v}" for k, v in labels.items()),
             str(len(snap.files)),
             f"{snap.size:,}",
             snap.created.isoformat(timespec="seconds"),
         )
+    if as_json:
+        _print_json({"artifacts": artifacts, "degraded": list(vault.degraded())})
+        return
     console.print(table)
     if vault.degraded():
         console.print(f"[yellow]degraded: {', '.join(vault.degraded())} unreachable[/]")
@@ -130,11 +190,16 @@ def ls(
 @app.command()
 def log(
     name: Annotated[str, typer.Argument(help="Artifact name.")],
+    as_json: JsonOption = False,
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
     """Every version of NAME, oldest first."""
+    versions = _vault(file).versions(name)
+    if as_json:
+        _print_json({"name": name, "versions": [_snapshot_json(s) for s in versions]})
+        return
     table = Table("version", "id", "created", "files", "bytes", "lineage")
-    for snap in _vault(file).versions(name):
+    for snap in versions:
         table.add_row(
             str(snap.version),
             snap.id[:16],
@@ -161,9 +226,20 @@ def _scrub(
 ) -> None:
     # verify changes nothing: not even a replica directory that has gone missing
     vault = _vault(file, create=repair)
-    report = vault.scrub(repair=repair, max_seconds=max_seconds, deep=deep)
+    verb = "scrub" if repair else "verify"
+    with _progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn()
+    ) as bar:
+        # the object count is known only once every replica is listed: the bar pulses
+        task = bar.add_task(f"{verb}: objects checked", total=None)
+        report = vault.scrub(
+            repair=repair,
+            max_seconds=max_seconds,
+            deep=deep,
+            progress=lambda n: bar.advance(task, n),
+        )
     if as_json:
-        console.print_json(json.dumps(report.to_json()))
+        _print_json(report.to_json())
     else:
         console.print(
             f"{'scrub' if repair else 'verify'}: {report.objects} objects, "
@@ -225,7 +301,7 @@ def _scrub_problems(report: ScrubReport, *, repair: bool) -> list[str]:
 @app.command()
 def verify(
     max_seconds: Annotated[float | None, typer.Option(help="Budget; resumes next run.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonOption = False,
     deep: Deep = False,
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
@@ -237,7 +313,7 @@ def verify(
 def scrub(
     repair: Annotated[bool, typer.Option("--repair/--no-repair")] = True,
     max_seconds: Annotated[float | None, typer.Option(help="Budget; resumes next run.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonOption = False,
     deep: Deep = False,
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
@@ -279,6 +355,7 @@ def guard(
 ) -> None:
     """Watch protected directories; detect tampering and ransomware; stop it (Ctrl-C ends)."""
     from bastion.events import EventLog
+    from bastion.vault import Vault
     from bastion.vault._guard import Guard
 
     manifest = load_manifest(file)
@@ -312,12 +389,11 @@ def restore(
         from bastion.vault._restore import require_empty
 
         require_empty(snap, dest)  # before the progress bar: a refusal writes nothing
-    with Progress(
+    with _progress(
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
-        console=console,
     ) as bar:
         task = bar.add_task(f"restore {snap.ref}", total=snap.size)
         lock = threading.Lock()
@@ -342,7 +418,7 @@ def restore(
 @app.command()
 def lineage(
     ref: Annotated[str, typer.Argument(help="NAME[@REV]")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonOption = False,
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
     """What produced REF: its data, code, config and run, as text or JSON."""

@@ -62,7 +62,7 @@ from bastion.drill.context import DrillContext, activate, current
 from bastion.drill.faults import Scope
 from bastion.drill.measure import check_targets, measure
 from bastion.errors import ScopeError, UsageError
-from bastion.events import EventLog
+from bastion.events import EventLog, add_secret, redact
 
 if TYPE_CHECKING:
     from bastion.manifest import Manifest
@@ -313,6 +313,9 @@ def _setup(
         }
         cwd = spec.get("cwd")
         env = spec.get("env")
+        for key, value in (env or {}).items() if isinstance(env, dict) else ():
+            if redact({str(key): "x"}) != {str(key): "x"}:  # a secret-looking name
+                add_secret(str(value))  # hidden wherever it shows up: events, journal
         actions.start_process(
             str(name),
             [str(c) for c in spec["command"]],
@@ -550,6 +553,7 @@ def run_experiment(
         data={k: v for k, v in measured.items() if isinstance(v, int | float | bool | None)},
     )
     events.close()
+    journal = _journal_safe(journal)
     if journal_path is not None:
         journal_path.parent.mkdir(parents=True, exist_ok=True)
         journal_path.write_text(json.dumps(journal, indent=2, default=str))
@@ -563,6 +567,30 @@ def run_experiment(
         problems=problems,
         aborted=ctx.aborted,
     )
+
+
+def _journal_safe(journal: dict[str, Any]) -> dict[str, Any]:
+    """The journal with no environment value in it: Chaos Toolkit copies the experiment
+    (its processes' ``env:``, each activity's ``env`` argument) into the journal, and a
+    journal is shared as evidence. Names stay (they say what was set), values go, and
+    everything else passes through ``redact`` (keys, tokens and ``*_env`` values)."""
+
+    def hide_env(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: (
+                    {str(n): "***" for n in v}
+                    if k == "env" and isinstance(v, dict)
+                    else hide_env(v)
+                )
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [hide_env(v) for v in value]
+        return value
+
+    safe: dict[str, Any] = redact(hide_env(journal))
+    return safe
 
 
 def _failing_probes(journal: dict[str, Any]) -> list[str]:

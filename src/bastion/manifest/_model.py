@@ -46,6 +46,7 @@ __all__ = [
     "Component",
     "Dependency",
     "GatewayPolicy",
+    "GoldenProbe",
     "Job",
     "Manifest",
     "RecoveryTarget",
@@ -445,7 +446,13 @@ class GatewayPolicy(_Strict):
     """How the gateway treats a request: deadlines, retries, hedging, queueing."""
 
     timeout_ms: float = Field(default=1000, gt=0)
-    """A request's deadline, in milliseconds."""
+    """A request's deadline, in milliseconds: every attempt, retry and fallback of one
+    request fits in it (a client's x-bastion-deadline-ms may shorten it)."""
+    attempt_timeout_ms: float | None = Field(default=None, gt=0)
+    """How long one attempt of a whole answer may take, in milliseconds, within the
+    deadline; unset, an even share of the time left over the attempts that could still
+    be made, so a request whose primaries all hang still reaches the fallback tier. Set
+    it for a backend slower than that share."""
     ttft_timeout_ms: float | None = Field(default=None, gt=0)
     """How long a stream may take to its first token, in milliseconds; unset, 4 x the p99
     of observed time to first token, at least 250 ms and at most a quarter of timeout_ms."""
@@ -463,6 +470,9 @@ class GatewayPolicy(_Strict):
     """How long a request may wait in the queue, in milliseconds."""
     max_ejected: float = Field(default=0.5, gt=0, le=1)
     """The largest fraction of backends outlier detection may eject at once."""
+    header_timeout_ms: float = Field(default=10000, gt=0)
+    """How long a client connection may take to send a request's line and headers, in
+    milliseconds, before the gateway closes it (a slow-headers, slowloris, defence)."""
 
     @field_validator("hedge")
     @classmethod
@@ -476,6 +486,36 @@ class GatewayPolicy(_Strict):
         return _hedge_rule(self.hedge)
 
 
+class ServiceAuth(_Strict):
+    """Client API keys a service's gateway requires (as LiteLLM's virtual keys)."""
+
+    keys_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The environment variable that holds the accepted keys, comma-separated; a client
+    sends one as ``Authorization: Bearer <key>``. ``bastion serve`` refuses to start when
+    it is unset or empty."""
+
+
+class GoldenProbe(_Strict):
+    """Golden probes: known inputs with known answers, sent to every backend on a schedule;
+    a backend that answers 200 but wrongly is ejected until its answers are right again."""
+
+    ref: VaultRef
+    """A dataset snapshot of golden examples (e.g. dataset/digits-golden@latest): input
+    columns and a label column of expected answers; it must not be empty."""
+    every_s: float = Field(default=5.0, gt=0)
+    """Seconds between golden rounds for each backend."""
+    tolerance: float = Field(default=0.0, ge=0, lt=1)
+    """The fraction of examples a backend may answer differently and still pass."""
+    label: str = "label"
+    """The column holding the expected answers."""
+    timeout_ms: float = Field(default=2000, gt=0)
+    """How long one round's answer may take; no answer decides nothing (the health
+    probe ejects a backend that does not answer)."""
+    backends: list[str] | None = None
+    """The backends (names under backends) to probe; default: every local model backend
+    (replicas answer POST /v1/predict; name a remote one only if it does too)."""
+
+
 class Service(_Strict):
     """An OpenAI-compatible gateway in front of local replicas and remote backends."""
 
@@ -483,12 +523,28 @@ class Service(_Strict):
     """The segment (one of ``segments``) it belongs to."""
     listen: Listen = "127.0.0.1:8700"
     """host:port the gateway listens on."""
+    golden: GoldenProbe | None = None
+    """Golden probes: answers checked against known ones; wrong answerers ejected."""
     backends: list[Backend] = Field(min_length=1)
     """Where requests go, tried by tier."""
     policy: GatewayPolicy = GatewayPolicy()
     """Deadlines, retries, hedging and queueing."""
+    auth: ServiceAuth | None = None
+    """Client API keys: unset, the gateway answers anyone who can reach ``listen``; set,
+    every route but ``/healthz`` and ``/metrics`` needs a key (401 without one)."""
     depends_on: list[Dependency] = Field(default_factory=list)
     """Components the service needs besides its backends."""
+
+    @model_validator(mode="after")
+    def _golden_backends(self) -> Service:
+        named = {b.name for b in self.backends}
+        unknown = [n for n in (self.golden.backends or []) if n not in named] if self.golden else []
+        if unknown:
+            raise ValueError(
+                f"golden.backends names {', '.join(map(repr, unknown))}, not a backend of this "
+                f"service (its backends: {', '.join(sorted(named))})"
+            )
+        return self
 
 
 class Slo(_Strict):

@@ -28,7 +28,12 @@ The rules, each for a reason:
 - after a timeout, 5xx, 429 or malformed answer (which may mean overload) the next
   attempt, and any hedge, spends a retry budget token, so retries add at most the
   budget's ratio to the load;
-- a request has one hedge, spent only when its timer fires and a backend takes it.
+- a request has one hedge, spent only when its timer fires and a backend takes it;
+- one attempt may not spend the whole deadline while another backend could still take
+  the request: it gets the policy's ``attempt_timeout_ms`` or, unset, an even share of the
+  time left over the attempts that could still be made (``attempt_deadline``), so a
+  request whose primaries all hang still has time for the fallback tier (Envoy's
+  ``per_try_timeout`` beside the route's ``timeout``).
 
 Must never: await or do I/O (the gateway waits for capacity and runs the attempts);
 decide what an outcome means (``_outcome`` does).
@@ -65,13 +70,31 @@ class AttemptStatistics:
 class AttemptRules:
     """The rules every request's attempts follow, and their counts."""
 
-    __slots__ = ("budget", "clock", "hedges", "max_attempts", "pool", "requeues", "retries")
+    __slots__ = (
+        "attempt_timeout_s",
+        "budget",
+        "clock",
+        "hedges",
+        "max_attempts",
+        "pool",
+        "requeues",
+        "retries",
+    )
 
     def __init__(
-        self, pool: Pool, budget: RetryBudget, *, max_attempts: int = 3, clock: Clock
+        self,
+        pool: Pool,
+        budget: RetryBudget,
+        *,
+        max_attempts: int = 3,
+        attempt_timeout_s: float | None = None,
+        clock: Clock,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        if attempt_timeout_s is not None and attempt_timeout_s <= 0:
+            raise ValueError(f"attempt_timeout_s must be positive, got {attempt_timeout_s}")
+        self.attempt_timeout_s = attempt_timeout_s
         self.pool = pool
         self.budget = budget
         self.max_attempts = max_attempts
@@ -145,6 +168,32 @@ class Attempts:
     def failed(self, failure: Failure) -> None:
         """The attempt just made failed so (this decides how the next one may go)."""
         self.last = failure
+
+    def attempt_deadline(self) -> float:
+        """When the attempt starting now (the one just handed out) must give up, on the
+        rules' clock: never after the request's deadline, and leaving time for the
+        attempts that may still follow it. With the policy's ``attempt_timeout_s`` that is
+        its fixed timeout; unset, an even share of the time left over this attempt and
+        those that could still be made (other backends not yet tried that are in the pool
+        now, within ``max_attempts``), so the last possible attempt gets all that is left."""
+        rules = self._rules
+        now = rules.clock()
+        left = self.deadline - now
+        if left <= 0:
+            return self.deadline
+        fixed = rules.attempt_timeout_s
+        if fixed is not None:
+            return now + min(fixed, left)
+        tried = self.tried
+        later = 0
+        room = rules.max_attempts - len(tried)
+        if room > 0:
+            for up in rules.pool.upstreams.values():
+                if later >= room:
+                    break
+                if up not in tried and not up.needs_probe and up.breaker.available():
+                    later += 1
+        return now + left / (1 + later)
 
     def remaining(self) -> float:
         """Seconds left before the deadline (negative once it passed)."""

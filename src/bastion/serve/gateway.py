@@ -44,8 +44,11 @@ gateway then ends the stream with an SSE ``error`` event on its own lines (which
 whole lines only, so that event never lands on a partial line.
 
 Deadlines: ``x-bastion-deadline-ms`` from the client (or the policy's ``timeout_ms``,
-whichever is shorter) bounds the whole request, a stream to its last byte; each attempt
-gets what is left and passes it on to the backend in the same header.
+whichever is shorter) bounds the whole request, a stream to its last byte. An attempt
+at a whole answer gets ``attempt_timeout_ms``, or unset an even share of what is left
+over the attempts that could still be made (``_attempts``), so primaries that all hang
+still leave the fallback tier time to answer; it passes its own deadline on to the
+backend in the same header.
 
 Must never: write the event log per request (rare state changes are events, through an
 ``Emit`` that does not block, such as ``bastion.events.EventWriter``); re-encode a body
@@ -57,9 +60,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import ipaddress
 import json
+import logging
 import math
-from collections.abc import Callable, Coroutine, Iterable
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -81,6 +89,7 @@ from bastion.resilience import (
 )
 from bastion.serve import shapes
 from bastion.serve._attempts import AttemptRules, Attempts, AttemptStatistics
+from bastion.serve._auth import ClientKeys
 from bastion.serve._outcome import (
     ABANDONED,
     CANCELLED,
@@ -107,11 +116,32 @@ from bastion.serve.admission import PRIORITIES, Admission, AdmissionStatistics, 
 from bastion.serve.metrics import BackendMetrics, GatewayMetrics
 from bastion.serve.pool import Pool, PoolStatistics, Upstream, UpstreamSpec, UpstreamStatistics
 
-__all__ = ["BACKEND_HEADER", "DEADLINE_HEADER", "PRIORITY_HEADER", "Gateway", "GatewayStatistics"]
+__all__ = [
+    "BACKEND_HEADER",
+    "DEADLINE_HEADER",
+    "PRIORITY_HEADER",
+    "REQUEST_ID_HEADER",
+    "Gateway",
+    "GatewayStatistics",
+    "exposed",
+]
 
 DEADLINE_HEADER = "x-bastion-deadline-ms"
 BACKEND_HEADER = "x-bastion-backend"
 PRIORITY_HEADER = "x-bastion-priority"
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+"""A client's request id we echo and log as it is; anything else is replaced by ours."""
+_OPEN_ROUTES = frozenset({"/healthz", "/metrics"})
+"""Routes that answer without a client key: liveness and scraping expose no backend URL."""
+_CHOICE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+_log = logging.getLogger("bastion.serve")
+_REQUEST_ID_KEY = web.RequestKey("request_id", str)
+_current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "bastion_request_id", default=None
+)
+"""The request id of the request being served, for the attempts it makes (hedges run in
+tasks, which copy the context)."""
 _MAX_BODY = 4 * 1024 * 1024
 _JSON = "application/json"
 _POST_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/predict")
@@ -177,11 +207,61 @@ class _Answer:
 
 
 def _error(
-    status: int, message: str, kind: str, *, retry_after: float | None = None
+    status: int,
+    message: str,
+    kind: str,
+    *,
+    retry_after: float | None = None,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> web.Response:
-    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else None
-    body = json.dumps(shapes.error(message, kind, status))
+    headers = dict(headers or {})
+    if retry_after:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    body = json.dumps(shapes.error(message, kind, code or status, param=param))
     return web.Response(status=status, text=body, content_type=_JSON, headers=headers)
+
+
+def exposed(host: str) -> bool:
+    """Does listening on ``host`` accept connections from beyond this machine? (Every
+    address but loopback does; a name other than ``localhost`` is taken to.)"""
+    if host in ("localhost", ""):
+        return host == ""
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return True
+
+
+class _RequestEvents:
+    """An ``Emit`` that adds the id of the request being served, if any, to each event
+    (a backend ejected by a request's failure says which request saw it)."""
+
+    __slots__ = ("_events",)
+
+    def __init__(self, events: Emit) -> None:
+        self._events = events
+
+    def emit(
+        self,
+        kind: str,
+        subject: str = "",
+        *,
+        segment: str | None = None,
+        at_ns: int | None = None,
+        **data: Any,
+    ) -> object:
+        request_id = _current_request_id.get()
+        if request_id is not None and "request_id" not in data:
+            data["request_id"] = request_id
+        return self._events.emit(kind, subject, segment=segment, at_ns=at_ns, **data)
+
+
+def _request_id(given: str | None) -> str:
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -197,9 +277,10 @@ class Gateway:
     """One service's gateway. ``await start()``, then ``await close()``.
 
     ``events`` records its rare state changes (use a ``bastion.events.EventWriter``: the
-    event loop must never wait on SQLite), in ``segment``. ``clock`` (monotonic seconds)
-    times deadlines, attempts and every policy the gateway drives (breakers, limits, the
-    retry budget); tests may pass a ``ManualClock``.
+    event loop must never wait on SQLite), in ``segment``. ``api_keys``: the client keys
+    it requires (``serve._auth.client_keys``); empty, it requires none. ``clock``
+    (monotonic seconds) times deadlines, attempts and every policy the gateway drives
+    (breakers, limits, the retry budget); tests may pass a ``ManualClock``.
     """
 
     def __init__(
@@ -214,26 +295,37 @@ class Gateway:
         probe_interval_s: float = 1.0,
         probe_timeout_s: float = 0.5,
         hold_429_s: float = 1.0,
+        api_keys: Sequence[str] = (),
         clock: Clock = monotonic,
     ) -> None:
         self.service = service
+        self.keys = ClientKeys(api_keys)
         self.policy = policy
         self.host = host
         self.port = port
         self._clock = clock
         self.events = events
+        self._tagged = _RequestEvents(events)
         self.segment = segment or None
         self.metrics = GatewayMetrics(service)
         self.pool = Pool(
             service,
             max_ejected=policy.max_ejected,
-            events=events,
+            events=self._tagged,
             segment=self.segment,
             clock=clock,
         )
         self.budget = RetryBudget(ratio=policy.retry_budget, clock=clock)
         self.attempts = AttemptRules(
-            self.pool, self.budget, max_attempts=policy.max_attempts, clock=clock
+            self.pool,
+            self.budget,
+            max_attempts=policy.max_attempts,
+            attempt_timeout_s=(
+                policy.attempt_timeout_ms / 1000.0
+                if policy.attempt_timeout_ms is not None
+                else None
+            ),
+            clock=clock,
         )
         quantile, fixed = policy.hedge_rule
         self.hedge = HedgeTimer(quantile=quantile, fixed_s=fixed)
@@ -265,7 +357,7 @@ class Gateway:
         self._last_shed = 0.0
         self._shed = self.metrics.shed
         self._responses = self.metrics.responses
-        self.metrics.watch(self._state_rows)
+        self.metrics.watch(self._state_rows, lambda: self.admission.waiting)
         self.app = self._build_app()
 
     # -- membership ---------------------------------------------------------------------
@@ -284,14 +376,87 @@ class Gateway:
 
     # -- lifecycle ----------------------------------------------------------------------
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=_MAX_BODY)
+        app = web.Application(
+            client_max_size=_MAX_BODY, middlewares=[self._outermost, self._authorize]
+        )
         for route in _POST_ROUTES:
             app.router.add_post(route, self._proxy)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model:.+}", self._model)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/bastion/status", self._status)
+        app.on_response_prepare.append(self._stamp)
         return app
+
+    @web.middleware
+    async def _outermost(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Every request: its id (the client's ``x-request-id``, or a new one), echoed on
+        the response and in the access log; HTTP errors (404, 405 ...) as OpenAI error
+        JSON; the end-to-end duration by route and status."""
+        start = self._clock()
+        request_id = request[_REQUEST_ID_KEY] = _request_id(request.headers.get(REQUEST_ID_HEADER))
+        _current_request_id.set(request_id)
+        info = request.match_info
+        route = info.route.resource.canonical if info.route.resource is not None else "other"
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            resp = self._http_error(request, exc)
+        self.metrics.observe_request(route, resp.status, self._clock() - start)
+        return resp
+
+    def _http_error(self, request: web.Request, exc: web.HTTPException) -> web.Response:
+        status = exc.status
+        if status == 404:
+            message = (
+                f"{request.method} {request.path}: no such route on the gateway of service "
+                f"{self.service} (it serves {', '.join(_POST_ROUTES)}, GET /v1/models)"
+            )
+        elif status == 405:
+            allowed = exc.headers.get("Allow", "")
+            message = (
+                f"{request.method} {request.path}: method not allowed; use {allowed or 'another'}"
+            )
+        else:
+            message = f"{request.method} {request.path}: {exc.reason}"
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        self._responses["4xx" if status < 500 else "5xx"].inc()
+        keep = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        return _error(status, message, kind, code=None, headers=keep)
+
+    @web.middleware
+    async def _authorize(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """With client keys, every route but liveness and metrics needs one (LiteLLM's
+        virtual keys; the key itself is never logged or recorded)."""
+        if not self.keys.enabled or request.path in _OPEN_ROUTES:
+            return await handler(request)
+        header = request.headers.get("Authorization")
+        if self.keys.allows(header):
+            return await handler(request)
+        self._responses["4xx"].inc()
+        message = (
+            f"service {self.service} needs an API key: send Authorization: Bearer <key>"
+            if not header
+            else f"service {self.service}: the API key is not one this gateway accepts"
+        )
+        return _error(
+            401,
+            message,
+            "invalid_request_error",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": 'Bearer realm="bastion"'},
+        )
+
+    @staticmethod
+    async def _stamp(request: web.Request, response: web.StreamResponse) -> None:
+        request_id = request.get(_REQUEST_ID_KEY)
+        if request_id is not None:
+            response.headers[REQUEST_ID_HEADER] = request_id
 
     async def start(self) -> tuple[str, int]:
         from bastion.aio import serve_app
@@ -300,7 +465,23 @@ class Gateway:
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
         )
-        self._runner, self.port = await serve_app(self.app, self.host, self.port, backlog=1024)
+        if exposed(self.host):
+            _log.warning(
+                "service %s listens on %s, reachable beyond this machine%s",
+                self.service,
+                self.host,
+                ""
+                if self.keys.enabled
+                else " with no client keys: set services.<s>.auth.keys_env, or listen on "
+                "127.0.0.1 behind a proxy",
+            )
+        self._runner, self.port = await serve_app(
+            self.app,
+            self.host,
+            self.port,
+            backlog=1024,
+            header_timeout_s=self.policy.header_timeout_ms / 1000.0,
+        )
         self._tasks.append(asyncio.create_task(self._probe_loop()))
         self.record(
             ek.SERVE_STARTED,
@@ -330,14 +511,33 @@ class Gateway:
 
     def record(self, kind: str, *, at_ns: int | None = None, **data: Any) -> None:
         """Record a (rare) event about this service, in its segment."""
-        self.events.emit(kind, self.service, segment=self.segment, at_ns=at_ns, **data)
+        self._tagged.emit(kind, self.service, segment=self.segment, at_ns=at_ns, **data)
 
     # -- small routes -------------------------------------------------------------------
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response(shapes.model_list([self.service], owned_by="bastion"))
 
+    async def _model(self, request: web.Request) -> web.Response:
+        """``models.retrieve``: the gateway serves one model, named as its service."""
+        asked = request.match_info["model"]
+        if asked != self.service:
+            self._responses["4xx"].inc()
+            return _error(
+                404,
+                f"model {asked[:80]!r} is not served here; this gateway serves "
+                f"{self.service!r} (GET /v1/models lists it)",
+                "invalid_request_error",
+                code="model_not_found",
+                param="model",
+            )
+        (entry,) = shapes.model_list([self.service], owned_by="bastion")["data"]
+        return web.json_response(entry)
+
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), content_type="text/plain")
+        body, content_type = self.metrics.render(request.headers.get("Accept"))
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = content_type  # with its version/charset parameters
+        return resp
 
     async def _healthz(self, request: web.Request) -> web.Response:
         ok = any(u.breaker.available() and not u.needs_probe for u in self.pool.upstreams.values())
@@ -385,6 +585,19 @@ class Gateway:
             return _error(
                 400, f"{request.path}: the body must be a JSON object", "invalid_request_error"
             )
+        n = obj.get("n")
+        if request.path in _CHOICE_ROUTES and n is not None and n != 1:
+            # A backend may answer with fewer choices than asked (local replicas make
+            # one), and a failover could not keep them consistent: refuse, never send
+            # fewer choices than the client counts on.
+            self._responses["4xx"].inc()
+            return _error(
+                400,
+                f"{request.path}: n={json.dumps(n)[:20]} is not supported; this gateway "
+                "returns one choice per request (send n separate requests)",
+                "invalid_request_error",
+                param="n",
+            )
         headers = request.headers
         timeout_s = self.timeout_s
         raw = headers.get(DEADLINE_HEADER)
@@ -408,10 +621,12 @@ class Gateway:
             return await self._stream(request, body, obj, priority, deadline)
         path = request.path
 
-        def run(up: Upstream) -> Coroutine[Any, Any, _Answer]:
-            return self._attempt(up, path, self._body_for(up, body, obj), deadline)
-
         attempts = self.attempts.start(deadline, hedge=self._hedging)
+
+        def run(up: Upstream) -> Coroutine[Any, Any, _Answer]:
+            ends = attempts.attempt_deadline()
+            return self._attempt(up, path, self._body_for(up, body, obj), ends)
+
         answer = await self._run(attempts, priority, run, self.hedge)
         if isinstance(answer, web.Response):
             return answer
@@ -433,6 +648,9 @@ class Gateway:
     def _headers_for(self, up: Upstream, deadline: float) -> dict[str, str]:
         remaining_ms = max(1, int((deadline - self._clock()) * 1000))
         headers = {"Content-Type": _JSON, DEADLINE_HEADER: str(remaining_ms)}
+        request_id = _current_request_id.get()
+        if request_id is not None:
+            headers[REQUEST_ID_HEADER] = request_id  # so a backend's logs say the same
         if up.auth_header is not None:
             headers["Authorization"] = up.auth_header
         return headers
@@ -491,7 +709,8 @@ class Gateway:
 
     # -- whole answers --------------------------------------------------------------------
     async def _attempt(self, up: Upstream, path: str, body: bytes, deadline: float) -> _Answer:
-        """One non-streaming attempt. Returns an answer to pass on, or raises Failure."""
+        """One non-streaming attempt, due by ``deadline`` (the attempt's, which is never
+        after the request's). Returns an answer to pass on, or raises Failure."""
         if not up.used:
             self._first_use(up)
         session = self._session

@@ -16,7 +16,10 @@ every upstream of the tiers before it is unavailable or already tried.
 Rejoining: after a hard failure (refused, timed out, failed probe) an upstream is marked
 ``needs_probe`` and gets no request until an active probe passes (then its breaker is
 reset); after soft failures (5xx, malformed) it rejoins through a half_open trial, since
-a health probe cannot see a bad inference answer.
+a health probe cannot see a bad inference answer. One that golden probes saw answer 200
+but wrongly (``eject_wrong``, within the cap) rejoins only through a right golden round
+(``restore_right``; ``serve/_golden.py``); with golden probes on, so does any backend
+coming back after it was down (``hold_rejoin``), before it serves a single request.
 
 Must never: do I/O or await; emit per-request events (only state changes are events).
 """
@@ -46,6 +49,7 @@ from bastion.serve.metrics import BackendMetrics
 
 __all__ = [
     "FAILURE_PENALTY_S",
+    "REJOINING",
     "Pool",
     "PoolStatistics",
     "Upstream",
@@ -54,6 +58,8 @@ __all__ = [
 ]
 
 FAILURE_PENALTY_S = 0.05
+#: ``Upstream.wrong`` of a backend that is up again and waits for a right golden round
+REJOINING = "rejoining: waiting for a right golden round"
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,7 @@ class Upstream:
         "outstanding",
         "spec",
         "used",
+        "wrong",
     )
 
     def __init__(self, spec: UpstreamSpec, metrics: BackendMetrics, clock: Clock) -> None:
@@ -141,6 +148,9 @@ class Upstream:
         self.ejected_at = 0.0
         self.needs_probe = False
         self.last_sent = 0.0
+        # why golden probes hold it out ("" while its answers are right): no health
+        # probe or breaker trial brings it back, only a right golden round (_golden.py)
+        self.wrong = ""
         self.auth_header = f"Bearer {spec.api_key}" if spec.api_key else None
 
     @property
@@ -150,6 +160,7 @@ class Upstream:
     def routable(self) -> bool:
         return (
             not self.needs_probe
+            and not self.wrong
             and self.limit.inflight < self.limit.limit
             and self.breaker.available()
         )
@@ -266,6 +277,9 @@ class Pool:
         self._segment = segment
         self._rng = rng or random.Random()
         self.on_recover: Callable[[], None] = lambda: None
+        # set by golden probes: whether an upstream whose health probe passed after it was
+        # down must also answer a golden round right before it gets a request
+        self.hold_rejoin: Callable[[Upstream], bool] = lambda _up: False
 
     def _emit(self, kind: str, **data: Any) -> None:
         self._events.emit(kind, self.service, segment=self._segment, **data)
@@ -403,6 +417,8 @@ class Pool:
         )
 
     def _restored(self, up: Upstream, *, via: str) -> None:
+        if up.wrong:
+            return  # up again, but golden probes still hold it out: only they restore it
         self.cap.restore(up.name)
         out_s = self.clock() - up.ejected_at if up.ejected_at else 0.0
         up.down_reason = ""
@@ -427,6 +443,8 @@ class Pool:
             if up.needs_probe:
                 up.needs_probe = False
                 up.breaker.reset()
+                if not up.wrong and self.hold_rejoin(up):
+                    up.wrong = REJOINING  # up, but not yet known to answer right
                 self._restored(up, via="probe")
             elif up.breaker.probe_ok():
                 self.on_recover()
@@ -434,6 +452,31 @@ class Pool:
         if up.breaker.state == "closed" and not up.needs_probe:
             up.breaker.record_failure(hard=True)
             self._trip(up, f"probe failed: {detail}", hard=True)
+
+    def eject_wrong(self, up: Upstream, reason: str) -> bool:
+        """Golden probes saw ``up`` answer 200 but wrongly: hold it out, within the
+        ejection cap, until ``restore_right``. False when the cap refused (or it was
+        out for that already)."""
+        if up.wrong == REJOINING:
+            up.wrong = ""  # it was only waiting: now it is judged, within the cap
+        if up.wrong:
+            return False
+        size = sum(1 for u in self.upstreams.values() if u.spec.tier == up.spec.tier)
+        if not self.cap.try_eject(up.name, size):
+            return False
+        up.wrong = reason
+        up.down_reason = reason
+        up.ejected_at = self.clock()
+        up.metrics.ejections.inc()
+        self._emit(ek.SERVE_BACKEND_EJECTED, backend=up.name, reason=reason, hard=False)
+        return True
+
+    def restore_right(self, up: Upstream) -> None:
+        """``up`` answered golden probes right again: it may rejoin (if nothing else holds
+        it out)."""
+        if up.wrong:
+            up.wrong = ""
+            self._restored(up, via="golden")
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(

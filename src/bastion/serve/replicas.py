@@ -160,6 +160,7 @@ class ReplicaSet:
             ],
             name=name,
             log_path=self.log_dir / f"{name}.log",
+            die_with_parent=True,  # a SIGKILLed `bastion serve` leaves no replica behind
         )
         sup = Supervisor(
             spec,

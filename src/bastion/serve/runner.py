@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from bastion.aio import LoopThread
 from bastion.errors import NotFoundError, UnavailableError, UsageError
 from bastion.manifest import Manifest, Service
+from bastion.serve._auth import client_keys
 from bastion.serve.gateway import Gateway, GatewayStatistics
 from bastion.serve.pool import UpstreamSpec
 
@@ -36,6 +37,7 @@ __all__ = [
     "specs_for",
     "status",
     "stop_server",
+    "unset_api_keys",
 ]
 
 T = TypeVar("T")
@@ -154,15 +156,47 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
         proc.stdout.close()
 
 
-async def run_services(manifest: Manifest, names: Sequence[str], *, stop: asyncio.Event) -> None:
-    """Run the named services' gateways (with their local replica sets) until ``stop``."""
+def unset_api_keys(manifest: Manifest, names: Sequence[str] | None = None) -> list[str]:
+    """One line for each remote backend whose ``api_key_env`` names an environment
+    variable that is unset or empty (the backend would be called without its key, and
+    answer 401): the service, the backend, the variable and the fix. Never the value."""
+    out = []
+    for name, service in manifest.services.items():
+        if names is not None and name not in names:
+            continue
+        for backend in service.backends:
+            env = backend.api_key_env
+            if env and not os.environ.get(env):
+                out.append(
+                    f"services.{name}.backends.{backend.name}: api_key_env {env} is not set "
+                    f"in this environment, so {backend.url or 'the backend'} is called "
+                    f"without a key; export {env} before `bastion serve`"
+                )
+    return out
+
+
+async def run_services(
+    manifest: Manifest,
+    names: Sequence[str],
+    *,
+    stop: asyncio.Event,
+    serving: Callable[[str, str], None] | None = None,
+) -> None:
+    """Run the named services' gateways (with their local replica sets) until ``stop``;
+    ``serving(service, url)`` is called once each gateway is listening.
+
+    An address that cannot be bound (in use, not this host's, a privileged port) is a
+    ``UsageError`` naming the service and the address, raised before any replica starts.
+    """
     from bastion.events import EventWriter
+    from bastion.serve._golden import GoldenProber
     from bastion.serve.replicas import ReplicaSet
 
     if manifest.path is None:
         raise UsageError("bastion serve needs a manifest loaded from a file")
     gateways: list[Gateway] = []
     sets: list[ReplicaSet] = []
+    probers: list[GoldenProber] = []
     sink = EventWriter.in_state_dir(manifest.state_dir)
     try:
         for name in names:
@@ -178,6 +212,7 @@ async def run_services(manifest: Manifest, names: Sequence[str], *, stop: asynci
                 events=sink,
                 host=host,
                 port=int(port),
+                api_keys=client_keys(name, service.auth.keys_env if service.auth else None),
             )
             for spec in specs_for(service):
                 gw.add_upstream(spec)
@@ -192,12 +227,30 @@ async def run_services(manifest: Manifest, names: Sequence[str], *, stop: asynci
                 if backend.model is not None
             )
             gateways.append(gw)
+            prober = GoldenProber.from_manifest(gw, manifest)
+            if prober is not None:
+                probers.append(prober)
         for gw in gateways:
-            await gw.start()
+            try:
+                await gw.start()
+            except OSError as exc:
+                listen = manifest.services[gw.service].listen
+                why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise UsageError(
+                    f"service {gw.service!r} cannot listen on {listen}: {why} (is another "
+                    "program, or another `bastion serve`, on that port?); stop it, or change "
+                    f"services.{gw.service}.listen in {manifest.path}"
+                ) from None
+            if serving is not None:
+                serving(gw.service, gw.url)
         for rs in sets:
             await rs.start()
+        for prober in probers:
+            await prober.start()
         await stop.wait()
     finally:
+        for prober in probers:
+            await prober.close()
         for rs in sets:
             await rs.close()
         for gw in gateways:
@@ -218,11 +271,19 @@ def status(manifest: Manifest, names: Sequence[str]) -> list[GatewayStatistics |
         if service is None:
             raise NotFoundError(f"service {name!r} is not in the manifest")
         url = f"http://{service.listen}/bastion/status"
+        keys = client_keys(name, service.auth.keys_env if service.auth else None)
+        asking = urllib.request.Request(
+            url, headers={"Authorization": f"Bearer {keys[0]}"} if keys else {}
+        )
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with urllib.request.urlopen(asking, timeout=2) as resp:  # noqa: S310 - http:// built above
                 body = resp.read()
         except OSError as exc:
-            out.append(GatewayDown(name, service.listen, str(exc)))
+            # URLError wraps the socket's error: its strerror ("Connection refused") is
+            # what a person reads, not "<urlopen error [Errno 111] ...>"
+            cause = getattr(exc, "reason", exc)
+            why = cause.strerror if isinstance(cause, OSError) and cause.strerror else cause
+            out.append(GatewayDown(name, service.listen, str(why).lower()))
             continue
         try:
             out.append(reader.validate_json(body))

@@ -3,8 +3,8 @@ the protocol (the gateway, the model replica, the vendor stand-in) builds its an
 
 Owns: chat completions and (legacy) text completions (plain, and as SSE stream chunks
 ending with ``data: [DONE]``), embeddings, the model list and the error object
-(``{"error": {"message", "type", "code"}}``, which the ``openai`` client raises as
-``APIError`` with that message), and ``sse`` (one server-sent event on its own lines).
+(``{"error": {"message", "type", "param", "code"}}``, which the ``openai`` client raises
+as ``APIError`` with that message), and ``sse`` (one server-sent event on its own lines).
 
 Must never: invent fields the protocol does not have, or do I/O.
 """
@@ -157,7 +157,9 @@ def model_list(ids: Iterable[str], *, owned_by: str, created: int = 0) -> dict[s
     }
 
 
-def error(message: str, type: str, code: int) -> dict[str, Any]:
+def error(message: str, type: str, code: int | str, *, param: str | None = None) -> dict[str, Any]:
     """The error object; ``type`` is the protocol's error type (``invalid_request_error``,
-    ``rate_limited``, ``stream_interrupted`` ...), ``code`` the HTTP status."""
-    return {"error": {"message": message, "type": type, "code": code}}
+    ``rate_limited``, ``stream_interrupted`` ...), ``code`` the HTTP status or the
+    protocol's code (``invalid_api_key``, ``model_not_found``), ``param`` the request
+    field at fault, if one is."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -75,6 +75,10 @@ class ProcessSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     name: str = "child"
     log_path: Path | None = None  # stdout and stderr appended here; None: inherit
+    #: Linux: SIGKILL the child when the thread that started it dies, so a supervisor
+    #: killed with SIGKILL leaves no orphan (serving replicas; not training jobs, which
+    #: outlive their supervisor on purpose and are picked up by the next one)
+    die_with_parent: bool = False
 
     def __post_init__(self) -> None:
         if not self.argv:
@@ -110,6 +114,44 @@ class Exit:
             "reason": self.reason,
             "runtime_s": round(self.runtime_s, 4),
         }
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that asks the kernel to SIGKILL the child when its parent dies.
+
+    Why prctl and not something else: a SIGKILLed supervisor runs no cleanup at all, so
+    only the kernel can stop its children; ``PR_SET_PDEATHSIG`` is the kernel's own
+    answer, it survives ``execve``, and Python has no wrapper for it, hence ctypes. The
+    function is looked up here, in the parent, so the child between fork and exec only
+    makes one foreign call (a ``preexec_fn`` must not import or take locks: other threads
+    may hold them at the fork). The signal follows the *thread* that forked, which for a
+    ``Supervisor`` is its own thread, alive as long as the child it watches. If the
+    parent died before the call took effect, the child kills itself at once.
+
+    None off Linux, or where libc has no ``prctl``.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+    kill = int(signal.SIGKILL)
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, kill, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), kill)
+
+    return arm
 
 
 def _oom_kills() -> int | None:
@@ -173,6 +215,7 @@ class Child:
                 stdout=out,
                 stderr=subprocess.STDOUT if out is not None else None,
                 start_new_session=True,  # own process group: signals reach its helpers too
+                preexec_fn=_die_with_parent() if spec.die_with_parent else None,  # noqa: PLW1509
             )
         except FileNotFoundError:
             self._close_log()

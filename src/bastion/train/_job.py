@@ -37,7 +37,7 @@ from typing import Any
 
 from bastion import event_kinds as ek
 from bastion.errors import BastionError, UsageError
-from bastion.events import EventLog, Relay
+from bastion.events import EventLog, Relay, redact
 from bastion.manifest import Manifest
 from bastion.supervise import (
     Backoff,
@@ -232,7 +232,9 @@ class JobSupervisor:
     def _write_state(self, **fields: Any) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         current = self._read_state()
-        current.update(fields)
+        # The command line can carry a key (``--api-key=...``); the state file is read by
+        # people and tools, so it holds what the event log would: the redacted form.
+        current.update(redact(fields))
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(current, sort_keys=True))
         tmp.replace(self.state_path)
