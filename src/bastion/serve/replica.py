@@ -1,238 +1,314 @@
 """The local model replica: ``bastion model serve MODEL`` answers predictions over HTTP.
 
-Owns: loading a verified model from the vault (``model/digits@latest``: ``model.json`` +
-``model.safetensors``, both hash-checked and signature-verified by the vault), a numpy
-forward pass of the MLP (no torch import, so a replica starts in well under a second and
-a restarted one rejoins fast), and the routes: ``POST /v1/predict`` ``{"inputs": [[64
-floats], ...]}``; ``POST /v1/embeddings`` (the hidden layer's activations for ``input``,
-a list of 64-number vectors or comma-separated strings); ``POST /v1/chat/completions``
-(the last user message holds 64 comma-separated pixel values; the reply is the digit,
-plain or as an SSE stream); ``GET /v1/models``; ``GET /health`` (cheap: no forward pass).
-``random_model`` makes the files of an untrained model in the same layout (the demo's and
-the tests' stand-in when no trained model is at hand).
+Owns: loading a verified model from the vault (``load_vault``: the snapshot's signature
+and every chunk's hash are checked by the vault; ``_formats`` picks the format its
+``model.json`` names: the example's numpy ``mlp``, ``onnx`` through onnxruntime, or a
+user's ``handler`` class; docs/serving.md) and the routes, each answering errors as
+OpenAI error JSON:
+
+- ``POST /v1/predict`` ``{"inputs": ...}`` (one input or a list): ``{"model",
+  "predictions"}``;
+- ``POST /v1/embeddings`` ``{"input": ...}``: an OpenAI embeddings list;
+- ``POST /v1/chat/completions``: the last message's content is one input; the reply is
+  the prediction as text, plain or as an SSE stream;
+- ``POST /v1/completions``: each ``prompt`` is one input, one choice per prompt;
+- ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health`` (cheap: no forward pass),
+  ``GET /metrics`` (Prometheus, in a registry of this app's own: requests and latency
+  per route and status, in the exposition format the scraper's ``Accept`` asks for).
 
 Must never: serve bytes the vault did not verify; answer 500 for a malformed input (it
-answers 400 naming the field and the fix).
+answers 400 naming the field and the fix), nor 200 for a NaN or an infinity.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import logging
 import os
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import numpy as np
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.process_collector import ProcessCollector
 
 from bastion.aio import serve_forever
+from bastion.errors import BastionError
 from bastion.serve import shapes
+from bastion.serve._formats import BadInput, ModelError, ModelFiles, ServedModel, load_model
+from bastion.serve._mlp import Mlp, random_model
+from bastion.serve._tensor import MAX_BATCH, finite_json
 
-__all__ = ["Mlp", "load_dir", "load_vault", "main", "make_app", "random_model", "serve"]
+__all__ = [
+    "Mlp",
+    "ServedModel",
+    "load_dir",
+    "load_vault",
+    "main",
+    "make_app",
+    "random_model",
+    "serve",
+]
 
-
-@dataclass
-class Mlp:
-    """A ReLU MLP stored as safetensors keys ``<i>.weight`` / ``<i>.bias``."""
-
-    weights: list[tuple[np.ndarray, np.ndarray]]
-    input_scale: float
-    labels: list[Any]
-    name: str
-
-    @classmethod
-    def from_bytes(cls, tensors: bytes, meta_json: bytes, name: str) -> Mlp:
-        from safetensors.numpy import load
-
-        meta = json.loads(meta_json)
-        arrays = load(tensors)
-        layers = sorted({int(k.split(".")[0]) for k in arrays})
-        weights = [
-            (arrays[f"{i}.weight"].astype(np.float32), arrays[f"{i}.bias"].astype(np.float32))
-            for i in layers
-        ]
-        return cls(
-            weights,
-            float(meta.get("input_scale", 1.0)),
-            list(meta.get("labels", range(weights[-1][0].shape[0]))),
-            name,
-        )
-
-    @property
-    def n_inputs(self) -> int:
-        return int(self.weights[0][0].shape[1])
-
-    def hidden(self, x: np.ndarray) -> np.ndarray:
-        h = x * self.input_scale
-        for w, b in self.weights[:-1]:
-            h = np.maximum(h @ w.T + b, 0.0)
-        return h
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        w, b = self.weights[-1]
-        out: np.ndarray = self.hidden(x) @ w.T + b
-        return out
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    500: "server_error",
+}
 
 
-def random_model(seed: int) -> dict[str, bytes]:
-    """The files of an untrained 64-64-10 digits MLP with weights drawn from ``seed``:
-    ``model.safetensors`` and ``model.json``, as a vault snapshot or a directory holds them."""
-    from safetensors.numpy import save
-
-    rng = np.random.default_rng(seed)
-    tensors = {
-        "0.weight": rng.normal(size=(64, 64)).astype(np.float32),
-        "0.bias": np.zeros(64, np.float32),
-        "2.weight": rng.normal(size=(10, 64)).astype(np.float32),
-        "2.bias": np.zeros(10, np.float32),
-    }
-    meta = {
-        "arch": "mlp",
-        "layers": [64, 64, 10],
-        "activation": "relu",
-        "input_scale": 1 / 16,
-        "labels": list(range(10)),
-    }
-    return {"model.safetensors": save(tensors), "model.json": json.dumps(meta).encode()}
-
-
-def load_dir(directory: Path, name: str = "model") -> Mlp:
+def load_dir(directory: Path, name: str = "model") -> ServedModel:
     """Load from a plain directory (development and tests; nothing is verified)."""
-    return Mlp.from_bytes(
-        (directory / "model.safetensors").read_bytes(),
-        (directory / "model.json").read_bytes(),
-        name,
-    )
+    return load_model(ModelFiles.from_dir(directory, name))
 
 
-def load_vault(manifest_path: Path, ref: str) -> Mlp:
+def load_vault(manifest_path: Path, ref: str) -> ServedModel:
     """Load a signature-verified snapshot from the manifest's vault."""
     from bastion.manifest import load
     from bastion.vault import Vault
 
     vault = Vault.from_manifest(load(manifest_path))
-    snap = vault.snapshot(ref)
-    return Mlp.from_bytes(
-        vault.read(snap, "model.safetensors"), vault.read(snap, "model.json"), ref
-    )
+    return load_model(ModelFiles.from_vault(vault, vault.snapshot(ref)))
 
 
-class _BadInput(Exception):
-    pass
+def _error(status: int, message: str) -> web.Response:
+    kind = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return web.json_response(shapes.error(message, kind, status), status=status)
 
 
-def _matrix(value: Any, n: int, field: str) -> np.ndarray:
-    rows = (
-        value if isinstance(value, list) and value and isinstance(value[0], list | str) else [value]
-    )
-    out = []
-    for item in rows:
-        row = item
-        if isinstance(item, str):
-            try:
-                row = [float(v) for v in item.replace(" ", "").split(",") if v]
-            except ValueError:
-                raise _BadInput(f"{field}: {item[:40]!r} is not comma-separated numbers") from None
-        if (
-            not isinstance(row, list)
-            or len(row) != n
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in row)
-        ):
-            raise _BadInput(f"{field}: each input must be {n} numbers (8x8 pixels, 0..16)")
-        out.append(row)
-    if len(out) > 1024:
-        raise _BadInput(f"{field}: at most 1024 inputs per request")
-    try:
-        return np.asarray(out, dtype=np.float32)
-    except (OverflowError, ValueError):
-        raise _BadInput(f"{field}: a value is out of range for a pixel (0..16)") from None
-
-
-def _last_content(messages: Any) -> str:
+def _content(messages: Any) -> str:
     if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
-        raise _BadInput("messages: give a list whose last item holds 64 pixel values")
-    return str(messages[-1].get("content", ""))
+        raise BadInput("messages: give a list of messages whose last one holds the input")
+    content = messages[-1].get("content")
+    if isinstance(content, list):  # content parts: the text ones, joined
+        content = "".join(
+            str(p.get("text", ""))
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text"
+        )
+    if not isinstance(content, str) or not content.strip():
+        raise BadInput("messages[-1].content: give the model's input as text")
+    return content
 
 
-def _bad(message: str) -> web.Response:
-    return web.json_response(shapes.error(message, "invalid_request_error", 400), status=400)
+def _one_choice(obj: dict[str, Any]) -> None:
+    n = obj.get("n", 1)
+    if n is not None and n != 1:
+        raise BadInput(
+            f"n: {n!r}: this model is deterministic and answers one choice; send n=1 "
+            "(or leave it out)"
+        )
 
 
-def make_app(model: Mlp) -> web.Application:
-    n = model.n_inputs
+class _Metrics:
+    """The replica's own registry: per route and status, a count and a latency
+    histogram; the model's name and format; the process's own ``process_*``."""
+
+    def __init__(self, model: ServedModel) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "bastion_replica_requests",
+            "Requests answered by this model replica, by route and HTTP status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "bastion_replica_request_duration_seconds",
+            "Time from a request's arrival to its last byte, by route and HTTP status.",
+            ["route", "status"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        info = Gauge(
+            "bastion_replica_model_info",
+            "The model this replica serves (always 1).",
+            ["model", "format"],
+            registry=self.registry,
+        )
+        info.labels(model.name, model.format).set(1)
+        ProcessCollector(registry=self.registry)
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route, str(status)).observe(seconds)
+
+    def scrape(self, accept: str) -> web.Response:
+        encoder, content_type = choose_encoder(accept)
+        return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
+
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_app(model: ServedModel) -> web.Application:
     started = time.time()
+    metrics = _Metrics(model)
+    # A format that may take long per request (onnx, a handler) runs in one worker thread
+    # of its own, so /health and /metrics still answer while it works, and the gateway's
+    # probe does not eject a replica for being busy. The numpy MLP is quicker than the hop.
+    worker = (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{model.format}")
+        if model.offload
+        else None
+    )
+
+    async def run(fn: Callable[..., _T], *args: Any) -> _T:
+        if worker is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
+
+    async def stop_worker(app: web.Application) -> None:
+        if worker is not None:
+            worker.shutdown(wait=False, cancel_futures=True)
+
+    @web.middleware
+    async def answers(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        try:
+            response = await handler(request)
+        except BadInput as exc:
+            response = _error(400, str(exc))
+        except ModelError as exc:
+            _log.warning("%s %s: %s", request.method, request.path, exc)
+            response = _error(500, str(exc))
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            reason = exc.text if exc.status == 413 else exc.reason
+            if exc.status == 404:
+                reason = f"no route {request.path} on this model replica"
+            elif exc.status == 405:
+                reason = f"{request.method} is not allowed on {request.path}"
+            response = _error(exc.status, reason or "request refused")
+            if exc.status == 405 and "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+        except ConnectionError:
+            raise  # the client went away: there is no one to answer
+        except Exception as exc:  # a bug: its traceback to the log, JSON to the client
+            _log.exception("%s %s failed", request.method, request.path)
+            response = _error(500, f"the replica failed on this request: {exc!r}")
+        metrics.observe(route, response.status, time.perf_counter() - t0)
+        return response
 
     async def body_of(request: web.Request) -> dict[str, Any]:
         try:
-            obj = await request.json()
+            obj = finite_json(await request.text())
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise _BadInput("the body is not valid JSON") from None
+            raise BadInput("the body is not valid JSON") from None
         if not isinstance(obj, dict):
-            raise _BadInput("the body must be a JSON object")
+            raise BadInput("the body must be a JSON object")
         return obj
 
     async def predict(request: web.Request) -> web.Response:
-        try:
-            x = _matrix((await body_of(request)).get("inputs"), n, "inputs")
-        except _BadInput as exc:
-            return _bad(str(exc))
-        logits = model.logits(x)
-        top = logits.argmax(axis=1)
-        return web.json_response(
-            {"model": model.name, "predictions": [model.labels[int(i)] for i in top]}
-        )
+        predictions = await run(model.predict, (await body_of(request)).get("inputs"), "inputs")
+        return web.json_response({"model": model.name, "predictions": predictions})
 
     async def embeddings(request: web.Request) -> web.Response:
-        try:
-            x = _matrix((await body_of(request)).get("input"), n, "input")
-        except _BadInput as exc:
-            return _bad(str(exc))
-        return web.json_response(shapes.embeddings(model.hidden(x).tolist(), model.name))
+        vectors = await run(model.embed, (await body_of(request)).get("input"), "input")
+        return web.json_response(shapes.embeddings(vectors, model.name))
 
-    async def chat(request: web.Request) -> web.StreamResponse:
-        try:
-            obj = await body_of(request)
-            x = _matrix(_last_content(obj.get("messages")), n, "messages[-1].content")
-        except _BadInput as exc:
-            return _bad(str(exc))
-        digit = str(model.labels[int(model.logits(x)[0].argmax())])
-        created = int(time.time())
-        if obj.get("stream") is not True:
-            return web.json_response(
-                shapes.chat_completion(model.name, digit, created=created, prompt_tokens=n)
-            )
+    async def sse(request: web.Request, events: list[dict[str, Any]]) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for delta, finish in (({"role": "assistant", "content": digit}, None), ({}, "stop")):
-            await resp.write(
-                shapes.sse(shapes.chat_chunk(model.name, delta, finish, created=created))
-            )
+        for event in events:
+            await resp.write(shapes.sse(event))
         await resp.write(shapes.SSE_DONE)
         await resp.write_eof()
         return resp
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        obj = await body_of(request)
+        _one_choice(obj)
+        text = await run(model.reply, _content(obj.get("messages")), "messages[-1].content")
+        created = int(time.time())
+        if obj.get("stream") is not True:
+            return web.json_response(shapes.chat_completion(model.name, text, created=created))
+        return await sse(
+            request,
+            [
+                shapes.chat_chunk(model.name, delta, finish, created=created)
+                for delta, finish in (({"role": "assistant", "content": text}, None), ({}, "stop"))
+            ],
+        )
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        obj = await body_of(request)
+        _one_choice(obj)
+        prompt = obj.get("prompt")
+        prompts = (
+            prompt
+            if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt)
+            else [prompt]
+        )
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise BadInput("prompt: give the model's input as text, or a list of such texts")
+        if len(prompts) > MAX_BATCH:
+            raise BadInput(f"prompt: at most {MAX_BATCH} prompts per request")
+        texts = [
+            await run(model.reply, p, f"prompt[{i}]" if len(prompts) > 1 else "prompt")
+            for i, p in enumerate(prompts)
+        ]
+        created = int(time.time())
+        if obj.get("stream") is not True:
+            return web.json_response(
+                shapes.completion(model.name, texts, created=created, prompt_tokens=len(texts))
+            )
+        events = []
+        for i, text in enumerate(texts):
+            events.append(shapes.completion_chunk(model.name, text, index=i, created=created))
+            events.append(shapes.completion_chunk(model.name, "", "stop", index=i, created=created))
+        return await sse(request, events)
 
     async def models(request: web.Request) -> web.Response:
         return web.json_response(
             shapes.model_list([model.name], owned_by="bastion", created=int(started))
         )
 
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "model": model.name, "pid": os.getpid()})
+    async def one_model(request: web.Request) -> web.Response:
+        wanted = request.match_info["id"]
+        if wanted != model.name:
+            return _error(
+                404, f"model {wanted!r} is not served here (this replica serves {model.name!r})"
+            )
+        return web.json_response(
+            shapes.model_list([model.name], owned_by="bastion", created=int(started))["data"][0]
+        )
 
-    app = web.Application(client_max_size=4 * 1024 * 1024)
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"ok": True, "model": model.name, "format": model.format, "pid": os.getpid()}
+        )
+
+    async def scrape(request: web.Request) -> web.Response:
+        return metrics.scrape(request.headers.get("Accept", ""))
+
+    app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[answers])
+    app.on_cleanup.append(stop_worker)
     app.router.add_post("/v1/predict", predict)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{id:.+}", one_model)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", scrape)
     return app
 
 
-async def serve(model: Mlp, host: str, port: int) -> None:
+async def serve(model: ServedModel, host: str, port: int) -> None:
     """Serve ``model`` until killed (``PORT <n>`` on stdout once listening)."""
     await serve_forever(make_app(model), host, port)
 
@@ -246,11 +322,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    model = (
-        load_dir(args.dir, args.model)
-        if args.dir is not None
-        else load_vault(args.manifest, args.model)
-    )
+    try:
+        model = (
+            load_dir(args.dir, args.model)
+            if args.dir is not None
+            else load_vault(args.manifest, args.model)
+        )
+    except BastionError as exc:  # one line in the replica's log, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
     asyncio.run(serve(model, args.host, args.port))
 
 

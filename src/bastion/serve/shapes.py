@@ -1,10 +1,10 @@
 """The OpenAI API's response shapes, written once: every server Bastion runs that speaks
 the protocol (the gateway, the model replica, the vendor stand-in) builds its answers here.
 
-Owns: chat completions (plain, and as SSE stream chunks ending with ``data: [DONE]``),
-embeddings, the model list and the error object (``{"error": {"message", "type",
-"param", "code"}}``, which the ``openai`` client raises as ``APIError`` with that message), and
-``sse`` (one server-sent event on its own lines).
+Owns: chat completions and (legacy) text completions (plain, and as SSE stream chunks
+ending with ``data: [DONE]``), embeddings, the model list and the error object
+(``{"error": {"message", "type", "param", "code"}}``, which the ``openai`` client raises
+as ``APIError`` with that message), and ``sse`` (one server-sent event on its own lines).
 
 Must never: invent fields the protocol does not have, or do I/O.
 """
@@ -20,6 +20,8 @@ __all__ = [
     "SSE_DONE",
     "chat_chunk",
     "chat_completion",
+    "completion",
+    "completion_chunk",
     "embeddings",
     "error",
     "model_list",
@@ -80,6 +82,53 @@ def chat_chunk(
         "created": created,
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+
+
+def completion(
+    model: str,
+    texts: Sequence[str],
+    *,
+    id: str = "cmpl-bastion",
+    created: int | None = None,
+    prompt_tokens: int = 1,
+) -> dict[str, Any]:
+    """A whole ``text_completion``, one finished (``stop``) choice per text, in order."""
+    return {
+        "id": id,
+        "object": "text_completion",
+        "created": int(time.time()) if created is None else created,
+        "model": model,
+        "choices": [
+            {"index": i, "text": text, "logprobs": None, "finish_reason": "stop"}
+            for i, text in enumerate(texts)
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(texts),
+            "total_tokens": prompt_tokens + len(texts),
+        },
+    }
+
+
+def completion_chunk(
+    model: str,
+    text: str,
+    finish_reason: str | None = None,
+    *,
+    index: int = 0,
+    id: str = "cmpl-bastion",
+    created: int = 0,
+) -> dict[str, Any]:
+    """One ``text_completion`` chunk of a stream; the last one carries ``finish_reason``."""
+    return {
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        ],
     }
 
 
