@@ -21,9 +21,9 @@ from safetensors.torch import save
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from train import BATCH, LR, SEED, parse_rows  # noqa: E402
+from train import BATCH, LR, SEED, parse_rows
 
-from bastion.train import ResumableSampler  # noqa: E402
+from bastion.train import ResumableSampler
 
 
 def main() -> int:
