@@ -41,7 +41,7 @@ import blake3
 
 from bastion import event_kinds as ek
 from bastion.errors import BastionError, NotFoundError, UsageError
-from bastion.events import Emit
+from bastion.events import Emit, Relay
 from bastion.pipeline._dag import Dag, StageNode, build
 from bastion.pipeline._key import (
     CacheKey,
@@ -306,6 +306,10 @@ class PipelineRunner:
                 log_path=logs / f"{node.name}.log",
             )
 
+        def relay(kind: str, subject: str, at_ns: int | None, data: dict[str, Any]) -> None:
+            # the supervisor's own life-cycle events, tagged with this run like ours
+            self.events.emit(kind, subject, at_ns=at_ns, run_id=self.record.run_id, **data)
+
         sup = Supervisor(
             spec,
             backoff=Backoff(initial=stage.backoff_s, factor=2.0, cap=30.0, jitter=0.2),
@@ -314,7 +318,7 @@ class PipelineRunner:
             fatal_exit_codes=(2,) if stage.uses == "command" else (1, 2),
             grace_s=5.0,
             healthy_after_s=None,
-            events=self.events,
+            events=Relay(relay),
             kind_prefix=_PREFIX,
             subject=self._subject(node.name),
         )
