@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from bastion import event_kinds as ek
 from bastion.events import EventLog
 from bastion.pipeline import read_run
@@ -67,6 +69,7 @@ def _runs(root: Path) -> list[str]:
         log.close()
 
 
+@pytest.mark.slow
 def test_a_runner_killed_anywhere_resumes_to_the_same_outputs(tmp_path: Path) -> None:
     """A world is killed again and again (each resumed run is itself killed) until its
     pipeline has finished; then a last run, and a new world, until 20 SIGKILLs have hit
