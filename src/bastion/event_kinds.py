@@ -124,6 +124,14 @@ SERVE_BACKEND_EJECTED = _k("serve.backend.ejected", "a backend left the pool (ba
 SERVE_BACKEND_RESTORED = _k("serve.backend.restored", "an ejected backend passed its probe")
 SERVE_OVERLOAD_STARTED = _k("serve.overload.started", "the gateway began shedding load")
 SERVE_OVERLOAD_ENDED = _k("serve.overload.ended", "the gateway stopped shedding load (shed)")
+SERVE_GOLDEN_FAILED = _k(
+    "serve.golden.failed",
+    "a backend answered golden probes wrongly (backend, wrong, total, examples)",
+)
+SERVE_GOLDEN_PASSED = _k(
+    "serve.golden.passed",
+    "a backend that had failed golden probes answers them right again (backend)",
+)
 SERVE_SCALED = _k("serve.scaled", "a replica set changed size (backend, replicas)")
 
 # -- drills -------------------------------------------------------------------------------
@@ -200,6 +208,23 @@ PIPELINE_STAGE_VERIFY_FAILED = _k(
 PIPELINE_STAGE_ORPHAN_STOPPED = _k(
     "pipeline.stage.orphan_stopped",
     "a stage process left by a killed runner was stopped before the resume (pid)",
+)
+
+MODEL_PROMOTED = _k(
+    "model.promoted",
+    "@prod moved to a model version through a passing verdict (name, version, verdict)",
+)
+MODEL_PROMOTION_REFUSED = _k(
+    "model.promotion_refused",
+    "a promotion was refused: no passing verdict for that exact snapshot (name, reason)",
+)
+MODEL_PROMOTION_FORCED = _k(
+    "model.promotion_forced",
+    "@prod was moved with --force and the admin key, bypassing the gate (name, version)",
+)
+MODEL_ROLLED_BACK = _k(
+    "model.rolled_back",
+    "@prod moved back to the previously promoted version (name, version, from_version)",
 )
 
 # -- the rest -----------------------------------------------------------------------------

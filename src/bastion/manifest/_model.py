@@ -46,6 +46,7 @@ __all__ = [
     "Component",
     "Dependency",
     "GatewayPolicy",
+    "GoldenProbe",
     "Job",
     "Manifest",
     "Pipeline",
@@ -479,6 +480,26 @@ class GatewayPolicy(_Strict):
         return _hedge_rule(self.hedge)
 
 
+class GoldenProbe(_Strict):
+    """Golden probes: known inputs with known answers, sent to every backend on a schedule;
+    a backend that answers 200 but wrongly is ejected until its answers are right again."""
+
+    ref: VaultRef
+    """A dataset snapshot of golden examples (e.g. dataset/digits-golden@latest): input
+    columns and a label column of expected answers; it must not be empty."""
+    every_s: float = Field(default=5.0, gt=0)
+    """Seconds between golden rounds for each backend."""
+    tolerance: float = Field(default=0.0, ge=0, lt=1)
+    """The fraction of examples a backend may answer differently and still pass."""
+    label: str = "label"
+    """The column holding the expected answers."""
+    timeout_ms: float = Field(default=2000, gt=0)
+    """How long one round's answer may take; no answer decides nothing (the health
+    probe ejects a backend that does not answer)."""
+    backends: list[str] | None = None
+    """The backends (names under backends) to probe; default: every local model backend."""
+
+
 class Service(_Strict):
     """An OpenAI-compatible gateway in front of local replicas and remote backends."""
 
@@ -486,12 +507,25 @@ class Service(_Strict):
     """The segment (one of ``segments``) it belongs to."""
     listen: Listen = "127.0.0.1:8700"
     """host:port the gateway listens on."""
+    golden: GoldenProbe | None = None
+    """Golden probes: answers checked against known ones; wrong answerers ejected."""
     backends: list[Backend] = Field(min_length=1)
     """Where requests go, tried by tier."""
     policy: GatewayPolicy = GatewayPolicy()
     """Deadlines, retries, hedging and queueing."""
     depends_on: list[Dependency] = Field(default_factory=list)
     """Components the service needs besides its backends."""
+
+    @model_validator(mode="after")
+    def _golden_backends(self) -> Service:
+        named = {b.name for b in self.backends}
+        unknown = [n for n in (self.golden.backends or []) if n not in named] if self.golden else []
+        if unknown:
+            raise ValueError(
+                f"golden.backends names {', '.join(map(repr, unknown))}, not a backend of this "
+                f"service (its backends: {', '.join(sorted(named))})"
+            )
+        return self
 
 
 class Slo(_Strict):

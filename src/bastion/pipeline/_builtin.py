@@ -150,14 +150,19 @@ def _evaluate(
 
 
 def _promote(vault: Any, inputs: dict[str, str], config: dict[str, Any], events: Any) -> Any:
-    from bastion import validate
-    from bastion.validate import Status
+    """``bastion.validate.promote``: ``@prod`` moves only with a passing model-gate
+    verdict for this exact snapshot (judged against the ``@prod`` of now), and never for
+    a model whose lineage holds a dataset the data gate stopped. A refusal is exit 1."""
+    from bastion.validate import Status, promote
 
-    promote = getattr(validate, "promote", None)
-    if promote is None:
-        raise UsageError("bastion.validate.promote is not in this build; a promote stage needs it")
     model = vault.snapshot(inputs["model"])
-    promote(vault, model.ref, label=config.get("label", "prod"), events=events)
+    verdict = vault.snapshot(inputs["verdict"])
+    if verdict.meta.get("subject_id") != model.id:
+        raise UsageError(
+            f"{verdict.ref} is a verdict on {verdict.meta.get('subject')}, not {model.ref}"
+        )
+    done = promote(vault, model.ref, events=events)
+    print(f"promote: {model.ref} {'moved @prod' if done.moved else 'is @prod already'}")
     return Status.PASSED, model
 
 

@@ -80,8 +80,7 @@ def _output(pipeline: str, name: str, stage: PipelineStage) -> str | None:
         return f"run/{pipeline}/{name}"
     if uses == "promote":
         model = stage.inputs.get("model")
-        label = stage.config.get("label", "prod")
-        return f"{parse_ref(model).name}@{label}" if model else None
+        return f"{parse_ref(model).name}@prod" if model else None
     return None
 
 

@@ -2,7 +2,8 @@
 
 Owns: the aiohttp gateway (``Gateway``: routes, P2C routing over tiers, passive and active
 health, attempts under a retry budget and an attempt cap, hedging, deadlines, stream
-failover, admission and shedding, Prometheus metrics), the backend pool (``Pool``,
+failover, admission and shedding, Prometheus metrics), golden probes (``GoldenProber``:
+known questions asked of every backend, a wrong answerer ejected), the backend pool (``Pool``,
 ``Upstream``), admission (``Admission``), local replica sets under ``bastion.supervise``
 (``ReplicaSet``) with the autoscaler (``Autoscaler``), the model replica server
 (``bastion.serve.replica``) and the OpenAI response shapes (``bastion.serve.shapes``).
@@ -19,6 +20,14 @@ Must never: write the event log on the per-request path; spawn processes except 
 from __future__ import annotations
 
 from bastion.serve._attempts import AttemptStatistics
+from bastion.serve._golden import (
+    GOLDEN_HEADER,
+    GoldenCheck,
+    GoldenProber,
+    GoldenSet,
+    GoldenStatistics,
+    load_golden,
+)
 from bastion.serve.admission import PRIORITIES, Admission, AdmissionStatistics, QueueFull
 from bastion.serve.gateway import (
     BACKEND_HEADER,
@@ -47,6 +56,7 @@ from bastion.serve.runner import (
 __all__ = [
     "BACKEND_HEADER",
     "DEADLINE_HEADER",
+    "GOLDEN_HEADER",
     "PRIORITIES",
     "PRIORITY_HEADER",
     "Admission",
@@ -58,6 +68,10 @@ __all__ = [
     "GatewayDown",
     "GatewayStatistics",
     "GatewayThread",
+    "GoldenCheck",
+    "GoldenProber",
+    "GoldenSet",
+    "GoldenStatistics",
     "Pool",
     "PoolStatistics",
     "QueueFull",
@@ -66,6 +80,7 @@ __all__ = [
     "Upstream",
     "UpstreamSpec",
     "UpstreamStatistics",
+    "load_golden",
     "run_services",
     "spawn_server",
     "specs_for",

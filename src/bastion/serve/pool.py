@@ -16,7 +16,9 @@ every upstream of the tiers before it is unavailable or already tried.
 Rejoining: after a hard failure (refused, timed out, failed probe) an upstream is marked
 ``needs_probe`` and gets no request until an active probe passes (then its breaker is
 reset); after soft failures (5xx, malformed) it rejoins through a half_open trial, since
-a health probe cannot see a bad inference answer.
+a health probe cannot see a bad inference answer. One that golden probes saw answer 200
+but wrongly (``eject_wrong``, within the cap) rejoins only through a right golden round
+(``restore_right``; ``serve/_golden.py``).
 
 Must never: do I/O or await; emit per-request events (only state changes are events).
 """
@@ -124,6 +126,7 @@ class Upstream:
         "outstanding",
         "spec",
         "used",
+        "wrong",
     )
 
     def __init__(self, spec: UpstreamSpec, metrics: BackendMetrics, clock: Clock) -> None:
@@ -141,6 +144,9 @@ class Upstream:
         self.ejected_at = 0.0
         self.needs_probe = False
         self.last_sent = 0.0
+        # why golden probes hold it out ("" while its answers are right): no health
+        # probe or breaker trial brings it back, only a right golden round (_golden.py)
+        self.wrong = ""
         self.auth_header = f"Bearer {spec.api_key}" if spec.api_key else None
 
     @property
@@ -150,6 +156,7 @@ class Upstream:
     def routable(self) -> bool:
         return (
             not self.needs_probe
+            and not self.wrong
             and self.limit.inflight < self.limit.limit
             and self.breaker.available()
         )
@@ -403,6 +410,8 @@ class Pool:
         )
 
     def _restored(self, up: Upstream, *, via: str) -> None:
+        if up.wrong:
+            return  # up again, but golden probes still hold it out: only they restore it
         self.cap.restore(up.name)
         out_s = self.clock() - up.ejected_at if up.ejected_at else 0.0
         up.down_reason = ""
@@ -434,6 +443,29 @@ class Pool:
         if up.breaker.state == "closed" and not up.needs_probe:
             up.breaker.record_failure(hard=True)
             self._trip(up, f"probe failed: {detail}", hard=True)
+
+    def eject_wrong(self, up: Upstream, reason: str) -> bool:
+        """Golden probes saw ``up`` answer 200 but wrongly: hold it out, within the
+        ejection cap, until ``restore_right``. False when the cap refused (or it was
+        out for that already)."""
+        if up.wrong:
+            return False
+        size = sum(1 for u in self.upstreams.values() if u.spec.tier == up.spec.tier)
+        if not self.cap.try_eject(up.name, size):
+            return False
+        up.wrong = reason
+        up.down_reason = reason
+        up.ejected_at = self.clock()
+        up.metrics.ejections.inc()
+        self._emit(ek.SERVE_BACKEND_EJECTED, backend=up.name, reason=reason, hard=False)
+        return True
+
+    def restore_right(self, up: Upstream) -> None:
+        """``up`` answered golden probes right again: it may rejoin (if nothing else holds
+        it out)."""
+        if up.wrong:
+            up.wrong = ""
+            self._restored(up, via="golden")
 
     def statistics(self) -> PoolStatistics:
         return PoolStatistics(

@@ -157,12 +157,14 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
 async def run_services(manifest: Manifest, names: Sequence[str], *, stop: asyncio.Event) -> None:
     """Run the named services' gateways (with their local replica sets) until ``stop``."""
     from bastion.events import EventWriter
+    from bastion.serve._golden import GoldenProber
     from bastion.serve.replicas import ReplicaSet
 
     if manifest.path is None:
         raise UsageError("bastion serve needs a manifest loaded from a file")
     gateways: list[Gateway] = []
     sets: list[ReplicaSet] = []
+    probers: list[GoldenProber] = []
     sink = EventWriter.in_state_dir(manifest.state_dir)
     try:
         for name in names:
@@ -192,12 +194,19 @@ async def run_services(manifest: Manifest, names: Sequence[str], *, stop: asynci
                 if backend.model is not None
             )
             gateways.append(gw)
+            prober = GoldenProber.from_manifest(gw, manifest)
+            if prober is not None:
+                probers.append(prober)
         for gw in gateways:
             await gw.start()
         for rs in sets:
             await rs.start()
+        for prober in probers:
+            await prober.start()
         await stop.wait()
     finally:
+        for prober in probers:
+            await prober.close()
         for rs in sets:
             await rs.close()
         for gw in gateways:

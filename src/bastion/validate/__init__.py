@@ -10,6 +10,8 @@ pipeline stage, the CLI and a test call the same code.
                      = check_data --> DataVerdict
     model:  LoadedModel --evaluate--> Evaluation (per set)
                      --check_model (MetricThreshold, paired bootstrap)--> ModelVerdict
+    promote: a passing verdict naming that exact snapshot id --> model/x@prod
+             (--force: the admin key; rollback: the promotion history, one step back)
 
 Every verdict's ``status`` is ``passed``, ``failed`` or ``insufficient_evidence``; only
 ``passed`` lets an artifact through. Defaults and how to tune them: ``docs/validate.md``.
@@ -32,6 +34,18 @@ from bastion.validate._model_gate import (
     check_model,
 )
 from bastion.validate._models import LoadedModel, evaluate, load_model
+from bastion.validate._promote import (
+    PROD,
+    PROMOTION_FORMAT,
+    Promotion,
+    PromotionRecord,
+    PromotionRefused,
+    passing_verdict,
+    promote,
+    promotion_history,
+    promotion_name,
+    rollback,
+)
 from bastion.validate._schema import FORMAT, ColumnSchema, ColumnType, Schema, infer_schema
 from bastion.validate._snapshots import (
     VERDICT_FORMAT,
@@ -53,6 +67,8 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "FORMAT",
     "METRICS",
+    "PROD",
+    "PROMOTION_FORMAT",
     "SUFFIXES",
     "VERDICT_FORMAT",
     "ColumnDrift",
@@ -74,6 +90,9 @@ __all__ = [
     "ModelGateConfig",
     "ModelVerdict",
     "Numbers",
+    "Promotion",
+    "PromotionRecord",
+    "PromotionRefused",
     "Reference",
     "Schema",
     "SchemaReport",
@@ -93,7 +112,12 @@ __all__ = [
     "label_agreement",
     "load_dataset",
     "load_model",
+    "passing_verdict",
+    "promote",
+    "promotion_history",
+    "promotion_name",
     "read_table",
+    "rollback",
     "schema_for",
     "schema_name",
     "shared_rows",
