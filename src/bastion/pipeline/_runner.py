@@ -62,6 +62,10 @@ if TYPE_CHECKING:
 __all__ = ["PipelineRunner", "output_digest"]
 
 _PREFIX = "pipeline.stage.process."
+_BUILTIN_CODE = [
+    Path(__file__).with_name("_builtin.py"),
+    Path(__file__).parent.parent / "validate",
+]
 
 
 def output_digest(snap: Snapshot) -> str:
@@ -110,6 +114,7 @@ class PipelineRunner:
         self.root = self.state_dir / "pipelines" / name
         self.record = RunRecord(name, uuid.uuid4().hex[:12])
         self.outputs: dict[str, Snapshot] = {}
+        self._builtin_code: dict[str, str] | None = None
 
     # ------------------------------------------------------------------ plumbing
     def _subject(self, stage: str) -> str:
@@ -182,6 +187,11 @@ class PipelineRunner:
             command = list(stage.command)
             paths = list(stage.code) or code_files(self._argv(node), stage.workdir)
             code = code_digest(paths, self.manifest.base_dir)
+        else:
+            # a built-in's code is Bastion's: the stage module and the gates it calls
+            if self._builtin_code is None:
+                self._builtin_code = code_digest(_BUILTIN_CODE, _BUILTIN_CODE[0].parent.parent)
+            code = self._builtin_code
         return stage_key(
             uses=stage.uses,
             command=command,
@@ -410,8 +420,7 @@ class PipelineRunner:
             self._emit(kind, node.name, output=hit.ref, snapshot=hit.id, key=rec.key)
             self._save()
             return
-        rec.state = "running"
-        self._save()
+        rec.state = "running"  # saved with the process's pid, once it has one
         self._emit(ek.PIPELINE_STAGE_RUNNING, node.name, key=rec.key, inputs=rec.inputs)
         try:
             work, env = self._prepare(node, inputs)
