@@ -127,7 +127,9 @@ def outputs(root: Path) -> dict[str, str]:
 
 def stage_events(root: Path, kind: str, run_id: str | None = None) -> list[str]:
     """The stages with an event of ``kind`` (in the run ``run_id``, or any)."""
-    log = EventLog(root / "state" / "events.db")
+    db = load(root / "bastion.yaml").state_dir / "events.db"
+    assert db.exists(), f"no event log at {db}"
+    log = EventLog(db)
     try:
         return [
             ev.subject.split("/", 1)[1]
