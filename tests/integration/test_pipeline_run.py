@@ -72,6 +72,12 @@ def test_nothing_changed_runs_nothing_and_ends_with_the_same_outputs(tmp_path: P
     assert stage_events(root, ek.PIPELINE_STAGE_RUNNING, run_id) == []
     assert sorted(stage_events(root, ek.PIPELINE_STAGE_CACHED, run_id)) == list("abcde")
     assert outputs(root) == first
+    record = read_run(root / "state", "p")
+    assert record is not None
+    assert list(record.stages) == list("abcde")  # the journal keeps the run's order
+    status = run_bastion("pipeline", "status", "p", "--json", "-f", str(root / "bastion.yaml"))
+    assert status.returncode == 0
+    assert '"state": "cached"' in status.stdout
 
 
 @pytest.mark.parametrize("part", ["input", "code", "command", "config", "env", "environment"])

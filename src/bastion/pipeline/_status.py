@@ -79,7 +79,7 @@ def write_run(state_dir: Path, record: RunRecord) -> None:
     tmp = path.with_name(f".run.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump(record.to_json(), fh, sort_keys=True, separators=(",", ":"))
+        json.dump(record.to_json(), fh, separators=(",", ":"))  # stage order kept
     # No fsync: the rename is atomic against a killed runner, which is what resume needs;
     # after a power loss an older record only means more stages are checked again.
     tmp.replace(path)
