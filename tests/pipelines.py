@@ -30,6 +30,9 @@ STAGE = textwrap.dedent(
         h.update(str(path.relative_to(inputs)).encode() + path.read_bytes())
     h.update(os.environ.get("STAGE_SALT", "").encode())
     time.sleep(float(config.get("sleep", 0)))
+    hold = config.get("hold")
+    while hold and Path(hold).exists():  # a test holds the stage here until it removes the file
+        time.sleep(0.01)
     if config.get("fail"):
         sys.exit(int(config["fail"]))
     flaky = config.get("flaky")

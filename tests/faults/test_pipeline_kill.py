@@ -120,3 +120,43 @@ def test_a_runner_killed_anywhere_resumes_to_the_same_outputs(tmp_path: Path) ->
         assert outputs(root) == expected, f"world {worlds}: outputs differ"
         shutil.rmtree(root)
     print(f"{kills} kills in {worlds} worlds, {mid_stage} while a stage was running")
+
+
+def test_a_stage_left_running_by_a_killed_runner_is_stopped_before_the_resume(
+    tmp_path: Path,
+) -> None:
+    from bastion.supervise import pid_alive
+
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    root = make_world(tmp_path / "w", manifest_text(config={"c": {"hold": str(hold)}}))
+    argv = [*BASTION, "pipeline", "run", "p", "-f", str(root / "bastion.yaml")]
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    pid = None
+    while pid is None:
+        assert time.monotonic() < deadline, "stage c never started"
+        assert first.poll() is None
+        record = read_run(root / "state", "p")
+        if record is not None and record.stages["c"].state == "running":
+            pid = record.stages["c"].pid
+        time.sleep(0.01)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert pid_alive(pid), "the stage process should outlive its runner (own process group)"
+    second = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not stage_events(root, ek.PIPELINE_STAGE_ORPHAN_STOPPED):
+            assert time.monotonic() < deadline, "the orphan was never stopped"
+            assert second.poll() is None
+            time.sleep(0.01)
+        assert not pid_alive(pid)
+        hold.unlink()  # let the re-run of c finish
+        assert second.wait(timeout=60) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+    record = read_run(root / "state", "p")
+    assert record is not None
+    assert record.state == "succeeded"
+    assert stage_events(root, ek.PIPELINE_STAGE_ORPHAN_STOPPED) == ["c"]
