@@ -452,9 +452,12 @@ def _example(repeat: int) -> None:
             again = read_run(root / ".bastion", "digits")
             assert again is not None
             assert all(r.state == "cached" for r in again.stages.values()), again
-        t0 = time.perf_counter()
-        subprocess.run([*bastion, "--version"], check=True, capture_output=True)
-        start = time.perf_counter() - t0
+        starts: list[float] = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            subprocess.run([*bastion, "--version"], check=True, capture_output=True)
+            starts.append(time.perf_counter() - t0)
+        start = min(starts)
         stages = len(record.stages)
         print(
             f"example pipeline (examples/digits, {stages} stages; the first two runs took "

@@ -101,7 +101,7 @@ class PipelineRunner:
         vault: Vault,
         events: Emit,
         on_change: Callable[[RunRecord], None] | None = None,
-        poll_s: float = 0.005,
+        poll_s: float = 0.002,
     ) -> None:
         self.manifest = manifest
         self.dag: Dag = build(manifest.pipelines, name)
