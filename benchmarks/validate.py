@@ -10,6 +10,19 @@ log-normal, Poisson counts: many ties) and 5 text categories; 5 number columns o
 current one are shifted by 0.5 standard deviations, so both tools have drift to find.
 Goal (issue 13): the gate in <= 1 s on 2 cores, and faster than Evidently.
 
+Pipelines (``--pipeline-only`` for this part alone, ``--no-pipeline`` to skip it):
+
+- the runner's overhead per stage: a chain of ``--stages`` command stages (each a short
+  Python script copying its input to its output) run by ``PipelineRunner`` against the
+  same commands run directly in sequence by ``subprocess.run``; the difference per
+  stage is what the runner adds beyond starting the process (restoring the verified
+  input, the cache key, the supervisor, publishing the signed snapshot, events, the
+  journal). Goal: <= 20 ms per stage. Then the same chain again with nothing changed
+  (every stage a verified cache hit).
+- a cached re-run of the whole example pipeline (``examples/digits``: ingest,
+  validate-data, train, evaluate, gate, promote) with nothing changed, in process and as
+  ``bastion pipeline run digits`` (the CLI's own start-up included). Goal: <= 1 s.
+
 What is timed, for both tools, is the comparison of two tables already in memory: for
 Bastion ``check_data`` (schema check, then KS / chi-squared with effect sizes and
 Benjamini-Hochberg on every column, label check off: there is no label), for Evidently
@@ -196,7 +209,14 @@ def main() -> int:
         help="Evidently's runs (each builds its plots too, and takes about a minute here)",
     )
     parser.add_argument("--no-evidently", action="store_true")
+    parser.add_argument("--no-pipeline", action="store_true")
+    parser.add_argument("--pipeline-only", action="store_true")
+    parser.add_argument("--stages", type=int, default=10)
     args = parser.parse_args()
+    if not args.no_pipeline:
+        pipelines(args.stages, args.repeat)
+    if args.pipeline_only:
+        return 0
     cpus = len(os.sched_getaffinity(0))
     print(
         f"data gate: {args.rows:,} rows x {NUMERIC + CATEGORICAL} columns "
@@ -248,6 +268,212 @@ def main() -> int:
     )
     print(f"  ratio Bastion / Evidently: {gate_s / ev_s:.3f}  ({ev_s / gate_s:.1f}x faster)")
     return 0
+
+
+# ------------------------------------------------------------------------ pipelines
+
+_COPY = """import os, sys
+from pathlib import Path
+given = os.environ.get("BASTION_STAGE_INPUTS")
+src = Path(given, "x", "out.txt") if given else Path(sys.argv[1]) if len(sys.argv) > 1 else None
+data = src.read_bytes() if src is not None and src.exists() else b"seed\\n"
+out = Path(os.environ["BASTION_STAGE_OUTPUT"])
+(out / "out.txt").write_bytes(data + b"+")
+"""
+
+
+def _chain_manifest(stages: int) -> str:
+    lines = [
+        "version: 1",
+        "system: bench",
+        "state_dir: state",
+        "vault:",
+        "  replicas: [state/vault/a, state/vault/b]",
+        "  key: state/keys/signing.key",
+        "  admin_key: state/keys/admin.key",
+        "pipelines:",
+        "  chain:",
+        "    stages:",
+    ]
+    for i in range(stages):
+        lines += [
+            f"      s{i}:",
+            f"        output: dataset/s{i}",
+            "        command: [python, copy.py]",
+        ]
+        if i:
+            lines += [f"        inputs: {{x: dataset/s{i - 1}}}"]
+    return "\n".join(lines) + "\n"
+
+
+def _runner(root: Path, name: str) -> tuple[Any, Any]:
+    from bastion.events import EventLog
+    from bastion.manifest import load
+    from bastion.pipeline import PipelineRunner
+    from bastion.vault import Vault
+
+    manifest = load(root / "bastion.yaml")
+    log = EventLog.in_state_dir(manifest.state_dir)
+    vault = Vault.from_manifest(manifest, events=log)
+    return PipelineRunner(manifest, name, vault=vault, events=log), log
+
+
+def _fresh_chain(base: Path, stages: int, tag: str) -> Path:
+    from bastion.starter import init
+
+    root = base / tag
+    root.mkdir()
+    (root / "copy.py").write_text(_COPY)
+    (root / "bastion.yaml").write_text(_chain_manifest(stages))
+    init(root)
+    return root
+
+
+def _direct(root: Path, stages: int) -> float:
+    """The same commands, one after another, each reading the last one's file."""
+    work = root / "direct"
+    began = time.perf_counter()
+    for i in range(stages):
+        out = work / f"s{i}"
+        out.mkdir(parents=True)
+        argv = [sys.executable, str(root / "copy.py")]
+        if i:
+            argv.append(str(work / f"s{i - 1}" / "out.txt"))
+        subprocess.run(argv, check=True, env={**os.environ, "BASTION_STAGE_OUTPUT": str(out)})
+    return time.perf_counter() - began
+
+
+def _timed_run(root: Path, name: str) -> tuple[float, Any]:
+    runner, log = _runner(root, name)
+    began = time.perf_counter()
+    record = runner.run()
+    elapsed = time.perf_counter() - began
+    log.close()
+    return elapsed, record
+
+
+def _publish_cost(root: Path, n: int) -> float:
+    """The vault's part: one commit of a one-file snapshot with two labels, best of n."""
+    from bastion.events import EventLog
+    from bastion.manifest import load
+    from bastion.vault import Vault
+
+    manifest = load(root / "bastion.yaml")
+    log = EventLog.in_state_dir(manifest.state_dir)
+    vault = Vault.from_manifest(manifest, events=log)
+    best_s = float("inf")
+    for i in range(n):
+        began = time.perf_counter()
+        vault.commit("dataset/p", {"out.txt": f"{i}".encode()}, labels=("latest", f"k{i}"))
+        best_s = min(best_s, time.perf_counter() - began)
+    log.close()
+    return best_s
+
+
+def _chain(stages: int, repeat: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        direct = min(_direct(_fresh_chain(base, stages, f"d{i}"), stages) for i in range(repeat))
+        ran: list[float] = []
+        cached: list[float] = []
+        for i in range(repeat):
+            root = _fresh_chain(base, stages, f"r{i}")
+            elapsed, record = _timed_run(root, "chain")
+            assert record.state == "succeeded", record
+            ran.append(elapsed)
+            elapsed, record = _timed_run(root, "chain")
+            assert all(r.state == "cached" for r in record.stages.values()), record
+            cached.append(elapsed)
+        publish = _publish_cost(_fresh_chain(base, stages, "publish"), stages)
+        per_direct = direct / stages * 1000
+        per_runner = min(ran) / stages * 1000
+        overhead = per_runner - per_direct
+        print(
+            f"pipeline runner: a chain of {stages} command stages, best of {repeat}"
+            f"\n  the commands run directly in sequence   {direct:8.3f} s   "
+            f"({per_direct:.1f} ms a stage: the process start)"
+            f"\n  the same stages under the runner        {min(ran):8.3f} s   "
+            f"({per_runner:.1f} ms a stage)"
+            f"\n  overhead per stage (verified inputs, cache key, supervisor, signed publish, "
+            f"events, journal) {overhead:6.1f} ms   goal <= 20 ms: "
+            f"{'met' if overhead <= 20 else 'NOT met'}   ratio runner / direct "
+            f"{per_runner / per_direct:.2f}"
+            f"\n    of which publishing one signed snapshot durably on 2 replicas "
+            f"(vault.commit alone, 2 labels) {publish * 1000:.1f} ms; the rest "
+            f"{overhead - publish * 1000:.1f} ms"
+            f"\n  a re-run with nothing changed (every stage a verified hit) "
+            f"{min(cached):7.3f} s ({min(cached) / stages * 1000:.1f} ms a stage)"
+        )
+
+
+def _example(repeat: int) -> None:
+    import shutil
+
+    from bastion.starter import init
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "digits"
+        shutil.copytree(
+            REPO / "examples" / "digits", root, ignore=shutil.ignore_patterns(".bastion")
+        )
+        init(root)
+        bastion = [sys.executable, "-m", "bastion"]
+        yaml = str(root / "bastion.yaml")
+        subprocess.run(
+            [*bastion, "vault", "put", "dataset/digits", str(root / "dataset"), "-f", yaml],
+            check=True,
+            capture_output=True,
+        )
+        began = time.perf_counter()
+        # twice: the first promotes, which moves the gate's baseline (@prod), so the
+        # second runs the gate again against it; after that nothing changes
+        for _ in range(2):
+            subprocess.run(
+                [*bastion, "pipeline", "run", "digits", "-f", yaml], check=True, capture_output=True
+            )
+        first = time.perf_counter() - began
+        inproc: list[float] = []
+        for _ in range(repeat):
+            runner, log = _runner(root, "digits")
+            t0 = time.perf_counter()
+            record = runner.run()
+            inproc.append(time.perf_counter() - t0)
+            log.close()
+            assert all(r.state == "cached" for r in record.stages.values()), record
+        from bastion.pipeline import read_run
+
+        cli: list[float] = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            subprocess.run(
+                [*bastion, "pipeline", "run", "digits", "-f", yaml], check=True, capture_output=True
+            )
+            cli.append(time.perf_counter() - t0)
+            again = read_run(root / ".bastion", "digits")
+            assert again is not None
+            assert all(r.state == "cached" for r in again.stages.values()), again
+        starts: list[float] = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            subprocess.run([*bastion, "--version"], check=True, capture_output=True)
+            starts.append(time.perf_counter() - t0)
+        start = min(starts)
+        stages = len(record.stages)
+        print(
+            f"example pipeline (examples/digits, {stages} stages; the first two runs took "
+            f"{first:.1f} s), a re-run with nothing changed, best of {repeat}"
+            f"\n  in process (PipelineRunner.run)        {min(inproc):8.3f} s   "
+            f"goal <= 1 s: {'met' if min(inproc) <= 1 else 'NOT met'}"
+            f"\n  bastion pipeline run digits (CLI)      {min(cli):8.3f} s   "
+            f"goal <= 1 s: {'met' if min(cli) <= 1 else 'NOT met'}"
+            f"  (of which the CLI's start-up, bastion --version: {start:.3f} s)"
+            f"\n  ratio CLI / first two runs: {min(cli) / first:.3f}"
+        )
+
+
+def pipelines(stages: int, repeat: int) -> None:
+    _chain(stages, repeat)
+    _example(min(repeat, 3))
 
 
 if __name__ == "__main__":

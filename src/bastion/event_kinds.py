@@ -169,6 +169,47 @@ VALIDATE_MODEL_CHECKED = _k(
     "the model gate judged a candidate model (status, against, verdict, findings)",
 )
 
+# -- pipelines ----------------------------------------------------------------------------
+PIPELINE_STARTED = _k(
+    "pipeline.started", "a pipeline run began (run_id, stages in order, resumed_from)"
+)
+PIPELINE_FINISHED = _k(
+    "pipeline.finished", "a pipeline run ended (state, a count per stage state, seconds)"
+)
+PIPELINE_STAGE_RUNNING = _k(
+    "pipeline.stage.running", "a stage's process is being started (key, inputs by snapshot id)"
+)
+PIPELINE_STAGE_SUCCEEDED = _k(
+    "pipeline.stage.succeeded",
+    "a stage published its one snapshot (output, snapshot, key, attempts, seconds)",
+)
+PIPELINE_STAGE_CACHED = _k(
+    "pipeline.stage.cached",
+    "a stage was skipped: its cache key already names a verified output (output, key)",
+)
+PIPELINE_STAGE_RESUMED = _k(
+    "pipeline.stage.resumed",
+    "a stage was skipped: the interrupted run it resumes finished it with the same inputs",
+)
+PIPELINE_STAGE_FAILED = _k(
+    "pipeline.stage.failed", "a stage failed after its retries (reason, attempts)"
+)
+PIPELINE_STAGE_BLOCKED = _k(
+    "pipeline.stage.blocked", "a stage did not run: a stage it reads from failed (by)"
+)
+PIPELINE_STAGE_UNCACHEABLE = _k(
+    "pipeline.stage.uncacheable",
+    "part of a stage's cache key could not be hashed; it runs uncached (reason)",
+)
+PIPELINE_STAGE_VERIFY_FAILED = _k(
+    "pipeline.stage.verify_failed",
+    "a stage's recorded output failed verification; the stage runs again (error)",
+)
+PIPELINE_STAGE_ORPHAN_STOPPED = _k(
+    "pipeline.stage.orphan_stopped",
+    "a stage process left by a killed runner was stopped before the resume (pid)",
+)
+
 MODEL_PROMOTED = _k(
     "model.promoted",
     "@prod moved to a model version through a passing verdict (name, version, verdict)",
@@ -192,7 +233,11 @@ MAP_ANALYSED = _k("map.analysed", "the dependency map was analysed (findings, av
 DEMO_STARTED = _k("demo.started", "the demo began")
 
 for _suffix, _meaning in CHILD.items():
-    for _prefix, _who in (("train.", "training worker"), ("serve.replica.", "model replica")):
+    for _prefix, _who in (
+        ("train.", "training worker"),
+        ("serve.replica.", "model replica"),
+        ("pipeline.stage.process.", "pipeline stage"),
+    ):
         _name = _prefix + _suffix
         if _name not in ALL:
             _k(_name, f"{_who}: {_meaning}")

@@ -33,7 +33,18 @@ app = typer.Typer(
 
 # Each module registers its commands on the app. A group that is not built yet is simply
 # absent, so the CLI only ever offers what exists.
-_GROUPS = ("core", "demo", "vault", "train", "serve", "model", "map", "drill", "validate")
+_GROUPS = (
+    "core",
+    "demo",
+    "vault",
+    "train",
+    "serve",
+    "model",
+    "map",
+    "drill",
+    "validate",
+    "pipeline",
+)
 
 
 def _register() -> None:

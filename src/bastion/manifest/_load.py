@@ -646,3 +646,23 @@ def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestP
             continue  # malformed: the schema's check reports it at the same place
         if problem is not None:
             yield located.problem(("vault", "replicas", i), f"{replica!r}: {problem}")
+
+    yield from _pipeline_problems(tree, located)
+
+
+def _pipeline_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestProblem]:
+    """A pipeline whose stages pass the schema is checked as a graph (bastion.pipeline's
+    pure ``_dag``: one judge of cycles, unknown refs and outputs written twice)."""
+    pipelines = tree.get("pipelines")
+    if not isinstance(pipelines, dict):
+        return
+    from bastion.manifest._model import Pipeline
+    from bastion.pipeline._dag import problems
+
+    for name, raw in pipelines.items():
+        try:
+            spec = Pipeline.model_validate(_plain(raw))
+        except ValidationError:
+            continue  # the schema's problems are reported already
+        for loc, message in problems(str(name), spec):
+            yield located.problem(loc, message)

@@ -37,7 +37,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from bastion.errors import InvalidNameError, UsageError
-from bastion.names import parse_ref
+from bastion.names import KINDS, parse_ref
 from bastion.store._url import parse_replica_url
 
 __all__ = [
@@ -49,6 +49,8 @@ __all__ = [
     "GoldenProbe",
     "Job",
     "Manifest",
+    "Pipeline",
+    "PipelineStage",
     "RecoveryTarget",
     "Redundancy",
     "Replicas",
@@ -98,7 +100,8 @@ def _vault_ref(value: str) -> str:
 
 # The grammar of bastion.names, for editors (the validator is parse_ref itself).
 _REF_PATTERN = (
-    r"^(dataset|model|ckpt|code|config|run|dir)(/[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,127})+"
+    rf"^({'|'.join(KINDS)})"
+    r"(/[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,127})+"
     r"(@([0-9]+|[A-Za-z][A-Za-z0-9._-]{0,63}))?$"
 )
 VaultRef = Annotated[
@@ -577,6 +580,81 @@ class RecoveryTarget(_Strict):
     """Recovery point objective: seconds of work that may be lost."""
 
 
+# -- pipelines (helper "pipeline") --------------------------------------------------------
+
+StageUses = Literal["command", "validate-data", "evaluate", "gate", "promote"]
+
+
+class PipelineStage(_Strict):
+    """One stage of a pipeline: a command (``command``) or a built-in (``uses``), whose
+    inputs and output are vault refs. Stages depend on each other only through refs: a
+    stage that reads another's output runs after it."""
+
+    uses: StageUses = "command"
+    """What the stage runs: ``command`` (the default: ``command`` below), or a built-in
+    gate: ``validate-data``, ``evaluate``, ``gate`` (the model gate), ``promote``."""
+    command: list[str] | None = None
+    """For ``uses: command``: the program and its arguments, run without a shell, in a
+    private work directory (``$BASTION_STAGE_INPUTS/<name>/`` holds each verified input,
+    ``$BASTION_STAGE_OUTPUT`` is where it writes its one output)."""
+    workdir: RelPath = Field(default=Path(), validate_default=True)
+    """The directory the command's relative paths (its code) resolve against."""
+    inputs: dict[str, VaultRef] = Field(default_factory=dict)
+    """The snapshots the stage reads, by a name of its choosing (e.g. data:
+    dataset/digits@latest). A ref another stage outputs means that stage's snapshot."""
+    optional: list[str] = Field(default_factory=list)
+    """Input names that may be missing from the vault (e.g. the gate's baseline
+    model/x@prod before the first promotion)."""
+    output: VaultRef | None = None
+    """The one snapshot the stage publishes (a name, no @version). Built-ins that record
+    a verdict default to ``verdict/<subject>``; ``promote`` outputs ``<model>@prod``."""
+    config: dict[str, Any] = Field(default_factory=dict)
+    """Settings for the built-in (thresholds, alpha, label...), or for the command as
+    ``$BASTION_STAGE_CONFIG`` (a JSON file); part of the cache key."""
+    code: list[RelPath] = Field(default_factory=list)
+    """Files or directories whose bytes are the stage's code (default: every argument of
+    the command that names a file); part of the cache key."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment variables for the command; part of the cache key."""
+    lock: RelPath | None = None
+    """A lock file describing the stage's environment (default: the interpreter and
+    every installed distribution with its version)."""
+    cache: bool = True
+    """Skip the stage when a verified output already exists for the same cache key."""
+    retries: Int = Field(default=2, ge=0)
+    """Restarts allowed after a failure (with jittered exponential backoff)."""
+    backoff_s: float = Field(default=0.2, ge=0)
+    """The first wait before a retry, in seconds; it doubles each time."""
+    timeout_s: float | None = Field(default=None, gt=0)
+    """Seconds the stage may run before it is stopped and counted as failed."""
+
+    @model_validator(mode="after")
+    def _shape(self) -> PipelineStage:
+        if self.uses == "command" and not self.command:
+            raise ValueError("a command stage needs command (the program and its arguments)")
+        if self.uses != "command" and self.command is not None:
+            raise ValueError(f"a {self.uses} stage is a built-in; drop command (or uses)")
+        if self.uses == "command" and self.output is None:
+            raise ValueError("a command stage needs output (the one snapshot it publishes)")
+        for name in self.optional:
+            if name not in self.inputs:
+                raise ValueError(f"optional names {name!r}, which is not one of inputs")
+        return self
+
+
+class Pipeline(_Strict):
+    """Named stages that exchange only verified vault snapshots; the order is derived
+    from which stage reads which one's output."""
+
+    stages: dict[Id, PipelineStage] = Field(min_length=1)
+    """The stages, by name."""
+    sources: list[VaultRef] = Field(default_factory=list)
+    """Refs the pipeline reads from outside (a raw dataset, model/x@prod): every input
+    is either another stage's output or one of these."""
+    description: str | None = None
+    """Free text."""
+
+
 class Manifest(_Strict):
     """A whole ``bastion.yaml``."""
 
@@ -598,6 +676,8 @@ class Manifest(_Strict):
     """Inference gateways, by name."""
     slos: list[Slo] = Field(default_factory=list)
     """Service level objectives."""
+    pipelines: dict[Id, Pipeline] = Field(default_factory=dict)
+    """Pipelines of stages (ingest, validate, train, gate, promote), by name."""
     recovery: dict[Id, RecoveryTarget] = Field(default_factory=dict)
     """Recovery targets by the loss they are for: software, or a failure domain (host,
     site, region, zone, account, provider)."""

@@ -1,0 +1,38 @@
+"""Pipelines: named stages that exchange only verified vault snapshots.
+
+    manifest pipelines: --_dag.build--> Dag (outputs, inputs bound, topological order)
+    PipelineRunner(manifest, name).run() --> RunRecord (run.json, events per transition)
+        per stage:  inputs resolved -> _key.stage_key (canonical JSON, BLAKE3) ->
+                    cached? (label k<key> on the output, verified) | resumed? | run it:
+                    inputs restored verified -> supervised process -> publish one snapshot
+    _builtin: validate-data, evaluate, gate, promote, each as its own process
+
+A failing stage blocks its dependants and nothing else. How to write one:
+``docs/pipelines.md``.
+"""
+
+from __future__ import annotations
+
+from bastion.pipeline._dag import BUILTIN_INPUTS, Dag, StageNode, build, problems
+from bastion.pipeline._key import CacheKey, Unhashable, canonical, environment_lock, stage_key
+from bastion.pipeline._runner import PipelineRunner, output_digest
+from bastion.pipeline._status import RunRecord, StageRecord, StageState, read_run
+
+__all__ = [
+    "BUILTIN_INPUTS",
+    "CacheKey",
+    "Dag",
+    "PipelineRunner",
+    "RunRecord",
+    "StageNode",
+    "StageRecord",
+    "StageState",
+    "Unhashable",
+    "build",
+    "canonical",
+    "environment_lock",
+    "output_digest",
+    "problems",
+    "read_run",
+    "stage_key",
+]
