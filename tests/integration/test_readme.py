@@ -117,6 +117,8 @@ class Background:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._reader.join(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def _clone(root: Path) -> tuple[Path, dict[str, str]]:
