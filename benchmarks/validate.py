@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -392,6 +393,7 @@ def _chain(stages: int, repeat: int) -> None:
         per_direct = direct / stages * 1000
         per_runner = min(ran) / stages * 1000
         overhead = per_runner - per_direct
+        paired = [(r - d) / stages * 1000 for r, d in zip(ran, directs, strict=True)]
         print(
             f"pipeline runner: a chain of {stages} command stages, best of {repeat}"
             f"\n  the commands run directly in sequence   {direct:8.3f} s   "
@@ -405,6 +407,9 @@ def _chain(stages: int, repeat: int) -> None:
             f"\n    of which publishing one signed snapshot durably on 2 replicas "
             f"(vault.commit alone of a new name, 2 labels) {publish * 1000:.1f} ms; the rest "
             f"{overhead - publish * 1000:.1f} ms"
+            f"\n    paired (each runner chain less the direct one just before it), median "
+            f"{statistics.median(paired):.1f} ms a stage, range {min(paired):.1f}.."
+            f"{max(paired):.1f} (this machine's load moves single runs by several ms)"
             f"\n  a re-run with nothing changed (every stage a verified hit) "
             f"{min(cached):7.3f} s ({min(cached) / stages * 1000:.1f} ms a stage)"
         )
