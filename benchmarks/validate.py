@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -353,7 +354,8 @@ def _timed_run(root: Path, name: str) -> tuple[float, Any]:
 
 
 def _publish_cost(root: Path, n: int) -> float:
-    """The vault's part: one commit of a one-file snapshot with two labels, best of n."""
+    """The vault's part: one commit of a one-file snapshot with two labels, best of n;
+    each the first version of a new name, as every stage of the chain publishes."""
     from bastion.events import EventLog
     from bastion.manifest import load
     from bastion.vault import Vault
@@ -364,7 +366,7 @@ def _publish_cost(root: Path, n: int) -> float:
     best_s = float("inf")
     for i in range(n):
         began = time.perf_counter()
-        vault.commit("dataset/p", {"out.txt": f"{i}".encode()}, labels=("latest", f"k{i}"))
+        vault.commit(f"dataset/p{i}", {"out.txt": f"{i}".encode()}, labels=("latest", f"k{i}"))
         best_s = min(best_s, time.perf_counter() - began)
     log.close()
     return best_s
@@ -373,10 +375,12 @@ def _publish_cost(root: Path, n: int) -> float:
 def _chain(stages: int, repeat: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        direct = min(_direct(_fresh_chain(base, stages, f"d{i}"), stages) for i in range(repeat))
+        directs: list[float] = []
         ran: list[float] = []
         cached: list[float] = []
         for i in range(repeat):
+            # interleaved, so a change in the machine's load reaches both alike
+            directs.append(_direct(_fresh_chain(base, stages, f"d{i}"), stages))
             root = _fresh_chain(base, stages, f"r{i}")
             elapsed, record = _timed_run(root, "chain")
             assert record.state == "succeeded", record
@@ -384,10 +388,12 @@ def _chain(stages: int, repeat: int) -> None:
             elapsed, record = _timed_run(root, "chain")
             assert all(r.state == "cached" for r in record.stages.values()), record
             cached.append(elapsed)
+        direct = min(directs)
         publish = _publish_cost(_fresh_chain(base, stages, "publish"), stages)
         per_direct = direct / stages * 1000
         per_runner = min(ran) / stages * 1000
         overhead = per_runner - per_direct
+        paired = [(r - d) / stages * 1000 for r, d in zip(ran, directs, strict=True)]
         print(
             f"pipeline runner: a chain of {stages} command stages, best of {repeat}"
             f"\n  the commands run directly in sequence   {direct:8.3f} s   "
@@ -399,8 +405,11 @@ def _chain(stages: int, repeat: int) -> None:
             f"{'met' if overhead <= 20 else 'NOT met'}   ratio runner / direct "
             f"{per_runner / per_direct:.2f}"
             f"\n    of which publishing one signed snapshot durably on 2 replicas "
-            f"(vault.commit alone, 2 labels) {publish * 1000:.1f} ms; the rest "
+            f"(vault.commit alone of a new name, 2 labels) {publish * 1000:.1f} ms; the rest "
             f"{overhead - publish * 1000:.1f} ms"
+            f"\n    paired (each runner chain less the direct one just before it), median "
+            f"{statistics.median(paired):.1f} ms a stage, range {min(paired):.1f}.."
+            f"{max(paired):.1f} (this machine's load moves single runs by several ms)"
             f"\n  a re-run with nothing changed (every stage a verified hit) "
             f"{min(cached):7.3f} s ({min(cached) / stages * 1000:.1f} ms a stage)"
         )

@@ -4,7 +4,9 @@ The foundation's public names are re-exported here; each capability (``bastion.v
 ``bastion.train``, ``bastion.serve``, ``bastion.map``, ``bastion.drill``) exports its own.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from bastion.errors import (
     BastionError,
@@ -19,14 +21,47 @@ from bastion.errors import (
     UnavailableError,
     UsageError,
 )
-from bastion.events import Event, EventLog
-from bastion.manifest import Manifest, load
-from bastion.names import Ref, parse_name, parse_ref
 
-try:
-    __version__ = version("bastion")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+if TYPE_CHECKING:
+    from bastion.events import Event, EventLog
+    from bastion.manifest import Manifest, load
+    from bastion.names import Ref, parse_name, parse_ref
+
+    __version__: str
+
+# Imported on first use (PEP 562): every ``bastion`` command imports this package, and
+# the manifest's pydantic models and the version's importlib.metadata are a large part
+# of the CLI's start-up, which most commands never need (issue 13).
+_LAZY = {
+    "Event": "bastion.events",
+    "EventLog": "bastion.events",
+    "Manifest": "bastion.manifest",
+    "load": "bastion.manifest",
+    "Ref": "bastion.names",
+    "parse_name": "bastion.names",
+    "parse_ref": "bastion.names",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("bastion")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            found = "0.0.0"
+        globals()["__version__"] = found
+        return found
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bastion' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BastionError",

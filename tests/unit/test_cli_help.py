@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from bastion.cli.main import command
+from bastion.cli.main import _GROUPS as GROUPS
+from bastion.cli.main import command, registered
 
 NOISE = re.compile(
     r"<(bool|str|int|float|path|list\[[^\]]*\]|[a-z_]+ range)>"  # Python types
@@ -70,20 +72,70 @@ def test_help_shows_what_to_type(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-def test_the_cli_starts_without_the_heavy_capabilities() -> None:
-    # `bastion --version`, `check`, `vault ls` ... load no networkx (the map), no torch.
+def _loaded_after(code: str, modules: tuple[str, ...]) -> list[str]:
     import subprocess
     import sys
 
     probe = (
-        "import sys; from bastion.cli.main import command; command(); "
-        "print(sorted(m for m in ('networkx', 'torch', 'bastion.map', 'bastion.vault') "
-        "if m in sys.modules))"
+        f"import json, sys\n{code}\n"
+        f"print(json.dumps(sorted(m for m in {modules!r} if m in sys.modules)))"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
-    assert done.stdout.strip() == "[]", done.stdout
+    found: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+#: what the CLI's start-up must not import: each is imported by the command that needs it
+#: (issue 13: start-up is part of every command's latency).
+HEAVY = (
+    "networkx",
+    "torch",
+    "rich",
+    "pydantic",
+    "ruamel.yaml",
+    "bastion.map",
+    "bastion.vault",
+    "bastion.manifest",
+    "bastion.events",
+    "bastion.pipeline",
+    *(f"bastion.cli.{m}" for m in ("_common", *GROUPS)),
+)
+
+
+def test_the_cli_starts_without_the_heavy_capabilities() -> None:
+    # `bastion --version`, and building the command tree, load none of them
+    assert _loaded_after("from bastion.cli.main import command; command()", HEAVY) == []
+    assert (
+        _loaded_after(
+            "from bastion.cli.main import main\ntry: main(['--version'])\nexcept SystemExit: pass",
+            HEAVY,
+        )
+        == []
+    )
+
+
+def test_a_command_imports_only_its_own_group() -> None:
+    code = (
+        "import click; from bastion.cli.main import command; root = command()\n"
+        "assert root.get_command(click.Context(root), 'pipeline') is not None\n"
+        "import bastion.pipeline, bastion.vault"
+    )
+    loaded = _loaded_after(code, HEAVY)
+    assert "bastion.cli.pipeline" in loaded
+    others = [f"bastion.cli.{m}" for m in GROUPS if m != "pipeline"]
+    assert [m for m in loaded if m in others] == []
+    assert "networkx" not in loaded  # the pipeline's graph is plain code (issue 13)
+    assert "torch" not in loaded
+
+
+def test_the_lazy_table_names_what_each_group_registers() -> None:
+    # the root lists names without importing their modules: the table must be true
+    for module, names in GROUPS.items():
+        assert tuple(registered(module)) == names, module
+    listed = sorted(n for ns in GROUPS.values() for n in ns)
+    assert [p[0] for p in PATHS if len(p) == 1] == listed
 
 
 def test_the_maps_default_beta_is_the_libraries() -> None:

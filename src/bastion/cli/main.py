@@ -9,17 +9,18 @@ import importlib.util
 import inspect
 import os
 import sys
-import tempfile
-import traceback
-from datetime import UTC, datetime
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
-from bastion.cli._common import err_console
 from bastion.errors import BastionError, ManifestError
+
+# Start-up is part of every command's latency (issue 13: a cached pipeline re-run in
+# <= 1 s, CLI included), so this module imports only typer: each command group's module
+# (and with it rich, pydantic, the manifest, the vault ...) is imported when one of its
+# commands runs, or when help lists them. tests/unit/test_cli_help.py checks both.
 
 __all__ = ["app", "command", "main"]
 
@@ -31,31 +32,72 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Each module registers its commands on the app. A group that is not built yet is simply
-# absent, so the CLI only ever offers what exists.
-_GROUPS = (
-    "core",
-    "demo",
-    "vault",
-    "train",
-    "serve",
-    "model",
-    "map",
-    "drill",
-    "validate",
-    "pipeline",
-)
+# Each module registers its commands on the app; these are the top-level names each one
+# registers, in the order help lists them (a test checks the table against what the
+# modules register). A group that is not built yet is simply absent, so the CLI only
+# ever offers what exists.
+_GROUPS: dict[str, tuple[str, ...]] = {
+    "core": ("check", "init", "schema", "events"),
+    "demo": ("demo",),
+    "vault": ("vault",),
+    "train": ("train",),
+    "serve": ("serve",),
+    "model": ("model",),
+    "map": ("map",),
+    "drill": ("drill",),
+    "validate": ("validate",),
+    "pipeline": ("pipeline",),
+}
 
 
-def _register() -> None:
-    for name in _GROUPS:
-        module_name = f"bastion.cli.{name}"
-        if importlib.util.find_spec(module_name) is None:
-            continue
-        importlib.import_module(module_name).register(app)
+def registered(module: str) -> dict[str, Any]:
+    """The click commands ``bastion.cli.<module>`` registers, by top-level name (its
+    help labels made plain)."""
+    sub = typer.Typer()
+    importlib.import_module(f"bastion.cli.{module}").register(sub)
+    found = dict(typer.main.get_group(sub).commands)
+    for cmd in found.values():
+        _plain_help(cmd)
+    return found
 
 
-_register()
+class _LazyCommands(MutableMapping[str, Any]):
+    """The root group's ``commands``: every name is listed from ``_GROUPS``; a command's
+    module is imported the first time the command itself is looked up (click resolves
+    only the one being run; help and completion walk them all)."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Any] = {}
+        self._pending: dict[str, str] = {}
+        for module, names in _GROUPS.items():
+            if importlib.util.find_spec(f"bastion.cli.{module}") is not None:
+                self._pending.update(dict.fromkeys(names, module))
+
+    def __getitem__(self, name: str) -> Any:
+        module = self._pending.get(name)
+        if module is not None and name not in self._loaded:
+            for each in [n for n, m in self._pending.items() if m == module]:
+                del self._pending[each]
+            self._loaded.update(registered(module))
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, cmd: Any) -> None:
+        self._pending.pop(name, None)
+        self._loaded[name] = cmd
+
+    def __delitem__(self, name: str) -> None:
+        if self._pending.pop(name, None) is None:
+            del self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from dict.fromkeys([*self._pending, *self._loaded])
+
+    def __len__(self) -> int:
+        return len(set(self._pending) | set(self._loaded))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._pending or name in self._loaded
+
 
 # Typer (0.2x) labels every option with its Python type: ``--json <bool>``, ``--label
 # <list[str]>``, ``{name} <str>``. That reads as noise to someone who never wrote the
@@ -83,8 +125,13 @@ def _reflow(text: str | None) -> str | None:
     source, which wraps a terminal's lines at random places."""
     if not text:
         return text
+    flowed = "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
+    if "[" not in flowed and not flowed.endswith("\\"):
+        return flowed  # nothing rich would read as markup (and no need to import rich)
+    from rich.markup import escape
+
     # escaped: help is read as rich markup, which would swallow "NAME[@REV]"'s "[@REV]"
-    return escape("\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n")))
+    return escape(flowed)
 
 
 def _plain_param(param: Any) -> None:
@@ -132,10 +179,17 @@ def command() -> Any:
     """The click command ``bastion`` runs (the Typer app, its help labels made plain)."""
     built = typer.main.get_command(app)
     _plain_help(built)
+    lazy = _LazyCommands()
+    lazy.update(built.commands)  # type: ignore[attr-defined]  # any put on ``app`` itself
+    built.commands = lazy  # type: ignore[attr-defined]
     return built
 
 
 def _crash_log(exc: BaseException) -> Path:
+    import tempfile
+    import traceback
+    from datetime import UTC, datetime
+
     # A traceback can hold paths, arguments and values: private to its owner (0600), in a
     # file of its own that no other user can have placed there first (mkstemp).
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -169,16 +223,28 @@ def main(argv: list[str] | None = None) -> None:
         # errors propagate to here because pretty exceptions are off.
         command()(args=argv, prog_name="bastion")
     except ManifestError as exc:
+        from rich.markup import escape
+
+        from bastion.cli._common import err_console
+
         for problem in exc.problems:
             err_console.print(escape(str(problem)), soft_wrap=True)
         err_console.print(f"[red]{len(exc.problems)} problem(s) in the manifest[/red]")
         sys.exit(exc.exit_code)
     except BastionError as exc:
+        from rich.markup import escape
+
+        from bastion.cli._common import err_console
+
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:
+        from rich.markup import escape
+
+        from bastion.cli._common import err_console
+
         log = _crash_log(exc)
         err_console.print(
             f"[red]internal error:[/red] {escape(type(exc).__name__)}: {escape(str(exc))}\n"

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
 from bastion.cli._common import DEFAULT_MANIFEST, ManifestOption, console, event_log, load_manifest
+
+if TYPE_CHECKING:
+    from rich.live import Live
 
 __all__ = ["register"]
 
@@ -61,6 +63,8 @@ def run(
     vault = Vault.from_manifest(manifest, events=events)
     live: Live | None = None
     if sys.stdout.isatty():
+        from rich.live import Live  # only for a terminal: a cached re-run is start-up
+
         live = Live(console=console, refresh_per_second=8, transient=False)
         live.start()
 

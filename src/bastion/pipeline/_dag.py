@@ -13,10 +13,9 @@ store's URL parser), so a bad pipeline is a located manifest error before anythi
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Mapping
+import heapq
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-
-import networkx as nx
 
 from bastion.errors import NotFoundError, UsageError
 from bastion.manifest._model import Pipeline, PipelineStage
@@ -58,15 +57,54 @@ class Dag:
 
     pipeline: str
     nodes: Mapping[str, StageNode]
-    graph: nx.DiGraph
+    #: stage -> the stages that read its output
+    successors: Mapping[str, tuple[str, ...]]
 
     @property
     def order(self) -> list[str]:
-        rank = {name: i for i, name in enumerate(self.nodes)}
-        return list(nx.lexicographical_topological_sort(self.graph, key=rank.__getitem__))
+        return _topological(list(self.nodes), self.successors)
 
     def descendants(self, stage: str) -> set[str]:
-        return set(nx.descendants(self.graph, stage))
+        seen: set[str] = set()
+        todo = [stage]
+        while todo:
+            for after in self.successors.get(todo.pop(), ()):
+                if after not in seen:
+                    seen.add(after)
+                    todo.append(after)
+        return seen
+
+
+def _topological(names: Sequence[str], successors: Mapping[str, Sequence[str]]) -> list[str]:
+    """Kahn's order, ties broken by position in ``names`` (the manifest's order); shorter
+    than ``names`` when there is a cycle. Plain code, not networkx: the manifest loader
+    runs this on every load, and importing networkx was most of the CLI's start-up."""
+    rank = {name: i for i, name in enumerate(names)}
+    waiting = dict.fromkeys(names, 0)
+    for name in names:
+        for after in successors.get(name, ()):
+            waiting[after] += 1
+    ready = [rank[n] for n in names if waiting[n] == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        name = names[heapq.heappop(ready)]
+        order.append(name)
+        for after in successors.get(name, ()):
+            waiting[after] -= 1
+            if waiting[after] == 0:
+                heapq.heappush(ready, rank[after])
+    return order
+
+
+def _cycles(names: Sequence[str], successors: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """Every elementary cycle (only called when there is one: networkx is imported then)."""
+    import networkx as nx
+
+    graph: nx.DiGraph = nx.DiGraph()
+    graph.add_nodes_from(names)
+    graph.add_edges_from((a, b) for a in names for b in successors.get(a, ()))
+    return sorted(nx.simple_cycles(graph), key=lambda c: (len(c), c))
 
 
 def _output(pipeline: str, name: str, stage: PipelineStage) -> str | None:
@@ -137,8 +175,7 @@ def _walk(pipeline: str, spec: Pipeline) -> Iterator[tuple[Loc, str] | Dag]:
         outputs[key] = name
         resolved[name] = out
     sources = {str(s) for s in spec.sources}
-    graph: nx.DiGraph = nx.DiGraph()
-    graph.add_nodes_from(spec.stages)
+    successors: dict[str, list[str]] = {name: [] for name in spec.stages}
     nodes: dict[str, StageNode] = {}
     edge_at: dict[tuple[str, str], Loc] = {}
     bad = False
@@ -161,7 +198,8 @@ def _walk(pipeline: str, spec: Pipeline) -> Iterator[tuple[Loc, str] | Dag]:
                 bad = True
             elif producer is not None:
                 upstream[key] = producer
-                graph.add_edge(producer, name)
+                if name not in successors[producer]:
+                    successors[producer].append(name)
                 edge_at.setdefault((producer, name), where)
             elif text in sources:
                 outside[key] = text
@@ -177,7 +215,9 @@ def _walk(pipeline: str, spec: Pipeline) -> Iterator[tuple[Loc, str] | Dag]:
                 bad = True
         if name in resolved:
             nodes[name] = StageNode(name, stage, resolved[name], upstream, outside)
-    cycles = sorted(nx.simple_cycles(graph), key=lambda c: (len(c), c))
+    names = list(spec.stages)
+    acyclic = len(_topological(names, successors)) == len(names)
+    cycles = [] if acyclic else _cycles(names, successors)
     for found in cycles[:10]:
         start = found.index(min(found))
         cycle = found[start:] + found[:start]
@@ -185,7 +225,7 @@ def _walk(pipeline: str, spec: Pipeline) -> Iterator[tuple[Loc, str] | Dag]:
         yield (edge_at[(cycle[-1], cycle[0])], f"stage cycle: {text}")
         bad = True
     if not bad and len(nodes) == len(spec.stages):
-        yield Dag(pipeline, nodes, graph)
+        yield Dag(pipeline, nodes, {k: tuple(v) for k, v in successors.items()})
 
 
 def problems(pipeline: str, spec: Pipeline) -> list[tuple[Loc, str]]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import select
 import shutil
 import signal
 import sys
@@ -115,6 +116,7 @@ class PipelineRunner:
         self.record = RunRecord(name, uuid.uuid4().hex[:12])
         self.outputs: dict[str, Snapshot] = {}
         self._builtin_code: dict[str, str] | None = None
+        self._unsaved = False
 
     # ------------------------------------------------------------------ plumbing
     def _subject(self, stage: str) -> str:
@@ -124,8 +126,20 @@ class PipelineRunner:
         subject = self._subject(stage) if stage else self.name
         self.events.emit(kind, subject, run_id=self.record.run_id, **data)
 
-    def _save(self) -> None:
-        write_run(self.state_dir, self.record)
+    def _save(self, *, rederivable: bool = False) -> None:
+        """Journal the record (``on_change`` sees every transition). ``rederivable``: the
+        change is one a resumed run derives again from the vault alone (a verified
+        cache hit; a success published under its cache key, label in the same signed
+        publish), so it rides along with the next write instead of costing its own: the
+        stage's next ``running`` (with its pid, which must be on disk before a kill can
+        orphan the process), a failure, or the run's end. A runner killed in between
+        leaves the older record, and the resume finds the same snapshot by its key,
+        verifies it and does not run the stage again."""
+        if rederivable:
+            self._unsaved = True
+        else:
+            write_run(self.state_dir, self.record)
+            self._unsaved = False
         if self.on_change is not None:
             self.on_change(self.record)
 
@@ -334,20 +348,27 @@ class PipelineRunner:
         )
         began = time.monotonic()
         seen_pid: int | None = None
-        while not sup.finished:
-            sup.tick()
-            child = sup.child
-            if child is not None and child.pid != seen_pid:
-                seen_pid = child.pid
-                rec.pid, rec.pid_start = child.pid, _start_time(child.pid)
-                rec.attempts = sup.attempts
-                self._save()
-            if stage.timeout_s is not None and time.monotonic() - began > stage.timeout_s:
-                sup.stop()
-                rec.pid = None
-                return f"timed out after {stage.timeout_s:g} s"
-            if not sup.finished:
-                time.sleep(self.poll_s)
+        exited = _ExitWatch()
+        try:
+            while not sup.finished:
+                sup.tick()
+                child = sup.child
+                if child is not None and child.pid != seen_pid:
+                    seen_pid = child.pid
+                    rec.pid, rec.pid_start = child.pid, _start_time(child.pid)
+                    rec.attempts = sup.attempts
+                    self._save()
+                    exited.watch(child.pid)
+                if stage.timeout_s is not None and time.monotonic() - began > stage.timeout_s:
+                    sup.stop()
+                    rec.pid = None
+                    return f"timed out after {stage.timeout_s:g} s"
+                if not sup.finished:
+                    # wakes as soon as the process exits (its pidfd), else after poll_s:
+                    # the next tick reaps it, with no polling delay added to the stage
+                    exited.wait(_WAKE_S, otherwise=self.poll_s)
+        finally:
+            exited.close()
         rec.attempts = sup.attempts
         rec.pid = rec.pid_start = None
         outcome = sup.outcome()
@@ -418,7 +439,7 @@ class PipelineRunner:
             rec.seconds = round(time.monotonic() - began, 6)
             kind = ek.PIPELINE_STAGE_CACHED if state == "cached" else ek.PIPELINE_STAGE_RESUMED
             self._emit(kind, node.name, output=hit.ref, snapshot=hit.id, key=rec.key)
-            self._save()
+            self._save(rederivable=state == "cached")
             return
         rec.state = "running"  # saved with the process's pid, once it has one
         self._emit(ek.PIPELINE_STAGE_RUNNING, node.name, key=rec.key, inputs=rec.inputs)
@@ -446,7 +467,7 @@ class PipelineRunner:
             attempts=rec.attempts,
             seconds=rec.seconds,
         )
-        self._save()
+        self._save(rederivable=use_key is not None)
 
     def _fail(self, node: StageNode, rec: StageRecord, why: str, began: float) -> None:
         rec.state = "failed"
@@ -494,6 +515,41 @@ class PipelineRunner:
             )
             self._save()
             return self.record
+
+
+#: the longest the runner sleeps on a running stage between ticks (the supervisor's
+#: timers, a stage's timeout); the process's exit wakes it at once
+_WAKE_S = 0.05
+
+
+class _ExitWatch:
+    """Wait for one process to exit, woken by its pidfd (Linux >= 5.3); where there is
+    none, a plain sleep (the tick then polls as before)."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+
+    def watch(self, pid: int) -> None:
+        self.close()
+        try:
+            self._fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self._fd = None  # exited already (the next tick reaps it), or no pidfd here
+
+    def wait(self, timeout: float, *, otherwise: float) -> None:
+        """Up to ``timeout`` for the exit; a sleep of ``otherwise`` when nothing is
+        watched (it exited: a restart's backoff is timed by the supervisor's ticks)."""
+        if self._fd is None:
+            time.sleep(otherwise)
+            return
+        ready, _, _ = select.select([self._fd], [], [], timeout)
+        if ready:
+            self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _tail(path: Path, limit: int = 300) -> str:

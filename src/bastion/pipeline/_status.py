@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,7 +56,15 @@ class RunRecord:
     resumed_from: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # by hand, not dataclasses.asdict (which deep-copies every value): the journal is
+        # written on every stage transition
+        return {
+            "pipeline": self.pipeline,
+            "run_id": self.run_id,
+            "state": self.state,
+            "stages": {name: dict(vars(rec)) for name, rec in self.stages.items()},
+            "resumed_from": self.resumed_from,
+        }
 
 
 def journal_path(state_dir: Path, pipeline: str) -> Path:
@@ -77,9 +85,14 @@ def write_run(state_dir: Path, record: RunRecord) -> None:
     path = journal_path(state_dir, record.pipeline)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".run.{os.getpid()}.tmp")
+    data = json.dumps(record.to_json(), separators=(",", ":")).encode()  # stage order kept
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(record.to_json(), fh, separators=(",", ":"))  # stage order kept
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
     # No fsync: the rename is atomic against a killed runner, which is what resume needs;
     # after a power loss an older record only means more stages are checked again.
     tmp.replace(path)
