@@ -27,8 +27,8 @@ from bastion.errors import InvalidNameError
 __all__ = ["KINDS", "Ref", "parse_name", "parse_ref"]
 
 KINDS = ("dataset", "model", "ckpt", "code", "config", "run", "dir", "schema", "verdict")
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+_LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}\Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,8 @@ from bastion.names import parse_name, parse_ref
         "model/a/./b",
         "C:/x",
         "model/a b",
+        "dataset/x\n",  # Python's $ allowed one trailing newline
+        "dataset/x\n/y",
     ],
 )
 def test_bad_names_rejected(bad: str) -> None:
@@ -43,6 +45,8 @@ def test_refs() -> None:
     assert parse_ref("dataset/digits").kind == "dataset"
     with pytest.raises(InvalidNameError, match="revision"):
         parse_ref("model/digits@../x")
+    with pytest.raises(InvalidNameError, match="revision"):
+        parse_ref("model/digits@prod\n")
 
 
 @given(st.text(max_size=60))
