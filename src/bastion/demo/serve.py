@@ -36,9 +36,8 @@ def _ensure_model(ctx: DemoContext) -> str:
 
 
 def run(ctx: DemoContext) -> Scene:
-    import aiohttp
-
     from bastion.demo import Scene
+    from bastion.demo._load import predict_load
     from bastion.events import EventWriter
     from bastion.serve import Gateway, GatewayThread, ReplicaSet
 
@@ -58,24 +57,6 @@ def run(ctx: DemoContext) -> Scene:
     counts = {"ok": 0, "failed": 0}
     stop = threading.Event()
     body = json.dumps({"inputs": [[8] * 64]}).encode()
-
-    async def load(url: str) -> None:
-        async with aiohttp.ClientSession() as session:
-
-            async def worker() -> None:
-                while not stop.is_set():
-                    try:
-                        async with session.post(
-                            url + "/v1/predict",
-                            data=body,
-                            headers={"Content-Type": "application/json"},
-                        ) as r:
-                            await r.read()
-                            counts["ok" if r.status == 200 else "failed"] += 1
-                    except aiohttp.ClientError:
-                        counts["failed"] += 1
-
-            await asyncio.gather(*(worker() for _ in range(4)))
 
     def wait(cond: Callable[[], bool], seconds: float) -> bool:
         deadline = time.monotonic() + seconds
@@ -109,7 +90,10 @@ def run(ctx: DemoContext) -> Scene:
                 scene.ok = False
                 return scene
             names = sorted(replicas.replicas)
-            loader = threading.Thread(target=lambda: asyncio.run(load(thread.url)), daemon=True)
+            loader = threading.Thread(
+                target=lambda: asyncio.run(predict_load(thread.url, body, stop, counts)),
+                daemon=True,
+            )
             loader.start()
             wait(lambda: counts["ok"] >= 300, 20)
             before = counts["ok"]

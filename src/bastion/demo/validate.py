@@ -227,9 +227,8 @@ def _gates(ctx: DemoContext, vault: Vault, scene: Scene) -> dict[str, Any] | Non
 def _swap(ctx: DemoContext, vault: Vault, scene: Scene, candidate: Any, golden_ref: str) -> None:
     """Part 3: two supervised replicas of @prod behind the gateway with golden probes;
     the model under one is swapped, it restarts on it, and golden probes eject it."""
-    import aiohttp
-
     from bastion import event_kinds as ek
+    from bastion.demo._load import predict_load
     from bastion.drill.faults import Scope, SwapModel, degrade
     from bastion.events import EventWriter
     from bastion.serve import Gateway, GatewayThread, GoldenProber, UpstreamSpec, load_golden
@@ -268,29 +267,6 @@ def _swap(ctx: DemoContext, vault: Vault, scene: Scene, candidate: Any, golden_r
     body = json.dumps({"inputs": [list(golden.inputs[0])]}).encode()
     expected = golden.expected[0]
 
-    async def load(url: str) -> None:
-        async with aiohttp.ClientSession() as session:
-
-            async def worker() -> None:
-                while not stop.is_set():
-                    try:
-                        async with session.post(
-                            url + "/v1/predict",
-                            data=body,
-                            headers={"Content-Type": "application/json"},
-                        ) as r:
-                            answer = await r.read()
-                        if r.status != 200:
-                            counts["failed"] += 1
-                            continue
-                        counts["ok"] += 1
-                        got = json.loads(answer)["predictions"][0]
-                        counts["wrong"] += str(got) != expected
-                    except (aiohttp.ClientError, ValueError, KeyError, IndexError):
-                        counts["failed"] += 1
-
-            await asyncio.gather(*(worker() for _ in range(4)))
-
     victim = "digits-a"
     caught = held_out = False
     with GatewayThread(gw) as thread:
@@ -306,7 +282,12 @@ def _swap(ctx: DemoContext, vault: Vault, scene: Scene, candidate: Any, golden_r
                 scene.findings.append("the replicas did not answer a golden round in time")
                 scene.ok = False
                 return
-            loader = threading.Thread(target=lambda: asyncio.run(load(thread.url)), daemon=True)
+            loader = threading.Thread(
+                target=lambda: asyncio.run(
+                    predict_load(thread.url, body, stop, counts, expected=expected)
+                ),
+                daemon=True,
+            )
             loader.start()
             _wait(lambda: counts["ok"] >= 200)
             target = root / victim / "model.safetensors"

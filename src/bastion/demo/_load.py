@@ -1,0 +1,48 @@
+"""Client load for the demo's serving scenes: a few workers post one ``/v1/predict`` body
+until told to stop, and count what came back (and, given the expected answer, the wrong
+answers, which a golden-probe scene must show as zero)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+__all__ = ["predict_load"]
+
+
+async def predict_load(
+    url: str,
+    body: bytes,
+    stop: threading.Event,
+    counts: dict[str, int],
+    *,
+    expected: str | None = None,
+    workers: int = 4,
+) -> None:
+    """Post ``body`` to ``url``/v1/predict from ``workers`` clients until ``stop`` is set,
+    adding to ``counts``: ``ok`` and ``failed``, and ``wrong`` when ``expected`` is given."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+
+        async def worker() -> None:
+            while not stop.is_set():
+                try:
+                    async with session.post(
+                        url + "/v1/predict",
+                        data=body,
+                        headers={"Content-Type": "application/json"},
+                    ) as r:
+                        answer = await r.read()
+                    if r.status != 200:
+                        counts["failed"] += 1
+                        continue
+                    counts["ok"] += 1
+                    if expected is not None:
+                        got = json.loads(answer)["predictions"][0]
+                        counts["wrong"] += str(got) != expected
+                except (aiohttp.ClientError, ValueError, KeyError, IndexError):
+                    counts["failed"] += 1
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
