@@ -73,7 +73,7 @@ def test_a_passing_verdict_promotes_that_snapshot_and_rollback_goes_back(
     with pytest.raises(PromotionRefused, match="no model-gate verdict names"):
         promote(world.vault, better)
     assert _prod(world) == 1
-    run = world.gate(better, seed)
+    run = world.gate(better)
     assert run.status is Status.PASSED, run.document["findings"]
     done = promote(world.vault, better)
     assert (done.moved, done.version, done.previous) == (True, 2, 1)
@@ -129,7 +129,7 @@ def test_a_model_the_gate_stopped_is_never_promoted(world: World, seed: int, fau
         )
     with injected:
         candidate = _commit_dir(world.vault, "model/digits", damaged)
-    run = world.gate(candidate, seed)
+    run = world.gate(candidate)
     assert run.status is Status.FAILED
     with pytest.raises(PromotionRefused, match="is failed"):
         promote(world.vault, candidate)
@@ -149,11 +149,11 @@ def test_insufficient_evidence_a_stale_baseline_or_another_snapshot_never_promot
     header = (world.tmp / "golden" / "golden.csv").read_text().splitlines()[0]
     (empty / "golden.csv").write_text(header + "\n")
     golden = _commit_dir(world.vault, "dataset/digits-golden", empty)
-    assert world.gate(better, seed, golden=golden).status is Status.INSUFFICIENT
+    assert world.gate(better, golden=golden).status is Status.INSUFFICIENT
     with pytest.raises(PromotionRefused, match="insufficient_evidence"):
         promote(world.vault, better)
     # a pass for @2 does not promote @3, the same bytes committed again (another snapshot)
-    assert world.gate(better, seed, golden="dataset/digits-golden@1").status is Status.PASSED
+    assert world.gate(better, golden="dataset/digits-golden@1").status is Status.PASSED
     twin = _commit_dir(world.vault, "model/digits", better_dir)
     with pytest.raises(PromotionRefused, match=f"no model-gate verdict names snapshot {twin}"):
         promote(world.vault, twin)
@@ -168,7 +168,7 @@ def test_a_verdict_that_names_another_snapshot_is_refused(world: World, seed: in
     """A verdict snapshot signed with the vault's key but whose verdict.json names another
     snapshot than its meta (a hand-made or replayed document) does not promote."""
     better = _commit_dir(world.vault, "model/digits", _model_dir(world.tmp / "b", _weights(200)))
-    run = world.gate(better, seed)
+    run = world.gate(better)
     assert run.status is Status.PASSED
     doc = dict(run.document)
     doc["subject"] = {"ref": world.prod, "id": world.vault.snapshot(world.prod).id}
@@ -218,7 +218,7 @@ def test_cli_promote_and_rollback_exit_codes(example_copy: Path, tmp_path: Path,
     refused = run_bastion("model", "promote", better, cwd=example_copy)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "no model-gate verdict" in refused.stdout + refused.stderr
-    assert world.gate(better, seed).status is Status.PASSED
+    assert world.gate(better).status is Status.PASSED
     ok = run_bastion("model", "promote", better, "--json", cwd=example_copy)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert json.loads(ok.stdout)["version"] == 2
@@ -258,13 +258,13 @@ def test_a_model_made_from_a_dataset_the_gate_stopped_never_reaches_prod(
     model_dir = _model_dir(world.tmp / "m", _weights(200))
     files = {p.name: p for p in sorted(model_dir.iterdir())}
     candidate = world.vault.commit("model/digits", files, lineage=[poisoned]).ref
-    assert world.gate(candidate, seed).status is Status.PASSED
+    assert world.gate(candidate).status is Status.PASSED
     with pytest.raises(PromotionRefused, match=f"trained on {poisoned}, which the data gate"):
         promote(world.vault, candidate)
     assert _prod(world) == 1
     # the same model made from the clean reference (judged, passed) is promoted
     assert validate_data(world.vault, reference, reference).status is Status.PASSED
     clean = world.vault.commit("model/digits", files, lineage=[reference]).ref
-    assert world.gate(clean, seed).status is Status.PASSED
+    assert world.gate(clean).status is Status.PASSED
     assert promote(world.vault, clean).moved
     print(f"seed {seed}: {check} stopped {poisoned}; @prod moved only for {clean}")
