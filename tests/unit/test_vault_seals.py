@@ -144,3 +144,17 @@ def test_a_verify_only_host_checks_every_copy_in_full(
     report = reader.scrub(repair=False)
     assert report.ok
     assert (report.copies_checked, report.decompressed) == (2, 2)
+
+
+def test_a_damaged_frame_header_is_a_bad_copy_not_a_crash() -> None:
+    """A flipped bit in a sealed object's zstd frame header made scrub raise ZstdError
+    (seed 2750580364 of the vault fault test); it is a bad copy like any other."""
+    from bastion.vault._objects import verify_stored
+
+    key = bytes(range(32))
+    frame = bytearray(zstandard.ZstdCompressor(level=1).compress(CSV * 50))
+    digest = hash_bytes(CSV * 50)
+    assert verify_stored(SEALED + seal(key, digest, bytes(frame)) + frame, digest, seal_key=key)
+    frame[0] ^= 0xFF  # the frame's magic number
+    with pytest.raises(IntegrityError, match="frame header"):
+        verify_stored(SEALED + seal(key, digest, bytes(frame)) + frame, digest, seal_key=key)

@@ -250,7 +250,13 @@ def verify_stored(
             return len(stored) - start, "hashed"
         if header == SEALED and seal_key is not None and len(stored) > 1 + _SEAL:
             payload = memoryview(stored)[1 + _SEAL :]
-            size = zstandard.frame_content_size(bytes(payload[:_FRAME_HEADER]))
+            try:
+                size = zstandard.frame_content_size(bytes(payload[:_FRAME_HEADER]))
+            except zstandard.ZstdError:
+                # a flipped bit in the frame header: the copy is bad, like a wrong hash
+                raise IntegrityError(
+                    f"object {digest[:16]}: its compressed frame header is damaged"
+                ) from None
             if size >= 0 and seal(seal_key, digest, payload) == stored[1 : 1 + _SEAL]:
                 return size, "sealed"
             return len(decode(stored, digest)), "seal_failed"
