@@ -13,10 +13,11 @@ vault verifying it (the journal says where to look, the vault says whether it is
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from bastion.store import write_file
 
 __all__ = ["RunRecord", "StageRecord", "StageState", "journal_path", "read_run", "write_run"]
 
@@ -82,17 +83,7 @@ def read_run(state_dir: Path, pipeline: str) -> RunRecord | None:
 
 
 def write_run(state_dir: Path, record: RunRecord) -> None:
-    path = journal_path(state_dir, record.pipeline)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".run.{os.getpid()}.tmp")
     data = json.dumps(record.to_json(), separators=(",", ":")).encode()  # stage order kept
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
     # No fsync: the rename is atomic against a killed runner, which is what resume needs;
     # after a power loss an older record only means more stages are checked again.
-    tmp.replace(path)
+    write_file(journal_path(state_dir, record.pipeline), data, mode=0o600, dir_mode=0o700)
