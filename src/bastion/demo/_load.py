@@ -1,14 +1,17 @@
-"""Client load for the demo's serving scenes: a few workers post one ``/v1/predict`` body
-until told to stop, and count what came back (and, given the expected answer, the wrong
-answers, which a golden-probe scene must show as zero)."""
+"""What the demo's serving scenes share: client load (a few workers post one
+``/v1/predict`` body until told to stop, and count what came back and, given the expected
+answer, the wrong answers, which a golden-probe scene must show as zero), and waiting for
+a state with a deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import threading
+import time
+from collections.abc import Callable
 
-__all__ = ["predict_load"]
+__all__ = ["predict_load", "wait_for"]
 
 
 async def predict_load(
@@ -46,3 +49,13 @@ async def predict_load(
                     counts["failed"] += 1
 
         await asyncio.gather(*(worker() for _ in range(workers)))
+
+
+def wait_for(cond: Callable[[], bool], seconds: float) -> bool:
+    """Poll ``cond`` until it holds (True) or ``seconds`` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -38,6 +37,7 @@ def _ensure_model(ctx: DemoContext) -> str:
 def run(ctx: DemoContext) -> Scene:
     from bastion.demo import Scene
     from bastion.demo._load import predict_load
+    from bastion.demo._load import wait_for as wait
     from bastion.events import EventWriter
     from bastion.serve import Gateway, GatewayThread, ReplicaSet
 
@@ -57,14 +57,6 @@ def run(ctx: DemoContext) -> Scene:
     counts = {"ok": 0, "failed": 0}
     stop = threading.Event()
     body = json.dumps({"inputs": [[8] * 64]}).encode()
-
-    def wait(cond: Callable[[], bool], seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while not cond():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
 
     def sent(name: str) -> float:
         labels = {"service": service_name, "backend": name}

@@ -21,7 +21,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -109,12 +108,9 @@ def _free_port() -> int:
 
 
 def _wait(cond: Callable[[], bool], seconds: float = _WAIT_S) -> bool:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    from bastion.demo._load import wait_for
+
+    return wait_for(cond, seconds)
 
 
 def _gates(ctx: DemoContext, vault: Vault, scene: Scene) -> dict[str, Any] | None:
