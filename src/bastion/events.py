@@ -22,6 +22,7 @@ gateway's event loop), or ``NO_EVENTS``. Kinds are the constants of ``bastion.ev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -238,7 +239,15 @@ class EventLog:
             # directory is 0700 and the log 0600 (SQLite gives its -wal and -shm files
             # the database file's mode).
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            # Create it only if it is missing (O_EXCL): closing any descriptor of a file
+            # drops every POSIX lock this process holds on it, so opening and closing an
+            # existing log would silently unlock another connection of this process in
+            # the middle of its transaction (the SQLite FAQ's "how to corrupt a database"
+            # 2.2), and other processes then fail with "disk I/O error".
+            with contextlib.suppress(FileExistsError):
+                os.close(
+                    os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                )
             self._conn = sqlite3.connect(
                 self.path, timeout=60.0, isolation_level=None, check_same_thread=False
             )
