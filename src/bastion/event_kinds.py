@@ -134,6 +134,23 @@ SERVE_GOLDEN_PASSED = _k(
 )
 SERVE_SCALED = _k("serve.scaled", "a replica set changed size (backend, replicas)")
 
+# -- rollouts -----------------------------------------------------------------------------
+ROLLOUT_STARTED = _k(
+    "rollout.started", "a model rollout began (rollout, candidate, stable, strategy, steps)"
+)
+ROLLOUT_RESUMED = _k("rollout.resumed", "a restarted gateway resumed a rollout at its step")
+ROLLOUT_STEP = _k("rollout.step", "a rollout's candidate took a new share of traffic (weight)")
+ROLLOUT_VERDICT = _k(
+    "rollout.verdict", "an analysis of candidate against baseline (outcome, checks, look)"
+)
+ROLLOUT_ROLLED_BACK = _k(
+    "rollout.rolled_back", "a failing verdict took the candidate out of service (reason)"
+)
+ROLLOUT_ABORTED = _k(
+    "rollout.aborted", "a rollout ended without promotion for another cause (reason)"
+)
+ROLLOUT_PROMOTED = _k("rollout.promoted", "a rollout's candidate became the stable model")
+
 # -- drills -------------------------------------------------------------------------------
 DRILL_STARTED = _k("drill.started", "an experiment began (title)")
 DRILL_METHOD_STARTED = _k("drill.method.started", "the experiment's method (the faults) began")

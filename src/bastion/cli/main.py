@@ -47,6 +47,7 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "drill": ("drill",),
     "validate": ("validate",),
     "pipeline": ("pipeline",),
+    "rollout": ("rollout",),
 }
 
 

@@ -519,6 +519,59 @@ class GoldenProbe(_Strict):
     (replicas answer POST /v1/predict; name a remote one only if it does too)."""
 
 
+class RolloutPolicy(_Strict):
+    """How ``bastion rollout start`` moves a model candidate into service: the strategy,
+    the traffic steps and how the candidate is judged against a baseline that gets the
+    same share of traffic at the same time (docs/rollout.md)."""
+
+    strategy: Literal["canary", "shadow", "blue-green"] = "canary"
+    """canary: the candidate takes a share of live traffic, step by step; shadow: it gets
+    a mirrored copy of that share and its answers are discarded; blue-green: it is
+    checked on mirrored traffic, then takes all traffic at once, the old set kept warm
+    for an instant switch back until the last check."""
+    steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0, 100.0], min_length=1)
+    """Percentages of traffic for the candidate, rising, ending at 100 (promotion)."""
+    interval_s: float = Field(default=10.0, gt=0, le=86400)
+    """Seconds between analyses: a failing one rolls the candidate back at once."""
+    looks_per_step: Int = Field(default=1, ge=1, le=100)
+    """Analyses per step: a step lasts looks_per_step x interval_s unless a clear win
+    advances it early."""
+    min_samples: Int = Field(default=50, ge=10)
+    """Requests per arm (candidate and baseline) before a step may advance; fewer is
+    insufficient evidence: the step holds and extends, and never promotes."""
+    max_extensions: Int = Field(default=10, ge=0)
+    """Intervals a step may be extended for insufficient evidence before the rollout
+    is aborted (never promoted)."""
+    alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    """The chance of rolling back a candidate as good as the stable model, over a whole
+    rollout."""
+    latency_tolerance: float = Field(default=0.10, ge=0)
+    """A slowdown of the candidate's median latency accepted, as a fraction (0.1: 10%)."""
+    tail_tolerance: float = Field(default=0.25, ge=0)
+    """A growth of the candidate's p99 latency accepted, as a fraction."""
+    error_margin: float = Field(default=0.01, ge=0, lt=1)
+    """An increase of the error rate accepted, absolute (0.01: one point)."""
+    sticky_header: str = Field(default="x-bastion-user", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    """The request header that keeps one user on one model (else the client address)."""
+    startup_timeout_s: float = Field(default=60.0, gt=0)
+    """How long the candidate's replicas may take to answer their health probe."""
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: list[float]) -> list[float]:
+        for i, step in enumerate(steps):
+            if not 0 < step <= 100:
+                raise ValueError(f"steps[{i}] is {step:g}; each step is a percentage in (0, 100]")
+            if i and step <= steps[i - 1]:
+                raise ValueError(f"steps must rise: steps[{i}] is {step:g} after {steps[i - 1]:g}")
+        if steps[-1] != 100:
+            raise ValueError(
+                f"steps must end at 100 (promotion); they end at {steps[-1]:g} "
+                f"(e.g. [{', '.join(f'{s:g}' for s in steps)}, 100])"
+            )
+        return steps
+
+
 class Service(_Strict):
     """An OpenAI-compatible gateway in front of local replicas and remote backends."""
 
@@ -535,6 +588,8 @@ class Service(_Strict):
     auth: ServiceAuth | None = None
     """Client API keys: unset, the gateway answers anyone who can reach ``listen``; set,
     every route but ``/healthz`` and ``/metrics`` needs a key (401 without one)."""
+    rollout: RolloutPolicy = RolloutPolicy()
+    """How a new model version is rolled out (``bastion rollout start``)."""
     depends_on: list[Dependency] = Field(default_factory=list)
     """Components the service needs besides its backends."""
 

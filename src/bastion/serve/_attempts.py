@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 from bastion.resilience import Clock, RetryBudget
 from bastion.serve._outcome import Failure
-from bastion.serve.pool import Pool, Upstream
+from bastion.serve.pool import STABLE, Pool, Upstream
 
 __all__ = ["AttemptRules", "AttemptStatistics", "Attempts"]
 
@@ -103,11 +103,14 @@ class AttemptRules:
         self.requeues = 0
         self.hedges = 0
 
-    def start(self, deadline: float, *, hedge: bool = False) -> Attempts:
+    def start(
+        self, deadline: float, *, hedge: bool = False, arms: tuple[str, ...] = STABLE
+    ) -> Attempts:
         """A new request (it deposits its share in the retry budget), due by ``deadline``
-        on this rules' clock; ``hedge``: it may send one hedge."""
+        on this rules' clock; ``hedge``: it may send one hedge; ``arms``: the pool's arms
+        it may use, in order (a rollout's split decides them)."""
         self.budget.deposit()
-        return Attempts(self, deadline, 1 if hedge else 0)
+        return Attempts(self, deadline, 1 if hedge else 0, arms)
 
     def statistics(self) -> AttemptStatistics:
         return AttemptStatistics(
@@ -123,10 +126,17 @@ class Attempts:
     when no backend has room right now (wait for capacity, then iterate again); it stops
     when the request must give up (``expired``, ``last`` and ``tried`` say why)."""
 
-    __slots__ = ("_rules", "deadline", "hedges_left", "last", "tried")
+    __slots__ = ("_rules", "arms", "deadline", "hedges_left", "last", "tried")
 
-    def __init__(self, rules: AttemptRules, deadline: float, hedges: int = 0) -> None:
+    def __init__(
+        self,
+        rules: AttemptRules,
+        deadline: float,
+        hedges: int = 0,
+        arms: tuple[str, ...] = STABLE,
+    ) -> None:
         self._rules = rules
+        self.arms = arms
         self.deadline = deadline
         self.hedges_left = hedges
         self.tried: tuple[Upstream, ...] = ()
@@ -143,9 +153,9 @@ class Attempts:
         if len(tried) >= rules.max_attempts:
             raise StopIteration
         pool = rules.pool
-        up = pool.pick(tried)
+        up = pool.pick(tried, self.arms)
         if up is None:
-            if len(tried) >= len(pool.upstreams):
+            if len(tried) >= pool.count(self.arms):
                 raise StopIteration  # every backend was tried
             return None
         if tried:
@@ -191,7 +201,12 @@ class Attempts:
             for up in rules.pool.upstreams.values():
                 if later >= room:
                     break
-                if up not in tried and not up.needs_probe and up.breaker.available():
+                if (
+                    up not in tried
+                    and up.arm in self.arms
+                    and not up.needs_probe
+                    and up.breaker.available()
+                ):
                     later += 1
         return now + left / (1 + later)
 
@@ -221,7 +236,7 @@ class Attempts:
         tried = self.tried
         if self.hedges_left <= 0 or len(tried) >= rules.max_attempts:
             return None
-        up = rules.pool.pick(tried)
+        up = rules.pool.pick(tried, self.arms)
         if up is None or not rules.budget.try_withdraw():
             return None
         self.hedges_left -= 1

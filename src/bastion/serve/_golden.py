@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -279,6 +279,8 @@ class GoldenProber:
         self.failing: set[str] = set()
         self._last: dict[str, float] = {}
         self._held_since: dict[str, float] = {}
+        # told of every answered round (a rollout counts its arms' golden answers)
+        self.observers: list[Callable[[Upstream, GoldenCheck], None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         gateway.metrics.registry.register(_Exporter(self))
@@ -391,6 +393,8 @@ class GoldenProber:
         if not check.answered:
             self._count(up.name, "no_answer")
             return
+        for observe in self.observers:
+            observe(up, check)
         self._count(up.name, "right" if check.ok else "wrong")
         since = self._held_since.pop(up.name, None)
         held_s = round(pool.clock() - since, 3) if since is not None else None

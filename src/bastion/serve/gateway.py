@@ -112,9 +112,17 @@ from bastion.serve._outcome import (
 )
 from bastion.serve._protocol import StreamCheck, answer_problem
 from bastion.serve._race import hedged
+from bastion.serve._split import Assignment, Split, SplitStatistics
 from bastion.serve.admission import PRIORITIES, Admission, AdmissionStatistics, QueueFull
 from bastion.serve.metrics import BackendMetrics, GatewayMetrics
-from bastion.serve.pool import Pool, PoolStatistics, Upstream, UpstreamSpec, UpstreamStatistics
+from bastion.serve.pool import (
+    STABLE,
+    Pool,
+    PoolStatistics,
+    Upstream,
+    UpstreamSpec,
+    UpstreamStatistics,
+)
 
 __all__ = [
     "BACKEND_HEADER",
@@ -169,6 +177,7 @@ class GatewayStatistics:
         ttft_timeout_s: how long a stream waits for its first byte now.
         ttft: the adaptive TTFT timeout, or None when the policy fixes it.
         admission: the admission queue.
+        rollout: the rollout in progress (or the last one, until the next starts).
     """
 
     service: str
@@ -181,6 +190,7 @@ class GatewayStatistics:
     ttft_timeout_s: float
     ttft: AdaptiveTimeoutStatistics | None
     admission: AdmissionStatistics
+    rollout: SplitStatistics | None = None
 
 
 @dataclass(slots=True)
@@ -351,6 +361,12 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # a rollout's traffic split (bastion.rollout), consulted per request while set
+        self.split: Split | None = None
+        self._mirrors: set[asyncio.Task[None]] = set()
+        # the rollout's statistics for /bastion/status, set by bastion.rollout (it stays
+        # after the rollout ended, so its outcome can be read)
+        self.rollout_status: Callable[[], SplitStatistics | None] | None = None
         self._last_probe: dict[str, float] = {}
         self._episode_start: float | None = None
         self._episode_shed = 0
@@ -491,8 +507,11 @@ class Gateway:
         return self.host, self.port
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in (*self._tasks, *self._mirrors):
             task.cancel()
+        for task in list(self._mirrors):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -558,6 +577,7 @@ class Gateway:
             ttft_timeout_s=self._ttft_timeout(),
             ttft=self.ttft.statistics() if self.ttft_fixed_s is None else None,
             admission=self.admission.statistics(),
+            rollout=self.rollout_status() if self.rollout_status is not None else None,
         )
 
     # -- the request path -----------------------------------------------------------------
@@ -617,19 +637,36 @@ class Gateway:
         prio_name = headers.get(PRIORITY_HEADER)
         priority = 1 if prio_name is None else PRIORITIES.get(prio_name.lower(), 1)
         deadline = self._clock() + timeout_s
+        split = self.split
+        assignment = split.assign(headers, request.remote) if split is not None else None
         if obj.get("stream") is True:
-            return await self._stream(request, body, obj, priority, deadline)
+            return await self._stream(request, body, obj, priority, deadline, assignment=assignment)
         path = request.path
 
-        attempts = self.attempts.start(deadline, hedge=self._hedging)
+        if assignment is None:
+            attempts = self.attempts.start(deadline, hedge=self._hedging)
 
-        def run(up: Upstream) -> Coroutine[Any, Any, _Answer]:
-            ends = attempts.attempt_deadline()
-            return self._attempt(up, path, self._body_for(up, body, obj), ends)
+            def run(up: Upstream) -> Coroutine[Any, Any, _Answer]:
+                ends = attempts.attempt_deadline()
+                return self._attempt(up, path, self._body_for(up, body, obj), ends)
+
+        else:
+            attempts = self.attempts.start(deadline, hedge=self._hedging, arms=assignment.arms)
+
+            def run(up: Upstream) -> Coroutine[Any, Any, _Answer]:
+                ends = attempts.attempt_deadline()
+                coro = self._attempt(up, path, self._body_for(up, body, obj), ends)
+                if assignment.pending:
+                    assignment.pending = False
+                    if assignment.label is not None and up.arm == assignment.arm:
+                        return self._measured(coro, assignment)
+                return coro
 
         answer = await self._run(attempts, priority, run, self.hedge)
         if isinstance(answer, web.Response):
             return answer
+        if assignment is not None and assignment.mirror:
+            self._mirror(path, body, obj, answer)
         code = answer.status
         self._responses["2xx" if code < 400 else ("4xx" if code < 500 else "5xx")].inc()
         return web.Response(
@@ -638,6 +675,46 @@ class Gateway:
             content_type=answer.content_type,
             headers={BACKEND_HEADER: answer.backend},
         )
+
+    async def _measured(self, coro: Coroutine[Any, Any, _Answer], a: Assignment) -> _Answer:
+        """Run the first attempt of a request the split measures, and hand it the result."""
+        split = self.split
+        start = self._clock()
+        try:
+            answer = await coro
+        except Failure:
+            if split is not None:
+                split.record(a, False, self._clock() - start, None)
+            raise
+        if split is not None:
+            code = answer.status
+            split.record(a, code < 500, self._clock() - start, answer.body if code < 400 else None)
+        return answer
+
+    def _mirror(self, path: str, body: bytes, obj: dict[str, Any], primary: _Answer) -> None:
+        """Send a copy of an answered request to the candidate, off the client's path: the
+        client has its answer already; the copy's is only measured, then discarded."""
+        split = self.split
+        up = split.mirror_to() if split is not None else None
+        if up is None:
+            return
+        deadline = self._clock() + self.timeout_s
+        kept = primary.body if primary.status < 400 else None
+
+        async def copy() -> None:
+            start = self._clock()
+            try:
+                answer = await self._attempt(up, path, self._body_for(up, body, obj), deadline)
+            except Failure:
+                ok, got = False, None
+            else:
+                ok, got = answer.status < 500, answer.body if answer.status < 400 else None
+            if self.split is split and split is not None:
+                split.mirrored(ok, self._clock() - start, got, kept)
+
+        task = asyncio.create_task(copy())
+        self._mirrors.add(task)
+        task.add_done_callback(self._mirrors.discard)
 
     def _body_for(self, up: Upstream, body: bytes, obj: dict[str, Any]) -> bytes:
         name = up.spec.model_name
@@ -866,15 +943,19 @@ class Gateway:
         obj: dict[str, Any],
         priority: int,
         deadline: float,
+        *,
+        assignment: Assignment | None = None,
     ) -> web.StreamResponse:
         """Fail over, and hedge, before the first byte; after it, end a cut/stalled stream
-        with an SSE error event (see the module docstring for why it cannot resume)."""
+        with an SSE error event (see the module docstring for why it cannot resume).
+        A rollout's split routes streams too, but does not measure them."""
         path = request.path
 
         def run(up: Upstream) -> Coroutine[Any, Any, _Opened]:
             return self._open(up, path, body, obj, deadline)
 
-        attempts = self.attempts.start(deadline, hedge=self._hedging)
+        arms = assignment.arms if assignment is not None else STABLE
+        attempts = self.attempts.start(deadline, hedge=self._hedging, arms=arms)
         opened = await self._run(attempts, priority, run, self.ttft_hedge, self._close_opened)
         if isinstance(opened, web.Response):
             return opened

@@ -27,7 +27,7 @@ Must never: do I/O or await; emit per-request events (only state changes are eve
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -76,6 +76,12 @@ class UpstreamSpec:
     probe_path: str = "/v1/models"
     initial_limit: float = 64.0
     extra: dict[str, str] = field(default_factory=dict)
+    #: which side of a rollout it serves: ``stable``, or ``candidate`` (bastion.rollout)
+    arm: str = "stable"
+
+
+#: the arms a request may use when no rollout splits it: the stable ones only
+STABLE: tuple[str, ...] = ("stable",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +94,7 @@ class UpstreamStatistics:
         tier: 0 for primaries, 1 for fallbacks; lower tiers are tried first.
         url: where it is reached.
         kind: ``local`` (a replica Bastion runs) or ``remote`` (a URL).
+        arm: ``stable``, or ``candidate`` while a rollout tries it.
         outstanding: attempts in flight on it now (streams count until they end).
         latency_ewma_ms: its peak-EWMA latency (milliseconds), what P2C routing weighs.
         down_reason: why it is out of the pool, or empty while it is in.
@@ -103,6 +110,7 @@ class UpstreamStatistics:
     tier: int
     url: str
     kind: str
+    arm: str
     outstanding: int
     latency_ewma_ms: float
     down_reason: str
@@ -118,6 +126,7 @@ class Upstream:
 
     __slots__ = (
         "_clock",
+        "arm",
         "auth_header",
         "breaker",
         "down_reason",
@@ -135,6 +144,7 @@ class Upstream:
 
     def __init__(self, spec: UpstreamSpec, metrics: BackendMetrics, clock: Clock) -> None:
         self.spec = spec
+        self.arm = spec.arm  # a promotion turns a candidate stable (Pool.set_arm)
         self._clock = clock
         self.breaker = CircuitBreaker(clock=clock)
         self.limit = AdaptiveLimit(initial=spec.initial_limit, clock=clock)
@@ -227,6 +237,7 @@ class Upstream:
             tier=self.spec.tier,
             url=self.spec.url,
             kind=self.spec.kind,
+            arm=self.arm,
             outstanding=self.outstanding,
             latency_ewma_ms=self.latency.value * 1e3,
             down_reason=self.down_reason,
@@ -272,7 +283,8 @@ class Pool:
         self.clock = clock
         self.cap = EjectionCap(max_fraction=max_ejected)
         self.upstreams: dict[str, Upstream] = {}
-        self.tiers: list[list[Upstream]] = []
+        self.tiers: list[list[Upstream]] = []  # the stable arm's, primaries first
+        self.arms: dict[str, list[list[Upstream]]] = {}
         self._events = events
         self._segment = segment
         self._rng = rng or random.Random()
@@ -295,17 +307,42 @@ class Pool:
         self._rebuild()
         return up
 
+    def set_arm(self, name: str, arm: str) -> None:
+        """Move upstream ``name`` to ``arm`` (a promoted candidate becomes stable)."""
+        self.upstreams[name].arm = arm
+        self._rebuild()
+
     def _rebuild(self) -> None:
-        tiers: dict[int, list[Upstream]] = {}
+        arms: dict[str, dict[int, list[Upstream]]] = {}
         for up in self.upstreams.values():
-            tiers.setdefault(up.spec.tier, []).append(up)
-        self.tiers = [tiers[k] for k in sorted(tiers)]
+            arms.setdefault(up.arm, {}).setdefault(up.spec.tier, []).append(up)
+        self.arms = {arm: [tiers[k] for k in sorted(tiers)] for arm, tiers in arms.items()}
+        self.tiers = self.arms.get("stable", [])
+
+    def count(self, arms: tuple[str, ...] = STABLE) -> int:
+        """How many upstreams serve ``arms``."""
+        return sum(len(tier) for arm in arms for tier in self.arms.get(arm, ()))
 
     # -- routing --------------------------------------------------------------------------
-    def pick(self, exclude: tuple[Upstream, ...] = ()) -> Upstream | None:
-        """The upstream for the next attempt, or None when no tier has capacity now."""
+    def pick(
+        self, exclude: tuple[Upstream, ...] = (), arms: tuple[str, ...] = STABLE
+    ) -> Upstream | None:
+        """The upstream for the next attempt, or None when no tier has capacity now.
+        ``arms``: whose tiers to try, in order (a rollout's candidate requests try the
+        candidate's, then fall back to the stable ones)."""
+        if arms is STABLE:
+            return self._pick(self.tiers, exclude)
+        for arm in arms:
+            up = self._pick(self.arms.get(arm, ()), exclude)
+            if up is not None:
+                return up
+        return None
+
+    def _pick(
+        self, tiers: Sequence[list[Upstream]], exclude: tuple[Upstream, ...]
+    ) -> Upstream | None:
         rng = self._rng
-        for tier in self.tiers:
+        for tier in tiers:
             n = len(tier)
             if n == 1:
                 up = tier[0]

@@ -14,6 +14,7 @@ a restarted replica take traffic before its probe passes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import socket
 import sys
@@ -131,10 +132,19 @@ class ReplicaSet:
         manifest_path: Path,
         log_dir: Path,
         autoscaler: Autoscaler | None = None,
+        model: str | None = None,
+        arm: str = "stable",
+        prefix: str | None = None,
     ) -> None:
+        """``model``: the snapshot to serve instead of the backend's own (a rollout's
+        candidate, pinned to its version); ``arm``: the pool arm its replicas join;
+        ``prefix``: their names' start (default: the backend's name)."""
         assert backend.model is not None
         self.gateway = gateway
         self.backend = backend
+        self.model = model or str(backend.model)
+        self.arm = arm
+        self.prefix = prefix or backend.name
         self.manifest_path = manifest_path
         self.log_dir = log_dir
         self.autoscaler = autoscaler or Autoscaler(backend.replicas.min, backend.replicas.max)
@@ -144,7 +154,7 @@ class ReplicaSet:
         self._task: asyncio.Task[None] | None = None
 
     def _spawn(self) -> None:
-        name = f"{self.backend.name}-{self._next}"
+        name = f"{self.prefix}-{self._next}"
         self._next += 1
         port = _free_port()
         spec = ProcessSpec(
@@ -152,7 +162,7 @@ class ReplicaSet:
                 sys.executable,
                 "-m",
                 "bastion.serve.replica",
-                str(self.backend.model),
+                self.model,
                 "--manifest",
                 str(self.manifest_path),
                 "--port",
@@ -181,6 +191,7 @@ class ReplicaSet:
                 kind="local",
                 probe_path="/health",
                 model_name=self.backend.model_name,
+                arm=self.arm,
             ),
             needs_probe=True,
         )
@@ -246,11 +257,42 @@ class ReplicaSet:
                     replicas=len(self.replicas),
                 )
 
+    def ready(self) -> int:
+        """How many of its replicas passed their health probe and take requests."""
+        ups = self.gateway.pool.upstreams
+        return sum(1 for n in self.replicas if n in ups and ups[n].routable())
+
+    def set_arm(self, arm: str) -> None:
+        """Move every replica to ``arm`` (a promoted candidate's set becomes stable)."""
+        self.arm = arm
+        for name in self.replicas:
+            if name in self.gateway.pool.upstreams:
+                self.gateway.pool.set_arm(name, arm)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Take its replicas out of routing, then wait (at most ``timeout_s``) for the
+        requests in flight on them to end, so stopping them fails no client request."""
+        pool = self.gateway.pool
+        for name in self.replicas:
+            if name in pool.upstreams:
+                pool.set_arm(name, "draining")  # no arm a request uses
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            ups = pool.upstreams
+            if not any(ups[n].outstanding for n in self.replicas if n in ups):
+                return
+            await asyncio.sleep(0.01)
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
         for sup in self.replicas.values():
             await asyncio.to_thread(sup.stop, timeout=5)
+        for name in self.replicas:
+            self.gateway.remove_upstream(name)
 
     def statistics(self) -> ReplicaSetStatistics:
         return ReplicaSetStatistics(

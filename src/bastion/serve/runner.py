@@ -189,15 +189,22 @@ async def run_services(
     ``UsageError`` naming the service and the address, raised before any replica starts.
     """
     from bastion.events import EventWriter
+    from bastion.rollout import RolloutController
     from bastion.serve._golden import GoldenProber
     from bastion.serve.replicas import ReplicaSet
 
     if manifest.path is None:
         raise UsageError("bastion serve needs a manifest loaded from a file")
     gateways: list[Gateway] = []
-    sets: list[ReplicaSet] = []
+    # each service's replica sets by backend (a rollout's promotion swaps one in)
+    sets: dict[str, dict[str, ReplicaSet]] = {}
     probers: list[GoldenProber] = []
+    rollouts: list[RolloutController] = []
     sink = EventWriter.in_state_dir(manifest.state_dir)
+    # A replica set serves one snapshot: model/digits@latest is resolved to its version
+    # once, here, so a replica restarted later serves what its peers serve, not a newer
+    # commit (a new version goes into service through `bastion rollout`).
+    pinned = await asyncio.to_thread(_pin_models, manifest, names)
     try:
         for name in names:
             service = manifest.services.get(name)
@@ -216,20 +223,22 @@ async def run_services(
             )
             for spec in specs_for(service):
                 gw.add_upstream(spec)
-            sets.extend(
-                ReplicaSet(
+            sets[name] = {
+                backend.name: ReplicaSet(
                     gw,
                     backend,
                     manifest_path=manifest.path,
                     log_dir=manifest.state_dir / "serve" / name,
+                    model=pinned[str(backend.model)],
                 )
                 for backend in service.backends
                 if backend.model is not None
-            )
+            }
             gateways.append(gw)
             prober = GoldenProber.from_manifest(gw, manifest)
             if prober is not None:
                 probers.append(prober)
+            rollouts.append(RolloutController(gw, manifest, sets[name], prober=prober))
         for gw in gateways:
             try:
                 await gw.start()
@@ -243,19 +252,53 @@ async def run_services(
                 ) from None
             if serving is not None:
                 serving(gw.service, gw.url)
-        for rs in sets:
-            await rs.start()
+        for service_sets in sets.values():
+            for rs in service_sets.values():
+                await rs.start()
         for prober in probers:
             await prober.start()
+        for rollout in rollouts:
+            await rollout.resume()
         await stop.wait()
     finally:
+        for rollout in rollouts:
+            await rollout.close()
         for prober in probers:
             await prober.close()
-        for rs in sets:
-            await rs.close()
+        for service_sets in sets.values():
+            for rs in service_sets.values():
+                await rs.close()
         for gw in gateways:
             await gw.close()
         sink.close()
+
+
+def _pin_models(manifest: Manifest, names: Sequence[str]) -> dict[str, str]:
+    """Each model backend's ref, resolved to the snapshot version it names now."""
+    refs = {
+        str(b.model)
+        for n in names
+        if n in manifest.services
+        for b in manifest.services[n].backends
+        if b.model is not None
+    }
+    if not refs:
+        return {}
+    from bastion.vault import Vault
+
+    from bastion.errors import BastionError
+
+    try:
+        vault = Vault.from_manifest(manifest)
+    except BastionError:
+        return {ref: ref for ref in refs}
+    pinned = {}
+    for ref in refs:
+        try:
+            pinned[ref] = vault.snapshot(ref).ref
+        except BastionError:
+            pinned[ref] = ref  # the replicas say why it does not load, in their logs
+    return pinned
 
 
 def status(manifest: Manifest, names: Sequence[str]) -> list[GatewayStatistics | GatewayDown]:
