@@ -68,7 +68,9 @@ class RolloutController:
     """Rollouts of ``service``'s model backend on ``gateway`` (see the module).
 
     ``sets``: the service's stable replica sets, by backend name (the controller swaps a
-    promoted candidate's set in). Construct it before the gateway starts (it adds the
+    promoted candidate's set in). ``prober``: the service's golden probes, if any (their
+    answers count in the analysis). ``candidate_url(name, port)``: where the gateway
+    reaches a candidate replica (a drill puts a fault proxy in between). Construct it before the gateway starts (it adds the
     gateway's rollout routes), then ``await resume()`` once the gateway listens, and
     ``await close()`` before the gateway closes (an active rollout's record stays, so the
     next gateway resumes it).
@@ -81,8 +83,10 @@ class RolloutController:
         sets: dict[str, ReplicaSet],
         *,
         prober: GoldenProber | None = None,
+        candidate_url: Callable[[str, int], str] | None = None,
     ) -> None:
         self.gateway = gateway
+        self.candidate_url = candidate_url
         self.manifest = manifest
         self.service = gateway.service
         self.policy: RolloutPolicy = manifest.services[self.service].rollout
@@ -320,6 +324,7 @@ class RolloutController:
             model=record.candidate,
             arm="candidate",
             prefix=f"{backend.name}-candidate-{record.id[-6:]}",
+            url_for=self.candidate_url,
         )
         self.candidate_set = rs
         await rs.start()

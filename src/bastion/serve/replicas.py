@@ -18,7 +18,7 @@ import contextlib
 import math
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,16 +135,20 @@ class ReplicaSet:
         model: str | None = None,
         arm: str = "stable",
         prefix: str | None = None,
+        url_for: Callable[[str, int], str] | None = None,
     ) -> None:
         """``model``: the snapshot to serve instead of the backend's own (a rollout's
         candidate, pinned to its version); ``arm``: the pool arm its replicas join;
-        ``prefix``: their names' start (default: the backend's name)."""
+        ``prefix``: their names' start (default: the backend's name); ``url_for(name,
+        port)``: where the gateway reaches a replica (default ``http://127.0.0.1:port``;
+        a drill may put a fault proxy in between)."""
         assert backend.model is not None
         self.gateway = gateway
         self.backend = backend
         self.model = model or str(backend.model)
         self.arm = arm
         self.prefix = prefix or backend.name
+        self.url_for = url_for or (lambda _name, port: f"http://127.0.0.1:{port}")
         self.manifest_path = manifest_path
         self.log_dir = log_dir
         self.autoscaler = autoscaler or Autoscaler(backend.replicas.min, backend.replicas.max)
@@ -185,7 +189,7 @@ class ReplicaSet:
         self.gateway.add_upstream(
             UpstreamSpec(
                 name=name,
-                url=f"http://127.0.0.1:{port}",
+                url=self.url_for(name, port),
                 group=self.backend.name,
                 tier=self.backend.tier_index,
                 kind="local",
