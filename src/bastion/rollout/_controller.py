@@ -70,10 +70,11 @@ class RolloutController:
     ``sets``: the service's stable replica sets, by backend name (the controller swaps a
     promoted candidate's set in). ``prober``: the service's golden probes, if any (their
     answers count in the analysis). ``candidate_url(name, port)``: where the gateway
-    reaches a candidate replica (a drill puts a fault proxy in between). Construct it before the gateway starts (it adds the
-    gateway's rollout routes), then ``await resume()`` once the gateway listens, and
-    ``await close()`` before the gateway closes (an active rollout's record stays, so the
-    next gateway resumes it).
+    reaches a candidate replica (a drill puts a fault proxy in between).
+
+    Construct it before the gateway starts (it adds the gateway's rollout routes), then
+    ``await resume()`` once the gateway listens, and ``await close()`` before the gateway
+    closes (an active rollout's record stays, so the next gateway resumes it).
     """
 
     def __init__(

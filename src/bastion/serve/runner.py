@@ -284,9 +284,8 @@ def _pin_models(manifest: Manifest, names: Sequence[str]) -> dict[str, str]:
     }
     if not refs:
         return {}
-    from bastion.vault import Vault
-
     from bastion.errors import BastionError
+    from bastion.vault import Vault
 
     try:
         vault = Vault.from_manifest(manifest)
