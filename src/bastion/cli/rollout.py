@@ -68,7 +68,7 @@ def _show(rollout: dict[str, Any] | None, as_json: bool, *, live: bool = True) -
     from bastion.cli._common import console
 
     if as_json:
-        console.print_json(json.dumps({"rollout": rollout, "live": live}))
+        print(json.dumps({"rollout": rollout, "live": live}, sort_keys=True))
         return
     if rollout is None:
         console.print("no rollout yet")

@@ -135,12 +135,22 @@ def status(service: str | None, file: Path, *, as_json: bool = False) -> None:
 def _show_status(running: list[GatewayStatistics]) -> None:
     for item in running:
         table = Table(title=f"{item.service} on {item.listen}")
-        for col in ("backend", "tier", "breaker", "in flight", "limit", "latency ms", "down"):
+        for col in (
+            "backend",
+            "tier",
+            "arm",
+            "breaker",
+            "in flight",
+            "limit",
+            "latency ms",
+            "down",
+        ):
             table.add_column(col)
         for up in item.pool.upstreams:
             table.add_row(
                 up.name,
                 str(up.tier),
+                up.arm,
                 up.breaker.state,
                 str(up.outstanding),
                 f"{up.limit.limit:.2f}",
@@ -155,6 +165,13 @@ def _show_status(running: list[GatewayStatistics]) -> None:
             f"{item.attempts.max_attempts} attempts per request; queue "
             f"{queue.waiting}/{queue.max_queue}"
         )
+        ro = item.rollout
+        if ro is not None:
+            console.print(
+                f"rollout {ro.id} of {ro.candidate} (stable {ro.stable}), {ro.strategy}: "
+                f"{ro.status}, step {ro.step + 1} of {len(ro.steps)}, candidate share "
+                f"{ro.weight:g}%, {ro.looks} analyses" + (f"; {ro.reason}" if ro.reason else "")
+            )
 
 
 def register(app: typer.Typer) -> None:

@@ -39,6 +39,7 @@ from aiohttp import web
 from bastion import event_kinds as ek
 from bastion.errors import BastionError, NotFoundError, UsageError
 from bastion.rollout._analysis import AnalysisSettings, Verdict, judge
+from bastion.rollout._metrics import RolloutMetrics
 from bastion.rollout._state import ACTIVE, RolloutRecord, read_record, write_record
 from bastion.rollout._traffic import TrafficSplit
 from bastion.serve._split import SplitStatistics
@@ -108,8 +109,16 @@ class RolloutController:
         app.router.add_post("/bastion/rollout/promote", self._post_promote)
         app.router.add_post("/bastion/rollout/abort", self._post_abort)
         gateway.rollout_status = lambda: self.statistics() if self.record is not None else None
+        self.metrics = RolloutMetrics(self.service, self._now)
+        gateway.metrics.registry.register(self.metrics)
         if prober is not None:
             prober.observers.append(self._golden)
+
+    def _now(self) -> tuple[float, int]:
+        record = self.record
+        if record is None or self.gateway.split is None:
+            return 0.0, 0
+        return record.weight, record.step
 
     @staticmethod
     def _analysis_settings(policy: RolloutPolicy) -> AnalysisSettings:
@@ -313,6 +322,7 @@ class RolloutController:
             rollout_id=record.id,
             strategy=record.strategy,
             sticky_header=self.policy.sticky_header,
+            metrics=self.metrics,
         )
         split.phase = record.phase
         self.split = split
@@ -429,6 +439,7 @@ class RolloutController:
         assert split is not None
         data = verdict.to_dict()
         self.last_verdict = data
+        self.metrics.verdicts[verdict.outcome].inc()
         self.gateway.record(
             ek.ROLLOUT_VERDICT,
             rollout=record.id,

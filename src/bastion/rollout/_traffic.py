@@ -36,6 +36,7 @@ from bastion.serve._split import ArmStatistics, Assignment
 from bastion.serve.pool import STABLE
 
 if TYPE_CHECKING:
+    from bastion.rollout._metrics import RolloutMetrics
     from bastion.serve.pool import Pool, Upstream
 
 __all__ = ["BUCKETS", "ArmRecorder", "TrafficSplit", "bucket", "prediction_of"]
@@ -189,8 +190,10 @@ class TrafficSplit:
         strategy: str,
         sticky_header: str,
         tolerance: float = 1e-6,
+        metrics: RolloutMetrics | None = None,
     ) -> None:
         self.pool = pool
+        self.metrics = metrics
         self.strategy = strategy
         self.sticky_header = sticky_header
         self.tolerance = tolerance
@@ -238,8 +241,10 @@ class TrafficSplit:
     def record(
         self, assignment: Assignment, ok: bool, elapsed_s: float, body: bytes | None
     ) -> None:
-        arm = self.candidate if assignment.label == "candidate" else self.baseline
-        arm.record(ok, elapsed_s, body)
+        label = assignment.label or "baseline"
+        (self.candidate if label == "candidate" else self.baseline).record(ok, elapsed_s, body)
+        if self.metrics is not None:
+            self.metrics.observe(label, ok, elapsed_s)
 
     def _mirror_arm(self) -> str:
         return (
@@ -254,15 +259,21 @@ class TrafficSplit:
     def mirrored(
         self, ok: bool, elapsed_s: float, body: bytes | None, primary: bytes | None
     ) -> None:
-        to_stable = self._mirror_arm() == "stable"
-        (self.baseline if to_stable else self.candidate).record(ok, elapsed_s, body)
+        label = "baseline" if self._mirror_arm() == "stable" else "candidate"
+        (self.baseline if label == "baseline" else self.candidate).record(ok, elapsed_s, body)
         self.mirrored_n += 1
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.observe(label, ok, elapsed_s)
+            metrics.mirrored.inc()
         got, want = prediction_of(body), prediction_of(primary)
         if got is None or want is None:
             return
         if got == want:
             self.agreed_exact += 1
             self.agreed_close += 1
+            if metrics is not None:
+                metrics.agreed.inc()
             return
         a, b = _numbers(got), _numbers(want)
         if (
@@ -275,6 +286,8 @@ class TrafficSplit:
             )
         ):
             self.agreed_close += 1
+            if metrics is not None:
+                metrics.agreed.inc()
 
     def agreement(self) -> float | None:
         return round(self.agreed_close / self.mirrored_n, 4) if self.mirrored_n else None
