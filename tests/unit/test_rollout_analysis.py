@@ -62,9 +62,12 @@ def stream(
     error_rate: float = 0.01,
     probs: npt.NDArray[np.float64] = PROBS,
     golden_accuracy: float = 0.98,
+    tick_s: float = 0.0,
 ) -> Stream:
     latency = 0.040 * factor * np.exp(rng.normal(0.0, sigma, n)) + shift_s
     latency[rng.random(n) < slow_share] *= slow_factor
+    if tick_s:
+        latency = np.ceil(latency / tick_s) * tick_s
     return Stream(
         latency=latency,
         error=rng.random(n) < error_rate,
@@ -89,14 +92,25 @@ def first_fail(
 # -- A/A: the false rollback rate --------------------------------------------------------
 
 
-def test_aa_false_rollbacks_at_most_alpha() -> None:
-    """500 A/A rollouts of 2 steps x 4 looks (100..400 requests per arm, cumulative
-    within a step), planned for exactly those 8 looks, so each test runs at its full
-    level alpha / (6 x 8): any fail in a rollout is a false rollback."""
-    rollouts, per_step, steps = 500, [100, 200, 300, 400], 2
+@pytest.mark.parametrize(
+    ("label", "rollouts", "arm"),
+    [
+        ("lognormal", 500, {}),
+        # both arms with a slow mode and latencies on a 1 ms clock (many ties): the
+        # tests must not lean on the latencies being lognormal
+        ("slow mode, 1 ms clock", 200, {"slow_share": 0.04, "slow_factor": 3.5, "tick_s": 0.001}),
+    ],
+)
+def test_aa_false_rollbacks_at_most_alpha(
+    label: str, rollouts: int, arm: dict[str, object]
+) -> None:
+    """A/A rollouts of 2 steps x 4 looks (100..400 requests per arm, cumulative within a
+    step), planned for exactly those 8 looks, so each test runs at its full level
+    alpha / (6 x 8): any fail in a rollout is a false rollback."""
+    per_step, steps = [100, 200, 300, 400], 2
     cfg = AnalysisSettings(max_looks=len(per_step) * steps)
     seed = 20261202
-    print(f"A/A seed {seed}: {rollouts} rollouts x {steps} steps x {per_step} per arm")
+    print(f"A/A ({label}) seed {seed}: {rollouts} rollouts x {steps} steps x {per_step} per arm")
     rng = np.random.default_rng(seed)
     false_rollbacks = 0
     failing_checks: dict[str, int] = {}
@@ -105,7 +119,7 @@ def test_aa_false_rollbacks_at_most_alpha() -> None:
         look = 0
         failed = False
         for _ in range(steps):
-            b, c = stream(rng, per_step[-1]), stream(rng, per_step[-1])
+            b, c = stream(rng, per_step[-1], **arm), stream(rng, per_step[-1], **arm)  # type: ignore[arg-type]
             for n in per_step:
                 look += 1
                 v = judge(b.window(n), c.window(n), look=look, settings=cfg)

@@ -153,7 +153,7 @@ class Check:
     ``statistic``: the test's (z, U, t, exceedances or chi-squared); ``p_value``: of the
     regression test (``fail`` when below ``level``); ``p_value_pass``: of the
     non-inferiority test (``pass`` when below ``level``). ``effect``: the size a person
-    reads (a difference of rates, a relative change, a distance), ``limit`` its
+    reads (a difference of rates, a relative change, a distance), ``threshold`` its
     tolerance. ``detail``: one sentence saying what was seen against what was allowed.
     """
 
@@ -164,7 +164,7 @@ class Check:
     detail: str
     p_value_pass: float | None = None
     effect: float | None = None
-    limit: float | None = None
+    threshold: float | None = None
     level: float | None = None
     n_baseline: int = 0
     n_candidate: int = 0
@@ -178,7 +178,7 @@ class Check:
             "p_value": _finite(self.p_value),
             "p_value_pass": _finite(self.p_value_pass),
             "effect": _finite(self.effect),
-            "limit": _finite(self.limit),
+            "threshold": _finite(self.threshold),
             "level": _finite(self.level),
             "n_baseline": self.n_baseline,
             "n_candidate": self.n_candidate,
@@ -315,7 +315,8 @@ def _not_measured(name: str, detail: str) -> Check:
 
 
 def _decide(p_fail: float, p_pass: float, regressed: bool, s: AnalysisSettings) -> Outcome:
-    # A NaN p-value is no evidence either way.
+    # ``regressed``: the point estimate is beyond the tolerance. A fail needs it as well
+    # as the test (which can only make fails rarer); NaN p-values arrive here as 1.
     if regressed and p_fail < s.level:
         return "fail"
     if p_pass < s.level:
@@ -456,7 +457,7 @@ def _rate_check(
         detail,
         p_value_pass=p_pass,
         effect=diff,
-        limit=margin,
+        threshold=margin,
         level=s.level,
         n_baseline=n_b,
         n_candidate=n_c,
@@ -544,7 +545,7 @@ def _golden(b: ArmSample, c: ArmSample, s: AnalysisSettings) -> Check:
         detail,
         p_value_pass=check.p_value_pass,
         effect=check.effect,
-        limit=check.limit,
+        threshold=check.threshold,
         level=check.level,
         n_baseline=tb,
         n_candidate=tc,
@@ -617,7 +618,7 @@ def _location(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: Analysi
         detail,
         p_value_pass=p_pass,
         effect=_finite(rel),
-        limit=tol,
+        threshold=tol,
         level=s.level,
         n_baseline=int(b.size),
         n_candidate=int(c.size),
@@ -645,7 +646,7 @@ def _spread(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: AnalysisS
         detail,
         p_value_pass=p_pass,
         effect=_finite(rel),
-        limit=tol,
+        threshold=tol,
         level=s.level,
         n_baseline=int(b.size),
         n_candidate=int(c.size),
@@ -704,7 +705,7 @@ def _tail(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: AnalysisSet
         detail,
         p_value_pass=p_pass,
         effect=_finite(rel),
-        limit=tol,
+        threshold=tol,
         level=s.level,
         n_baseline=int(b.size),
         n_candidate=int(c.size),
@@ -808,7 +809,7 @@ def _predictions(b: ArmSample, c: ArmSample, s: AnalysisSettings) -> Check:
         p,
         detail,
         effect=js,
-        limit=m,
+        threshold=m,
         level=s.level,
         n_baseline=nb,
         n_candidate=nc,
