@@ -69,7 +69,7 @@ CHECK_NAMES: tuple[str, ...] = (
 )
 
 _MIN_EXCEEDANCES = 30  # the tail test's threshold leaves at least this many pooled values above it
-_HL_POINTS = 400  # Hodges-Lehmann from at most 400 x 400 quantile points per arm
+_HL_POINTS = 256  # Hodges-Lehmann from at most 256 x 256 quantile points per arm
 _MIN_EXPECTED = 5.0  # chi-squared: categories expected below 5 are pooled
 _LOG_FLOOR = 1e-9  # a latency of 0 s (a coarse clock) is read as 1 ns on the log scale
 
@@ -585,6 +585,17 @@ def _latency_checks(
     return _location(b, c, s), _spread(b, c, s), _tail(b, c, s)
 
 
+def _quantile(
+    x: npt.NDArray[np.float64], q: float | npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """``np.quantile`` (linear interpolation) of an already sorted array, without the
+    partition ``np.quantile`` does again on every call."""
+    pos = np.asarray(q, dtype=np.float64) * (x.size - 1)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, x.size - 1)
+    return np.asarray(x[lo] + (x[hi] - x[lo]) * (pos - lo), dtype=np.float64)
+
+
 def _hodges_lehmann(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64]) -> float:
     """Median of pairwise differences c - b, from at most _HL_POINTS quantiles per arm
     (sorted input; the quantile grid keeps it deterministic and fast)."""
@@ -592,7 +603,7 @@ def _hodges_lehmann(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64]) -> f
     def grid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         if x.size <= _HL_POINTS:
             return x
-        return np.quantile(x, (np.arange(_HL_POINTS) + 0.5) / _HL_POINTS)
+        return _quantile(x, (np.arange(_HL_POINTS) + 0.5) / _HL_POINTS)
 
     return float(np.median(np.subtract.outer(grid(c), grid(b))))
 
@@ -602,12 +613,12 @@ def _location(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: Analysi
     # U of the candidate against the baseline slowed by the tolerance: above half its
     # range means the candidate is slower than even that.
     u, p_fail, p_pass = _mann_whitney(c, b * (1 + tol))
-    med_b = float(np.median(b))
+    med_b = float(_quantile(b, 0.5))
     shift = _hodges_lehmann(b, c)
     rel = shift / med_b if med_b > 0 else (0.0 if shift == 0 else math.inf)
     outcome = _decide(p_fail, p_pass, rel > tol, s)
     detail = (
-        f"candidate median {_ms(float(np.median(c)))} vs baseline {_ms(med_b)}; "
+        f"candidate median {_ms(float(_quantile(c, 0.5)))} vs baseline {_ms(med_b)}; "
         f"Hodges-Lehmann shift {shift * 1000:+.3g} ms ({rel:+.0%}), limit +{tol:.0%}"
     )
     return Check(
@@ -628,7 +639,7 @@ def _location(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: Analysi
 def _spread(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: AnalysisSettings) -> Check:
     tol = s.spread_tolerance
     lb, lc = np.log(np.maximum(b, _LOG_FLOOR)), np.log(np.maximum(c, _LOG_FLOOR))
-    db, dc = np.abs(lb - np.median(lb)), np.abs(lc - np.median(lc))
+    db, dc = np.abs(lb - _quantile(lb, 0.5)), np.abs(lc - _quantile(lc, 0.5))
     mb, mc = float(db.mean()), float(dc.mean())
     scaled = db * (1 + tol)
     t, p_fail, p_pass = _welch(dc, scaled)
@@ -663,27 +674,39 @@ def _exceedance_p(
     under "same distribution" the candidate's count above it is hypergeometric given
     the pool. Returns (candidate above, pooled above, P(count >= x), P(count <= x)).
     """
-    from scipy import stats
-
-    pooled = np.concatenate([b, c])
+    pooled = np.sort(np.concatenate([b, c]))
     n = pooled.size
     q_eff = min(q, 1.0 - _MIN_EXCEEDANCES / n) if n > _MIN_EXCEEDANCES else 0.5
-    t = float(np.quantile(pooled, q_eff))
-    k = int((pooled > t).sum())
-    x = int((c > t).sum())
-    if k == 0:
-        return x, k, 1.0, 1.0
-    return (
-        x,
-        k,
-        _p(stats.hypergeom.sf(x - 1, n, k, c.size)),
-        _p(stats.hypergeom.cdf(x, n, k, c.size)),
+    t = float(_quantile(pooled, q_eff))
+    k = n - int(np.searchsorted(pooled, t, side="right"))
+    x = c.size - int(np.searchsorted(c, t, side="right"))
+    ge, le = _hypergeom_tails(x, n, k, c.size)
+    return x, k, ge, le
+
+
+def _hypergeom_tails(x: int, total: int, marked: int, drawn: int) -> tuple[float, float]:
+    """P(X >= x) and P(X <= x) for X the marked items among ``drawn`` of ``total``."""
+    from scipy import special
+
+    if marked == 0:
+        return 1.0, 1.0
+    i = np.arange(max(0, drawn + marked - total), min(marked, drawn) + 1)
+    log_pmf = (
+        special.gammaln(marked + 1)
+        - special.gammaln(i + 1)
+        - special.gammaln(marked - i + 1)
+        + special.gammaln(total - marked + 1)
+        - special.gammaln(drawn - i + 1)
+        - special.gammaln(total - marked - drawn + i + 1)
     )
+    pmf = np.exp(log_pmf - log_pmf.max())
+    whole = float(pmf.sum())
+    return _p(float(pmf[i >= x].sum()) / whole), _p(float(pmf[i <= x].sum()) / whole)
 
 
 def _tail(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: AnalysisSettings) -> Check:
     q, tol = s.tail_quantile, s.tail_tolerance
-    qb, qc = float(np.quantile(b, q)), float(np.quantile(c, q))
+    qb, qc = float(_quantile(b, q)), float(_quantile(c, q))
     rel = qc / qb - 1 if qb > 0 else (0.0 if qc == 0 else math.inf)
     # Regression: against "same distribution" (exact), and the tail must also have grown
     # beyond the tolerance. Non-inferiority: the candidate beats the baseline slowed by
