@@ -307,7 +307,7 @@ def test_level_is_alpha_over_checks_and_looks() -> None:
 # -- properties ------------------------------------------------------------------------------
 
 counts = st.one_of(
-    st.integers(-3, 400), st.sampled_from([math.nan, math.inf, -math.inf, 2.5, 100.0])
+    st.integers(-3, 400), st.sampled_from([math.nan, math.inf, -math.inf, 2.5, -1.0, 100.0])
 )
 latency = st.one_of(
     st.floats(0, 5, allow_nan=False),
@@ -328,9 +328,24 @@ arms = st.builds(
 )
 
 
+def _whole(x: object) -> bool:
+    if isinstance(x, float):
+        return math.isfinite(x) and x >= 0 and x.is_integer()
+    return isinstance(x, int) and x >= 0
+
+
 def _valid(arm: ArmSample) -> bool:
+    """No NaN, infinite, negative, fractional or impossible value anywhere."""
     lat = np.asarray(arm.latencies_s, dtype=float)
-    return bool(np.isfinite(lat).all() and (lat >= 0).all())
+    counts = [arm.requests, arm.errors, arm.golden_right, arm.golden_total]
+    return bool(
+        np.isfinite(lat).all()
+        and (lat >= 0).all()
+        and all(_whole(x) for x in counts)
+        and arm.errors <= arm.requests
+        and arm.golden_right <= arm.golden_total
+        and all(_whole(v) for v in arm.predictions.values())
+    )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -37,7 +37,8 @@ Welch's t on absolute deviations of log latency from each arm's median
 Fisher's exact test of exceedances over a threshold set on the pooled sample (exact
 under "same distribution", whatever the distribution), with the candidate's
 ``tail_quantile`` growing beyond ``tail_tolerance``; predictions, chi-squared on the
-histograms with the Jensen-Shannon distance beyond ``drift_margin``.
+histograms with the Jensen-Shannon distance (bias-corrected for the sample sizes)
+beyond ``drift_margin``.
 """
 
 from __future__ import annotations
