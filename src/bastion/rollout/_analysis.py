@@ -22,11 +22,13 @@ level ``alpha / (6 * max_looks)`` at every look: Bonferroni over the six checks 
 flat (Pocock-like) spend over the looks. By the union bound the chance of any false
 rollback in a whole rollout is at most ``alpha`` whatever the look times, the steps and
 the dependence between checks; it is conservative (nested looks are correlated), which
-costs samples, not validity. Every ``fail`` needs a test that is valid at that level;
-checks whose test is against "no difference" (tail, predictions) also need an effect
-size beyond the tolerance, which can only make ``fail`` rarer. ``pass`` uses the same
-level for the opposite one-sided test (non-inferiority at the tolerance), so a false
-early advance is as rare.
+costs samples, not validity. Every ``fail`` needs a test that is valid at that level
+and its point estimate beyond the tolerance (for tail and predictions, whose tests are
+against "no difference", that estimate is what carries the tolerance); the second
+condition can only make ``fail`` rarer. ``pass`` uses the same level for the opposite
+one-sided test (non-inferiority at the tolerance), so a false early advance is as rare;
+predictions, which has no such test, passes only on a small distance with no
+significant difference.
 
 The tests: errors and golden, the Farrington-Manning score test of a risk difference
 against a margin (absolute, so a zero baseline rate is no special case); latency
