@@ -221,6 +221,18 @@ def test_clearly_faster_candidate_can_pass() -> None:
     assert v.checks[1].effect < -0.3
 
 
+def test_unequal_arms() -> None:
+    """A baseline with far more traffic than the candidate (a 5 % canary judged against
+    the whole fleet): nothing in the tests assumes equal sizes."""
+    seeds = range(3000, 3040)
+    print(f"unequal arms: seeds {seeds.start}..{seeds.stop - 1}, 3000 baseline / 200 candidate")
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        b, same, slow = stream(rng, 3000), stream(rng, 200), stream(rng, 200, shift_s=0.05)
+        assert judge(b.window(3000), same.window(200), look=1).outcome != "fail", seed
+        assert judge(b.window(3000), slow.window(200), look=1).outcome == "fail", seed
+
+
 # -- missing, short and bad data: insufficient, never pass -----------------------------------
 
 GOOD = ArmSample(200, 0, [0.04 + 0.0001 * i for i in range(200)])
