@@ -258,6 +258,8 @@ def _by_name(v: Verdict) -> dict[str, Check]:
         ("negative errors", ArmSample(200, -1, GOOD.latencies_s), GOOD),
         ("errors > requests", GOOD, ArmSample(200, 201, GOOD.latencies_s)),
         ("golden right > total", GOOD, ArmSample(200, 0, GOOD.latencies_s, {}, 80, 60)),
+        # found by the property test: with no probes on either arm this was "not measured"
+        ("golden right, total 0", GOOD, ArmSample(200, 0, GOOD.latencies_s, {}, 1, 0)),
         ("golden on one arm only", GOOD, ArmSample(200, 0, GOOD.latencies_s, {}, 60, 60)),
         ("predictions on one arm only", GOOD, ArmSample(200, 0, GOOD.latencies_s, {"a": 200})),
         (

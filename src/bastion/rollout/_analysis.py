@@ -513,13 +513,13 @@ def _golden(b: ArmSample, c: ArmSample, s: AnalysisSettings) -> Check:
     assert tb is not None
     assert rc is not None
     assert tc is not None
-    if tb == 0 and tc == 0:
-        return _not_measured(name, "no golden probes on either arm")
     for arm, r, t in (("baseline", rb, tb), ("candidate", rc, tc)):
         if r > t:
             return _insufficient(
                 name, f"{arm}.golden_right {r} exceeds {arm}.golden_total {t}", s, tb, tc
             )
+    if tb == 0 and tc == 0:
+        return _not_measured(name, "no golden probes on either arm")
     if tb < s.min_samples or tc < s.min_samples:
         return _insufficient(
             name,
