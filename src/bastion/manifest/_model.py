@@ -555,6 +555,9 @@ class RolloutPolicy(_Strict):
     """The request header that keeps one user on one model (else the client address)."""
     startup_timeout_s: float = Field(default=60.0, gt=0)
     """How long the candidate's replicas may take to answer their health probe."""
+    warmup_s: float = Field(default=2.0, ge=0)
+    """Seconds at the start of the first step whose measurements are discarded: fresh
+    replicas answer their first requests slower (at most half the first step)."""
 
     @field_validator("steps")
     @classmethod

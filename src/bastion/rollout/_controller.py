@@ -346,6 +346,13 @@ class RolloutController:
     async def _run(self, record: RolloutRecord) -> None:
         try:
             await self._wait_ready(record)
+            split = self.split
+            step_s = self.policy.interval_s * self.policy.looks_per_step
+            warm = min(self.policy.warmup_s, step_s / 2)
+            if warm > 0 and split is not None:
+                # a fresh replica's first answers are slow (cold caches, lazy imports):
+                # they go to users, but not into the first step's measurements
+                asyncio.get_running_loop().call_later(warm, split.reset)
             while True:
                 await asyncio.sleep(self.policy.interval_s)
                 async with self._lock:
@@ -367,6 +374,18 @@ class RolloutController:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.policy.startup_timeout_s
         while rs.ready() == 0:
+            wrong = rs.held_wrong()
+            if wrong:
+                # golden probes hold a replica that answers wrongly out of the pool before
+                # its first request: the candidate is judged on that alone
+                async with self._lock:
+                    await self._end(
+                        record,
+                        "rolled_back",
+                        f"regression: golden: the candidate answers golden probes wrongly "
+                        f"before taking traffic ({wrong})",
+                    )
+                raise asyncio.CancelledError
             if loop.time() > deadline:
                 async with self._lock:
                     await self._end(

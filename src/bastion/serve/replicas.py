@@ -264,7 +264,20 @@ class ReplicaSet:
     def ready(self) -> int:
         """How many of its replicas passed their health probe and take requests."""
         ups = self.gateway.pool.upstreams
-        return sum(1 for n in self.replicas if n in ups and ups[n].routable())
+        return sum(
+            1 for n in self.replicas if n in ups and not ups[n].needs_probe and not ups[n].wrong
+        )
+
+    def held_wrong(self) -> str:
+        """Why golden probes hold one of its replicas out for wrong answers, or ""."""
+        from bastion.serve.pool import REJOINING
+
+        ups = self.gateway.pool.upstreams
+        for n in self.replicas:
+            up = ups.get(n)
+            if up is not None and up.wrong and up.wrong != REJOINING:
+                return f"{n}: {up.wrong}"
+        return ""
 
     def set_arm(self, arm: str) -> None:
         """Move every replica to ``arm`` (a promoted candidate's set becomes stable)."""
