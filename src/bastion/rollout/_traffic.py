@@ -68,36 +68,47 @@ def _text(value: Any) -> str:
     return json.dumps(value, sort_keys=True)[:_TEXT]
 
 
-def prediction_of(body: bytes | None) -> str | None:
-    """An answer's prediction as a short text: a replica's first prediction, or the first
-    choice's content; None for an answer that has none (embeddings, not JSON)."""
+_NONE = object()
+
+
+def _answer_of(body: bytes | None) -> Any:
+    """An answer's prediction as its JSON value: a replica's first prediction, or the first
+    choice's content; ``_NONE`` for an answer that has none (embeddings, not JSON)."""
     if not body:
-        return None
+        return _NONE
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
+        return _NONE
     if not isinstance(obj, dict):
-        return None
+        return _NONE
     preds = obj.get("predictions")
     if isinstance(preds, list) and preds:
-        return _text(preds[0])
+        return preds[0]
     choices = obj.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         first = choices[0]
         message = first.get("message")
         if isinstance(message, dict) and "content" in message:
-            return _text(message.get("content"))
+            return message.get("content")
         if "text" in first:
-            return _text(first.get("text"))
-    return None
+            return first.get("text")
+    return _NONE
 
 
-def _numbers(text: str) -> list[float] | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
+def prediction_of(body: bytes | None) -> str | None:
+    """An answer's prediction as a short text (a histogram's label), or None for an answer
+    that has none."""
+    value = _answer_of(body)
+    return None if value is _NONE else _text(value)
+
+
+def _numbers(value: Any) -> list[float] | None:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            return None
     if isinstance(value, int | float) and not isinstance(value, bool):
         return [float(value)]
     if isinstance(value, list) and all(
@@ -266,10 +277,10 @@ class TrafficSplit:
         if metrics is not None:
             metrics.observe(label, ok, elapsed_s)
             metrics.mirrored.inc()
-        got, want = prediction_of(body), prediction_of(primary)
-        if got is None or want is None:
+        got, want = _answer_of(body), _answer_of(primary)
+        if got is _NONE or want is _NONE:
             return
-        if got == want:
+        if got == want and type(got) is type(want):
             self.agreed_exact += 1
             self.agreed_close += 1
             if metrics is not None:
