@@ -357,9 +357,13 @@ class RolloutController:
                 await asyncio.sleep(self.policy.interval_s)
                 async with self._lock:
                     current = self.record
-                    if current is None or current.status not in ACTIVE:
+                    # the id too: once this rollout ended, a new one may hold the record,
+                    # and this loop must not judge it (it has its own)
+                    if current is None or current.id != record.id or current.status not in ACTIVE:
                         return
                     await self._look(current)
+                    if self.record is None or self.record.status not in ACTIVE:
+                        return
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug here must not leave a half-applied split
