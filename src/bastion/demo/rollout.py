@@ -231,7 +231,7 @@ def run(ctx: DemoContext) -> Scene:
                     "ok": counts["ok"] - before["ok"],
                     "failed": counts["failed"] - before["failed"],
                     "wrong": counts["wrong"] - before["wrong"],
-                    "verdict": controller.last_verdict,
+                    "prod": vault.labels(MODEL).get("prod"),
                 }
             # after the promotion, the promoted set answers
             after = _candidate_answers(backends)
@@ -269,7 +269,7 @@ def run(ctx: DemoContext) -> Scene:
     scene.findings.append(
         f"  it answered {bad['candidate_answers']} requests before its share went to 0 (its "
         f"wrong answers: {bad['wrong']}); {made.prod.ref} stayed @prod "
-        f"(@prod is @{labels.get('prod')}); clients: {bad['ok']} answered, "
+        f"(@prod is @{bad['prod']}); clients: {bad['ok']} answered, "
         f"{bad['failed']} failed"
     )
     scene.findings.append(
@@ -291,6 +291,7 @@ def run(ctx: DemoContext) -> Scene:
         and b_rec.status == "rolled_back"
         and "gate" not in b_rec.reason
         and bad["candidate_answers"] > 0
+        and bad["prod"] == made.prod.version
         and good["ended"]
         and g_rec.status == "promoted"
         and labels.get("prod") == made.good.version
