@@ -43,9 +43,7 @@ async def predict_load(
                     headers["x-bastion-user"] = f"user-{sent % users}"
                     sent += 1
                 try:
-                    async with session.post(
-                        url + "/v1/predict", data=body, headers=headers
-                    ) as r:
+                    async with session.post(url + "/v1/predict", data=body, headers=headers) as r:
                         answer = await r.read()
                     if backends is not None:
                         name = r.headers.get("x-bastion-backend", "")

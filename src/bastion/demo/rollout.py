@@ -65,14 +65,20 @@ def prepare(vault: Vault, workdir: Any) -> Candidates:
     from bastion.drill.faults import degrade
     from bastion.errors import BastionError
     from bastion.serve.replica import Mlp
-    from bastion.validate import ModelGateConfig, ModelVerdict, Status, Table, read_table
-    from bastion.validate import validate_model
+    from bastion.validate import (
+        ModelGateConfig,
+        ModelVerdict,
+        Status,
+        Table,
+        read_table,
+        validate_model,
+    )
 
     source = workdir / "dataset"
     parts = [read_table(p.name, p.read_bytes()) for p in sorted(source.glob("*.csv"))]
     x, y = _arrays(Table.concat(parts))
     with _one_thread():
-        early, later, longer = train_mlp(x[:1200], y[:1200], (80, 200, 400))
+        later, longer = train_mlp(x[:1200], y[:1200], (200, 400))
     try:
         prod = vault.snapshot(f"{MODEL}@prod")
         holdout = vault.snapshot("dataset/digits-holdout")
@@ -142,7 +148,9 @@ def with_policy(manifest: Manifest, service: str, **policy: Any) -> Manifest:
     svc = manifest.services[service]
     rollout = RolloutPolicy.model_validate({**svc.rollout.model_dump(), **policy})
     return manifest.model_copy(
-        update={"services": {**manifest.services, service: svc.model_copy(update={"rollout": rollout})}}
+        update={
+            "services": {**manifest.services, service: svc.model_copy(update={"rollout": rollout})}
+        }
     )
 
 
@@ -151,6 +159,7 @@ def run(ctx: DemoContext) -> Scene:
     from bastion.demo import Scene
     from bastion.demo._load import predict_load
     from bastion.demo._load import wait_for as wait
+    from bastion.errors import BastionError
     from bastion.events import EventWriter
     from bastion.rollout import RolloutController
     from bastion.serve import Gateway, GatewayThread, ReplicaSet
@@ -215,10 +224,17 @@ def run(ctx: DemoContext) -> Scene:
                 before = dict(counts)
                 seen_before = _candidate_answers(backends)
                 started = time.monotonic()
-                thread.call(controller.start(snap.ref), timeout=_WAIT_S)
+                try:
+                    thread.call(controller.start(snap.ref), timeout=_WAIT_S)
+                except BastionError as exc:
+                    scene.findings.append(f"the rollout of {snap.ref} did not start: {exc}")
+                    scene.ok = False
+                    break
                 ended = wait(
-                    lambda: thread.run(lambda: controller.record.status)  # type: ignore[union-attr]
-                    not in ("starting", "running"),
+                    lambda: (
+                        thread.run(lambda: controller.record.status)  # type: ignore[union-attr]
+                        not in ("starting", "running")
+                    ),
                     _WAIT_S,
                 )
                 record = thread.run(lambda: controller.record)
@@ -235,7 +251,8 @@ def run(ctx: DemoContext) -> Scene:
                 }
             # after the promotion, the promoted set answers
             after = _candidate_answers(backends)
-            served = wait(lambda: _candidate_answers(backends) > after + 50, _WAIT_S)
+            promoted = "good" in results and results["good"]["record"].status == "promoted"
+            served = promoted and wait(lambda: _candidate_answers(backends) > after + 50, _WAIT_S)
             stop.set()
             loader.join(timeout=15)
         finally:
