@@ -333,5 +333,5 @@ def _step_to_end(events: list[Any], rollout: str, kind: str) -> float | None:
     return float((end.mono_ns - step.mono_ns) / 1e9)
 
 
-def _short(reason: str, limit: int = 160) -> str:
+def _short(reason: str, limit: int = 240) -> str:
     return reason if len(reason) <= limit else reason[: limit - 3] + "..."
