@@ -22,22 +22,32 @@ async def predict_load(
     *,
     expected: str | None = None,
     workers: int = 4,
+    users: int = 0,
+    backends: dict[str, int] | None = None,
 ) -> None:
     """Post ``body`` to ``url``/v1/predict from ``workers`` clients until ``stop`` is set,
-    adding to ``counts``: ``ok`` and ``failed``, and ``wrong`` when ``expected`` is given."""
+    adding to ``counts``: ``ok`` and ``failed``, and ``wrong`` when ``expected`` is given.
+    ``users``: send ``x-bastion-user`` naming one of that many users in turn (a rollout's
+    canary share is by user). ``backends``: count the answers by the backend that gave
+    them (the gateway's ``x-bastion-backend``)."""
     import aiohttp
 
+    sent = 0
     async with aiohttp.ClientSession() as session:
 
         async def worker() -> None:
+            nonlocal sent
             while not stop.is_set():
+                headers = {"Content-Type": "application/json"}
+                if users:
+                    headers["x-bastion-user"] = f"user-{sent % users}"
+                    sent += 1
                 try:
-                    async with session.post(
-                        url + "/v1/predict",
-                        data=body,
-                        headers={"Content-Type": "application/json"},
-                    ) as r:
+                    async with session.post(url + "/v1/predict", data=body, headers=headers) as r:
                         answer = await r.read()
+                    if backends is not None:
+                        name = r.headers.get("x-bastion-backend", "")
+                        backends[name] = backends.get(name, 0) + 1
                     if r.status != 200:
                         counts["failed"] += 1
                         continue

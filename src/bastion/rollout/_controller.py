@@ -345,21 +345,37 @@ class RolloutController:
 
     async def _run(self, record: RolloutRecord) -> None:
         try:
+            # the analysis's scipy modules load in a thread while the candidate starts: a
+            # first import inside the first look took a second on a busy machine, with the
+            # gateway's event loop (every request) stalled for it
+            loading = asyncio.ensure_future(asyncio.to_thread(_load_statistics))
             await self._wait_ready(record)
+            loop = asyncio.get_running_loop()
+            due = loop.time()  # the first step began
             split = self.split
             step_s = self.policy.interval_s * self.policy.looks_per_step
             warm = min(self.policy.warmup_s, step_s / 2)
             if warm > 0 and split is not None:
                 # a fresh replica's first answers are slow (cold caches, lazy imports):
                 # they go to users, but not into the first step's measurements
-                asyncio.get_running_loop().call_later(warm, split.reset)
+                loop.call_later(warm, split.reset)
+            await loading
             while True:
-                await asyncio.sleep(self.policy.interval_s)
+                # looks on a fixed cadence from the first step: a step lasts its planned
+                # intervals, not intervals plus the time each look took
+                due += self.policy.interval_s
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if loop.time() > due + self.policy.interval_s:
+                    due = loop.time()  # a look overran an interval: the cadence restarts
                 async with self._lock:
                     current = self.record
-                    if current is None or current.status not in ACTIVE:
+                    # the id too: once this rollout ended, a new one may hold the record,
+                    # and this loop must not judge it (it has its own)
+                    if current is None or current.id != record.id or current.status not in ACTIVE:
                         return
                     await self._look(current)
+                    if self.record is None or self.record.status not in ACTIVE:
+                        return
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug here must not leave a half-applied split
@@ -429,8 +445,14 @@ class RolloutController:
         if look > self._settings.max_looks:
             await self._end(record, "aborted", "insufficient evidence: the analysis plan ran out")
             return
-        verdict = judge(
-            split.baseline.sample(), split.candidate.sample(), look=look, settings=self._settings
+        # judged in a thread: the statistics take milliseconds to tens of them, which the
+        # event loop (every request) should not wait for; the samples are copies
+        verdict = await asyncio.to_thread(
+            judge,
+            split.baseline.sample(),
+            split.candidate.sample(),
+            look=look,
+            settings=self._settings,
         )
         record = record.model_copy(update={"looks": look})
         self.record = record
@@ -635,6 +657,11 @@ class RolloutController:
 
     async def _post_abort(self, request: web.Request) -> web.Response:
         return await self._call(self.abort)
+
+
+def _load_statistics() -> None:
+    import scipy.spatial.distance
+    import scipy.stats  # noqa: F401
 
 
 def _asdict(controller: RolloutController) -> dict[str, Any] | None:
