@@ -123,7 +123,7 @@ class Attempts:
     when no backend has room right now (wait for capacity, then iterate again); it stops
     when the request must give up (``expired``, ``last`` and ``tried`` say why)."""
 
-    __slots__ = ("_rules", "deadline", "hedges_left", "last", "tried")
+    __slots__ = ("_rules", "deadline", "hedged", "hedges_left", "last", "skip", "tried")
 
     def __init__(self, rules: AttemptRules, deadline: float, hedges: int = 0) -> None:
         self._rules = rules
@@ -131,6 +131,10 @@ class Attempts:
         self.hedges_left = hedges
         self.tried: tuple[Upstream, ...] = ()
         self.last: Failure | None = None
+        # the hedges among ``tried`` (what a cost ledger calls an attempt's cause)
+        self.hedged: tuple[Upstream, ...] = ()
+        # backends this request may not use (a hard budget ``_cost`` says it cannot afford)
+        self.skip: tuple[Upstream, ...] = ()
 
     def __iter__(self) -> Attempts:
         return self
@@ -143,9 +147,10 @@ class Attempts:
         if len(tried) >= rules.max_attempts:
             raise StopIteration
         pool = rules.pool
-        up = pool.pick(tried)
+        skip = self.skip
+        up = pool.pick(tried + skip if skip else tried)
         if up is None:
-            if len(tried) >= len(pool.upstreams):
+            if len(tried) + len(skip) >= len(pool.upstreams):
                 raise StopIteration  # every backend was tried
             return None
         if tried:
@@ -191,7 +196,12 @@ class Attempts:
             for up in rules.pool.upstreams.values():
                 if later >= room:
                     break
-                if up not in tried and not up.needs_probe and up.breaker.available():
+                if (
+                    up not in tried
+                    and up not in self.skip
+                    and not up.needs_probe
+                    and up.breaker.available()
+                ):
                     later += 1
         return now + left / (1 + later)
 
@@ -221,11 +231,12 @@ class Attempts:
         tried = self.tried
         if self.hedges_left <= 0 or len(tried) >= rules.max_attempts:
             return None
-        up = rules.pool.pick(tried)
+        up = rules.pool.pick(tried + self.skip if self.skip else tried)
         if up is None or not rules.budget.try_withdraw():
             return None
         self.hedges_left -= 1
         rules.hedges += 1
         up.metrics.hedges.inc()
         self.tried = (*tried, up)
+        self.hedged = (*self.hedged, up)
         return up

@@ -90,6 +90,7 @@ from bastion.resilience import (
 from bastion.serve import shapes
 from bastion.serve._attempts import AttemptRules, Attempts, AttemptStatistics
 from bastion.serve._auth import ClientKeys
+from bastion.serve._cost import Bill, Ledger, LedgerStatistics
 from bastion.serve._outcome import (
     ABANDONED,
     CANCELLED,
@@ -142,6 +143,10 @@ _current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar
 )
 """The request id of the request being served, for the attempts it makes (hedges run in
 tasks, which copy the context)."""
+_current_bill: contextvars.ContextVar[Bill | None] = contextvars.ContextVar(
+    "bastion_bill", default=None
+)
+"""The cost ledger's bill of the request being served (None: no accounting)."""
 _MAX_BODY = 4 * 1024 * 1024
 _JSON = "application/json"
 _POST_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/predict")
@@ -169,6 +174,7 @@ class GatewayStatistics:
         ttft_timeout_s: how long a stream waits for its first byte now.
         ttft: the adaptive TTFT timeout, or None when the policy fixes it.
         admission: the admission queue.
+        cost: spend since start and the budgets, or None without prices or budgets.
     """
 
     service: str
@@ -181,6 +187,7 @@ class GatewayStatistics:
     ttft_timeout_s: float
     ttft: AdaptiveTimeoutStatistics | None
     admission: AdmissionStatistics
+    cost: LedgerStatistics | None = None
 
 
 @dataclass(slots=True)
@@ -280,7 +287,8 @@ class Gateway:
     event loop must never wait on SQLite), in ``segment``. ``api_keys``: the client keys
     it requires (``serve._auth.client_keys``); empty, it requires none. ``clock``
     (monotonic seconds) times deadlines, attempts and every policy the gateway drives
-    (breakers, limits, the retry budget); tests may pass a ``ManualClock``.
+    (breakers, limits, the retry budget); tests may pass a ``ManualClock``. ``cost``: the
+    ledger of prices and budgets (``serve._cost``); None, no accounting is done.
     """
 
     def __init__(
@@ -297,6 +305,7 @@ class Gateway:
         hold_429_s: float = 1.0,
         api_keys: Sequence[str] = (),
         clock: Clock = monotonic,
+        cost: Ledger | None = None,
     ) -> None:
         self.service = service
         self.keys = ClientKeys(api_keys)
@@ -358,6 +367,10 @@ class Gateway:
         self._shed = self.metrics.shed
         self._responses = self.metrics.responses
         self.metrics.watch(self._state_rows, lambda: self.admission.waiting)
+        self.cost = cost
+        if cost is not None:
+            cost.record = self.record
+            self.metrics.registry.register(cost.collector())
         self.app = self._build_app()
 
     # -- membership ---------------------------------------------------------------------
@@ -558,6 +571,7 @@ class Gateway:
             ttft_timeout_s=self._ttft_timeout(),
             ttft=self.ttft.statistics() if self.ttft_fixed_s is None else None,
             admission=self.admission.statistics(),
+            cost=self.cost.statistics() if self.cost is not None else None,
         )
 
     # -- the request path -----------------------------------------------------------------
@@ -617,15 +631,30 @@ class Gateway:
         prio_name = headers.get(PRIORITY_HEADER)
         priority = 1 if prio_name is None else PRIORITIES.get(prio_name.lower(), 1)
         deadline = self._clock() + timeout_s
+        bill = None
+        if self.cost is not None:
+            key = headers.get("Authorization") if self.keys.enabled else None
+            bill = self.cost.bill(obj, len(body), key, self.pool)
+            if bill.nowhere:
+                self._responses["4xx"].inc()
+                return _error(429, self.cost.refusal(bill), "budget_exceeded", retry_after=1)
+            _current_bill.set(bill)
         if obj.get("stream") is True:
             return await self._stream(request, body, obj, priority, deadline)
         path = request.path
 
-        attempts = self.attempts.start(deadline, hedge=self._hedging)
+        hedge = self._hedging and (bill is None or bill.hedge)
+        attempts = self.attempts.start(deadline, hedge=hedge)
 
         def run(up: Upstream) -> Coroutine[Any, Any, _Answer]:
             ends = attempts.attempt_deadline()
+            if bill is not None:
+                sent = self._body_for(up, body, obj)
+                return bill.whole(up, attempts, lambda: self._attempt(up, path, sent, ends))
             return self._attempt(up, path, self._body_for(up, body, obj), ends)
+
+        if bill is not None:
+            attempts.skip = bill.skip
 
         answer = await self._run(attempts, priority, run, self.hedge)
         if isinstance(answer, web.Response):
@@ -782,7 +811,7 @@ class Gateway:
     def _give_up(self, attempts: Attempts) -> web.Response:
         names = ", ".join(u.name for u in attempts.tried) or "none"
         last = attempts.last
-        self._responses["5xx" if last is None or last.outcome is not RATE_LIMITED else "4xx"].inc()
+        self._responses["5xx" if last is None or last.outcome.status >= 500 else "4xx"].inc()
         if last is None:
             return _error(
                 504,
@@ -870,22 +899,39 @@ class Gateway:
         """Fail over, and hedge, before the first byte; after it, end a cut/stalled stream
         with an SSE error event (see the module docstring for why it cannot resume)."""
         path = request.path
+        bill = _current_bill.get()
 
         def run(up: Upstream) -> Coroutine[Any, Any, _Opened]:
+            if bill is not None:
+                return bill.opening(up, attempts, lambda: self._open(up, path, body, obj, deadline))
             return self._open(up, path, body, obj, deadline)
 
-        attempts = self.attempts.start(deadline, hedge=self._hedging)
-        opened = await self._run(attempts, priority, run, self.ttft_hedge, self._close_opened)
+        discard = self._close_opened
+        if bill is not None:
+
+            def discard(opened: _Opened) -> None:
+                self._close_opened(opened)
+                bill.discarded(opened)
+
+        hedge = self._hedging and (bill is None or bill.hedge)
+        attempts = self.attempts.start(deadline, hedge=hedge)
+        if bill is not None:
+            attempts.skip = bill.skip
+        opened = await self._run(attempts, priority, run, self.ttft_hedge, discard)
         if isinstance(opened, web.Response):
             return opened
         resp = opened.resp
         if resp is None:  # the client's own error: pass it on
+            if bill is not None:
+                bill.relayed(opened, answered=False)
             self._responses["4xx"].inc()
             return web.Response(
                 status=opened.status, body=opened.first, content_type=opened.content_type
             )
+        ticket = bill.ticket_of(opened) if bill is not None else None
+        out: web.StreamResponse | None = None
         try:
-            return await self._relay(
+            out = await self._relay(
                 request,
                 opened.up,
                 resp,
@@ -894,9 +940,13 @@ class Gateway:
                 checked=opened.checked,
                 start=opened.start,
                 deadline=deadline,
+                tap=ticket.tap if ticket is not None else None,
             )
+            return out
         finally:
             resp.release()
+            if bill is not None:
+                bill.relayed(opened, answered=out is not None)
 
     def _ttft_timeout(self) -> float:
         return self.ttft.timeout() if self.ttft_fixed_s is None else self.ttft_fixed_s
@@ -1006,6 +1056,7 @@ class Gateway:
         checked: int = 0,
         start: float,
         deadline: float,
+        tap: Callable[[bytes], object] | None = None,
     ) -> web.StreamResponse:
         """Relay a stream whose first bytes came, to its end or to the request's deadline,
         whichever is first; settle the attempt with how it ended."""
@@ -1058,6 +1109,8 @@ class Gateway:
                                 problem = f"broke the protocol ({problem})"
                                 break
                         await out.write(chunk)
+                        if tap is not None:
+                            tap(chunk)  # the cost ledger counts what the client got
                         sent += len(chunk)
                         tail = (tail + chunk)[-64:]
                     reading = True
