@@ -641,34 +641,9 @@ class Service(_Strict):
     depends_on: list[Dependency] = Field(default_factory=list)
     """Components the service needs besides its backends."""
     budgets: list[Budget] = Field(default_factory=list)
-    """Spending limits, each over its window (docs/cost.md)."""
-
-    @model_validator(mode="after")
-    def _budgets(self) -> Service:
-        currencies = {b.price.currency for b in self.backends if b.price is not None}
-        if len(currencies) > 1:
-            raise ValueError(
-                f"the backends' prices are in {', '.join(sorted(currencies))}; Bastion converts "
-                "no currency into another, so give every price of a service in one"
-            )
-        vendors = {b.provider or b.name for b in self.backends}
-        for i, budget in enumerate(self.budgets):
-            if currencies and budget.currency not in currencies:
-                raise ValueError(
-                    f"budgets[{i}] is in {budget.currency}, the prices in "
-                    f"{next(iter(currencies))}; give the budget in the prices' currency"
-                )
-            if budget.vendor is not None and budget.vendor not in vendors:
-                raise ValueError(
-                    f"budgets[{i}].vendor {budget.vendor!r} is no backend's provider or name "
-                    f"(they are: {', '.join(sorted(vendors))})"
-                )
-            if budget.scope == "key" and self.auth is None:
-                raise ValueError(
-                    f"budgets[{i}] has scope key, but the service has no auth (client keys); "
-                    "add auth.keys_env, or use scope service"
-                )
-        return self
+    """Spending limits, each over its window (docs/cost.md). Their currency must be the
+    prices' (one per service), a vendor must be a backend's provider or name, and scope
+    key needs auth (the loader checks these, where they are written)."""
 
     @model_validator(mode="after")
     def _golden_backends(self) -> Service:
