@@ -535,16 +535,20 @@ class Ledger:
         out = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
         bill = Bill(self, self._key(authorization), body_len, out or self.reserve_output)
         if self.budgeted:
-            accounts = self._accounts(bill.key, "")
-            vendors = [a for v in self._vendor_accounts.values() for a in v]
-            if any(a.past_soft() for a in (*accounts, *vendors)):
+            watched = self._watched(bill.key)
+            self._rearm(watched)
+            over = [a for a in watched if a.past_soft()]
+            if over:
                 bill.hedge = False
-                self._soft_event([a for a in (*accounts, *vendors) if a.past_soft()])
+                self._soft_event(over)
             skip = []
             for up in pool.upstreams.values():
                 need = bill.reservation(self.rate(up))
-                if any(a.headroom() < need for a in self._accounts(bill.key, up.spec.group)):
-                    skip.append(up)
+                for account in self._accounts(bill.key, up.spec.group):
+                    if account.headroom() < need:
+                        skip.append(up)
+                        self._hard_reached(account, need)
+                        break
             bill.skip = tuple(skip)
             bill.nowhere = bool(skip) and len(skip) >= len(pool.upstreams)
         return bill
@@ -562,9 +566,18 @@ class Ledger:
                     currency=account.currency,
                 )
 
+    def _watched(self, key: str) -> tuple[Account, ...]:
+        """The accounts a request of ``key`` may count in, whichever backend it goes to."""
+        vendors = tuple(a for v in self._vendor_accounts.values() for a in v)
+        return self._accounts(key, "") + vendors
+
     def _hard_event(self, account: Account, need: int) -> None:
         account.refused += 1
         self.refused += 1
+        self._hard_reached(account, need)
+
+    def _hard_reached(self, account: Account, need: int) -> None:
+        """``account`` cannot hold a reservation of ``need``: an event, once per crossing."""
         if not account.over_hard:
             account.over_hard = True
             self.record(
@@ -578,20 +591,20 @@ class Ledger:
             )
 
     def _rearm(self, accounts: Iterable[Account]) -> None:
-        """A settled attempt may have brought an account back under its limits (spend
-        left the window): its next crossing is a new event."""
+        """Spend that left the window may have brought an account back under its limits:
+        below 90 % of one (spend alone, so reservations coming and going do not make the
+        event flap), its next crossing is a new event."""
         for account in accounts:
-            if account.over_hard and account.headroom() > 0:
+            if account.over_hard and account.window.spent() < 0.9 * account.hard:
                 account.over_hard = False
-            if account.over_soft and not account.past_soft():
+            soft = account.soft
+            if account.over_soft and (soft is None or account.window.spent() < 0.9 * soft):
                 account.over_soft = False
 
     def refusal(self, bill: Bill) -> str:
         """Why ``bill``'s request cannot be sent anywhere, for its 429."""
         self.shed += 1
-        worst = min(self._accounts(bill.key, ""), key=lambda a: a.headroom(), default=None) or next(
-            iter(self._all_accounts()), None
-        )
+        worst = min(self._watched(bill.key), key=lambda a: a.headroom(), default=None)
         if worst is None:  # pragma: no cover - bill.skip is empty without budgets
             return f"service {self.service}: over budget"
         self._hard_event(worst, 0)
