@@ -57,7 +57,6 @@ CREATE TABLE IF NOT EXISTS spend (
 );
 CREATE INDEX IF NOT EXISTS spend_ts ON spend (ts);
 """
-_STOP = object()
 _FLUSH_S = 1.0
 
 
@@ -117,6 +116,7 @@ class SpendWriter:
         self.written = 0
         self.failed = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if self.path is not None:
             _connect(self.path, create=True).close()  # a bad state_dir fails here, loudly
@@ -134,21 +134,21 @@ class SpendWriter:
             self._queue.put((time.time(), charge))
 
     def _drain(self) -> None:
+        # Wake once a flush interval and take everything queued, never once per charge:
+        # a thread woken per request costs the gateway's process a futex and a fight for
+        # the GIL each time, which was most of accounting's CPU.
         assert self.path is not None
         conn = _connect(self.path, create=False)
-        rows: dict[tuple[Any, ...], list[int]] = {}
-        flush_at = time.monotonic() + _FLUSH_S
         stop = False
         try:
             while not stop:
-                try:
-                    item = self._queue.get(timeout=max(flush_at - time.monotonic(), 0.0))
-                except queue.Empty:
-                    item = None
-                if item is _STOP:
-                    stop = True
-                elif item is not None:
-                    ts, c = item
+                stop = self._stop.wait(_FLUSH_S)
+                rows: dict[tuple[Any, ...], list[int]] = {}
+                while True:
+                    try:
+                        ts, c = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
                     key = (float(int(ts)), c.service, c.backend, c.tier, c.key, c.cause, c.currency)
                     row = rows.get(key)
                     if row is None:
@@ -158,12 +158,8 @@ class SpendWriter:
                     row[2] += c.output_tokens
                     row[3] += c.estimated
                     row[4] += c.cost
-                    if not stop and time.monotonic() < flush_at:
-                        continue
                 if rows:
                     self._write(conn, rows)
-                    rows = {}
-                flush_at = time.monotonic() + _FLUSH_S
         finally:
             conn.close()
 
@@ -182,8 +178,10 @@ class SpendWriter:
             self.failed += len(rows)
 
     def close(self) -> None:
+        """Write what is queued and stop the thread (a charge put before ``close`` is
+        never lost)."""
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._stop.set()
             self._thread.join(timeout=10)
             self._thread = None
 

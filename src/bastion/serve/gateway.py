@@ -638,8 +638,9 @@ class Gateway:
             if bill.nowhere:
                 self._responses["4xx"].inc()
                 return _error(429, self.cost.refusal(bill), "budget_exceeded", retry_after=1)
-            _current_bill.set(bill)
         if obj.get("stream") is True:
+            if bill is not None:
+                _current_bill.set(bill)
             return await self._stream(request, body, obj, priority, deadline)
         path = request.path
 
