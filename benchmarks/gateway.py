@@ -385,7 +385,16 @@ def cost_overhead(py: str, rounds: int, seconds: float) -> dict[str, Any]:
                 row[f"{name}_rps"] = rps
             row["ratio"] = row["on_cpu_ms_per_req"] / row["off_cpu_ms_per_req"]
             per_round.append(row)
-        return {"rounds": per_round}
+        # And one client at a time, a request to each gateway in turn: CPU per request
+        # without the batching a saturated event loop does (which amplifies differences).
+        sequential_rounds: list[float] = []
+        for _ in range(rounds):
+            c0 = [cpu_s(proc) for _, _, proc in targets]
+            n = asyncio.run(_alternate([port for _, port, _ in targets], seconds))
+            c1 = [cpu_s(proc) for _, _, proc in targets]
+            off, on = ((b - a) / n * 1e3 for a, b in zip(c0, c1, strict=True))
+            sequential_rounds.append(on / off)
+        return {"rounds": per_round, "sequential_ratios": sequential_rounds}
     finally:
         for p in procs:
             p.kill()
@@ -395,6 +404,23 @@ def cost_overhead(py: str, rounds: int, seconds: float) -> dict[str, Any]:
 async def _pair(ports: list[int], concurrency: int, seconds: float) -> list[float]:
     found = await asyncio.gather(*(closed_loop(p, concurrency, seconds) for p in ports))
     return list(found)
+
+
+async def _alternate(ports: list[int], seconds: float) -> int:
+    """One request to each of ``ports`` in turn for ``seconds``; returns requests per port."""
+    import aiohttp
+
+    n = 0
+    stop = time.monotonic() + seconds
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < stop:
+            for port in ports:
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                async with s.post(url, data=BODY, headers=headers) as r:
+                    await r.read()
+            n += 1
+    return n
 
 
 def run_cost(py: str, rounds: int, seconds: float) -> None:
@@ -408,6 +434,11 @@ def run_cost(py: str, rounds: int, seconds: float) -> None:
         f"bastion CPU/request with accounting and budgets {on[mid]:.3f} ms vs without "
         f"{off[mid]:.3f} ms: median of per-round ratios {ratios[mid]:.3f}x (rounds: "
         f"{', '.join(f'{r:.3f}' for r in ratios)}; goal <= 1.05x)"
+    )
+    seq = sorted(found["sequential_ratios"])
+    print(
+        f"the same, one request at a time: median of per-round ratios {seq[len(seq) // 2]:.3f}x "
+        f"(rounds: {', '.join(f'{r:.3f}' for r in seq)})"
     )
 
 

@@ -779,7 +779,9 @@ class Bill:
         self.skip: tuple[Upstream, ...] = ()
         self.nowhere = False  # no backend of the pool fits a hard budget for this request
         self.hedge = True
-        self.opened: dict[int, Ticket] = {}  # id(opened stream) -> its ticket
+        # id(opened stream) -> its ticket; made on a stream's first use (most requests
+        # are whole answers, and pay for no dict)
+        self.opened: dict[int, Ticket] | None = None
 
     @property
     def shadow(self) -> bool:
@@ -851,16 +853,18 @@ class Bill:
         except BaseException:
             self._failed(ticket, None)
             raise
+        if self.opened is None:
+            self.opened = {}
         self.opened[id(opened)] = ticket
         return opened
 
     def ticket_of(self, opened: object) -> Ticket | None:
-        return self.opened.get(id(opened))
+        return self.opened.get(id(opened)) if self.opened is not None else None
 
     def relayed(self, opened: object, *, answered: bool) -> None:
         """The stream ``opened`` ended (``answered``: with a success, else cut or not a
         stream at all): settle it with its final ``usage`` or its events as an estimate."""
-        ticket = self.opened.pop(id(opened), None)
+        ticket = self.opened.pop(id(opened), None) if self.opened is not None else None
         if ticket is None:
             return
         if ticket.usage is not None:
@@ -874,7 +878,7 @@ class Bill:
 
     def discarded(self, opened: object) -> None:
         """A stream that opened but lost a hedge race (closed at its first bytes)."""
-        ticket = self.opened.pop(id(opened), None)
+        ticket = self.opened.pop(id(opened), None) if self.opened is not None else None
         if ticket is not None:
             self.ledger.settle(self, ticket, (self._input_estimate(), 1), estimated=True)
 

@@ -131,7 +131,9 @@ class SpendWriter:
         """Hand one charge to the writer (never blocks)."""
         self.put_count += 1
         if self._thread is not None:
-            self._queue.put((time.time(), charge))
+            # a plain tuple of numbers and strings, which the garbage collector stops
+            # tracking: up to a second of charges wait here
+            self._queue.put((time.time(), *charge))
 
     def _drain(self) -> None:
         # Wake once a flush interval and take everything queued, never once per charge:
@@ -146,9 +148,10 @@ class SpendWriter:
                 rows: dict[tuple[Any, ...], list[int]] = {}
                 while True:
                     try:
-                        ts, c = self._queue.get_nowait()
+                        ts, *fields = self._queue.get_nowait()
                     except queue.Empty:
                         break
+                    c = Charge(*fields)
                     key = (float(int(ts)), c.service, c.backend, c.tier, c.key, c.cause, c.currency)
                     row = rows.get(key)
                     if row is None:
