@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -283,3 +284,22 @@ def test_a_vendor_without_usage_is_estimated_and_marked(tmp_path: Path) -> None:
 async def _metrics(url: str) -> str:
     async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as r:
         return await r.text()
+
+
+def test_a_drill_window_reports_what_the_fault_cost(tmp_path: Path) -> None:
+    from bastion.drill.runner import _drill_cost
+    from bastion.serve._cost import Charge
+
+    assert _drill_cost(tmp_path, 0.0, 1e12) is None  # no gateway accounts spend here
+    writer = SpendWriter.in_state_dir(tmp_path)
+    since = time.time()
+    spent = {"first": 5 * 10**9, "retry": 2 * 10**9, "hedge": 10**9, "fallback": 3 * 10**9}
+    for cause, cost in spent.items():
+        writer.put(Charge("chat", "big", 0, "", cause, "USD", 8, 5, False, cost))  # type: ignore[arg-type]
+    writer.close()
+    found = _drill_cost(tmp_path, since - 1, time.time() + 1)
+    assert found is not None
+    assert found["total"]["USD"] == pytest.approx(sum(spent.values()) / PICO)
+    assert found["extra"]["USD"] == pytest.approx(6 * 10**9 / PICO)
+    assert found["by_cause"]["USD"]["fallback"] == pytest.approx(3 * 10**9 / PICO)
+    assert _drill_cost(tmp_path, since + 3600, since + 7200)["total"] == {}  # type: ignore[index]

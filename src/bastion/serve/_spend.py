@@ -30,6 +30,7 @@ __all__ = [
     "CostReport",
     "CostRow",
     "SpendWriter",
+    "cost_between",
     "cost_report",
     "spend_path",
     "spend_since",
@@ -267,7 +268,14 @@ def cost_report(
     if period not in PERIODS:
         raise UsageError(f"--period {period!r}: use one of {', '.join(PERIODS)}")
     until = time.time() if now is None else now
-    since = until - PERIODS[period]
+    return cost_between(state_dir, until - PERIODS[period], until, period=period)
+
+
+def cost_between(
+    state_dir: str | Path, since: float, until: float, *, period: str = "between"
+) -> CostReport:
+    """Spend between two Unix times (a drill's incident window, say): the report's
+    shape, its ``period`` as given. Rows land within a second of their charge."""
     path = spend_path(state_dir)
     raw: list[tuple[Any, ...]] = []
     if path.exists():
