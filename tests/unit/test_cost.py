@@ -242,3 +242,28 @@ def test_a_ledger_seeds_its_windows_with_spend_from_before_a_restart() -> None:
     (account,) = ledger._service_accounts
     assert account.window.spent() == PICO // 2  # the older row is out of the window
     assert ledger.longest_window_s == 3600.0
+
+
+def test_cost_aware_routing_prefers_the_cheaper_backend_while_scores_are_close() -> None:
+    from bastion.serve._cost import weigh
+
+    clock = ManualClock()
+    pool = Pool("svc", clock=clock)
+    ups = {}
+    for name in ("pricey", "cheap"):
+        ups[name] = up = Upstream(
+            UpstreamSpec(name=name, url=f"http://127.0.0.1:1/{name}", group=name, tier=0),
+            BackendMetrics(),
+            clock,
+        )
+        pool.add(up)
+    weigh(pool, Ledger("svc", PRICES), 0.2)
+    assert ups["pricey"].weight == pytest.approx(1.2)
+    assert ups["cheap"].weight == 1.0
+    ups["pricey"].latency.update(0.100)
+    ups["cheap"].latency.update(0.115)  # 15 % slower: within the margin, still preferred
+    assert {pool.pick().name for _ in range(50)} == {"cheap"}  # type: ignore[union-attr]
+    ups["cheap"].latency.update(0.200)  # twice as slow: latency wins over price
+    assert {pool.pick().name for _ in range(50)} == {"pricey"}  # type: ignore[union-attr]
+    weigh(pool, Ledger("svc", PRICES), 0.0)  # off: latency alone
+    assert ups["pricey"].weight == ups["cheap"].weight == 1.0

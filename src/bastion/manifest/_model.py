@@ -576,6 +576,10 @@ class GatewayPolicy(_Strict):
     """How long a request may wait in the queue, in milliseconds."""
     max_ejected: float = Field(default=0.5, gt=0, le=1)
     """The largest fraction of backends outlier detection may eject at once."""
+    prefer_cheaper: float = Field(default=0.0, ge=0, le=1)
+    """Cost-aware routing: within a tier, prefer the cheaper backend (by its price) while
+    its latency score is at most this fraction worse than a dearer one's (0.2: 20 %); 0
+    routes on latency alone. The trade-off is in docs/cost.md."""
     header_timeout_ms: float = Field(default=10000, gt=0)
     """How long a client connection may take to send a request's line and headers, in
     milliseconds, before the gateway closes it (a slow-headers, slowloris, defence)."""

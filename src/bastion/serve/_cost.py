@@ -77,6 +77,7 @@ __all__ = [
     "estimate_tokens",
     "key_id",
     "read_usage",
+    "weigh",
 ]
 
 Cause = Literal["first", "retry", "hedge", "fallback", "shadow", "probe"]
@@ -881,6 +882,21 @@ class Bill:
         ticket = self.opened.pop(id(opened), None) if self.opened is not None else None
         if ticket is not None:
             self.ledger.settle(self, ticket, (self._input_estimate(), 1), estimated=True)
+
+
+_REFERENCE = (500, 500)
+"""The request cost-aware routing prices backends by: 500 input and 500 output tokens."""
+
+
+def weigh(pool: Pool, ledger: Ledger, margin: float) -> None:
+    """Cost-aware routing: in each tier, a backend dearer than the tier's cheapest (for a
+    reference request) gets weight ``1 + margin`` on its P2C score, the cheapest 1. The
+    cheaper of two candidates then wins unless its score is more than ``margin`` worse."""
+    for tier in pool.tiers:
+        costs = [ledger.rate(up).cost(*_REFERENCE) for up in tier]
+        cheapest = min(costs, default=0)
+        for up, cost in zip(tier, costs, strict=True):
+            up.weight = 1.0 + margin if cost > cheapest else 1.0
 
 
 class _SpendExporter:

@@ -90,7 +90,7 @@ from bastion.resilience import (
 from bastion.serve import shapes
 from bastion.serve._attempts import AttemptRules, Attempts, AttemptStatistics
 from bastion.serve._auth import ClientKeys
-from bastion.serve._cost import Bill, Ledger, LedgerStatistics
+from bastion.serve._cost import Bill, Ledger, LedgerStatistics, weigh
 from bastion.serve._outcome import (
     ABANDONED,
     CANCELLED,
@@ -378,10 +378,14 @@ class Gateway:
         up = Upstream(spec, BackendMetrics(), self.pool.clock)
         up.needs_probe = needs_probe
         self.pool.add(up)
+        if self.cost is not None and self.policy.prefer_cheaper:
+            weigh(self.pool, self.cost, self.policy.prefer_cheaper)
         return up
 
     def remove_upstream(self, name: str) -> None:
         self.pool.remove(name)
+        if self.cost is not None and self.policy.prefer_cheaper:
+            weigh(self.pool, self.cost, self.policy.prefer_cheaper)
 
     def _state_rows(self) -> Iterable[tuple[str, BackendMetrics, UpstreamStatistics]]:
         for up in list(self.pool.upstreams.values()):
