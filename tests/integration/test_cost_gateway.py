@@ -303,3 +303,35 @@ def test_a_drill_window_reports_what_the_fault_cost(tmp_path: Path) -> None:
     assert found["extra"]["USD"] == pytest.approx(6 * 10**9 / PICO)
     assert found["by_cause"]["USD"]["fallback"] == pytest.approx(3 * 10**9 / PICO)
     assert _drill_cost(tmp_path, since + 3600, since + 7200)["total"] == {}  # type: ignore[index]
+
+
+def test_a_key_budget_sheds_only_its_own_key(vendors: dict[str, FaultyUpstream]) -> None:
+    keys = ("sk-team-a-0123456789", "sk-team-b-0123456789")
+    ledger = Ledger(
+        "chat",
+        {"cheap": Rate.of(CHEAP)},
+        budgets=[Budget(scope="key", hard=0.0002, window="1h")],
+    )
+    gw = Gateway("chat", GatewayPolicy(timeout_ms=5000), api_keys=keys, cost=ledger)
+    gw.add_upstream(UpstreamSpec(name="cheap", url=vendors["cheap"].url, group="cheap"))
+
+    async def as_key(url: str, key: str, n: int) -> list[int]:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            return [(await _post(session, url, BODY))[0] for _ in range(n)]
+
+    with GatewayThread(gw) as thread:
+        spent_a = thread.call(as_key(thread.url, keys[0], 40))
+        spent_b = thread.call(as_key(thread.url, keys[1], 3))
+        stats = thread.run(ledger.statistics)
+        rows = thread.run(lambda: dict(ledger.counts))
+    assert 429 in spent_a  # team a ran out of its own budget
+    assert spent_a[0] == 200
+    assert spent_b == [200, 200, 200]  # team b's budget is its own
+    names = sorted(a.name for a in stats.budgets)
+    assert len(names) == 2
+    assert all(n.startswith("key:key-") and n.endswith("/1h") for n in names)
+    assert all(keys[0] not in n and keys[1] not in n for n in names)  # never the key itself
+    for account in stats.budgets:
+        assert account.spent <= 0.0002
+    assert sum(r[3] for r in rows.values()) == spent_a.count(200) + 3
