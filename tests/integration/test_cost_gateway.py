@@ -335,3 +335,76 @@ def test_a_key_budget_sheds_only_its_own_key(vendors: dict[str, FaultyUpstream])
     for account in stats.budgets:
         assert account.spent <= 0.0002
     assert sum(r[3] for r in rows.values()) == spent_a.count(200) + 3
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_bastion_serve_accounts_spend_from_the_manifest_across_a_restart(tmp_path: Path) -> None:
+    """The whole wiring: prices and a budget in bastion.yaml, `bastion serve`, spend in
+    `serve status`, spend.db written on shutdown, `cost report`, and a restarted gateway
+    that still counts the window's earlier spend against its budget."""
+    import signal
+    import subprocess
+    import urllib.request
+
+    from tests.helpers import BASTION
+
+    port = _free_port()
+    with FaultyUpstream(name="vendor", reply=REPLY) as vendor:
+        manifest = tmp_path / "bastion.yaml"
+        manifest.write_text(
+            f"version: 1\nsystem: s\nservices:\n  chat:\n    listen: 127.0.0.1:{port}\n"
+            f"    backends:\n      - name: vendor\n        url: {vendor.url}\n"
+            "        price: {input_per_1k: 0.01, output_per_1k: 0.03}\n"
+            "    budgets:\n      - {window: 1d, soft: 1, hard: 2}\n"
+        )
+
+        def serve_once(requests: int) -> dict[str, Any]:
+            proc = subprocess.Popen(
+                [*BASTION, "serve", "-f", str(manifest)],
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        url = f"http://127.0.0.1:{port}/healthz"
+                        with urllib.request.urlopen(url, timeout=1):
+                            break
+                    except OSError:
+                        assert proc.poll() is None, "bastion serve exited"
+                        assert time.monotonic() < deadline, "the gateway never listened"
+                        time.sleep(0.05)
+                for _ in range(requests):
+                    status, _, _ = asyncio.run(_post_once(f"http://127.0.0.1:{port}"))
+                    assert status == 200
+                shown = run_bastion("serve", "status", "--json", cwd=tmp_path)
+                assert shown.returncode == 0, shown.stderr
+                status_doc: dict[str, Any] = json.loads(shown.stdout)["services"][0]["status"]
+                return status_doc
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+
+        first = serve_once(3)
+        one = Rate.of(PRICEY).cost(8, 5) / PICO
+        assert first["cost"]["total"] == pytest.approx(3 * one)
+        assert first["cost"]["by_cause"]["first"] == pytest.approx(3 * one)
+        second = serve_once(2)
+        (budget,) = second["cost"]["budgets"]
+        # the restarted gateway read the first run's spend back into its window
+        assert budget["spent"] == pytest.approx(5 * one)
+        assert second["cost"]["total"] == pytest.approx(2 * one)
+    report = run_bastion("cost", "report", "--json", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    doc = json.loads(report.stdout)
+    assert doc["total"]["USD"] == pytest.approx(5 * one)
+    assert doc["by_vendor"]["USD"] == {"vendor": pytest.approx(5 * one)}

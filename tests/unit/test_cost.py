@@ -267,3 +267,23 @@ def test_cost_aware_routing_prefers_the_cheaper_backend_while_scores_are_close()
     assert {pool.pick().name for _ in range(50)} == {"pricey"}  # type: ignore[union-attr]
     weigh(pool, Ledger("svc", PRICES), 0.0)  # off: latency alone
     assert ups["pricey"].weight == ups["cheap"].weight == 1.0
+
+
+def test_a_paid_probe_is_charged_as_a_probe_and_never_refused() -> None:
+    clock = ManualClock()
+    budget = Budget(scope="service", hard=0.000001, window="1h")  # already too small
+    ledger = Ledger("svc", PRICES, budgets=[budget], clock=clock)
+    _, ups = _pool(clock)
+    answer = b'{"usage": {"prompt_tokens": 100, "completion_tokens": 10}}'
+    ledger.probe(ups["pricey"], 400, 200, answer)
+    ledger.probe(ups["pricey"], 400, 200, b'{"predictions": [1, 2]}')  # no usage: estimated
+    ledger.probe(ups["pricey"], 400, 503, b"")  # failed: nothing
+    ledger.probe(ups["local"], 400, 200, answer)  # free: not accounted
+    row = ledger.counts["pricey", "probe"]
+    assert row[3] == 3
+    assert row[4] == 1
+    assert row[0] == PRICES["pricey"].cost(100, 10) + PRICES["pricey"].cost(100, 6)
+    assert ("local", "probe") not in ledger.counts
+    (account,) = ledger._service_accounts
+    assert account.window.spent() == row[0]  # counted in the window, though over the limit
+    assert account.reserved == 0

@@ -742,6 +742,27 @@ class Ledger:
             self.sink(charge)
         return charge
 
+    def probe(self, up: Upstream, request_bytes: int, status: int, payload: bytes) -> None:
+        """A paid call Bastion made itself (a golden round) on ``up``: charged with cause
+        ``probe`` and counted in the budgets' windows, never refused by them (a probe is
+        how an ejected backend earns its way back)."""
+        spec = up.spec
+        group = spec.group or spec.name
+        rate = self.rates.get(group, FREE)
+        if rate.free:
+            return
+        bill = Bill(self, "", request_bytes, 0)
+        ticket = Ticket(group, spec.tier, "probe", rate, 0, self._accounts("", group))
+        if status >= 400:
+            self.settle(bill, ticket, None, estimated=False)
+            return
+        usage = read_usage(payload)
+        if usage is None:
+            guess = (estimate_tokens(request_bytes), estimate_tokens(len(payload)))
+            self.settle(bill, ticket, guess, estimated=True)
+        else:
+            self.settle(bill, ticket, usage, estimated=False)
+
     # -- reading ------------------------------------------------------------------------------
     def total(self) -> int:
         return sum(row[0] for row in self.counts.values())
