@@ -833,11 +833,18 @@ class Bill:
             self.ledger.settle(self, ticket, None, estimated=False)
 
     async def whole(
-        self, up: Upstream, attempts: Attempts, attempt: Callable[[], Coroutine[Any, Any, A]]
+        self,
+        up: Upstream,
+        attempts: Attempts,
+        attempt: Callable[[], Coroutine[Any, Any, A]],
+        *,
+        cause: Cause | None = None,
     ) -> A:
         """Run ``attempt()`` (a whole answer on ``up``) reserved, and settle it with the
-        answer's ``usage`` (or an estimate, marked) when it ends."""
-        ticket = self.ledger.reserve(self, up, self.cause(up, attempts))
+        answer's ``usage`` (or an estimate, marked) when it ends. Its cause is the
+        attempt's place in ``attempts`` unless ``cause`` says it (``shadow``: a rollout
+        arm's copy of the request, sent only while ``shadow`` is True)."""
+        ticket = self.ledger.reserve(self, up, cause or self.cause(up, attempts))
         try:
             answer = await attempt()
         except Failure as failure:
@@ -862,11 +869,16 @@ class Bill:
         return answer
 
     async def opening(
-        self, up: Upstream, attempts: Attempts, attempt: Callable[[], Coroutine[Any, Any, T]]
+        self,
+        up: Upstream,
+        attempts: Attempts,
+        attempt: Callable[[], Coroutine[Any, Any, T]],
+        *,
+        cause: Cause | None = None,
     ) -> T:
         """Run ``attempt()`` (a stream on ``up``, up to its first bytes) reserved; the
         stream that opens keeps its ticket until ``relayed`` or ``discarded``."""
-        ticket = self.ledger.reserve(self, up, self.cause(up, attempts))
+        ticket = self.ledger.reserve(self, up, cause or self.cause(up, attempts))
         try:
             opened = await attempt()
         except Failure as failure:
