@@ -896,8 +896,9 @@ class Bill:
         return self.opened.get(id(opened)) if self.opened is not None else None
 
     def relayed(self, opened: object, *, answered: bool) -> None:
-        """The stream ``opened`` ended (``answered``: with a success, else cut or not a
-        stream at all): settle it with its final ``usage`` or its events as an estimate."""
+        """The stream ``opened`` ended (``answered``: it got its first bytes, so its prompt
+        was processed, however it ended; False: a client error passed on): settle it with
+        its final ``usage``, or its events as an estimate."""
         ticket = self.opened.pop(id(opened), None) if self.opened is not None else None
         if ticket is None:
             return

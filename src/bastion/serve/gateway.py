@@ -934,9 +934,8 @@ class Gateway:
                 status=opened.status, body=opened.first, content_type=opened.content_type
             )
         ticket = bill.ticket_of(opened) if bill is not None else None
-        out: web.StreamResponse | None = None
         try:
-            out = await self._relay(
+            return await self._relay(
                 request,
                 opened.up,
                 resp,
@@ -947,11 +946,10 @@ class Gateway:
                 deadline=deadline,
                 tap=ticket.tap if ticket is not None else None,
             )
-            return out
         finally:
             resp.release()
             if bill is not None:
-                bill.relayed(opened, answered=out is not None)
+                bill.relayed(opened, answered=True)
 
     def _ttft_timeout(self) -> float:
         return self.ttft.timeout() if self.ttft_fixed_s is None else self.ttft_fixed_s
