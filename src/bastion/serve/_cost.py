@@ -211,7 +211,9 @@ class Window:
         self.total = 0
 
     def _expire(self, now: float) -> int:
-        step = int(now // self.step_s)
+        return self._expire_step(int(now // self.step_s))
+
+    def _expire_step(self, step: int) -> int:
         if step == self._expired:
             return step
         self._expired = max(self._expired, step)
@@ -222,11 +224,13 @@ class Window:
         return step
 
     def add(self, amount: int, now: float | None = None) -> None:
-        step = self._expire(self._clock() if now is None else now)
+        step = int((self._clock() if now is None else now) // self.step_s)
         steps = self._steps
         if steps and steps[-1][0] == step:
+            # the step this amount lands in was expired at when it began: nothing to do
             steps[-1][1] += amount
         else:
+            self._expire_step(step)
             steps.append([step, amount])
         self.total += amount
 
@@ -711,9 +715,11 @@ class Ledger:
         else:
             cost = ticket.rate.cost(*tokens)
         if ticket.accounts:
+            held = ticket.reserved
             for account in ticket.accounts:
-                account.reserved -= ticket.reserved
-                account.window.add(cost)
+                account.reserved -= held
+                if cost:
+                    account.window.add(cost)
             ticket.reserved = 0
             if self._tripped:
                 self._rearm(ticket.accounts)
