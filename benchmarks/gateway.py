@@ -22,8 +22,16 @@ venv's own ``.gitignore``; create it with ``python -m venv benchmarks/.litellm-v
 echo '*' > benchmarks/.litellm-venv/.gitignore && benchmarks/.litellm-venv/bin/pip
 install 'litellm[proxy]'``); it is skipped, and says so, when that venv is missing.
 
+Then cost (issue 20): the same Bastion gateway with spend accounting and budgets on (a
+priced backend, a service budget with soft and hard limits far above what the run spends,
+spend rows written to a temporary ``spend.db``) against it with them off, both under load
+at once (16 concurrent clients each, so the machine's other work weighs on both alike);
+it reports the gateway CPU per request of each and the median of
+per-round ratios (goal <= 1.05x).
+
 Run: ``.venv/bin/python benchmarks/gateway.py [--requests 3000] [--seconds 5]``;
-the compound fault alone: ``... --compound-only [--compound 3] [--seed N]``.
+the compound fault alone: ``... --compound-only [--compound 3] [--seed N]``; the cost
+run alone: ``... --cost-only [--rounds 5]``.
 """
 
 from __future__ import annotations
@@ -95,6 +103,34 @@ async def main():
                                         max_queue=256), port=int(sys.argv[2]))
     for i, url in enumerate(sys.argv[1].split(",")):
         gw.add_upstream(UpstreamSpec(name=f"b{i}", url=url, initial_limit=256,
+                                     probe_path="/health"))
+    await gw.start()
+    print("PORT", gw.port, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+BASTION_COST = """
+import asyncio, sys, tempfile
+from bastion.manifest import Budget, GatewayPolicy, Price
+from bastion.serve import Gateway, UpstreamSpec
+from bastion.serve._cost import Ledger, Rate
+from bastion.serve._spend import SpendWriter
+
+
+async def main():
+    urls = sys.argv[1].split(",")
+    spend = SpendWriter.in_state_dir(tempfile.mkdtemp())
+    price = Rate.of(Price(input_per_1k=0.0005, output_per_1k=0.0015))
+    ledger = Ledger("bench", {f"b{i}": price for i in range(len(urls))},
+                    budgets=[Budget(scope="service", soft=1e8, hard=1e9, window="1d")],
+                    sink=spend.put)
+    gw = Gateway("bench", GatewayPolicy(timeout_ms=5000, hedge="p95", retry_budget=0.2,
+                                        max_queue=256), port=int(sys.argv[2]), cost=ledger)
+    for i, url in enumerate(urls):
+        gw.add_upstream(UpstreamSpec(name=f"b{i}", url=url, group=f"b{i}", initial_limit=256,
                                      probe_path="/health"))
     await gw.start()
     print("PORT", gw.port, flush=True)
@@ -320,6 +356,92 @@ async def closed_loop(port: int, concurrency: int, seconds: float) -> float:
     return done / seconds
 
 
+def cost_overhead(py: str, rounds: int, seconds: float) -> dict[str, Any]:
+    """Gateway CPU per request with accounting and budgets off and on, both under load at
+    once, in rounds; returns each round's figures."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        backend, bport = start([py, "-m", "bastion.serve.standin", "--name", "backend"])
+        procs.append(backend)
+        upstream = f"http://127.0.0.1:{bport}"
+        targets = []
+        for name, code in (("off", BASTION), ("on", BASTION_COST)):
+            proc, port = start([py, "-c", code, upstream, str(free_port())])
+            procs.append(proc)
+            wait_http(port)
+            asyncio.run(closed_loop(port, 32, 1.0))  # warm
+            targets.append((name, port, proc))
+        per_round: list[dict[str, float]] = []
+        for _ in range(rounds):
+            # Both gateways under load at once, 16 clients each: whatever else the machine
+            # runs at that moment, it weighs on both alike (sequential rounds on a shared
+            # machine gave ratios from 0.8x to 1.7x for the same code).
+            c0 = [cpu_s(proc) for _, _, proc in targets]
+            rates = asyncio.run(_pair([port for _, port, _ in targets], 16, seconds))
+            c1 = [cpu_s(proc) for _, _, proc in targets]
+            row: dict[str, float] = {}
+            for (name, _, _), rps, a, b in zip(targets, rates, c0, c1, strict=True):
+                row[f"{name}_cpu_ms_per_req"] = (b - a) / (rps * seconds) * 1e3
+                row[f"{name}_rps"] = rps
+            row["ratio"] = row["on_cpu_ms_per_req"] / row["off_cpu_ms_per_req"]
+            per_round.append(row)
+        # And one client at a time, a request to each gateway in turn: CPU per request
+        # without the batching a saturated event loop does (which amplifies differences).
+        sequential_rounds: list[float] = []
+        for _ in range(rounds):
+            c0 = [cpu_s(proc) for _, _, proc in targets]
+            n = asyncio.run(_alternate([port for _, port, _ in targets], seconds))
+            c1 = [cpu_s(proc) for _, _, proc in targets]
+            off, on = ((b - a) / n * 1e3 for a, b in zip(c0, c1, strict=True))
+            sequential_rounds.append(on / off)
+        return {"rounds": per_round, "sequential_ratios": sequential_rounds}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+async def _pair(ports: list[int], concurrency: int, seconds: float) -> list[float]:
+    found = await asyncio.gather(*(closed_loop(p, concurrency, seconds) for p in ports))
+    return list(found)
+
+
+async def _alternate(ports: list[int], seconds: float) -> int:
+    """One request to each of ``ports`` in turn for ``seconds``; returns requests per port."""
+    import aiohttp
+
+    n = 0
+    stop = time.monotonic() + seconds
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < stop:
+            for port in ports:
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                async with s.post(url, data=BODY, headers=headers) as r:
+                    await r.read()
+            n += 1
+    return n
+
+
+def run_cost(py: str, rounds: int, seconds: float) -> None:
+    found = cost_overhead(py, rounds, seconds)
+    print(json.dumps({"cost": found}, indent=1))
+    ratios = sorted(r["ratio"] for r in found["rounds"])
+    off = sorted(r["off_cpu_ms_per_req"] for r in found["rounds"])
+    on = sorted(r["on_cpu_ms_per_req"] for r in found["rounds"])
+    mid = len(ratios) // 2
+    print(
+        f"bastion CPU/request with accounting and budgets {on[mid]:.3f} ms vs without "
+        f"{off[mid]:.3f} ms: median of per-round ratios {ratios[mid]:.3f}x (rounds: "
+        f"{', '.join(f'{r:.3f}' for r in ratios)}; goal <= 1.05x)"
+    )
+    seq = sorted(found["sequential_ratios"])
+    print(
+        f"the same, one request at a time: median of per-round ratios {seq[len(seq) // 2]:.3f}x "
+        f"(rounds: {', '.join(f'{r:.3f}' for r in seq)})"
+    )
+
+
 def failover(py: str, seconds: int) -> dict[str, Any]:
     import urllib.request
 
@@ -523,11 +645,15 @@ def main() -> None:
     ap.add_argument("--compound-seconds", type=float, default=6.0, help="each run's load")
     ap.add_argument("--compound-only", action="store_true", help="run only the compound fault")
     ap.add_argument("--seed", type=int, default=None, help="the compound fault's seed")
+    ap.add_argument("--cost-only", action="store_true", help="run only the cost overhead")
     args = ap.parse_args()
     py = sys.executable
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     if args.compound_only:
         run_compound(py, args.compound, args.compound_seconds, seed)
+        return
+    if args.cost_only:
+        run_cost(py, max(args.rounds, 3), max(2.0, args.seconds / args.rounds))
         return
     procs = []
     try:
@@ -653,6 +779,7 @@ def main() -> None:
             f"per-round ratios {rps_ratios[len(rps_ratios) // 2]:.2f}x (rounds: "
             f"{', '.join(f'{r:.2f}' for r in rps_ratios)}; goal >= 0.67x)"
         )
+    run_cost(py, max(args.rounds, 3), max(2.0, args.seconds / args.rounds))
     if args.compound:
         run_compound(py, args.compound, args.compound_seconds, seed)
 

@@ -133,6 +133,16 @@ SERVE_GOLDEN_PASSED = _k(
     "a backend that had failed golden probes answers them right again (backend)",
 )
 SERVE_SCALED = _k("serve.scaled", "a replica set changed size (backend, replicas)")
+COST_BUDGET_SOFT_LIMIT = _k(
+    "cost.budget.soft_limit",
+    "a budget's spend passed its soft limit; hedging and shadowing are off for what it "
+    "covers (budget, spent, reserved, soft, currency)",
+)
+COST_BUDGET_HARD_LIMIT = _k(
+    "cost.budget.hard_limit",
+    "a budget could not hold an attempt's reservation: the attempt went to a cheaper tier "
+    "or the request was shed with 429 (budget, spent, reserved, hard, needed, currency)",
+)
 
 # -- rollouts -----------------------------------------------------------------------------
 ROLLOUT_STARTED = _k(

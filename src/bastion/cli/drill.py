@@ -200,6 +200,11 @@ def run(
         "faults_reverted",
     ):
         table.add_row(key, escape(_fmt(m.get(key))))
+    cost = (result.journal.get("bastion") or {}).get("cost") or {}
+    for currency in cost.get("currencies", []):
+        total, extra = cost["total"][currency], cost["extra"][currency]
+        table.add_row(f"spend ({currency})", f"{total:.6g}")
+        table.add_row(f"extra spend: retries, hedges, fallbacks ({currency})", f"{extra:.6g}")
     console.print(table)
     for problem in result.problems:
         console.print(f"[red]✗[/red] {escape(problem)}", soft_wrap=True)

@@ -42,6 +42,7 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "vault": ("vault",),
     "train": ("train",),
     "serve": ("serve",),
+    "cost": ("cost",),
     "model": ("model",),
     "map": ("map",),
     "drill": ("drill",),

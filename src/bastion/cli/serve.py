@@ -172,6 +172,19 @@ def _show_status(running: list[GatewayStatistics]) -> None:
                 f"{ro.status}, step {ro.step + 1} of {len(ro.steps)}, candidate share "
                 f"{ro.weight:g}%, {ro.looks} analyses" + (f"; {ro.reason}" if ro.reason else "")
             )
+        cost = item.cost
+        if cost is not None:
+            causes = ", ".join(f"{c} {v:.6g}" for c, v in cost.by_cause.items() if v)
+            console.print(
+                f"spend since start {cost.total:.6g} {cost.currency}"
+                + (f" ({causes})" if causes else "")
+                + "".join(
+                    f"; budget {b.name}: {b.spent:.6g} spent, {b.reserved:.6g} reserved of "
+                    f"{b.hard:g}" + (" (past soft: no hedging)" if b.over_soft else "")
+                    for b in cost.budgets
+                ),
+                soft_wrap=True,
+            )
 
 
 def register(app: typer.Typer) -> None:

@@ -475,6 +475,7 @@ def run_experiment(
     previous_usr1 = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     safety_net: list[str] = []
     started_s = time.monotonic()
+    started_wall = time.time()
     try:
         with activate(ctx):
             try:
@@ -543,6 +544,7 @@ def run_experiment(
         "problems": problems,
         "events": [e.to_json() for e in run_events],
         "wall_s": time.monotonic() - started_s,
+        "cost": _drill_cost(state_dir or base / ".bastion", started_wall, time.time()),
     }
     events.emit(
         ek.DRILL_FINISHED,
@@ -567,6 +569,25 @@ def run_experiment(
         problems=problems,
         aborted=ctx.aborted,
     )
+
+
+def _drill_cost(state_dir: Path, since: float, until: float) -> dict[str, Any] | None:
+    """What the gateways spent during the drill (``serve._spend``): the total, by cause,
+    and the extra that retries, hedges, fallbacks and shadows cost, per currency; None
+    when no gateway of this state directory accounts spend."""
+    from bastion.serve._spend import cost_between, spend_path
+
+    if not spend_path(state_dir).exists():
+        return None
+    found = cost_between(state_dir, since, until, period="drill")
+    return {
+        "currencies": list(found.currencies),
+        "total": found.total,
+        "by_cause": found.by_cause,
+        "by_vendor": found.by_vendor,
+        "extra": found.extra,
+        "estimated": found.estimated,
+    }
 
 
 def _journal_safe(journal: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ problem with its file:line:column and field path.
 from bastion.manifest._load import DEFAULT_FILE, load, loads
 from bastion.manifest._model import (
     Backend,
+    Budget,
     CheckpointPolicy,
     Component,
     Dependency,
@@ -15,6 +16,7 @@ from bastion.manifest._model import (
     Manifest,
     Pipeline,
     PipelineStage,
+    Price,
     RecoveryTarget,
     Redundancy,
     Replicas,
@@ -29,6 +31,7 @@ from bastion.manifest._model import (
 __all__ = [
     "DEFAULT_FILE",
     "Backend",
+    "Budget",
     "CheckpointPolicy",
     "Component",
     "Dependency",
@@ -37,6 +40,7 @@ __all__ = [
     "Manifest",
     "Pipeline",
     "PipelineStage",
+    "Price",
     "RecoveryTarget",
     "Redundancy",
     "Replicas",

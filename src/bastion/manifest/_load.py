@@ -627,6 +627,7 @@ def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestP
                         f"duplicate backend name {bname!r}",
                     )
                 names.add(bname)
+        yield from _cost_problems(str(name), svc, located)
         listen = svc.get("listen")
         if isinstance(listen, str):
             if listen in listens:
@@ -648,6 +649,57 @@ def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestP
             yield located.problem(("vault", "replicas", i), f"{replica!r}: {problem}")
 
     yield from _pipeline_problems(tree, located)
+
+
+def _cost_problems(name: str, svc: dict[str, Any], located: _Locator) -> Iterator[ManifestProblem]:
+    """A service's prices and budgets against each other: one currency (none is
+    converted), vendors that name a backend, key budgets only with client keys."""
+    base: Loc = ("services", name)
+    currencies: dict[str, Loc] = {}
+    vendors: set[str] = set()
+    for j, backend in _items(svc.get("backends")):
+        if not isinstance(backend, dict):
+            continue
+        for field in ("provider", "name"):
+            if isinstance(backend.get(field), str):
+                vendors.add(str(backend[field]))
+                break
+        price = backend.get("price")
+        if isinstance(price, dict):
+            currency = price.get("currency", "USD")
+            if isinstance(currency, str) and currency not in currencies:
+                currencies[currency] = (*base, "backends", j, "price")
+    if len(currencies) > 1:
+        (first, _), (second, where) = list(currencies.items())[:2]
+        yield located.problem(
+            where,
+            f"this price is in {second}, an earlier one of the service in {first}; Bastion "
+            "converts no currency into another, so give every price of a service in one",
+        )
+    for i, budget in _items(svc.get("budgets")):
+        if not isinstance(budget, dict):
+            continue
+        loc: Loc = (*base, "budgets", i)
+        currency = budget.get("currency", "USD")
+        if currencies and isinstance(currency, str) and currency not in currencies:
+            yield located.problem(
+                (*loc, "currency") if "currency" in budget else loc,
+                f"budget in {currency}, the service's prices in {next(iter(currencies))}; "
+                "give the budget in the prices' currency",
+            )
+        vendor = budget.get("vendor")
+        if isinstance(vendor, str) and vendors and vendor not in vendors:
+            yield located.problem(
+                (*loc, "vendor"),
+                f"{vendor!r} is no backend's provider or name (they are: "
+                f"{', '.join(sorted(vendors))})",
+            )
+        if budget.get("scope") == "key" and not isinstance(svc.get("auth"), dict):
+            yield located.problem(
+                (*loc, "scope"),
+                "scope key needs client keys, and the service has no auth; add "
+                f"services.{name}.auth.keys_env, or use scope service",
+            )
 
 
 def _pipeline_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestProblem]:

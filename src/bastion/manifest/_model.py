@@ -41,7 +41,9 @@ from bastion.names import KINDS, parse_ref
 from bastion.store._url import parse_replica_url
 
 __all__ = [
+    "CURRENCIES",
     "Backend",
+    "Budget",
     "CheckpointPolicy",
     "Component",
     "Dependency",
@@ -51,6 +53,7 @@ __all__ = [
     "Manifest",
     "Pipeline",
     "PipelineStage",
+    "Price",
     "RecoveryTarget",
     "Redundancy",
     "Replicas",
@@ -389,6 +392,104 @@ class Replicas(_Strict):
         return self
 
 
+CURRENCIES = frozenset({
+    "USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD", "NZD", "CNY", "INR", "SEK",
+    "NOK", "DKK", "PLN", "CZK", "BRL", "MXN", "KRW", "SGD", "HKD", "ZAR",
+})  # fmt: skip
+"""The currencies a price or budget may be in (ISO 4217 codes); Bastion converts none
+into another, so a service's prices and budgets must share one."""
+
+
+def _currency(value: str) -> str:
+    if value not in CURRENCIES:
+        hint = f" (did you mean {value.upper()}?)" if value.upper() in CURRENCIES else ""
+        raise ValueError(
+            f"{value!r} is not a currency Bastion knows{hint}; use an ISO 4217 code: "
+            f"{', '.join(sorted(CURRENCIES))}"
+        )
+    return value
+
+
+Currency = Annotated[
+    str, AfterValidator(_currency), Field(json_schema_extra={"enum": sorted(CURRENCIES)})
+]
+
+
+class Price(_Strict):
+    """What one call to a backend costs: per 1k input and output tokens (counted from the
+    answer's ``usage``, estimated when it has none), per request, or both."""
+
+    currency: Currency = "USD"
+    """The currency of every amount here (an ISO 4217 code)."""
+    input_per_1k: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """The price of 1000 input (prompt) tokens."""
+    output_per_1k: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """The price of 1000 output (completion) tokens."""
+    per_request: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """The price of one answered request, whatever its tokens."""
+
+
+_WINDOW = re.compile(r"(\d+(?:\.\d+)?)(s|m|h|d|w)")
+_WINDOW_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def window_seconds(value: str) -> float:
+    """A budget window (``30m``, ``1h``, ``1d``, ``7d``, ``1w``) in seconds; a ValueError
+    for anything else, or a window of 0."""
+    match = _WINDOW.fullmatch(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a window (use a number and s, m, h, d or w: 1d)")
+    seconds = float(match.group(1)) * _WINDOW_S[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"window {value!r} is empty; give a window longer than 0 (e.g. 1d)")
+    return seconds
+
+
+class Budget(_Strict):
+    """A spending limit over a sliding window, enforced before each attempt is sent (every
+    attempt in flight holds a reservation against it)."""
+
+    scope: Literal["service", "key", "vendor"] = "service"
+    """What it limits: the whole service, each client API key on its own (needs
+    ``auth``), or one vendor (``vendor``)."""
+    vendor: str | None = None
+    """With scope vendor: a backend's ``provider``, or a backend's name when it has none."""
+    window: str = "1d"
+    """The sliding window spend is summed over (``1h``, ``1d``, ``30d``)."""
+    soft: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """At this spend: an event, and hedging turns off for the requests it covers."""
+    hard: float = Field(gt=0, allow_inf_nan=False)
+    """Never spent past: an attempt that could take the spend over it is not sent; the
+    request goes to a cheaper tier, or is shed with 429."""
+    currency: Currency = "USD"
+    """The currency of ``soft`` and ``hard``: the same as the prices it covers."""
+    reserve_output_tokens: Int = Field(default=1024, ge=1)
+    """Output tokens reserved for a request that does not cap them (``max_tokens``):
+    the reservation is what makes the limit hold while answers are in flight."""
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        window_seconds(value)
+        return value
+
+    @model_validator(mode="after")
+    def _limits(self) -> Budget:
+        if self.soft is not None and self.soft > self.hard:
+            raise ValueError(f"soft = {self.soft:g} > hard = {self.hard:g}; soft comes first")
+        if (self.scope == "vendor") != (self.vendor is not None):
+            raise ValueError(
+                "scope vendor needs vendor (a backend's provider or name)"
+                if self.scope == "vendor"
+                else f"vendor is only for scope vendor (this budget's scope is {self.scope})"
+            )
+        return self
+
+    @property
+    def window_s(self) -> float:
+        return window_seconds(self.window)
+
+
 class Backend(_Strict):
     """One backend: a local replica set serving a vault model, or a remote URL."""
 
@@ -414,6 +515,8 @@ class Backend(_Strict):
     """A custom replica command, instead of Bastion's own."""
     api_key_env: str | None = None
     """The environment variable that holds the remote endpoint's API key."""
+    price: Price | None = None
+    """What a call to it costs; unset, it is free (a local replica)."""
 
     @model_validator(mode="after")
     def _one_target(self) -> Backend:
@@ -473,6 +576,10 @@ class GatewayPolicy(_Strict):
     """How long a request may wait in the queue, in milliseconds."""
     max_ejected: float = Field(default=0.5, gt=0, le=1)
     """The largest fraction of backends outlier detection may eject at once."""
+    prefer_cheaper: float = Field(default=0.0, ge=0, le=1)
+    """Cost-aware routing: within a tier, prefer the cheaper backend (by its price) while
+    its latency score is at most this fraction worse than a dearer one's (0.2: 20 %); 0
+    routes on latency alone. The trade-off is in docs/cost.md."""
     header_timeout_ms: float = Field(default=10000, gt=0)
     """How long a client connection may take to send a request's line and headers, in
     milliseconds, before the gateway closes it (a slow-headers, slowloris, defence)."""
@@ -595,6 +702,10 @@ class Service(_Strict):
     """How a new model version is rolled out (``bastion rollout start``)."""
     depends_on: list[Dependency] = Field(default_factory=list)
     """Components the service needs besides its backends."""
+    budgets: list[Budget] = Field(default_factory=list)
+    """Spending limits, each over its window (docs/cost.md). Their currency must be the
+    prices' (one per service), a vendor must be a backend's provider or name, and scope
+    key needs auth (the loader checks these, where they are written)."""
 
     @model_validator(mode="after")
     def _golden_backends(self) -> Service:

@@ -126,7 +126,7 @@ class Attempts:
     when no backend has room right now (wait for capacity, then iterate again); it stops
     when the request must give up (``expired``, ``last`` and ``tried`` say why)."""
 
-    __slots__ = ("_rules", "arms", "deadline", "hedges_left", "last", "tried")
+    __slots__ = ("_rules", "arms", "deadline", "hedged", "hedges_left", "last", "skip", "tried")
 
     def __init__(
         self,
@@ -141,6 +141,10 @@ class Attempts:
         self.hedges_left = hedges
         self.tried: tuple[Upstream, ...] = ()
         self.last: Failure | None = None
+        # the hedges among ``tried`` (what a cost ledger calls an attempt's cause)
+        self.hedged: tuple[Upstream, ...] = ()
+        # backends this request may not use (a hard budget ``_cost`` says it cannot afford)
+        self.skip: tuple[Upstream, ...] = ()
 
     def __iter__(self) -> Attempts:
         return self
@@ -153,9 +157,10 @@ class Attempts:
         if len(tried) >= rules.max_attempts:
             raise StopIteration
         pool = rules.pool
-        up = pool.pick(tried, self.arms)
+        skip = self.skip
+        up = pool.pick(tried + skip if skip else tried, self.arms)
         if up is None:
-            if len(tried) >= pool.count(self.arms):
+            if len(tried) + len(skip) >= pool.count(self.arms):
                 raise StopIteration  # every backend was tried
             return None
         if tried:
@@ -204,6 +209,7 @@ class Attempts:
                 if (
                     up not in tried
                     and up.arm in self.arms
+                    and up not in self.skip
                     and not up.needs_probe
                     and up.breaker.available()
                 ):
@@ -236,11 +242,12 @@ class Attempts:
         tried = self.tried
         if self.hedges_left <= 0 or len(tried) >= rules.max_attempts:
             return None
-        up = rules.pool.pick(tried, self.arms)
+        up = rules.pool.pick(tried + self.skip if self.skip else tried, self.arms)
         if up is None or not rules.budget.try_withdraw():
             return None
         self.hedges_left -= 1
         rules.hedges += 1
         up.metrics.hedges.inc()
         self.tried = (*tried, up)
+        self.hedged = (*self.hedged, up)
         return up

@@ -373,6 +373,8 @@ class GoldenProber:
             ) as resp:
                 payload = await resp.read()
                 status = resp.status
+            if self.gateway.cost is not None:  # a golden round on a priced backend is paid
+                self.gateway.cost.probe(up, len(self.golden.body), status, payload)
         except TimeoutError:
             return self._no_answer(up, f"no answer in {self.timeout_s * 1000:.0f} ms")
         except (aiohttp.ClientError, OSError) as exc:

@@ -90,6 +90,7 @@ from bastion.resilience import (
 from bastion.serve import shapes
 from bastion.serve._attempts import AttemptRules, Attempts, AttemptStatistics
 from bastion.serve._auth import ClientKeys
+from bastion.serve._cost import Bill, Ledger, LedgerStatistics, weigh
 from bastion.serve._outcome import (
     ABANDONED,
     CANCELLED,
@@ -150,6 +151,10 @@ _current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar
 )
 """The request id of the request being served, for the attempts it makes (hedges run in
 tasks, which copy the context)."""
+_current_bill: contextvars.ContextVar[Bill | None] = contextvars.ContextVar(
+    "bastion_bill", default=None
+)
+"""The cost ledger's bill of the request being served (None: no accounting)."""
 _MAX_BODY = 4 * 1024 * 1024
 _JSON = "application/json"
 _POST_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/predict")
@@ -178,6 +183,7 @@ class GatewayStatistics:
         ttft: the adaptive TTFT timeout, or None when the policy fixes it.
         admission: the admission queue.
         rollout: the rollout in progress (or the last one, until the next starts).
+        cost: spend since start and the budgets, or None without prices or budgets.
     """
 
     service: str
@@ -191,6 +197,7 @@ class GatewayStatistics:
     ttft: AdaptiveTimeoutStatistics | None
     admission: AdmissionStatistics
     rollout: SplitStatistics | None = None
+    cost: LedgerStatistics | None = None
 
 
 @dataclass(slots=True)
@@ -290,7 +297,8 @@ class Gateway:
     event loop must never wait on SQLite), in ``segment``. ``api_keys``: the client keys
     it requires (``serve._auth.client_keys``); empty, it requires none. ``clock``
     (monotonic seconds) times deadlines, attempts and every policy the gateway drives
-    (breakers, limits, the retry budget); tests may pass a ``ManualClock``.
+    (breakers, limits, the retry budget); tests may pass a ``ManualClock``. ``cost``: the
+    ledger of prices and budgets (``serve._cost``); None, no accounting is done.
     """
 
     def __init__(
@@ -307,6 +315,7 @@ class Gateway:
         hold_429_s: float = 1.0,
         api_keys: Sequence[str] = (),
         clock: Clock = monotonic,
+        cost: Ledger | None = None,
     ) -> None:
         self.service = service
         self.keys = ClientKeys(api_keys)
@@ -374,6 +383,10 @@ class Gateway:
         self._shed = self.metrics.shed
         self._responses = self.metrics.responses
         self.metrics.watch(self._state_rows, lambda: self.admission.waiting)
+        self.cost = cost
+        if cost is not None:
+            cost.record = self.record
+            self.metrics.registry.register(cost.collector())
         self.app = self._build_app()
 
     # -- membership ---------------------------------------------------------------------
@@ -381,10 +394,14 @@ class Gateway:
         up = Upstream(spec, BackendMetrics(), self.pool.clock)
         up.needs_probe = needs_probe
         self.pool.add(up)
+        if self.cost is not None and self.policy.prefer_cheaper:
+            weigh(self.pool, self.cost, self.policy.prefer_cheaper)
         return up
 
     def remove_upstream(self, name: str) -> None:
         self.pool.remove(name)
+        if self.cost is not None and self.policy.prefer_cheaper:
+            weigh(self.pool, self.cost, self.policy.prefer_cheaper)
 
     def _state_rows(self) -> Iterable[tuple[str, BackendMetrics, UpstreamStatistics]]:
         for up in list(self.pool.upstreams.values()):
@@ -578,6 +595,7 @@ class Gateway:
             ttft=self.ttft.statistics() if self.ttft_fixed_s is None else None,
             admission=self.admission.statistics(),
             rollout=self.rollout_status() if self.rollout_status is not None else None,
+            cost=self.cost.statistics() if self.cost is not None else None,
         )
 
     # -- the request path -----------------------------------------------------------------
@@ -639,34 +657,54 @@ class Gateway:
         deadline = self._clock() + timeout_s
         split = self.split
         assignment = split.assign(headers, request.remote) if split is not None else None
+        bill = None
+        if self.cost is not None:
+            key = headers.get("Authorization") if self.keys.enabled else None
+            bill = self.cost.bill(obj, len(body), key, self.pool)
+            if bill.nowhere:
+                self._responses["4xx"].inc()
+                return _error(429, self.cost.refusal(bill), "budget_exceeded", retry_after=1)
         if obj.get("stream") is True:
+            if bill is not None:
+                _current_bill.set(bill)
             return await self._stream(request, body, obj, priority, deadline, assignment=assignment)
         path = request.path
 
+        hedge = self._hedging and (bill is None or bill.hedge)
         if assignment is None:
-            attempts = self.attempts.start(deadline, hedge=self._hedging)
+            attempts = self.attempts.start(deadline, hedge=hedge)
 
             def run(up: Upstream) -> Coroutine[Any, Any, _Answer]:
                 ends = attempts.attempt_deadline()
+                if bill is not None:
+                    sent = self._body_for(up, body, obj)
+                    return bill.whole(up, attempts, lambda: self._attempt(up, path, sent, ends))
                 return self._attempt(up, path, self._body_for(up, body, obj), ends)
 
         else:
-            attempts = self.attempts.start(deadline, hedge=self._hedging, arms=assignment.arms)
+            attempts = self.attempts.start(deadline, hedge=hedge, arms=assignment.arms)
 
             def run(up: Upstream) -> Coroutine[Any, Any, _Answer]:
                 ends = attempts.attempt_deadline()
-                coro = self._attempt(up, path, self._body_for(up, body, obj), ends)
+                sent = self._body_for(up, body, obj)
+                if bill is not None:
+                    coro = bill.whole(up, attempts, lambda: self._attempt(up, path, sent, ends))
+                else:
+                    coro = self._attempt(up, path, sent, ends)
                 if assignment.pending:
                     assignment.pending = False
                     if assignment.label is not None and up.arm == assignment.arm:
                         return self._measured(coro, assignment)
                 return coro
 
+        if bill is not None:
+            attempts.skip = bill.skip
+
         answer = await self._run(attempts, priority, run, self.hedge)
         if isinstance(answer, web.Response):
             return answer
-        if assignment is not None and assignment.mirror:
-            self._mirror(path, body, obj, answer)
+        if assignment is not None and assignment.mirror and (bill is None or bill.shadow):
+            self._mirror(path, body, obj, answer, bill=bill, attempts=attempts)
         code = answer.status
         self._responses["2xx" if code < 400 else ("4xx" if code < 500 else "5xx")].inc()
         return web.Response(
@@ -691,9 +729,19 @@ class Gateway:
             split.record(a, code < 500, self._clock() - start, answer.body if code < 400 else None)
         return answer
 
-    def _mirror(self, path: str, body: bytes, obj: dict[str, Any], primary: _Answer) -> None:
+    def _mirror(
+        self,
+        path: str,
+        body: bytes,
+        obj: dict[str, Any],
+        primary: _Answer,
+        *,
+        bill: Bill | None,
+        attempts: Attempts,
+    ) -> None:
         """Send a copy of an answered request to the candidate, off the client's path: the
-        client has its answer already; the copy's is only measured, then discarded."""
+        client has its answer already; the copy's is only measured, then discarded. With
+        prices, it is charged as ``shadow`` (and not sent past a soft limit)."""
         split = self.split
         up = split.mirror_to() if split is not None else None
         if up is None:
@@ -703,8 +751,17 @@ class Gateway:
 
         async def copy() -> None:
             start = self._clock()
+            sent = self._body_for(up, body, obj)
             try:
-                answer = await self._attempt(up, path, self._body_for(up, body, obj), deadline)
+                if bill is not None:
+                    answer = await bill.whole(
+                        up,
+                        attempts,
+                        lambda: self._attempt(up, path, sent, deadline),
+                        cause="shadow",
+                    )
+                else:
+                    answer = await self._attempt(up, path, sent, deadline)
             except Failure:
                 ok, got = False, None
             else:
@@ -859,7 +916,7 @@ class Gateway:
     def _give_up(self, attempts: Attempts) -> web.Response:
         names = ", ".join(u.name for u in attempts.tried) or "none"
         last = attempts.last
-        self._responses["5xx" if last is None or last.outcome is not RATE_LIMITED else "4xx"].inc()
+        self._responses["5xx" if last is None or last.outcome.status >= 500 else "4xx"].inc()
         if last is None:
             return _error(
                 504,
@@ -950,21 +1007,37 @@ class Gateway:
         with an SSE error event (see the module docstring for why it cannot resume).
         A rollout's split routes streams too, but does not measure them."""
         path = request.path
+        bill = _current_bill.get()
 
         def run(up: Upstream) -> Coroutine[Any, Any, _Opened]:
+            if bill is not None:
+                return bill.opening(up, attempts, lambda: self._open(up, path, body, obj, deadline))
             return self._open(up, path, body, obj, deadline)
 
+        discard = self._close_opened
+        if bill is not None:
+
+            def discard(opened: _Opened) -> None:
+                self._close_opened(opened)
+                bill.discarded(opened)
+
+        hedge = self._hedging and (bill is None or bill.hedge)
         arms = assignment.arms if assignment is not None else STABLE
-        attempts = self.attempts.start(deadline, hedge=self._hedging, arms=arms)
-        opened = await self._run(attempts, priority, run, self.ttft_hedge, self._close_opened)
+        attempts = self.attempts.start(deadline, hedge=hedge, arms=arms)
+        if bill is not None:
+            attempts.skip = bill.skip
+        opened = await self._run(attempts, priority, run, self.ttft_hedge, discard)
         if isinstance(opened, web.Response):
             return opened
         resp = opened.resp
         if resp is None:  # the client's own error: pass it on
+            if bill is not None:
+                bill.relayed(opened, answered=False)
             self._responses["4xx"].inc()
             return web.Response(
                 status=opened.status, body=opened.first, content_type=opened.content_type
             )
+        ticket = bill.ticket_of(opened) if bill is not None else None
         try:
             return await self._relay(
                 request,
@@ -975,9 +1048,12 @@ class Gateway:
                 checked=opened.checked,
                 start=opened.start,
                 deadline=deadline,
+                tap=ticket.tap if ticket is not None else None,
             )
         finally:
             resp.release()
+            if bill is not None:
+                bill.relayed(opened, answered=True)
 
     def _ttft_timeout(self) -> float:
         return self.ttft.timeout() if self.ttft_fixed_s is None else self.ttft_fixed_s
@@ -1087,6 +1163,7 @@ class Gateway:
         checked: int = 0,
         start: float,
         deadline: float,
+        tap: Callable[[bytes], object] | None = None,
     ) -> web.StreamResponse:
         """Relay a stream whose first bytes came, to its end or to the request's deadline,
         whichever is first; settle the attempt with how it ended."""
@@ -1139,6 +1216,8 @@ class Gateway:
                                 problem = f"broke the protocol ({problem})"
                                 break
                         await out.write(chunk)
+                        if tap is not None:
+                            tap(chunk)  # the cost ledger counts what the client got
                         sent += len(chunk)
                         tail = (tail + chunk)[-64:]
                     reading = True

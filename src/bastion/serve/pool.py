@@ -50,6 +50,7 @@ from bastion.serve.metrics import BackendMetrics
 __all__ = [
     "FAILURE_PENALTY_S",
     "REJOINING",
+    "STABLE",
     "Pool",
     "PoolStatistics",
     "Upstream",
@@ -139,6 +140,7 @@ class Upstream:
         "outstanding",
         "spec",
         "used",
+        "weight",
         "wrong",
     )
 
@@ -162,6 +164,9 @@ class Upstream:
         # probe or breaker trial brings it back, only a right golden round (_golden.py)
         self.wrong = ""
         self.auth_header = f"Bearer {spec.api_key}" if spec.api_key else None
+        # > 1 for a backend dearer than its tier's cheapest, under cost-aware routing
+        # (serve._cost.weigh): P2C then prefers the cheaper one while scores are close
+        self.weight = 1.0
 
     @property
     def name(self) -> str:
@@ -176,7 +181,7 @@ class Upstream:
         )
 
     def score(self) -> float:
-        return (self.outstanding + 1) * (self.latency.value or 1e-4)
+        return (self.outstanding + 1) * (self.latency.value or 1e-4) * self.weight
 
     # -- one attempt ----------------------------------------------------------------------
     def begin(self) -> float:

@@ -190,7 +190,9 @@ async def run_services(
     """
     from bastion.events import EventWriter
     from bastion.rollout import RolloutController
+    from bastion.serve._cost import Ledger
     from bastion.serve._golden import GoldenProber
+    from bastion.serve._spend import SpendWriter, spend_since
     from bastion.serve.replicas import ReplicaSet
 
     if manifest.path is None:
@@ -205,6 +207,7 @@ async def run_services(
     # once, here, so a replica restarted later serves what its peers serve, not a newer
     # commit (a new version goes into service through `bastion rollout`).
     pinned = await asyncio.to_thread(_pin_models, manifest, names)
+    spend: SpendWriter | None = None
     try:
         for name in names:
             service = manifest.services.get(name)
@@ -212,6 +215,12 @@ async def run_services(
                 known = ", ".join(manifest.services) or "none"
                 raise NotFoundError(f"service {name!r} is not in {manifest.path} (known: {known})")
             host, _, port = service.listen.rpartition(":")
+            ledger = Ledger.for_service(name, service)
+            if ledger is not None:
+                # spend rows go beside the event log, from their own writer thread
+                spend = spend or SpendWriter.in_state_dir(manifest.state_dir)
+                ledger.sink = spend.put
+                ledger.seed(spend_since(manifest.state_dir, name, ledger.longest_window_s))
             gw = Gateway(
                 name,
                 service.policy,
@@ -220,6 +229,7 @@ async def run_services(
                 host=host,
                 port=int(port),
                 api_keys=client_keys(name, service.auth.keys_env if service.auth else None),
+                cost=ledger,
             )
             for spec in specs_for(service):
                 gw.add_upstream(spec)
@@ -270,6 +280,8 @@ async def run_services(
                 await rs.close()
         for gw in gateways:
             await gw.close()
+        if spend is not None:
+            spend.close()
         sink.close()
 
 

@@ -154,6 +154,13 @@ class FaultyUpstream:
     ``with FaultyUpstream(name="vendor-b") as up:`` then point a client at
     ``up.base_url`` (``http://127.0.0.1:PORT/v1``). Every reply carries
     ``x-bastion-upstream: <name>`` so a test can tell who answered.
+
+    Its ``usage`` is exact and under control (a cost test's known truth): every answer
+    counts ``prompt_tokens`` input tokens and ``completion_tokens`` output tokens (None:
+    one per word of the reply), never more than the request's ``max_tokens``; a stream
+    sends a final usage chunk when asked (``stream_options.include_usage``), as OpenAI
+    does. ``omit_usage`` leaves ``usage`` out of every answer (a vendor that sends none).
+    Each may be changed while it runs.
     """
 
     def __init__(
@@ -166,6 +173,9 @@ class FaultyUpstream:
         port: int = 0,
         seed: int | None = None,
         events: Emit | None = None,
+        prompt_tokens: int = 8,
+        completion_tokens: int | None = None,
+        omit_usage: bool = False,
     ) -> None:
         if host not in _LOOPBACK:
             raise ScopeError(
@@ -178,6 +188,9 @@ class FaultyUpstream:
         self.host = host
         self.port = port
         self.events = events
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.omit_usage = omit_usage
         self._rng = random.Random(seed)
         self._fault = HttpFault()
         self._lock = threading.Lock()
@@ -320,6 +333,14 @@ class FaultyUpstream:
         last = str(messages[-1].get("content", "")) if messages else str(payload.get("prompt", ""))
         return f"{self.name} says: {last[:200]}"
 
+    def usage_for(self, payload: dict[str, Any], text: str) -> tuple[int, int]:
+        """The (prompt, completion) tokens this upstream bills for ``payload``."""
+        out = len(text.split()) if self.completion_tokens is None else self.completion_tokens
+        cap = payload.get("max_completion_tokens", payload.get("max_tokens"))
+        if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
+            out = min(out, cap)
+        return self.prompt_tokens, out
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:
             payload = await request.json()
@@ -355,16 +376,23 @@ class FaultyUpstream:
         created = int(time.time())
         rid = f"chatcmpl-{self._rng.getrandbits(48):012x}"
         if payload.get("stream"):
-            return await self._stream(request, rid, created, text, fault)
+            options = payload.get("stream_options")
+            usage = None
+            if isinstance(options, dict) and options.get("include_usage") and not self.omit_usage:
+                usage = self.usage_for(payload, text)
+            return await self._stream(request, rid, created, text, fault, usage=usage)
         self._count(_label(fault))
+        prompt, completion = self.usage_for(payload, text)
         body = shapes.chat_completion(
             payload.get("model") or self.model,
             text,
             id=rid,
             created=created,
-            prompt_tokens=8,
-            completion_tokens=len(text.split()),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
         )
+        if self.omit_usage:
+            del body["usage"]
         return web.json_response(body, headers=self._headers())
 
     async def _stream(
@@ -374,6 +402,8 @@ class FaultyUpstream:
         created: int,
         text: str,
         fault: HttpFault | None,
+        *,
+        usage: tuple[int, int] | None = None,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={**self._headers(), "Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -391,10 +421,19 @@ class FaultyUpstream:
                 return resp
             chunk = shapes.chat_chunk(self.model, {"content": piece}, id=rid, created=created)
             await resp.write(shapes.sse(chunk))
-        final = shapes.chat_chunk(self.model, {}, "stop", id=rid, created=created)
+        final = shapes.sse(shapes.chat_chunk(self.model, {}, "stop", id=rid, created=created))
+        if usage is not None:
+            tail = shapes.chat_chunk(self.model, {}, id=rid, created=created)
+            tail["choices"] = []
+            tail["usage"] = {
+                "prompt_tokens": usage[0],
+                "completion_tokens": usage[1],
+                "total_tokens": sum(usage),
+            }
+            final += shapes.sse(tail)
         # Counted before the last write: a client that has read [DONE] may ask at once.
         self._count(_label(fault))
-        await resp.write(shapes.sse(final) + b"data: [DONE]\n\n")
+        await resp.write(final + b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
 
