@@ -22,6 +22,7 @@ from bastion.manifest._model import (
     RolloutPolicy,
     Service,
     Slo,
+    SloAlerting,
     VaultConfig,
     WorkerSlot,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "RolloutPolicy",
     "Service",
     "Slo",
+    "SloAlerting",
     "VaultConfig",
     "WorkerSlot",
     "load",

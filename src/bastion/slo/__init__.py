@@ -1,0 +1,67 @@
+"""SLOs and error budgets, measured from the running system (docs/slo.md).
+
+Owns: the SLI rows the gateway records (``_sli``), the pure arithmetic of windows, budgets
+and burn rates (``_core``), the burn and no-data alerts recorded as events (``_alerts``),
+the calendar SLA report (``_report``) and OpenSLO import and export (``_openslo``).
+
+Must never: make the gateway wait on SQLite; answer NaN for a window with no traffic; page
+on fewer bad events than an objective's ``min_bad_events``.
+"""
+
+from __future__ import annotations
+
+from bastion.slo._alerts import Alert, Evaluator, SloLoop
+from bastion.slo._core import (
+    PAIRS,
+    BurnPair,
+    BurnReading,
+    Objective,
+    Status,
+    Window,
+    burn_rate,
+    evaluate,
+    month_bounds,
+    objectives,
+)
+from bastion.slo._openslo import from_openslo, to_openslo
+from bastion.slo._report import Incident, MonthReport, incidents, month_report
+from bastion.slo._sli import (
+    BOUNDS_MS,
+    NO_SLI,
+    SliReader,
+    SliRecorder,
+    SliRow,
+    SliWriter,
+    SqliteSli,
+    Tally,
+)
+
+__all__ = [
+    "BOUNDS_MS",
+    "NO_SLI",
+    "PAIRS",
+    "Alert",
+    "BurnPair",
+    "BurnReading",
+    "Evaluator",
+    "Incident",
+    "MonthReport",
+    "Objective",
+    "SliReader",
+    "SliRecorder",
+    "SliRow",
+    "SliWriter",
+    "SloLoop",
+    "SqliteSli",
+    "Status",
+    "Tally",
+    "Window",
+    "burn_rate",
+    "evaluate",
+    "from_openslo",
+    "incidents",
+    "month_bounds",
+    "month_report",
+    "objectives",
+    "to_openslo",
+]
