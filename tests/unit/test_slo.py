@@ -165,7 +165,7 @@ def test_page_fires_within_60s_of_a_total_outage_and_resolves(tmp_path: Path) ->
     clock.t = start
     assert not ev.step()[0].firing("page")
     paged_at = None
-    for s in range(0, 600):  # the outage: every request fails; evaluate every 10 s
+    for s in range(600):  # the outage: every request fails; evaluate every 10 s
         store.write([_row(start + s, 0, 20)])
         clock.t = start + s + 1
         if (s + 1) % 10 == 0:
@@ -173,13 +173,15 @@ def test_page_fires_within_60s_of_a_total_outage_and_resolves(tmp_path: Path) ->
             if log.count(ek.SLO_BURN_PAGE):
                 paged_at = s + 1
                 break
-    assert paged_at is not None and paged_at <= 60, paged_at
+    assert paged_at is not None
+    assert paged_at <= 60, paged_at
     (page,) = log.query(kind=ek.SLO_BURN_PAGE)
-    assert page.subject == "avail" and page.data["pair"] == "1h/5m"
+    assert page.subject == "avail"
+    assert page.data["pair"] == "1h/5m"
     ev.step()  # still burning: no second page
     assert log.count(ek.SLO_BURN_PAGE) == 1
     back = start + paged_at
-    for s in range(0, 3600):  # recovery
+    for s in range(3600):  # recovery
         store.write([_row(back + s, 20, 20)])
         clock.t = back + s + 1
         if (s + 1) % 10 == 0:
@@ -206,7 +208,9 @@ def test_below_the_minimum_bad_events_nothing_pages(tmp_path: Path) -> None:
     obj = _objective(min_bad_events=10)
     status = Evaluator([obj], store, log, clock=Clock(now), watching_since=T0).step()[0]
     burn = status.burns[0]
-    assert burn.long_burn > 14.4 and burn.short_burn > 14.4 and not burn.firing
+    assert burn.long_burn > 14.4
+    assert burn.short_burn > 14.4
+    assert not burn.firing
     assert log.count(ek.SLO_BURN_PAGE) == 0
     # with the tenth bad event it pages
     store.write([_row(now - 1, 0, 1)])
@@ -226,7 +230,8 @@ def test_a_quiet_sli_raises_nodata_and_resolves(tmp_path: Path) -> None:
     ev.step()
     (nodata,) = log.query(kind=ek.SLO_NODATA)
     assert nodata.data["last_data"] == T0 + 59
-    assert ev.step()[0].nodata and log.count(ek.SLO_NODATA) == 1
+    assert ev.step()[0].nodata
+    assert log.count(ek.SLO_NODATA) == 1
     store.write([_row(int(clock.t), 10, 10)])
     clock.t += 2
     ev.step()
@@ -240,7 +245,9 @@ def test_an_sli_that_never_had_data_is_nodata_after_the_watch(tmp_path: Path) ->
     assert not evaluate(obj, store, T0 + 599, watching_since=T0).nodata
     assert evaluate(obj, store, T0 + 600, watching_since=T0).nodata
     status = evaluate(obj, store, T0 + 600)
-    assert status.sli is None and status.budget_spent == 0.0 and status.coverage == 0.0
+    assert status.sli is None
+    assert status.budget_spent == 0.0
+    assert status.coverage == 0.0
     log.close()
 
 
@@ -260,7 +267,8 @@ def test_recorder_batches_complete_seconds(store: SqliteSli) -> None:
     store.write([r for batch in got for r in batch])
     tally = store.tally("svc", T0, T0 + 2)
     assert (tally.good, tally.total) == (1, 3)
-    assert tally.faster_than(5) == 2 and tally.faster_than(250) == 3
+    assert tally.faster_than(5) == 2
+    assert tally.faster_than(250) == 3
 
 
 # -- the calendar report ---------------------------------------------------------------------
@@ -273,9 +281,11 @@ def test_month_report_shares_the_budget_by_incident(tmp_path: Path) -> None:
     log.emit(ek.SLO_BURN_PAGE, "avail", at=float(T0 + 3600))
     log.emit(ek.SLO_BURN_RESOLVED, "avail", severity="page", at=float(T0 + 3604))
     (month,) = month_report([obj], store, log, at=T0, now=T0 + 7200)
-    assert month.total == 36_500 and month.bad == 500
+    assert month.total == 36_500
+    assert month.bad == 500
     (inc,) = month.incidents
-    assert inc.bad == 500 and inc.budget_share == pytest.approx(500 / (0.001 * 36_500))
+    assert inc.bad == 500
+    assert inc.budget_share == pytest.approx(500 / (0.001 * 36_500))
     assert month.met is False
 
 
