@@ -108,6 +108,8 @@ class Evaluator:
                     kind,
                     obj.id,
                     pair=top.pair.name,
+                    long_s=top.pair.long_s,
+                    short_s=top.pair.short_s,
                     factor=top.pair.factor,
                     long_burn=round(top.long_burn, 4),
                     short_burn=round(top.short_burn, 4),

@@ -4,8 +4,11 @@ Owns: ``month_report`` (one ``MonthReport`` per objective and calendar month, UT
 ``incidents`` (burn alerts paired with their resolutions, from the event log).
 
 An incident is a ``slo.burn.page`` or ``slo.burn.ticket`` until its ``slo.burn.resolved``
-(or the end of the period, still open). Its share of the budget is the bad events (or bad
-time slices) inside it over the month's whole budget, ``(1 - target) * total``.
+(or the end of the period, still open), starting one short window (the firing pair's, 5 m
+for 1h/5m) before the alert: the burn had to be on that long already for the alert to fire,
+so the bad events that set it off are the incident's own. Its share of the budget is the
+bad events (or bad time slices) inside it over the month's whole budget,
+``(1 - target) * total``.
 
 Must never: count an incident's bad events outside the month asked about; report a share
 when the month had no traffic (``None``, not NaN).
@@ -68,7 +71,7 @@ def incidents(log: EventLog, objective: str, start: float, end: float) -> list[I
         at = float(event.data.get("at", event.ts))
         if event.kind in (ek.SLO_BURN_PAGE, ek.SLO_BURN_TICKET):
             sev = "page" if event.kind == ek.SLO_BURN_PAGE else "ticket"
-            opened.setdefault(sev, (at, event.id))
+            opened.setdefault(sev, (at - float(event.data.get("short_s", 0)), event.id))
         elif event.kind == ek.SLO_BURN_RESOLVED:
             sev = str(event.data.get("severity"))
             if sev in opened:
