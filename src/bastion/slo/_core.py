@@ -147,10 +147,15 @@ class Objective:
     def counts(self, reader: SliReader, start: int, end: int) -> tuple[int, int]:
         """(bad, total) over ``[start, end)``: requests, or time slices with traffic."""
         if self.budgeting == "timeslices":
-            slices = reader.slices(self.service, start, end, self.timeslice_s)
             need = self.timeslice_target if self.timeslice_target is not None else self.target
-            bad = sum(1 for s in slices if self.good_of(s) < need * s.total)
-            return bad, len(slices)
+            return reader.slice_counts(
+                self.service,
+                start,
+                end,
+                self.timeslice_s,
+                need=need,
+                threshold_ms=self.threshold_ms if self.sli == "latency" else None,
+            )
         tally = reader.tally(self.service, start, end)
         return tally.total - self.good_of(tally), tally.total
 
