@@ -359,3 +359,50 @@ def test_openslo_round_trip() -> None:
     bad = textwrap.dedent(text).replace("duration: 30d", "duration: 3 weeks", 1)
     with pytest.raises(UsageError, match="document 1"):
         from_openslo(bad, "slos.yaml")
+
+
+# -- outcome metrics -------------------------------------------------------------------------
+def test_dora_four_keys_from_events(tmp_path: Path) -> None:
+    from bastion.slo import dora
+
+    log = EventLog.in_state_dir(tmp_path)
+    log.emit(ek.TRAIN_RUN_STARTED, "train")
+    log.emit(ek.VAULT_PUT, "model/m", version=3)
+    log.emit(ek.MODEL_PROMOTED, "model/m", version=3)
+    log.emit(ek.ROLLOUT_PROMOTED, "svc")
+    log.emit(ek.ROLLOUT_ROLLED_BACK, "svc")
+    log.emit(ek.SLO_BURN_PAGE, "avail")
+    log.emit(ek.SLO_BURN_RESOLVED, "avail", severity="page")
+    events = log.query()
+    start, end = events[0].ts - 1, events[-1].ts + 1
+    keys = dora(events, start=start, end=end)
+    assert keys.promotions == 2
+    assert keys.rollbacks == 1
+    assert keys.change_failure_rate == pytest.approx(0.5)
+    assert keys.lead_time_s == pytest.approx(events[2].ts - events[0].ts)
+    assert keys.time_to_restore_s == pytest.approx(events[6].ts - events[5].ts)
+    assert keys.promotions_per_week == pytest.approx(2 / ((end - start) / (7 * 86400)))
+    empty = dora([], start=start, end=end)
+    assert empty.change_failure_rate is None
+    assert empty.lead_time_s is None
+
+
+def test_trust_shares_from_rows_and_golden_events(store: SqliteSli) -> None:
+    from bastion.events import Event
+    from bastion.slo import trust
+
+    store.write([_row(T0 + s, 10, 10, backend="primary") for s in range(100)])
+    store.write([_row(T0 + s, 5, 5, backend="fallback") for s in range(50)])
+    store.write([_row(T0 + s, 0, 5, backend="") for s in range(20)])  # shed
+    golden = [
+        Event(ek.SERVE_GOLDEN_FAILED, "svc", data={"backend": "primary"}, ts=T0 + 80.0, id=1),
+        Event(ek.SERVE_GOLDEN_PASSED, "svc", data={"backend": "primary"}, ts=T0 + 89.0, id=2),
+    ]
+    got = trust(
+        store, golden, "svc", {"primary": 0, "fallback": 1}, start=T0, end=T0 + 100, suspect_s=10
+    )
+    assert got.requests == 1000 + 250 + 100
+    assert got.failed == pytest.approx(100 / 1350)
+    assert got.unanswered == pytest.approx(100 / 1350)
+    assert got.fallback == pytest.approx(250 / 1350)
+    assert got.wrong == pytest.approx(200 / 1350)  # seconds 70..89 of the primary

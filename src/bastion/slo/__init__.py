@@ -2,7 +2,8 @@
 
 Owns: the SLI rows the gateway records (``_sli``), the pure arithmetic of windows, budgets
 and burn rates (``_core``), the burn and no-data alerts recorded as events (``_alerts``),
-the calendar SLA report (``_report``) and OpenSLO import and export (``_openslo``).
+the calendar SLA report (``_report``), the outcome metrics (``_outcomes``: DORA's four
+keys for models, customer trust) and OpenSLO import and export (``_openslo``).
 
 Must never: make the gateway wait on SQLite; answer NaN for a window with no traffic; page
 on fewer bad events than an objective's ``min_bad_events``.
@@ -24,6 +25,7 @@ from bastion.slo._core import (
     objectives,
 )
 from bastion.slo._openslo import from_openslo, to_openslo
+from bastion.slo._outcomes import Dora, Trust, dora, trust
 from bastion.slo._report import Incident, MonthReport, incidents, month_report
 from bastion.slo._sli import (
     BOUNDS_MS,
@@ -43,6 +45,7 @@ __all__ = [
     "Alert",
     "BurnPair",
     "BurnReading",
+    "Dora",
     "Evaluator",
     "Incident",
     "MonthReport",
@@ -55,8 +58,10 @@ __all__ = [
     "SqliteSli",
     "Status",
     "Tally",
+    "Trust",
     "Window",
     "burn_rate",
+    "dora",
     "evaluate",
     "from_openslo",
     "incidents",
@@ -64,4 +69,5 @@ __all__ = [
     "month_report",
     "objectives",
     "to_openslo",
+    "trust",
 ]

@@ -97,7 +97,9 @@ class SliRow:
 class SliReader(Protocol):
     """Sums of SLI rows; windows are ``[start, end)`` in whole Unix seconds."""
 
-    def tally(self, service: str, start: int, end: int) -> Tally: ...
+    def tally(self, service: str, start: int, end: int, *, backend: str | None = None) -> Tally:
+        """The sum over ``[start, end)``, of one backend's rows if ``backend`` is given."""
+        ...
 
     def slice_counts(
         self,
@@ -189,19 +191,21 @@ class SqliteSli:
         with self._lock:
             return write_rows(self._conn, rows)
 
-    def _sum(self, table: str, service: str, start: int, end: int) -> Tally:
+    def _sum(self, table: str, service: str, start: int, end: int, backend: str | None) -> Tally:
         sums = ", ".join(f"coalesce(sum({c}), 0)" for c in ("good", "total", *_COLS.split(", ")))
-        row = self._conn.execute(
-            f"SELECT {sums} FROM {table} WHERE service = ? AND t >= ? AND t < ?",  # noqa: S608
-            (service, start, end),
-        ).fetchone()
+        sql = f"SELECT {sums} FROM {table} WHERE service = ? AND t >= ? AND t < ?"  # noqa: S608
+        args: tuple[object, ...] = (service, start, end)
+        if backend is not None:
+            sql += " AND backend = ?"
+            args += (backend,)
+        row = self._conn.execute(sql, args).fetchone()
         return Tally(int(row[0]), int(row[1]), tuple(int(v) for v in row[2:]))
 
-    def tally(self, service: str, start: int, end: int) -> Tally:
+    def tally(self, service: str, start: int, end: int, *, backend: str | None = None) -> Tally:
         total = Tally()
         with self._lock:
             for table, lo, hi in _cover(start, end):
-                total = total + self._sum(table, service, lo, hi)
+                total = total + self._sum(table, service, lo, hi, backend)
         return total
 
     def slice_counts(

@@ -1,0 +1,161 @@
+"""The seed's outcome metrics, from events and SLI rows: DORA's four keys for models and the
+shares of user requests that cost customer trust (pure, over what it is handed).
+
+Owns: ``dora`` (promotions per week; lead time from the start of a training run to
+``@prod``; change failure rate, rollbacks over promotions; time to restore, page incidents
+to their resolution) and ``trust`` (the shares of a service's requests that failed, were
+answered by no backend, by a fallback tier, or by a backend golden probes found wrong).
+SLA uptime per calendar month is the availability objectives' ``month_report``.
+
+How each figure is found, so an auditor can redo it from the log:
+- a *promotion* is ``model.promoted``, ``model.promotion_forced`` or ``rollout.promoted``;
+  a *rollback* is ``model.rolled_back`` or ``rollout.rolled_back``;
+- *lead time* of a ``model.promoted``: from the last ``train.run.started`` before the
+  ``vault.put`` of that model version to the promotion (a model committed by hand, with no
+  run before it, has none);
+- *time to restore*: ``slo.burn.page`` to its ``slo.burn.resolved``;
+- *wrong answers*: requests a backend answered from ``suspect_s`` before its
+  ``serve.golden.failed`` (the probe interval it may have been wrong for unseen) until its
+  ``serve.golden.passed``.
+
+Must never: divide by zero (a ratio with nothing under it is ``None``); count an event
+outside the period asked about.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from bastion import event_kinds as ek
+from bastion.events import Event
+from bastion.slo._sli import SliReader
+
+__all__ = ["Dora", "Trust", "dora", "trust"]
+
+_PROMOTIONS = (ek.MODEL_PROMOTED, ek.MODEL_PROMOTION_FORCED, ek.ROLLOUT_PROMOTED)
+_ROLLBACKS = (ek.MODEL_ROLLED_BACK, ek.ROLLOUT_ROLLED_BACK)
+
+
+@dataclass(frozen=True, slots=True)
+class Dora:
+    """DORA's four keys over ``[start, end)`` (Unix seconds); each names its event ids."""
+
+    start: float
+    end: float
+    promotions: int
+    promotions_per_week: float
+    lead_time_s: float | None
+    """The median lead time; ``lead_times_s`` has each one."""
+    lead_times_s: tuple[float, ...]
+    rollbacks: int
+    change_failure_rate: float | None
+    time_to_restore_s: float | None
+    """The median time from a page to its resolution; ``restores_s`` has each one."""
+    restores_s: tuple[float, ...]
+    event_ids: tuple[int, ...]
+
+
+def dora(events: Sequence[Event], *, start: float, end: float) -> Dora:
+    """The four keys from ``events`` (the log, in order), for promotions in the period."""
+    inside = [e for e in events if start <= e.ts < end]
+    promotions = [e for e in inside if e.kind in _PROMOTIONS]
+    rollbacks = [e for e in inside if e.kind in _ROLLBACKS]
+    puts = {(e.subject, e.data.get("version")): e for e in events if e.kind == ek.VAULT_PUT}
+    runs = [e for e in events if e.kind == ek.TRAIN_RUN_STARTED]
+    leads = []
+    used = [e.id for e in (*promotions, *rollbacks)]
+    for p in promotions:
+        if p.kind == ek.ROLLOUT_PROMOTED:
+            continue  # a rollout serves a version @prod already has, or soon will
+        put = puts.get((p.subject, p.data.get("version")))
+        if put is None:
+            continue
+        before = [r for r in runs if r.ts <= put.ts]
+        if before:
+            leads.append(p.ts - before[-1].ts)
+            used += [put.id, before[-1].id]
+    restores = []
+    opened: dict[str, Event] = {}
+    for e in events:
+        if e.kind == ek.SLO_BURN_PAGE:
+            opened.setdefault(e.subject, e)
+        elif e.kind == ek.SLO_BURN_RESOLVED and e.data.get("severity") == "page":
+            page = opened.pop(e.subject, None)
+            if page is not None and start <= e.ts < end:
+                restores.append(e.ts - page.ts)
+                used += [page.id, e.id]
+    weeks = (end - start) / (7 * 86400)
+    return Dora(
+        start,
+        end,
+        len(promotions),
+        len(promotions) / weeks if weeks > 0 else 0.0,
+        statistics.median(leads) if leads else None,
+        tuple(leads),
+        len(rollbacks),
+        len(rollbacks) / len(promotions) if promotions else None,
+        statistics.median(restores) if restores else None,
+        tuple(restores),
+        tuple(sorted(used)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """A service's requests over ``[start, end)`` and the shares that cost trust (each
+    ``None`` with no requests)."""
+
+    service: str
+    requests: int
+    failed: float | None
+    """Answered 5xx or 429 (shed, timed out, every attempt failed)."""
+    unanswered: float | None
+    """Answered by no backend at all (shed by admission, or given up)."""
+    fallback: float | None
+    """Answered by a backend of a fallback tier."""
+    wrong: float | None
+    """Answered by a backend golden probes found wrong."""
+
+
+def trust(
+    reader: SliReader,
+    events: Sequence[Event],
+    service: str,
+    tiers: Mapping[str, int],
+    *,
+    start: int,
+    end: int,
+    suspect_s: float = 60.0,
+) -> Trust:
+    """``tiers``: each backend's tier index (0 the primaries), as the manifest orders them."""
+    total = reader.tally(service, start, end)
+    by_backend = {b: reader.tally(service, start, end, backend=b) for b in tiers}
+    n = total.total
+    answered = sum(t.total for t in by_backend.values())
+    fallback = sum(t.total for b, t in by_backend.items() if tiers[b] > 0)
+    wrong = 0
+    failed_at: dict[str, float] = {}
+    spans: list[tuple[str, float, float]] = []
+    for e in events:
+        if e.subject != service:
+            continue
+        backend = str(e.data.get("backend", ""))
+        if e.kind == ek.SERVE_GOLDEN_FAILED:
+            failed_at.setdefault(backend, e.ts - suspect_s)
+        elif e.kind == ek.SERVE_GOLDEN_PASSED and backend in failed_at:
+            spans.append((backend, failed_at.pop(backend), e.ts))
+    spans += [(b, s, float(end)) for b, s in failed_at.items()]
+    for backend, s, e_ in spans:
+        lo, hi = max(start, int(s)), min(end, int(e_) + 1)
+        if hi > lo and backend in tiers:
+            wrong += reader.tally(service, lo, hi, backend=backend).total
+
+    def share(x: int) -> float | None:
+        return x / n if n else None
+
+    return Trust(
+        service, n, share(total.total - total.good), share(n - answered), share(fallback),
+        share(wrong),
+    )  # fmt: skip
