@@ -78,10 +78,8 @@ def month_of_rows(start: int, days: int, rng: random.Random) -> Iterator[list[Sl
         for s in range(86400):
             t = start + day * 86400 + s
             total = 20 + (s % 7)
-            if outage <= t < outage + 1200:
-                good = 0
-            else:
-                good = total - (1 if rng.random() < 0.0005 else 0)
+            down = outage <= t < outage + 1200
+            good = 0 if down else total - (1 if rng.random() < 0.0005 else 0)
             slow = 1 if rng.random() < 0.003 else 0
             buckets = [0] * NB
             buckets[2] = total - slow
@@ -91,23 +89,21 @@ def month_of_rows(start: int, days: int, rng: random.Random) -> Iterator[list[Sl
 
 
 def objectives() -> list[Objective]:
-    out = []
-    for i, window in enumerate(("30d", "28d", "7d", "month", "30d")):
-        budgeting: Any = "timeslices" if i == 4 else "occurrences"
-        for sli in ("availability", "latency"):
-            out.append(
-                Objective(
-                    f"{sli}-{window}-{budgeting}",
-                    "x",
-                    "svc",
-                    sli,  # type: ignore[arg-type]
-                    0.999 if sli == "availability" else 0.99,
-                    Window.parse(window),
-                    threshold_ms=250.0 if sli == "latency" else None,
-                    budgeting=budgeting,
-                )
-            )
-    return out
+    budgets: list[Any] = ["occurrences"] * 4 + ["timeslices"]
+    return [
+        Objective(
+            f"{sli}-{window}-{budgeting}",
+            "x",
+            "svc",
+            sli,  # type: ignore[arg-type]
+            0.999 if sli == "availability" else 0.99,
+            Window.parse(window),
+            threshold_ms=250.0 if sli == "latency" else None,
+            budgeting=budgeting,
+        )
+        for window, budgeting in zip(("30d", "28d", "7d", "month", "30d"), budgets, strict=True)
+        for sli in ("availability", "latency")
+    ]
 
 
 def evaluation(days: int, seed: int) -> None:
@@ -139,7 +135,7 @@ def evaluation(days: int, seed: int) -> None:
         for _ in range(3):
             t0 = time.perf_counter()
             conn.execute(
-                f"SELECT service, {sums} FROM sli_s WHERE t >= ? AND t < ? GROUP BY service",  # noqa: S608
+                f"SELECT service, {sums} FROM sli_s WHERE t >= ? AND t < ? GROUP BY service",
                 (end - 30 * 86400, end),
             ).fetchall()
             floors.append(time.perf_counter() - t0)
