@@ -107,3 +107,57 @@ def test_a_real_gateway_writes_rows_the_evaluator_reads(tmp_path: Path, seed: in
     assert page["open"]
     assert page["bad"] == 30
     assert abs(page["budget_share"] - 30 / (0.001 * 70)) < 1e-9
+
+
+def test_bastion_serve_records_sli_rows_and_flushes_them_on_shutdown(
+    tmp_path: Path, seed: int
+) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    up = FaultyUpstream(name="b", seed=seed).start()
+    manifest = tmp_path / "bastion.yaml"
+    manifest.write_text(
+        f"version: 1\nsystem: s\nservices:\n  chat:\n    listen: 127.0.0.1:{port}\n"
+        f"    backends:\n      - name: far\n        url: {up.url}\n"
+        "slos:\n  - {id: avail, service: chat, objective: 0.99}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bastion", "serve", "-f", str(manifest)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None, "bastion serve exited"
+                assert time.monotonic() < deadline, "the gateway never listened"
+                time.sleep(0.05)
+        body = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
+        for _ in range(25):
+            ask = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                data=body.encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(ask, timeout=10) as r:
+                assert r.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        up.stop()
+    store = SqliteSli.in_state_dir(tmp_path / ".bastion")
+    tally = store.tally("chat", 0, int(time.time()) + 1)
+    store.close()
+    assert (tally.good, tally.total) == (25, 25)
