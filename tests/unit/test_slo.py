@@ -406,3 +406,17 @@ def test_trust_shares_from_rows_and_golden_events(store: SqliteSli) -> None:
     assert got.unanswered == pytest.approx(100 / 1350)
     assert got.fallback == pytest.approx(250 / 1350)
     assert got.wrong == pytest.approx(200 / 1350)  # seconds 70..89 of the primary
+
+
+def test_ages_are_freshness_and_rpo() -> None:
+    from bastion.events import Event
+    from bastion.slo import ages
+
+    events = [
+        Event(ek.VAULT_PUT, "dataset/d", ts=100.0, id=1),
+        Event(ek.VAULT_PUT, "model/m", ts=110.0, id=2),
+        Event(ek.MODEL_PROMOTED, "model/m", ts=120.0, id=3),
+        Event(ek.VAULT_PUT, "dataset/d", ts=130.0, id=4),
+    ]
+    got = {(a.name, a.kind): (a.age_s, a.event_id) for a in ages(events, now=200.0)}
+    assert got == {("dataset/d", "rpo"): (70.0, 4), ("model/m", "freshness"): (80.0, 3)}

@@ -1,4 +1,4 @@
-"""``bastion slo status | report | export | import``: SLOs and error budgets (docs/slo.md).
+"""``bastion slo status | report | outcomes | export | import``: SLOs, budgets, outcomes.
 
 ``status`` evaluates every objective of the manifest's ``slos`` now, from the SLI rows in
 the state directory, and records any alert that changed (as the gateway's own loop does),
@@ -201,6 +201,80 @@ def report(
             )
 
 
+def outcomes(
+    days: Annotated[int, typer.Option(help="The period: the last this many days.")] = 30,
+    as_json: JsonOption = False,
+    file: ManifestOption = DEFAULT_MANIFEST,
+) -> None:
+    """The outcome metrics: DORA's four keys for models, customer-trust shares per
+    service, model freshness and data RPO, from the event log and the SLI rows."""
+    import time
+    from dataclasses import asdict
+
+    from bastion.cli._common import console, event_log, load_manifest
+    from bastion.errors import UsageError
+    from bastion.slo import SqliteSli, ages, dora, trust
+
+    if days < 1:
+        raise UsageError(f"--days {days}: give at least 1")
+    manifest = load_manifest(Path(file))
+    now = time.time()
+    start = now - days * 86400
+    reader = SqliteSli.in_state_dir(manifest.state_dir)
+    log = event_log(manifest)
+    try:
+        events = log.query()
+        keys = dora(events, start=start, end=now)
+        shares = [
+            trust(
+                reader,
+                events,
+                name,
+                {b.name: b.tier_index for b in service.backends},
+                start=int(start),
+                end=int(now),
+            )
+            for name, service in manifest.services.items()
+        ]
+        found = ages(events, now=now)
+    finally:
+        reader.close()
+        log.close()
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "days": days,
+                    "dora": asdict(keys),
+                    "trust": [asdict(t) for t in shares],
+                    "ages": [asdict(a) for a in found],
+                },
+                sort_keys=True,
+            )
+        )
+        return
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f}%"
+
+    def dur(x: float | None) -> str:
+        return "-" if x is None else f"{x / 3600:.1f} h"
+
+    console.print(
+        f"last {days} days: {keys.promotions} promotions ({keys.promotions_per_week:.2f} a "
+        f"week), lead time {dur(keys.lead_time_s)}, change failure rate "
+        f"{pct(keys.change_failure_rate)} ({keys.rollbacks} rollbacks), time to restore "
+        f"{dur(keys.time_to_restore_s)}"
+    )
+    for t in shares:
+        console.print(
+            f"  {t.service}: {t.requests} requests; failed {pct(t.failed)}, unanswered "
+            f"{pct(t.unanswered)}, fallback tier {pct(t.fallback)}, wrong answers {pct(t.wrong)}"
+        )
+    for a in found:
+        console.print(f"  {a.kind:9} {a.name}: {dur(a.age_s)} old")
+
+
 def export(file: ManifestOption = DEFAULT_MANIFEST) -> None:
     """Print the manifest's slos as OpenSLO v1 YAML (one SLO document each)."""
     from bastion.cli._common import load_manifest
@@ -239,6 +313,7 @@ def register(app: typer.Typer) -> None:
     sub = typer.Typer(help="SLOs and error budgets: status, the monthly report, OpenSLO.")
     sub.command("status")(status)
     sub.command("report")(report)
+    sub.command("outcomes")(outcomes)
     sub.command("export")(export)
     sub.command("import")(import_)
     app.add_typer(sub, name="slo")

@@ -25,7 +25,7 @@ from bastion.slo._core import (
     objectives,
 )
 from bastion.slo._openslo import from_openslo, to_openslo
-from bastion.slo._outcomes import Dora, Trust, dora, trust
+from bastion.slo._outcomes import Age, Dora, Trust, ages, dora, trust
 from bastion.slo._report import Incident, MonthReport, incidents, month_report
 from bastion.slo._sli import (
     BOUNDS_MS,
@@ -42,6 +42,7 @@ __all__ = [
     "BOUNDS_MS",
     "NO_SLI",
     "PAIRS",
+    "Age",
     "Alert",
     "BurnPair",
     "BurnReading",
@@ -60,6 +61,7 @@ __all__ = [
     "Tally",
     "Trust",
     "Window",
+    "ages",
     "burn_rate",
     "dora",
     "evaluate",

@@ -5,7 +5,11 @@ Owns: ``dora`` (promotions per week; lead time from the start of a training run 
 ``@prod``; change failure rate, rollbacks over promotions; time to restore, page incidents
 to their resolution) and ``trust`` (the shares of a service's requests that failed, were
 answered by no backend, by a fallback tier, or by a backend golden probes found wrong).
-SLA uptime per calendar month is the availability objectives' ``month_report``.
+SLA uptime per calendar month is the availability objectives' ``month_report``. And
+``ages``, two SLIs read from the log at evaluation time rather than written as rows:
+model freshness (the age of each model's newest promotion to ``@prod``) and data RPO (the
+age of each dataset's newest committed snapshot, ``vault.put``: a commit is verified
+before the event, so it is the newest point a restore can return to).
 
 How each figure is found, so an auditor can redo it from the log:
 - a *promotion* is ``model.promoted``, ``model.promotion_forced`` or ``rollout.promoted``;
@@ -32,7 +36,7 @@ from bastion import event_kinds as ek
 from bastion.events import Event
 from bastion.slo._sli import SliReader
 
-__all__ = ["Dora", "Trust", "dora", "trust"]
+__all__ = ["Age", "Dora", "Trust", "ages", "dora", "trust"]
 
 _PROMOTIONS = (ek.MODEL_PROMOTED, ek.MODEL_PROMOTION_FORCED, ek.ROLLOUT_PROMOTED)
 _ROLLBACKS = (ek.MODEL_ROLLED_BACK, ek.ROLLOUT_ROLLED_BACK)
@@ -159,3 +163,29 @@ def trust(
         service, n, share(total.total - total.good), share(n - answered), share(fallback),
         share(wrong),
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Age:
+    """How old the newest ``kind`` event of ``name`` is at ``now``: a model's freshness
+    (``model.promoted``) or a dataset's RPO (``vault.put``)."""
+
+    name: str
+    kind: str
+    newest: float
+    age_s: float
+    event_id: int
+
+
+def ages(events: Sequence[Event], *, now: float) -> list[Age]:
+    """The freshness of every promoted model and the RPO of every dataset in ``events``."""
+    newest: dict[tuple[str, str], Event] = {}
+    for e in events:
+        if e.kind in (ek.MODEL_PROMOTED, ek.MODEL_PROMOTION_FORCED):
+            newest[(e.subject, "freshness")] = e
+        elif e.kind == ek.VAULT_PUT and e.subject.startswith("dataset/"):
+            newest[(e.subject, "rpo")] = e
+    return [
+        Age(name, kind, e.ts, max(0.0, now - e.ts), e.id)
+        for (name, kind), e in sorted(newest.items())
+    ]
