@@ -420,3 +420,25 @@ def test_ages_are_freshness_and_rpo() -> None:
     ]
     got = {(a.name, a.kind): (a.age_s, a.event_id) for a in ages(events, now=200.0)}
     assert got == {("dataset/d", "rpo"): (70.0, 4), ("model/m", "freshness"): (80.0, 3)}
+
+
+def test_goodput_is_new_progress_over_wall_time() -> None:
+    from bastion.events import Event
+    from bastion.slo import goodput
+
+    def ev(i: int, kind: str, at_s: float, **data: object) -> Event:
+        return Event(kind, "train", data={"run_id": "r1", **data}, mono_ns=int(at_s * 1e9), id=i)
+
+    events = [
+        ev(1, ek.TRAIN_RUN_STARTED, 0),
+        ev(2, ek.TRAIN_CHECKPOINT_SAVED, 50, step=50),
+        ev(3, ek.TRAIN_EXITED, 80, last_step=80),
+        ev(4, ek.TRAIN_RESTORED, 85, step=50),
+        ev(5, ek.TRAIN_STEP_FIRST, 90, step=51),
+        ev(6, ek.TRAIN_CHECKPOINT_SAVED, 200, step=200),
+    ]
+    got = goodput(events, "train")
+    assert got is not None
+    assert (got.wall_s, got.down_s, got.steps, got.steps_redone) == (200.0, 10.0, 200, 30)
+    assert got.goodput == pytest.approx(190 / 200 * 200 / 230)
+    assert goodput(events, "other") is None

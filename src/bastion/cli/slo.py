@@ -207,13 +207,14 @@ def outcomes(
     file: ManifestOption = DEFAULT_MANIFEST,
 ) -> None:
     """The outcome metrics: DORA's four keys for models, customer-trust shares per
-    service, model freshness and data RPO, from the event log and the SLI rows."""
+    service, model freshness, data RPO and training goodput, from the event log and the
+    SLI rows."""
     import time
     from dataclasses import asdict
 
     from bastion.cli._common import console, event_log, load_manifest
     from bastion.errors import UsageError
-    from bastion.slo import SqliteSli, ages, dora, trust
+    from bastion.slo import SqliteSli, ages, dora, goodput, trust
 
     if days < 1:
         raise UsageError(f"--days {days}: give at least 1")
@@ -237,6 +238,7 @@ def outcomes(
             for name, service in manifest.services.items()
         ]
         found = ages(events, now=now)
+        runs = [g for g in (goodput(events, job) for job in manifest.jobs) if g is not None]
     finally:
         reader.close()
         log.close()
@@ -248,6 +250,7 @@ def outcomes(
                     "dora": asdict(keys),
                     "trust": [asdict(t) for t in shares],
                     "ages": [asdict(a) for a in found],
+                    "goodput": [asdict(g) for g in runs],
                 },
                 sort_keys=True,
             )
@@ -273,6 +276,11 @@ def outcomes(
         )
     for a in found:
         console.print(f"  {a.kind:9} {a.name}: {dur(a.age_s)} old")
+    for g in runs:
+        console.print(
+            f"  goodput   {g.job} (run {g.run_id}): {pct(g.goodput)} of {g.wall_s:.0f} s, "
+            f"{g.down_s:.1f} s down, {g.steps_redone} of {g.steps} steps redone"
+        )
 
 
 def export(file: ManifestOption = DEFAULT_MANIFEST) -> None:

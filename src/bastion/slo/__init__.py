@@ -25,7 +25,7 @@ from bastion.slo._core import (
     objectives,
 )
 from bastion.slo._openslo import from_openslo, to_openslo
-from bastion.slo._outcomes import Age, Dora, Trust, ages, dora, trust
+from bastion.slo._outcomes import Age, Dora, Goodput, Trust, ages, dora, goodput, trust
 from bastion.slo._report import Incident, MonthReport, incidents, month_report
 from bastion.slo._sli import (
     BOUNDS_MS,
@@ -48,6 +48,7 @@ __all__ = [
     "BurnReading",
     "Dora",
     "Evaluator",
+    "Goodput",
     "Incident",
     "MonthReport",
     "Objective",
@@ -66,6 +67,7 @@ __all__ = [
     "dora",
     "evaluate",
     "from_openslo",
+    "goodput",
     "incidents",
     "month_bounds",
     "month_report",

@@ -5,7 +5,9 @@ Owns: ``dora`` (promotions per week; lead time from the start of a training run 
 ``@prod``; change failure rate, rollbacks over promotions; time to restore, page incidents
 to their resolution) and ``trust`` (the shares of a service's requests that failed, were
 answered by no backend, by a fallback tier, or by a backend golden probes found wrong).
-SLA uptime per calendar month is the availability objectives' ``month_report``. And
+``goodput``: a training run's share of wall time spent making new progress, from its
+``train.*`` events. SLA uptime per calendar month is the availability objectives'
+``month_report``. And
 ``ages``, two SLIs read from the log at evaluation time rather than written as rows:
 model freshness (the age of each model's newest promotion to ``@prod``) and data RPO (the
 age of each dataset's newest committed snapshot, ``vault.put``: a commit is verified
@@ -18,6 +20,12 @@ How each figure is found, so an auditor can redo it from the log:
   ``vault.put`` of that model version to the promotion (a model committed by hand, with no
   run before it, has none);
 - *time to restore*: ``slo.burn.page`` to its ``slo.burn.resolved``;
+- *goodput* of a run: with ``wall`` from ``train.run.started`` to its last event,
+  ``down`` the time from each ``train.exited`` to the ``train.step.first`` after it, ``N``
+  the highest step reached and ``L`` the steps redone (each exit's ``last_step`` minus the
+  step its ``train.restored`` resumed from): ``(wall - down) / wall * N / (N + L)``, the
+  time a worker ran times the share of its steps that were new (steps taken at an even
+  pace);
 - *wrong answers*: requests a backend answered from ``suspect_s`` before its
   ``serve.golden.failed`` (the probe interval it may have been wrong for unseen) until its
   ``serve.golden.passed``.
@@ -36,7 +44,7 @@ from bastion import event_kinds as ek
 from bastion.events import Event
 from bastion.slo._sli import SliReader
 
-__all__ = ["Age", "Dora", "Trust", "ages", "dora", "trust"]
+__all__ = ["Age", "Dora", "Goodput", "Trust", "ages", "dora", "goodput", "trust"]
 
 _PROMOTIONS = (ek.MODEL_PROMOTED, ek.MODEL_PROMOTION_FORCED, ek.ROLLOUT_PROMOTED)
 _ROLLBACKS = (ek.MODEL_ROLLED_BACK, ek.ROLLOUT_ROLLED_BACK)
@@ -189,3 +197,57 @@ def ages(events: Sequence[Event], *, now: float) -> list[Age]:
         Age(name, kind, e.ts, max(0.0, now - e.ts), e.id)
         for (name, kind), e in sorted(newest.items())
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class Goodput:
+    """One training run's goodput (``None`` before its first step)."""
+
+    job: str
+    run_id: str
+    wall_s: float
+    down_s: float
+    steps: int
+    steps_redone: int
+    goodput: float | None
+    event_ids: tuple[int, ...]
+
+
+def goodput(events: Sequence[Event], job: str) -> Goodput | None:
+    """The latest run of ``job`` in ``events`` (the log), or ``None`` if it never ran."""
+    mine = [e for e in events if e.subject == job and e.kind.startswith("train.")]
+    starts = [e for e in mine if e.kind == ek.TRAIN_RUN_STARTED]
+    if not starts:
+        return None
+    run_id = starts[-1].data.get("run_id")
+    run = sorted(
+        (e for e in mine if e.data.get("run_id") == run_id and e.mono_ns >= starts[-1].mono_ns),
+        key=lambda e: (e.mono_ns, e.id),
+    )
+    wall = (run[-1].mono_ns - run[0].mono_ns) / 1e9
+    down = 0.0
+    redone = 0
+    steps = 0
+    exited: Event | None = None
+    resumed_from: int | None = None
+    for e in run:
+        for key in ("step", "last_step"):
+            value = e.data.get(key)
+            if isinstance(value, int):
+                steps = max(steps, value)
+        if e.kind == ek.TRAIN_EXITED and e is not run[-1]:
+            exited = e
+        elif e.kind == ek.TRAIN_RESTORED and exited is not None:
+            resumed_from = int(e.data.get("step") or 0)
+        elif e.kind == ek.TRAIN_STEP_FIRST and exited is not None:
+            down += (e.mono_ns - exited.mono_ns) / 1e9
+            last = exited.data.get("last_step")
+            if isinstance(last, int) and resumed_from is not None:
+                redone += max(0, last - resumed_from)
+            exited, resumed_from = None, None
+    share = None
+    if wall > 0 and steps > 0:
+        share = max(0.0, (wall - down) / wall) * steps / (steps + redone)
+    return Goodput(
+        job, str(run_id or ""), wall, down, steps, redone, share, tuple(e.id for e in run)
+    )
