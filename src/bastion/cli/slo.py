@@ -312,6 +312,7 @@ def import_(
     entries = from_openslo(text, str(source), services=services)
     yaml = YAML()
     yaml.default_flow_style = None
+    yaml.width = 4096  # one entry a line, to paste
     out = io.StringIO()
     yaml.dump({"slos": entries}, out)
     print(out.getvalue(), end="")
