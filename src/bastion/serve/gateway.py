@@ -368,7 +368,7 @@ class Gateway:
         # the rollout's statistics for /bastion/status, set by bastion.rollout (it stays
         # after the rollout ended, so its outcome can be read)
         self.rollout_status: Callable[[], SplitStatistics | None] | None = None
-        # per-second SLI rows (bastion.slo), set by `bastion serve` when it has a state dir
+        # per-second SLI rows (bastion.slo), set by `bastion serve` (serve/runner.py)
         self.sli: Observe = NO_SLI
         self._last_probe: dict[str, float] = {}
         self._episode_start: float | None = None
