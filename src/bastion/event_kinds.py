@@ -161,6 +161,22 @@ ROLLOUT_ABORTED = _k(
 )
 ROLLOUT_PROMOTED = _k("rollout.promoted", "a rollout's candidate became the stable model")
 
+# -- SLOs (bastion.slo) -------------------------------------------------------------------
+SLO_BURN_PAGE = _k(
+    "slo.burn.page",
+    "an SLO's error budget burns fast: 14.4x over 1h and 5m, or 6x over 6h and 30m (pair, "
+    "burn rates, bad events)",
+)
+SLO_BURN_TICKET = _k(
+    "slo.burn.ticket", "an SLO's error budget burns steadily: 1x over 3d and 6h (burn rates)"
+)
+SLO_BURN_RESOLVED = _k(
+    "slo.burn.resolved",
+    "an SLO's page or ticket burn alert ended: no pair of its severity fires (severity, since)",
+)
+SLO_NODATA = _k("slo.nodata", "an SLO's SLI recorded nothing for alerting.nodata_s (last data)")
+SLO_NODATA_RESOLVED = _k("slo.nodata.resolved", "an SLO's SLI records again after slo.nodata")
+
 # -- drills -------------------------------------------------------------------------------
 DRILL_STARTED = _k("drill.started", "an experiment began (title)")
 DRILL_METHOD_STARTED = _k("drill.method.started", "the experiment's method (the faults) began")

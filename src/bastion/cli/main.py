@@ -49,6 +49,7 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "validate": ("validate",),
     "pipeline": ("pipeline",),
     "rollout": ("rollout",),
+    "slo": ("slo",),
 }
 
 

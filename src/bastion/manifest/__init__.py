@@ -24,6 +24,7 @@ from bastion.manifest._model import (
     RolloutPolicy,
     Service,
     Slo,
+    SloAlerting,
     VaultConfig,
     WorkerSlot,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "RolloutPolicy",
     "Service",
     "Slo",
+    "SloAlerting",
     "VaultConfig",
     "WorkerSlot",
     "load",

@@ -308,6 +308,11 @@ def _schema_problems(exc: ValidationError, located: _Locator) -> Iterator[Manife
             msg = f"{value!r} is not one of: {', '.join(options)}"
             if hint:
                 msg += f" (did you mean {hint[0]!r}?)"
+        elif kind == "string_pattern_mismatch" and loc and loc[-1] == "window":
+            msg = (
+                f"{value!r} is not a window: use rolling days or hours (28d, 30d, 7d, 12h) "
+                "or month (the calendar month)"
+            )
         elif kind == "string_pattern_mismatch":
             msg = (
                 f"{value!r} is not a valid id: use lower-case letters, digits, '.', '_' or '-', "

@@ -719,6 +719,27 @@ class Service(_Strict):
         return self
 
 
+# A rolling window in whole days or hours (28d, 30d, 7d, 12h), or the calendar month (UTC).
+SLO_WINDOW = r"^(?:[1-9][0-9]{0,3}[dh]|month)$"
+
+
+class SloAlerting(_Strict):
+    """When an SLO's burn alerts (``slo.burn.page``, ``slo.burn.ticket``) and its no-data
+    alert (``slo.nodata``) fire: the SRE workbook's multi-window, multi-burn-rate pairs
+    (docs/slo.md)."""
+
+    page: bool = True
+    """Page on a fast burn: 14.4x over 1 h (and 5 m), or 6x over 6 h (and 30 m)."""
+    ticket: bool = True
+    """Open a ticket on a slow burn: 1x over 3 d (and 6 h)."""
+    min_bad_events: Int = Field(default=10, ge=0)
+    """A burn alert needs at least this many bad events (or bad time slices) in its long
+    window, so a handful of failures at low traffic does not page anyone."""
+    nodata_s: float | None = Field(default=600, gt=0)
+    """Raise slo.nodata when the SLI has recorded nothing for this many seconds (null:
+    never), so an SLI that went quiet is not read as 100% good."""
+
+
 class Slo(_Strict):
     """A service level objective: the availability or latency a service promises."""
 
@@ -727,11 +748,24 @@ class Slo(_Strict):
     service: str
     """The service it is about (a name under ``services``)."""
     objective: float | None = Field(default=None, gt=0, lt=1)
-    """The availability promised, as a fraction (0.999)."""
+    """The availability promised, as a fraction (0.999): the share of requests not
+    answered 5xx or 429."""
     p99_ms: float | None = Field(default=None, gt=0)
-    """The 99th-percentile latency promised, in milliseconds."""
-    window: str = "30d"
-    """The window the objective is measured over (e.g. 30d)."""
+    """The 99th-percentile latency promised, in milliseconds: 99% of requests answered
+    within it."""
+    window: str = Field(default="30d", pattern=SLO_WINDOW)
+    """The window the objective is measured over: rolling days or hours (28d, 30d, 7d,
+    12h), or month (the calendar month, UTC)."""
+    budgeting: Literal["occurrences", "timeslices"] = "occurrences"
+    """How the error budget is counted: occurrences (bad requests over all requests) or
+    timeslices (bad time slices over all slices with traffic)."""
+    timeslice: Literal["1m", "2m", "5m", "10m", "15m", "30m", "60m"] = "1m"
+    """With timeslices: the length of one slice."""
+    timeslice_target: float | None = Field(default=None, gt=0, le=1)
+    """With timeslices: the share of good requests that makes a slice good (default: the
+    objective itself)."""
+    alerting: SloAlerting = Field(default_factory=SloAlerting)
+    """Its burn-rate and no-data alerts."""
 
     @model_validator(mode="after")
     def _something(self) -> Slo:

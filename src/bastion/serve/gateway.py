@@ -124,6 +124,7 @@ from bastion.serve.pool import (
     UpstreamSpec,
     UpstreamStatistics,
 )
+from bastion.slo._sli import NO_SLI, Observe
 
 __all__ = [
     "BACKEND_HEADER",
@@ -376,6 +377,8 @@ class Gateway:
         # the rollout's statistics for /bastion/status, set by bastion.rollout (it stays
         # after the rollout ended, so its outcome can be read)
         self.rollout_status: Callable[[], SplitStatistics | None] | None = None
+        # per-second SLI rows (bastion.slo), set by `bastion serve` (serve/runner.py)
+        self.sli: Observe = NO_SLI
         self._last_probe: dict[str, float] = {}
         self._episode_start: float | None = None
         self._episode_shed = 0
@@ -438,7 +441,9 @@ class Gateway:
             resp = await handler(request)
         except web.HTTPException as exc:
             resp = self._http_error(request, exc)
-        self.metrics.observe_request(route, resp.status, self._clock() - start)
+        took = self._clock() - start
+        self.metrics.observe_request(route, resp.status, took)
+        self.sli.observe(route, resp.status, took, resp.headers.get(BACKEND_HEADER, ""))
         return resp
 
     def _http_error(self, request: web.Request, exc: web.HTTPException) -> web.Response:

@@ -203,6 +203,7 @@ async def run_services(
     probers: list[GoldenProber] = []
     rollouts: list[RolloutController] = []
     sink = EventWriter.in_state_dir(manifest.state_dir)
+    sli = _SliRecording(manifest, names)
     # A replica set serves one snapshot: model/digits@latest is resolved to its version
     # once, here, so a replica restarted later serves what its peers serve, not a newer
     # commit (a new version goes into service through `bastion rollout`).
@@ -233,6 +234,7 @@ async def run_services(
             )
             for spec in specs_for(service):
                 gw.add_upstream(spec)
+            gw.sli = sli.recorder(name)
             sets[name] = {
                 backend.name: ReplicaSet(
                     gw,
@@ -269,8 +271,10 @@ async def run_services(
             await prober.start()
         for rollout in rollouts:
             await rollout.resume()
+        sli.start()
         await stop.wait()
     finally:
+        await sli.stop_flushing()
         for rollout in rollouts:
             await rollout.close()
         for prober in probers:
@@ -282,7 +286,69 @@ async def run_services(
             await gw.close()
         if spend is not None:
             spend.close()
+        sli.close()
         sink.close()
+
+
+class _SliRecording:
+    """The SLI side of ``bastion serve``: one recorder per gateway, their writer thread,
+    a task that flushes each complete second, and the SLO evaluation loop (bastion.slo)."""
+
+    def __init__(self, manifest: Manifest, names: Sequence[str]) -> None:
+        from bastion.slo import SliWriter, objectives
+
+        self.manifest = manifest
+        self.objectives = [o for o in objectives(manifest) if o.service in names]
+        self.writer = SliWriter.in_state_dir(manifest.state_dir)
+        self.recorders: list[Any] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._loop: Any = None
+
+    def recorder(self, service: str) -> Any:
+        from bastion.serve.gateway import _POST_ROUTES
+        from bastion.slo import SliRecorder
+
+        rec = SliRecorder(service, self.writer, routes=_POST_ROUTES)
+        self.recorders.append(rec)
+        return rec
+
+    def start(self) -> None:
+        from bastion.events import EventLog
+        from bastion.slo import Evaluator, SloLoop, SqliteSli
+
+        self._flusher = asyncio.create_task(self._flush_every_second())
+        if self.objectives:
+            evaluator = Evaluator(
+                self.objectives,
+                SqliteSli.in_state_dir(self.manifest.state_dir),
+                EventLog.in_state_dir(self.manifest.state_dir),
+            )
+            self._loop = SloLoop(evaluator).start()
+
+    async def _flush_every_second(self) -> None:
+        import time
+
+        while True:
+            await asyncio.sleep(1.0 - time.time() % 1.0 + 0.01)
+            now = int(time.time())
+            for rec in self.recorders:
+                rec.flush(before=now)
+
+    async def stop_flushing(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+            self._loop.evaluator.reader.close()
+            self._loop.evaluator.log.close()
+        for rec in self.recorders:
+            rec.flush()
+        self.writer.close()
 
 
 def _pin_models(manifest: Manifest, names: Sequence[str]) -> dict[str, str]:
