@@ -48,6 +48,7 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "validate": ("validate",),
     "pipeline": ("pipeline",),
     "rollout": ("rollout",),
+    "twin": ("twin",),
 }
 
 
