@@ -1,0 +1,240 @@
+"""The sandbox twin (issue 15, part 4): an isolated copy of the example's system.
+
+Isolation is checked the hard way: every file of production's state directory and
+vault replicas is hashed (bytes and mode) before real faults (FlipBytes, DeleteFiles,
+Ransomware) run in the twin's scope and a snapshot is put through the twin's manifest,
+and hashed again after. The twin's vault must read and verify production's snapshots,
+and the CLI's errors (a port clash, an existing twin, no manifest) are exit 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import socket
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from bastion.drill.faults import Scope
+from bastion.drill.faults.ransomware import Ransomware
+from bastion.drill.faults.storage import DeleteFiles, FlipBytes
+from bastion.errors import ScopeError, UsageError
+from bastion.manifest import load
+from bastion.twin import Twin
+from bastion.vault import Vault
+from tests.helpers import commit_model, run_bastion
+
+
+def _rows(db: Path) -> str:
+    """An event log's content: its rows (its bytes change when SQLite checkpoints the
+    WAL, which is not a change of what production holds)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        dump = "\n".join(conn.iterdump())
+    return hashlib.sha256(dump.encode()).hexdigest()
+
+
+def _fingerprint(root: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, str]:
+    """Every file and directory under ``root``: its content hash and mode (``skip``:
+    subtrees left out, e.g. the twin itself inside production's state directory)."""
+    found: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if here / d not in skip]
+        found[str(here.relative_to(root)) + "/"] = oct(stat.S_IMODE(here.stat().st_mode))
+        for name in filenames:
+            path = here / name
+            if name.endswith(("events.db-wal", "events.db-shm")):
+                continue
+            info = path.lstat()
+            if name == "events.db":
+                digest = _rows(path)
+            else:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "-"
+            found[str(path.relative_to(root))] = f"{digest} {oct(stat.S_IMODE(info.st_mode))}"
+    return found
+
+
+def _production(example: Path, rng: random.Random) -> Path:
+    """The example with a model and a dataset in its vault; its manifest path."""
+    commit_model(example, rng.randrange(2**31))
+    data = example / "raw"
+    data.mkdir()
+    for i in range(5):
+        (data / f"shard-{i}.bin").write_bytes(rng.randbytes(rng.randrange(1000, 300_000)))
+    manifest = load(example / "bastion.yaml")
+    Vault.from_manifest(manifest).commit(
+        "dataset/raw", files={f"shard-{i}.bin": data / f"shard-{i}.bin" for i in range(5)}
+    )
+    return example / "bastion.yaml"
+
+
+def test_twin_up_has_its_own_state_ports_keys_and_a_vault_that_reads_production(
+    example_copy: Path, rng: random.Random
+) -> None:
+    path = _production(example_copy, rng)
+    production = load(path)
+    twin = Twin(path)
+    record = twin.up()
+    mirror = twin.manifest()
+    assert Path(mirror.state_dir) != Path(production.state_dir)
+    assert Path(mirror.state_dir).is_relative_to(twin.root)
+    # every owned port rewritten, to ports production does not use
+    assert set(record.ports) == {8700, 8801}
+    assert not set(record.ports.values()) & set(record.ports)
+    assert mirror.services["digits"].listen == f"127.0.0.1:{record.ports[8700]}"
+    vendor = str(mirror.services["digits"].backends[1].url)
+    assert f":{record.ports[8801]}" in vendor
+    # its own keys, not production's
+    assert mirror.vault is not None
+    assert production.vault is not None
+    assert mirror.vault.key != production.vault.key
+    assert Path(str(mirror.vault.key)).read_bytes() != Path(str(production.vault.key)).read_bytes()
+    # objects shared, not copied: each twin object is production's inode (or a reflink)
+    for view in record.replicas:
+        assert view.linked + view.reflinked > 0
+        assert view.resigned >= 2
+        for obj in (Path(view.twin) / "objects").rglob("*"):
+            if obj.is_file() and view.linked:
+                prod = Path(view.production) / obj.relative_to(view.twin)
+                assert obj.stat().st_ino == prod.stat().st_ino
+    # the twin's vault serves production's snapshots, verified (re-signed by the twin)
+    mine, theirs = Vault.from_manifest(mirror), Vault.from_manifest(production)
+    assert mine.names() == theirs.names()
+    for name in theirs.names():
+        a, b = mine.snapshot(f"{name}@latest"), theirs.snapshot(f"{name}@latest")
+        assert a.id == b.id
+        assert a.key_id != b.key_id
+        for file in b.files:
+            assert mine.read(a, file) == theirs.read(b, file)
+    report = mine.scrub(repair=False)
+    assert report.ok, report
+    # production's vault does not trust the twin's key: a twin document copied into
+    # production is refused
+    assert a.key_id == mine.verifier.key_id != theirs.verifier.key_id
+
+
+def test_faults_and_writes_in_the_twin_leave_production_unchanged(
+    example_copy: Path, rng: random.Random, seed: int, tmp_path: Path
+) -> None:
+    path = _production(example_copy, rng)
+    production = load(path)
+    twin = Twin(path)
+    twin.up()
+    state = Path(production.state_dir)
+    before = _fingerprint(state, skip=(twin.root,))
+    scope = twin.scope()
+    vault = twin.state_dir / "vault"
+    objects = [p for p in (vault / "a" / "objects").rglob("*") if p.is_file()]
+    assert objects
+    chosen = rng.sample(objects, min(4, len(objects)))
+    with FlipBytes(chosen, scope=scope, count=8, seed=seed, max_files=len(chosen)):
+        pass  # injected and reverted; the shared inodes were copied up before any write
+    flip = FlipBytes(vault / "b" / "objects", scope=scope, count=4, seed=seed, max_files=10_000)
+    flip.inject()  # left damaged: production must still be intact
+    DeleteFiles(vault / "a" / "snapshots", scope=scope, max_files=10_000).inject()
+    Ransomware(vault / "b", scope=scope, keyfile=tmp_path / "ransom.key", max_files=10_000).inject()
+    mirror = Vault.from_manifest(twin.manifest())
+    (tmp_path / "new.bin").write_bytes(rng.randbytes(50_000))
+    mirror.commit("dataset/twin-only", files={"new.bin": tmp_path / "new.bin"})
+    after = _fingerprint(state, skip=(twin.root,))
+    assert after == before, sorted(set(after.items()) ^ set(before.items()))[:10]
+    # and production still verifies end to end
+    report = Vault.from_manifest(production).scrub(repair=False)
+    assert report.ok, report
+    assert "dataset/twin-only" not in Vault.from_manifest(production).names()
+
+
+def test_the_twin_scope_refuses_production(example_copy: Path, rng: random.Random) -> None:
+    path = _production(example_copy, rng)
+    production = load(path)
+    twin = Twin(path)
+    twin.up()
+    scope = twin.scope()
+    prod_vault = Path(production.state_dir) / "vault" / "a"
+    with pytest.raises(ScopeError, match="outside scope 'twin twin'"):
+        FlipBytes(prod_vault / "objects", scope=scope, max_files=10_000)
+    with pytest.raises(ScopeError):
+        scope.check_port(8700)
+    assert scope.check_port(twin.record().ports[8700])
+
+
+def test_copy_up_gives_a_linked_file_its_own_bytes(tmp_path: Path, seed: int) -> None:
+    outside, inside = tmp_path / "prod.bin", tmp_path / "twin" / "obj.bin"
+    inside.parent.mkdir()
+    outside.write_bytes(bytes(range(256)) * 64)
+    outside.chmod(0o400)
+    os.link(outside, inside)
+    scope = Scope.of(paths=[tmp_path / "twin"], copy_up=[tmp_path / "twin"])
+    FlipBytes(inside, scope=scope, count=16, seed=seed).inject()
+    assert outside.read_bytes() == bytes(range(256)) * 64
+    assert inside.read_bytes() != outside.read_bytes()
+    assert inside.stat().st_nlink == 1
+    assert stat.S_IMODE(inside.stat().st_mode) == 0o400
+    # without copy-up the same fault writes through the link: the guard is what works
+    os.link(outside, tmp_path / "twin" / "bare.bin")
+    FlipBytes(tmp_path / "twin" / "bare.bin", scope=Scope.of(paths=[tmp_path / "twin"])).inject()
+    assert outside.read_bytes() != bytes(range(256)) * 64
+
+
+def test_twin_down_removes_what_up_made_and_nothing_else(
+    example_copy: Path, rng: random.Random
+) -> None:
+    path = _production(example_copy, rng)
+    events = Path(load(path).state_dir) / "events.db"
+
+    def everything() -> dict[str, str]:
+        # production's log gains twin.up and twin.down (its record of the system's
+        # history); everything else must be as it was
+        return {k: v for k, v in _fingerprint(example_copy).items() if example_copy / k != events}
+
+    before = everything()
+    up = run_bastion("twin", "up", "--json", cwd=example_copy)
+    assert up.returncode == 0, up.stderr
+    made = json.loads(up.stdout)
+    assert Path(made["manifest"]).is_file()
+    assert everything() != before
+    status = json.loads(run_bastion("twin", "status", "--json", cwd=example_copy).stdout)
+    assert status["exists"]
+    assert status["twin"]["ports"] == made["ports"]
+    assert status["listening"] == {str(p): False for p in made["ports"].values()}
+    down = run_bastion("twin", "down", "--json", cwd=example_copy)
+    assert down.returncode == 0, down.stderr
+    assert made["root"] in json.loads(down.stdout)["removed"]
+    assert everything() == before
+    status = json.loads(run_bastion("twin", "status", "--json", cwd=example_copy).stdout)
+    assert status["exists"] is False
+
+
+def test_bad_input_is_exit_2_naming_the_thing(example_copy: Path, rng: random.Random) -> None:
+    _production(example_copy, rng)
+    missing = run_bastion("twin", "up", "-f", "nope.yaml", cwd=example_copy)
+    assert missing.returncode == 2
+    assert "nope.yaml does not exist" in missing.stderr
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        clash = run_bastion("twin", "up", "--port-base", str(taken), cwd=example_copy)
+    assert clash.returncode == 2, clash.stderr
+    assert f"port {taken}" in clash.stderr
+    assert "services.digits.listen" in clash.stderr
+    assert not (example_copy / ".bastion" / "twin").exists()  # nothing left half made
+    own = run_bastion("twin", "up", "--port-base", "8700", cwd=example_copy)
+    assert own.returncode == 2
+    assert "production's own port" in own.stderr
+    assert run_bastion("twin", "up", cwd=example_copy).returncode == 0
+    again = run_bastion("twin", "up", cwd=example_copy)
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
+    assert run_bastion("twin", "down", cwd=example_copy).returncode == 0
+    gone = run_bastion("twin", "down", cwd=example_copy)
+    assert gone.returncode == 2
+    assert "does not exist" in gone.stderr
+    with pytest.raises(UsageError, match="not valid"):
+        Twin(example_copy / "bastion.yaml", "Bad Name")
