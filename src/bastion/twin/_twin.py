@@ -25,22 +25,27 @@ import json
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import ValidationError
+
 from bastion import event_kinds as ek
-from bastion.drill.faults.scope import Scope
 from bastion.errors import UsageError
 from bastion.events import EventLog
-from bastion.manifest import Manifest, load, loads
+from bastion.manifest import Manifest, load
 from bastion.store._url import parse_replica_url
 from bastion.twin._ports import allocate, owned_ports, port_free
 from bastion.twin._view import ViewStatistics, make_view
 from bastion.vault._keys import Signer, Verifier, make_key
 from bastion.vault._manifest import vault_keys, vault_replicas
+
+if TYPE_CHECKING:
+    from bastion.drill.faults.scope import Scope
 
 __all__ = ["Twin", "TwinRecord", "TwinStatus"]
 
@@ -175,7 +180,13 @@ class Twin:
                 "first, or give another --name"
             )
         started = time.perf_counter()
-        tree = self.production.model_dump(mode="json", by_alias=True)
+        # Defaults left out keep the twin manifest short (every command on the twin parses
+        # it); a path default resolved against production's directory differs from its
+        # default, so it stays, and each service's listen is written out even when it is
+        # the default, so that its port is rewritten.
+        tree = self.production.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        for name, service in self.production.services.items():
+            tree["services"][name]["listen"] = service.listen
         ports = allocate(owned_ports(tree), port_base=port_base, manifest=str(self.production_path))
         replicas = self._production_replicas()
         parent_made = not self.root.parent.exists()
@@ -233,32 +244,40 @@ class Twin:
         vault = dict(tree.get("vault") or {})
         mode = vault.get("mode", "private")
         (self.state_dir / "vault").mkdir(mode=0o700)
-        views = []
-        twin_replicas = []
-        for i, prod in enumerate(replicas):
-            twin_replica = self.state_dir / "vault" / _replica_name(i)
-            twin_replicas.append(str(twin_replica))
-            if prod.exists():
-                views.append(
-                    make_view(
-                        prod,
-                        twin_replica,
-                        verifier=verifier,
-                        signer=signer,
-                        admin_pub=admin_pub,
-                        mode=mode,
-                    )
+        twin_replicas = [self.state_dir / "vault" / _replica_name(i) for i in range(len(replicas))]
+        pairs = [(p, t) for p, t in zip(replicas, twin_replicas, strict=True) if p.exists()]
+        with ThreadPoolExecutor(max_workers=max(1, len(pairs))) as pool:
+            futures = [
+                pool.submit(
+                    make_view,
+                    prod,
+                    twin,
+                    verifier=verifier,
+                    signer=signer,
+                    admin_pub=admin_pub,
+                    mode=mode,
                 )
-        vault.update(replicas=twin_replicas, key=str(signing), admin_key=str(admin))
+                for prod, twin in pairs
+            ]
+            views = [f.result() for f in futures]
+        vault.update(
+            replicas=[str(t) for t in twin_replicas], key=str(signing), admin_key=str(admin)
+        )
         tree["vault"] = vault
         tree["state_dir"] = str(self.state_dir)
         _rewrite_ports(tree, ports)
+        tree = _drop_none(tree)
         text = (
             f"# The sandbox twin {self.name!r} of {self.production_path}, made by "
             "`bastion twin up`.\n# Its own state, vault replicas, keys and ports; "
-            "`bastion twin down` removes it.\n" + _dump(_drop_none(tree))
+            "`bastion twin down` removes it.\n" + _dump(tree)
         )
-        loads(text, filename=str(self.manifest_path), base_dir=self.root)  # it must load
+        # It must load: the schema is checked on the tree itself (the text is that tree,
+        # dumped; parsing it back would cost more than the rest of the twin).
+        try:
+            Manifest.model_validate(tree, context={"base_dir": self.root})
+        except ValidationError as exc:  # pragma: no cover - a bug in the rewrite above
+            raise UsageError(f"twin: the twin manifest would not load: {exc}") from None
         self.manifest_path.write_text(text)
         record = TwinRecord(
             name=self.name,
@@ -293,6 +312,8 @@ class Twin:
         """The fault scope of a drill against this twin: its directory (state, vault,
         manifest), its ports, the processes listening on them plus ``pids``, and copy-up
         over its vault so a fault never writes into an inode production shares."""
+        from bastion.drill.faults.scope import Scope  # the drill package is heavy: on demand
+
         record = self.record()
         found = _listeners(set(record.ports.values()))
         return Scope.of(
@@ -343,7 +364,7 @@ def _dump(tree: dict[str, Any]) -> str:
     from ruamel.yaml import YAML
 
     out = io.StringIO()
-    yaml = YAML(typ="safe", pure=True)
+    yaml = YAML(typ="safe")
     yaml.default_flow_style = False
     yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
     yaml.dump(tree, out)
