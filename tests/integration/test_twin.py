@@ -238,3 +238,197 @@ def test_bad_input_is_exit_2_naming_the_thing(example_copy: Path, rng: random.Ra
     assert "does not exist" in gone.stderr
     with pytest.raises(UsageError, match="not valid"):
         Twin(example_copy / "bastion.yaml", "Bad Name")
+
+
+def _experiment(tmp_path: Path, name: str, target: Path) -> Path:
+    experiment = {
+        "title": f"flip bytes in {name}",
+        "description": "a storage fault, aimed by path",
+        "method": [
+            {
+                "type": "action",
+                "name": "flip",
+                "provider": {
+                    "type": "python",
+                    "module": "bastion.drill.actions",
+                    "func": "inject",
+                    "arguments": {
+                        "fault": "storage.flip_bytes",
+                        "targets": str(target),
+                        "count": 4,
+                        "max_files": 10_000,
+                    },
+                },
+            }
+        ],
+        "rollbacks": [
+            {
+                "type": "action",
+                "name": "unflip",
+                "provider": {"type": "python", "module": "bastion.drill.actions", "func": "revert"},
+            }
+        ],
+        # the experiment's own scope names production; --twin replaces it
+        "extensions": [{"name": "bastion", "scope": {"paths": [str(target.parents[3])]}}],
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(experiment))
+    return path
+
+
+def test_drill_run_twin_runs_in_the_twins_scope_and_log(
+    example_copy: Path, rng: random.Random, seed: int, tmp_path: Path
+) -> None:
+    path = _production(example_copy, rng)
+    production = load(path)
+    state = Path(production.state_dir)
+    assert run_bastion("twin", "up", cwd=example_copy).returncode == 0
+    twin = Twin(path)
+    before = _fingerprint(state, skip=(twin.root,))
+    in_twin = _experiment(tmp_path, "twin", twin.state_dir / "vault" / "a" / "objects")
+    done = run_bastion(
+        "drill", "run", str(in_twin), "--twin", "twin", "--no-live", "--seed", str(seed),
+        "--journal", str(tmp_path / "j1.json"), cwd=example_copy,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    journal = json.loads((tmp_path / "j1.json").read_text())
+    assert "twin twin" in journal["bastion"]["scope"]
+    aimed = _experiment(tmp_path, "production", state / "vault" / "a" / "objects")
+    refused = run_bastion(
+        "drill", "run", str(aimed), "--twin", "twin", "--no-live",
+        "--journal", str(tmp_path / "j2.json"), cwd=example_copy,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "refused to touch" in refused.stderr
+    assert _fingerprint(state, skip=(twin.root,)) == before
+    # the drills' events are the twin's, not production's
+    with contextlib.closing(sqlite3.connect(twin.state_dir / "events.db")) as conn:
+        kinds = {row[0] for row in conn.execute("SELECT kind FROM events")}
+    assert "drill.started" in kinds
+    prod_db = state / "events.db"
+    with contextlib.closing(sqlite3.connect(prod_db)) as conn:
+        kinds = {row[0] for row in conn.execute("SELECT kind FROM events")}
+    assert "drill.started" not in kinds
+    assert "twin.up" in kinds
+
+
+def test_port_base_gives_consecutive_ports_and_down_waits_for_the_twin(
+    example_copy: Path, rng: random.Random
+) -> None:
+    path = _production(example_copy, rng)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        base = probe.getsockname()[1]
+    if base > 60000:
+        base -= 1000
+    twin = Twin(path)
+    record = twin.up(port_base=base)
+    assert record.ports == {8700: base, 8801: base + 1}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", base))
+        busy.listen()
+        assert twin.status().listening[base] is True
+        with pytest.raises(UsageError, match=rf"port\(s\) \[{base}\] are still in use"):
+            twin.down()
+        assert twin.exists()
+    twin.down()
+    assert not twin.exists()
+
+
+def test_synthetic_load_reaches_the_twins_gateway_at_its_rate(seed: int) -> None:
+    from aiohttp import web
+
+    from bastion.twin import replay_synthetic
+    from tests.helpers import served
+
+    seen: list[int] = []
+
+    async def predict(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append(len(body["inputs"]))
+        if len(seen) % 10 == 0:
+            return web.json_response({"error": "injected"}, status=503)
+        return web.json_response({"outputs": [0]})
+
+    app = web.Application()
+    app.router.add_post("/v1/predict", predict)
+    with served(app) as url:
+        stats = replay_synthetic(url.removeprefix("http://"), rate=50, seconds=1, seed=seed)
+    assert stats.sent == 50 == len(seen)
+    assert set(seen) == {64}
+    assert (stats.ok, stats.failed) == (45, 5)
+    assert stats.p50_ms is not None
+    assert stats.p99_ms is not None
+
+
+def test_twin_load_with_no_gateway_is_exit_1_saying_what_to_start(
+    example_copy: Path, rng: random.Random
+) -> None:
+    _production(example_copy, rng)
+    assert run_bastion("twin", "up", cwd=example_copy).returncode == 0
+    done = run_bastion(
+        "twin", "load", "--rate", "5", "--seconds", "0.4", "--json", cwd=example_copy
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert json.loads(done.stdout)["failed"] == 2
+    assert "bastion serve -f" in done.stderr
+
+
+def test_the_twins_gateway_serves_production_s_model_and_is_in_its_scope(
+    example_copy: Path, rng: random.Random
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    path = _production(example_copy, rng)
+    twin = Twin(path)
+    record = twin.up()
+    port = record.ports[8700]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bastion", "serve", "digits", "-f", record.manifest],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def ready() -> int:
+        try:
+            url = f"http://127.0.0.1:{port}/bastion/status"
+            with urllib.request.urlopen(url, timeout=2) as r:
+                ups = json.loads(r.read())["pool"]["upstreams"]
+        except OSError:
+            return 0
+        return len([u for u in ups if u["group"] == "local" and not u["needs_probe"]])
+
+    try:
+        deadline = time.monotonic() + 90
+        while ready() < 1:
+            assert proc.poll() is None, f"bastion serve -f twin exited {proc.returncode}"
+            assert time.monotonic() < deadline, "the twin's replicas never became ready"
+            time.sleep(0.1)
+        load = run_bastion(
+            "twin", "load", "--rate", "10", "--seconds", "1", "--json", cwd=example_copy
+        )
+        assert load.returncode == 0, load.stdout + load.stderr
+        stats = json.loads(load.stdout)
+        assert stats["target"] == f"127.0.0.1:{port}"
+        assert stats["ok"] > 0
+        scope = twin.scope()
+        assert proc.pid in scope.pids  # it listens on a twin port
+        assert 8700 not in scope.ports
+        with pytest.raises(UsageError, match="still in use"):
+            twin.down()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 20
+    while twin.status().listening[port]:
+        assert time.monotonic() < deadline, "the twin's gateway port stayed busy"
+        time.sleep(0.1)
+    twin.down()

@@ -71,6 +71,7 @@ def replay_synthetic(
     latencies: list[float] = []
     counts = {"ok": 0, "failed": 0}
     local = threading.local()
+    opened: list[http.client.HTTPConnection] = []  # one per worker thread, closed at the end
 
     def send(i: int, due: float) -> None:
         delay = due - time.monotonic()
@@ -82,6 +83,8 @@ def replay_synthetic(
             conn = getattr(local, "conn", None)
             if conn is None:
                 conn = local.conn = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
+                with lock:
+                    opened.append(conn)
             conn.request(
                 "POST",
                 "/v1/predict",
@@ -92,6 +95,8 @@ def replay_synthetic(
             response.read()
             ok = 200 <= response.status < 300
         except (OSError, http.client.HTTPException):
+            if conn is not None:
+                conn.close()
             local.conn = None
         elapsed = (time.perf_counter() - t0) * 1000
         with lock:
@@ -103,6 +108,8 @@ def replay_synthetic(
     with ThreadPoolExecutor(max_workers=min(32, max(2, int(rate // 10) + 2))) as pool:
         for i in range(total):
             pool.submit(send, i, start + i / rate)
+    for conn in opened:
+        conn.close()
     return LoadStatistics(
         target=listen,
         sent=total,

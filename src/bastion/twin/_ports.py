@@ -59,8 +59,13 @@ def owned_ports(raw: dict[str, object]) -> list[OwnedPort]:
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether ``port`` can be bound on ``host`` now (nothing listens there)."""
+    """Whether ``port`` can be bound on ``host`` now (nothing listens there).
+
+    With ``SO_REUSEADDR``, as servers bind (aiohttp does): connections a stopped server
+    left in TIME_WAIT do not make its port look taken; a listener still does.
+    """
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
