@@ -432,3 +432,23 @@ def test_the_twins_gateway_serves_production_s_model_and_is_in_its_scope(
         assert time.monotonic() < deadline, "the twin's gateway port stayed busy"
         time.sleep(0.1)
     twin.down()
+
+
+def test_a_worker_slots_scratch_is_the_twins_own(example_copy: Path) -> None:
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    path = example_copy / "bastion.yaml"
+    doc = yaml.load(path)
+    doc["jobs"]["train-digits"]["slots"] = [{"name": "w0", "scratch": "scratch/w0"}]
+    yaml.dump(doc, path)
+    production = load(path)
+    assert production.jobs["train-digits"].slots[0].scratch == example_copy / "scratch" / "w0"
+    twin = Twin(path)
+    twin.up()
+    mirror = twin.manifest()
+    scratch = mirror.jobs["train-digits"].slots[0].scratch
+    assert scratch == twin.state_dir / "scratch" / "train-digits" / "w0"
+    # the job still runs production's code, in production's directory
+    assert mirror.jobs["train-digits"].workdir == example_copy
+    assert mirror.jobs["train-digits"].command == production.jobs["train-digits"].command

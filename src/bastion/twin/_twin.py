@@ -237,8 +237,6 @@ class Twin:
         self.state_dir.mkdir(mode=0o700)
         make_key(signing)
         make_key(admin)
-        prod_signing, _ = vault_keys(self.production)
-        verifier = Verifier.for_key_file(Path(prod_signing))
         signer = Signer(signing)
         admin_pub = Verifier.for_key_file(admin, "admin").raw
         vault = dict(tree.get("vault") or {})
@@ -246,6 +244,12 @@ class Twin:
         (self.state_dir / "vault").mkdir(mode=0o700)
         twin_replicas = [self.state_dir / "vault" / _replica_name(i) for i in range(len(replicas))]
         pairs = [(p, t) for p, t in zip(replicas, twin_replicas, strict=True) if p.exists()]
+        # Production's key is needed only to verify what there is to copy: a system with
+        # an empty vault (or none yet) still gets a twin.
+        verifier = None
+        if any((prod / "snapshots").is_dir() for prod, _ in pairs):
+            prod_signing, _ = vault_keys(self.production)
+            verifier = Verifier.for_key_file(Path(prod_signing))
         with ThreadPoolExecutor(max_workers=max(1, len(pairs))) as pool:
             futures = [
                 pool.submit(
@@ -266,6 +270,7 @@ class Twin:
         tree["vault"] = vault
         tree["state_dir"] = str(self.state_dir)
         _rewrite_ports(tree, ports)
+        self._rewrite_scratch(tree)
         tree = _drop_none(tree)
         text = (
             f"# The sandbox twin {self.name!r} of {self.production_path}, made by "
@@ -295,6 +300,13 @@ class Twin:
             ek.TWIN_UP, subject=self.name, production=str(self.production_path)
         )
         return record
+
+    def _rewrite_scratch(self, tree: dict[str, Any]) -> None:
+        """A worker slot's scratch directory is written to: the twin's is its own."""
+        for job, spec in (tree.get("jobs") or {}).items():
+            for slot in spec.get("slots") or []:
+                if slot.get("scratch"):
+                    slot["scratch"] = str(self.state_dir / "scratch" / job / slot["name"])
 
     # -- status, scope, down --------------------------------------------------------------
 

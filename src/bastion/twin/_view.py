@@ -99,12 +99,14 @@ def make_view(
     production: Path,
     twin: Path,
     *,
-    verifier: Verifier,
+    verifier: Verifier | None,
     signer: Signer,
     admin_pub: bytes,
     mode: AccessMode = "private",
 ) -> ViewStatistics:
-    """Make ``twin`` (which must not exist) a view of the replica at ``production``."""
+    """Make ``twin`` (which must not exist) a view of the replica at ``production``.
+    ``verifier``: production's key, to verify each snapshot document before the twin
+    signs it (None only for a replica with no documents)."""
     if not production.is_dir():
         raise UsageError(
             f"twin: vault replica {production} does not exist (is the disk mounted? "
@@ -141,6 +143,11 @@ def make_view(
             elif key.startswith(SNAPSHOTS):
                 with open(src, "rb") as fh:  # noqa: PTH123
                     stored = fh.read()
+                if verifier is None:
+                    raise UsageError(
+                        f"twin: {production}/{key} needs production's signing key to be "
+                        "verified, and there is none (set vault.key in the manifest)"
+                    )
                 try:
                     body, _ = decode_document(stored, verifier, f"{production}/{key}")
                 except IntegrityError as exc:
