@@ -452,3 +452,19 @@ def test_a_worker_slots_scratch_is_the_twins_own(example_copy: Path) -> None:
     # the job still runs production's code, in production's directory
     assert mirror.jobs["train-digits"].workdir == example_copy
     assert mirror.jobs["train-digits"].command == production.jobs["train-digits"].command
+
+
+def test_down_removes_a_twin_that_up_never_finished(example_copy: Path, rng: random.Random) -> None:
+    path = _production(example_copy, rng)
+    twin = Twin(path)
+    twin.up()
+    (twin.root / "twin.json").unlink()  # as if up was SIGKILLed before its last write
+    assert twin.status().record is None
+    twin.down()
+    assert not twin.root.exists()
+    twin.up()
+    (twin.root / "twin.json").unlink()
+    (twin.root / "notes.txt").write_text("someone else's")
+    with pytest.raises(UsageError, match="which twin up does not make"):
+        twin.down()
+    assert (twin.root / "notes.txt").exists()

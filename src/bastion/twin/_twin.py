@@ -338,15 +338,30 @@ class Twin:
 
     def down(self) -> list[str]:
         """Remove the twin (refused while something listens on its ports: stop it first).
-        Returns the paths removed."""
-        record = self.record()
-        busy = [p for p in record.ports.values() if not port_free(p)]
+        Returns the paths removed.
+
+        A twin that ``up`` never finished (it was killed midway, so there is no
+        ``twin.json``) is removed too, when its directory holds only what ``up`` makes.
+        """
+        if self.root.is_dir() and not (self.root / RECORD).exists():
+            left = {p.name for p in self.root.iterdir()}
+            if not left <= {MANIFEST, RECORD, "state"}:
+                raise UsageError(
+                    f"twin {self.name!r}: {self.root} has no {RECORD} and holds "
+                    f"{sorted(left - {MANIFEST, RECORD, 'state'})}, which twin up does not "
+                    "make; remove it by hand if it is yours to remove"
+                )
+            ports: list[int] = []
+        else:
+            record = self.record()
+            ports = list(record.ports.values())
+        busy = [p for p in ports if not port_free(p)]
         if busy:
             pids = _listeners(set(busy))
             raise UsageError(
                 f"twin {self.name!r}: port(s) {busy} are still in use (pids {list(pids)}); "
                 "stop the twin's processes (e.g. its `bastion serve -f "
-                f"{record.manifest}`) first"
+                f"{self.manifest_path}`) first"
             )
         removed = [str(self.root)]
         shutil.rmtree(self.root)
