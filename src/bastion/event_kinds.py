@@ -275,6 +275,17 @@ DEP_USED = _k("dep.used", "a service used a backend or a job read an input (targ
 MAP_ANALYSED = _k("map.analysed", "the dependency map was analysed (findings, availability)")
 DEMO_STARTED = _k("demo.started", "the demo began")
 
+# -- the sandbox twin (bastion.twin) ------------------------------------------------------
+TWIN_UP = _k(
+    "twin.up",
+    "a sandbox twin was made (root, ports, objects shared, seconds); in production's log "
+    "and the twin's own",
+)
+TWIN_DOWN = _k("twin.down", "a sandbox twin was removed (root)")
+TWIN_LOAD = _k(
+    "twin.load", "synthetic load was replayed against a twin's gateway (sent, ok, failed, rate)"
+)
+
 for _suffix, _meaning in CHILD.items():
     for _prefix, _who in (
         ("train.", "training worker"),

@@ -202,6 +202,48 @@ def _on_a_terminal(cwd: Path, *args: str) -> tuple[int, str]:
     return proc.wait(60), seen.decode(errors="replace")
 
 
+def test_twin_up_status_down_as_json(tmp_path: Path) -> None:
+    assert run_bastion("init", cwd=tmp_path).returncode == 0
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.csv").write_text("x,y\n1,2\n" * 500)
+    assert run_bastion("vault", "put", "dataset/d", "data", cwd=tmp_path).returncode == 0
+    up = _json(tmp_path, "twin", "up")
+    assert set(up) == {
+        "name",
+        "production",
+        "manifest",
+        "root",
+        "state_dir",
+        "ports",
+        "replicas",
+        "created",
+        "seconds",
+    }
+    assert up["name"] == "twin"
+    assert up["production"] == str((tmp_path / "bastion.yaml").resolve())
+    for replica in up["replicas"]:
+        assert set(replica) == {
+            "production",
+            "twin",
+            "reflinked",
+            "linked",
+            "resigned",
+            "shared_bytes",
+        }
+        assert replica["linked"] + replica["reflinked"] >= 1
+        assert replica["resigned"] == 2  # the snapshot document and its label
+    # the twin manifest works with every command: the twin's vault lists production's
+    listed = _json(tmp_path, "vault", "ls", "-f", up["manifest"])
+    assert [a["ref"] for a in listed["artifacts"]] == ["dataset/d@1"]
+    status = _json(tmp_path, "twin", "status")
+    assert set(status) == {"name", "root", "exists", "twin", "listening", "pids"}
+    assert status["exists"] is True
+    assert status["twin"] == up
+    down = _json(tmp_path, "twin", "down")
+    assert down == {"name": "twin", "removed": [up["root"], str(Path(up["root"]).parent)]}
+    assert _json(tmp_path, "twin", "status")["exists"] is False
+
+
 def test_progress_bars_are_drawn_on_a_terminal(tmp_path: Path) -> None:
     assert run_bastion("init", cwd=tmp_path).returncode == 0
     (tmp_path / "data").mkdir()

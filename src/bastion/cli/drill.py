@@ -163,6 +163,14 @@ def run(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the faults' randomness.")] = None,
     live: Annotated[bool, typer.Option(help="Show the live view.")] = True,
+    twin: Annotated[
+        str | None,
+        typer.Option(
+            "--twin",
+            help="Run against this sandbox twin of the -f manifest (see bastion twin up): "
+            "its paths, ports and processes are the whole scope, its log gets the events.",
+        ),
+    ] = None,
 ) -> None:
     """Run an experiment: steady state before, during and after; faults; rollbacks;
     measured time to detect, RTO and RPO. Exit 1 if it broke and never recovered."""
@@ -172,15 +180,30 @@ def run(
     hypothesis = loaded.get("steady-state-hypothesis") or {}
     hidden = {str(p.get("name")) for p in hypothesis.get("probes", [])}
     state = _LiveState(str(loaded.get("title", experiment.name)), hidden)
-    where = _state_dir(loaded, file, state_dir)
+    scope = None
+    if twin is not None:
+        from bastion.twin import Twin
+
+        sandbox = Twin(file, twin)
+        scope = sandbox.scope()
+        where: Path | None = state_dir or sandbox.state_dir
+    else:
+        where = _state_dir(loaded, file, state_dir)
     if live:
         with Live(state, console=console, refresh_per_second=8, transient=False):
             result = run_experiment(
-                experiment, state_dir=where, journal_path=journal, seed=seed, on_update=state.update
+                experiment,
+                state_dir=where,
+                journal_path=journal,
+                seed=seed,
+                on_update=state.update,
+                scope=scope,
             )
         console.print()
     else:
-        result = run_experiment(experiment, state_dir=where, journal_path=journal, seed=seed)
+        result = run_experiment(
+            experiment, state_dir=where, journal_path=journal, seed=seed, scope=scope
+        )
     raise_for_refusals(result)
     for line in _timeline(result.journal.get("bastion") or {}):
         console.print(line)

@@ -50,6 +50,7 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "pipeline": ("pipeline",),
     "rollout": ("rollout",),
     "slo": ("slo",),
+    "twin": ("twin",),
 }
 
 

@@ -430,11 +430,14 @@ def run_experiment(
     journal_path: Path | None = None,
     seed: int | None = None,
     on_update: _Update | None = None,
+    scope: Scope | None = None,
 ) -> DrillResult:
     """Run one experiment; return what it found and write its journal (when a path is
     given). ``base``: the directory relative paths in the experiment resolve against
     (default: the experiment file's directory); ``state_dir``: where the event log is
-    (default: ``<base>/.bastion``)."""
+    (default: ``<base>/.bastion``). ``scope``: the blast radius instead of the
+    experiment's own ``bastion.scope`` (a sandbox twin's, ``bastion drill run --twin``:
+    then a fault aimed at anything but the twin is refused)."""
     from chaoslib.run import Runner
     from chaoslib.types import Schedule, Strategy
 
@@ -450,7 +453,8 @@ def run_experiment(
         base = base or Path.cwd()
     settings = bastion_settings(experiment)
     seed = seed if seed is not None else settings.get("seed")
-    scope = Scope.from_config(settings.get("scope"), base=base)
+    if scope is None:
+        scope = Scope.from_config(settings.get("scope"), base=base)
     title = str(experiment.get("title", "drill"))
     subject = str(settings.get("subject", ""))
     manifest: Manifest | None = None

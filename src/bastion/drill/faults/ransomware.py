@@ -142,6 +142,9 @@ class Ransomware(Fault):
                 (self.root / NOTE_NAME).write_text(_NOTE)
             pause = 1.0 / self.files_per_s if self.files_per_s > 0 else 0.0
             for path in self.targets():
+                # in scope already (targets() filters); this gives a twin's shared file
+                # its own copy before it is overwritten in place (Scope.copy_up)
+                self.scope.check_path(path, fault=self.kind)
                 plain = path.read_bytes()
                 nonce = secrets.token_bytes(16)
                 entry = {"path": str(path), "nonce": nonce.hex(), "sha": _digest(plain)}
