@@ -351,8 +351,10 @@ class RolloutController:
             warm = min(self.policy.warmup_s, step_s / 2)
             if warm > 0 and split is not None:
                 # a fresh replica's first answers are slow (cold caches, lazy imports):
-                # they go to users, but not into the first step's measurements
-                asyncio.get_running_loop().call_later(warm, split.reset)
+                # they go to users, but not into the first step's measurements, and no
+                # look judges them: the first look comes an interval after the reset
+                await asyncio.sleep(warm)
+                split.reset()
             while True:
                 await asyncio.sleep(self.policy.interval_s)
                 async with self._lock:
