@@ -100,6 +100,8 @@ class RolloutController:
         self.last_verdict: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # replica sets draining after a promotion or a rollback (close() stops them)
+        self._retiring: set[ReplicaSet] = set()
         self._step_looks = 0
         self._extensions = 0
         self._settings = self._analysis_settings(self.policy)
@@ -294,6 +296,9 @@ class RolloutController:
         if self.candidate_set is not None:
             await self.candidate_set.close()
             self.candidate_set = None
+        for rs in list(self._retiring):
+            await rs.close()
+        self._retiring.clear()
 
     def _active(self) -> RolloutRecord:
         record = self.record
@@ -531,8 +536,7 @@ class RolloutController:
             looks=record.looks,
         )
         if old is not None:
-            await old.drain(self.gateway.timeout_s)
-            await old.close()
+            await self._retire(old)
 
     async def _end(self, record: RolloutRecord, status: str, reason: str) -> None:
         """Roll back or abort: the candidate's share to 0 now, its replicas drained, then
@@ -551,11 +555,19 @@ class RolloutController:
         rs = self.candidate_set
         self.candidate_set = None
         if rs is not None:
-            await rs.drain(self.gateway.timeout_s)
-            await rs.close()
+            await self._retire(rs)
         task = self._task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
+
+    async def _retire(self, rs: ReplicaSet) -> None:
+        """Drain ``rs``, then stop it. It is kept in ``_retiring`` meanwhile: a ``close()``
+        that cancels the loop mid-drain stops it, instead of leaving its replicas running
+        with nobody to stop them."""
+        self._retiring.add(rs)
+        await rs.drain(self.gateway.timeout_s)
+        await rs.close()
+        self._retiring.discard(rs)
 
     # -- golden probes ----------------------------------------------------------------------
     def _golden(self, up: Upstream, check: GoldenCheck) -> None:
