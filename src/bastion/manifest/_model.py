@@ -656,6 +656,9 @@ class RolloutPolicy(_Strict):
     """A slowdown of the candidate's median latency accepted, as a fraction (0.1: 10%)."""
     tail_tolerance: float = Field(default=0.25, ge=0)
     """A growth of the candidate's p99 latency accepted, as a fraction."""
+    latency_allowance_ms: float = Field(default=2.0, ge=0, le=60000)
+    """A slowdown always accepted, in milliseconds, on top of the relative tolerances (10%
+    of a 1 ms model is less than two processes of it differ by on a busy host)."""
     error_margin: float = Field(default=0.01, ge=0, lt=1)
     """An increase of the error rate accepted, absolute (0.01: one point)."""
     sticky_header: str = Field(default="x-bastion-user", pattern=r"^[A-Za-z0-9-]{1,64}$")
@@ -664,7 +667,7 @@ class RolloutPolicy(_Strict):
     """How long the candidate's replicas may take to answer their health probe."""
     warmup_s: float = Field(default=2.0, ge=0)
     """Seconds at the start of the first step whose measurements are discarded: fresh
-    replicas answer their first requests slower (at most half the first step)."""
+    replicas answer their first requests slower (at most half an interval)."""
 
     @field_validator("steps")
     @classmethod

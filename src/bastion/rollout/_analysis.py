@@ -109,6 +109,9 @@ class AnalysisSettings:
     the ``tail_quantile``), ``error_margin`` (absolute rise of the error rate),
     ``golden_margin`` (absolute drop of golden accuracy), ``drift_margin``
     (Jensen-Shannon distance, base 2, between the prediction histograms).
+    ``latency_allowance_s``: an absolute slowdown always accepted on top of the relative
+    tolerances (location, tail, spread): at a 1 ms model, 10% is 0.1 ms, less than two
+    processes of the same model differ by on a busy host.
     """
 
     min_samples: int = 50
@@ -121,6 +124,7 @@ class AnalysisSettings:
     golden_margin: float = 0.02
     drift_margin: float = 0.1
     spread_tolerance: float = 0.25
+    latency_allowance_s: float = 0.002
 
     def __post_init__(self) -> None:
         where = "rollout analysis settings"
@@ -138,6 +142,11 @@ class AnalysisSettings:
             value = getattr(self, name)
             if not (isinstance(value, numbers.Real) and 0 <= value <= 10):
                 raise UsageError(f"{where}: {name} {value!r} must be a fraction in [0, 10]")
+        allowance = self.latency_allowance_s
+        if not (isinstance(allowance, numbers.Real) and 0 <= allowance <= 60):
+            raise UsageError(
+                f"{where}: latency_allowance_s {allowance!r} must be seconds in [0, 60]"
+            )
         for name in ("error_margin", "golden_margin", "drift_margin"):
             value = getattr(self, name)
             if not (isinstance(value, numbers.Real) and 0 <= value < 1):
@@ -612,17 +621,18 @@ def _hodges_lehmann(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64]) -> f
 
 
 def _location(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: AnalysisSettings) -> Check:
-    tol = s.latency_tolerance
-    # U of the candidate against the baseline slowed by the tolerance: above half its
-    # range means the candidate is slower than even that.
-    u, p_fail, p_pass = _mann_whitney(c, b * (1 + tol))
+    tol, allow = s.latency_tolerance, s.latency_allowance_s
+    # U of the candidate against the baseline slowed by the tolerance (and the absolute
+    # allowance): above half its range means the candidate is slower than even that.
+    u, p_fail, p_pass = _mann_whitney(c, b * (1 + tol) + allow)
     med_b = float(_quantile(b, 0.5))
     shift = _hodges_lehmann(b, c)
     rel = shift / med_b if med_b > 0 else (0.0 if shift == 0 else math.inf)
-    outcome = _decide(p_fail, p_pass, rel > tol, s)
+    outcome = _decide(p_fail, p_pass, rel > tol and shift > tol * med_b + allow, s)
     detail = (
         f"candidate median {_ms(float(_quantile(c, 0.5)))} vs baseline {_ms(med_b)}; "
-        f"Hodges-Lehmann shift {shift * 1000:+.3g} ms ({rel:+.0%}), limit +{tol:.0%}"
+        f"Hodges-Lehmann shift {shift * 1000:+.3g} ms ({rel:+.0%}), limit +{tol:.0%} "
+        f"and +{allow * 1000:g} ms"
     )
     return Check(
         "latency.location",
@@ -647,10 +657,15 @@ def _spread(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: AnalysisS
     scaled = db * (1 + tol)
     t, p_fail, p_pass = _welch(dc, scaled)
     rel = mc / mb - 1 if mb > 0 else (0.0 if mc == 0 else math.inf)
-    outcome = _decide(p_fail, p_pass, rel > tol, s)
+    # a wider spread matters to users only where it makes answers slower by more than
+    # the allowance: at the tail
+    tq = s.tail_quantile
+    grew = float(_quantile(c, tq)) - float(_quantile(b, tq)) > s.latency_allowance_s
+    outcome = _decide(p_fail, p_pass, rel > tol and grew, s)
     detail = (
         f"candidate spread (mean |log latency - median|) {mc:.3f} vs baseline {mb:.3f} "
-        f"({rel:+.0%}), limit +{tol:.0%}"
+        f"({rel:+.0%}), limit +{tol:.0%} (and the p{tq * 100:g} "
+        f"+{s.latency_allowance_s * 1000:g} ms)"
     )
     return Check(
         "latency.spread",
@@ -716,10 +731,12 @@ def _tail(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: AnalysisSet
     # the tolerance, tested the same exact way.
     x, k, p_fail, _ = _exceedance_p(b, c, q)
     _, _, _, p_pass = _exceedance_p(b, c / (1 + tol), q)
-    outcome = _decide(p_fail, p_pass, rel > tol, s)
+    allow = s.latency_allowance_s
+    outcome = _decide(p_fail, p_pass, rel > tol and qc - qb > tol * qb + allow, s)
     label = f"p{q * 100:g}"
     detail = (
-        f"candidate {label} {_ms(qc)} vs baseline {_ms(qb)} ({rel:+.0%}, limit +{tol:.0%}); "
+        f"candidate {label} {_ms(qc)} vs baseline {_ms(qb)} ({rel:+.0%}, limit +{tol:.0%} "
+        f"and +{allow * 1000:g} ms); "
         f"{x} of the {k} slowest pooled latencies are the candidate's "
         f"({c.size} of {b.size + c.size})"
     )

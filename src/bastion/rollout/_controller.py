@@ -100,6 +100,8 @@ class RolloutController:
         self.last_verdict: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # replica sets draining after a promotion or a rollback (close() stops them)
+        self._retiring: set[ReplicaSet] = set()
         self._step_looks = 0
         self._extensions = 0
         self._settings = self._analysis_settings(self.policy)
@@ -130,6 +132,7 @@ class RolloutController:
             max_looks=looks,
             latency_tolerance=policy.latency_tolerance,
             tail_tolerance=policy.tail_tolerance,
+            latency_allowance_s=policy.latency_allowance_ms / 1000,
             error_margin=policy.error_margin,
         )
 
@@ -294,6 +297,9 @@ class RolloutController:
         if self.candidate_set is not None:
             await self.candidate_set.close()
             self.candidate_set = None
+        for rs in list(self._retiring):
+            await rs.close()
+        self._retiring.clear()
 
     def _active(self) -> RolloutRecord:
         record = self.record
@@ -355,9 +361,12 @@ class RolloutController:
             split = self.split
             step_s = self.policy.interval_s * self.policy.looks_per_step
             warm = min(self.policy.warmup_s, step_s / 2)
+            warm_end = due + warm
             if warm > 0 and split is not None:
                 # a fresh replica's first answers are slow (cold caches, lazy imports):
-                # they go to users, but not into the first step's measurements
+                # they go to users, but not into the first step's measurements (at most
+                # half the step); a look due before the reset is skipped, and still counts
+                # as the step's time, so the step lasts what it was planned to
                 loop.call_later(warm, split.reset)
             await loading
             while True:
@@ -367,6 +376,9 @@ class RolloutController:
                 await asyncio.sleep(max(0.0, due - loop.time()))
                 if loop.time() > due + self.policy.interval_s:
                     due = loop.time()  # a look overran an interval: the cadence restarts
+                if loop.time() < warm_end:
+                    self._step_looks += 1  # the warmup's share of the first step
+                    continue
                 async with self._lock:
                     current = self.record
                     # the id too: once this rollout ended, a new one may hold the record,
@@ -551,8 +563,7 @@ class RolloutController:
             looks=record.looks,
         )
         if old is not None:
-            await old.drain(self.gateway.timeout_s)
-            await old.close()
+            await self._retire(old)
 
     async def _end(self, record: RolloutRecord, status: str, reason: str) -> None:
         """Roll back or abort: the candidate's share to 0 now, its replicas drained, then
@@ -571,11 +582,19 @@ class RolloutController:
         rs = self.candidate_set
         self.candidate_set = None
         if rs is not None:
-            await rs.drain(self.gateway.timeout_s)
-            await rs.close()
+            await self._retire(rs)
         task = self._task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
+
+    async def _retire(self, rs: ReplicaSet) -> None:
+        """Drain ``rs``, then stop it. It is kept in ``_retiring`` meanwhile: a ``close()``
+        that cancels the loop mid-drain stops it, instead of leaving its replicas running
+        with nobody to stop them."""
+        self._retiring.add(rs)
+        await rs.drain(self.gateway.timeout_s)
+        await rs.close()
+        self._retiring.discard(rs)
 
     # -- golden probes ----------------------------------------------------------------------
     def _golden(self, up: Upstream, check: GoldenCheck) -> None:

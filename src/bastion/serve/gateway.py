@@ -705,11 +705,20 @@ class Gateway:
         if bill is not None:
             attempts.skip = bill.skip
 
-        answer = await self._run(attempts, priority, run, self.hedge)
+        primary: asyncio.Future[_Answer | None] | None = None
+        if assignment is not None and assignment.mirror and (bill is None or bill.shadow):
+            primary = asyncio.get_running_loop().create_future()
+            self._mirror(path, body, obj, primary, bill=bill, attempts=attempts)
+        try:
+            answer = await self._run(attempts, priority, run, self.hedge)
+        except BaseException:
+            if primary is not None:
+                primary.set_result(None)  # the client got no answer to compare with
+            raise
+        if primary is not None:
+            primary.set_result(answer if isinstance(answer, _Answer) else None)
         if isinstance(answer, web.Response):
             return answer
-        if assignment is not None and assignment.mirror and (bill is None or bill.shadow):
-            self._mirror(path, body, obj, answer, bill=bill, attempts=attempts)
         code = answer.status
         self._responses["2xx" if code < 400 else ("4xx" if code < 500 else "5xx")].inc()
         return web.Response(
@@ -739,20 +748,22 @@ class Gateway:
         path: str,
         body: bytes,
         obj: dict[str, Any],
-        primary: _Answer,
+        primary: asyncio.Future[_Answer | None],
         *,
         bill: Bill | None,
         attempts: Attempts,
     ) -> None:
-        """Send a copy of an answered request to the candidate, off the client's path: the
-        client has its answer already; the copy's is only measured, then discarded. With
-        prices, it is charged as ``shadow`` (and not sent past a soft limit)."""
+        """Send a copy of a request to the other arm (shadow: the candidate), beside the
+        client's own attempt and never in its way: the copy is only measured, compared
+        with the client's answer (``primary``) once both are in, then discarded. Sent at
+        the same moment as the original, both meet the same load, so neither arm's
+        latency is biased by when it was sent. With prices, it is charged as ``shadow``
+        (and not sent past a soft limit)."""
         split = self.split
         up = split.mirror_to() if split is not None else None
         if up is None:
             return
         deadline = self._clock() + self.timeout_s
-        kept = primary.body if primary.status < 400 else None
 
         async def copy() -> None:
             start = self._clock()
@@ -771,8 +782,11 @@ class Gateway:
                 ok, got = False, None
             else:
                 ok, got = answer.status < 500, answer.body if answer.status < 400 else None
+            elapsed = self._clock() - start
+            first = await primary
+            kept = first.body if first is not None and first.status < 400 else None
             if self.split is split and split is not None:
-                split.mirrored(ok, self._clock() - start, got, kept)
+                split.mirrored(ok, elapsed, got, kept)
 
         task = asyncio.create_task(copy())
         self._mirrors.add(task)
