@@ -1,0 +1,775 @@
+"""What the readiness report says, gathered from the state directory into one document.
+
+Owns: ``build_report(manifest)``, the report as a JSON-ready dict (schema
+``bastion.report/1``, ``report.schema.json`` beside this module): the drills (each run's
+verdict, measurements and timeline, from the ``drill.*`` events and the journals under
+``<state_dir>/drills/``), the SLOs (status and burn series from the SLI rows, alerts from
+the events), the dependency map's findings and the concentration per vendor, the outcome
+metrics, the spend, every finding with its remediation and retest, the score and the
+table of frameworks.
+
+Every figure names where it came from: ``event_ids`` (rows of ``events.db``), ``sli``
+(service and seconds of the SLI rows) or ``spend`` (seconds of ``spend.db``); the map's
+figures come from the manifest, whose BLAKE3 the report carries.
+
+Must never: write to the state directory (the report is read-only: SLOs are evaluated,
+not alerted); read the whole event log into Python (1M events: each query asks SQLite for
+the kinds it needs, by index); count an errored, aborted or unfinished drill as a pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from bastion import event_kinds as ek
+from bastion.errors import UsageError
+from bastion.events import Event
+from bastion.manifest import Manifest
+from bastion.report._frameworks import FRAMEWORKS
+from bastion.report._score import PASS, Part, score, verdict_passes
+
+__all__ = ["DEFAULT_MAX_AGE_S", "SCHEMA", "WEIGHTS", "build_report", "drill_verdict"]
+
+SCHEMA = "bastion.report/1"
+DEFAULT_MAX_AGE_S = 30 * 86400.0
+"""Evidence older than this (30 days) is stale and counts as 0 in the score."""
+WEIGHTS = {"drills": 40.0, "slos": 30.0, "map": 20.0, "changes": 10.0}
+"""The parts' weights: measured recovery first, then the promises kept, then the map's
+static verdict, then how often a change had to be rolled back."""
+_TIMELINE_OTHER = 200
+"""At most this many non-drill events are drawn on a drill's timeline (detections by
+the system's own parts); the count of the rest is given."""
+
+_OUTCOME_KINDS = (
+    ek.MODEL_PROMOTED,
+    ek.MODEL_PROMOTION_FORCED,
+    ek.ROLLOUT_PROMOTED,
+    ek.MODEL_ROLLED_BACK,
+    ek.ROLLOUT_ROLLED_BACK,
+    ek.VAULT_PUT,
+    ek.SLO_BURN_PAGE,
+    ek.SLO_BURN_RESOLVED,
+    ek.SERVE_GOLDEN_FAILED,
+    ek.SERVE_GOLDEN_PASSED,
+)
+_ALERT_KINDS = (
+    ek.SLO_BURN_PAGE,
+    ek.SLO_BURN_TICKET,
+    ek.SLO_BURN_RESOLVED,
+    ek.SLO_NODATA,
+    ek.SLO_NODATA_RESOLVED,
+)
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")
+
+
+def _num(x: float | None) -> float | None:
+    """A JSON number: NaN and infinities become None."""
+    if x is None or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+class _Log:
+    """Read-only queries over ``events.db``, each by index."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection | None = None
+        if path.exists():
+            try:
+                self.conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+                self.conn.execute("PRAGMA query_only = 1")
+                self.conn.execute("SELECT 1 FROM events LIMIT 1")
+            except sqlite3.Error as exc:
+                raise UsageError(
+                    f"cannot read the event log {path}: {exc} (check state_dir in the manifest)"
+                ) from None
+
+    def _rows(self, sql: str, args: Sequence[Any]) -> list[Event]:
+        if self.conn is None:
+            return []
+        rows = self.conn.execute(
+            "SELECT id, ts, mono_ns, kind, subject, segment, data FROM events " + sql,  # noqa: S608 - fixed clauses, values bound
+            args,
+        ).fetchall()
+        return [
+            Event(kind=k, subject=s, segment=g, data=json.loads(d), ts=t, mono_ns=m, id=i)
+            for (i, t, m, k, s, g, d) in rows
+        ]
+
+    def kinds(self, kinds: Iterable[str], *, prefix: str | None = None) -> list[Event]:
+        """Events of the given kinds (and of ``prefix.*``), in id order; one indexed
+        query per kind, so a log of a million other events is never walked."""
+        out: list[Event] = []
+        for kind in kinds:
+            out += self._rows("WHERE kind = ?", (kind,))
+        if prefix is not None:
+            out += self._rows("WHERE kind >= ? AND kind < ?", (prefix + ".", prefix + "/"))
+        out.sort(key=lambda e: e.id)
+        return out
+
+    def between(
+        self, after: int, upto: int, *, drill: bool, limit: int | None = None
+    ) -> list[Event]:
+        sql = "WHERE id > ? AND id <= ? AND " + (
+            "kind >= 'drill.' AND kind < 'drill/'"
+            if drill
+            else "NOT (kind >= 'drill.' AND kind < 'drill/')"
+        )
+        sql += " ORDER BY id" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        return self._rows(sql, (after, upto))
+
+    def count_between(self, after: int, upto: int) -> int:
+        if self.conn is None:
+            return 0
+        row = self.conn.execute(
+            "SELECT count(*) FROM events WHERE id > ? AND id <= ?", (after, upto)
+        ).fetchone()
+        return int(row[0])
+
+    def summary(self) -> tuple[int, int]:
+        """(number of events, the last id)."""
+        if self.conn is None:
+            return 0, 0
+        row = self.conn.execute("SELECT count(*), coalesce(max(id), 0) FROM events").fetchone()
+        return int(row[0]), int(row[1])
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+# ---------------------------------------------------------------- drills
+
+
+def drill_verdict(finished: Event | None, aborted: bool) -> str:
+    """A drill run's verdict from its ``drill.finished`` event (None: it never finished)
+    and whether a ``drill.aborted`` fell in it. Only a completed run with exit code 0 and
+    no abort is a pass."""
+    if finished is None:
+        return "unfinished"
+    status = str(finished.data.get("status") or "")
+    code = finished.data.get("exit_code")
+    if aborted or status in ("aborted", "interrupted"):
+        return "aborted"
+    if code == 2 or status not in ("completed", "failed"):
+        return "error"
+    if status == "completed" and code == 0:
+        return PASS
+    return "fail"
+
+
+def _journals(state_dir: Path, extra: Sequence[Path]) -> list[dict[str, Any]]:
+    """Drill journals: ``<state_dir>/drills/**/*.json`` and the ones named; a file that is
+    not a journal is skipped (a named one is an error)."""
+    found: list[dict[str, Any]] = []
+    root = state_dir / "drills"
+    paths = sorted(root.rglob("*.json")) if root.is_dir() else []
+    for path in [*paths, *extra]:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            if path in extra:
+                raise UsageError(
+                    f"--journal {path}: not a readable drill journal ({exc}); pass the "
+                    "journal.json `bastion drill run` wrote"
+                ) from None
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("bastion"), dict):
+            found.append(doc)
+        elif path in extra:
+            raise UsageError(f"--journal {path}: has no 'bastion' section; not a drill journal")
+    return found
+
+
+def _journal_ids(journal: dict[str, Any]) -> list[int]:
+    events = journal["bastion"].get("events") or []
+    return [int(e["id"]) for e in events if isinstance(e, dict) and isinstance(e.get("id"), int)]
+
+
+def _timeline(start: Event, events: Sequence[Event]) -> list[dict[str, Any]]:
+    return [
+        {
+            "t_s": round((e.mono_ns - start.mono_ns) / 1e9, 6),
+            "kind": e.kind,
+            "subject": e.subject,
+            "event_id": e.id,
+        }
+        for e in events
+    ]
+
+
+def _steady_spans(start: Event, events: Sequence[Event], end_s: float) -> list[dict[str, Any]]:
+    """Spans in which the steady state was broken: from each ``broken`` to the next
+    ``restored`` (or the drill's end)."""
+    spans: list[dict[str, Any]] = []
+    opened: Event | None = None
+    for e in events:
+        if e.kind == ek.DRILL_STEADY_STATE_BROKEN and opened is None:
+            opened = e
+        elif e.kind == ek.DRILL_STEADY_STATE_RESTORED and opened is not None:
+            spans.append(
+                {
+                    "from_s": round((opened.mono_ns - start.mono_ns) / 1e9, 6),
+                    "to_s": round((e.mono_ns - start.mono_ns) / 1e9, 6),
+                    "event_ids": [opened.id, e.id],
+                    "restored": True,
+                }
+            )
+            opened = None
+    if opened is not None:
+        spans.append(
+            {
+                "from_s": round((opened.mono_ns - start.mono_ns) / 1e9, 6),
+                "to_s": round(end_s, 6),
+                "event_ids": [opened.id],
+                "restored": False,
+            }
+        )
+    return spans
+
+
+def _drills(log: _Log, journals: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    marks = log.kinds((ek.DRILL_STARTED, ek.DRILL_FINISHED, ek.DRILL_ABORTED))
+    starts = [e for e in marks if e.kind == ek.DRILL_STARTED]
+    out = []
+    for i, s in enumerate(starts):
+        nxt = next(
+            (
+                o.id
+                for o in starts[i + 1 :]
+                if o.subject == s.subject and o.data.get("title") == s.data.get("title")
+            ),
+            None,
+        )
+        finished = next(
+            (
+                e
+                for e in marks
+                if e.kind == ek.DRILL_FINISHED
+                and e.id > s.id
+                and (nxt is None or e.id < nxt)
+                and e.subject == s.subject
+                and e.data.get("title") == s.data.get("title")
+            ),
+            None,
+        )
+        upto = finished.id if finished is not None else (nxt - 1 if nxt else 2**62)
+        mine = log.between(s.id, upto, drill=True)
+        aborted = any(e.kind == ek.DRILL_ABORTED for e in mine)
+        others = log.between(s.id, upto, drill=False, limit=_TIMELINE_OTHER)
+        other_count = log.count_between(s.id, upto) - len(mine)
+        verdict = drill_verdict(finished, aborted)
+        journal = next(
+            (j for j in journals if (ids := _journal_ids(j)) and s.id < min(ids) <= upto), None
+        )
+        jb: dict[str, Any] = journal["bastion"] if journal is not None else {}
+        measured = dict(finished.data.get("data") or {}) if finished is not None else {}
+        measured.update(
+            {
+                k: v
+                for k, v in (jb.get("measurements") or {}).items()
+                if isinstance(v, int | float | bool | str | None)
+            }
+        )
+        end = finished or (mine[-1] if mine else s)
+        end_s = (end.mono_ns - s.mono_ns) / 1e9
+        samples = [
+            {"t_s": round((int(x["mono_ns"]) - s.mono_ns) / 1e9, 6), "met": bool(x["met"])}
+            for x in (jb.get("samples") or [])
+            if isinstance(x, dict) and isinstance(x.get("mono_ns"), int)
+        ]
+        suite = s.data.get("suite") or (journal or {}).get("suite") or jb.get("suite")
+        scenario = s.data.get("scenario") or (journal or {}).get("scenario") or jb.get("scenario")
+        timeline = sorted(
+            _timeline(s, [s, *mine, *others]), key=lambda p: (p["t_s"], p["event_id"])
+        )
+        out.append(
+            {
+                "id": f"drill-{s.id}",
+                "title": str(s.data.get("title") or "drill"),
+                "subject": s.subject,
+                "suite": None if suite is None else str(suite),
+                "scenario": None if scenario is None else str(scenario),
+                "key": str(scenario or s.data.get("title") or "drill"),
+                "started_at": _iso(s.ts),
+                "started_ts": s.ts,
+                "finished_at": _iso(finished.ts) if finished is not None else None,
+                "duration_s": round(end_s, 6),
+                "status": None if finished is None else finished.data.get("status"),
+                "exit_code": None if finished is None else finished.data.get("exit_code"),
+                "verdict": verdict,
+                "passed": verdict_passes(verdict),
+                "measurements": dict(sorted(measured.items())),
+                "targets": jb.get("targets") or {},
+                "targets_missed": list(jb.get("targets_missed") or []),
+                "problems": [str(p) for p in jb.get("problems") or []],
+                "cost": jb.get("cost"),
+                "timeline": timeline,
+                "broken": _steady_spans(s, mine, end_s),
+                "samples": samples,
+                "other_events": max(0, other_count - len(others)),
+                "age_s": round(max(0.0, now - s.ts), 3),
+                "event_ids": sorted({s.id, *(e.id for e in mine)}),
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------- SLOs
+
+
+def _step_for(span_s: int) -> int:
+    if span_s <= 900:
+        return 1
+    if span_s <= 2 * 86400:
+        return 60
+    return 3600
+
+
+def _slos(manifest: Manifest, log: _Log, now: float) -> list[dict[str, Any]]:
+    from bastion.slo import SqliteSli, burn_rate, evaluate, objectives
+
+    objs = objectives(manifest)
+    if not objs:
+        return []
+    db = manifest.state_dir / "events.db"
+    reader = None if not db.exists() else SqliteSli(db)
+    alerts = log.kinds(_ALERT_KINDS)
+    out = []
+    try:
+        for o in objs:
+            mine = [a for a in alerts if a.subject == o.id]
+            entry: dict[str, Any] = {
+                "id": o.id,
+                "slo": o.slo,
+                "service": o.service,
+                "sli_kind": o.sli,
+                "target": o.target,
+                "threshold_ms": o.threshold_ms,
+                "window": o.window.text,
+                "budgeting": o.budgeting,
+                "alerts": [
+                    {
+                        "kind": a.kind,
+                        "at": _iso(a.ts),
+                        "event_id": a.id,
+                        "severity": a.data.get("severity"),
+                    }
+                    for a in mine
+                ],
+                "event_ids": [a.id for a in mine],
+            }
+            if reader is None:
+                entry.update(
+                    sli=None, total=0, bad=0, budget_spent=0.0, budget_remaining=1.0,
+                    coverage=0.0, paging=False, ticket=False, nodata=True, last_data=None,
+                    last_data_ts=None, burns=[], series=[], step_s=1,
+                    sli_source={"service": o.service, "from": None, "to": None},
+                )  # fmt: skip
+                out.append(entry)
+                continue
+            st = evaluate(o, reader, now, watching_since=0.0)
+            first = reader.first_after(o.service, st.start)
+            series: list[dict[str, Any]] = []
+            step = 1
+            if first is not None:
+                end = int(now)
+                step = _step_for(end - first)
+                lo = first - first % step
+                for t, tally in reader.series(o.service, lo, end, step=step):
+                    good = o.good_of(tally)
+                    series.append(
+                        {
+                            "t": t,
+                            "total": tally.total,
+                            "bad": tally.total - good,
+                            "burn": _num(burn_rate(tally.total - good, tally.total, o.target)),
+                        }
+                    )
+            entry.update(
+                sli=_num(st.sli),
+                total=st.total,
+                bad=st.bad,
+                budget_spent=_num(st.budget_spent) or 0.0,
+                budget_remaining=_num(st.budget_remaining) or 0.0,
+                coverage=_num(st.coverage) or 0.0,
+                paging=bool(st.firing("page")),
+                ticket=bool(st.firing("ticket")),
+                nodata=st.nodata,
+                last_data=_iso(st.last_data),
+                last_data_ts=st.last_data,
+                burns=[
+                    {
+                        "pair": b.pair.name,
+                        "severity": b.pair.severity,
+                        "factor": b.pair.factor,
+                        "long_burn": _num(b.long_burn),
+                        "short_burn": _num(b.short_burn),
+                        "firing": b.firing,
+                    }
+                    for b in st.burns
+                ],
+                series=series,
+                step_s=step,
+                sli_source={"service": o.service, "from": st.start, "to": st.at},
+            )
+            out.append(entry)
+    finally:
+        if reader is not None:
+            reader.close()
+    return out
+
+
+# ---------------------------------------------------------------- outcomes and cost
+
+
+def _outcomes(manifest: Manifest, log: _Log, now: float, days: int) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from bastion.slo import SqliteSli, ages, dora, goodput, trust
+
+    events = log.kinds(_OUTCOME_KINDS, prefix="train")
+    start = now - days * 86400
+    keys = dora(events, start=start, end=now)
+    shares = []
+    db = manifest.state_dir / "events.db"
+    if db.exists():
+        reader = SqliteSli(db)
+        try:
+            shares = [
+                asdict(
+                    trust(
+                        reader,
+                        events,
+                        name,
+                        {b.name: b.tier_index for b in service.backends},
+                        start=int(start),
+                        end=int(now),
+                    )
+                )
+                for name, service in manifest.services.items()
+            ]
+        finally:
+            reader.close()
+    runs = [g for g in (goodput(events, job) for job in manifest.jobs) if g is not None]
+    dora_doc = asdict(keys)
+    dora_doc["event_ids"] = list(keys.event_ids)
+    return {
+        "days": days,
+        "dora": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dora_doc.items()},
+        "trust": [
+            dict(t, sli_source={"service": t["service"], "from": int(start), "to": int(now)})
+            for t in shares
+        ],
+        "ages": [dict(asdict(a), event_ids=[a.event_id]) for a in ages(events, now=now)],
+        "goodput": [dict(asdict(g), event_ids=list(g.event_ids)) for g in runs],
+    }
+
+
+def _cost(manifest: Manifest, now: float) -> dict[str, Any] | None:
+    from bastion.serve._spend import cost_report, spend_path
+
+    if not spend_path(manifest.state_dir).exists():
+        return None
+    found = cost_report(manifest.state_dir, "month", now=now)
+    return {
+        "period": found.period,
+        "currencies": list(found.currencies),
+        "total": found.total,
+        "by_cause": found.by_cause,
+        "by_vendor": found.by_vendor,
+        "extra": found.extra,
+        "estimated": found.estimated,
+        "spend_source": {"from": found.since, "to": found.until},
+    }
+
+
+# ---------------------------------------------------------------- the map and findings
+
+
+def _map(manifest: Manifest) -> tuple[Any, dict[str, Any]]:
+    from bastion.map import map_manifest
+    from bastion.serve._spend import spend_by_backend
+
+    report = map_manifest(manifest, spend=spend_by_backend(manifest.state_dir))
+    vendors = [
+        {
+            "vendor": v.vendor,
+            "backends": list(v.backends),
+            "components": list(v.components),
+            "spend": v.spend,
+            "spend_share": v.spend_share,
+            "unavailability_share": v.unavailability_share,
+            "max_spend_share": v.max_spend_share,
+            "max_unavailability_share": v.max_unavailability_share,
+            "spof": v.spof,
+            "concentrated": v.concentrated,
+        }
+        for v in report.vendors
+    ]
+    doc = {
+        "ok": report.ok,
+        "tops": [
+            {
+                "id": t.id,
+                "kind": t.kind,
+                "availability": t.availability,
+                "objective": t.objective,
+                "met": t.met,
+                "spofs": t.spofs,
+            }
+            for t in report.tops
+        ],
+        "vendors": vendors,
+    }
+    return report, doc
+
+
+def _retest(subject: str, drills: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The latest drill that exercises ``subject`` (by its subject, title or scenario)."""
+    word = subject.rsplit(":", maxsplit=1)[-1] if subject.startswith("vendor:") else subject
+    hits = [
+        d
+        for d in drills
+        if word and (d["subject"] == word or word in d["title"] or word in (d["scenario"] or ""))
+    ]
+    if not hits:
+        return {
+            "drill": None,
+            "verdict": None,
+            "advice": f"no drill exercises {subject} yet: run one with "
+            f"`extensions: [{{name: bastion, subject: {word}}}]`",
+        }
+    last = hits[-1]
+    return {"drill": last["id"], "verdict": last["verdict"], "advice": None}
+
+
+def _findings(
+    report: Any, drills: Sequence[dict[str, Any]], slos: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for n, f in enumerate(report.findings):
+        out.append(
+            {
+                "id": f"map-{n + 1}",
+                "source": "map",
+                "severity": f.severity,
+                "subject": f.subject,
+                "message": f.message,
+                "remediation": f.fix or None,
+                "retest": _retest(f.subject, drills),
+                "event_ids": [],
+            }
+        )
+    latest: dict[str, dict[str, Any]] = {}
+    for d in drills:
+        latest[d["key"]] = d
+    for d in drills:
+        if d["passed"]:
+            continue
+        last = latest[d["key"]]
+        retest = (
+            {"drill": last["id"], "verdict": last["verdict"], "advice": None}
+            if last is not d
+            else {
+                "drill": None,
+                "verdict": None,
+                "advice": f"run the drill {d['title']!r} again after the fix",
+            }
+        )
+        out.append(
+            {
+                "id": f"{d['id']}-finding",
+                "source": "drill",
+                "severity": "breach" if d["verdict"] == "fail" else "error",
+                "subject": d["subject"] or d["title"],
+                "message": f"drill {d['title']!r}: {d['verdict']}"
+                + (f" ({'; '.join(d['problems'])})" if d["problems"] else ""),
+                "remediation": "; ".join(f"meet {m}" for m in d["targets_missed"])
+                or "make the steady state hold through the fault, then retest",
+                "retest": retest,
+                "event_ids": d["event_ids"],
+            }
+        )
+    for s in slos:
+        if s["paging"] or s["nodata"] or s["budget_spent"] > 1:
+            what = (
+                "pages (burning its budget too fast)"
+                if s["paging"]
+                else "has no data"
+                if s["nodata"]
+                else "has spent more than its budget"
+            )
+            out.append(
+                {
+                    "id": f"slo-{s['id']}",
+                    "source": "slo",
+                    "severity": "breach",
+                    "subject": s["service"],
+                    "message": f"SLO {s['id']} {what}",
+                    "remediation": "record the SLI (is the gateway running?)"
+                    if s["nodata"]
+                    else "find the incident's cause in its alerts; drill the failure that spent it",
+                    "retest": _retest(s["service"], drills),
+                    "event_ids": s["event_ids"],
+                }
+            )
+    return out
+
+
+# ---------------------------------------------------------------- the score
+
+
+def _parts(  # noqa: PLR0917 (private; its one caller names what it passes)
+    drills: Sequence[dict[str, Any]],
+    slos: Sequence[dict[str, Any]],
+    report: Any,
+    outcomes: dict[str, Any],
+    now: float,
+    max_age_s: float,
+) -> list[Part]:
+    latest: dict[str, dict[str, Any]] = {}
+    for d in drills:
+        if now - d["started_ts"] <= max_age_s:
+            latest[d["key"]] = d
+    runs = list(latest.values())
+    stale_drills = bool(drills) and not runs
+    drill_part = Part(
+        "drills",
+        "drills passed (latest run of each; errored, aborted and unfinished runs fail)",
+        WEIGHTS["drills"],
+        sum(d["passed"] for d in runs) / len(runs) if runs else None,
+        passed=sum(d["passed"] for d in runs),
+        total=len(runs),
+        fresh_at=min((d["started_ts"] for d in runs), default=None)
+        if runs
+        else max((d["started_ts"] for d in drills), default=None),
+        stale=stale_drills,
+        evidence=tuple(i for d in runs for i in d["event_ids"]),
+    )
+    with_data = [s for s in slos if s["last_data_ts"] is not None]
+    kept = [s for s in slos if not (s["paging"] or s["nodata"] or s["budget_spent"] > 1)]
+    last_data = [float(s["last_data_ts"]) for s in with_data]
+    slo_part = Part(
+        "slos",
+        "SLOs within budget, not paging, with data",
+        WEIGHTS["slos"],
+        len(kept) / len(slos) if with_data else None,
+        passed=len(kept),
+        total=len(slos),
+        fresh_at=min(last_data) if last_data else None,
+        stale=bool(last_data) and now - min(last_data) > max_age_s,
+        evidence=tuple(i for s in slos for i in s["event_ids"]),
+    )
+    good_tops = [t for t in report.tops if not t.spofs and t.met is not False]
+    map_part = Part(
+        "map",
+        "services and jobs with no SPOF and availability meeting the objective",
+        WEIGHTS["map"],
+        len(good_tops) / len(report.tops) if report.tops else None,
+        passed=len(good_tops),
+        total=len(report.tops),
+        fresh_at=now,
+    )
+    dora_doc = outcomes["dora"]
+    cfr = dora_doc.get("change_failure_rate")
+    change_part = Part(
+        "changes",
+        "model changes that did not need a rollback (1 - change failure rate)",
+        WEIGHTS["changes"],
+        None if cfr is None else 1.0 - float(cfr),
+        passed=int(dora_doc["promotions"]) - int(dora_doc["rollbacks"]),
+        total=int(dora_doc["promotions"]),
+        fresh_at=dora_doc["start"] if cfr is not None else None,
+        evidence=tuple(dora_doc["event_ids"]),
+    )
+    return [drill_part, slo_part, map_part, change_part]
+
+
+def _part_doc(p: Part, now: float) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "title": p.title,
+        "weight": p.weight,
+        "value": _num(p.value),
+        "counted": p.counted,
+        "points": round(100.0 * p.counted * p.usable_weight / sum(WEIGHTS.values()), 2),
+        "passed": p.passed,
+        "total": p.total,
+        "evidence": "none" if p.value is None else ("stale" if p.stale else "ok"),
+        "fresh_at": _iso(p.fresh_at),
+        "age_s": None if p.fresh_at is None else round(max(0.0, now - p.fresh_at), 3),
+        "stale": p.stale,
+        "event_ids": sorted(set(p.evidence)),
+    }
+
+
+def build_report(
+    manifest: Manifest,
+    *,
+    now: float | None = None,
+    max_age_s: float = DEFAULT_MAX_AGE_S,
+    journals: Sequence[Path] = (),
+    outcome_days: int = 30,
+) -> dict[str, Any]:
+    """The readiness report of ``manifest``'s system, from its state directory."""
+    if not max_age_s > 0:
+        raise UsageError(f"--max-age: {max_age_s!r} is not a positive age; use e.g. 30d")
+    now = time.time() if now is None else now
+    t0 = time.perf_counter()
+    log = _Log(manifest.state_dir / "events.db")
+    try:
+        count, last_id = log.summary()
+        drills = _drills(log, _journals(manifest.state_dir, journals), now)
+        slos = _slos(manifest, log, now)
+        outcomes = _outcomes(manifest, log, now, outcome_days)
+    finally:
+        log.close()
+    report, map_doc = _map(manifest)
+    parts = _parts(drills, slos, report, outcomes, now, max_age_s)
+    findings = _findings(report, drills, slos)
+    source = manifest.path
+    digest = None
+    if source is not None and source.exists():
+        digest = blake3.blake3(source.read_bytes()).hexdigest()
+    for d in drills:
+        d.pop("started_ts", None)
+    return {
+        "schema": SCHEMA,
+        "system": manifest.system,
+        "generated_at": _iso(now),
+        "generated_ts": now,
+        "max_age_s": max_age_s,
+        "score": {
+            "value": score(parts),
+            "parts": [_part_doc(p, now) for p in parts],
+        },
+        "drills": drills,
+        "slos": slos,
+        "map": map_doc,
+        "findings": findings,
+        "outcomes": outcomes,
+        "cost": _cost(manifest, now),
+        "frameworks": FRAMEWORKS,
+        "evidence": {
+            "events": count,
+            "last_event_id": last_id,
+            "manifest_blake3": digest,
+            "build_s": round(time.perf_counter() - t0, 3),
+        },
+    }
