@@ -49,18 +49,21 @@ _TIMELINE_OTHER = 200
 """At most this many non-drill events are drawn on a drill's timeline (detections by
 the system's own parts); the count of the rest is given."""
 
+_PROMOTION_KINDS = (ek.MODEL_PROMOTED, ek.MODEL_PROMOTION_FORCED)
 _OUTCOME_KINDS = (
     ek.MODEL_PROMOTED,
     ek.MODEL_PROMOTION_FORCED,
     ek.ROLLOUT_PROMOTED,
     ek.MODEL_ROLLED_BACK,
     ek.ROLLOUT_ROLLED_BACK,
-    ek.VAULT_PUT,
+    ek.TRAIN_RUN_STARTED,
     ek.SLO_BURN_PAGE,
     ek.SLO_BURN_RESOLVED,
     ek.SERVE_GOLDEN_FAILED,
-    ek.SERVE_GOLDEN_PASSED,
 )
+"""The kinds the outcome metrics read in full; of ``vault.put`` and ``train.*`` (the bulk
+of a busy log) and ``serve.golden.passed`` (one per probe round) only the rows a figure
+can use are read (``_outcome_events``)."""
 _ALERT_KINDS = (
     ek.SLO_BURN_PAGE,
     ek.SLO_BURN_TICKET,
@@ -121,6 +124,48 @@ class _Log:
             out += self._rows("WHERE kind >= ? AND kind < ?", (prefix + ".", prefix + "/"))
         out.sort(key=lambda e: e.id)
         return out
+
+    def newest_per_subject(self, kind: str, prefix: str) -> list[Event]:
+        """The newest ``kind`` event of each subject that starts with ``prefix``."""
+        if self.conn is None:
+            return []
+        ids = [
+            int(r[0])
+            for r in self.conn.execute(
+                "SELECT max(id) FROM events WHERE kind = ? AND subject >= ? AND subject < ? "
+                "GROUP BY subject",
+                (kind, prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)),
+            )
+        ]
+        return self.ids(ids)
+
+    def ids(self, ids: Sequence[int]) -> list[Event]:
+        out: list[Event] = []
+        for k in range(0, len(ids), 500):
+            chunk = ids[k : k + 500]
+            out += self._rows(f"WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        return out
+
+    def of_subject(
+        self, subject: str, *, kind: str | None = None, prefix: str | None = None, after: int = 0
+    ) -> list[Event]:
+        """``subject``'s events of ``kind`` (or ``prefix.*``) after id ``after``."""
+        if kind is not None:
+            return self._rows("WHERE subject = ? AND kind = ? AND id > ?", (subject, kind, after))
+        assert prefix is not None
+        return self._rows(
+            "WHERE subject = ? AND kind >= ? AND kind < ? AND id > ?",
+            (subject, prefix + ".", prefix + "/", after),
+        )
+
+    def next_passed(self, failed: Event) -> list[Event]:
+        """The first ``serve.golden.passed`` of the backend after its ``failed`` round: all
+        that the wrong-answer share needs of the many passing rounds."""
+        return self._rows(
+            "WHERE kind = ? AND subject = ? AND id > ? AND json_extract(data, '$.backend') = ? "
+            "ORDER BY id LIMIT 1",
+            (ek.SERVE_GOLDEN_PASSED, failed.subject, failed.id, failed.data.get("backend")),
+        )
 
     def between(
         self, after: int, upto: int, *, drill: bool, limit: int | None = None
@@ -244,32 +289,34 @@ def _steady_spans(start: Event, events: Sequence[Event], end_s: float) -> list[d
 
 
 def _drills(log: _Log, journals: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
-    marks = log.kinds((ek.DRILL_STARTED, ek.DRILL_FINISHED, ek.DRILL_ABORTED))
-    starts = [e for e in marks if e.kind == ek.DRILL_STARTED]
+    marks = log.kinds((ek.DRILL_STARTED, ek.DRILL_FINISHED))
+    _, last_id = log.summary()
+    # One pass pairs each drill.started with the drill.finished of the same drill (subject
+    # and title): a run whose drill starts again before it finished never finished.
+    runs: list[tuple[Event, Event | None]] = []
+    open_runs: dict[tuple[str, Any], int] = {}
+    for e in marks:
+        key = (e.subject, e.data.get("title"))
+        if e.kind == ek.DRILL_STARTED:
+            open_runs[key] = len(runs)
+            runs.append((e, None))
+        elif key in open_runs:
+            k = open_runs.pop(key)
+            runs[k] = (runs[k][0], e)
+    starts = [s.id for s, _ in runs]
     out = []
-    for i, s in enumerate(starts):
-        nxt = next(
-            (
-                o.id
-                for o in starts[i + 1 :]
-                if o.subject == s.subject and o.data.get("title") == s.data.get("title")
-            ),
-            None,
-        )
-        finished = next(
-            (
-                e
-                for e in marks
-                if e.kind == ek.DRILL_FINISHED
-                and e.id > s.id
-                and (nxt is None or e.id < nxt)
-                and e.subject == s.subject
-                and e.data.get("title") == s.data.get("title")
-            ),
-            None,
-        )
-        upto = finished.id if finished is not None else (nxt - 1 if nxt else 2**62)
+    for i, (s, finished) in enumerate(runs):
+        if finished is not None:
+            upto = finished.id
+        else:
+            # an unfinished run is read up to the next drill's start, then only as far as
+            # its own last drill event
+            upto = starts[i + 1] - 1 if i + 1 < len(starts) else last_id
         mine = log.between(s.id, upto, drill=True)
+        mine = [e for e in mine if e.kind != ek.DRILL_STARTED]
+        if finished is None:
+            upto = mine[-1].id if mine else s.id
+            mine = [e for e in mine if e.id <= upto]
         aborted = any(e.kind == ek.DRILL_ABORTED for e in mine)
         others = log.between(s.id, upto, drill=False, limit=_TIMELINE_OTHER)
         other_count = log.count_between(s.id, upto) - len(mine)
@@ -443,7 +490,7 @@ def _outcomes(manifest: Manifest, log: _Log, now: float, days: int) -> dict[str,
 
     from bastion.slo import SqliteSli, ages, dora, goodput, trust
 
-    events = log.kinds(_OUTCOME_KINDS, prefix="train")
+    events = _outcome_events(manifest, log)
     start = now - days * 86400
     keys = dora(events, start=start, end=now)
     shares = []
@@ -481,13 +528,42 @@ def _outcomes(manifest: Manifest, log: _Log, now: float, days: int) -> dict[str,
     }
 
 
-def _cost(manifest: Manifest, now: float) -> dict[str, Any] | None:
+def _outcome_events(manifest: Manifest, log: _Log) -> list[Event]:
+    """What ``dora``, ``trust``, ``ages`` and ``goodput`` read, and no more: every event
+    of ``_OUTCOME_KINDS``; the ``vault.put`` of each promoted model (lead time); the
+    newest ``vault.put`` of each dataset (data RPO); each job's latest run (goodput)."""
+    events = log.kinds(_OUTCOME_KINDS)
+    promoted = sorted({e.subject for e in events if e.kind in _PROMOTION_KINDS})
+    for subject in promoted:
+        events += log.of_subject(subject, kind=ek.VAULT_PUT)
+    events += log.newest_per_subject(ek.VAULT_PUT, "dataset/")
+    for failed in [e for e in events if e.kind == ek.SERVE_GOLDEN_FAILED]:
+        events += log.next_passed(failed)
+    for job in manifest.jobs:
+        starts = [e for e in events if e.kind == ek.TRAIN_RUN_STARTED and e.subject == job]
+        if starts:
+            events += [
+                e
+                for e in log.of_subject(job, prefix="train", after=starts[-1].id)
+                if e.kind != ek.TRAIN_RUN_STARTED
+            ]
+    unique = {e.id: e for e in events}
+    return [unique[i] for i in sorted(unique)]
+
+
+def _cost(manifest: Manifest, now: float) -> tuple[dict[str, Any] | None, Any]:
+    """The month's spend as the report shows it, and the spend per (service, backend) by
+    currency that the map's vendor concentration reads (None without a spend log)."""
     from bastion.serve._spend import cost_report, spend_path
 
     if not spend_path(manifest.state_dir).exists():
-        return None
+        return None, None
     found = cost_report(manifest.state_dir, "month", now=now)
-    return {
+    per_backend: dict[tuple[str, str], dict[str, float]] = {}
+    for row in found.rows:
+        mine = per_backend.setdefault((row.service, row.backend), {})
+        mine[row.currency] = mine.get(row.currency, 0.0) + row.cost
+    doc = {
         "period": found.period,
         "currencies": list(found.currencies),
         "total": found.total,
@@ -497,16 +573,16 @@ def _cost(manifest: Manifest, now: float) -> dict[str, Any] | None:
         "estimated": found.estimated,
         "spend_source": {"from": found.since, "to": found.until},
     }
+    return doc, per_backend
 
 
 # ---------------------------------------------------------------- the map and findings
 
 
-def _map(manifest: Manifest) -> tuple[Any, dict[str, Any]]:
+def _map(manifest: Manifest, spend: Any) -> tuple[Any, dict[str, Any]]:
     from bastion.map import map_manifest
-    from bastion.serve._spend import spend_by_backend
 
-    report = map_manifest(manifest, spend=spend_by_backend(manifest.state_dir))
+    report = map_manifest(manifest, spend=spend)
     vendors = [
         {
             "vendor": v.vendor,
@@ -740,7 +816,8 @@ def build_report(
         outcomes = _outcomes(manifest, log, now, outcome_days)
     finally:
         log.close()
-    report, map_doc = _map(manifest)
+    cost, spend = _cost(manifest, now)
+    report, map_doc = _map(manifest, spend)
     parts = _parts(drills, slos, report, outcomes, now, max_age_s)
     findings = _findings(report, drills, slos)
     source = manifest.path
@@ -764,7 +841,7 @@ def build_report(
         "map": map_doc,
         "findings": findings,
         "outcomes": outcomes,
-        "cost": _cost(manifest, now),
+        "cost": cost,
         "frameworks": FRAMEWORKS,
         "evidence": {
             "events": count,
