@@ -266,3 +266,77 @@ def test_the_schema_refuses_a_score_out_of_bounds(signed: tuple[Path, Verifier])
     doc["score"]["value"] = 100.5
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, schema)
+
+
+def _suite_journal(twin: EventLog, suite: str, scenario: str, status: str) -> dict[str, object]:
+    """A journal as `bastion drill suite` writes it: the twin's events copied into it."""
+    first = twin.emit(ek.DRILL_FAULT_INJECTED, "chat", fault="process.kill", name="k")
+    broken = twin.emit(ek.DRILL_STEADY_STATE_BROKEN, "chat", phase="during", probes=["ok"])
+    restored = twin.emit(ek.DRILL_STEADY_STATE_RESTORED, "chat", phase="during")
+    done = twin.emit(ek.DRILL_FINISHED, "chat", title=scenario, status=status, exit_code=0)
+    events = [first, broken, restored, done]
+    return {
+        "title": scenario,
+        "status": status,
+        "bastion": {
+            "events": [e.to_json() for e in events],
+            "samples": [
+                {"mono_ns": e.mono_ns, "met": e is not broken, "phase": "during"} for e in events
+            ],
+            "measurements": {"rto_s": 0.5, "time_to_detect_s": 0.1},
+            "exit_code": 0,
+            "aborted": "abort condition" if status == "aborted" else None,
+            "problems": [],
+            "suite": {"suite": suite, "scenario": scenario, "title": f"the {scenario}"},
+        },
+    }
+
+
+def test_suite_scenarios_are_read_from_their_events_and_journals(tmp_path: Path) -> None:
+    manifest, log = _world(tmp_path)
+    state = manifest.state_dir  # type: ignore[attr-defined]
+    twin = EventLog(tmp_path / "twin-events.db")  # the twin's log, gone with the twin
+    out = state / "drills" / "suite" / "s1"
+    out.mkdir(parents=True)
+    # a drill of production's own whose id range the twin's ids fall into
+    _drill(log, "production drill", status="completed")
+    cases = {
+        "replica-killed": ("passed", "completed"),
+        "vendor-outage": ("passed", "aborted"),  # the suite said passed; the journal says not
+        "disk-full": ("errored", "failed"),
+        "gpu-lost": ("skipped", None),
+        "no-journal": ("passed", None),
+    }
+    for name, (verdict, status) in cases.items():
+        path = None
+        if status is not None:
+            path = out / f"{name}.json"
+            path.write_text(json.dumps(_suite_journal(twin, "s1", name, status)))
+        log.emit(
+            "drill.suite.scenario", name, suite="s1", scenario=name, verdict=verdict,
+            reason="" if verdict == "passed" else f"{verdict} for a reason", rto_s=0.5,
+            journal=None if path is None else str(path),
+        )  # fmt: skip
+    log.close()
+    twin.close()
+    doc = build_report(manifest)  # type: ignore[arg-type]
+    verdicts = {d["scenario"] or d["title"]: d["verdict"] for d in doc["drills"]}
+    assert verdicts == {
+        "production drill": "pass",
+        "replica-killed": "pass",
+        "vendor-outage": "aborted",
+        "disk-full": "error",
+        "gpu-lost": "skipped",
+        "no-journal": "error",  # a pass nobody can check is no pass
+    }
+    own = next(d for d in doc["drills"] if d["title"] == "production drill")
+    assert own["samples"] == []  # no suite journal was taken for production's drill
+    killed = next(d for d in doc["drills"] if d["scenario"] == "replica-killed")
+    assert killed["log"] == "journal"
+    assert killed["suite"] == "s1"
+    assert killed["broken"]
+    assert killed["samples"]
+    part = next(p for p in doc["score"]["parts"] if p["id"] == "drills")
+    assert (part["passed"], part["total"]) == (2, 5)  # the skipped one is not counted
+    assert not [f for f in doc["findings"] if f["subject"] == "gpu-lost"]
+    jsonschema.validate(doc, json.loads(schema_path().read_text()))

@@ -49,6 +49,8 @@ _TIMELINE_OTHER = 200
 """At most this many non-drill events are drawn on a drill's timeline (detections by
 the system's own parts); the count of the rest is given."""
 
+_SUITE_SCENARIO = "drill.suite.scenario"
+"""One scenario of ``bastion drill suite`` (its verdict, measurements and journal)."""
 _PROMOTION_KINDS = (ek.MODEL_PROMOTED, ek.MODEL_PROMOTION_FORCED)
 _OUTCOME_KINDS = (
     ek.MODEL_PROMOTED,
@@ -304,7 +306,7 @@ def _drills(log: _Log, journals: list[dict[str, Any]], now: float) -> list[dict[
             k = open_runs.pop(key)
             runs[k] = (runs[k][0], e)
     starts = [s.id for s, _ in runs]
-    out = []
+    out: list[dict[str, Any]] = []
     for i, (s, finished) in enumerate(runs):
         if finished is not None:
             upto = finished.id
@@ -322,7 +324,14 @@ def _drills(log: _Log, journals: list[dict[str, Any]], now: float) -> list[dict[
         other_count = log.count_between(s.id, upto) - len(mine)
         verdict = drill_verdict(finished, aborted)
         journal = next(
-            (j for j in journals if (ids := _journal_ids(j)) and s.id < min(ids) <= upto), None
+            (
+                j
+                for j in journals
+                if "suite" not in j["bastion"]  # a suite's events are in its twin's log
+                and (ids := _journal_ids(j))
+                and s.id < min(ids) <= upto
+            ),
+            None,
         )
         jb: dict[str, Any] = journal["bastion"] if journal is not None else {}
         measured = dict(finished.data.get("data") or {}) if finished is not None else {}
@@ -371,7 +380,132 @@ def _drills(log: _Log, journals: list[dict[str, Any]], now: float) -> list[dict[
                 "samples": samples,
                 "other_events": max(0, other_count - len(others)),
                 "age_s": round(max(0.0, now - s.ts), 3),
+                "log": "events.db",
                 "event_ids": sorted({s.id, *(e.id for e in mine)}),
+            }
+        )
+    out += _suite_drills(log, journals, now)
+    out.sort(key=lambda d: d["started_ts"])
+    return out
+
+
+_SUITE_VERDICTS = {"passed": PASS, "failed": "fail", "errored": "error", "skipped": "skipped"}
+
+
+def _journal_event(doc: dict[str, Any]) -> Event | None:
+    data = doc.get("data")
+    try:
+        ts = datetime.fromisoformat(str(doc["ts"])).timestamp()
+        return Event(
+            kind=str(doc["kind"]),
+            subject=str(doc.get("subject") or ""),
+            segment=str(doc.get("segment") or ""),
+            data=data if isinstance(data, dict) else {},
+            ts=ts,
+            mono_ns=int(doc["mono_ns"]),
+            id=int(doc["id"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _suite_drills(log: _Log, journals: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """The reference suite's scenarios (``bastion drill suite``): each ran in a sandbox
+    twin whose log went with the twin, so the run is its ``drill.suite.scenario`` event in
+    this log and its journal (``<state_dir>/drills/suite/<suite>/<scenario>.json``), whose
+    copy of the twin's events draws the timeline. A scenario passes only if the suite said
+    ``passed`` and its journal, read by the same rule as any drill, says so too."""
+    by_run = {
+        (str(j["bastion"]["suite"].get("suite")), str(j["bastion"]["suite"].get("scenario"))): j
+        for j in journals
+        if isinstance(j["bastion"].get("suite"), dict)
+    }
+    out: list[dict[str, Any]] = []
+    for e in log.kinds((_SUITE_SCENARIO,)):
+        suite, scenario = str(e.data.get("suite") or ""), str(e.data.get("scenario") or e.subject)
+        journal = by_run.get((suite, scenario))
+        jb: dict[str, Any] = journal["bastion"] if journal is not None else {}
+        verdict = _SUITE_VERDICTS.get(str(e.data.get("verdict")), "error")
+        copied = sorted(
+            (x for x in (_journal_event(d) for d in jb.get("events") or []) if x is not None),
+            key=lambda x: (x.mono_ns, x.id),
+        )
+        if verdict == PASS:
+            finished = next((x for x in copied if x.kind == ek.DRILL_FINISHED), None)
+            if journal is None:
+                verdict = "error"  # a pass nobody can check is no pass
+            else:
+                stand_in = finished or Event(
+                    ek.DRILL_FINISHED,
+                    data={"status": journal.get("status"), "exit_code": jb.get("exit_code")},
+                )
+                verdict = drill_verdict(stand_in, bool(jb.get("aborted")))
+        samples_raw = [x for x in jb.get("samples") or [] if isinstance(x, dict)]
+        t0_candidates = [x.mono_ns for x in copied[:1]] + [
+            int(x["mono_ns"]) for x in samples_raw[:1] if isinstance(x.get("mono_ns"), int)
+        ]
+        t0 = min(t0_candidates) if t0_candidates else 0
+        start = Event(ek.DRILL_STARTED, mono_ns=t0)
+        end_s = max(
+            [(x.mono_ns - t0) / 1e9 for x in copied[-1:]]
+            + [
+                (int(x["mono_ns"]) - t0) / 1e9
+                for x in samples_raw[-1:]
+                if isinstance(x.get("mono_ns"), int)
+            ]
+            + [0.0]
+        )
+        drill_events = [x for x in copied if x.kind.startswith("drill.")]
+        others = [x for x in copied if not x.kind.startswith("drill.")][:_TIMELINE_OTHER]
+        measured = {
+            k: v
+            for k, v in (jb.get("measurements") or {}).items()
+            if isinstance(v, int | float | bool | str | None)
+        }
+        for k in ("time_to_detect_s", "rto_s", "rpo_s"):
+            if e.data.get(k) is not None:
+                measured.setdefault(k, e.data[k])
+        reason = str(e.data.get("reason") or "")
+        problems = [str(p) for p in jb.get("problems") or []] or (
+            [reason] if reason and verdict != PASS else []
+        )
+        timeline = _timeline(start, [*drill_events, *others])
+        started_ts = copied[0].ts if copied else e.ts
+        title = str(
+            (jb.get("suite") or {}).get("title") or (journal or {}).get("title") or scenario
+        )
+        out.append(
+            {
+                "id": f"suite-{e.id}",
+                "title": title,
+                "subject": scenario,
+                "suite": suite or None,
+                "scenario": scenario,
+                "key": scenario,
+                "started_at": _iso(started_ts),
+                "started_ts": started_ts,
+                "finished_at": _iso(e.ts),
+                "duration_s": round(max(0.0, end_s), 6),
+                "status": None if journal is None else journal.get("status"),
+                "exit_code": jb.get("exit_code"),
+                "verdict": verdict,
+                "passed": verdict_passes(verdict),
+                "measurements": dict(sorted(measured.items())),
+                "targets": (jb.get("suite") or {}).get("targets") or jb.get("targets") or {},
+                "targets_missed": list(jb.get("targets_missed") or []),
+                "problems": problems,
+                "cost": jb.get("cost"),
+                "timeline": timeline,
+                "broken": _steady_spans(start, drill_events, end_s),
+                "samples": [
+                    {"t_s": round((int(x["mono_ns"]) - t0) / 1e9, 6), "met": bool(x.get("met"))}
+                    for x in samples_raw
+                    if isinstance(x.get("mono_ns"), int)
+                ],
+                "other_events": max(0, len(copied) - len(drill_events) - len(others)),
+                "age_s": round(max(0.0, now - e.ts), 3),
+                "log": "journal",
+                "event_ids": [e.id],
             }
         )
     return out
@@ -656,7 +790,7 @@ def _findings(
     for d in drills:
         latest[d["key"]] = d
     for d in drills:
-        if d["passed"]:
+        if d["passed"] or d["verdict"] == "skipped":
             continue
         last = latest[d["key"]]
         retest = (
@@ -721,10 +855,11 @@ def _parts(  # noqa: PLR0917 (private; its one caller names what it passes)
 ) -> list[Part]:
     latest: dict[str, dict[str, Any]] = {}
     for d in drills:
-        if now - d["started_ts"] <= max_age_s:
+        if now - d["started_ts"] <= max_age_s and d["verdict"] != "skipped":
             latest[d["key"]] = d
     runs = list(latest.values())
-    stale_drills = bool(drills) and not runs
+    counted = [d for d in drills if d["verdict"] != "skipped"]
+    stale_drills = bool(counted) and not runs
     drill_part = Part(
         "drills",
         "drills passed (latest run of each; errored, aborted and unfinished runs fail)",
@@ -734,7 +869,7 @@ def _parts(  # noqa: PLR0917 (private; its one caller names what it passes)
         total=len(runs),
         fresh_at=min((d["started_ts"] for d in runs), default=None)
         if runs
-        else max((d["started_ts"] for d in drills), default=None),
+        else max((d["started_ts"] for d in counted), default=None),
         stale=stale_drills,
         evidence=tuple(i for d in runs for i in d["event_ids"]),
     )

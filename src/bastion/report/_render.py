@@ -36,6 +36,7 @@ th { background: #f2f3f5; }
 .pass, .ok { color: #1a7f37; font-weight: bold; }
 .fail, .breach, .error, .aborted, .unfinished, .spof, .bad { color: #c62828; font-weight: bold; }
 .warning, .stale { color: #a15c00; font-weight: bold; }
+.skipped { color: #666; }
 .score { font-size: 40px; font-weight: bold; }
 .src { color: #666; font-size: 12px; }
 svg.chart { display: block; margin: 6px 0 14px; background: #fcfcfd;
@@ -611,8 +612,10 @@ compliance.</p>
 
 
 def _case(name: str, classname: str, *, failure: str | None = None, error: str | None = None,
-          out: str = "") -> str:  # fmt: skip
+          skipped: str | None = None, out: str = "") -> str:  # fmt: skip
     inner = ""
+    if skipped is not None:
+        inner += f"<skipped message={quoteattr(skipped)}/>"
     if failure is not None:
         inner += f"<failure message={quoteattr(failure)}>{esc(failure)}</failure>"
     if error is not None:
@@ -633,6 +636,9 @@ def junit(doc: Mapping[str, Any], *, min_score: float | None = None) -> str:
         ids = f"events {_ids_text(d['event_ids'])}"
         if d["verdict"] == "pass":
             cases.append(_case(d["title"], "bastion.drill", out=ids))
+        elif d["verdict"] == "skipped":
+            why = "; ".join(d["problems"]) or "does not apply"
+            cases.append(_case(d["title"], "bastion.drill", skipped=why))
         elif d["verdict"] == "fail":
             cases.append(
                 _case(
@@ -674,10 +680,11 @@ def junit(doc: Mapping[str, Any], *, min_score: float | None = None) -> str:
     )
     failures = sum("<failure" in c for c in cases)
     errors = sum("<error" in c for c in cases)
+    skipped = sum("<skipped" in c for c in cases)
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f"<testsuites><testsuite name={quoteattr('bastion.readiness ' + doc['system'])} "
-        f"tests='{len(cases)}' failures='{failures}' errors='{errors}' "
+        f"tests='{len(cases)}' failures='{failures}' errors='{errors}' skipped='{skipped}' "
         f"timestamp={quoteattr(str(doc['generated_at']))}>"
         + "".join(cases)
         + "</testsuite></testsuites>\n"

@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 __all__ = ["PASS", "VERDICTS", "Part", "score", "verdict_passes"]
 
 PASS = "pass"  # noqa: S105 - a verdict, not a password
-VERDICTS = ("pass", "fail", "aborted", "error", "unfinished")
+VERDICTS = ("pass", "fail", "aborted", "error", "unfinished", "skipped")
 """A drill's verdict: only ``pass`` passes. ``fail``: it ran and the steady state did not
 hold, or a target was missed; ``aborted``: an abort condition or a signal stopped it;
 ``error``: it could not run as written (refused fault, invalid, a crashed activity);
-``unfinished``: it started and never said it finished."""
+``unfinished``: it started and never said it finished; ``skipped``: the reference suite
+found the scenario does not apply to this system (its reason says why): it is shown, and
+left out of the score's count, neither a pass nor a failure."""
 
 
 def verdict_passes(verdict: str) -> bool:
