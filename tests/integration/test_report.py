@@ -224,6 +224,14 @@ def test_the_report_renders_validates_and_verifies(world: Path, tmp_path: Path) 
         assert c["height"] > 40, c
         assert c["marks"] == c["points"] > 0, c
         assert c["visible"] == c["marks"], c
+    # the dependency map shows the same concentration, from the same spend log
+    mapped = run_bastion("map", "-f", str(world / "bastion.yaml"), "--format", "json")
+    assert mapped.returncode == 1, mapped.stderr  # the example has SPOFs
+    in_map = {v["vendor"]: v for v in json.loads(mapped.stdout)["vendors"]}
+    assert in_map["vendor-b"]["spend_share"] == vendors["vendor-b"]["spend_share"]
+    assert in_map["in-house"]["unavailability_share"] == vendors["in-house"]["unavailability_share"]
+    text = run_bastion("map", "-f", str(world / "bastion.yaml")).stdout
+    assert "vendor-b: 88.9% USD | 0.0% of digits" in text
     # the signature holds, and one edited byte breaks it (exit 1, naming the file)
     ok = run_bastion("report", "verify", str(out), "-f", str(world / "bastion.yaml"))
     assert ok.returncode == 0, ok.stderr
