@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sqlite3
 from pathlib import Path
 
 import jsonschema
@@ -114,6 +115,14 @@ def test_only_a_completed_run_with_exit_0_and_no_abort_passes(
         assert code == 0
 
 
+def _dump(db: Path) -> list[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
 def _world(tmp_path: Path) -> tuple[object, EventLog]:
     manifest = loads(MANIFEST, base_dir=tmp_path)
     return manifest, EventLog.in_state_dir(manifest.state_dir)
@@ -149,7 +158,9 @@ def test_an_errored_aborted_or_unfinished_drill_is_never_a_pass(tmp_path: Path) 
     _drill(log, "failed", status="failed", code=1)
     _drill(log, "crashed", status=None)  # never said it finished
     log.close()
+    before = _dump(tmp_path / "state" / "events.db")
     doc = build_report(manifest)  # type: ignore[arg-type]
+    assert _dump(tmp_path / "state" / "events.db") == before  # it only reads: no table, no alert
     verdicts = {d["title"]: d["verdict"] for d in doc["drills"]}
     assert verdicts == {
         "passes": "pass",

@@ -188,6 +188,15 @@ class _Log:
         ).fetchone()
         return int(row[0])
 
+    def has_sli(self) -> bool:
+        """Whether the SLI tables are there (opening them otherwise would create them)."""
+        if self.conn is None:
+            return False
+        row = self.conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sli_h'"
+        ).fetchone()
+        return bool(row[0])
+
     def summary(self) -> tuple[int, int]:
         """(number of events, the last id)."""
         if self.conn is None:
@@ -529,7 +538,7 @@ def _slos(manifest: Manifest, log: _Log, now: float) -> list[dict[str, Any]]:
     if not objs:
         return []
     db = manifest.state_dir / "events.db"
-    reader = None if not db.exists() else SqliteSli(db)
+    reader = SqliteSli(db) if log.has_sli() else None
     alerts = log.kinds(_ALERT_KINDS)
     out = []
     try:
@@ -629,7 +638,7 @@ def _outcomes(manifest: Manifest, log: _Log, now: float, days: int) -> dict[str,
     keys = dora(events, start=start, end=now)
     shares = []
     db = manifest.state_dir / "events.db"
-    if db.exists():
+    if log.has_sli():
         reader = SqliteSli(db)
         try:
             shares = [
