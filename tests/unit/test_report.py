@@ -28,6 +28,7 @@ from bastion.report import (
     Part,
     build_report,
     drill_verdict,
+    html,
     schema_path,
     score,
     verdict_passes,
@@ -298,6 +299,7 @@ def _suite_journal(twin: EventLog, suite: str, scenario: str, status: str) -> di
             "exit_code": 0,
             "aborted": "abort condition" if status == "aborted" else None,
             "problems": [],
+            "cost": {"currencies": ["USD"], "total": {"USD": 0.5}, "extra": {"USD": 0.4}},
             "suite": {"suite": suite, "scenario": scenario, "title": f"the {scenario}"},
         },
     }
@@ -350,4 +352,6 @@ def test_suite_scenarios_are_read_from_their_events_and_journals(tmp_path: Path)
     part = next(p for p in doc["score"]["parts"] if p["id"] == "drills")
     assert (part["passed"], part["total"]) == (2, 5)  # the skipped one is not counted
     assert not [f for f in doc["findings"] if f["subject"] == "gpu-lost"]
+    # what the fault cost, from the journal, is on the page beside the recovery figures
+    assert "The fault cost 0.5000 USD (extra 0.4000 from retries" in html(doc)
     jsonschema.validate(doc, json.loads(schema_path().read_text()))

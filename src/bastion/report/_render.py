@@ -341,6 +341,14 @@ def _drills_html(drills: Sequence[Mapping[str, Any]]) -> str:
             if k in ("time_to_detect_s", "rto_s", "requests_failed", "steps_lost", "files_lost")
             and v is not None
         )
+        cost = d.get("cost") or {}
+        if cost.get("total"):
+            spent = ", ".join(
+                f"{v:.4f} {c} (extra {float((cost.get('extra') or {}).get(c, 0.0)):.4f} from "
+                "retries, hedges, fallbacks, shadows)"
+                for c, v in cost["total"].items()
+            )
+            facts = f"{facts}. The fault cost {spent}" if facts else f"The fault cost {spent}"
         problems = "".join(f"<li>{esc(p)}</li>" for p in d["problems"])
         out.append(
             f"<h3 id='{esc(d['id'])}'>{esc(d['title'])}: "
