@@ -133,6 +133,14 @@ SERVE_GOLDEN_PASSED = _k(
     "a backend that had failed golden probes answers them right again (backend)",
 )
 SERVE_SCALED = _k("serve.scaled", "a replica set changed size (backend, replicas)")
+SERVE_SCALE_REQUESTED = _k(
+    "serve.scale_requested",
+    "a replica set's floor was set by request, POST /bastion/control (backend, min_replicas)",
+)
+SERVE_FAILED_OVER = _k(
+    "serve.failed_over",
+    "traffic was sent to a tier and those after it by request, POST /bastion/control (tier)",
+)
 COST_BUDGET_SOFT_LIMIT = _k(
     "cost.budget.soft_limit",
     "a budget's spend passed its soft limit; hedging and shadowing are off for what it "

@@ -116,20 +116,19 @@ def _gateway_control(ctx: ActionContext, service: str, body: dict[str, Any]) -> 
     svc = ctx.manifest.services.get(service)
     if svc is None:
         raise ActionFailed(f"unknown service {service!r}")
+    from bastion.serve._auth import client_keys
+
     url = f"http://{svc.listen}/bastion/control"
+    headers = {"Content-Type": "application/json"}
+    keys = client_keys(service, svc.auth.keys_env if svc.auth else None)
+    if keys:
+        headers["Authorization"] = f"Bearer {keys[0]}"
     data = json.dumps(body).encode()
-    req = urllib.request.Request(
-        url, data=data, method="POST", headers={"Content-Type": "application/json"}
-    )
+    req = urllib.request.Request(url, data=data, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - http(s) only
             return f"{service}: {resp.read(2000).decode(errors='replace')}"
     except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            raise ActionFailed(
-                f"{url}: not available: this gateway has no control route for {body['op']} "
-                "yet; act on the service by hand"
-            ) from None
         raise ActionFailed(
             f"{url} answered {exc.code}: {exc.read(500).decode(errors='replace')}"
         ) from None
