@@ -160,3 +160,63 @@ def test_approvals_time_out_to_denied_and_cannot_be_changed(tmp_path: Path) -> N
             ledger.decide("a1", approve=False, reason="changed my mind")
         with pytest.raises(NotFoundError, match="no approval 'zz'"):
             ledger.decide("zz", approve=True, reason="")
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "playbooks" / "bastion.yaml"
+
+
+@pytest.mark.parametrize(
+    ("event", "rule", "actions"),
+    [
+        (
+            {"kind": "vault.guard.ransomware", "subject": "data", "segment": "staging",
+             "data": {"name": "dataset/raw", "dir": str(EXAMPLE.parent / "data"), "frozen": True}},
+            "ransomware",
+            ["restore", "quarantine", "notify"],
+        ),
+        (
+            {"kind": "slo.burn.page", "subject": "digits-availability", "segment": "prod",
+             "data": {"service": "digits"}},
+            "slo-page",
+            ["rollback", "failover"],
+        ),
+        (
+            {"kind": "train.exited", "subject": "train-digits",
+             "data": {"oom": True, "slot": "gpu-a"}},
+            "train-oom",
+            ["restart"],
+        ),
+    ],
+)  # fmt: skip
+def test_the_shipped_examples_plan_what_the_docs_say(
+    event: dict[str, Any], rule: str, actions: list[str]
+) -> None:
+    from bastion.manifest import load
+
+    (planned,) = plan(load(EXAMPLE).playbooks, {"id": 1, **event}).rules
+    assert planned.rule == rule
+    assert [a.do for a in planned.actions] == actions
+    assert planned.error is None
+
+
+def test_the_docs_dry_run_output_is_the_examples_plan() -> None:
+    from bastion.manifest import load
+
+    doc = (EXAMPLE.parents[2] / "docs" / "playbooks.md").read_text()
+    oom = {
+        "kind": "train.exited",
+        "subject": "train-digits",
+        "data": {"oom": True, "slot": "gpu-a"},
+    }
+    (planned,) = plan(load(EXAMPLE).playbooks, oom).rules
+    assert f"key {planned.actions[0].key}" in doc
+
+
+def test_playbooks_exports() -> None:
+    import bastion.playbooks
+
+    assert sorted(bastion.playbooks.__all__) == sorted([
+        "SIGNATURE_HEADER", "ActionFailed", "Approval", "Claim", "Ledger", "Plan",
+        "PlannedAction", "PlannedRule", "Runner", "action_key", "approve", "deny", "plan",
+        "read_event", "sign",
+    ])  # fmt: skip

@@ -880,7 +880,7 @@ PLAYBOOK_PARAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "quarantine": (("segment",), ()),
     "failover": (("service", "tier"), ()),
     "scale": (("service", "backend", "replicas"), ()),
-    "restart": (("job",), ("slot",)),
+    "restart": (("job",), ("slot", "timeout_s")),
     "run": (("command",), ("timeout_s",)),
     "notify": (("url", "hmac_key_env"), ("timeout_s",)),
 }
@@ -953,7 +953,8 @@ class PlaybookAction(_Strict):
     command: list[str] | None = Field(default=None, min_length=1)
     """run: the program and its arguments, run without a shell under bastion.supervise."""
     timeout_s: float | None = Field(default=None, gt=0, le=86400)
-    """run, notify: how long it may take (default 60 s for run, 10 s for notify)."""
+    """run, notify, restart: how long it may take (default 60 s for run, 10 s for notify,
+    120 s for restart: until the worker has started again)."""
     url: HttpUrl | None = None
     """notify: the webhook URL, sent an HTTP POST signed with HMAC-SHA256."""
     hmac_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -149,12 +149,22 @@ def _restart(ctx: ActionContext, p: Mapping[str, Any]) -> str:
     job = str(p["job"])
     if job not in ctx.manifest.jobs:
         raise ActionFailed(f"unknown job {job!r}")
-    # bastion.train offers no way yet to ask a running JobSupervisor to move its worker;
-    # the action fails plainly rather than kill the worker and hope.
-    raise ActionFailed(
-        f"restart {job}: not available: bastion train run has no restart request interface "
-        "yet; restart the job by hand (bastion train run) on the slot you want"
-    )
+    from bastion import event_kinds as ek
+    from bastion.events import EventLog
+    from bastion.train import request_move
+
+    slot = p.get("slot")
+    with EventLog.in_state_dir(ctx.manifest.state_dir) as log:
+        after = log.last_id()
+        request_move(ctx.manifest.state_dir, job, slot=str(slot) if slot else None)
+        # done when the worker has started again: that start's event names its slot
+        deadline = time.monotonic() + float(p.get("timeout_s") or 120.0)
+        while time.monotonic() < deadline and not ctx.stopping():
+            for event in log.query(kind=ek.TRAIN_STARTED, subject=job, after_id=after):
+                where, pid = event.data.get("slot"), event.data.get("pid")
+                return f"{job} restarted on slot {where} (pid {pid})"
+            time.sleep(0.05)
+    raise ActionFailed(f"restart {job}: the worker did not start again in time")
 
 
 def _run(ctx: ActionContext, p: Mapping[str, Any]) -> str:
