@@ -102,3 +102,29 @@ playbooks:
         finally:
             job.terminate()
             job.communicate(timeout=60)
+
+
+def test_a_requested_restart_spends_no_budget_and_waits_no_backoff() -> None:
+    from bastion.supervise import Backoff, ProcessSpec, RestartBudget, Supervisor
+
+    sup = Supervisor(
+        ProcessSpec(argv=["sleep", "30"], name="s"),
+        backoff=Backoff(initial=60.0, cap=60.0),  # a failure would wait a minute
+        budget=RestartBudget(max_restarts=0),  # ... and a failure would end it
+        grace_s=5,
+    )
+    sup.start(poll_s=0.01)
+    try:
+        deadline = time.monotonic() + 30
+        while sup.child is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        first = sup.child.pid
+        sup.request_restart("test")
+        while sup.child is None or sup.child.pid == first or sup.state != "running":
+            assert time.monotonic() < deadline, sup.statistics()
+            time.sleep(0.01)
+        assert sup.restarts == 1
+        assert sup.budget.statistics().used == 0
+    finally:
+        sup.stop(timeout=30)
