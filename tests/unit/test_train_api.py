@@ -34,6 +34,7 @@ def test_train_exports() -> None:
             "holds_snapshots",
             "job_status",
             "open_store",
+            "request_move",
             "recovery_timeline",
         ]
     )

@@ -19,7 +19,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from bastion.train._cadence import Cadence, CadenceStatistics
-from bastion.train._job import JobResult, JobStatistics, JobSupervisor, check_job_name
+from bastion.train._job import (
+    JobResult,
+    JobStatistics,
+    JobSupervisor,
+    check_job_name,
+    request_move,
+)
 from bastion.train._slots import LocalSlot, SlotPicker, WorkerSlot
 from bastion.train._status import (
     JobStatus,
@@ -99,4 +105,5 @@ __all__ = [
     "job_status",
     "open_store",
     "recovery_timeline",
+    "request_move",
 ]
