@@ -105,7 +105,7 @@ def answers(url: str) -> bool:
         headers={"Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=5) as resp:
             return resp.status == 200 and resp.headers.get("x-bastion-backend", "").startswith(
                 "local-"
             )
