@@ -188,6 +188,14 @@ def _kinds(root: Path) -> list[str]:
         log.close()
 
 
+def _events(root: Path, kind: str) -> list[dict[str, object]]:
+    log = EventLog.in_state_dir(root / ".bastion")
+    try:
+        return [dict(e.data) for e in log.query(kind=kind)]
+    finally:
+        log.close()
+
+
 def test_restore_after_total_loss_serves_the_same_model_again(
     world: Path, rng: random.Random
 ) -> None:
@@ -222,7 +230,7 @@ def test_restore_after_total_loss_serves_the_same_model_again(
     try:
         assert result["path"] == "restore"
         assert result["heal"]["whole"]
-        assert result["heal"]["chunks_repaired"] == len(before)
+        assert result["heal"]["chunks_repaired"] == result["heal"]["chunks"]
         [served] = result["serving"]
         assert served["answered_by"].startswith("local-")
         assert served["started_pid"]
@@ -249,10 +257,10 @@ def test_restore_after_total_loss_serves_the_same_model_again(
     assert ek.MODEL_RECONSTITUTE_SERVING in kinds
 
 
-def _delete_model_chunks(root: Path) -> int:
+def _delete_chunks(root: Path, ref: str) -> int:
     vault, log = _vault(root)
     try:
-        chunks = vault.snapshot(MODEL).chunk_ids()
+        chunks = vault.snapshot(ref).chunk_ids()
     finally:
         log.close()
     gone = 0
@@ -273,7 +281,9 @@ def test_rebuild_from_lineage_is_hash_identical_to_the_lost_original(world: Path
         original = vault.snapshot(MODEL)
     finally:
         log.close()
-    assert _delete_model_chunks(world) == 2 * len(original.chunk_ids())
+    assert _delete_chunks(world, MODEL) == 2 * len(original.chunk_ids())
+    # and the training data it was made from: its own lineage is replayed first
+    assert _delete_chunks(world, "dataset/digits-train@latest") > 0
     lost = run_bastion(
         "vault", "restore", MODEL, str(world / "x"), "-f", str(world / "bastion.yaml")
     )
@@ -290,7 +300,8 @@ def test_rebuild_from_lineage_is_hash_identical_to_the_lost_original(world: Path
     # the same signed snapshot reads whole again: the rebuild's bytes are the original's
     assert result["id"] == original.id
     assert _model_files(world) == before
-    assert ek.MODEL_RECONSTITUTE_REBUILT in _kinds(world)
+    rebuilt = _events(world, ek.MODEL_RECONSTITUTE_REBUILT)
+    assert [e["snapshot"] for e in rebuilt] == ["dataset/digits-train@1", original.ref]
 
 
 def _foreign(root: Path, **environment: object) -> str:

@@ -30,6 +30,7 @@ from bastion.errors import CheckFailed, UsageError
 from bastion.events import NO_EVENTS, Emit, Relay
 from bastion.pipeline._key import canonical
 from bastion.pipeline._recipe import Recipe, reported_environment
+from bastion.store import make_dirs
 from bastion.supervise import Backoff, ProcessSpec, RestartBudget, Supervisor
 from bastion.train import ENV_STAGE_ENVIRONMENT, PLANNED_KEYS, differences, environment
 
@@ -89,7 +90,7 @@ def replay(
         raise NotReplayable(ref, problems, ran=False)
     if work.exists():
         shutil.rmtree(work)
-    work.mkdir(parents=True, mode=0o700)
+    make_dirs(work, 0o700)
     code, inputs, out = work / "code", work / "in", work / "out"
     if recipe.code is not None:
         vault.restore(recipe.code, code)

@@ -31,6 +31,7 @@ from bastion.errors import BastionError, CheckFailed, NotFoundError
 from bastion.events import Emit
 from bastion.names import parse_ref
 from bastion.reconstitute._serving import Serving, serve_again, services_of
+from bastion.store import make_dirs
 
 if TYPE_CHECKING:
     from bastion.manifest import Manifest
@@ -91,11 +92,39 @@ class Reconstitution:
 
 
 def _work_dir(vault: Vault, snap: Snapshot) -> Path:
-    return vault.state_file("reconstitute") / f"{snap.name.replace('/', '_')}-{snap.version}"
+    root = vault.state_file("reconstitute")
+    make_dirs(root, 0o700)
+    return root / f"{snap.name.replace('/', '_')}-{snap.version}"
+
+
+_MAX_DEPTH = 8
+
+
+def _inputs_whole(
+    vault: Vault, refs: list[str], events: Emit, timeout_s: float | None, depth: int
+) -> None:
+    """Each input of a replay whole first: healed from a replica, or, when some chunk of
+    it is on no replica, rebuilt from its own recipe (the lineage replayed upstream,
+    each step proven hash-identical)."""
+    for ref in refs:
+        snap = vault.snapshot(ref)
+        if vault.heal(snap).whole:
+            continue
+        if depth >= _MAX_DEPTH:
+            raise CheckFailed(f"{ref} is lost and its lineage is deeper than {_MAX_DEPTH}")
+        report, seconds, _ = _rebuild(vault, snap, events, timeout_s, depth + 1)
+        events.emit(
+            ek.MODEL_RECONSTITUTE_REBUILT,
+            snap.name,
+            snapshot=snap.ref,
+            why="an input of the model's replay was lost",
+            replay_seconds=round(seconds, 6),
+            **report.to_json(),
+        )
 
 
 def _rebuild(
-    vault: Vault, snap: Snapshot, events: Emit, timeout_s: float | None
+    vault: Vault, snap: Snapshot, events: Emit, timeout_s: float | None, depth: int = 0
 ) -> tuple[HealReport, float, dict[str, Any]]:
     from bastion.pipeline import Recipe, replay
 
@@ -106,6 +135,8 @@ def _rebuild(
             "pipeline command stage), so it cannot be rebuilt from lineage; restore it "
             "from a replica, or make it with `bastion pipeline run` to record one"
         )
+    upstream = [*recipe.inputs.values(), *([recipe.code] if recipe.code else [])]
+    _inputs_whole(vault, upstream, events, timeout_s, depth)
     work = _work_dir(vault, snap)
     replayed = replay(vault, recipe, work, ref=snap.ref, events=events, timeout_s=timeout_s)
     report = vault.heal(snap, rebuilt=replayed.files)  # IntegrityError unless identical

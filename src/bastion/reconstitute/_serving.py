@@ -14,7 +14,10 @@ gateway on a listen address something already answers on.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -182,7 +185,14 @@ def serve_again(
                 f"{snap.ref} ({_tail(log) or 'no output'}; log: {log})"
             )
         time.sleep(0.05)  # the gateway and its replicas are starting: ask again
+    if proc is not None:
+        # a gateway that never served is not left behind, half up, on the service's port
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
     raise UnavailableError(
         f"{service} did not answer through its {backend} replicas within {deadline_s:g} s "
         f"(last: {last}); see {log if proc is not None else 'the running gateway'}"
+        + ("; the gateway it started was stopped" if proc is not None else "")
     )
