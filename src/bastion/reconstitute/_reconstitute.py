@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Reconstitution", "reconstitute"]
 
-Path_ = Literal["restore", "rebuild"]
+PathTaken = Literal["restore", "rebuild"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Reconstitution:
     ref: str
     snapshot: str
     id: str
-    path: Path_
+    path: PathTaken
     why: str
     heal: dict[str, Any]
     serving: tuple[Serving, ...]
@@ -182,7 +182,7 @@ def reconstitute(
         from_lineage=from_lineage,
     )
     try:
-        path: Path_ = "rebuild" if from_lineage else "restore"
+        path: PathTaken = "rebuild" if from_lineage else "restore"
         why = "asked for (--from-lineage)" if from_lineage else "a replica holds a good copy"
         replay_seconds: float | None = None
         env: dict[str, Any] | None = None
