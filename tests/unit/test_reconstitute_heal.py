@@ -33,7 +33,7 @@ def vault(tmp_path: Path) -> Vault:
 
 
 def _weights(rng: random.Random) -> bytes:
-    return rng.randbytes(700_000)  # several CDC chunks, incompressible
+    return rng.randbytes(4_500_000)  # over the 4 MiB largest chunk: at least two chunks
 
 
 def test_heal_copies_a_lost_replica_back_from_the_intact_one(
