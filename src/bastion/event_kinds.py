@@ -277,6 +277,37 @@ MODEL_ROLLED_BACK = _k(
     "model.rolled_back",
     "@prod moved back to the previously promoted version (name, version, from_version)",
 )
+MODEL_RECONSTITUTE_STARTED = _k(
+    "model.reconstitute.started",
+    "`bastion model reconstitute` began (ref, snapshot, from_lineage)",
+)
+MODEL_RECONSTITUTE_RESTORED = _k(
+    "model.reconstitute.restored",
+    "a model was put back whole on every replica from a copy that verified (snapshot, "
+    "documents_repaired, chunks_repaired, seconds)",
+)
+MODEL_RECONSTITUTE_REBUILT = _k(
+    "model.reconstitute.rebuilt",
+    "a model was rebuilt from its recorded lineage, proven hash-identical to the signed "
+    "original and written back (snapshot, chunks_rebuilt, replay_seconds, why)",
+)
+MODEL_RECONSTITUTE_NOT_REPLAYABLE = _k(
+    "model.reconstitute.not_replayable",
+    "a model's lineage cannot be replayed exactly here (snapshot, problems, ran)",
+)
+MODEL_RECONSTITUTE_SERVING = _k(
+    "model.reconstitute.serving",
+    "a service answered a real request with the reconstituted model through its own "
+    "replicas (service, backend, answered_by, started_pid, seconds since the start)",
+)
+MODEL_RECONSTITUTE_FINISHED = _k(
+    "model.reconstitute.finished",
+    "a reconstitution ended whole and serving (snapshot, path restore|rebuild, seconds, services)",
+)
+MODEL_RECONSTITUTE_FAILED = _k(
+    "model.reconstitute.failed",
+    "a reconstitution stopped: the model could not be made whole or served (snapshot, error)",
+)
 
 # -- the rest -----------------------------------------------------------------------------
 DEP_USED = _k("dep.used", "a service used a backend or a job read an input (target, via)")
@@ -351,6 +382,7 @@ for _suffix, _meaning in CHILD.items():
         ("train.", "training worker"),
         ("serve.replica.", "model replica"),
         ("pipeline.stage.process.", "pipeline stage"),
+        ("model.reconstitute.replay.", "a model's replay from lineage"),
     ):
         _name = _prefix + _suffix
         if _name not in ALL:
