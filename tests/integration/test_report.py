@@ -236,6 +236,11 @@ def test_the_report_renders_validates_and_verifies(world: Path, tmp_path: Path) 
     ok = run_bastion("report", "verify", str(out), "-f", str(world / "bastion.yaml"))
     assert ok.returncode == 0, ok.stderr
     assert "verified" in ok.stdout
+    # a reader with only the public key checks it the same way
+    pub = tmp_path / "auditor" / "signing.key.pub"
+    pub.parent.mkdir()
+    pub.write_bytes((world / ".bastion" / "keys" / "signing.key.pub").read_bytes())
+    assert run_bastion("report", "verify", str(out), "--key", str(pub)).returncode == 0
     edited = (out / "report.json").read_text().replace('"value": ', '"value": 1', 1)
     (out / "report.json").write_text(edited)
     bad = run_bastion("report", "verify", str(out), "-f", str(world / "bastion.yaml"))
