@@ -355,3 +355,18 @@ def test_suite_scenarios_are_read_from_their_events_and_journals(tmp_path: Path)
     # what the fault cost, from the journal, is on the page beside the recovery figures
     assert "The fault cost 0.5000 USD (extra 0.4000 from retries" in html(doc)
     jsonschema.validate(doc, json.loads(schema_path().read_text()))
+
+
+def test_the_changes_part_is_one_minus_the_change_failure_rate(tmp_path: Path) -> None:
+    manifest, log = _world(tmp_path)
+    log.emit(ek.MODEL_PROMOTED, "model/chat", version=1)
+    log.emit(ek.MODEL_PROMOTED, "model/chat", version=2)
+    last = log.emit(ek.MODEL_ROLLED_BACK, "model/chat", version=1)
+    log.close()
+    doc = build_report(manifest)  # type: ignore[arg-type]
+    part = next(p for p in doc["score"]["parts"] if p["id"] == "changes")
+    assert part["value"] == 0.5
+    assert (part["passed"], part["total"]) == (1, 2)
+    assert part["age_s"] is not None
+    assert doc["outcomes"]["last_change_ts"] == pytest.approx(last.ts)
+    assert set(part["event_ids"]) == {1, 2, 3}

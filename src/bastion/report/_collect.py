@@ -659,8 +659,15 @@ def _outcomes(manifest: Manifest, log: _Log, now: float, days: int) -> dict[str,
     runs = [g for g in (goodput(events, job) for job in manifest.jobs) if g is not None]
     dora_doc = asdict(keys)
     dora_doc["event_ids"] = list(keys.event_ids)
+    changes = [
+        e.ts
+        for e in events
+        if start <= e.ts < now and e.kind in (*_PROMOTION_KINDS, ek.ROLLOUT_PROMOTED,
+                                               ek.MODEL_ROLLED_BACK, ek.ROLLOUT_ROLLED_BACK)
+    ]  # fmt: skip
     return {
         "days": days,
+        "last_change_ts": max(changes, default=None),
         "dora": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dora_doc.items()},
         "trust": [
             dict(t, sli_source={"service": t["service"], "from": int(start), "to": int(now)})
@@ -915,7 +922,7 @@ def _parts(  # noqa: PLR0917 (private; its one caller names what it passes)
         None if cfr is None else 1.0 - float(cfr),
         passed=int(dora_doc["promotions"]) - int(dora_doc["rollbacks"]),
         total=int(dora_doc["promotions"]),
-        fresh_at=dora_doc["start"] if cfr is not None else None,
+        fresh_at=outcomes["last_change_ts"] if cfr is not None else None,
         evidence=tuple(dora_doc["event_ids"]),
     )
     return [drill_part, slo_part, map_part, change_part]
