@@ -272,6 +272,12 @@ def _judge(
         return "failed", "; ".join(misses), problems
     if not targets:
         return "passed", "recovered (no recovery: targets in the manifest to judge it by)", problems
+    if m.get("time_to_detect_s") is None:
+        return (
+            "passed",
+            "every target met; nothing had to detect it (the steady state held)",
+            problems,
+        )
     return "passed", "every target met", problems
 
 

@@ -111,9 +111,7 @@ def matches_snapshot(manifest: str, directory: str, ref: str) -> bool:
     try:
         snap = vault.snapshot(ref)
         present = {
-            str(p.relative_to(root))
-            for p in root.rglob("*")
-            if p.is_file() and p.name != CANARY
+            str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != CANARY
         }
         if present != set(snap.files):
             return False
