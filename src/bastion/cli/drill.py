@@ -350,10 +350,9 @@ def suite(
         table = Table(
             title=f"drill suite {result.suite} (from events)", show_header=True, header_style="bold"
         )
-        for column in ("scenario", "verdict", "detect", "RTO", "target", "RPO", "target"):
-            table.add_column(
-                column, justify="right" if column not in ("scenario", "verdict") else "left"
-            )
+        for column in ("scenario", "verdict", "detect", "RTO", "target", "RPO", "target", "why"):
+            left = column in ("scenario", "verdict", "why")
+            table.add_column(column, justify="left" if left else "right")
         for s in result.scenarios:
             style = _VERDICT_STYLE.get(s.verdict, "")
             rpo = _fmt(s.rpo_s) if s.stateful else "n/a"
@@ -365,6 +364,7 @@ def suite(
                 _fmt(s.targets.get("rto_s")),
                 rpo if s.verdict != "skipped" else "-",
                 _fmt(s.targets.get("rpo_s")),
+                "" if s.verdict == "passed" else escape(s.reason),
             )
         console.print(table)
         counts = ", ".join(f"{n} {v}" for v, n in result.counts.items())

@@ -18,7 +18,6 @@ applicable a scenario whose experiment could only error (skip it, saying why).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -443,7 +442,7 @@ def _needs_small_disk(env: SuiteEnv) -> str | None:
     import shutil
 
     if len(env.record.replicas) < 2:
-        return "the vault has one replica (a full disk under it is an outage, not a drill)"
+        return "the vault has fewer than two replicas (a full disk under it is an outage)"
     if os.geteuid() != 0 or not shutil.which("mount"):
         return "filling a disk safely needs a small tmpfs for a twin replica (mount, as root)"
     size = _tree_bytes(Path(env.record.replicas[-1].twin))
@@ -534,7 +533,7 @@ def _no_vault(env: SuiteEnv) -> str | None:
     if not env.snapshots:
         return "the vault holds no snapshot to lose"
     if len(env.record.replicas) < 2:
-        return "the vault has one replica: losing it is losing the data (add a replica)"
+        return "the vault has fewer than two replicas: losing one is losing the data"
     return None
 
 
@@ -822,9 +821,9 @@ def _poisoned_data(env: SuiteEnv) -> dict[str, Any]:
 def _no_model(env: SuiteEnv) -> str | None:
     found = env.model_service()
     if found is not None and env.has(found[2]):
-        return None if len(env.record.replicas) >= 2 else "the vault has one replica"
+        return None if len(env.record.replicas) >= 2 else "the vault has fewer than two replicas"
     if any(n.startswith("model/") for n in env.snapshots):
-        return None if len(env.record.replicas) >= 2 else "the vault has one replica"
+        return None if len(env.record.replicas) >= 2 else "the vault has fewer than two replicas"
     return "no model in the vault (model/...)"
 
 
@@ -972,8 +971,3 @@ SCENARIOS: tuple[Scenario, ...] = (
 
 def scenario_names() -> list[str]:
     return [s.name for s in SCENARIOS]
-
-
-# ``python`` in a command means this interpreter (the runner's rule); kept here so a
-# reader of an experiment knows which one runs.
-INTERPRETER = sys.executable

@@ -320,7 +320,7 @@ def protect_copy(manifest: str, ref: str, directory: str, name: str) -> str:
     return protect(vault, where, name).ref
 
 
-def main(argv: list[str]) -> int:
+def _main(argv: list[str]) -> int:
     if len(argv) == 5 and argv[0] == "protect":
         with contextlib.suppress(BrokenPipeError):
             print(protect_copy(*argv[1:]))
@@ -332,4 +332,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover - a setup command
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(_main(sys.argv[1:]))
