@@ -493,6 +493,10 @@ def _run_one(  # noqa: PLR0917 - one private call site
         on_scenario(scenario.name, "after")
     changed = _difference(before, after)
     verdict, why, problems = _judge(scenario, result, targets, changed)
+    if scenario.note is not None:
+        extra = scenario.note(result.journal)
+        if extra:
+            why = f"{why}; {extra}"
     m = result.measurements
     journal = result.journal
     journal.setdefault("bastion", {})["suite"] = {

@@ -138,6 +138,8 @@ class Scenario:
     build: Callable[[SuiteEnv], dict[str, Any]]
     #: run before the experiment (in the twin); returns what undoes it afterwards
     prepare: Callable[[SuiteEnv], Callable[[], None]] | None = None
+    #: what the journal says that the verdict alone does not (added to the reason)
+    note: Callable[[dict[str, Any]], str | None] | None = None
 
 
 # -- building blocks ----------------------------------------------------------------------
@@ -375,10 +377,25 @@ def _vendor(env: SuiteEnv, scenario: str, status: int, title: str) -> dict[str, 
                 ),
                 env.hold_s * 2,
             ),
+            _probe("requests-the-vendor-failed", _STEPS, "upstream_faulted", name="vendor"),
             _revert("vendor"),
             _recovered(env),
         ],
     )
+
+
+def _vendor_note(journal: dict[str, Any]) -> str | None:
+    """Whether the vendor's fault reached anything: on a system where the vendor is a
+    fallback, with healthy primaries no request goes to it while it fails."""
+    for run in journal.get("run") or []:
+        if run.get("activity", {}).get("name") == "requests-the-vendor-failed":
+            if run.get("output") == 0:
+                return (
+                    "no request reached the vendor while it failed (a fallback, and the "
+                    "primaries were healthy)"
+                )
+            return f"the vendor failed {run.get('output')} request(s)"
+    return None
 
 
 def _vendor_429(env: SuiteEnv) -> dict[str, Any]:
@@ -883,6 +900,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         False,
         _no_vendor,
         _vendor_429,
+        note=_vendor_note,
     ),
     Scenario(
         "vendor-outage",
@@ -892,6 +910,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         False,
         _no_vendor,
         _vendor_outage,
+        note=_vendor_note,
     ),
     Scenario(
         "network-latency",

@@ -42,6 +42,7 @@ __all__ = [
     "protect_copy",
     "relabel",
     "swap_object",
+    "upstream_faulted",
     "vault_intact",
     "vault_repair",
     "wait_checkpoints",
@@ -135,6 +136,16 @@ def data_gate_passes(manifest: str, ref: str, against: str) -> bool:
     except BastionError:
         return False
     return str(run.status) == "passed"
+
+
+def upstream_faulted(name: str) -> int:
+    """How many requests the drill's stand-in upstream ``name`` answered with its fault
+    so far: whether the fault reached anything at all."""
+    ctx = current()
+    upstream = ctx.upstreams.get(name)
+    if upstream is None:
+        raise UsageError(f"upstream_faulted: no upstream named {name!r} was started")
+    return int(upstream.statistics().faulted)
 
 
 # -- the system's recovery steps ----------------------------------------------------------
