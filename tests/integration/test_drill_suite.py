@@ -318,3 +318,25 @@ def test_the_whole_short_suite_on_the_example_twin(
     _check(result, watch, state)
     for s in result.scenarios:
         assert s.verdict in ("passed", "skipped"), (s.name, s.reason, s.problems)
+
+
+def test_summary_lines_say_each_verdict_and_why() -> None:
+    from bastion.drill.suite import ScenarioResult, SuiteResult, summary_lines
+
+    ran = ScenarioResult(
+        name="swapped-model", title="t", layer="ml", verdict="failed", reason="rto_s: 40 > 30",
+        loss="software", stateful=True, time_to_detect_s=0.5, detected_by="vault.integrity.failed",
+        rto_s=40.0, rpo_s=0.0,
+    )  # fmt: skip
+    skipped = ScenarioResult(
+        name="replica-killed", title="t", layer="infrastructure", verdict="skipped",
+        reason="no service with a local model backend", loss="software", stateful=False,
+    )  # fmt: skip
+    result = SuiteResult("s1", "m", "t", True, "now", 1.0, "/d", (ran, skipped))
+    assert result.counts == {"passed": 0, "failed": 1, "errored": 0, "skipped": 1}
+    assert result.exit_code == 1
+    lines = summary_lines(result)
+    assert lines[0].startswith("swapped-model: failed; detected 0.50 s by vault.integrity.failed")
+    assert "RTO 40.00 s, RPO 0.00 s (rto_s: 40 > 30)" in lines[0]
+    assert lines[1] == "replica-killed: skipped (no service with a local model backend)"
+    assert lines[2] == "suite s1: 1 failed, 1 skipped; journals in /d"
