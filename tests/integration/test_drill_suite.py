@@ -340,3 +340,18 @@ def test_summary_lines_say_each_verdict_and_why() -> None:
     assert "RTO 40.00 s, RPO 0.00 s (rto_s: 40 > 30)" in lines[0]
     assert lines[1] == "replica-killed: skipped (no service with a local model backend)"
     assert lines[2] == "suite s1: 1 failed, 1 skipped; journals in /d"
+
+
+def test_a_dataset_without_labels_skips_the_poisoning(tmp_path: Path) -> None:
+    (tmp_path / "bastion.yaml").write_text(
+        "version: 1\nsystem: mine\nvault:\n  replicas: [.bastion/vault/a, .bastion/vault/b]\n"
+    )
+    assert run_bastion("init", str(tmp_path), cwd=tmp_path).returncode == 0
+    (tmp_path / "t.csv").write_text("a,b\n1,2\n3,4\n")
+    vault = Vault.from_manifest(load(tmp_path / "bastion.yaml"))
+    vault.commit("dataset/plain", files={"t.csv": tmp_path / "t.csv"})
+    result = run_suite(tmp_path / "bastion.yaml", short=True, only=["poisoned-data"])
+    (only,) = result.scenarios
+    assert only.verdict == "skipped"
+    assert "no 'label' column" in only.reason
+    assert result.exit_code == 0

@@ -47,6 +47,7 @@ class SuiteEnv:
     twin_manifest: Path
     short: bool
     snapshots: list[str] = field(default_factory=list)
+    _vault: Any = field(default=None, repr=False)
 
     # -- timings ---------------------------------------------------------------------------
     @property
@@ -106,7 +107,38 @@ class SuiteEnv:
         return next(iter(self.production.jobs), None)
 
     def has(self, ref: str) -> bool:
-        return ref.partition("@")[0] in self.snapshots
+        """Whether the twin's vault resolves ``ref`` (a name, ``name@label`` or
+        ``name@version``)."""
+        name, _, at = ref.partition("@")
+        if name not in self.snapshots:
+            return False
+        if not at:
+            return True
+        from bastion.errors import BastionError
+
+        try:
+            self.vault().snapshot(ref)
+        except BastionError:
+            return False
+        return True
+
+    def vault(self) -> Any:
+        """The twin's vault, for reading what it holds (never written through here)."""
+        from bastion.manifest import load
+        from bastion.vault import Vault
+
+        if self._vault is None:
+            self._vault = Vault.from_manifest(load(self.twin_manifest), create=False)
+        return self._vault
+
+    def csv_header(self, ref: str) -> list[str] | None:
+        """The header of the first CSV file of snapshot ``ref`` (None: it has none)."""
+        snap = self.vault().snapshot(ref)
+        first = next((f for f in sorted(snap.files) if f.endswith(".csv")), None)
+        if first is None:
+            return None
+        text = bytes(self.vault().read(snap, first)[:65536]).decode("utf-8", "replace")
+        return [c.strip() for c in text.splitlines()[0].split(",")] if text else []
 
     def dataset(self) -> str | None:
         """The dataset to attack: a training job's input, else the first dataset in the
@@ -786,6 +818,20 @@ def _ransomware(env: SuiteEnv) -> dict[str, Any]:
     )
 
 
+def _no_labels(env: SuiteEnv) -> str | None:
+    reason = _no_dataset(env)
+    if reason is not None:
+        return reason
+    ref = env.dataset()
+    assert ref is not None
+    header = env.csv_header(ref)
+    if header is None:
+        return f"{ref} has no CSV file: the label flip works on CSV tables"
+    if "label" not in header:
+        return f"{ref}'s tables have no 'label' column to poison (columns: {header[:6]})"
+    return None
+
+
 def _poisoned_data(env: SuiteEnv) -> dict[str, Any]:
     ref = env.dataset()
     assert ref is not None
@@ -964,7 +1010,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "ml",
         "software",
         False,
-        _no_dataset,
+        _no_labels,
         _poisoned_data,
     ),
     Scenario(
