@@ -594,7 +594,9 @@ def _vault_replica_lost(env: SuiteEnv) -> dict[str, Any]:
         "vault-replica-lost",
         "A lost vault replica is rebuilt from the others and nothing is lost",
         steady=[_probe("vault-intact", _STEPS, "vault_intact", manifest=str(env.twin_manifest))],
-        detect=["vault.integrity.failed", "vault.repaired"],
+        # the scrub probe is the detector (a scheduled scrub's stand-in); the repair
+        # that follows is the recovery, not a detection
+        detect=["vault.integrity.failed"],
         method=[
             _paused(
                 _step(
