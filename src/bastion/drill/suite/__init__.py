@@ -77,7 +77,7 @@ def summary_lines(result: SuiteResult) -> list[str]:
         lines.append(
             f"{s.name}: {s.verdict}; detected {fmt(s.time_to_detect_s)} by {s.detected_by or '-'}, "
             f"RTO {fmt(s.rto_s)}, RPO {fmt(s.rpo_s) if s.stateful else 'n/a'}"
-            + ("" if s.verdict == "passed" else f" ({s.reason})")
+            + ("" if s.verdict == "passed" and s.time_to_detect_s is not None else f" ({s.reason})")
         )
     counts = ", ".join(f"{n} {v}" for v, n in result.counts.items() if n)
     lines.append(f"suite {result.suite}: {counts}; journals in {result.directory}")
