@@ -205,6 +205,17 @@ DRILL_PROXY_TOXIC_ADDED = _k("drill.proxy.toxic_added", "a toxic was added to a 
 DRILL_PROXY_TOXIC_REMOVED = _k("drill.proxy.toxic_removed", "a toxic was removed from a proxy")
 DRILL_HTTP_FAULT_SET = _k("drill.http.fault_set", "an HTTP fault upstream changed its behaviour")
 DRILL_FINISHED = _k("drill.finished", "an experiment ended (deviated, rto_s, rpo)")
+DRILL_SUITE_STARTED = _k(
+    "drill.suite.started",
+    "the reference drill suite began against a twin (suite, scenarios, short, twin)",
+)
+DRILL_SUITE_SCENARIO = _k(
+    "drill.suite.scenario",
+    "one suite scenario ended (suite, scenario, verdict, reason, rto_s, rpo_s, journal)",
+)
+DRILL_SUITE_FINISHED = _k(
+    "drill.suite.finished", "the reference drill suite ended (suite, a count per verdict)"
+)
 
 # -- validation ---------------------------------------------------------------------------
 VALIDATE_SCHEMA_STORED = _k(

@@ -326,7 +326,7 @@ def test_suite_scenarios_are_read_from_their_events_and_journals(tmp_path: Path)
             path = out / f"{name}.json"
             path.write_text(json.dumps(_suite_journal(twin, "s1", name, status)))
         log.emit(
-            "drill.suite.scenario", name, suite="s1", scenario=name, verdict=verdict,
+            ek.DRILL_SUITE_SCENARIO, name, suite="s1", scenario=name, verdict=verdict,
             reason="" if verdict == "passed" else f"{verdict} for a reason", rto_s=0.5,
             journal=None if path is None else str(path),
         )  # fmt: skip

@@ -49,8 +49,6 @@ _TIMELINE_OTHER = 200
 """At most this many non-drill events are drawn on a drill's timeline (detections by
 the system's own parts); the count of the rest is given."""
 
-_SUITE_SCENARIO = "drill.suite.scenario"
-"""One scenario of ``bastion drill suite`` (its verdict, measurements and journal)."""
 _PROMOTION_KINDS = (ek.MODEL_PROMOTED, ek.MODEL_PROMOTION_FORCED)
 _OUTCOME_KINDS = (
     ek.MODEL_PROMOTED,
@@ -430,7 +428,7 @@ def _suite_drills(log: _Log, journals: list[dict[str, Any]], now: float) -> list
         if isinstance(j["bastion"].get("suite"), dict)
     }
     out: list[dict[str, Any]] = []
-    for e in log.kinds((_SUITE_SCENARIO,)):
+    for e in log.kinds((ek.DRILL_SUITE_SCENARIO,)):
         suite, scenario = str(e.data.get("suite") or ""), str(e.data.get("scenario") or e.subject)
         journal = by_run.get((suite, scenario))
         jb: dict[str, Any] = journal["bastion"] if journal is not None else {}
