@@ -8,6 +8,7 @@ input exits 2."""
 from __future__ import annotations
 
 import json
+import random
 import re
 import subprocess
 import time
@@ -270,3 +271,34 @@ def test_bad_input_exits_2(example_copy: Path, tmp_path: Path) -> None:
     proc = run_bastion("report", "-f", manifest, "-o", str(tmp_path / "r"), "--min-score", "90")
     assert proc.returncode == 1, proc.stderr
     assert "below the minimum 90" in (tmp_path / "r" / "junit.xml").read_text()
+
+
+def test_the_reference_suite_s_scenarios_are_in_the_report(
+    example_copy: Path, tmp_path: Path, seed: int
+) -> None:
+    """The real `bastion drill suite` (two of its fast scenarios, in a sandbox twin whose
+    log goes with it): the report reads each from its `drill.suite.scenario` event and its
+    journal."""
+    from bastion.drill.suite import run_suite
+    from tests.integration.test_drill_suite import _production
+
+    init(example_copy)
+    path = _production(example_copy, random.Random(seed))
+    result = run_suite(path, short=True, only=["poisoned-data", "vault-replica-lost"], seed=seed)
+    out = tmp_path / "report"
+    proc, _summary = _report(example_copy, out)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((out / "report.json").read_text())
+    jsonschema.validate(doc, json.loads(schema_path().read_text()))
+    suite = {d["scenario"]: d for d in doc["drills"] if d["suite"] == result.suite}
+    assert set(suite) == {"poisoned-data", "vault-replica-lost"}
+    for s in result.scenarios:
+        d = suite[s.name]
+        assert d["log"] == "journal"
+        assert d["passed"] == (s.verdict == "passed")
+        assert d["measurements"]["rto_s"] == s.rto_s
+        assert d["timeline"]
+        assert d["samples"]
+        assert len(d["event_ids"]) == 1  # its drill.suite.scenario, in production's log
+    page = (out / "report.html").read_text()
+    assert page.count('data-chart="drill"') == 2
