@@ -139,7 +139,8 @@ def verify(
 
 def register(app: typer.Typer) -> None:
     sub = typer.Typer(
-        help="The signed readiness report (and `verify` to check one).",
+        help="Write the signed readiness report into -o DIR: report.html (charts, findings, "
+        "score), report.json, junit.xml and report.sig; `verify DIR` checks one.",
         invoke_without_command=True,
     )
     sub.callback()(build)
