@@ -203,7 +203,10 @@ def test_a_later_pass_is_the_retest_and_old_evidence_is_stale(tmp_path: Path) ->
     later = build_report(manifest, now=doc["generated_ts"] + 40 * 86400)  # type: ignore[arg-type]
     stale = next(p for p in later["score"]["parts"] if p["id"] == "drills")
     assert stale["stale"] is True
+    assert stale["evidence"] == "stale"
+    assert stale["value"] == 1.0  # what it said, shown; and counted as nothing
     assert stale["counted"] == 0.0
+    assert stale["age_s"] > 39 * 86400
 
 
 def test_vendor_concentration_sets_spend_beside_unavailability(tmp_path: Path) -> None:

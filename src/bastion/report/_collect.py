@@ -867,13 +867,15 @@ def _parts(  # noqa: PLR0917 (private; its one caller names what it passes)
     now: float,
     max_age_s: float,
 ) -> list[Part]:
-    latest: dict[str, dict[str, Any]] = {}
-    for d in drills:
-        if now - d["started_ts"] <= max_age_s and d["verdict"] != "skipped":
-            latest[d["key"]] = d
-    runs = list(latest.values())
+    # the latest run of each drill started within max_age counts; with none that recent,
+    # the latest runs are shown (their share and age) and count 0, as stale evidence
     counted = [d for d in drills if d["verdict"] != "skipped"]
-    stale_drills = bool(counted) and not runs
+    fresh = [d for d in counted if now - d["started_ts"] <= max_age_s]
+    stale_drills = bool(counted) and not fresh
+    latest: dict[str, dict[str, Any]] = {}
+    for d in counted if stale_drills else fresh:
+        latest[d["key"]] = d
+    runs = list(latest.values())
     drill_part = Part(
         "drills",
         "drills passed (latest run of each; errored, aborted and unfinished runs fail)",
@@ -881,9 +883,7 @@ def _parts(  # noqa: PLR0917 (private; its one caller names what it passes)
         sum(d["passed"] for d in runs) / len(runs) if runs else None,
         passed=sum(d["passed"] for d in runs),
         total=len(runs),
-        fresh_at=min((d["started_ts"] for d in runs), default=None)
-        if runs
-        else max((d["started_ts"] for d in counted), default=None),
+        fresh_at=min((d["started_ts"] for d in runs), default=None),
         stale=stale_drills,
         evidence=tuple(i for d in runs for i in d["event_ids"]),
     )
@@ -936,7 +936,7 @@ def _part_doc(p: Part, now: float) -> dict[str, Any]:
         "points": round(100.0 * p.counted * p.usable_weight / sum(WEIGHTS.values()), 2),
         "passed": p.passed,
         "total": p.total,
-        "evidence": "none" if p.value is None else ("stale" if p.stale else "ok"),
+        "evidence": "stale" if p.stale else ("none" if p.value is None else "ok"),
         "fresh_at": _iso(p.fresh_at),
         "age_s": None if p.fresh_at is None else round(max(0.0, now - p.fresh_at), 3),
         "stale": p.stale,
