@@ -35,7 +35,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -269,7 +269,7 @@ class LocalStore:
             self._count("put_existing")
             return False
         if not replace and self._tmpfile:
-            created = self._put_unnamed(path, parts, durable=durable)
+            created = self._put_unnamed(path, parts, durable=durable, made=[])
             if created is not None:
                 return created
         tmp = os.path.join(self.root, _TMP, f"{os.getpid()}-{secrets.token_hex(8)}.tmp")
@@ -293,7 +293,7 @@ class LocalStore:
             raise
         os.close(fd)
         try:
-            self._link(tmp, path, replace=replace)
+            made = self._link(tmp, path, replace=replace)
         except FileExistsError:
             os.unlink(tmp)
             self._count("put_existing")
@@ -303,33 +303,36 @@ class LocalStore:
             raise
         os.unlink(tmp)
         if durable:
-            self._fsync_dir(os.path.dirname(path))
+            self._fsync_entry(path, made)
         with self._lock:
             self._stats["puts"] += 1
             self._stats["put_bytes"] += total
         return True
 
-    def _put_unnamed(self, path: str, parts: Sequence[Buffer], *, durable: bool) -> bool | None:
+    def _put_unnamed(
+        self, path: str, parts: Sequence[Buffer], *, durable: bool, made: list[str]
+    ) -> bool | None:
         """Write-once through an unnamed file (``O_TMPFILE``) linked in when whole.
 
         The file has no name until ``linkat`` gives it its key, so a writer killed midway
         leaves nothing behind (no ``tmp/`` entry to clean), and creating it touches only
         the key's own directory (256 of them for objects) instead of one ``tmp/`` that
         every writer thread contends on. None: the filesystem lacks ``O_TMPFILE``; the
-        caller uses ``tmp/`` and a hard link instead.
+        caller uses ``tmp/`` and a hard link instead. ``made`` gathers the directories
+        made on the way (see ``_fsync_entry``).
         """
         parent = os.path.dirname(path)
-        self._ensure_dir(parent)
+        made += self._ensure_dir(parent)
         size = sum(len(memoryview(p).cast("B")) for p in parts)
         direct = _O_DIRECT if self._direct and size >= _DIRECT_MIN else 0
         flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
         try:
-            fd = self._open_tmpfile(parent, flags | direct)
+            fd = self._open_tmpfile(parent, flags | direct, made)
         except OSError as exc:
             if direct and exc.errno == errno.EINVAL:
                 # O_DIRECT refused (tmpfs): the page cache it is, for this replica.
                 self._direct = False
-                return self._put_unnamed(path, parts, durable=durable)
+                return self._put_unnamed(path, parts, durable=durable, made=made)
             if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                 self._tmpfile = False
                 return None
@@ -365,34 +368,36 @@ class LocalStore:
         finally:
             os.close(fd)
         if durable:
-            self._fsync_dir(parent)
+            self._fsync_entry(path, made)
         with self._lock:
             self._stats["puts"] += 1
             self._stats["put_bytes"] += total
         return True
 
-    def _open_tmpfile(self, parent: str, flags: int) -> int:
+    def _open_tmpfile(self, parent: str, flags: int, made: list[str]) -> int:
         try:
             return os.open(parent, flags, self.permissions.values)
         except FileNotFoundError:
             self._known_dirs.discard(parent)
-            self._ensure_dir(parent)
+            made += self._ensure_dir(parent)
             return os.open(parent, flags, self.permissions.values)
 
-    def _ensure_dir(self, parent: str) -> None:
+    def _ensure_dir(self, parent: str) -> list[str]:
+        """Make the key directory ``parent`` if it is missing; the directories made."""
         if parent in self._known_dirs:
-            return
+            return []
         # Never recreate the replica itself: a missing root is an unmounted disk.
         if not os.path.isdir(os.path.join(self.root, _TMP)):
             raise UnavailableError(
                 f"vault replica {self.root}: directory is missing (is the disk mounted?)"
             )
-        self._make_dirs(parent)
+        made = self._make_dirs(parent)
         self._known_dirs.add(parent)
+        return made
 
-    def _make_dirs(self, directory: str) -> None:
+    def _make_dirs(self, directory: str) -> list[str]:
         try:
-            make_dirs(directory, self.permissions.dirs, stop=self.root)
+            return make_dirs(directory, self.permissions.dirs, stop=self.root)
         except FileNotFoundError:
             raise UnavailableError(
                 f"vault replica {self.root}: directory is missing (is the disk mounted?)"
@@ -426,10 +431,12 @@ class LocalStore:
             os.fsync(fd)
         return total
 
-    def _link(self, tmp: str, path: str, *, replace: bool) -> None:
+    def _link(self, tmp: str, path: str, *, replace: bool) -> list[str]:
+        """Give ``tmp``'s file the name ``path``; the directories made for it."""
         parent = os.path.dirname(path)
+        made: list[str] = []
         if parent not in self._known_dirs:
-            self._make_dirs(parent)
+            made += self._make_dirs(parent)
             self._known_dirs.add(parent)
         if replace:
             # Keep tmp's name alive for the caller's unlink: link a second name, then swap.
@@ -441,18 +448,29 @@ class LocalStore:
                 # the key's directory went (a repair after damage): make it again
                 self._known_dirs.discard(parent)
                 try:
-                    self._make_dirs(parent)
+                    made += self._make_dirs(parent)
                     os.replace(swap, path)
                 except BaseException:
                     os.unlink(swap)
                     raise
-            return
+            return made
         try:
             os.link(tmp, path)
         except FileNotFoundError:
             self._known_dirs.discard(parent)
-            self._make_dirs(parent)
+            made += self._make_dirs(parent)
             os.link(tmp, path)
+        return made
+
+    def _fsync_entry(self, path: str, made: list[str]) -> None:
+        """Make the name ``path`` durable (its file's bytes were fsynced before it was
+        linked): fsync its directory, and the parent of each directory made for it, so
+        a new key directory (a new artifact's ``snapshots/<name>/_v/``) survives a power
+        loss too. Directories that already existed are not touched: their own names
+        were made durable by whoever made them (this, or a commit's flush)."""
+        self._fsync_dir(os.path.dirname(path))
+        for directory in made:
+            self._fsync_dir(os.path.dirname(directory))
 
     @staticmethod
     def _fsync_dir(directory: str) -> None:
@@ -528,7 +546,10 @@ class LocalStore:
         self._count("deletes")
         return True
 
-    def sync(self) -> None:
+    def sync(self, keys: Collection[str] | None = None) -> None:
+        if keys is not None:
+            self._sync_keys(keys)
+            return
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
@@ -537,6 +558,39 @@ class LocalStore:
             _syncfs(fd)
         finally:
             os.close(fd)
+
+    def _sync_keys(self, keys: Collection[str]) -> None:
+        """fsync each value of ``keys``, then every directory from each one's up to the
+        root, so each is durable under its name (its bytes, its directory entry, and
+        the entries of the directories above it, whoever made them: an object found in
+        place may be another writer's, its bucket made and not yet flushed by it).
+
+        Why not ``syncfs``: that flushes every dirty page of the filesystem, other
+        processes' writes included, so on a busy disk a one-file commit waited for the
+        whole machine's writeback (tens to hundreds of ms). fsync waits only for these
+        files (and a journal commit). A missing key raises (``NotFoundError``): the
+        caller named a value that is not here."""
+        directories: set[str] = set()
+        root = os.path.dirname(os.path.join(self.root, "x"))  # as _path spells it
+        for key in keys:
+            path = self._path(key)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise NotFoundError(f"{key} is not on vault replica {self.root}") from None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            directory = os.path.dirname(path)
+            while directory not in directories:
+                directories.add(directory)
+                if directory == root:
+                    break
+                directory = os.path.dirname(directory)
+        # deepest first: a directory's entry is made durable after what is in it
+        for directory in sorted(directories, key=len, reverse=True):
+            self._fsync_dir(directory)
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
