@@ -26,10 +26,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import queue
 import select
 import shutil
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -117,6 +119,7 @@ class PipelineRunner:
         self.outputs: dict[str, Snapshot] = {}
         self._builtin_code: dict[str, str] | None = None
         self._unsaved = False
+        self._trash = _Trash(self.root / "trash")
 
     # ------------------------------------------------------------------ plumbing
     def _subject(self, stage: str) -> str:
@@ -277,7 +280,7 @@ class PipelineRunner:
     ) -> tuple[Path, dict[str, str]]:
         work = self.root / "work" / node.name
         if work.exists():
-            shutil.rmtree(work)
+            self._trash.discard(work)  # a failed attempt's: it is kept until the next
         (work / "in").mkdir(parents=True, mode=0o700)
         env = {
             "BASTION_MANIFEST": str(self.manifest.path or ""),
@@ -453,7 +456,7 @@ class PipelineRunner:
         except BastionError as exc:
             self._fail(node, rec, str(exc), began)
             return
-        shutil.rmtree(work, ignore_errors=True)
+        self._trash.discard(work)
         self.outputs[node.name] = snap
         rec.state = "succeeded"
         rec.output = {"ref": snap.ref, "id": snap.id}
@@ -480,7 +483,8 @@ class PipelineRunner:
     def run(self) -> RunRecord:
         """Run every stage whose inputs are good, in order; the record says how each
         ended (``failed``: the stage; ``blocked``: a stage it reads from failed)."""
-        with self._lock():
+        with self._lock(), self._trash:
+            self._trash.empty()  # what a killed runner left there
             previous = read_run(self.state_dir, self.name)
             if previous is not None and previous.state == "running":
                 self.record.resumed_from = previous.run_id
@@ -515,6 +519,54 @@ class PipelineRunner:
             )
             self._save()
             return self.record
+
+
+class _Trash:
+    """Work directories the runner is done with, removed off the stage's critical path.
+
+    ``discard`` renames the directory into ``trash/`` under a new name (one rename:
+    its own name is free at once for the stage's next attempt or run, and nothing
+    reads the old one again: a stage's inputs and outputs are only ever reached by
+    its own name), and a background thread removes it while the next stage runs.
+    The ``with`` block ends only once the thread has emptied the trash, so a run
+    leaves nothing behind and never races its own clean-up; what a killed runner left
+    in ``trash/`` is removed by the next run (``empty``).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._jobs: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Trash:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def discard(self, work: Path) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        gone = self.root / uuid.uuid4().hex
+        work.rename(gone)
+        self._later(gone)
+
+    def empty(self) -> None:
+        if self.root.is_dir():
+            for left in self.root.iterdir():
+                self._later(left)
+
+    def _later(self, path: Path) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._remove, name="pipeline-trash", daemon=True)
+            self._thread.start()
+        self._jobs.put(path)
+
+    def _remove(self) -> None:
+        while (path := self._jobs.get()) is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 #: the longest the runner sleeps on a running stage between ticks (the supervisor's
