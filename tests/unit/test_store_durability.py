@@ -103,23 +103,31 @@ def test_sync_of_keys_fsyncs_them_and_their_directories_not_the_filesystem(
 ) -> None:
     root = tmp_path / "r"
     store = LocalStore(root)
-    for key in ("objects/ab/ab1", "objects/cd/cd1", "objects/cd/cd2"):
+    # a new replica: the names of the directories it made are durable at once
+    assert _dirs(flushes) == {str(tmp_path), str(root)}
+    flushes.fsynced.clear()
+    for key in ("objects/ab/ab1", "objects/cd/cd1", "objects/cd/cd2", "objects/cd/cd3"):
         store.put(key, [b"x", key.encode()], durable=False)
     assert flushes.fsynced == []  # not durable yet
     store.sync(["objects/ab/ab1", "objects/cd/cd1"])
     assert flushes.syncfs == 0
     files = [p for p in flushes.fsynced if not Path(p).is_dir()]
     assert sorted(files) == [str(root / "objects/ab/ab1"), str(root / "objects/cd/cd1")]
+    # each key's directory, and every one above it up to the root
     assert _dirs(flushes) == {
         str(root / "objects/ab"),
         str(root / "objects/cd"),
         str(root / "objects"),
         str(root),
     }
-    # each directory after what it holds: the buckets, then objects/, then the root
-    order = [p for p in flushes.fsynced if Path(p).is_dir()]
-    assert order.index(str(root / "objects")) > order.index(str(root / "objects/cd"))
-    assert order[-1] == str(root)
+    flushes.fsynced.clear()
+    # the buckets' names are durable now: a flush of more in them climbs no higher
+    store.sync(["objects/cd/cd2"])
+    assert sorted(flushes.fsynced) == [str(root / "objects/cd"), str(root / "objects/cd/cd2")]
+    flushes.fsynced.clear()
+    store.put("objects/ef/ef1", [b"x"], durable=False)
+    store.sync(["objects/ef/ef1"])  # a new bucket: its name is in objects/
+    assert _dirs(flushes) == {str(root / "objects/ef"), str(root / "objects")}
     store.sync()
     assert flushes.syncfs == 1
 

@@ -44,6 +44,7 @@ def test_store_public_names() -> None:
         "ACCESS_MODES",
         "AccessMode",
         "Buffer",
+        "IoThreads",
         "LocalStore",
         "MemoryStore",
         "Permissions",

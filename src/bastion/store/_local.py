@@ -37,11 +37,13 @@ import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from bastion.errors import InvalidNameError, NotFoundError, UnavailableError
 from bastion.store._access import AccessMode, make_dirs, open_file, permissions, umask
 from bastion.store._protocol import Buffer, StoreStatistics
+from bastion.store._threads import IoThreads
 from bastion.supervise import pid_alive
 
 __all__ = ["LocalStore", "buffer_address", "write_direct"]
@@ -58,6 +60,9 @@ _DIRECT_MIN = 1 << 20
 _ALIGN = 4096  # O_DIRECT wants block-aligned addresses, offsets and lengths
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 _aligned = threading.local()
+# Directory fsyncs that do not depend on one another run at once (see IoThreads); these
+# jobs are leaves (an fsync each), so a vault thread may wait on them.
+_FSYNCS = IoThreads(16, "store-fsync")
 
 
 def _aligned_buffer(size: int) -> mmap.mmap:
@@ -208,6 +213,10 @@ class LocalStore:
             name: 0 for name in asdict(StoreStatistics("")) if name != "url"
         }
         self._known_dirs: set[str] = set()
+        # Directories whose own names this store has made durable (it fsynced their
+        # parent after they existed), so a flush need not climb past them again; one
+        # this store makes anew is dropped from it.
+        self._durable_dirs: set[str] = set()
         # Unnamed files need O_TMPFILE (Linux >= 3.11 on ext4, xfs, btrfs, tmpfs) and
         # /proc to name them; elsewhere values go through tmp/ and a hard link.
         self._tmpfile = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
@@ -215,7 +224,9 @@ class LocalStore:
         if create:
             # A failure is reported by available(); a vault with a replica down still works.
             with contextlib.suppress(OSError):
-                make_dirs(self.root / _TMP, self.permissions.dirs)
+                made = make_dirs(self.root / _TMP, self.permissions.dirs)
+                for directory in made:  # a new replica survives a power loss too
+                    self._fsync_dir(os.path.dirname(directory))
                 self._tighten(str(self.root))
                 self._tighten(os.path.join(self.root, _TMP))
 
@@ -337,12 +348,16 @@ class LocalStore:
                 self._tmpfile = False
                 return None
             raise
+        # With directories made for it, the file's fsync and theirs run at once (see
+        # _fsync_entry), before the link; otherwise the file is fsynced as it is written.
+        early = durable and bool(made)
+        durable_write = durable and not early
         try:
             if self._chmod_values:
                 os.fchmod(fd, self.permissions.values)
             if direct:
                 try:
-                    total = write_direct(fd, parts, size, durable=durable)
+                    total = write_direct(fd, parts, size, durable=durable_write)
                 except OSError as exc:
                     if exc.errno != errno.EINVAL:
                         raise
@@ -351,9 +366,11 @@ class LocalStore:
                     os.ftruncate(fd, 0)
                     os.lseek(fd, 0, os.SEEK_SET)
                     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
-                    total = self._write_all(fd, parts, durable=durable)
+                    total = self._write_all(fd, parts, durable=durable_write)
             else:
-                total = self._write_all(fd, parts, durable=durable)
+                total = self._write_all(fd, parts, durable=durable_write)
+            if early:
+                self._fsync_made(made, fd)
             # linkat(AT_SYMLINK_FOLLOW) through /proc gives the unnamed inode its name and
             # fails with EEXIST rather than replacing, like link() in the named path.
             # src_dir_fd makes CPython call linkat (plain link() would not follow the
@@ -368,7 +385,7 @@ class LocalStore:
         finally:
             os.close(fd)
         if durable:
-            self._fsync_entry(path, made)
+            self._fsync_dir(parent)  # the name, once the bytes and its directories are
         with self._lock:
             self._stats["puts"] += 1
             self._stats["put_bytes"] += total
@@ -397,7 +414,9 @@ class LocalStore:
 
     def _make_dirs(self, directory: str) -> list[str]:
         try:
-            return make_dirs(directory, self.permissions.dirs, stop=self.root)
+            made = make_dirs(directory, self.permissions.dirs, stop=self.root)
+            self._durable_dirs.difference_update(made)  # made again after it went
+            return made
         except FileNotFoundError:
             raise UnavailableError(
                 f"vault replica {self.root}: directory is missing (is the disk mounted?)"
@@ -464,13 +483,33 @@ class LocalStore:
 
     def _fsync_entry(self, path: str, made: list[str]) -> None:
         """Make the name ``path`` durable (its file's bytes were fsynced before it was
-        linked): fsync its directory, and the parent of each directory made for it, so
-        a new key directory (a new artifact's ``snapshots/<name>/_v/``) survives a power
-        loss too. Directories that already existed are not touched: their own names
-        were made durable by whoever made them (this, or a commit's flush)."""
-        self._fsync_dir(os.path.dirname(path))
-        for directory in made:
-            self._fsync_dir(os.path.dirname(directory))
+        linked): fsync its directory and the directories made for it (``_fsync_made``),
+        all at once (none depends on another, and each waits for the disk)."""
+        self._fsync_made(made, os.path.dirname(path))
+
+    def _fsync_made(self, made: list[str], also: int | str) -> None:
+        """fsync the parent of each directory in ``made``, so a new key directory (a new
+        artifact's ``snapshots/<name>/_v/``) survives a power loss too, and ``also`` (a
+        descriptor or a directory), all at once. Directories that already existed are
+        not touched: each was made durable by whoever made it (a durable put, as here,
+        or a commit's flush, which climbs to the root) before anything in it was
+        published."""
+        parents = dict.fromkeys(os.path.dirname(d) for d in made)
+        if isinstance(also, str):
+            parents.pop(also, None)
+            first = partial(self._fsync_dir, also)
+        else:
+            first = partial(os.fsync, also)
+        _FSYNCS.run_all([first, *(partial(self._fsync_dir, d) for d in parents)])
+        if made and self._durable_below(os.path.dirname(made[0])):
+            self._durable_dirs.update(made)  # and so is every directory above them
+
+    def _durable_below(self, directory: str) -> bool:
+        """Whether names in ``directory`` are as durable as their directory's own: it
+        is the root, or this store made its name (and so all above it) durable."""
+        return directory in self._durable_dirs or directory == os.path.dirname(
+            os.path.join(self.root, "x")
+        )
 
     @staticmethod
     def _fsync_dir(directory: str) -> None:
@@ -560,37 +599,48 @@ class LocalStore:
             os.close(fd)
 
     def _sync_keys(self, keys: Collection[str]) -> None:
-        """fsync each value of ``keys``, then every directory from each one's up to the
-        root, so each is durable under its name (its bytes, its directory entry, and
-        the entries of the directories above it, whoever made them: an object found in
-        place may be another writer's, its bucket made and not yet flushed by it).
+        """fsync each value of ``keys`` and every directory from each one's up to the
+        root, all at once, so each is durable under its name (its bytes, its directory
+        entry, and the entries of the directories above it, whoever made them: an
+        object found in place may be another writer's, its bucket made and not yet
+        flushed by it). A directory whose own name this store made durable before is
+        not climbed past again (the root's is the replica's: made durable when it was
+        made). Nothing orders these fsyncs: the values are linked already, and what
+        must come after them (the snapshot document) waits for every one.
 
         Why not ``syncfs``: that flushes every dirty page of the filesystem, other
         processes' writes included, so on a busy disk a one-file commit waited for the
         whole machine's writeback (tens to hundreds of ms). fsync waits only for these
-        files (and a journal commit). A missing key raises (``NotFoundError``): the
-        caller named a value that is not here."""
-        directories: set[str] = set()
+        files (and a journal commit, which fsyncs issued at once share). A missing key
+        raises (``NotFoundError``): the caller named a value that is not here."""
         root = os.path.dirname(os.path.join(self.root, "x"))  # as _path spells it
-        for key in keys:
-            path = self._path(key)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                raise NotFoundError(f"{key} is not on vault replica {self.root}") from None
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        files = [self._path(key) for key in keys]
+        directories: set[str] = set()  # each holds a name that must last
+        climbed: list[str] = []  # directories whose own names that makes durable
+        for path in files:
             directory = os.path.dirname(path)
-            while directory not in directories:
-                directories.add(directory)
-                if directory == root:
-                    break
+            directories.add(directory)
+            # up to the root, stopping at a directory whose name this store made
+            # durable already (in practice: the bucket alone, or it and objects/)
+            while directory != root and directory not in self._durable_dirs:
+                climbed.append(directory)
                 directory = os.path.dirname(directory)
-        # deepest first: a directory's entry is made durable after what is in it
-        for directory in sorted(directories, key=len, reverse=True):
-            self._fsync_dir(directory)
+                directories.add(directory)
+        jobs = [partial(self._fsync_value, p) for p in files]
+        jobs += [partial(self._fsync_dir, d) for d in sorted(directories)]
+        _FSYNCS.run_all(jobs)
+        self._durable_dirs.update(climbed)
+
+    def _fsync_value(self, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            key = os.path.relpath(path, self.root)
+            raise NotFoundError(f"{key} is not on vault replica {self.root}") from None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:

@@ -29,11 +29,9 @@ milliseconds to tens of them; five seconds is a replica in trouble).
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Container, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, NamedTuple, TypeVar, cast
@@ -47,7 +45,7 @@ from bastion.errors import (
     UsageError,
 )
 from bastion.events import NO_EVENTS, Emit
-from bastion.store import Buffer, Store, StoreStatistics
+from bastion.store import Buffer, IoThreads, Store, StoreStatistics
 
 __all__ = [
     "Checked",
@@ -65,48 +63,10 @@ Copy = bytes | BaseException | None
 
 _AVAILABLE_TTL_S = 1.0  # reads ask once per chunk; a replica failing in between is caught
 
-# A commit's flush of a few objects is cut into jobs of this many keys per replica, run
-# at once: concurrent fsyncs share the filesystem's journal commits (group commit),
-# where one after another each waits for its own.
-_SYNC_GROUP = 4
 
-
-class _Pool:
-    """The process's threads for per-replica writes and flushes (kept: starting a
-    thread costs about as much as a small fsync on a quiet disk, and a commit needs a
-    few). Made on first use, and made again in a child after ``fork`` (threads do not
-    survive it)."""
-
-    def __init__(self, workers: int) -> None:
-        self._workers = workers
-        self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        self._lock = threading.Lock()
-        self._pool = None
-
-    def run_all(self, jobs: Sequence[Callable[[], _T]]) -> list[_T]:
-        """Run ``jobs`` at once (the first in this thread, the rest on the pool) and
-        return their results in order, once every one has ended: nothing is left
-        running behind the caller. The first job that raised raises."""
-        if len(jobs) <= 1:
-            return [job() for job in jobs]
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="vault-flush")
-            pool = self._pool
-        futures = [pool.submit(job) for job in jobs[1:]]
-        try:
-            first = jobs[0]()
-        finally:
-            wait(futures)
-        return [first, *(f.result() for f in futures)]
-
-
-# Jobs only ever call a Store (never this pool again), so a full pool cannot deadlock.
-_POOL = _Pool(workers=16)
+# The vault's threads for per-replica puts and flushes; a store's own fsyncs run on the
+# store's threads, so a job here may wait on those without any risk of deadlock.
+_POOL = IoThreads(16, "vault-io")
 
 
 @dataclass(frozen=True, slots=True)
@@ -669,25 +629,16 @@ class Write:
 
     def sync(self, keys: Sequence[str] | None = None) -> None:
         """Flush every replica still in, all at once; one that fails drops out.
-        ``keys``: only these values need to be durable (``Store.sync(keys)``), and they
-        are flushed in groups at once on each replica; None flushes everything."""
-        jobs: list[tuple[int, Store, Sequence[str] | None]] = []
-        for index, store in self._in():
-            if keys is None:
-                jobs.append((index, store, None))
-            else:
-                jobs += [
-                    (index, store, keys[at : at + _SYNC_GROUP])
-                    for at in range(0, len(keys), _SYNC_GROUP)
-                ]
+        ``keys``: only these values need to be durable (``Store.sync(keys)``); None
+        flushes everything."""
 
-        def flush(index: int, store: Store, group: Sequence[str] | None) -> None:
+        def flush(index: int, store: Store) -> None:
             try:
-                store.sync() if group is None else store.sync(group)
+                store.sync() if keys is None else store.sync(keys)
             except (OSError, BastionError) as exc:
                 self.fail(index, f"flush failed: {type(exc).__name__}: {exc}")
 
-        _POOL.run_all([partial(flush, *job) for job in jobs])
+        _POOL.run_all([partial(flush, i, s) for i, s in self._in()])
 
     def put(self, key: str, parts: Sequence[Buffer], *, exclusive: bool = False) -> list[Store]:
         """Write ``key`` durably on every replica still in, all at once; the ones that
