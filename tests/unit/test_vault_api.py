@@ -45,7 +45,6 @@ def test_store_public_names() -> None:
         "ACCESS_MODES",
         "AccessMode",
         "Buffer",
-        "IoThreads",
         "LocalStore",
         "MemoryStore",
         "Permissions",

@@ -22,7 +22,6 @@ from bastion.store._access import (
 from bastion.store._local import LocalStore, buffer_address, write_direct
 from bastion.store._memory import MemoryStore
 from bastion.store._protocol import Buffer, Store, StoreStatistics
-from bastion.store._threads import IoThreads
 from bastion.store._url import SCHEMES, ReplicaUrl, parse_replica_url
 
 __all__ = [
@@ -30,7 +29,6 @@ __all__ = [
     "SCHEMES",
     "AccessMode",
     "Buffer",
-    "IoThreads",
     "LocalStore",
     "MemoryStore",
     "Permissions",

@@ -37,13 +37,11 @@ import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 
 from bastion.errors import InvalidNameError, NotFoundError, UnavailableError
 from bastion.store._access import AccessMode, make_dirs, open_file, permissions, umask
 from bastion.store._protocol import Buffer, StoreStatistics
-from bastion.store._threads import IoThreads
 from bastion.supervise import pid_alive
 
 __all__ = ["LocalStore", "buffer_address", "write_direct"]
@@ -60,9 +58,6 @@ _DIRECT_MIN = 1 << 20
 _ALIGN = 4096  # O_DIRECT wants block-aligned addresses, offsets and lengths
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 _aligned = threading.local()
-# Directory fsyncs that do not depend on one another run at once (see IoThreads); these
-# jobs are leaves (an fsync each), so a vault thread may wait on them.
-_FSYNCS = IoThreads(16, "store-fsync")
 
 
 def _aligned_buffer(size: int) -> mmap.mmap:
@@ -348,8 +343,8 @@ class LocalStore:
                 self._tmpfile = False
                 return None
             raise
-        # With directories made for it, the file's fsync and theirs run at once (see
-        # _fsync_entry), before the link; otherwise the file is fsynced as it is written.
+        # With directories made for it, their names are made durable with the file's
+        # bytes, before the link (_fsync_made); otherwise the file is fsynced as written.
         early = durable and bool(made)
         durable_write = durable and not early
         try:
@@ -483,24 +478,28 @@ class LocalStore:
 
     def _fsync_entry(self, path: str, made: list[str]) -> None:
         """Make the name ``path`` durable (its file's bytes were fsynced before it was
-        linked): fsync its directory and the directories made for it (``_fsync_made``),
-        all at once (none depends on another, and each waits for the disk)."""
+        linked): fsync its directory and the directories made for it (``_fsync_made``)."""
         self._fsync_made(made, os.path.dirname(path))
 
     def _fsync_made(self, made: list[str], also: int | str) -> None:
-        """fsync the parent of each directory in ``made``, so a new key directory (a new
-        artifact's ``snapshots/<name>/_v/``) survives a power loss too, and ``also`` (a
-        descriptor or a directory), all at once. Directories that already existed are
-        not touched: each was made durable by whoever made it (a durable put, as here,
-        or a commit's flush, which climbs to the root) before anything in it was
-        published."""
+        """fsync ``also`` (a descriptor or a directory) and the parent of each directory
+        in ``made``, so a new key directory (a new artifact's ``snapshots/<name>/_v/``)
+        survives a power loss too. Directories that already existed are not touched:
+        each was made durable by whoever made it (a durable put, as here, or a commit's
+        flush, which climbs to the root) before anything in it was published.
+
+        One after another: issued at once from threads they did share journal commits,
+        but on 2 busy cores the hand-offs cost more than that saved (measured with
+        ``benchmarks/validate.py --pipeline-only``); replicas are written at once a
+        layer up, which did pay."""
         parents = dict.fromkeys(os.path.dirname(d) for d in made)
         if isinstance(also, str):
             parents.pop(also, None)
-            first = partial(self._fsync_dir, also)
+            self._fsync_dir(also)
         else:
-            first = partial(os.fsync, also)
-        _FSYNCS.run_all([first, *(partial(self._fsync_dir, d) for d in parents)])
+            os.fsync(also)
+        for directory in parents:
+            self._fsync_dir(directory)
         if made and self._durable_below(os.path.dirname(made[0])):
             self._durable_dirs.update(made)  # and so is every directory above them
 
@@ -600,18 +599,18 @@ class LocalStore:
 
     def _sync_keys(self, keys: Collection[str]) -> None:
         """fsync each value of ``keys`` and every directory from each one's up to the
-        root, all at once, so each is durable under its name (its bytes, its directory
+        root, so each is durable under its name (its bytes, its directory
         entry, and the entries of the directories above it, whoever made them: an
         object found in place may be another writer's, its bucket made and not yet
         flushed by it). A directory whose own name this store made durable before is
         not climbed past again (the root's is the replica's: made durable when it was
-        made). Nothing orders these fsyncs: the values are linked already, and what
-        must come after them (the snapshot document) waits for every one.
+        made). Nothing orders these fsyncs among themselves: the values are linked
+        already, and what must come after them (the snapshot document) waits for all.
 
         Why not ``syncfs``: that flushes every dirty page of the filesystem, other
         processes' writes included, so on a busy disk a one-file commit waited for the
         whole machine's writeback (tens to hundreds of ms). fsync waits only for these
-        files (and a journal commit, which fsyncs issued at once share). A missing key
+        files (and a journal commit). A missing key
         raises (``NotFoundError``): the caller named a value that is not here."""
         root = os.path.dirname(os.path.join(self.root, "x"))  # as _path spells it
         files = [self._path(key) for key in keys]
@@ -626,9 +625,10 @@ class LocalStore:
                 climbed.append(directory)
                 directory = os.path.dirname(directory)
                 directories.add(directory)
-        jobs = [partial(self._fsync_value, p) for p in files]
-        jobs += [partial(self._fsync_dir, d) for d in sorted(directories)]
-        _FSYNCS.run_all(jobs)
+        for path in files:
+            self._fsync_value(path)
+        for directory in sorted(directories, key=len, reverse=True):  # deepest first
+            self._fsync_dir(directory)
         self._durable_dirs.update(climbed)
 
     def _fsync_value(self, path: str) -> None:
