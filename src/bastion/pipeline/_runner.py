@@ -622,9 +622,13 @@ class _Trash:
             self._thread = None
 
     def discard(self, work: Path) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         gone = self.root / uuid.uuid4().hex
-        work.rename(gone)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            work.rename(gone)
+        except OSError:
+            shutil.rmtree(work, ignore_errors=True)  # as it was: here and now
+            return
         self._later(gone)
 
     def empty(self) -> None:
