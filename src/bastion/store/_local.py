@@ -486,7 +486,10 @@ class LocalStore:
         in ``made``, so a new key directory (a new artifact's ``snapshots/<name>/_v/``)
         survives a power loss too. Directories that already existed are not touched:
         each was made durable by whoever made it (a durable put, as here, or a commit's
-        flush, which climbs to the root) before anything in it was published.
+        flush, which climbs to the root) before anything in it was published. (One a
+        writer made and died before flushing is as before this change: on a journalling
+        filesystem, ext4 or xfs, the fsync of the key's directory commits every earlier
+        change of the tree with it.)
 
         One after another: issued at once from threads they did share journal commits,
         but on 2 busy cores the hand-offs cost more than that saved (measured with
