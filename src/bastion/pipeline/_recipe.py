@@ -24,6 +24,7 @@ record an input by a movable label (every input is ``name@version``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -129,6 +130,13 @@ def reported_environment(path: Path) -> dict[str, Any]:
             return {**raw, "reported": True}
     except (OSError, ValueError):
         pass
+    return dict(_this_process())
+
+
+@functools.cache
+def _this_process() -> dict[str, Any]:
+    # once per process: the versions cannot change under it, and finding a package's
+    # version (importlib.metadata) reads site-packages, milliseconds a stage
     here = environment()
     return {
         "format": here["format"],
