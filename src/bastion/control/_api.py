@@ -51,6 +51,7 @@ __all__ = ["ApiServer", "RateLimiter", "events_page"]
 _log = logging.getLogger("bastion.control")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _MAX_LIMIT = 1000
+_TOKEN_NAME = web.RequestKey("bastion_token_name", str)
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
@@ -336,7 +337,7 @@ class ApiServer:
             return self._refuse(
                 request, 401, "bad token", "the token is not valid (make one with `bastion token`)"
             )
-        request["token_name"] = name
+        request[_TOKEN_NAME] = name
         return await handler(request)
 
     def _acted(self, request: web.Request, action: str, target: str, **data: Any) -> None:
@@ -344,7 +345,7 @@ class ApiServer:
             ek.CONTROL_ACTION,
             target,
             action=action,
-            token=request.get("token_name", ""),
+            token=request.get(_TOKEN_NAME, ""),
             **data,
         )
 
@@ -534,8 +535,8 @@ class ApiServer:
     @staticmethod
     def _text(request: web.Request, key: str) -> str | None:
         raw = request.query.get(key)
-        if raw is not None and (len(raw) > 200 or "\x00" in raw):
-            raise UsageError(f"query parameter {key} is too long or has a NUL (200 characters)")
+        if raw is not None and len(raw) > 200:
+            raise UsageError(f"query parameter {key} is too long (200 characters at most)")
         return raw or None
 
     async def _events(self, request: web.Request) -> web.Response:
