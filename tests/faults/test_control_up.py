@@ -279,3 +279,20 @@ def test_a_port_in_use_is_a_clear_error_and_nothing_is_left_running(
     assert "services.digits.listen" in out
     assert "internal error" not in out
     assert not _ours(path)
+
+
+def test_the_api_port_in_use_is_a_clear_error_before_anything_starts(
+    system: tuple[Path, int],
+) -> None:
+    path, _port = system
+    api = YAML().load(path)["control"]["listen"]
+    host, _, aport = api.rpartition(":")
+    with socket.socket() as taken:
+        taken.bind((host, int(aport)))
+        taken.listen()
+        done = _bastion("up", "--detach", "-f", str(path), timeout=120)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert api in out
+    assert "control.listen" in out
+    assert not _ours(path)

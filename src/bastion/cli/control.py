@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -39,12 +37,18 @@ def up(
     scheduled scrub, and the control API. SIGTERM (or `bastion down`) stops it all;
     SIGHUP (or `bastion reload`) applies a changed manifest. Started again after it was
     killed, it takes over the children still running instead of starting new ones."""
-    from bastion.control import Up, UpFiles
+    from bastion.control import UpFiles
 
     manifest = load_manifest(file)
     if detach:
-        _detach(file, UpFiles(manifest.state_dir))
-        return
+        _detach(manifest, UpFiles(manifest.state_dir))
+    else:
+        _run(manifest)
+
+
+def _run(manifest: Any) -> None:
+    from bastion.control import Up
+
     runner = Up(manifest)
     runner.start()
     try:
@@ -61,8 +65,12 @@ def up(
     runner.serve_forever()
 
 
-def _detach(file: Path, files: Any) -> None:
-    from bastion.control._files import read_json
+def _detach(manifest: Any, files: Any) -> None:
+    """Fork (not a new interpreter: everything is imported and the manifest loaded), the
+    child in its own session with its output in ``up.log``; the parent returns once the
+    child says every service is healthy, or with the child's error."""
+    from bastion.control._files import read_json, write_private_json
+    from bastion.errors import BastionError
 
     files.make()
     other = files.running_pid()
@@ -72,32 +80,57 @@ def _detach(file: Path, files: Any) -> None:
             "`bastion status`, or stop it with `bastion down`"
         )
     log_path = files.logs / "up.log"
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bastion", "up", "-f", str(file)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # not in this terminal's process group: it outlives it
-        )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: becomes `bastion up`
+        code = 0
+        try:
+            os.setsid()  # out of the terminal's session: a closed terminal does not stop it
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            _run(manifest)
+        except BastionError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            write_private_json(
+                files.state, {"pid": os.getpid(), "phase": "failed", "error": str(exc)}
+            )
+            code = exc.exit_code
+        except BaseException as exc:
+            print(f"internal error: {exc!r}", file=sys.stderr, flush=True)
+            write_private_json(
+                files.state, {"pid": os.getpid(), "phase": "failed", "error": repr(exc)}
+            )
+            code = 3
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         state = read_json(files.state) or {}
-        if state.get("pid") == proc.pid and state.get("phase") == "ready":
+        if state.get("pid") == pid and state.get("phase") == "ready":
             console.print(
-                f"bastion up is running (pid {proc.pid}); control API on {state.get('api')}; "
+                f"bastion up is running (pid {pid}); control API on {state.get('api')}; "
                 f"log {log_path}",
                 markup=False,
                 soft_wrap=True,
             )
             return
-        code = proc.poll()
-        if code is not None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-            raise UsageError(f"bastion up exited {code} before it was ready: " + " | ".join(tail))
-        time.sleep(0.1)
-    raise UsageError(f"bastion up (pid {proc.pid}) was not ready within 180 s; see {log_path}")
+        if state.get("pid") == pid and state.get("phase") == "failed":
+            os.waitpid(pid, 0)
+            raise UsageError(str(state.get("error")))
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            raise UsageError(
+                f"bastion up exited ({os.waitstatus_to_exitcode(status)}) before it was ready; "
+                f"see {log_path}"
+            )
+        time.sleep(0.05)
+    raise UsageError(f"bastion up (pid {pid}) was not ready within 180 s; see {log_path}")
 
 
 def down(file: ManifestOption = DEFAULT_MANIFEST, as_json: JsonOption = False) -> None:

@@ -164,7 +164,7 @@ class ApiServer:
         self.manifest_dir = up.path.parent
         self.tokens = Tokens(up.files.tokens)
         self.limiter = RateLimiter(rate, burst)
-        self._thread = LoopThread("control-api")
+        self._thread: LoopThread | None = None
         self._runner: web.AppRunner | None = None
         self._session: Any = None
         self.url = ""
@@ -194,6 +194,7 @@ class ApiServer:
             self._hosts = {f"{host}:{bound}", f"localhost:{bound}", f"127.0.0.1:{bound}"}
             return f"http://{host}:{bound}"
 
+        self._thread = LoopThread("control-api")
         try:
             self.url = self._thread.start(setup()) or ""
         except BaseException:
@@ -208,7 +209,7 @@ class ApiServer:
             if self._session is not None:
                 await self._session.close()
 
-        if self._thread.running:
+        if self._thread is not None and self._thread.running:
             self._thread.stop(cleanup(), timeout=30)
         if self._db is not None:
             self._db.close()

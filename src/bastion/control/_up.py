@@ -242,12 +242,13 @@ class Up:
     def start(self) -> None:
         """Take the state directory, start the API, adopt or start every child."""
         self._take_lock()
+        started: list[str] = []
         try:
             if self.api_enabled:
-                self._start_api()
+                self._check_api_port()  # it starts once the children are on their way
             wanted = self._wanted(self.manifest)
             previous = read_json(self.files.children) or {}
-            adopted, started = [], []
+            adopted = []
             for name, spec in wanted.items():
                 sup = self._supervisor(spec)
                 rec = previous.get(name) if isinstance(previous, dict) else None
@@ -276,6 +277,8 @@ class Up:
                     self.scrub.child = child  # let it finish its budget; no second one
                 else:
                     child.terminate(15.0)
+            if self.api_enabled:
+                self._start_api()
             self._write_children()
             self.log.emit(
                 ek.CONTROL_UP_STARTED,
@@ -287,8 +290,22 @@ class Up:
             )
             self._save_state()
         except BaseException:
+            for name in started:  # what this call started, not what it adopted
+                if name in self.sups:
+                    self.sups.pop(name).stop(timeout=60)
+            self._write_children()
             self.close()
             raise
+
+    def _check_api_port(self) -> None:
+        listen = self.manifest.control.listen
+        why = _port_free(listen)
+        if why:
+            raise UsageError(
+                f"the control API cannot listen on {listen}: {why} (is another `bastion up` "
+                f"or another program on that port?); stop it, or change control.listen in "
+                f"{self.path}"
+            )
 
     def _check_port(self, child: str) -> None:
         if not child.startswith("serve:"):
