@@ -266,3 +266,21 @@ def test_rate_limit_answers_429_with_retry_after(running: Running) -> None:
         limiter._buckets.clear()
     assert codes[:3] == [404, 404, 404], codes
     assert 429 in codes[3:], codes
+
+
+def test_restart_with_the_token_restarts_that_gateway(running: Running) -> None:
+    before = running.up.children()["serve:chat"]
+    status, doc = running.call("POST", "/api/services/chat/restart", None, running.auth())
+    assert status == 202, doc
+    deadline = time.monotonic() + 60
+    while True:
+        now = running.up.children()["serve:chat"]
+        _, svc = running.call("GET", "/api/services/chat")
+        if now["pid"] not in (None, before["pid"]) and svc["running"]:
+            break
+        assert time.monotonic() < deadline, (now, svc)
+        time.sleep(0.1)
+    assert now["restarts"] == before["restarts"] + 1
+    status, doc = running.call("POST", "/api/services/nope/restart", None, running.auth())
+    assert status == 404
+    assert "chat" in doc["error"]["message"]  # names the known ones

@@ -41,7 +41,13 @@ from bastion import event_kinds as ek
 from bastion.aio import LoopThread, serve_app
 from bastion.control._openapi import document
 from bastion.control._tokens import Tokens
-from bastion.errors import BastionError, NotFoundError, UnavailableError, UsageError
+from bastion.errors import (
+    BastionError,
+    InternalError,
+    NotFoundError,
+    UnavailableError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from bastion.control._up import Up
@@ -273,7 +279,10 @@ class ApiServer:
             return _error(404, str(exc))
         except UnavailableError as exc:
             return _error(503, str(exc))
-        except BastionError as exc:
+        except InternalError:
+            _log.exception("internal error in %s %s", request.method, request.path)
+            return _error(500, "internal error; the control process's log has the traceback")
+        except BastionError as exc:  # 2: bad input; 1: not possible in this state
             return _error(400 if exc.exit_code == 2 else 409, str(exc))
         except (asyncio.CancelledError, ConnectionResetError):
             raise

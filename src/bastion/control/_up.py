@@ -39,7 +39,7 @@ from typing import Any
 
 from bastion import event_kinds as ek
 from bastion.control._files import RELOAD_ACK_ENV, UpFiles, read_json, write_private_json
-from bastion.errors import BastionError, UsageError
+from bastion.errors import BastionError, CheckFailed, UsageError
 from bastion.events import EventLog
 from bastion.manifest import Manifest, load
 from bastion.supervise import Backoff, Child, ProcessSpec, RestartBudget, Supervisor
@@ -525,8 +525,11 @@ class Up:
     def restart(self, child: str) -> None:
         """Stop a child politely; its supervisor starts it again (a counted restart)."""
         sup = self.sups.get(child)
-        if sup is None or sup.child is None:
-            raise UsageError(f"{child} is not running under this `bastion up`")
+        if sup is None or sup.child is None or sup.child.exit is not None:
+            raise CheckFailed(
+                f"{child} is not running under this `bastion up` now (see /api/system); "
+                "try again once it is"
+            )
         sup.child.signal(signal.SIGTERM)
         sup.child.signal(signal.SIGCONT)
 
