@@ -284,3 +284,22 @@ def test_restart_with_the_token_restarts_that_gateway(running: Running) -> None:
     status, doc = running.call("POST", "/api/services/nope/restart", None, running.auth())
     assert status == 404
     assert "chat" in doc["error"]["message"]  # names the known ones
+
+
+def test_the_stream_delivers_a_new_event_live(running: Running) -> None:
+    import http.client
+
+    host, _, port = running.url.removeprefix("http://").rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/api/events/stream?subject=live-test")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.readline() == b": bastion events\n"  # the stream is open and caught up
+    running.up.log.emit("control.action", "live-test", action="probe")
+    lines = []
+    while not any(line.startswith(b"data: ") for line in lines):
+        lines.append(resp.readline())
+    conn.close()
+    event = json.loads(next(line for line in lines if line.startswith(b"data: "))[6:])
+    assert event["subject"] == "live-test"
+    assert b"event: control.action\n" in lines

@@ -176,7 +176,7 @@ class ApiServer:
         self.url = ""
         self._hosts: set[str] = set()
         self._db_path = up.manifest.state_dir / "events.db"
-        self._db: sqlite3.Connection | None = None
+        self._stopping = False
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> str:
@@ -188,7 +188,9 @@ class ApiServer:
 
             self._session = aiohttp.ClientSession()
             try:
-                self._runner, bound = await serve_app(self._app(), host, int(port))
+                self._runner, bound = await serve_app(
+                    self._app(), host, int(port), shutdown_timeout=5.0
+                )
             except OSError as exc:
                 await self._session.close()
                 why = exc.strerror.lower() if exc.strerror else str(exc)
@@ -215,10 +217,9 @@ class ApiServer:
             if self._session is not None:
                 await self._session.close()
 
+        self._stopping = True
         if self._thread is not None and self._thread.running:
             self._thread.stop(cleanup(), timeout=30)
-        if self._db is not None:
-            self._db.close()
 
     def _conn(self) -> sqlite3.Connection:
         """A read-only connection to the event log (for worker threads)."""
@@ -590,7 +591,7 @@ class ApiServer:
         await resp.prepare(request)
         await resp.write(b": bastion events\n\n")
         idle = 0.0
-        while True:
+        while not self._stopping:  # an open dashboard must not hold up `bastion down`
             at = cursor
 
             def newer(c: sqlite3.Connection, at: int = at) -> list[dict[str, Any]]:

@@ -563,6 +563,12 @@ class Up:
                 f"state_dir changed ({self.manifest.state_dir} -> {new.state_dir}): a reload "
                 "cannot move the running system; `bastion down`, then `bastion up`"
             )
+        if new.control.listen != self.manifest.control.listen:
+            raise UsageError(
+                f"control.listen changed ({self.manifest.control.listen} -> "
+                f"{new.control.listen}): the API does not move on a reload; `bastion down`, "
+                "then `bastion up` (nothing was changed)"
+            )
         digest = hashlib.sha256(raw).hexdigest()
         old = self.manifest
         wanted = self._wanted(new)
@@ -611,6 +617,18 @@ class Up:
         for child in added:
             self.sups[child] = self._supervisor(wanted[child])
             self.sups[child].start()
+        if new.control.scrub != old.control.scrub:
+            running = self.scrub.child if self.scrub is not None else None
+            sched = new.control.scrub
+            self.scrub = (
+                _Scrub(sched.every_s, sched.max_seconds, time.monotonic() + sched.first_after_s)
+                if sched is not None and self._has_vault(new)
+                else None
+            )
+            if self.scrub is not None:
+                self.scrub.child = running  # a scrub under way finishes its budget
+            elif running is not None:
+                running.terminate(10.0)
         self._write_children()
         started = [c for c in (*restart, *added) if c.startswith("serve:")]
         self._wait_children(started)
