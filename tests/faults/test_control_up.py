@@ -126,6 +126,9 @@ def test_sigkill_of_up_then_restart_no_duplicate_and_gateway_answers_then_down_l
     done = _bastion("up", "--detach", "-f", str(path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "control API on http://127.0.0.1:" in done.stdout
+    second = _bastion("up", "--detach", "-f", str(path))
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert "already running" in second.stderr
     assert _counts(path) == {"up": 1, "serve": 1, "replica": 2}, _counts(path)
     children = json.loads((path.parent / ".bastion" / "up" / "children.json").read_text())
     serve_pid = children["serve:digits"]["pid"]
@@ -296,3 +299,31 @@ def test_the_api_port_in_use_is_a_clear_error_before_anything_starts(
     assert api in out
     assert "control.listen" in out
     assert not _ours(path)
+
+
+def test_up_runs_the_guard_and_a_budgeted_scrub_on_schedule(system: tuple[Path, int]) -> None:
+    path, _port = system
+    data = path.parent / "protected"
+    data.mkdir()
+    (data / "a.csv").write_text("x,y\n1,2\n")
+    done = _bastion("vault", "protect", str(data), "--name", "dataset/protected", "-f", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    _edit(
+        path,
+        lambda d: d["control"].update(scrub={"every_s": 10, "max_seconds": 2, "first_after_s": 0}),
+    )
+    done = _bastion("up", "--detach", "-f", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    from bastion.events import EventLog
+
+    with EventLog.in_state_dir(path.parent / ".bastion") as log:
+        _wait(lambda: log.query(kind="control.scrub.finished"), "a scheduled scrub", 60)
+        finished = log.query(kind="control.scrub.finished")[0]
+        assert finished.data["code"] == 0, finished.data
+        assert log.query(kind="vault.scrub.completed")
+    st = _status(path)
+    assert st["children"]["guard"]["running"] is True, st
+    assert "serve:digits" in st["children"]
+    gone = _bastion("down", "-f", str(path), timeout=120)
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    _wait(lambda: not _ours(path), "every process of this system stopping", timeout=30)
