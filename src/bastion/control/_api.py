@@ -58,6 +58,12 @@ _log = logging.getLogger("bastion.control")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _MAX_LIMIT = 1000
 _TOKEN_NAME = web.RequestKey("bastion_token_name", str)
+#: the dashboard's static files ship in the package (no build step, no CDN)
+_DASHBOARD = Path(__file__).resolve().parent / "dashboard"
+
+
+async def _no_content(request: web.Request) -> web.Response:
+    return web.Response(status=204)
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
@@ -261,7 +267,42 @@ class ApiServer:
         r.add_post("/api/services/{name}/rollout/promote", self._promote)
         r.add_post("/api/services/{name}/rollout/rollback", self._rollback)
         r.add_post("/api/drills", self._drill)
+        r.add_get("/", self._page)
+        r.add_get("/static/{file}", self._static)
+        r.add_get("/favicon.ico", _no_content)
+        app.on_response_prepare.append(self._headers)
         return app
+
+    @staticmethod
+    async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+        # the page loads only its own files, cannot be framed (clickjacking) or sniffed
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        )
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+
+    async def _page(self, request: web.Request) -> web.Response:
+        return self._file("index.html")
+
+    async def _static(self, request: web.Request) -> web.Response:
+        return self._file(request.match_info["file"])
+
+    @staticmethod
+    def _file(name: str) -> web.Response:
+        """One of the dashboard's own files (a fixed list: nothing else is reachable)."""
+        types = {"index.html": "text/html", "app.js": "text/javascript", "app.css": "text/css"}
+        if name not in types:
+            raise NotFoundError(f"no dashboard file {name!r}")
+        body = (_DASHBOARD / name).read_bytes()
+        return web.Response(
+            body=body,
+            content_type=types[name],
+            charset="utf-8",
+            headers={"Cache-Control": "no-cache"},
+        )
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -449,6 +490,7 @@ class ApiServer:
                     "service": name,
                     "name": u.get("name"),
                     "group": u.get("group"),
+                    "url": u.get("url") or "",
                     "tier": u.get("tier"),
                     "arm": u.get("arm"),
                     "kind": u.get("kind", ""),
@@ -583,12 +625,25 @@ class ApiServer:
                     lambda c: c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
                 )
             )
-        cursor: int = after
         once = request.query.get("once") == "1"
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await resp.prepare(request)
+        # a client that goes away (a tab closed) ends its stream; nothing to tell anyone
+        with contextlib.suppress(ConnectionResetError):
+            await self._send_events(resp, after, once=once, filters=(kind, subject, segment))
+        return resp
+
+    async def _send_events(
+        self,
+        resp: web.StreamResponse,
+        cursor: int,
+        *,
+        once: bool,
+        filters: tuple[str | None, str | None, str | None],
+    ) -> None:
+        kind, subject, segment = filters
         await resp.write(b": bastion events\n\n")
         idle = 0.0
         while not self._stopping:  # an open dashboard must not hold up `bastion down`
@@ -613,7 +668,6 @@ class ApiServer:
                 await resp.write(b": keep-alive\n\n")
                 idle = 0.0
         await resp.write_eof()
-        return resp
 
     async def _slos(self, request: web.Request) -> web.Response:
         up = self.up

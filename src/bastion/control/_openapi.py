@@ -205,6 +205,7 @@ def document(url: str = "") -> dict[str, Any]:
                             "service": {"type": "string"},
                             "name": {"type": "string"},
                             "group": _STR_OR_NULL,
+                            "url": {"type": "string"},
                             "tier": {"type": "integer", "nullable": True},
                             "arm": _STR_OR_NULL,
                             "kind": {"type": "string"},
