@@ -6,6 +6,7 @@ endpoint pages and streams; a drill started through the API runs and its result 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -122,6 +123,7 @@ def test_the_api_keeps_to_its_openapi_document(running: Running) -> None:
     from hypothesis import given
     from hypothesis.errors import Unsatisfiable
     from schemathesis import GenerationMode
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
 
     api = schemathesis.openapi.from_url(running.url + "/api/openapi.json")
     # the limiter is for clients; the fuzzer would spend its whole run on 429s
@@ -137,13 +139,18 @@ def test_the_api_keeps_to_its_openapi_document(running: Running) -> None:
 
                 @given(case=op.as_strategy(generation_mode=mode))
                 @settings(
-                    max_examples=15,
+                    max_examples=int(os.environ.get("BASTION_FUZZ_EXAMPLES", "15")),
                     deadline=None,
                     database=None,
                     suppress_health_check=list(HealthCheck),
                 )
                 def check(case: Any) -> None:
-                    case.call_and_validate(headers=running.auth())
+                    # positive_data_acceptance is left out: some schema-valid bodies are
+                    # still a client's mistake the schema cannot say (scale with min >
+                    # max, a drill outside the manifest's directory): 400, on purpose
+                    case.call_and_validate(
+                        headers=running.auth(), excluded_checks=[positive_data_acceptance]
+                    )
 
                 try:
                     check()

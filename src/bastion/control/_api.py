@@ -857,8 +857,8 @@ class ApiServer:
         root = self.manifest_dir.resolve()
         try:
             path = (root / experiment).resolve()
-        except (OSError, ValueError):
-            raise UsageError(f"experiment {experiment!r} is not a usable path") from None
+        except (OSError, ValueError):  # a NUL, a loop: no such file can be there
+            raise NotFoundError(f"no experiment file {experiment!r} under {root}") from None
         if not path.is_relative_to(root):
             raise UsageError(
                 f"experiment {experiment!r} is outside the manifest's directory {root}"

@@ -404,7 +404,9 @@ def document(url: str = "") -> dict[str, Any]:
                 body={
                     "type": "object",
                     "required": ["experiment"],
-                    "properties": {"experiment": {"type": "string", "minLength": 1}},
+                    "properties": {
+                        "experiment": {"type": "string", "minLength": 1, "maxLength": 500}
+                    },
                 },
                 ok="202",
                 errors=(400, 401, 403, 404, 413, 429),
