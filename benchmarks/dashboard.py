@@ -8,6 +8,11 @@ the dashboard).
    from an aiohttp client to the real API of a real ``Up``. Goal: p99 <= 50 ms. The floor
    beside it is the same page read by a plain ``sqlite3`` query in this process (no HTTP,
    no JSON): the ratio is what the API adds.
+   Then, over the same log: SSE fan-out (``--clients`` 50 open streams each receive
+   every new event; the p99 delay from emit to read, against one stream; goal: <= 100 ms
+   added) and the dashboard's first meaningful paint in Debian's chromium (the first view
+   drawn with its data, the page's own ``bastion-loaded`` mark, Performance API; the
+   shell's first contentful paint beside it; goal: <= 1 s).
 2. ``bastion up`` to every service healthy, on the example (a copy with its own ports
    and a committed model): the wall time of ``bastion up --detach`` (it returns once every
    gateway answers /healthz), with ``bastion serve`` of the same service to its first
@@ -149,10 +154,106 @@ def bench_events(args: argparse.Namespace, rng: random.Random) -> None:
                 )
             floor_conn.close()
             print(f"worst p99 {worst:.2f} ms (goal <= 50 ms): {'met' if worst <= 50 else 'MISSED'}")
+            bench_fanout(up, args)
+            bench_paint(up)
         finally:
             up.shutdown()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_fanout(up: Up, args: argparse.Namespace) -> None:
+    """N open streams (dashboards) each receive every new event; the delay from the emit
+    (in this process, monotonic clock) to each client's read of it, 50 clients against 1."""
+    one = asyncio.run(_fanout(up, 1, args.fanout_events))
+    many = asyncio.run(_fanout(up, args.clients, args.fanout_events))
+    p1, pn = quantile(one, 0.99), quantile(many, 0.99)
+    print(
+        f"\nSSE fan-out, {args.fanout_events} events: 1 stream p99 {p1:.1f} ms; "
+        f"{args.clients} streams p99 {pn:.1f} ms (p50 {quantile(many, 0.5):.1f}); added "
+        f"{pn - p1:.1f} ms (goal <= 100 ms: {'met' if pn - p1 <= 100 else 'MISSED'})"
+    )
+
+
+async def _fanout(up: Up, clients: int, events: int) -> list[float]:
+    import aiohttp
+
+    delays: list[float] = []
+    log = EventLog.in_state_dir(up.manifest.state_dir)
+    subject = f"fanout-{clients}-{secrets.token_hex(4)}"
+
+    async def client(session: aiohttp.ClientSession, ready: asyncio.Event, n: list[int]) -> None:
+        async with session.get(
+            up.api_url + "/api/events/stream", params={"subject": subject}
+        ) as resp:
+            seen = 0
+            async for line in resp.content:
+                if line.startswith(b": bastion"):
+                    n[0] += 1
+                    if n[0] == clients:
+                        ready.set()
+                if line.startswith(b"data: "):
+                    event = json.loads(line[6:])
+                    delays.append((time.monotonic_ns() - event["data"]["sent_ns"]) / 1e6)
+                    seen += 1
+                    if seen == events:
+                        return
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        ready, n = asyncio.Event(), [0]
+        tasks = [asyncio.create_task(client(session, ready, n)) for _ in range(clients)]
+        await asyncio.wait_for(ready.wait(), 60)
+        for _ in range(events):
+            await asyncio.to_thread(
+                log.emit, "control.action", subject, action="bench", sent_ns=time.monotonic_ns()
+            )
+            await asyncio.sleep(0.1)
+        try:
+            await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        except TimeoutError:
+            print(f"  fan-out: {len(delays)} of {clients * events} deliveries within 60 s")
+            raise
+    log.close()
+    return delays
+
+
+def bench_paint(up: Up) -> None:
+    """Time to the first meaningful paint (the first view drawn with its data, marked by
+    the page as ``bastion-loaded``) in Debian's chromium, beside the browser's own first
+    contentful paint of the page shell (the floor)."""
+    chromium = shutil.which("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        chromium = None
+    if chromium is None:
+        print("\nfirst meaningful paint: skipped (chromium or playwright missing)")
+        return
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        for view in ("events", "services", "map"):
+            marks, shells = [], []
+            for _ in range(5):
+                page = browser.new_page()
+                page.goto(f"{up.api_url}/#/{view}")
+                page.wait_for_selector(f'main[data-loaded="{view}"]', timeout=60_000)
+                marks.append(
+                    page.evaluate("performance.getEntriesByName('bastion-loaded')[0].startTime")
+                )
+                shells.append(
+                    page.evaluate(
+                        "(performance.getEntriesByName('first-contentful-paint')[0] || {})"
+                        ".startTime || 0"
+                    )
+                )
+                page.close()
+            mark = statistics.median(marks)
+            print(
+                f"first meaningful paint #/{view}: {mark:.0f} ms (median of 5; shell's first "
+                f"contentful paint {statistics.median(shells):.0f} ms; goal <= 1000 ms: "
+                f"{'met' if mark <= 1000 else 'MISSED'})"
+            )
+        browser.close()
 
 
 async def _time_api(url: str, cases: list[dict[str, Any]]) -> list[float]:
@@ -245,6 +346,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--fanout-events", type=int, default=40)
     parser.add_argument("--seed", type=int, default=secrets.randbelow(2**32))
     args = parser.parse_args()
     print(f"seed {args.seed}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fnmatch
 import json
 import logging
 import sqlite3
@@ -168,6 +169,66 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+class _Feed:
+    """One reader of the event log for every open stream: it polls for new rows every
+    ``poll_s`` and puts each in every subscriber's queue, so 50 open dashboards cost one
+    query, not 50. A subscriber whose queue is full gets ``None`` and is dropped (its
+    client reconnects with Last-Event-ID and misses nothing)."""
+
+    def __init__(
+        self, read: Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
+    ) -> None:
+        self.read = read
+        self.poll_s = 0.05
+        self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self.last: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self, cursor: int) -> asyncio.Queue[dict[str, Any] | None]:
+        """A queue of every event after the feed's position. A new feed starts at the
+        first subscriber's ``cursor`` (not at the newest row when its task first runs:
+        a row committed in between would be in neither the subscriber's backlog read nor
+        the feed)."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=10_000)
+        if self.last is None:
+            self.last = cursor
+        self.subscribers.add(queue)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        self.subscribers.discard(queue)
+
+    def close(self) -> None:
+        for queue in list(self.subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        while self.subscribers:
+            at = self.last or 0
+
+            def newer(c: sqlite3.Connection, at: int = at) -> list[dict[str, Any]]:
+                return _events_after(c, at, None, None, None)
+
+            batch: list[dict[str, Any]] = await self.read(newer)
+            for event in batch:
+                self.last = event["id"]
+                for queue in list(self.subscribers):
+                    try:
+                        queue.put_nowait(event)
+                    except asyncio.QueueFull:
+                        self.subscribers.discard(queue)
+                        queue.get_nowait()
+                        queue.put_nowait(None)
+            if not batch:
+                await asyncio.sleep(self.poll_s)
+        self._task = None
+
+
 class ApiServer:
     """The API of one ``Up``, on its own event loop in a daemon thread."""
 
@@ -183,6 +244,7 @@ class ApiServer:
         self._hosts: set[str] = set()
         self._db_path = up.manifest.state_dir / "events.db"
         self._stopping = False
+        self.feed = _Feed(self._read)
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> str:
@@ -218,6 +280,7 @@ class ApiServer:
 
     def stop(self) -> None:
         async def cleanup() -> None:
+            self.feed.close()
             if self._runner is not None:
                 await self._runner.cleanup()
             if self._session is not None:
@@ -645,29 +708,57 @@ class ApiServer:
     ) -> None:
         kind, subject, segment = filters
         await resp.write(b": bastion events\n\n")
-        idle = 0.0
-        while not self._stopping:  # an open dashboard must not hold up `bastion down`
-            at = cursor
 
-            def newer(c: sqlite3.Connection, at: int = at) -> list[dict[str, Any]]:
-                return _events_after(c, at, kind, subject, segment)
+        def matches(e: dict[str, Any]) -> bool:
+            k = e["kind"]
+            return (
+                (
+                    not kind
+                    or (
+                        fnmatch.fnmatchcase(k, kind) if any(c in kind for c in "*?[") else k == kind
+                    )
+                )
+                and (not subject or e["subject"] == subject)
+                and (not segment or e["segment"] == segment)
+            )
 
-            batch: list[dict[str, Any]] = await self._read(newer)
-            for event in batch:
-                cursor = event["id"]
-                body = json.dumps(event, separators=(",", ":"))
-                await resp.write(f"id: {cursor}\nevent: {event['kind']}\ndata: {body}\n\n".encode())
-            if once:
-                break
-            if batch:
-                idle = 0.0
-                continue
-            await asyncio.sleep(0.1)
-            idle += 0.1
-            if idle >= 15.0:  # a comment keeps proxies and the client's timeout happy
-                await resp.write(b": keep-alive\n\n")
-                idle = 0.0
-        await resp.write_eof()
+        async def send(e: dict[str, Any]) -> None:
+            body = json.dumps(e, separators=(",", ":"))
+            await resp.write(f"id: {e['id']}\nevent: {e['kind']}\ndata: {body}\n\n".encode())
+
+        # subscribe before reading the backlog, so an event written in between is in the
+        # queue; ids already sent are skipped
+        queue = None if once else self.feed.subscribe(cursor)
+        try:
+            while True:  # the backlog after the client's cursor, from the log itself
+                at = cursor
+
+                def newer(c: sqlite3.Connection, at: int = at) -> list[dict[str, Any]]:
+                    return _events_after(c, at, kind, subject, segment)
+
+                batch: list[dict[str, Any]] = await self._read(newer)
+                for event in batch:
+                    cursor = event["id"]
+                    await send(event)
+                if not batch:
+                    break
+            if queue is None:
+                await resp.write_eof()
+                return
+            while not self._stopping:  # an open dashboard must not hold up `bastion down`
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout=15.0)
+                except TimeoutError:  # a comment keeps proxies and the client's timeout happy
+                    await resp.write(b": keep-alive\n\n")
+                    continue
+                if item is None:
+                    break  # too slow to keep up, or the API stops: it reconnects and resumes
+                if item["id"] > cursor and matches(item):
+                    cursor = item["id"]
+                    await send(item)
+        finally:
+            if queue is not None:
+                self.feed.unsubscribe(queue)
 
     async def _slos(self, request: web.Request) -> web.Response:
         up = self.up
