@@ -16,6 +16,7 @@ def test_vault_public_names() -> None:
             "GcReport",
             "Guard",
             "GuardStatistics",
+            "HealReport",
             "Protected",
             "PutResult",
             "ReplicaSet",

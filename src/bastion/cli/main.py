@@ -52,6 +52,7 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "slo": ("slo",),
     "twin": ("twin",),
     "control": ("up", "down", "status", "reload", "token"),
+    "playbook": ("playbook",),
 }
 
 

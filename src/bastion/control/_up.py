@@ -523,15 +523,15 @@ class Up:
 
     # -- actions ---------------------------------------------------------------------------
     def restart(self, child: str) -> None:
-        """Stop a child politely; its supervisor starts it again (a counted restart)."""
+        """Stop a child politely and start it again at once (asked for, so it spends no
+        restart budget and waits no backoff: ``Supervisor.request_restart``)."""
         sup = self.sups.get(child)
         if sup is None or sup.child is None or sup.child.exit is not None:
             raise CheckFailed(
                 f"{child} is not running under this `bastion up` now (see /api/system); "
                 "try again once it is"
             )
-        sup.child.signal(signal.SIGTERM)
-        sup.child.signal(signal.SIGCONT)
+        sup.request_restart("restart asked for through the control API")
 
     # -- reload --------------------------------------------------------------------------
     def reload(self) -> dict[str, Any]:

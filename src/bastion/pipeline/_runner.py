@@ -53,8 +53,10 @@ from bastion.pipeline._key import (
     environment_lock,
     stage_key,
 )
+from bastion.pipeline._recipe import Recipe, code_tree, record_code, reported_environment
 from bastion.pipeline._status import DONE, RunRecord, StageRecord, read_run, write_run
 from bastion.supervise import Backoff, ProcessSpec, RestartBudget, Supervisor, pid_alive
+from bastion.train import ENV_STAGE_ENVIRONMENT
 
 if TYPE_CHECKING:
     from bastion.manifest import Manifest
@@ -289,6 +291,7 @@ class PipelineRunner:
             "BASTION_STAGE_OUTPUT": str(work / "out"),
             "BASTION_STAGE_RESULT": str(work / "result.json"),
             "BASTION_STAGE_CONFIG": str(work / "config.json"),
+            ENV_STAGE_ENVIRONMENT: str(work / "environment.json"),
             **node.stage.env,
         }
         (work / "config.json").write_bytes(canonical(node.stage.config, where="config"))
@@ -400,12 +403,51 @@ class PipelineRunner:
                 f"stage {node.name} exited 0 but wrote nothing to $BASTION_STAGE_OUTPUT; a "
                 "stage publishes exactly one snapshot"
             )
+        recipe = self._recipe(node, work, inputs)
+        lineage = [s.ref for s in inputs.values() if s is not None]
         return self.vault.commit(
             node.output,
             files,
-            meta={"pipeline": self.name, "stage": node.name, "key": key.digest if key else None},
-            lineage=[s.ref for s in inputs.values() if s is not None],
+            meta={
+                "pipeline": self.name,
+                "stage": node.name,
+                "key": key.digest if key else None,
+                "recipe": recipe.to_json(),
+            },
+            lineage=[*lineage, recipe.code] if recipe.code else lineage,
             labels=labels,
+        )
+
+    def _recipe(self, node: StageNode, work: Path, inputs: Mapping[str, Snapshot | None]) -> Recipe:
+        """How the stage made its output, so ``bastion model reconstitute`` can make it
+        again (``_recipe``): its code committed as ``code/<pipeline>/<stage>``."""
+        stage = node.stage
+        assert stage.command is not None
+        base = self.manifest.base_dir
+        try:
+            paths = list(stage.code) or code_files(self._argv(node), stage.workdir)
+        except Unhashable as exc:
+            paths, why = [], [str(exc)]
+        else:
+            why = []
+        files, outside = code_tree(paths, base)
+        outside += why
+        try:
+            workdir = str(stage.workdir.resolve().relative_to(base.resolve()))
+        except ValueError:
+            workdir, outside = str(stage.workdir), [*outside, str(stage.workdir)]
+        # the interpreter a "python" command runs is the environment, not code
+        outside = [p for p in outside if Path(p).resolve() != Path(sys.executable).resolve()]
+        code = record_code(self.vault, f"code/{self.name}/{node.name}", files)
+        return Recipe(
+            command=tuple(stage.command),
+            workdir=workdir,
+            code=code,
+            inputs={k: s.ref for k, s in inputs.items() if s is not None},
+            config=stage.config,
+            env=stage.env,
+            environment=reported_environment(work / "environment.json"),
+            uncaptured=tuple(outside),
         )
 
     def _stage(self, node: StageNode, previous: RunRecord | None) -> None:

@@ -274,6 +274,7 @@ async def run_services(
     """
     from bastion.events import EventWriter
     from bastion.rollout import RolloutController
+    from bastion.serve._control import ServiceControl
     from bastion.serve._cost import Ledger
     from bastion.serve._golden import GoldenProber
     from bastion.serve._spend import SpendWriter, spend_since
@@ -336,6 +337,7 @@ async def run_services(
             if prober is not None:
                 probers.append(prober)
             rollouts.append(RolloutController(gw, manifest, sets[name], prober=prober))
+            ServiceControl(gw, sets[name])
         for gw in gateways:
             try:
                 await gw.start()

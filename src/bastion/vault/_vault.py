@@ -77,6 +77,7 @@ from bastion.vault._write import Written, write_files
 if TYPE_CHECKING:
     from bastion.manifest import Manifest
     from bastion.vault._gc import GcReport
+    from bastion.vault._heal import HealReport
     from bastion.vault._scrub import ScrubReport
 
 __all__ = ["FileSource", "PutResult", "Vault", "VaultStatistics"]
@@ -662,6 +663,16 @@ class Vault:
         from bastion.vault._scrub import scrub
 
         return scrub(self, repair=repair, max_seconds=max_seconds, progress=progress, deep=deep)
+
+    def heal(
+        self, ref: str | Snapshot, *, rebuilt: Mapping[str, bytes] | None = None
+    ) -> HealReport:
+        """Put one snapshot back whole on every reachable replica: its document, its
+        name's labels and every chunk, from a copy that verifies, or from ``rebuilt``
+        files only if they are hash-identical to it (``bastion.vault._heal``)."""
+        from bastion.vault._heal import heal
+
+        return heal(self, self.snapshot(ref), rebuilt=rebuilt)
 
     def lineage(self, ref: str) -> dict[str, Any]:
         """What produced ``ref``: ``{root, nodes: {ref: info}, edges: [[child, parent]]}``."""
