@@ -255,6 +255,24 @@ def test_reload_changed_backends_under_load_and_bad_input_changes_nothing(
         after = json.loads((path.parent / ".bastion" / "up" / "children.json").read_text())
         assert after == before  # the same processes throughout: nothing restarted
         assert _counts(path) == {"up": 1, "serve": 1, "replica": 2}
+
+        # a new service: started beside the running one, which is left alone
+        more = _free_port()
+
+        def add_service(d: dict) -> None:  # type: ignore[type-arg]
+            d["services"]["more"] = {
+                "listen": f"127.0.0.1:{more}",
+                "backends": [{"name": "v", "url": vendor_url}],
+            }
+
+        _edit(path, add_service)
+        done = _bastion("reload", "--json", "-f", str(path))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout)["added"] == ["serve:more"]
+        assert _status(path)["services"]["more"]["healthy"] is True
+        grown = json.loads((path.parent / ".bastion" / "up" / "children.json").read_text())
+        assert grown["serve:digits"] == before["serve:digits"]
+        assert _counts(path) == {"up": 1, "serve": 2, "replica": 2}
     finally:
         stop_server(vendor)
 
