@@ -102,6 +102,7 @@ def _browser() -> Any:
 
 
 def _watch(page: Any, errors: list[str]) -> None:
+    page.set_default_timeout(60_000)  # generous under load; the delays seen are printed
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
 
@@ -128,7 +129,7 @@ def test_pages_load_live_ejection_and_a_drill_from_the_page(running: tuple[Up, s
         _watch(timeline, errors)
         timeline.goto(f"{up.api_url}/#/events")
         timeline.wait_for_selector('main[data-loaded="events"]')
-        timeline.wait_for_selector('#live:text-is("live")')
+        timeline.wait_for_selector('#live:text-is("live")', timeout=60_000)
         serve_pid = up.children()["serve:digits"]["pid"]
         replica = next(
             p
@@ -142,17 +143,17 @@ def test_pages_load_live_ejection_and_a_drill_from_the_page(running: tuple[Up, s
             if b["url"].endswith(f":{port}")
         )
         healthy = f'[data-backend-state="{name}"] >> text=healthy'
-        services.wait_for_selector(healthy, timeout=30_000)
+        services.wait_for_selector(healthy, timeout=60_000)
         before = timeline.eval_on_selector_all(
             'tr[data-kind="serve.backend.ejected"]', "r => r.length"
         )
         reloads = services.evaluate("performance.getEntriesByType('navigation').length")
         killed = time.monotonic()
         os.kill(replica.pid, signal.SIGKILL)
-        services.wait_for_selector(f'[data-backend-state="{name}"] >> text=ejected', timeout=15_000)
+        services.wait_for_selector(f'[data-backend-state="{name}"] >> text=ejected', timeout=30_000)
         on_services = time.monotonic() - killed
         timeline.wait_for_selector(
-            f'tr[data-kind="serve.backend.ejected"]:has-text("{name}")', timeout=15_000
+            f'tr[data-kind="serve.backend.ejected"]:has-text("{name}")', timeout=30_000
         )
         assert (
             timeline.eval_on_selector_all('tr[data-kind="serve.backend.ejected"]', "r => r.length")
@@ -172,8 +173,8 @@ def test_pages_load_live_ejection_and_a_drill_from_the_page(running: tuple[Up, s
         drills.fill('input[name="experiment"]', "steady.json")
         drills.fill('input[name="token"]', token)
         drills.click("button[type=submit]")
-        drills.wait_for_selector("#drill-message >> text=started", timeout=15_000)
-        drills.wait_for_selector("[data-drill-state] >> text=passed", timeout=60_000)
+        drills.wait_for_selector("#drill-message >> text=started", timeout=30_000)
+        drills.wait_for_selector("[data-drill-state] >> text=passed", timeout=120_000)
         assert errors == [], errors
     finally:
         browser.close()

@@ -206,9 +206,12 @@ views.events = async () => {
   ];
 };
 
+// what the last start of a drill said: kept across the live re-renders of the page
+const drillNote = { text: "", error: false };
+
 views.drills = async () => {
   const doc = await api("/api/drills");
-  const message = el("p", { id: "drill-message", role: "status" });
+  const message = el("p", { id: "drill-message", role: "status", class: drillNote.error ? "error" : "" }, drillNote.text);
   const form = el(
     "form",
     {
@@ -222,7 +225,9 @@ views.drills = async () => {
           body: JSON.stringify({ experiment: data.get("experiment") }),
         });
         const body = await resp.json();
-        message.textContent = resp.ok ? `started ${body.job.id}` : `refused: ${body.error.message}`;
+        drillNote.text = resp.ok ? `started ${body.job.id}` : `refused: ${body.error.message}`;
+        drillNote.error = !resp.ok;
+        message.textContent = drillNote.text;
         message.className = resp.ok ? "" : "error";
         schedule();
       },
@@ -262,7 +267,14 @@ async function render() {
   try {
     const nodes = await view();
     const focused = document.activeElement && main.contains(document.activeElement) ? document.activeElement.name : null;
+    // a live re-render of the same page keeps what the user is typing
+    const typed = {};
+    if (route === current) for (const input of main.querySelectorAll("input[name]")) typed[input.name] = input.value;
     main.replaceChildren(...nodes);
+    for (const [name, value] of Object.entries(typed)) {
+      const input = main.querySelector(`input[name="${name}"]`);
+      if (input) input.value = value;
+    }
     if (focused) {
       const again = main.querySelector(`[name="${focused}"]`);
       if (again) again.focus();
