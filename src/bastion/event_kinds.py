@@ -49,6 +49,7 @@ def by_name(name: str) -> Kind | None:
 # -- the life cycle of a supervised child (suffixes; the caller prefixes them) ---------------
 CHILD: dict[str, str] = {
     "started": "a child process started (pid, argv, warm: it took over a ready standby)",
+    "adopted": "a new supervisor took over a running child its killed predecessor started (pid)",
     "exited": "the child exited (code, signal, oom, hang)",
     "hang": "no heartbeat within the timeout; the child is being stopped (heartbeat_age_s)",
     "restarting": "a restart is scheduled after a backoff (reason, delay_s, restarts)",
@@ -336,6 +337,34 @@ TWIN_LOAD = _k(
     "twin.load", "synthetic load was replayed against a twin's gateway (sent, ok, failed, rate)"
 )
 
+# -- control (`bastion up`, its API) ---------------------------------------------------------
+CONTROL_UP_STARTED = _k(
+    "control.up.started", "`bastion up` started (pid, children adopted, children started, api)"
+)
+CONTROL_UP_READY = _k("control.up.ready", "every service `bastion up` runs answered (seconds)")
+CONTROL_UP_STOPPED = _k("control.up.stopped", "`bastion up` stopped its children and ended")
+CONTROL_RELOAD_APPLIED = _k(
+    "control.reload.applied",
+    "a changed manifest was applied (generation, services added, removed, reloaded, restarted)",
+)
+CONTROL_RELOAD_FAILED = _k(
+    "control.reload.failed", "a manifest was not applied; what ran is unchanged (error)"
+)
+CONTROL_ACTION = _k(
+    "control.action", "a state-changing API call was made (action, target, token name)"
+)
+CONTROL_REFUSED = _k(
+    "control.refused",
+    "a state-changing API call was refused (reason: no token, bad token, cross-origin, rate)",
+)
+CONTROL_SCRUB_FINISHED = _k(
+    "control.scrub.finished", "a scheduled, budgeted scrub ended (code, seconds)"
+)
+SERVE_RELOADED = _k(
+    "serve.reloaded",
+    "a gateway applied a changed manifest in place (backends added, removed, bounds)",
+)
+
 # -- playbooks (bastion.playbooks) --------------------------------------------------------
 PLAYBOOK_RUNNER_STARTED = _k(
     "playbook.runner.started", "a playbook runner began following the log (runner, after_id)"
@@ -393,6 +422,7 @@ for _suffix, _meaning in CHILD.items():
         ("train.", "training worker"),
         ("serve.replica.", "model replica"),
         ("pipeline.stage.process.", "pipeline stage"),
+        ("control.child.", "`bastion up` child (a gateway, the guard, a scrub)"),
         ("model.reconstitute.replay.", "a model's replay from lineage"),
     ):
         _name = _prefix + _suffix

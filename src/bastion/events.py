@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_ts   ON events (ts);
 CREATE INDEX IF NOT EXISTS events_kind ON events (kind, ts);
 CREATE INDEX IF NOT EXISTS events_subject ON events (subject, ts);
+CREATE INDEX IF NOT EXISTS events_kind_subject ON events (kind, subject, ts);
 """
 
 _SECRET_KEY = re.compile(

@@ -866,6 +866,29 @@ class Pipeline(_Strict):
     """Free text."""
 
 
+class ScrubSchedule(_Strict):
+    """A scheduled, budgeted ``bastion vault scrub`` that ``bastion up`` runs."""
+
+    every_s: float = Field(default=3600.0, ge=10.0)
+    """Seconds between the starts of two scrubs."""
+    max_seconds: float = Field(default=60.0, gt=0.0)
+    """Each scrub's budget; the next one resumes where it stopped."""
+    first_after_s: float = Field(default=60.0, ge=0.0)
+    """Seconds after ``bastion up`` starts before the first scrub (start-up comes first)."""
+
+
+class Control(_Strict):
+    """What ``bastion up`` runs beside the services, and where its API listens."""
+
+    listen: Listen = "127.0.0.1:8790"
+    """host:port of the control API (and, later, the dashboard). Loopback by default:
+    reads need no token, so only expose it on a network you trust."""
+    guard: bool = True
+    """Run ``bastion vault guard`` over the protected directories (if there are any)."""
+    scrub: ScrubSchedule | None = ScrubSchedule()
+    """The scheduled scrub; ``null`` for none."""
+
+
 # -- playbooks (helper "playbooks") ------------------------------------------------------
 
 PlaybookDo = Literal[
@@ -1064,6 +1087,8 @@ class Manifest(_Strict):
     recovery: dict[Id, RecoveryTarget] = Field(default_factory=dict)
     """Recovery targets by the loss they are for: software, or a failure domain (host,
     site, region, zone, account, provider)."""
+    control: Control = Control()
+    """``bastion up``: its API's address, the guard and the scheduled scrub."""
     _path: Path | None = PrivateAttr(default=None)
 
     @property

@@ -188,6 +188,17 @@ class Supervisor:
         self.state = "running"
         self._emit("started", pid=self.child.pid, argv=list(spec.argv), name=spec.name, warm=warm)
 
+    def adopt(self, child: Child) -> None:
+        """Supervise ``child`` (from ``Child.adopt``: started by a supervisor that was
+        killed) as the running attempt, instead of starting one; before ``start()``."""
+        with self._lock:
+            if self.state != "idle":
+                raise RuntimeError("adopt() is for a supervisor that has not started")
+            self.child = child
+            self.attempts = 1
+            self.state = "running"
+            self._emit("adopted", pid=child.pid, name=child.spec.name)
+
     def _maybe_prepare_standby(self) -> None:
         """Start the next attempt's interpreter once the current child is past its own
         start-up (its first heartbeat), so the two do not compete for the CPU then."""
