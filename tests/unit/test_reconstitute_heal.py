@@ -109,3 +109,26 @@ def test_a_recipe_is_refused_when_malformed_or_from_elsewhere(vault: Vault) -> N
     assert any(p.startswith("torch 0.0.1 recorded") for p in problems)
     assert "its code was not recorded" in problems
     assert any("/usr/bin/tool" in p for p in problems)
+
+
+def test_a_stage_code_recorded_again_unchanged_reuses_its_version(
+    vault: Vault, tmp_path: Path, rng: random.Random
+) -> None:
+    from bastion.pipeline._recipe import record_code
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print('train')\n")
+    (code / "big.bin").write_bytes(_weights(rng))  # more than one chunk
+    files = {p.name: p for p in sorted(code.iterdir())}
+    first = record_code(vault, "code/p/train", files)
+    assert record_code(vault, "code/p/train", files) == first  # nothing changed
+    (code / "train.py").chmod(0o600)
+    moded = record_code(vault, "code/p/train", files)
+    assert moded != first  # a mode is part of the tree
+    (code / "train.py").write_text("print('train, changed')\n")
+    changed = record_code(vault, "code/p/train", files)
+    assert changed not in (first, moded)
+    assert vault.read(changed, "train.py") == b"print('train, changed')\n"
+    assert [s.ref for s in vault.versions("code/p/train")] == [first, moded, changed]
+    assert record_code(vault, "code/p/train", {"train.py": code / "train.py"}) != changed

@@ -25,7 +25,17 @@ from bastion.manifest import Manifest, load
 
 __all__ = ["SCENES", "DemoContext", "Scene", "find_example", "run"]
 
-SCENES = ("check", "vault", "train", "serve", "map", "drill", "validate", "rollout")
+SCENES = (
+    "check",
+    "vault",
+    "train",
+    "serve",
+    "map",
+    "drill",
+    "validate",
+    "rollout",
+    "outcomes",
+)
 
 
 @dataclass

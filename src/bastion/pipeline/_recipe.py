@@ -149,8 +149,11 @@ def _this_process() -> dict[str, Any]:
 
 
 def record_code(vault: Vault, name: str, files: Mapping[str, Path]) -> str | None:
-    """Commit the stage's code as the next version of ``name`` (its chunks deduplicate
-    against the last one); the exact ref (None without files)."""
+    """Commit the stage's code as the next version of ``name``, unless its latest version
+    holds exactly these files; the exact ref (None without files)."""
     if not files:
         return None
+    same = vault.unchanged(name, files)
+    if same is not None:
+        return same.ref  # the same code as last run: no new version for every run
     return vault.commit(name, dict(files), meta={"kind": "stage code"}).ref

@@ -33,11 +33,11 @@ import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bastion.errors import BastionError, NotFoundError, UnavailableError, UsageError
 from bastion.store import Store, StoreStatistics, buffer_address, open_store
@@ -50,6 +50,9 @@ from bastion.vault._objects import (
     iter_boundaries,
     object_key,
 )
+
+if TYPE_CHECKING:
+    from bastion.vault._snapshot import FileEntry
 
 __all__ = [
     "ChunkResult",
@@ -173,6 +176,34 @@ def open_source(source: FileSource) -> tuple[memoryview, int, mmap.mmap | None]:
     if isinstance(source, bytes | bytearray):
         return memoryview(source), _MEMORY_MODE, None
     raise UsageError(f"cannot store a {type(source).__name__}; give bytes, memoryview or Path")
+
+
+def tree_matches(files: Mapping[str, FileEntry], sources: Mapping[str, FileSource]) -> bool:
+    """Would committing ``sources`` give exactly ``files`` (the same paths, sizes, modes and
+    chunks, cut as a commit cuts them)? Reads and hashes, stores nothing."""
+    if set(files) != set(sources):
+        return False
+    for path, source in sources.items():
+        entry = files[path]
+        view, mode, mapped = open_source(source)
+        try:
+            if len(view) != entry.size or mode != entry.mode:
+                return False
+            ids = []
+            for offset, length in iter_boundaries(view):
+                chunk = view[offset : offset + length]
+                try:
+                    ids.append(hash_bytes(chunk))
+                finally:
+                    chunk.release()
+            if ids != [c.id for c in entry.chunks]:
+                return False
+        finally:
+            view.release()
+            if mapped is not None:
+                with contextlib.suppress(BufferError):
+                    mapped.close()
+    return True
 
 
 def store_file(

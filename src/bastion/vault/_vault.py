@@ -59,7 +59,7 @@ from bastion.store import (
     write_file,
 )
 from bastion.vault._admin import pin_admin
-from bastion.vault._ingest import FileSource
+from bastion.vault._ingest import FileSource, tree_matches
 from bastion.vault._keys import Signer, Verifier
 from bastion.vault._layout import (
     ADMIN_PIN,
@@ -360,6 +360,16 @@ class Vault:
             compress=compress,
             chunk_size=chunk_size,
         ).snapshot
+
+    def unchanged(self, name: str, files: Mapping[str, FileSource]) -> Snapshot | None:
+        """The latest version of ``name`` if committing ``files`` would store exactly what
+        it holds (same paths, modes and chunks), else None: a caller that records the same
+        tree again and again (a stage's code on every run) reuses the version it has."""
+        try:
+            latest = self.snapshot(name)
+        except NotFoundError:
+            return None
+        return latest if tree_matches(latest.files, files) else None
 
     def put(
         self,
