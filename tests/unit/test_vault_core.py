@@ -398,3 +398,16 @@ def test_no_worker_processes_means_threads_do_the_work(
         assert vault.read(snap, path) == source.read_bytes()
     assert vault.events is not None
     assert vault.events.query(kind="vault.ingest.threads")
+
+
+def test_a_commit_leaves_the_callers_memoryview_usable(vault: Vault) -> None:
+    # a checkpoint commits a view of its staging buffer, then reads its size and reuses
+    # it: the commit (inline for a small one) must release only views of its own
+    buffer = bytearray(b"x" * 5000)
+    view = memoryview(buffer)
+    snap = vault.commit("ckpt/job", {"state": view})
+    assert view.nbytes == 5000
+    view[0] = ord("y")  # still writable, still the caller's
+    assert vault.read(snap, "state") == b"x" * 5000
+    assert vault.unchanged("ckpt/job", {"state": b"x" * 5000}) == snap
+    assert vault.unchanged("ckpt/job", {"state": bytes(buffer)}) is None  # one byte differs

@@ -168,8 +168,10 @@ def open_source(source: FileSource) -> tuple[memoryview, int, mmap.mmap | None]:
         return memoryview(mapped), mode, mapped
     # Bytes in memory have no mode of their own: a restore makes them private (0600).
     if isinstance(source, memoryview):
+        # always a view of our own: callers release what this returns, and releasing the
+        # caller's own view (a checkpoint's staging buffer) would break it for them
         return (
-            source.cast("B") if source.format != "B" or source.ndim != 1 else source,
+            source.cast("B") if source.format != "B" or source.ndim != 1 else memoryview(source),
             _MEMORY_MODE,
             None,
         )
