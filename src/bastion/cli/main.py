@@ -51,6 +51,7 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "rollout": ("rollout",),
     "slo": ("slo",),
     "twin": ("twin",),
+    "segment": ("segment",),
 }
 
 

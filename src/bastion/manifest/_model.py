@@ -59,6 +59,7 @@ __all__ = [
     "Replicas",
     "RestartPolicy",
     "Retention",
+    "Segment",
     "Service",
     "Slo",
     "VaultConfig",
@@ -344,6 +345,22 @@ class WorkerSlot(_Strict):
     """Run the worker here, or on a Ray cluster."""
 
 
+class Segment(_Strict):
+    """One part of the system that can be quarantined alone (``bastion segment``): its
+    vault namespace, its protected directories, and (by their ``segment:``) its jobs,
+    services and backends."""
+
+    prefixes: list[str] = Field(default_factory=list)
+    """Vault name prefixes it owns (its namespace; tokens for it name prefixes under
+    these). Empty: ``<kind>/<segment>/`` for every artifact kind, and ``ckpt/<job>/``
+    for each of its jobs."""
+    protect: list[RelPath] = Field(default_factory=list)
+    """Directories frozen (read-only, as the vault guard freezes) while it is
+    quarantined."""
+    description: str | None = None
+    """Free text."""
+
+
 class Job(_Strict):
     """A supervised training job: restarted on failure, resumed from verified checkpoints."""
 
@@ -517,6 +534,9 @@ class Backend(_Strict):
     """The environment variable that holds the remote endpoint's API key."""
     price: Price | None = None
     """What a call to it costs; unset, it is free (a local replica)."""
+    segment: str | None = None
+    """The segment (one of ``segments``) it belongs to; unset, its service's. A
+    quarantined segment's backends are taken out of every gateway."""
 
     @model_validator(mode="after")
     def _one_target(self) -> Backend:
@@ -872,8 +892,17 @@ class Manifest(_Strict):
     """Where events, keys and local state live (relative to this file)."""
     vault: VaultConfig | None = None
     """The vault's replicas, keys and retention."""
-    segments: list[Id] = Field(default_factory=list)
-    """Names for parts of the system (prod, staging) that jobs and services belong to."""
+    segments: dict[Id, Segment] = Field(default_factory=dict)
+    """Parts of the system (prod, staging) that jobs, services and backends belong to,
+    each quarantined alone: a list of names, or names mapped to their settings."""
+
+    @field_validator("segments", mode="before")
+    @classmethod
+    def _segment_list(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return {name: {} for name in value}
+        return value
+
     components: list[Component] = Field(default_factory=list)
     """What the system depends on, for the dependency map."""
     jobs: dict[Id, Job] = Field(default_factory=dict)
