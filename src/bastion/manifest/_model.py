@@ -892,15 +892,18 @@ class Manifest(_Strict):
     """Where events, keys and local state live (relative to this file)."""
     vault: VaultConfig | None = None
     """The vault's replicas, keys and retention."""
-    segments: dict[Id, Segment] = Field(default_factory=dict)
+    segments: list[Id] | dict[Id, Segment] = Field(default_factory=dict)
     """Parts of the system (prod, staging) that jobs, services and backends belong to,
-    each quarantined alone: a list of names, or names mapped to their settings."""
+    each quarantined alone: a list of names, or names mapped to their settings (read
+    them with ``segment_spec``)."""
 
-    @field_validator("segments", mode="before")
+    @field_validator("segments")
     @classmethod
-    def _segment_list(cls, value: Any) -> Any:
+    def _segment_list(cls, value: list[str] | dict[str, Segment]) -> dict[str, Segment]:
         if isinstance(value, list):
-            return {name: {} for name in value}
+            if len(set(value)) != len(value):
+                raise ValueError("a segment is named twice")
+            return {name: Segment() for name in value}
         return value
 
     components: list[Component] = Field(default_factory=list)
@@ -927,6 +930,12 @@ class Manifest(_Strict):
     def base_dir(self) -> Path:
         """The directory relative paths in the manifest resolve against."""
         return self._path.parent if self._path is not None else Path.cwd()
+
+    def segment_spec(self, name: str) -> Segment | None:
+        """Segment ``name``'s settings (defaults for one declared by name alone)."""
+        if isinstance(self.segments, dict):
+            return self.segments.get(name)
+        return Segment() if name in self.segments else None
 
     def component(self, id_: str) -> Component | None:
         return next((c for c in self.components if c.id == id_), None)

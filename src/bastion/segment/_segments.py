@@ -74,8 +74,8 @@ def namespace(manifest: Manifest, name: str) -> tuple[str, ...]:
     """The vault name prefixes segment ``name`` owns: its ``prefixes``, or by default
     ``<kind>/<name>/`` for every kind and ``ckpt/<job>/`` for each of its jobs."""
     _segment(manifest, name)
-    spec = manifest.segments[name]
-    if spec.prefixes:
+    spec = manifest.segment_spec(name)
+    if spec is not None and spec.prefixes:
         return tuple(spec.prefixes)
     jobs = [f"ckpt/{job}/" for job, j in manifest.jobs.items() if j.segment == name]
     return (*(f"{kind}/{name}/" for kind in KINDS), *jobs)
@@ -234,9 +234,9 @@ def _gateway_call(
 
 def _protected(manifest: Manifest, segment: str) -> list[Path]:
     base = manifest.base_dir
-    return [
-        (p if p.is_absolute() else base / p).resolve() for p in manifest.segments[segment].protect
-    ]
+    spec = manifest.segment_spec(segment)
+    dirs = spec.protect if spec is not None else []
+    return [(p if p.is_absolute() else base / p).resolve() for p in dirs]
 
 
 def _stop_job(manifest: Manifest, job: str) -> str:
