@@ -107,7 +107,7 @@ def world(tmp_path: Path, rng: random.Random) -> Iterator[World]:
         vault,
         token_key=key,
         state=state,
-        namespaces={"prod": ("model/prod/",), "staging": ("model/staging/",)},
+        namespaces={"prod": ("model/prod/",), "staging": ("model/staging/", "ckpt/etl/")},
         max_upload=1 << 20,
         clock=clock,
     )
@@ -475,3 +475,34 @@ def test_many_concurrent_uploads_of_the_same_name_all_land(
     kept(before, after)
     stored = {v: f["w.bin"] for v, _, f in after["model/staging/m"]}
     assert sorted(stored[v] for v in versions) == sorted(payloads)
+
+
+# ------------------------------------------------- what a job does with its token
+
+
+def test_a_job_checkpoints_through_the_server_with_only_a_token(
+    world: World, rng: random.Random, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from bastion.manifest import load
+    from bastion.train import ServerStore, open_store
+
+    token = world.token("staging", prefixes=["ckpt/etl/"])
+    monkeypatch.setenv("BASTION_VAULT_URL", world.url)
+    monkeypatch.setenv("BASTION_VAULT_TOKEN", token)
+    manifest = tmp_path / "job" / "bastion.yaml"
+    manifest.parent.mkdir()
+    manifest.write_text("version: 1\nsystem: s\n")  # no vault key anywhere near the job
+    store = open_store(load(manifest), job="etl")
+    assert isinstance(store, ServerStore)
+    states = [rng.randbytes(70_000) for _ in range(3)]
+    for step, state in enumerate(states, 1):
+        ref = store.commit(
+            f"ckpt/etl/step-{step:06d}", {"state.bin": state}, meta={"step": step}, lineage=[]
+        )
+        assert ref == f"ckpt/etl/step-{step:06d}@1"
+    assert store.checkpoints("etl") == [f"ckpt/etl/step-{n:06d}" for n in (3, 2, 1)]
+    assert store.read("ckpt/etl/step-000002", "state.bin") == states[1]
+    assert store.prune("etl", 1) == []  # a token cannot delete
+    with pytest.raises(TokenRefused, match="outside this token's prefixes"):
+        store.commit("model/staging/m", {"w": b"x"}, meta={}, lineage=[])
+    store.client.close()

@@ -181,21 +181,24 @@ class VaultClient:
         *,
         meta: Mapping[str, Any] | None = None,
         lineage: Sequence[str] = (),
+        compress: bool = True,
+        chunk_size: int | None = None,
     ) -> dict[str, Any]:
         """Append ``files`` as the next version of ``name``; the server's snapshot JSON
-        (``version``, ``ref``, ``created``: the server's time)."""
+        (``version``, ``ref``, ``created``: the server's time). ``compress`` and
+        ``chunk_size`` as ``Vault.commit``'s."""
         paths = sorted(files)
         sizes = [_size(files[p]) for p in paths]
-        head = (
-            json.dumps(
-                {
-                    "files": [[p, s] for p, s in zip(paths, sizes, strict=True)],
-                    "meta": dict(meta or {}),
-                    "lineage": list(lineage),
-                }
-            ).encode()
-            + b"\n"
-        )
+        header: dict[str, Any] = {
+            "files": [[p, s] for p, s in zip(paths, sizes, strict=True)],
+            "meta": dict(meta or {}),
+            "lineage": list(lineage),
+        }
+        if not compress:
+            header["compress"] = False
+        if chunk_size is not None:
+            header["chunk_size"] = chunk_size
+        head = json.dumps(header).encode() + b"\n"
 
         def body() -> Iterator[bytes | memoryview]:
             yield head

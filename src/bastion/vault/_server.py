@@ -62,8 +62,10 @@ DEFAULT_MAX_UPLOAD = 8 << 30
 _MAX_HEADER = 1 << 20
 _MAX_FILES = 100_000
 _READ_CHUNK = 1 << 20
-#: files up to this size are spooled in memory, bigger ones on the server's disk
-_MEMORY_SPOOL = 64 << 20
+#: an upload's files are spooled in memory until they add up to this, then on the
+#: server's disk (as files the vault ingests like any other); a file bigger than it goes
+#: to disk whatever the total
+_MEMORY_SPOOL = 256 << 20
 #: meta keys a client may not set: the server records time itself (restic#22057: a
 #: forged snapshot time lets the next prune delete real history)
 _TIME_KEYS = frozenset({"created", "received", "time", "timestamp", "date", "mtime"})
@@ -101,7 +103,8 @@ class VaultServer:
     ``namespaces``: each segment's name prefixes; a name outside them is refused even
     to a token that names it. ``max_upload``: the largest upload, in bytes.
     ``clock``: the server's wall clock (token expiry; the vault's own clock stamps
-    snapshots). ``spool_dir``: where uploads bigger than 64 MiB wait for their commit.
+    snapshots). ``spool_dir``: where an upload's files beyond its first 256 MiB wait
+    for their commit.
     """
 
     def __init__(
@@ -406,8 +409,10 @@ class VaultServer:
     ) -> dict[str, FileSource]:
         out: dict[str, FileSource] = {}
         content = request.content
+        in_memory = 0
         for index, (path, size) in enumerate(files):
-            if size <= _MEMORY_SPOOL:
+            if in_memory + size <= _MEMORY_SPOOL:
+                in_memory += size
                 buf = bytearray(size)
                 view = memoryview(buf)
                 got = 0
