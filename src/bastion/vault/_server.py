@@ -32,19 +32,27 @@ declared first so an oversize upload is refused (413) before a byte of it is sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from bastion import event_kinds as ek
-from bastion.errors import IntegrityError, InvalidNameError, NotFoundError, UsageError
+from bastion.errors import (
+    IntegrityError,
+    InvalidNameError,
+    NotFoundError,
+    UnavailableError,
+    UsageError,
+)
 from bastion.events import NO_EVENTS, Emit
 from bastion.names import parse_name, parse_ref
 from bastion.segment._state import RevocationList, SegmentState
@@ -120,6 +128,11 @@ class VaultServer:
         events: Emit = NO_EVENTS,
     ) -> None:
         self.vault = vault
+        if vault.ingest_processes is None:
+            # the server's uploads share its cores with its event loop: ingest in threads
+            # (worker processes cost a spawn and a copy of every spooled file per commit,
+            # and measured slower than threads on 2 cores; benchmarks/segments_vault.py)
+            vault.ingest_processes = False
         self.root = token_key.public
         self.state = state
         self.revocations = RevocationList(state)
@@ -165,6 +178,8 @@ class VaultServer:
             )
         except UsageError as exc:
             return self._refuse(request, 400, str(exc), "usage")
+        except UnavailableError as exc:
+            return _json({"error": f"{exc} (try again later)"}, 503)
         except web.HTTPException as exc:
             if exc.status >= 400:
                 return _json(
@@ -320,7 +335,7 @@ class VaultServer:
                 "the snapshot (it holds the only signing key)",
                 reason="document",
             )
-        files, meta, lineage = await self._header(request)
+        files, meta, lineage, options = await self._header(request)
         total = sum(size for _, size in files)
         if request.content_length is not None and request.content_length > (
             self.max_upload + _MAX_HEADER
@@ -329,12 +344,24 @@ class VaultServer:
         if total > self.max_upload:
             raise _Refused(413, self._too_big(total), reason="oversize")
         spool = self.spool_dir / f"{os.getpid()}-{secrets.token_hex(8)}"
-        try:
-            sources = await self._spool(request, files, spool)
-            meta = {**meta, "bastion.received": _iso(received)}
-            snap = await asyncio.to_thread(
-                self.vault.commit, name, sources, meta=meta, lineage=lineage
+        meta = {**meta, "bastion.received": _iso(received)}
+        # The commit starts now and takes each file as it arrives (``_Arriving`` blocks
+        # its reader until then), so chunking, hashing and writing overlap the transfer.
+        arriving = _Arriving([p for p, _ in files])
+        commit = asyncio.ensure_future(
+            asyncio.to_thread(
+                self.vault.commit, name, arriving, meta=meta, lineage=lineage, **options
             )
+        )
+        try:
+            try:
+                await self._spool(request, files, spool, arriving)
+            except BaseException as exc:
+                arriving.abort(exc)
+                with contextlib.suppress(BaseException):
+                    await commit  # it stops at the first file that will never come
+                raise
+            snap = await commit
         finally:
             await asyncio.to_thread(shutil.rmtree, spool, True)
         self.commits += 1
@@ -348,7 +375,7 @@ class VaultServer:
 
     async def _header(
         self, request: web.Request
-    ) -> tuple[list[tuple[str, int]], dict[str, Any], list[str]]:
+    ) -> tuple[list[tuple[str, int]], dict[str, Any], list[str], dict[str, Any]]:
         try:
             line = await request.content.readuntil(b"\n")
         except ValueError:
@@ -402,15 +429,39 @@ class VaultServer:
             raise _Refused(400, "header.lineage must be a list of refs", reason="header")
         for ref in lineage:
             parse_ref(ref)
-        return files, meta, lineage
+        options: dict[str, Any] = {}
+        if "compress" in head:
+            if not isinstance(head["compress"], bool):
+                raise _Refused(400, "header.compress must be true or false", reason="header")
+            options["compress"] = head["compress"]
+        if "chunk_size" in head:
+            size = head["chunk_size"]
+            if type(size) is not int or size % 4096 or not 64 << 10 <= size <= 64 << 20:
+                raise _Refused(
+                    400,
+                    "header.chunk_size must be a multiple of 4096 from 64 KiB to 64 MiB",
+                    reason="header",
+                )
+            options["chunk_size"] = size
+        return files, meta, lineage, options
 
     async def _spool(
-        self, request: web.Request, files: list[tuple[str, int]], spool: Path
-    ) -> dict[str, FileSource]:
-        out: dict[str, FileSource] = {}
+        self,
+        request: web.Request,
+        files: list[tuple[str, int]],
+        spool: Path,
+        out: _Arriving,
+    ) -> None:
         content = request.content
         in_memory = 0
+        # The last file is handed over only once the body is known to end there: until
+        # then the commit cannot finish, so an upload longer than declared publishes
+        # nothing.
+        pending: tuple[str, FileSource] | None = None
         for index, (path, size) in enumerate(files):
+            if pending is not None:
+                out.arrived(*pending)
+                pending = None
             if in_memory + size <= _MEMORY_SPOOL:
                 in_memory += size
                 buf = bytearray(size)
@@ -422,7 +473,7 @@ class VaultServer:
                         raise self._short(path, size, got)
                     view[got : got + len(chunk)] = chunk
                     got += len(chunk)
-                out[path] = buf
+                pending = (path, buf)
                 continue
             os.makedirs(spool, mode=0o700, exist_ok=True)  # noqa: PTH103 (ASYNC240 bans Path I/O)
             target = spool / str(index)  # never the client's path: no traversal on disk
@@ -439,7 +490,7 @@ class VaultServer:
                     got += len(chunk)
             finally:
                 os.close(fd)
-            out[path] = target
+            pending = (path, target)
         if await content.read(1):
             raise _Refused(
                 400,
@@ -447,13 +498,55 @@ class VaultServer:
                 "then nothing)",
                 reason="body",
             )
-        return out
+        if pending is not None:
+            out.arrived(*pending)
 
     @staticmethod
     def _short(path: str, size: int, got: int) -> _Refused:
         return _Refused(
             400, f"the upload ended inside {path!r} ({got} of {size} bytes)", reason="body"
         )
+
+
+class _Arriving(Mapping[str, FileSource]):
+    """An upload's files as the commit reads them: every declared path is a key at once,
+    and reading one waits until the server has received it (or the upload failed)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self._paths = list(paths)
+        self._known = frozenset(paths)
+        self._got: dict[str, FileSource] = {}
+        self._failed: BaseException | None = None
+        self._cond = threading.Condition()
+
+    def arrived(self, path: str, source: FileSource) -> None:
+        with self._cond:
+            self._got[path] = source
+            self._cond.notify_all()
+
+    def abort(self, exc: BaseException) -> None:
+        with self._cond:
+            self._failed = exc
+            self._cond.notify_all()
+
+    def __getitem__(self, path: str) -> FileSource:
+        with self._cond:
+            while path not in self._got:
+                if self._failed is not None:
+                    raise UsageError(f"the upload stopped before {path!r} arrived")
+                if path not in self._known:
+                    raise KeyError(path)
+                self._cond.wait()
+            return self._got[path]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._known  # never wait for the bytes to answer this
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
 
 
 def _iso(ts: float) -> str:
