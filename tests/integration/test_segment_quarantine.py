@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from bastion.manifest import load
-from bastion.segment import TokenError, quarantine
+from bastion.segment import TokenError, TokenRefused, quarantine
 from bastion.serve.standin import make_app
 from bastion.vault import VaultClient, make_key
 from bastion.vault._server import from_manifest
@@ -259,3 +259,53 @@ def test_quarantine_of_an_unknown_segment_is_a_clear_error(tmp_path: Path) -> No
     assert out.returncode == 2
     assert "segment 'nope' is not in" in out.stderr
     assert "segments: prod" in out.stderr
+
+
+def test_bastion_vault_serve_and_the_token_commands(tmp_path: Path) -> None:
+    from bastion.serve.runner import spawn_server, stop_server
+
+    make_key(tmp_path / "keys" / "signing.key")
+    make_key(tmp_path / "keys" / "admin.key")
+    path = tmp_path / "bastion.yaml"
+    path.write_text(
+        "version: 1\nsystem: s\nvault:\n  replicas: [vault/a]\n  key: keys/signing.key\n"
+        "  admin_key: keys/admin.key\nsegments: [prod, staging]\n"
+    )
+    proc, port = spawn_server(
+        ["-m", "bastion", "vault", "serve", "--listen", "127.0.0.1:0", "-f", str(path)]
+    )
+    try:
+        token = _mint(path, "staging")
+        narrowed = subprocess.run(
+            [*BASTION, "segment", "attenuate", "-", "--ops", "read"],
+            input=token,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        shown = json.loads(
+            subprocess.run(
+                [*BASTION, "segment", "inspect", narrowed],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        assert [b["ops"] for b in shown["blocks"]] == [["read", "append"], ["read"]]
+        url = f"http://127.0.0.1:{port}"
+        with VaultClient(url, token) as writer, VaultClient(url, narrowed) as reader:
+            snap = writer.commit("dataset/staging/d", {"rows.csv": b"a,b\n1,2\n"})
+            assert snap["ref"] == "dataset/staging/d@1"
+            assert reader.read("dataset/staging/d", "rows.csv") == b"a,b\n1,2\n"
+            with pytest.raises(TokenRefused, match="not append"):
+                reader.commit("dataset/staging/d", {"rows.csv": b"x"})
+        out = subprocess.run(
+            [*BASTION, "segment", "token", "staging", "--ops", "delete", "-f", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 2
+        assert "deleting needs the vault admin key" in out.stderr
+    finally:
+        stop_server(proc)
