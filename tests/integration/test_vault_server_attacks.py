@@ -506,3 +506,47 @@ def test_a_job_checkpoints_through_the_server_with_only_a_token(
     with pytest.raises(TokenRefused, match="outside this token's prefixes"):
         store.commit("model/staging/m", {"w": b"x"}, meta={}, lineage=[])
     store.client.close()
+
+
+def test_stalled_uploads_are_dropped_and_do_not_starve_reads(world: World) -> None:
+    """A writer that opens uploads and sends nothing (slow loris) holds no thread that
+    reads need, and each stalled upload ends in a 408 with nothing published."""
+    import socket
+    import urllib.parse
+
+    before = world.history()
+    world.server.stall_s = 3.0
+    u = urllib.parse.urlsplit(world.url)
+    token = world.token()
+    head = b'{"files": [["w.bin", 1000]]}\n'
+    socks = []
+    for _ in range(6):  # more than the server commits at once
+        s = socket.create_connection((u.hostname or "", u.port or 0), timeout=30)
+        s.sendall(
+            b"POST /v1/segments/staging/snapshots?name=model/staging/m HTTP/1.1\r\n"
+            b"Host: x\r\nAuthorization: Bearer " + token.encode() + b"\r\n"
+            b"Content-Length: " + str(len(head) + 1000).encode() + b"\r\n\r\n" + head + b"0123"
+        )
+        socks.append(s)
+    try:
+        # a read while every upload is stalled: answered, and before any upload was dropped
+        assert world.client(token).read("model/staging/m", "w.bin")
+        for s in socks:
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(1, socket.MSG_PEEK)
+            s.setblocking(True)
+        for s in socks:
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                piece = s.recv(65536)
+                if not piece:
+                    break
+                answer += piece
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+            assert b"sent nothing for 3 s" in answer
+    finally:
+        for s in socks:
+            s.close()
+    assert world.vault.versions("model/staging/m")[-1].version == 3
+    kept(before, world.history())

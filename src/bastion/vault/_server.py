@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -40,10 +41,11 @@ import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from bastion import event_kinds as ek
 from bastion.errors import (
@@ -112,7 +114,9 @@ class VaultServer:
     to a token that names it. ``max_upload``: the largest upload, in bytes.
     ``clock``: the server's wall clock (token expiry; the vault's own clock stamps
     snapshots). ``spool_dir``: where an upload's files beyond its first 256 MiB wait
-    for their commit.
+    for their commit. ``max_uploads``: uploads committed at once (more wait their turn).
+    ``stall_s``: an upload that sends nothing for this long is dropped (408), so a
+    stalled client cannot hold a slot.
     """
 
     def __init__(
@@ -126,6 +130,8 @@ class VaultServer:
         clock: Callable[[], float] = time.time,
         spool_dir: Path | None = None,
         events: Emit = NO_EVENTS,
+        max_uploads: int = 4,
+        stall_s: float = 30.0,
     ) -> None:
         self.vault = vault
         if vault.ingest_processes is None:
@@ -143,7 +149,14 @@ class VaultServer:
         self.events = events
         self.refused = 0
         self.commits = 0
+        # Uploads in progress, each with its commit on its own thread (waiting for the
+        # bytes as they arrive): a few at once, on a pool of their own, so slow uploads
+        # never hold the threads reads use; more wait their turn before their body is read.
+        self._uploads = asyncio.Semaphore(max_uploads)
+        self._commit_pool = ThreadPoolExecutor(max_uploads, thread_name_prefix="vault-commit")
+        self.stall_s = stall_s
         self.app = web.Application(client_max_size=_MAX_HEADER, middlewares=[self._errors])
+        self.app.on_cleanup.append(self._close)
         r = self.app.router
         r.add_get("/healthz", self._healthz)
         r.add_get("/v1/segments/{segment}/names", self._names)
@@ -155,6 +168,9 @@ class VaultServer:
             r.add_route(method, "/{tail:.*}", self._append_only)
 
     # ----------------------------------------------------------------- plumbing
+
+    async def _close(self, _app: web.Application) -> None:
+        self._commit_pool.shutdown(wait=False, cancel_futures=True)
 
     @web.middleware
     async def _errors(
@@ -348,22 +364,25 @@ class VaultServer:
         # The commit starts now and takes each file as it arrives (``_Arriving`` blocks
         # its reader until then), so chunking, hashing and writing overlap the transfer.
         arriving = _Arriving([p for p, _ in files])
-        commit = asyncio.ensure_future(
-            asyncio.to_thread(
-                self.vault.commit, name, arriving, meta=meta, lineage=lineage, **options
+        async with self._uploads:
+            loop = asyncio.get_running_loop()
+            commit = loop.run_in_executor(
+                self._commit_pool,
+                functools.partial(
+                    self.vault.commit, name, arriving, meta=meta, lineage=lineage, **options
+                ),
             )
-        )
-        try:
             try:
-                await self._spool(request, files, spool, arriving)
-            except BaseException as exc:
-                arriving.abort(exc)
-                with contextlib.suppress(BaseException):
-                    await commit  # it stops at the first file that will never come
-                raise
-            snap = await commit
-        finally:
-            await asyncio.to_thread(shutil.rmtree, spool, True)
+                try:
+                    await self._spool(request, files, spool, arriving)
+                except BaseException as exc:
+                    arriving.abort(exc)
+                    with contextlib.suppress(BaseException):
+                        await commit  # it stops at the first file that will never come
+                    raise
+                snap = await commit
+            finally:
+                await asyncio.to_thread(shutil.rmtree, spool, True)
         self.commits += 1
         return _json(snapshot_json(snap), 201)
 
@@ -468,7 +487,7 @@ class VaultServer:
                 view = memoryview(buf)
                 got = 0
                 while got < size:
-                    chunk = await content.read(min(_READ_CHUNK, size - got))
+                    chunk = await self._read(content, min(_READ_CHUNK, size - got))
                     if not chunk:
                         raise self._short(path, size, got)
                     view[got : got + len(chunk)] = chunk
@@ -481,7 +500,7 @@ class VaultServer:
             try:
                 got = 0
                 while got < size:
-                    chunk = await content.read(min(_READ_CHUNK, size - got))
+                    chunk = await self._read(content, min(_READ_CHUNK, size - got))
                     if not chunk:
                         raise self._short(path, size, got)
                     view = memoryview(chunk)
@@ -491,7 +510,7 @@ class VaultServer:
             finally:
                 os.close(fd)
             pending = (path, target)
-        if await content.read(1):
+        if await self._read(content, 1):
             raise _Refused(
                 400,
                 "the upload is longer than its header declares (each file's bytes, in order, "
@@ -500,6 +519,17 @@ class VaultServer:
             )
         if pending is not None:
             out.arrived(*pending)
+
+    async def _read(self, content: StreamReader, n: int) -> bytes:
+        try:
+            async with asyncio.timeout(self.stall_s):  # no task per read, as wait_for makes
+                return await content.read(n)
+        except TimeoutError:
+            raise _Refused(
+                408,
+                f"the upload sent nothing for {self.stall_s:g} s; send it again",
+                reason="stalled",
+            ) from None
 
     @staticmethod
     def _short(path: str, size: int, got: int) -> _Refused:
