@@ -550,3 +550,31 @@ def test_stalled_uploads_are_dropped_and_do_not_starve_reads(world: World) -> No
             s.close()
     assert world.vault.versions("model/staging/m")[-1].version == 3
     kept(before, world.history())
+
+
+def test_uploads_stream_through_a_bounded_window(
+    world: World, rng: random.Random, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload bigger than the server's window: its small files pass through memory as
+    the commit takes them, a file bigger than the window through the disk; every byte
+    lands. Files out of sorted order are refused (the commit reads them sorted)."""
+    import bastion.vault._server as server_module
+
+    monkeypatch.setattr(server_module, "_MEMORY_SPOOL", 64 << 10)
+    files = {f"part-{i:02d}.bin": rng.randbytes(16 << 10) for i in range(20)}
+    files["zbig.bin"] = rng.randbytes(100 << 10)
+    c = world.client(world.token())
+    snap = c.commit("model/staging/big", files)
+    assert snap["size"] == sum(len(v) for v in files.values())
+    for path, data in files.items():
+        assert c.read("model/staging/big", path) == data
+    head = b'{"files": [["b", 1], ["a", 1]]}\nxy'
+    status, body = raw(
+        world,
+        "POST",
+        "/v1/segments/staging/snapshots?name=model/staging/m",
+        world.token(),
+        body=head,
+    )
+    assert status == 400
+    assert "sorted order" in body["error"]

@@ -72,9 +72,8 @@ DEFAULT_MAX_UPLOAD = 8 << 30
 _MAX_HEADER = 1 << 20
 _MAX_FILES = 100_000
 _READ_CHUNK = 1 << 20
-#: an upload's files are spooled in memory until they add up to this, then on the
-#: server's disk (as files the vault ingests like any other); a file bigger than it goes
-#: to disk whatever the total
+#: the window of an upload's bytes received and not yet taken by its commit (the
+#: transfer waits beyond it); a file bigger than this waits on the server's disk
 _MEMORY_SPOOL = 256 << 20
 #: meta keys a client may not set: the server records time itself (restic#22057: a
 #: forged snapshot time lets the next prune delete real history)
@@ -113,8 +112,9 @@ class VaultServer:
     ``namespaces``: each segment's name prefixes; a name outside them is refused even
     to a token that names it. ``max_upload``: the largest upload, in bytes.
     ``clock``: the server's wall clock (token expiry; the vault's own clock stamps
-    snapshots). ``spool_dir``: where an upload's files beyond its first 256 MiB wait
-    for their commit. ``max_uploads``: uploads committed at once (more wait their turn).
+    snapshots). ``spool_dir``: where an upload's files bigger than 256 MiB wait for
+    their commit (smaller ones stream through a 256 MiB window in memory).
+    ``max_uploads``: uploads committed at once (more wait their turn).
     ``stall_s``: an upload that sends nothing for this long is dropped (408), so a
     stalled client cannot hold a slot.
     """
@@ -363,9 +363,9 @@ class VaultServer:
         meta = {**meta, "bastion.received": _iso(received)}
         # The commit starts now and takes each file as it arrives (``_Arriving`` blocks
         # its reader until then), so chunking, hashing and writing overlap the transfer.
-        arriving = _Arriving([p for p, _ in files])
+        loop = asyncio.get_running_loop()
+        arriving = _Arriving([p for p, _ in files], loop)
         async with self._uploads:
-            loop = asyncio.get_running_loop()
             commit = loop.run_in_executor(
                 self._commit_pool,
                 functools.partial(
@@ -430,6 +430,13 @@ class VaultServer:
             check_path(item[0])
             if item[0] in seen:
                 raise _Refused(400, f"header.files: {item[0]!r} twice", reason="header")
+            if files and item[0] < files[-1][0]:
+                raise _Refused(
+                    400,
+                    f"header.files: {item[0]!r} after {files[-1][0]!r}; list (and send) the "
+                    "files in sorted order, as VaultClient does",
+                    reason="header",
+                )
             seen.add(item[0])
             files.append((item[0], item[1]))
         meta = head.get("meta", {})
@@ -472,17 +479,18 @@ class VaultServer:
         out: _Arriving,
     ) -> None:
         content = request.content
-        in_memory = 0
         # The last file is handed over only once the body is known to end there: until
         # then the commit cannot finish, so an upload longer than declared publishes
         # nothing.
-        pending: tuple[str, FileSource] | None = None
+        pending: tuple[str, FileSource, int] | None = None
         for index, (path, size) in enumerate(files):
             if pending is not None:
                 out.arrived(*pending)
                 pending = None
-            if in_memory + size <= _MEMORY_SPOOL:
-                in_memory += size
+            if size <= _MEMORY_SPOOL:
+                # a window of received bytes the commit has not taken yet: the transfer
+                # waits for the commit, so memory stays bounded whatever the upload's size
+                await out.room(size, _MEMORY_SPOOL)
                 buf = bytearray(size)
                 view = memoryview(buf)
                 got = 0
@@ -492,8 +500,9 @@ class VaultServer:
                         raise self._short(path, size, got)
                     view[got : got + len(chunk)] = chunk
                     got += len(chunk)
-                pending = (path, buf)
+                pending = (path, buf, size)
                 continue
+            # a file bigger than the window waits on the server's disk
             os.makedirs(spool, mode=0o700, exist_ok=True)  # noqa: PTH103 (ASYNC240 bans Path I/O)
             target = spool / str(index)  # never the client's path: no traversal on disk
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -509,7 +518,7 @@ class VaultServer:
                     got += len(chunk)
             finally:
                 os.close(fd)
-            pending = (path, target)
+            pending = (path, target, 0)
         if await self._read(content, 1):
             raise _Refused(
                 400,
@@ -540,18 +549,26 @@ class VaultServer:
 
 class _Arriving(Mapping[str, FileSource]):
     """An upload's files as the commit reads them: every declared path is a key at once,
-    and reading one waits until the server has received it (or the upload failed)."""
+    and reading one waits until the server has received it (or the upload failed). The
+    commit reads each file once, in sorted order (the upload's order); the reference is
+    dropped then, so the bytes go as soon as the commit has stored them, and ``room``
+    lets the transfer wait while too many received bytes are not taken yet."""
 
-    def __init__(self, paths: list[str]) -> None:
+    def __init__(self, paths: list[str], loop: asyncio.AbstractEventLoop) -> None:
         self._paths = list(paths)
         self._known = frozenset(paths)
-        self._got: dict[str, FileSource] = {}
+        self._got: dict[str, tuple[FileSource, int]] = {}
+        self._taken: set[str] = set()
         self._failed: BaseException | None = None
         self._cond = threading.Condition()
+        self._loop = loop
+        self._freed = asyncio.Event()
+        self.held = 0  # bytes received in memory and not taken by the commit yet
 
-    def arrived(self, path: str, source: FileSource) -> None:
+    def arrived(self, path: str, source: FileSource, size: int) -> None:
         with self._cond:
-            self._got[path] = source
+            self._got[path] = (source, size)
+            self.held += size
             self._cond.notify_all()
 
     def abort(self, exc: BaseException) -> None:
@@ -559,15 +576,31 @@ class _Arriving(Mapping[str, FileSource]):
             self._failed = exc
             self._cond.notify_all()
 
+    async def room(self, size: int, window: int) -> None:
+        """Wait until ``size`` more bytes fit in ``window`` (at once when none are held:
+        one file may fill the window alone)."""
+        while True:
+            with self._cond:
+                if self.held == 0 or self.held + size <= window:
+                    return
+                self._freed.clear()
+            await self._freed.wait()
+
     def __getitem__(self, path: str) -> FileSource:
         with self._cond:
+            if path not in self._known:
+                raise KeyError(path)
+            if path in self._taken:
+                raise RuntimeError(f"the commit read {path!r} twice (the server hands it once)")
             while path not in self._got:
                 if self._failed is not None:
                     raise UsageError(f"the upload stopped before {path!r} arrived")
-                if path not in self._known:
-                    raise KeyError(path)
                 self._cond.wait()
-            return self._got[path]
+            source, size = self._got.pop(path)
+            self._taken.add(path)
+            self.held -= size
+        self._loop.call_soon_threadsafe(self._freed.set)
+        return source
 
     def __contains__(self, path: object) -> bool:
         return path in self._known  # never wait for the bytes to answer this
