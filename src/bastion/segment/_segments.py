@@ -113,8 +113,9 @@ def mint_token(
     for prefix in chosen:
         if not any(prefix.startswith(p) for p in space):
             raise UsageError(
-                f"--prefix {prefix!r} is outside segment {segment!r}'s namespace "
-                f"({', '.join(space)})"
+                f"--prefix {prefix!r} is outside the namespace of segment {segment!r} "
+                f"({', '.join(space)}); name one under it, or add it to "
+                f"segments.{segment}.prefixes"
             )
     state = SegmentState(manifest.state_dir)
     if state.quarantined(segment):
