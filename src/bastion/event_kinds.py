@@ -49,6 +49,7 @@ def by_name(name: str) -> Kind | None:
 # -- the life cycle of a supervised child (suffixes; the caller prefixes them) ---------------
 CHILD: dict[str, str] = {
     "started": "a child process started (pid, argv, warm: it took over a ready standby)",
+    "adopted": "a new supervisor took over a running child its killed predecessor started (pid)",
     "exited": "the child exited (code, signal, oom, hang)",
     "hang": "no heartbeat within the timeout; the child is being stopped (heartbeat_age_s)",
     "restarting": "a restart is scheduled after a backoff (reason, delay_s, restarts)",
@@ -133,6 +134,14 @@ SERVE_GOLDEN_PASSED = _k(
     "a backend that had failed golden probes answers them right again (backend)",
 )
 SERVE_SCALED = _k("serve.scaled", "a replica set changed size (backend, replicas)")
+SERVE_SCALE_REQUESTED = _k(
+    "serve.scale_requested",
+    "a replica set's floor was set by request, POST /bastion/control (backend, min_replicas)",
+)
+SERVE_FAILED_OVER = _k(
+    "serve.failed_over",
+    "traffic was sent to a tier and those after it by request, POST /bastion/control (tier)",
+)
 COST_BUDGET_SOFT_LIMIT = _k(
     "cost.budget.soft_limit",
     "a budget's spend passed its soft limit; hedging and shadowing are off for what it "
@@ -197,6 +206,17 @@ DRILL_PROXY_TOXIC_ADDED = _k("drill.proxy.toxic_added", "a toxic was added to a 
 DRILL_PROXY_TOXIC_REMOVED = _k("drill.proxy.toxic_removed", "a toxic was removed from a proxy")
 DRILL_HTTP_FAULT_SET = _k("drill.http.fault_set", "an HTTP fault upstream changed its behaviour")
 DRILL_FINISHED = _k("drill.finished", "an experiment ended (deviated, rto_s, rpo)")
+DRILL_SUITE_STARTED = _k(
+    "drill.suite.started",
+    "the reference drill suite began against a twin (suite, scenarios, short, twin)",
+)
+DRILL_SUITE_SCENARIO = _k(
+    "drill.suite.scenario",
+    "one suite scenario ended (suite, scenario, verdict, reason, rto_s, rpo_s, journal)",
+)
+DRILL_SUITE_FINISHED = _k(
+    "drill.suite.finished", "the reference drill suite ended (suite, a count per verdict)"
+)
 
 # -- validation ---------------------------------------------------------------------------
 VALIDATE_SCHEMA_STORED = _k(
@@ -269,6 +289,37 @@ MODEL_ROLLED_BACK = _k(
     "model.rolled_back",
     "@prod moved back to the previously promoted version (name, version, from_version)",
 )
+MODEL_RECONSTITUTE_STARTED = _k(
+    "model.reconstitute.started",
+    "`bastion model reconstitute` began (ref, snapshot, from_lineage)",
+)
+MODEL_RECONSTITUTE_RESTORED = _k(
+    "model.reconstitute.restored",
+    "a model was put back whole on every replica from a copy that verified (snapshot, "
+    "documents_repaired, chunks_repaired, seconds)",
+)
+MODEL_RECONSTITUTE_REBUILT = _k(
+    "model.reconstitute.rebuilt",
+    "a model was rebuilt from its recorded lineage, proven hash-identical to the signed "
+    "original and written back (snapshot, chunks_rebuilt, replay_seconds, why)",
+)
+MODEL_RECONSTITUTE_NOT_REPLAYABLE = _k(
+    "model.reconstitute.not_replayable",
+    "a model's lineage cannot be replayed exactly here (snapshot, problems, ran)",
+)
+MODEL_RECONSTITUTE_SERVING = _k(
+    "model.reconstitute.serving",
+    "a service answered a real request with the reconstituted model through its own "
+    "replicas (service, backend, answered_by, started_pid, seconds since the start)",
+)
+MODEL_RECONSTITUTE_FINISHED = _k(
+    "model.reconstitute.finished",
+    "a reconstitution ended whole and serving (snapshot, path restore|rebuild, seconds, services)",
+)
+MODEL_RECONSTITUTE_FAILED = _k(
+    "model.reconstitute.failed",
+    "a reconstitution stopped: the model could not be made whole or served (snapshot, error)",
+)
 
 # -- the rest -----------------------------------------------------------------------------
 DEP_USED = _k("dep.used", "a service used a backend or a job read an input (target, via)")
@@ -284,6 +335,86 @@ TWIN_UP = _k(
 TWIN_DOWN = _k("twin.down", "a sandbox twin was removed (root)")
 TWIN_LOAD = _k(
     "twin.load", "synthetic load was replayed against a twin's gateway (sent, ok, failed, rate)"
+)
+
+# -- control (`bastion up`, its API) ---------------------------------------------------------
+CONTROL_UP_STARTED = _k(
+    "control.up.started", "`bastion up` started (pid, children adopted, children started, api)"
+)
+CONTROL_UP_READY = _k("control.up.ready", "every service `bastion up` runs answered (seconds)")
+CONTROL_UP_STOPPED = _k("control.up.stopped", "`bastion up` stopped its children and ended")
+CONTROL_RELOAD_APPLIED = _k(
+    "control.reload.applied",
+    "a changed manifest was applied (generation, services added, removed, reloaded, restarted)",
+)
+CONTROL_RELOAD_FAILED = _k(
+    "control.reload.failed", "a manifest was not applied; what ran is unchanged (error)"
+)
+CONTROL_ACTION = _k(
+    "control.action", "a state-changing API call was made (action, target, token name)"
+)
+CONTROL_REFUSED = _k(
+    "control.refused",
+    "a state-changing API call was refused (reason: no token, bad token, cross-origin, rate)",
+)
+CONTROL_SCRUB_FINISHED = _k(
+    "control.scrub.finished", "a scheduled, budgeted scrub ended (code, seconds)"
+)
+SERVE_RELOADED = _k(
+    "serve.reloaded",
+    "a gateway applied a changed manifest in place (backends added, removed, bounds)",
+)
+
+# -- playbooks (bastion.playbooks) --------------------------------------------------------
+PLAYBOOK_RUNNER_STARTED = _k(
+    "playbook.runner.started", "a playbook runner began following the log (runner, after_id)"
+)
+PLAYBOOK_RUNNER_STOPPED = _k("playbook.runner.stopped", "a playbook runner stopped (events seen)")
+PLAYBOOK_PLANNED = _k(
+    "playbook.planned",
+    "an event triggered a playbook; the plan it runs (rule, incident, trigger, plan)",
+)
+PLAYBOOK_PLAN_FAILED = _k(
+    "playbook.plan_failed", "an event matched a rule but its templates did not fill (error)"
+)
+PLAYBOOK_INCIDENT_DUPLICATE = _k(
+    "playbook.incident.duplicate",
+    "a trigger for an incident already being handled was ignored (rule, incident, trigger)",
+)
+PLAYBOOK_ACTION_STARTED = _k(
+    "playbook.action.started", "a playbook action began (rule, incident, action, target, key)"
+)
+PLAYBOOK_ACTION_SUCCEEDED = _k(
+    "playbook.action.succeeded", "an action ran and its check passed (key, detail, check)"
+)
+PLAYBOOK_ACTION_FAILED = _k(
+    "playbook.action.failed", "an action failed or its check did not pass (key, error, failures)"
+)
+PLAYBOOK_ACTION_DUPLICATE = _k(
+    "playbook.action.duplicate",
+    "an action's idempotency key was taken already; it did not run again (key)",
+)
+PLAYBOOK_ACTION_RATE_LIMITED = _k(
+    "playbook.action.rate_limited", "an action was refused: its target's token bucket is empty"
+)
+PLAYBOOK_BLAST_RADIUS_REACHED = _k(
+    "playbook.blast_radius.reached",
+    "an action was refused: playbooks acted on as many targets as the cap allows (targets)",
+)
+PLAYBOOK_APPROVAL_REQUESTED = _k(
+    "playbook.approval.requested",
+    "an approve: true action waits for bastion playbook approve ID (id, deadline)",
+)
+PLAYBOOK_APPROVAL_GRANTED = _k("playbook.approval.granted", "an action was approved (id, by)")
+PLAYBOOK_APPROVAL_DENIED = _k(
+    "playbook.approval.denied", "an action was denied, by a person or its timeout (id, reason)"
+)
+PLAYBOOK_ESCALATED = _k(
+    "playbook.escalated",
+    "a playbook stopped after max_failures failed actions, or a refusal (failures, reason)",
+)
+PLAYBOOK_RESOLVED = _k(
+    "playbook.resolved", "a playbook finished with its actions done (actions, seconds)"
 )
 
 # -- segments and the vault server (bastion.segment, bastion.vault._server) ---------------
@@ -309,6 +440,8 @@ for _suffix, _meaning in CHILD.items():
         ("train.", "training worker"),
         ("serve.replica.", "model replica"),
         ("pipeline.stage.process.", "pipeline stage"),
+        ("control.child.", "`bastion up` child (a gateway, the guard, a scrub)"),
+        ("model.reconstitute.replay.", "a model's replay from lineage"),
     ):
         _name = _prefix + _suffix
         if _name not in ALL:

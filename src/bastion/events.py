@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_ts   ON events (ts);
 CREATE INDEX IF NOT EXISTS events_kind ON events (kind, ts);
 CREATE INDEX IF NOT EXISTS events_subject ON events (subject, ts);
+CREATE INDEX IF NOT EXISTS events_kind_subject ON events (kind, subject, ts);
 """
 
 _SECRET_KEY = re.compile(
@@ -355,12 +356,14 @@ class EventLog:
         since: float | None = None,
         poll_s: float = 0.2,
         stop: threading.Event | None = None,
+        after_id: int = 0,
     ) -> Iterator[Event]:
         """Yield matching events as they are appended, until ``stop`` is set.
 
         ``since`` holds for every poll, not only the first: when nothing recent matched at
-        first, the next poll must not start again from event #1."""
-        last = 0
+        first, the next poll must not start again from event #1. ``after_id``: start
+        after that event (a follower resuming from its cursor)."""
+        last = after_id
         while stop is None or not stop.is_set():
             batch = self.query(kind=kind, subject=subject, since=since, after_id=last)
             for event in batch:
@@ -371,6 +374,14 @@ class EventLog:
                     stop.wait(poll_s)
                 else:
                     time.sleep(poll_s)
+
+    def last_id(self) -> int:
+        """The id of the newest event (0 for an empty log)."""
+        with self._lock:
+            row = self._retrying(
+                lambda: self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+            )
+        return int(row[0])
 
     def count(self, kind: str | None = None) -> int:
         return len(self.query(kind=kind))

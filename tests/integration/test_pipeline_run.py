@@ -29,8 +29,16 @@ def _run(root: Path) -> tuple[int, str]:
 
 def test_a_failing_stage_blocks_its_dependants_and_nothing_else(tmp_path: Path) -> None:
     root = make_world(tmp_path / "w", manifest_text(config={"b": {"fail": 1}}))
+    pipeline = root / "state" / "pipelines" / "p"
+    left = pipeline / "trash" / "0123abcd"  # what a runner killed mid-clean-up leaves
+    left.mkdir(parents=True)
+    (left / "out.txt").write_text("old")
     code, run_id = _run(root)
     assert code == 1
+    # work directories are removed off the critical path, but all before the run ends:
+    # only the failed stage's is kept (to look at), and the trash is empty
+    assert sorted(p.name for p in (pipeline / "work").iterdir()) == ["b"]
+    assert list((pipeline / "trash").iterdir()) == []
     record = read_run(root / "state", "p")
     assert record is not None
     states = {n: r.state for n, r in record.stages.items()}

@@ -85,7 +85,8 @@ def test_twin_up_has_its_own_state_ports_keys_and_a_vault_that_reads_production(
     assert Path(mirror.state_dir) != Path(production.state_dir)
     assert Path(mirror.state_dir).is_relative_to(twin.root)
     # every owned port rewritten, to ports production does not use
-    assert set(record.ports) == {8700, 8801}
+    assert set(record.ports) == {8700, 8790, 8801}  # 8790: the control API (bastion up)
+    assert mirror.control.listen == f"127.0.0.1:{record.ports[8790]}"
     assert not set(record.ports.values()) & set(record.ports)
     assert mirror.services["digits"].listen == f"127.0.0.1:{record.ports[8700]}"
     vendor = str(mirror.services["digits"].backends[1].url)
@@ -323,7 +324,7 @@ def test_port_base_gives_consecutive_ports_and_down_waits_for_the_twin(
         base -= 1000
     twin = Twin(path)
     record = twin.up(port_base=base)
-    assert record.ports == {8700: base, 8801: base + 1}
+    assert record.ports == {8700: base, 8801: base + 1, 8790: base + 2}
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", base))
         busy.listen()

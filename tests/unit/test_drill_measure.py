@@ -101,3 +101,41 @@ def test_training_steps_lost_from_exit_and_resume() -> None:
         ev("train.restored", 9.5, subject="other", step=0),  # no exit before it: not a loss
     ]
     assert measure(events)["steps_lost"] == 66
+
+
+def test_rpo_seconds_of_training_from_the_resumed_checkpoints_save_to_the_exit() -> None:
+    events = [
+        ev("train.checkpoint.saved", 0.5, subject="j", step=50, name="ckpt/j/step-000050"),
+        ev("train.checkpoint.saved", 2.0, subject="j", step=100, name="ckpt/j/step-000100"),
+        ev("drill.fault.injected", 2.4),
+        ev("train.exited", 2.5, subject="j", last_step=120),
+        ev("train.checkpoint.corrupt", 4, subject="j"),
+        ev("train.restored", 4.1, subject="j", step=50),  # the newest was refused
+    ]
+    m = measure(events)
+    assert m["rpo_s"] == 2.0  # from the save of step 50 (0.5 s) to the exit (2.5 s)
+    assert m["steps_lost"] == 70
+
+
+def test_rpo_seconds_of_files_and_of_the_vault() -> None:
+    base = [ev("vault.guard.protected", 1), ev("drill.fault.injected", 4)]
+    kept = measure([*base, ev("drill.files.checked", 5, files_lost=0)])
+    assert kept["rpo_s"] == 0.0
+    lost = measure([*base, ev("drill.files.checked", 5, files_lost=2)])
+    assert lost["rpo_s"] == 3.0  # back to the guard's baseline
+    repaired = measure([ev("drill.fault.injected", 1), ev("vault.scrub.completed", 2)])
+    assert repaired["rpo_s"] == 0.0
+    gone = [ev("drill.fault.injected", 1), ev("vault.unrecoverable", 2), ev("vault.repaired", 3)]
+    assert measure(gone)["rpo_s"] is None  # lost for good: no age to give
+    assert measure([ev("drill.fault.injected", 1)])["rpo_s"] is None  # nothing stateful
+
+
+def test_the_drills_own_teardown_is_not_a_detection() -> None:
+    events = [
+        ev("drill.fault.injected", 1),
+        ev("drill.rollbacks.started", 5),
+        ev("serve.backend.ejected", 5.1, reason="replica exited"),  # the drill stopping it
+    ]
+    m = measure(events, detect=["serve.backend.ejected"])
+    assert m["time_to_detect_s"] is None
+    assert m["detected_by"] is None

@@ -121,6 +121,7 @@ def test_json_document_has_the_documented_keys() -> None:
         "blast_radius",
         "findings",
         "statistics",
+        "vendors",
     }
     node = next(n for n in doc["nodes"] if n["id"] == "gpu")
     assert node["spof"] is True

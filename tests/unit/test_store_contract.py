@@ -43,6 +43,11 @@ def test_every_backend_keeps_the_contract(store: Store) -> None:
     assert store.get("objects/ab/abc") == b"fixed"
     store.put("snapshots/x/_v/0000000001", [b"s"], durable=False)
     store.sync()
+    store.put("objects/cd/cde", [b"few"], durable=False)
+    store.sync(["objects/cd/cde", "objects/ab/abc"])  # just these
+    with pytest.raises(NotFoundError):
+        store.sync(["objects/ef/never-put"])  # a flush of what is not there is no flush
+    assert store.delete("objects/cd/cde")
     assert list(store.list()) == ["objects/ab/abc", "snapshots/x/_v/0000000001"]
     assert list(store.list("snapshots/")) == ["snapshots/x/_v/0000000001"]
     assert list(store.list("nothing/")) == []
@@ -59,7 +64,7 @@ def test_every_backend_keeps_the_contract(store: Store) -> None:
     assert store.cleanup() == 0
     stats = store.statistics()
     assert isinstance(stats, StoreStatistics)
-    assert (stats.puts, stats.put_existing, stats.deletes, stats.gets) == (3, 1, 1, 2)
+    assert (stats.puts, stats.put_existing, stats.deletes, stats.gets) == (4, 1, 2, 2)
     assert stats.url == store.url
     store.absorb_statistics(StoreStatistics(store.url, puts=2, put_bytes=10))
     after = store.statistics()

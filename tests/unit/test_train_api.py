@@ -6,6 +6,11 @@ import bastion.train
 def test_train_exports() -> None:
     assert sorted(bastion.train.__all__) == sorted(
         [
+            "ENV_STAGE_ENVIRONMENT",
+            "PLANNED_KEYS",
+            "differences",
+            "environment",
+            "record_environment",
             "Cadence",
             "CadenceStatistics",
             "CheckpointStatistics",
@@ -35,6 +40,7 @@ def test_train_exports() -> None:
             "holds_snapshots",
             "job_status",
             "open_store",
+            "request_move",
             "recovery_timeline",
         ]
     )

@@ -17,6 +17,7 @@ def test_vault_public_names() -> None:
             "GcReport",
             "Guard",
             "GuardStatistics",
+            "HealReport",
             "Protected",
             "PutResult",
             "ReplicaSet",

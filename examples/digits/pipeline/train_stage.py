@@ -4,7 +4,8 @@ The pipeline's counterpart of ``../train.py`` (which is a supervised, checkpoint
 it reads the training CSV the runner restored under $BASTION_STAGE_INPUTS/data (only
 after the data gate's verdict, its other input, passed) and writes ``model.safetensors``
 and ``model.json`` (the format the gateway and the model gate read) to
-$BASTION_STAGE_OUTPUT. The runner publishes them as the next ``model/digits``. Seeded and
+$BASTION_STAGE_OUTPUT. The runner publishes them as the next ``model/digits``, with the
+recipe to make them again (``bastion model reconstitute --from-lineage``). Seeded and
 single-threaded, so the same data gives the same bytes.
 """
 
@@ -23,7 +24,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from train import BATCH, LR, SEED, parse_rows
 
-from bastion.train import ResumableSampler
+from bastion.train import ResumableSampler, record_environment
 
 
 def main() -> int:
@@ -55,6 +56,9 @@ def main() -> int:
         "labels": list(range(10)),
     }
     (out / "model.json").write_text(json.dumps(spec))
+    # torch's version and thread counts, as this process ran: what a rebuild from this
+    # model's lineage must match to be bit-exact (bastion model reconstitute)
+    record_environment()
     with torch.no_grad():
         acc = (model(x).argmax(1) == y).float().mean().item()
     print(f"trained {args.steps} steps, train accuracy {acc:.3f}", flush=True)

@@ -91,12 +91,27 @@ def init(
             "vault's key directory; this host keeps only its public half.",
         ),
     ] = None,
+    token: Annotated[
+        bool,
+        typer.Option(
+            "--token",
+            help="Also make a control API token (for `bastion up`'s state-changing calls); "
+            "it is printed once and kept only as a hash (as `bastion token` does).",
+        ),
+    ] = False,
 ) -> None:
     """Create a commented starter manifest with a vault of two local replicas; beside an
     existing manifest, make only the keys and replica directories its vault lacks."""
     from bastion import starter
 
     setup = starter.init(directory, system=system, force=force, admin_key_out=admin_key_out)
+    if token:
+        from bastion.control import UpFiles, make_token
+        from bastion.manifest import load
+
+        files = UpFiles(load(setup.manifest).state_dir)
+        files.make()
+        _say(f"control API token (shown once): {make_token(files.tokens, 'init')}")
     if setup.wrote_manifest:
         _say(f"created {_shown(setup.manifest)}")
     for path in setup.made:

@@ -1,4 +1,5 @@
-"""``bastion drill run EXPERIMENT | faults``: run a drill with a live view; list the faults."""
+"""``bastion drill run EXPERIMENT | faults | suite``: run a drill with a live view; list the
+faults; run the reference suite against a sandbox twin."""
 
 from __future__ import annotations
 
@@ -262,10 +263,121 @@ def faults(
     )
 
 
+_VERDICT_STYLE = {"passed": "green", "failed": "red", "errored": "magenta", "skipped": "dim"}
+
+
+def suite(
+    file: Annotated[
+        Path, typer.Option("-f", "--file", help="The production manifest (its twin is drilled).")
+    ] = DEFAULT_MANIFEST,
+    short: Annotated[
+        bool, typer.Option("--short", help="Short holds and sampling: seconds per scenario.")
+    ] = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only", help="Run only these scenarios (repeat, or comma-separate); see --list."
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the faults' randomness.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Where the journals go (default <state_dir>/drills/suite/<id>)."),
+    ] = None,
+    keep_twin: Annotated[
+        bool, typer.Option("--keep-twin", help="Leave the twin 'suite' up afterwards.")
+    ] = False,
+    list_only: Annotated[bool, typer.Option("--list", help="List the scenarios and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run the reference drill suite against a fresh sandbox twin of the system: each
+    scenario's time to detect, RTO and RPO against the manifest's recovery targets, and a
+    verdict (passed, failed, errored, skipped). Exit 1 if any failed or errored."""
+    from bastion.drill.suite import SCENARIOS, run_suite, select
+
+    if list_only:
+        rows = [
+            {"name": s.name, "title": s.title, "layer": s.layer, "recovery": s.loss}
+            for s in select(only)
+        ]
+        if as_json:
+            console.print_json(json.dumps(rows))
+            return
+        table = Table(show_header=True, header_style="bold")
+        for column in ("scenario", "what", "layer", "judged by"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(row["name"], row["title"], row["layer"], f"recovery.{row['recovery']}")
+        console.print(table)
+        return
+    if not file.is_file():
+        from bastion.errors import UsageError
+
+        raise UsageError(
+            f"drill suite: manifest {file} does not exist; give the production manifest with -f"
+        )
+    select(only)  # bad names are exit 2 before anything is made
+    total = len(select(only)) if only else len(SCENARIOS)
+    done = 0
+
+    def progress(what: str, data: dict[str, Any]) -> None:
+        nonlocal done
+        if as_json:
+            return
+        if what == "scenario.started":
+            console.print(f"[dim]{done + 1}/{total}[/dim] {escape(str(data['name']))} ...")
+        elif what == "scenario.finished":
+            done += 1
+            verdict = str(data["verdict"])
+            style = _VERDICT_STYLE.get(verdict, "")
+            console.print(
+                f"      [{style}]{verdict}[/{style}] {escape(str(data['reason']))}",
+                soft_wrap=True,
+            )
+
+    result = run_suite(
+        file,
+        short=short,
+        only=only,
+        seed=seed,
+        output=output,
+        keep_twin=keep_twin,
+        on_progress=progress,
+    )
+    if as_json:
+        console.print_json(json.dumps(result.to_json(), default=str))
+    else:
+        table = Table(
+            title=f"drill suite {result.suite} (from events)", show_header=True, header_style="bold"
+        )
+        for column in ("scenario", "verdict", "detect", "RTO", "target", "RPO", "target", "why"):
+            left = column in ("scenario", "verdict", "why")
+            table.add_column(column, justify="left" if left else "right")
+        for s in result.scenarios:
+            style = _VERDICT_STYLE.get(s.verdict, "")
+            rpo = _fmt(s.rpo_s) if s.stateful else "n/a"
+            table.add_row(
+                s.name,
+                Text(s.verdict, style=style),
+                _fmt(s.time_to_detect_s),
+                _fmt(s.rto_s),
+                _fmt(s.targets.get("rto_s")),
+                rpo if s.verdict != "skipped" else "-",
+                _fmt(s.targets.get("rpo_s")),
+                "" if s.verdict == "passed" else escape(s.reason),
+            )
+        console.print(table)
+        counts = ", ".join(f"{n} {v}" for v, n in result.counts.items())
+        console.print(f"{counts}; journals in {escape(result.directory)}", soft_wrap=True)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
 def register(app: typer.Typer) -> None:
     sub = typer.Typer(
         help="Fault drills: inject real faults, measure recovery.", no_args_is_help=True
     )
     sub.command("run")(run)
     sub.command("faults")(faults)
+    sub.command("suite")(suite)
     app.add_typer(sub, name="drill")

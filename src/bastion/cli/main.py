@@ -51,6 +51,9 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "rollout": ("rollout",),
     "slo": ("slo",),
     "twin": ("twin",),
+    "control": ("up", "down", "status", "reload", "token"),
+    "playbook": ("playbook",),
+    "report": ("report",),
     "segment": ("segment",),
 }
 

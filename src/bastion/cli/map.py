@@ -57,6 +57,7 @@ def map_cmd(
     mermaid written to stdout, nor with --exit-zero); 2 for bad input."""
     from bastion.manifest import load
     from bastion.map import FORMATS, ObservedReport, map_manifest, observed_dependencies, render
+    from bastion.serve._spend import spend_by_backend
 
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -65,7 +66,9 @@ def map_cmd(
     if not 0 <= beta < 1:
         raise UsageError(f"--beta {beta}: use a fraction in [0, 1), e.g. 0.1")
     manifest = load(file)
-    report = map_manifest(manifest, max_order=max_order, beta=beta)
+    report = map_manifest(
+        manifest, max_order=max_order, beta=beta, spend=spend_by_backend(manifest.state_dir)
+    )
     seen: ObservedReport | None = None
     if observed:
         if (manifest.state_dir / "events.db").exists():

@@ -61,7 +61,8 @@ def serve(
         ),
     ] = LogLevel.warning,
 ) -> None:
-    """Run the gateway for each service in the manifest (Ctrl-C stops it).
+    """Run the gateway for each service in the manifest (Ctrl-C stops it; SIGHUP reloads
+    the manifest: changed backends and replica bounds are applied in place).
 
     'bastion serve status [SERVICE]' shows the running gateways instead, and exits 1 when
     one is not running.
@@ -70,6 +71,9 @@ def serve(
     if service == "status":
         status(which, file, as_json=as_json)
         return
+    import os
+
+    from bastion.control._files import RELOAD_ACK_ENV, write_private_json
     from bastion.serve import run_services
     from bastion.serve.runner import unset_api_keys
 
@@ -86,12 +90,26 @@ def serve(
     def serving(name: str, url: str) -> None:
         console.print(f"serving {name} on {url}", soft_wrap=True, markup=False)
 
+    def reloaded(result: dict[str, object]) -> None:
+        if result.get("ok"):
+            console.print(f"reloaded {file}: {json.dumps(result.get('changes'))}", markup=False)
+        else:
+            err_console.print(
+                f"reload refused, nothing changed: {result.get('error')}", markup=False
+            )
+        ack = os.environ.get(RELOAD_ACK_ENV)
+        if ack:  # `bastion up` waits for this file to name the manifest it asked for
+            write_private_json(Path(ack), result)
+
     async def main() -> None:
-        stop = asyncio.Event()
+        stop, reload = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_services(manifest, names, stop=stop, serving=serving)
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        await run_services(
+            manifest, names, stop=stop, serving=serving, reload=reload, reloaded=reloaded
+        )
 
     asyncio.run(main())
 

@@ -5,7 +5,8 @@ estimate: every number is a difference of two recorded monotonic timestamps, or 
 of counts that events carry).
 
 - ``time_to_detect_s``: from the first ``drill.fault.injected`` (its time is when the
-  injection began) to the first event
+  injection began) to the first event, before the rollbacks start (the drill's own
+  teardown is not a detection),
   whose kind matches one of ``detect`` (e.g. ``vault.guard.*``, ``train.restarted``),
   else to the drill's own ``drill.steady_state.broken``, else its ``drill.aborted``.
   ``detected_by`` says which.
@@ -16,6 +17,13 @@ of counts that events carry).
   the run's events (``drill.load.summary``, ``drill.files.checked``...); training's
   steps lost are read from each ``train.exited`` (``last_step``) and the
   ``train.restored`` (``step``) that follows it.
+- ``rpo_s``, the RPO in seconds of work lost, where the events can show it: for
+  training, from the save of the checkpoint a job resumed from (its
+  ``train.checkpoint.saved``) to the worker's exit, summed over exits; for files, 0
+  when none was lost, else from the guard's baseline (``vault.guard.protected``) to the
+  injection; for the vault, ``None`` when an object is unrecoverable (``vault.unrecoverable``:
+  lost for good, no age to give), else 0 once a scrub or repair ran.
+  ``None`` when nothing in the run holds state to lose.
 
 Must never: invent a number; a measurement with no event to read is ``None``.
 """
@@ -73,6 +81,46 @@ def _steps_lost_by_training(events: list[Event]) -> int | None:
     return lost
 
 
+def _training_loss_s(events: list[Event]) -> float | None:
+    """Seconds of training redone: for each worker exit, from the save of the checkpoint
+    it resumed from to the exit (None when no exit was followed by a resume whose
+    checkpoint's save is in the run)."""
+    saved: dict[tuple[str, int], int] = {}
+    exited: dict[str, int] = {}
+    lost: float | None = None
+    for e in events:
+        step = e.data.get("step")
+        if e.kind == ek.TRAIN_CHECKPOINT_SAVED and isinstance(step, int):
+            saved[(e.subject, step)] = e.mono_ns
+        elif e.kind == "train.exited":
+            exited[e.subject] = e.mono_ns
+        elif e.kind == ek.TRAIN_RESTORED and e.subject in exited:
+            at = saved.get((e.subject, int(step) if isinstance(step, int) else -1))
+            gone = exited.pop(e.subject)
+            if at is not None:
+                lost = (lost or 0.0) + max(0.0, (gone - at) / 1e9)
+    return lost
+
+
+def _rpo_s(events: list[Event], out: dict[str, Any], t0: int | None) -> float | None:
+    training = _training_loss_s(events)
+    if training is not None:
+        return training
+    if any(e.kind == ek.VAULT_UNRECOVERABLE for e in events):
+        return None
+    files = out.get("files_lost")
+    if files is not None:
+        if not files:
+            return 0.0
+        baseline = [e for e in events if e.kind == ek.VAULT_GUARD_PROTECTED]
+        if baseline and t0 is not None:
+            return max(0.0, (t0 - baseline[-1].mono_ns) / 1e9)
+        return None
+    if any(e.kind in (ek.VAULT_SCRUB_COMPLETED, ek.VAULT_REPAIRED) for e in events):
+        return 0.0
+    return None
+
+
 def measure(
     events: list[Event], *, detect: Iterable[str] = (), has_hypothesis: bool = True
 ) -> dict[str, Any]:
@@ -89,20 +137,27 @@ def measure(
         "rto_s": None,
         "recovered": None,
         "steady_state_broken": False,
+        "rpo_s": None,
     }
     for field in RPO_FIELDS:
         out[field] = _rpo(events, field)
     derived = _steps_lost_by_training(events)
     if derived is not None:
         out["steps_lost"] = (out["steps_lost"] or 0) + derived
+    out["rpo_s"] = _rpo_s(events, out, injected.mono_ns if injected else None)
     if injected is None:
         return out
     t0 = injected.mono_ns
+    # What the drill's own teardown causes (its rollbacks stop the processes it started,
+    # and their supervisors report it) is not the system noticing the fault.
+    teardown = _first(events, ek.DRILL_ROLLBACKS_STARTED, t0)
+    until = teardown.mono_ns if teardown is not None else None
     detector = next(
         (
             e
             for e in events
             if e.mono_ns >= t0
+            and (until is None or e.mono_ns < until)
             and not e.kind.startswith("drill.")
             and any(fnmatchcase(e.kind, p) for p in patterns)
         ),

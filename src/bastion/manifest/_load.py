@@ -657,6 +657,7 @@ def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestP
             yield located.problem(("vault", "replicas", i), f"{replica!r}: {problem}")
 
     yield from _pipeline_problems(tree, located)
+    yield from _playbook_problems(tree, located)
 
 
 def _cost_problems(name: str, svc: dict[str, Any], located: _Locator) -> Iterator[ManifestProblem]:
@@ -725,4 +726,99 @@ def _pipeline_problems(tree: CommentedMap, located: _Locator) -> Iterator[Manife
         except ValidationError:
             continue  # the schema's problems are reported already
         for loc, message in problems(str(name), spec):
+            yield located.problem(loc, message)
+
+
+def _playbook_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestProblem]:
+    """Playbook rules against the event kinds Bastion emits (bastion.playbooks' pure
+    ``_conditions``: one judge of kinds, conditions and templates) and against the names
+    the manifest declares (services, backends, jobs, slots, segments, SLOs)."""
+    playbooks = tree.get("playbooks")
+    rules = playbooks.get("rules") if isinstance(playbooks, dict) else None
+    if not isinstance(rules, dict):
+        return
+    from bastion.playbooks._conditions import kind_problem, problems
+
+    services = tree.get("services") if isinstance(tree.get("services"), dict) else {}
+    jobs = tree.get("jobs") if isinstance(tree.get("jobs"), dict) else {}
+    segments = tree.get("segments") if isinstance(tree.get("segments"), list) else []
+    slos = {s.get("id") for _, s in _items(tree.get("slos")) if isinstance(s, dict)}
+
+    def known(loc: Loc, value: Any, names: Iterable[Any], what: str) -> Iterator[ManifestProblem]:
+        if not isinstance(value, str) or "{" in value:
+            return  # a template: judged when an event fills it in
+        listed = sorted(str(n) for n in names)
+        if value not in listed:
+            hint = difflib.get_close_matches(value, listed, n=1, cutoff=0.6)
+            extra = (
+                f"did you mean {hint[0]!r}?" if hint else f"{what}s: {', '.join(listed) or 'none'}"
+            )
+            yield located.problem(loc, f"unknown {what} {value!r} ({extra})")
+
+    def check_check(loc: Loc, check: Any) -> Iterator[ManifestProblem]:
+        if isinstance(check, dict) and "slo" in check:
+            yield from known((*loc, "slo"), check["slo"], slos, "slo")
+
+    for name, rule in rules.items():
+        if not isinstance(rule, dict):
+            continue
+        base: Loc = ("playbooks", "rules", str(name))
+        on = rule.get("on")
+        if isinstance(on, str):
+            bad = kind_problem(on)
+            if bad:
+                yield located.problem((*base, "on"), bad)
+        when: dict[str, Any] = rule["when"] if isinstance(rule.get("when"), dict) else {}
+        templates: dict[str, str] = {}
+        where: dict[str, Loc] = {}
+        if isinstance(rule.get("incident"), str):
+            templates["t:incident"] = str(rule["incident"])
+            where["t:incident"] = (*base, "incident")
+        yield from check_check((*base, "check"), rule.get("check"))
+        for i, action in _items(rule.get("actions")):
+            if not isinstance(action, dict):
+                continue
+            at: Loc = (*base, "actions", i)
+            for key, value in action.items():
+                if isinstance(value, str):
+                    templates[f"t:{i}.{key}"] = value
+                    where[f"t:{i}.{key}"] = (*at, str(key))
+                elif isinstance(value, list) and key == "command":
+                    for j, arg in enumerate(value):
+                        if isinstance(arg, str):
+                            templates[f"t:{i}.{key}.{j}"] = arg
+                            where[f"t:{i}.{key}.{j}"] = (*at, str(key), j)
+            yield from check_check((*at, "check"), action.get("check"))
+            do = action.get("do")
+            if do == "quarantine":
+                yield from known((*at, "segment"), action.get("segment"), segments, "segment")
+            if do in ("failover", "scale"):
+                yield from known((*at, "service"), action.get("service"), services, "service")
+            svc = (
+                services.get(action.get("service"))
+                if isinstance(action.get("service"), str)
+                else None
+            )
+            if do == "scale" and isinstance(svc, dict):
+                backends = [
+                    b.get("name") for _, b in _items(svc.get("backends")) if isinstance(b, dict)
+                ]
+                yield from known((*at, "backend"), action.get("backend"), backends, "backend")
+            tier = action.get("tier")
+            plain_tier = isinstance(tier, str) and "{" not in tier
+            named = tier in ("primary", "fallback") or str(tier).isdigit()
+            if do == "failover" and plain_tier and not named:
+                yield located.problem(
+                    (*at, "tier"), f"tier {tier!r} is not primary, fallback or a number"
+                )
+            if do == "restart":
+                yield from known((*at, "job"), action.get("job"), jobs, "job")
+                job = jobs.get(action.get("job")) if isinstance(action.get("job"), str) else None
+                if isinstance(job, dict) and action.get("slot") is not None:
+                    slots = [
+                        s.get("name") for _, s in _items(job.get("slots")) if isinstance(s, dict)
+                    ]
+                    yield from known((*at, "slot"), action.get("slot"), slots, "slot")
+        for key, message in problems(when, templates):
+            loc = where.get(key, (*base, "when", key))
             yield located.problem(loc, message)

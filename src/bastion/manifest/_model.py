@@ -53,6 +53,11 @@ __all__ = [
     "Manifest",
     "Pipeline",
     "PipelineStage",
+    "PlaybookAction",
+    "PlaybookCheck",
+    "PlaybookLimits",
+    "PlaybookRule",
+    "Playbooks",
     "Price",
     "RecoveryTarget",
     "Redundancy",
@@ -881,6 +886,199 @@ class Pipeline(_Strict):
     """Free text."""
 
 
+class ScrubSchedule(_Strict):
+    """A scheduled, budgeted ``bastion vault scrub`` that ``bastion up`` runs."""
+
+    every_s: float = Field(default=3600.0, ge=10.0)
+    """Seconds between the starts of two scrubs."""
+    max_seconds: float = Field(default=60.0, gt=0.0)
+    """Each scrub's budget; the next one resumes where it stopped."""
+    first_after_s: float = Field(default=60.0, ge=0.0)
+    """Seconds after ``bastion up`` starts before the first scrub (start-up comes first)."""
+
+
+class Control(_Strict):
+    """What ``bastion up`` runs beside the services, and where its API listens."""
+
+    listen: Listen = "127.0.0.1:8790"
+    """host:port of the control API (and, later, the dashboard). Loopback by default:
+    reads need no token, so only expose it on a network you trust."""
+    guard: bool = True
+    """Run ``bastion vault guard`` over the protected directories (if there are any)."""
+    scrub: ScrubSchedule | None = ScrubSchedule()
+    """The scheduled scrub; ``null`` for none."""
+
+
+# -- playbooks (helper "playbooks") ------------------------------------------------------
+
+PlaybookDo = Literal[
+    "restore", "rollback", "promote", "quarantine", "failover", "scale", "restart", "run", "notify"
+]
+# The parameters each action takes (the first ones required); bastion.playbooks owns what
+# they mean, docs/playbooks.md lists them.
+PLAYBOOK_PARAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "restore": (("snapshot", "into"), ()),
+    "rollback": (("model",), ()),
+    "promote": (("model",), ()),
+    "quarantine": (("segment",), ()),
+    "failover": (("service", "tier"), ()),
+    "scale": (("service", "backend", "replicas"), ()),
+    "restart": (("job",), ("slot", "timeout_s")),
+    "run": (("command",), ("timeout_s",)),
+    "notify": (("url", "hmac_key_env"), ("timeout_s",)),
+}
+
+
+class PlaybookCheck(_Strict):
+    """What decides that an action worked: the steady state after it. Exactly one of
+    ``command``, ``http`` or ``slo``; it is tried every ``every_s`` until it passes or
+    ``within_s`` has gone by."""
+
+    command: list[str] | None = Field(default=None, min_length=1)
+    """A program (no shell) that exits 0 when the steady state holds."""
+    http: HttpUrl | None = None
+    """A URL that answers a GET with 2xx when the steady state holds."""
+    slo: str | None = None
+    """An SLO id (under ``slos``): holds while none of its burn alerts is open."""
+    within_s: float = Field(default=10.0, gt=0, le=3600)
+    """How long the steady state may take to come back."""
+    every_s: float = Field(default=0.5, gt=0, le=60)
+    """Seconds between tries."""
+
+    @model_validator(mode="after")
+    def _one(self) -> PlaybookCheck:
+        given = [n for n in ("command", "http", "slo") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a check needs exactly one of command, http or slo"
+                + (f" (it has {', '.join(given)})" if given else "")
+            )
+        return self
+
+
+class PlaybookAction(_Strict):
+    """One step of a playbook: what to do (``do``) and its parameters, which may name
+    the trigger event's fields as ``{subject}``, ``{segment}``, ``{kind}``, ``{id}``,
+    ``{day}``, ``{hour}`` or ``{data.<key>}``."""
+
+    do: PlaybookDo
+    """restore a snapshot, rollback or promote a model, quarantine a segment, failover a
+    service to a tier, scale a replica set, restart a job on another slot, run a
+    command, notify a webhook."""
+    approve: bool = False
+    """Wait for ``bastion playbook approve ID`` before acting; denied when the approval
+    timeout passes."""
+    approve_timeout_s: float | None = Field(default=None, gt=0, le=86400)
+    """How long to wait for the approval (default: ``playbooks.limits.approval_timeout_s``)."""
+    check: PlaybookCheck | None = None
+    """What decides the action worked (default: the rule's check, else the action's
+    own result)."""
+    snapshot: str | None = None
+    """restore: the vault ref to restore (e.g. dataset/digits@latest)."""
+    into: str | None = None
+    """restore: the directory to restore it into (relative to this file)."""
+    model: str | None = None
+    """rollback: the model (model/digits); promote: the snapshot (model/digits@3)."""
+    segment: str | None = None
+    """quarantine: the segment (e.g. {segment}, the trigger's)."""
+    service: str | None = None
+    """failover, scale: the service."""
+    tier: str | None = None
+    """failover: the tier to send traffic to (primary, fallback or a number)."""
+    backend: str | None = None
+    """scale: the local backend whose replica set to scale."""
+    replicas: Int | None = Field(default=None, ge=0, le=1024)
+    """scale: the replicas to keep running at least."""
+    job: str | None = None
+    """restart: the training job."""
+    slot: str | None = None
+    """restart: the worker slot to move it to (default: any other healthy slot)."""
+    command: list[str] | None = Field(default=None, min_length=1)
+    """run: the program and its arguments, run without a shell under bastion.supervise."""
+    timeout_s: float | None = Field(default=None, gt=0, le=86400)
+    """run, notify, restart: how long it may take (default 60 s for run, 10 s for notify,
+    120 s for restart: until the worker has started again)."""
+    url: HttpUrl | None = None
+    """notify: the webhook URL, sent an HTTP POST signed with HMAC-SHA256."""
+    hmac_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """notify: the environment variable holding the HMAC key."""
+
+    @model_validator(mode="after")
+    def _params(self) -> PlaybookAction:
+        required, optional = PLAYBOOK_PARAMS[self.do]
+        every = {p for params in PLAYBOOK_PARAMS.values() for ps in params for p in ps}
+        missing = [p for p in required if getattr(self, p) is None]
+        foreign = [
+            p
+            for p in sorted(every)
+            if getattr(self, p) is not None and p not in required + optional
+        ]
+        if missing:
+            raise ValueError(f"do: {self.do} needs {', '.join(missing)}")
+        if foreign:
+            takes = ", ".join(required + optional)
+            raise ValueError(
+                f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not a parameter "
+                f"of do: {self.do} (it takes {takes})"
+            )
+        return self
+
+
+class PlaybookRule(_Strict):
+    """Event -> condition -> actions: when an event of kind ``on`` whose fields meet
+    ``when`` is appended to the log, run ``actions`` once per incident."""
+
+    on: str
+    """The event kind that triggers it (e.g. vault.guard.ransomware), or a glob over
+    kinds (slo.burn.*)."""
+    when: dict[str, Any] = Field(default_factory=dict)
+    """Conditions on the event, all of which must hold: ``subject``, ``segment`` or
+    ``data.<key>`` mapped to a value, a list of values, or one operator (eq, ne, gt, ge,
+    lt, le, in, contains, matches, exists)."""
+    incident: str = "{id}"
+    """What makes two triggers the same incident (acted on once): a template over the
+    event, e.g. {subject}/{day}. Default: each event is its own incident."""
+    strategy: Literal["sequence", "alternatives"] = "sequence"
+    """sequence: every action in order; alternatives: stop at the first that works
+    (roll back, or else fail over)."""
+    check: PlaybookCheck | None = None
+    """The steady-state check after each action that has none of its own."""
+    max_failures: Int = Field(default=3, ge=1, le=100)
+    """After this many failed actions the playbook escalates (playbook.escalated) and
+    stops."""
+    actions: list[PlaybookAction] = Field(min_length=1, max_length=64)
+    """The steps, in order."""
+    description: str | None = None
+    """Free text."""
+
+
+class PlaybookLimits(_Strict):
+    """Safeguards over every playbook: a token bucket per target, a blast-radius cap and
+    how long an approval may wait."""
+
+    rate_burst: Int = Field(default=3, ge=1, le=10000)
+    """Actions one target (a service, a segment, a job, a webhook's host) may take at once."""
+    rate_per_minute: float = Field(default=1.0, gt=0, le=100000)
+    """How fast a target's bucket refills, in actions per minute."""
+    blast_radius: Int = Field(default=10, ge=1, le=100000)
+    """Distinct targets all playbooks together may act on within ``blast_window_s``; past
+    it every action is refused and the playbook escalates."""
+    blast_window_s: float = Field(default=3600.0, gt=0)
+    """The window of the blast-radius cap, in seconds."""
+    approval_timeout_s: float = Field(default=900.0, gt=0, le=86400)
+    """How long an ``approve: true`` action waits before it is denied."""
+
+
+class Playbooks(_Strict):
+    """Coordinated response: rules from events to actions, and the limits over them
+    (docs/playbooks.md)."""
+
+    limits: PlaybookLimits = Field(default_factory=PlaybookLimits)
+    """Rate limit, blast radius and approval timeout."""
+    rules: dict[Id, PlaybookRule] = Field(default_factory=dict)
+    """The playbooks, by name."""
+
+
 class Manifest(_Strict):
     """A whole ``bastion.yaml``."""
 
@@ -916,9 +1114,13 @@ class Manifest(_Strict):
     """Service level objectives."""
     pipelines: dict[Id, Pipeline] = Field(default_factory=dict)
     """Pipelines of stages (ingest, validate, train, gate, promote), by name."""
+    playbooks: Playbooks = Field(default_factory=Playbooks)
+    """Response playbooks: event -> condition -> actions, exactly once (docs/playbooks.md)."""
     recovery: dict[Id, RecoveryTarget] = Field(default_factory=dict)
     """Recovery targets by the loss they are for: software, or a failure domain (host,
     site, region, zone, account, provider)."""
+    control: Control = Control()
+    """``bastion up``: its API's address, the guard and the scheduled scrub."""
     _path: Path | None = PrivateAttr(default=None)
 
     @property

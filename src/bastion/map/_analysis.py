@@ -22,6 +22,7 @@ from typing import Any
 
 from bastion.manifest import Manifest
 from bastion.map._bdd import Probability
+from bastion.map._concentration import Spend, VendorShare, vendor_concentration
 from bastion.map._cutsets import Family, cut_sets, literal_family
 from bastion.map._graph import COMMON_CAUSE_TAGS, Graph
 from bastion.map._manifest import VAULT, graph_from_manifest
@@ -126,6 +127,8 @@ class MapReport:
     families: list[Family]
     findings: list[Finding]
     statistics: dict[str, float] = field(default_factory=dict)
+    vendors: list[VendorShare] = field(default_factory=list)
+    """Spend and unavailability concentration per vendor (``_concentration``)."""
     _blast: dict[str, BlastRadius] | None = field(default=None, repr=False)
 
     @property
@@ -178,8 +181,13 @@ def map_manifest(
     max_order: int = 2,
     beta: float = DEFAULT_BETA,
     importance: bool = True,
+    spend: Spend | None = None,
 ) -> MapReport:
-    """The map of a loaded manifest, checked against its ``slos`` and ``recovery``."""
+    """The map of a loaded manifest, checked against its ``slos`` and ``recovery``.
+
+    ``spend``: (service, backend) -> currency -> amount, what the gateways spent (read
+    from the spend log by the caller); each vendor's share of it is put beside its share
+    of the unavailability (``report.vendors``)."""
     graph = graph_from_manifest(manifest)
     objectives: dict[str, tuple[float, str]] = {}
     for slo in manifest.slos:
@@ -188,7 +196,7 @@ def map_manifest(
             if current is None or slo.objective > current[0]:
                 objectives[slo.service] = (slo.objective, slo.id)
     recovery = {name: (t.rto_s, t.rpo_s) for name, t in manifest.recovery.items()}
-    return analyze(
+    report = analyze(
         graph,
         max_order=max_order,
         beta=beta,
@@ -196,6 +204,36 @@ def map_manifest(
         recovery=recovery,
         importance=importance,
     )
+    vendor_of = {
+        f"{name}:{b.name}": b.provider or b.name
+        for name, svc in manifest.services.items()
+        for b in svc.backends
+        if b.url is not None
+    }
+    report.vendors = vendor_concentration(report, vendor_of, spend)
+    for v in report.vendors:
+        if v.concentrated:
+            money = ", ".join(f"{100 * s:.0f}% of the {c} spend" for c, s in v.spend_share.items())
+            worst = max(v.unavailability_share.items(), key=lambda kv: kv[1], default=None)
+            failing = (
+                f"{100 * worst[1]:.0f}% of the unavailability of {worst[0]}"
+                if worst is not None
+                else "a single point of failure"
+            )
+            report.findings.append(
+                Finding(
+                    "warning",
+                    f"vendor:{v.vendor}",
+                    f"vendor {v.vendor} holds {money} and {failing}"
+                    + (" (a SPOF)" if v.spof else "")
+                    + ": an outage there is both an incident and the bill",
+                    "add a backend on another provider in the same tier, or cap the vendor "
+                    "with a budget (scope: vendor) that falls back to a cheaper tier",
+                )
+            )
+    rank = {"breach": 0, "spof": 1, "warning": 2, "info": 3}
+    report.findings.sort(key=lambda f: rank[f.severity])
+    return report
 
 
 def analyze(
@@ -573,4 +611,18 @@ def to_json(report: MapReport) -> dict[str, Any]:
             for f in report.findings
         ],
         "statistics": dict(report.statistics),
+        "vendors": [
+            {
+                "vendor": v.vendor,
+                "backends": list(v.backends),
+                "components": list(v.components),
+                "events": list(v.events),
+                "spend": v.spend,
+                "spend_share": v.spend_share,
+                "unavailability_share": v.unavailability_share,
+                "spof": v.spof,
+                "concentrated": v.concentrated,
+            }
+            for v in report.vendors
+        ],
     }

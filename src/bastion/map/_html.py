@@ -420,6 +420,24 @@ def html(report: MapReport, observed: ObservedReport | None = None) -> str:
             for d in observed.undeclared
         )
         undeclared = f"<h2>Undeclared dependencies</h2><ul>{items or '<li>none</li>'}</ul>"
+
+    def shares(values: dict[str, float], unit: str) -> str:
+        return esc(", ".join(f"{100 * x:.1f}% {unit}{k}" for k, x in values.items()) or "-")
+
+    vendor_rows = "".join(
+        f"<tr class='vendor-row' data-vendor='{esc(v.vendor)}'><td>{esc(v.vendor)}</td>"
+        f"<td>{shares(v.spend_share, '')}</td><td>{shares(v.unavailability_share, 'of ')}"
+        f"</td><td>{'SPOF' if v.spof else ''}</td>"
+        f"<td class='{'bad' if v.concentrated else ''}'>{'yes' if v.concentrated else ''}</td></tr>"
+        for v in report.vendors
+    )
+    vendors = (
+        "<h2>Concentration per vendor</h2><table><tr><th>vendor</th><th>share of spend</th>"
+        f"<th>share of unavailability</th><th>SPOF</th><th>concentrated</th></tr>{vendor_rows}"
+        "</table>"
+        if report.vendors
+        else ""
+    )
     note = f"<p class='note'>{esc(layout.note)}</p>" if layout.note else ""
     verdict = "ok" if report.ok else "FAIL"
     svg = _svg(report, layout)
@@ -434,6 +452,7 @@ def html(report: MapReport, observed: ObservedReport | None = None) -> str:
 <th>verdict</th><th>SPOFs</th></tr>{"".join(rows)}</table>
 <h2>Single points of failure</h2><ul>{spofs or "<li>none</li>"}</ul>
 {undeclared}
+{vendors}
 {note}
 {svg}
 <script>{_SCRIPT}</script>

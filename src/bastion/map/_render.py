@@ -102,6 +102,7 @@ def _text(report: MapReport, observed: ObservedReport | None) -> str:
                 for i in top.importance[:5]
             )
             out.append(f"  fix first: {ranked}")
+    out.extend(_vendor_lines(report))
     others = [f for f in report.findings if f.severity in ("warning", "info")]
     if others:
         out.append("")
@@ -134,6 +135,23 @@ def _text(report: MapReport, observed: ObservedReport | None) -> str:
     else:
         out.append("verdict: ok")
     return "\n".join(out) + "\n"
+
+
+def _vendor_lines(report: MapReport) -> list[str]:
+    """Spend concentration per vendor beside availability concentration."""
+    if not report.vendors:
+        return []
+    out = ["", "VENDORS (share of spend | share of unavailability)"]
+    for v in report.vendors:
+        money = ", ".join(f"{100 * s:.1f}% {c}" for c, s in v.spend_share.items()) or "no spend"
+        fails = (
+            ", ".join(f"{100 * s:.1f}% of {t}" for t, s in v.unavailability_share.items())
+            or "in no cut set"
+        )
+        mark = "  CONCENTRATED" if v.concentrated else ""
+        spof = " (SPOF)" if v.spof else ""
+        out.append(f"  {v.vendor}: {money} | {fails}{spof}{mark}")
+    return out
 
 
 def _mid(node_id: str) -> str:

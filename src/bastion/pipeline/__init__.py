@@ -5,6 +5,8 @@
         per stage:  inputs resolved -> _key.stage_key (canonical JSON, BLAKE3) ->
                     cached? (label k<key> on the output, verified) | resumed? | run it:
                     inputs restored verified -> supervised process -> publish one snapshot
+                    (with its _recipe: code snapshot, exact inputs, config, environment)
+    replay(vault, Recipe.of(snapshot), work) --> Replayed (the stage run made again)
     _builtin: validate-data, evaluate, gate, promote, each as its own process
 
 A failing stage blocks its dependants and nothing else. How to write one:
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 from bastion.pipeline._dag import BUILTIN_INPUTS, Dag, StageNode, build, problems
 from bastion.pipeline._key import CacheKey, Unhashable, canonical, environment_lock, stage_key
+from bastion.pipeline._recipe import Recipe
+from bastion.pipeline._replay import NotReplayable, Replayed, replay, replay_problems
 from bastion.pipeline._runner import PipelineRunner, output_digest
 from bastion.pipeline._status import RunRecord, StageRecord, StageState, read_run
 
@@ -22,7 +26,10 @@ __all__ = [
     "BUILTIN_INPUTS",
     "CacheKey",
     "Dag",
+    "NotReplayable",
     "PipelineRunner",
+    "Recipe",
+    "Replayed",
     "RunRecord",
     "StageNode",
     "StageRecord",
@@ -34,5 +41,7 @@ __all__ = [
     "output_digest",
     "problems",
     "read_run",
+    "replay",
+    "replay_problems",
     "stage_key",
 ]

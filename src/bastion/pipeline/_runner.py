@@ -26,13 +26,16 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import queue
 import select
 import shutil
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +56,10 @@ from bastion.pipeline._key import (
     environment_lock,
     stage_key,
 )
+from bastion.pipeline._recipe import Recipe, code_tree, record_code, reported_environment
 from bastion.pipeline._status import DONE, RunRecord, StageRecord, read_run, write_run
 from bastion.supervise import Backoff, ProcessSpec, RestartBudget, Supervisor, pid_alive
+from bastion.train import ENV_STAGE_ENVIRONMENT
 
 if TYPE_CHECKING:
     from bastion.manifest import Manifest
@@ -82,6 +87,13 @@ def _start_time(pid: int) -> str | None:
     except OSError:
         return None
     return stat.rsplit(")", 1)[1].split()[19]
+
+
+@dataclass(frozen=True)
+class _Code:
+    ref: str | None
+    workdir: str
+    uncaptured: tuple[str, ...]
 
 
 @dataclass
@@ -117,6 +129,8 @@ class PipelineRunner:
         self.outputs: dict[str, Snapshot] = {}
         self._builtin_code: dict[str, str] | None = None
         self._unsaved = False
+        self._trash = _Trash(self.root / "trash")
+        self._ahead: ThreadPoolExecutor  # work a stage's process runs beside (run())
 
     # ------------------------------------------------------------------ plumbing
     def _subject(self, stage: str) -> str:
@@ -277,7 +291,7 @@ class PipelineRunner:
     ) -> tuple[Path, dict[str, str]]:
         work = self.root / "work" / node.name
         if work.exists():
-            shutil.rmtree(work)
+            self._trash.discard(work)  # a failed attempt's: it is kept until the next
         (work / "in").mkdir(parents=True, mode=0o700)
         env = {
             "BASTION_MANIFEST": str(self.manifest.path or ""),
@@ -289,6 +303,7 @@ class PipelineRunner:
             "BASTION_STAGE_OUTPUT": str(work / "out"),
             "BASTION_STAGE_RESULT": str(work / "result.json"),
             "BASTION_STAGE_CONFIG": str(work / "config.json"),
+            ENV_STAGE_ENVIRONMENT: str(work / "environment.json"),
             **node.stage.env,
         }
         (work / "config.json").write_bytes(canonical(node.stage.config, where="config"))
@@ -383,6 +398,7 @@ class PipelineRunner:
         work: Path,
         inputs: Mapping[str, Snapshot | None],
         key: CacheKey | None,
+        code: Future[_Code] | None,
     ) -> Snapshot:
         labels = ("latest", key.label) if key is not None else ("latest",)
         if node.stage.uses != "command":
@@ -400,12 +416,62 @@ class PipelineRunner:
                 f"stage {node.name} exited 0 but wrote nothing to $BASTION_STAGE_OUTPUT; a "
                 "stage publishes exactly one snapshot"
             )
+        assert code is not None
+        recipe = self._recipe(node, work, inputs, code.result())
+        lineage = [s.ref for s in inputs.values() if s is not None]
         return self.vault.commit(
             node.output,
             files,
-            meta={"pipeline": self.name, "stage": node.name, "key": key.digest if key else None},
-            lineage=[s.ref for s in inputs.values() if s is not None],
+            meta={
+                "pipeline": self.name,
+                "stage": node.name,
+                "key": key.digest if key else None,
+                "recipe": recipe.to_json(),
+            },
+            lineage=[*lineage, recipe.code] if recipe.code else lineage,
             labels=labels,
+        )
+
+    def _code(self, node: StageNode) -> _Code:
+        """The stage's code committed as ``code/<pipeline>/<stage>`` (its ref, or None
+        without files), its workdir, and what it runs that is not captured. Run while
+        the stage's process runs (see ``_stage``): it reads only the code, the same
+        files the key was made from a moment before, and the runner is only waiting."""
+        stage = node.stage
+        base = self.manifest.base_dir
+        try:
+            paths = list(stage.code) or code_files(self._argv(node), stage.workdir)
+        except Unhashable as exc:
+            paths, why = [], [str(exc)]
+        else:
+            why = []
+        files, outside = code_tree(paths, base)
+        outside += why
+        try:
+            workdir = str(stage.workdir.resolve().relative_to(base.resolve()))
+        except ValueError:
+            workdir, outside = str(stage.workdir), [*outside, str(stage.workdir)]
+        # the interpreter a "python" command runs is the environment, not code
+        outside = [p for p in outside if Path(p).resolve() != Path(sys.executable).resolve()]
+        code = record_code(self.vault, f"code/{self.name}/{node.name}", files)
+        return _Code(code, workdir, tuple(outside))
+
+    def _recipe(
+        self, node: StageNode, work: Path, inputs: Mapping[str, Snapshot | None], code: _Code
+    ) -> Recipe:
+        """How the stage made its output, so ``bastion model reconstitute`` can make it
+        again (``_recipe``): its code (``_code``), inputs, config and environment."""
+        stage = node.stage
+        assert stage.command is not None
+        return Recipe(
+            command=tuple(stage.command),
+            workdir=code.workdir,
+            code=code.ref,
+            inputs={k: s.ref for k, s in inputs.items() if s is not None},
+            config=stage.config,
+            env=stage.env,
+            environment=reported_environment(work / "environment.json"),
+            uncaptured=code.uncaptured,
         )
 
     def _stage(self, node: StageNode, previous: RunRecord | None) -> None:
@@ -443,17 +509,24 @@ class PipelineRunner:
             return
         rec.state = "running"  # saved with the process's pid, once it has one
         self._emit(ek.PIPELINE_STAGE_RUNNING, node.name, key=rec.key, inputs=rec.inputs)
+        code: Future[_Code] | None = None
         try:
             work, env = self._prepare(node, inputs)
+            if node.stage.uses == "command":
+                # off the critical path: committed while the process runs
+                code = self._ahead.submit(self._code, node)
             why = self._execute(node, rec, work, env)
             if why:
                 self._fail(node, rec, why, began)
                 return
-            snap = self._publish(node, work, inputs, use_key)
+            snap = self._publish(node, work, inputs, use_key, code)
         except BastionError as exc:
             self._fail(node, rec, str(exc), began)
             return
-        shutil.rmtree(work, ignore_errors=True)
+        finally:
+            if code is not None:
+                wait([code])  # never left running behind its stage
+        self._trash.discard(work)
         self.outputs[node.name] = snap
         rec.state = "succeeded"
         rec.output = {"ref": snap.ref, "id": snap.id}
@@ -480,7 +553,12 @@ class PipelineRunner:
     def run(self) -> RunRecord:
         """Run every stage whose inputs are good, in order; the record says how each
         ended (``failed``: the stage; ``blocked``: a stage it reads from failed)."""
-        with self._lock():
+        with (
+            self._lock(),
+            self._trash,
+            ThreadPoolExecutor(1, thread_name_prefix="pipeline-code") as self._ahead,
+        ):
+            self._trash.empty()  # what a killed runner left there
             previous = read_run(self.state_dir, self.name)
             if previous is not None and previous.state == "running":
                 self.record.resumed_from = previous.run_id
@@ -515,6 +593,58 @@ class PipelineRunner:
             )
             self._save()
             return self.record
+
+
+class _Trash:
+    """Work directories the runner is done with, removed off the stage's critical path.
+
+    ``discard`` renames the directory into ``trash/`` under a new name (one rename:
+    its own name is free at once for the stage's next attempt or run, and nothing
+    reads the old one again: a stage's inputs and outputs are only ever reached by
+    its own name), and a background thread removes it while the next stage runs.
+    The ``with`` block ends only once the thread has emptied the trash, so a run
+    leaves nothing behind and never races its own clean-up; what a killed runner left
+    in ``trash/`` is removed by the next run (``empty``).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._jobs: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Trash:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def discard(self, work: Path) -> None:
+        gone = self.root / uuid.uuid4().hex
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            work.rename(gone)
+        except OSError:
+            shutil.rmtree(work, ignore_errors=True)  # as it was: here and now
+            return
+        self._later(gone)
+
+    def empty(self) -> None:
+        if self.root.is_dir():
+            for left in self.root.iterdir():
+                self._later(left)
+
+    def _later(self, path: Path) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._remove, name="pipeline-trash", daemon=True)
+            self._thread.start()
+        self._jobs.put(path)
+
+    def _remove(self) -> None:
+        while (path := self._jobs.get()) is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 #: the longest the runner sleeps on a running stage between ticks (the supervisor's

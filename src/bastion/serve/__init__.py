@@ -20,6 +20,7 @@ Must never: write the event log on the per-request path; spawn processes except 
 from __future__ import annotations
 
 from bastion.serve._attempts import AttemptStatistics
+from bastion.serve._auth import client_keys
 from bastion.serve._golden import (
     GOLDEN_HEADER,
     GoldenCheck,
@@ -80,6 +81,7 @@ __all__ = [
     "Upstream",
     "UpstreamSpec",
     "UpstreamStatistics",
+    "client_keys",
     "load_golden",
     "run_services",
     "spawn_server",

@@ -32,6 +32,7 @@ __all__ = [
     "SpendWriter",
     "cost_between",
     "cost_report",
+    "spend_by_backend",
     "spend_path",
     "spend_since",
 ]
@@ -334,3 +335,18 @@ def cost_between(
         estimated=sum(r.estimated for r in rows),
         rows=rows,
     )
+
+
+def spend_by_backend(
+    state_dir: str | Path, period: str = "month", *, now: float | None = None
+) -> dict[tuple[str, str], dict[str, float]] | None:
+    """What each (service, backend) spent over the last ``period``, by currency (what the
+    dependency map puts beside availability); None when no gateway of this state
+    directory accounts spend."""
+    if not spend_path(state_dir).exists():
+        return None
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for row in cost_report(state_dir, period, now=now).rows:
+        mine = out.setdefault((row.service, row.backend), {})
+        mine[row.currency] = mine.get(row.currency, 0.0) + row.cost
+    return out

@@ -292,6 +292,9 @@ class Pool:
         self.cap = EjectionCap(max_fraction=max_ejected)
         self.upstreams: dict[str, Upstream] = {}
         self.tiers: list[list[Upstream]] = []  # the stable arm's, primaries first
+        # tiers below this one take no traffic: a service failed over by request
+        # (POST /bastion/control, a playbook's failover), until failed back to 0
+        self.min_tier = 0
         self.arms: dict[str, list[list[Upstream]]] = {}
         self._events = events
         self._segment = segment
@@ -325,7 +328,18 @@ class Pool:
         for up in self.upstreams.values():
             arms.setdefault(up.arm, {}).setdefault(up.spec.tier, []).append(up)
         self.arms = {arm: [tiers[k] for k in sorted(tiers)] for arm, tiers in arms.items()}
-        self.tiers = self.arms.get("stable", [])
+        self.tiers = [t for t in self.arms.get("stable", []) if t[0].spec.tier >= self.min_tier]
+
+    def fail_over(self, tier: int) -> tuple[str, ...]:
+        """Send the stable arm's traffic to ``tier`` and the tiers after it only (0: every
+        tier again). ``ValueError`` when no upstream is there to take it."""
+        if tier > 0 and not any(
+            up.spec.tier >= tier for up in self.upstreams.values() if up.arm == "stable"
+        ):
+            raise ValueError(f"no backend of tier {tier} or later to fail over to")
+        self.min_tier = tier
+        self._rebuild()
+        return tuple(up.name for t in self.tiers for up in t)
 
     def count(self, arms: tuple[str, ...] = STABLE) -> int:
         """How many upstreams serve ``arms``."""

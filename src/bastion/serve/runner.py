@@ -32,6 +32,7 @@ from bastion.serve.pool import UpstreamSpec
 __all__ = [
     "GatewayDown",
     "GatewayThread",
+    "reload_plan",
     "run_services",
     "spawn_server",
     "specs_for",
@@ -176,21 +177,105 @@ def unset_api_keys(manifest: Manifest, names: Sequence[str] | None = None) -> li
     return out
 
 
+def reload_plan(old: Service, new: Service) -> tuple[str, str]:
+    """How a running gateway takes ``new`` in place of ``old``: ``("same", "")``,
+    ``("in_place", "")`` (only backends were added or removed, remote backends changed,
+    or replica bounds moved: the gateway applies it without dropping a request), or
+    ``("restart", why)`` (anything else, e.g. its address or policy: a new gateway
+    process is needed). Pure; ``bastion up`` and ``bastion serve`` both ask it."""
+    if old == new:
+        return "same", ""
+    rest: dict[str, Any] = {"backends": [], "depends_on": []}
+    if old.model_copy(update=rest) != new.model_copy(update=rest):
+        changed = sorted(
+            k
+            for k in type(old).model_fields
+            if k not in rest and getattr(old, k) != getattr(new, k)
+        )
+        return "restart", f"changed {', '.join(changed)} (not only its backends)"
+    before = {b.name: b for b in old.backends if b.model is not None}
+    for b in new.backends:
+        was = before.get(b.name)
+        if was is None:
+            continue
+        if b.model_copy(update={"replicas": was.replicas}) != was:
+            return "restart", (
+                f"local backend {b.name!r} changed more than its replica bounds (a new model "
+                "version goes into service through `bastion rollout`)"
+            )
+    return "in_place", ""
+
+
+async def _apply_service(
+    gw: Gateway,
+    old: Service,
+    new: Service,
+    sets: dict[str, Any],
+    make_set: Callable[[Any], Any],
+) -> dict[str, Any]:
+    """Apply an ``in_place`` plan to one running gateway, never dropping a request: new
+    remote backends join once their probe passes (at most 5 s), then the old ones leave
+    (a request in flight on one finishes there); new local backends start their replica
+    set, removed ones drain first; moved bounds go to the autoscaler."""
+    want = {spec.name: spec for spec in specs_for(new)}
+    have = {n: up.spec for n, up in gw.pool.upstreams.items() if up.spec.kind == "remote"}
+    added = [n for n, spec in want.items() if have.get(n) != spec]
+    removed = [n for n in have if n not in want]
+    joining = []
+    for n in added:
+        if n in have:
+            gw.remove_upstream(n)  # same name, new address: it cannot be in the pool twice
+        joining.append(gw.add_upstream(want[n], needs_probe=True))
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while any(u.needs_probe for u in joining) and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - the pool has no event to wait on; a probe clears the flag
+        await asyncio.sleep(0.05)
+    for n in removed:
+        gw.remove_upstream(n)
+    local = {b.name: b for b in new.backends if b.model is not None}
+    bounds = {}
+    for n, backend in local.items():
+        rs = sets.get(n)
+        if rs is None:
+            sets[n] = rs = make_set(backend)
+            await rs.start()
+            added.append(n)
+        elif rs.backend.replicas != backend.replicas:
+            rs.backend = backend
+            rs.autoscaler.min_replicas = backend.replicas.min
+            rs.autoscaler.max_replicas = backend.replicas.max
+            rs.autoscaler.last_change = -1e9  # a new bound applies at the next decision
+            bounds[n] = {"min": backend.replicas.min, "max": backend.replicas.max}
+    for n in [n for n in sets if n not in local]:
+        rs = sets.pop(n)
+        await rs.drain(5.0)
+        await rs.close()
+        removed.append(n)
+    return {"added": added, "removed": removed, "bounds": bounds}
+
+
 async def run_services(
     manifest: Manifest,
     names: Sequence[str],
     *,
     stop: asyncio.Event,
     serving: Callable[[str, str], None] | None = None,
+    reload: asyncio.Event | None = None,
+    reloaded: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     """Run the named services' gateways (with their local replica sets) until ``stop``;
     ``serving(service, url)`` is called once each gateway is listening.
+
+    Each time ``reload`` is set the manifest file is read again and each gateway takes
+    its service's changes in place (``reload_plan``); ``reloaded(result)`` is told what
+    happened (``ok``, ``digest`` of the file read, ``error``, per-service changes). A
+    manifest that does not load, or a change that needs a restart, changes nothing.
 
     An address that cannot be bound (in use, not this host's, a privileged port) is a
     ``UsageError`` naming the service and the address, raised before any replica starts.
     """
     from bastion.events import EventWriter
     from bastion.rollout import RolloutController
+    from bastion.serve._control import ServiceControl
     from bastion.serve._cost import Ledger
     from bastion.serve._golden import GoldenProber
     from bastion.serve._spend import SpendWriter, spend_since
@@ -257,10 +342,12 @@ async def run_services(
                 if backend.model is not None
             }
             gateways.append(gw)
+            gw.app.router.add_post("/bastion/scale", _scale_route(gw, sets[name]))
             prober = GoldenProber.from_manifest(gw, manifest)
             if prober is not None:
                 probers.append(prober)
             rollouts.append(RolloutController(gw, manifest, sets[name], prober=prober))
+            ServiceControl(gw, sets[name])
         for gw in gateways:
             try:
                 await gw.start()
@@ -282,7 +369,20 @@ async def run_services(
         for rollout in rollouts:
             await rollout.resume()
         sli.start()
-        await stop.wait()
+        while not stop.is_set():
+            waits = [asyncio.ensure_future(stop.wait())]
+            if reload is not None:
+                waits.append(asyncio.ensure_future(reload.wait()))
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if reload is not None and reload.is_set() and not stop.is_set():
+                reload.clear()
+                result = await _reload(manifest, gateways, sets, sink, pinned)
+                if result.get("ok"):
+                    manifest = result.pop("manifest")
+                if reloaded is not None:
+                    reloaded(result)
     finally:
         await sli.stop_flushing()
         for rollout in rollouts:
@@ -298,6 +398,96 @@ async def run_services(
             spend.close()
         sli.close()
         sink.close()
+
+
+async def _reload(
+    manifest: Manifest,
+    gateways: list[Gateway],
+    sets: dict[str, dict[str, Any]],
+    sink: Any,
+    pinned: dict[str, str],
+) -> dict[str, Any]:
+    """Read the manifest file again and apply it to every running gateway, or nothing."""
+    import hashlib
+
+    from bastion import event_kinds as ek
+    from bastion.errors import BastionError
+    from bastion.manifest import load
+    from bastion.serve.replicas import ReplicaSet
+
+    assert manifest.path is not None
+    path = manifest.path
+    try:
+        raw = await asyncio.to_thread(path.read_bytes)
+        new = await asyncio.to_thread(load, path)
+    except (BastionError, OSError) as exc:
+        return {"ok": False, "error": str(exc), "digest": ""}
+    digest = hashlib.sha256(raw).hexdigest()
+    plans = {}
+    for gw in gateways:
+        old_s, new_s = manifest.services[gw.service], new.services.get(gw.service)
+        if new_s is None:
+            return {"ok": False, "digest": digest, "error": f"service {gw.service!r} was removed"}
+        plan, why = reload_plan(old_s, new_s)
+        if plan == "restart":
+            return {"ok": False, "digest": digest, "error": f"service {gw.service!r}: {why}"}
+        plans[gw.service] = plan
+    fresh = await asyncio.to_thread(_pin_models, new, list(plans))
+    changes = {}
+    for gw in gateways:
+        if plans[gw.service] == "same":
+            continue
+        assert new.path is not None
+
+        def make_set(backend: Any, gw: Gateway = gw) -> ReplicaSet:
+            ref = fresh.get(str(backend.model), pinned.get(str(backend.model)))
+            return ReplicaSet(
+                gw,
+                backend,
+                manifest_path=path,
+                log_dir=manifest.state_dir / "serve" / gw.service,
+                model=ref,
+            )
+
+        change = await _apply_service(
+            gw, manifest.services[gw.service], new.services[gw.service], sets[gw.service], make_set
+        )
+        changes[gw.service] = change
+        sink.emit(ek.SERVE_RELOADED, gw.service, **change)
+    return {"ok": True, "digest": digest, "changes": changes, "manifest": new}
+
+
+def _scale_route(gw: Gateway, sets: dict[str, Any]) -> Callable[[Any], Any]:
+    """``POST /bastion/scale {"backend", "min", "max"}``: new replica bounds for one local
+    backend until the next reload or restart (the API's ``scale`` action)."""
+    from aiohttp import web
+
+    from bastion import event_kinds as ek
+
+    async def scale(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            name, lo, hi = body["backend"], int(body["min"]), int(body["max"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response(
+                {"error": {"message": 'give {"backend": NAME, "min": N, "max": M}'}}, status=400
+            )
+        rs = sets.get(name)
+        if rs is None:
+            return web.json_response(
+                {"error": {"message": f"no local backend {name!r} (known: {', '.join(sets)})"}},
+                status=404,
+            )
+        if not 0 <= lo <= hi <= 64:
+            return web.json_response(
+                {"error": {"message": "need 0 <= min <= max <= 64"}}, status=400
+            )
+        rs.autoscaler.min_replicas, rs.autoscaler.max_replicas = lo, hi
+        rs.autoscaler.last_change = -1e9
+        gw.record(ek.SERVE_SCALED, backend=name, min=lo, max=hi, replicas=len(rs.replicas))
+        return web.json_response({"backend": name, "min": lo, "max": hi})
+
+    return scale
 
 
 class _SliRecording:

@@ -237,6 +237,23 @@ class SqliteSli:
             ).fetchone()
         return int(row[1]), int(row[0])
 
+    def series(self, service: str, start: int, end: int, *, step: int) -> list[tuple[int, Tally]]:
+        """``service``'s tallies over ``[start, end)`` in buckets of ``step`` seconds (1, 60
+        or 3600: one row table each), oldest first; buckets with no row are left out."""
+        table = {1: "sli_s", 60: "sli_m", 3600: "sli_h"}.get(step)
+        if table is None:
+            raise ValueError(f"step {step}: use 1, 60 or 3600 seconds")
+        sums = ", ".join(f"sum({c})" for c in ("good", "total", *_COLS.split(", ")))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT t, {sums} FROM {table} WHERE service = ? AND t >= ? AND t < ? "  # noqa: S608
+                "GROUP BY t ORDER BY t",
+                (service, start, end),
+            ).fetchall()
+        return [
+            (int(r[0]), Tally(int(r[1]), int(r[2]), tuple(int(v) for v in r[3:]))) for r in rows
+        ]
+
     def first_after(self, service: str, start: int) -> int | None:
         with self._lock:
             row = self._conn.execute(

@@ -96,11 +96,15 @@ def umask() -> int:
     return 0o777  # unknown: every caller then sets the bits explicitly
 
 
-def make_dirs(path: str | Path, mode: int, *, stop: str | Path | None = None) -> None:
+def make_dirs(path: str | Path, mode: int, *, stop: str | Path | None = None) -> list[str]:
     """Make ``path`` and each missing parent with exactly ``mode`` (``os.makedirs`` gives
     parents the umask's default, and the umask strips bits from ``mode`` itself).
     Directories that exist are left as they are. ``stop``: never make this directory
-    or anything above it (a replica's root: a missing root is an unmounted disk)."""
+    or anything above it (a replica's root: a missing root is an unmounted disk).
+
+    Returns the directories this call made, outermost first (not one another thread or
+    process made first): a caller that must make them durable fsyncs the parent of
+    each, and nothing else."""
     missing: list[str] = []
     current = os.fspath(path)
     limit = os.fspath(stop) if stop is not None else None
@@ -112,12 +116,15 @@ def make_dirs(path: str | Path, mode: int, *, stop: str | Path | None = None) ->
         if parent == current:
             break
         current = parent
+    made: list[str] = []
     for directory in reversed(missing):
         try:
             os.mkdir(directory, mode)
         except FileExistsError:
             continue  # another thread or process made it: theirs has the same bits
         os.chmod(directory, mode)
+        made.append(directory)
+    return made
 
 
 def open_file(path: str | Path, flags: int, mode: int) -> int:

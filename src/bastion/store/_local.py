@@ -35,7 +35,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -208,6 +208,10 @@ class LocalStore:
             name: 0 for name in asdict(StoreStatistics("")) if name != "url"
         }
         self._known_dirs: set[str] = set()
+        # Directories whose own names this store has made durable (it fsynced their
+        # parent after they existed), so a flush need not climb past them again; one
+        # this store makes anew is dropped from it.
+        self._durable_dirs: set[str] = set()
         # Unnamed files need O_TMPFILE (Linux >= 3.11 on ext4, xfs, btrfs, tmpfs) and
         # /proc to name them; elsewhere values go through tmp/ and a hard link.
         self._tmpfile = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
@@ -215,7 +219,9 @@ class LocalStore:
         if create:
             # A failure is reported by available(); a vault with a replica down still works.
             with contextlib.suppress(OSError):
-                make_dirs(self.root / _TMP, self.permissions.dirs)
+                made = make_dirs(self.root / _TMP, self.permissions.dirs)
+                for directory in made:  # a new replica survives a power loss too
+                    self._fsync_dir(os.path.dirname(directory))
                 self._tighten(str(self.root))
                 self._tighten(os.path.join(self.root, _TMP))
 
@@ -269,7 +275,7 @@ class LocalStore:
             self._count("put_existing")
             return False
         if not replace and self._tmpfile:
-            created = self._put_unnamed(path, parts, durable=durable)
+            created = self._put_unnamed(path, parts, durable=durable, made=[])
             if created is not None:
                 return created
         tmp = os.path.join(self.root, _TMP, f"{os.getpid()}-{secrets.token_hex(8)}.tmp")
@@ -293,7 +299,7 @@ class LocalStore:
             raise
         os.close(fd)
         try:
-            self._link(tmp, path, replace=replace)
+            made = self._link(tmp, path, replace=replace)
         except FileExistsError:
             os.unlink(tmp)
             self._count("put_existing")
@@ -303,43 +309,50 @@ class LocalStore:
             raise
         os.unlink(tmp)
         if durable:
-            self._fsync_dir(os.path.dirname(path))
+            self._fsync_entry(path, made)
         with self._lock:
             self._stats["puts"] += 1
             self._stats["put_bytes"] += total
         return True
 
-    def _put_unnamed(self, path: str, parts: Sequence[Buffer], *, durable: bool) -> bool | None:
+    def _put_unnamed(
+        self, path: str, parts: Sequence[Buffer], *, durable: bool, made: list[str]
+    ) -> bool | None:
         """Write-once through an unnamed file (``O_TMPFILE``) linked in when whole.
 
         The file has no name until ``linkat`` gives it its key, so a writer killed midway
         leaves nothing behind (no ``tmp/`` entry to clean), and creating it touches only
         the key's own directory (256 of them for objects) instead of one ``tmp/`` that
         every writer thread contends on. None: the filesystem lacks ``O_TMPFILE``; the
-        caller uses ``tmp/`` and a hard link instead.
+        caller uses ``tmp/`` and a hard link instead. ``made`` gathers the directories
+        made on the way (see ``_fsync_entry``).
         """
         parent = os.path.dirname(path)
-        self._ensure_dir(parent)
+        made += self._ensure_dir(parent)
         size = sum(len(memoryview(p).cast("B")) for p in parts)
         direct = _O_DIRECT if self._direct and size >= _DIRECT_MIN else 0
         flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
         try:
-            fd = self._open_tmpfile(parent, flags | direct)
+            fd = self._open_tmpfile(parent, flags | direct, made)
         except OSError as exc:
             if direct and exc.errno == errno.EINVAL:
                 # O_DIRECT refused (tmpfs): the page cache it is, for this replica.
                 self._direct = False
-                return self._put_unnamed(path, parts, durable=durable)
+                return self._put_unnamed(path, parts, durable=durable, made=made)
             if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                 self._tmpfile = False
                 return None
             raise
+        # With directories made for it, their names are made durable with the file's
+        # bytes, before the link (_fsync_made); otherwise the file is fsynced as written.
+        early = durable and bool(made)
+        durable_write = durable and not early
         try:
             if self._chmod_values:
                 os.fchmod(fd, self.permissions.values)
             if direct:
                 try:
-                    total = write_direct(fd, parts, size, durable=durable)
+                    total = write_direct(fd, parts, size, durable=durable_write)
                 except OSError as exc:
                     if exc.errno != errno.EINVAL:
                         raise
@@ -348,9 +361,11 @@ class LocalStore:
                     os.ftruncate(fd, 0)
                     os.lseek(fd, 0, os.SEEK_SET)
                     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
-                    total = self._write_all(fd, parts, durable=durable)
+                    total = self._write_all(fd, parts, durable=durable_write)
             else:
-                total = self._write_all(fd, parts, durable=durable)
+                total = self._write_all(fd, parts, durable=durable_write)
+            if early:
+                self._fsync_made(made, fd)
             # linkat(AT_SYMLINK_FOLLOW) through /proc gives the unnamed inode its name and
             # fails with EEXIST rather than replacing, like link() in the named path.
             # src_dir_fd makes CPython call linkat (plain link() would not follow the
@@ -365,34 +380,38 @@ class LocalStore:
         finally:
             os.close(fd)
         if durable:
-            self._fsync_dir(parent)
+            self._fsync_dir(parent)  # the name, once the bytes and its directories are
         with self._lock:
             self._stats["puts"] += 1
             self._stats["put_bytes"] += total
         return True
 
-    def _open_tmpfile(self, parent: str, flags: int) -> int:
+    def _open_tmpfile(self, parent: str, flags: int, made: list[str]) -> int:
         try:
             return os.open(parent, flags, self.permissions.values)
         except FileNotFoundError:
             self._known_dirs.discard(parent)
-            self._ensure_dir(parent)
+            made += self._ensure_dir(parent)
             return os.open(parent, flags, self.permissions.values)
 
-    def _ensure_dir(self, parent: str) -> None:
+    def _ensure_dir(self, parent: str) -> list[str]:
+        """Make the key directory ``parent`` if it is missing; the directories made."""
         if parent in self._known_dirs:
-            return
+            return []
         # Never recreate the replica itself: a missing root is an unmounted disk.
         if not os.path.isdir(os.path.join(self.root, _TMP)):
             raise UnavailableError(
                 f"vault replica {self.root}: directory is missing (is the disk mounted?)"
             )
-        self._make_dirs(parent)
+        made = self._make_dirs(parent)
         self._known_dirs.add(parent)
+        return made
 
-    def _make_dirs(self, directory: str) -> None:
+    def _make_dirs(self, directory: str) -> list[str]:
         try:
-            make_dirs(directory, self.permissions.dirs, stop=self.root)
+            made = make_dirs(directory, self.permissions.dirs, stop=self.root)
+            self._durable_dirs.difference_update(made)  # made again after it went
+            return made
         except FileNotFoundError:
             raise UnavailableError(
                 f"vault replica {self.root}: directory is missing (is the disk mounted?)"
@@ -426,10 +445,12 @@ class LocalStore:
             os.fsync(fd)
         return total
 
-    def _link(self, tmp: str, path: str, *, replace: bool) -> None:
+    def _link(self, tmp: str, path: str, *, replace: bool) -> list[str]:
+        """Give ``tmp``'s file the name ``path``; the directories made for it."""
         parent = os.path.dirname(path)
+        made: list[str] = []
         if parent not in self._known_dirs:
-            self._make_dirs(parent)
+            made += self._make_dirs(parent)
             self._known_dirs.add(parent)
         if replace:
             # Keep tmp's name alive for the caller's unlink: link a second name, then swap.
@@ -441,18 +462,56 @@ class LocalStore:
                 # the key's directory went (a repair after damage): make it again
                 self._known_dirs.discard(parent)
                 try:
-                    self._make_dirs(parent)
+                    made += self._make_dirs(parent)
                     os.replace(swap, path)
                 except BaseException:
                     os.unlink(swap)
                     raise
-            return
+            return made
         try:
             os.link(tmp, path)
         except FileNotFoundError:
             self._known_dirs.discard(parent)
-            self._make_dirs(parent)
+            made += self._make_dirs(parent)
             os.link(tmp, path)
+        return made
+
+    def _fsync_entry(self, path: str, made: list[str]) -> None:
+        """Make the name ``path`` durable (its file's bytes were fsynced before it was
+        linked): fsync its directory and the directories made for it (``_fsync_made``)."""
+        self._fsync_made(made, os.path.dirname(path))
+
+    def _fsync_made(self, made: list[str], also: int | str) -> None:
+        """fsync ``also`` (a descriptor or a directory) and the parent of each directory
+        in ``made``, so a new key directory (a new artifact's ``snapshots/<name>/_v/``)
+        survives a power loss too. Directories that already existed are not touched:
+        each was made durable by whoever made it (a durable put, as here, or a commit's
+        flush, which climbs to the root) before anything in it was published. (One a
+        writer made and died before flushing is as before this change: on a journalling
+        filesystem, ext4 or xfs, the fsync of the key's directory commits every earlier
+        change of the tree with it.)
+
+        One after another: issued at once from threads they did share journal commits,
+        but on 2 busy cores the hand-offs cost more than that saved (measured with
+        ``benchmarks/validate.py --pipeline-only``); replicas are written at once a
+        layer up, which did pay."""
+        parents = dict.fromkeys(os.path.dirname(d) for d in made)
+        if isinstance(also, str):
+            parents.pop(also, None)
+            self._fsync_dir(also)
+        else:
+            os.fsync(also)
+        for directory in parents:
+            self._fsync_dir(directory)
+        if made and self._durable_below(os.path.dirname(made[0])):
+            self._durable_dirs.update(made)  # and so is every directory above them
+
+    def _durable_below(self, directory: str) -> bool:
+        """Whether names in ``directory`` are as durable as their directory's own: it
+        is the root, or this store made its name (and so all above it) durable."""
+        return directory in self._durable_dirs or directory == os.path.dirname(
+            os.path.join(self.root, "x")
+        )
 
     @staticmethod
     def _fsync_dir(directory: str) -> None:
@@ -528,13 +587,61 @@ class LocalStore:
         self._count("deletes")
         return True
 
-    def sync(self) -> None:
+    def sync(self, keys: Collection[str] | None = None) -> None:
+        if keys is not None:
+            self._sync_keys(keys)
+            return
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
             raise UnavailableError(f"vault replica {self.root} is missing") from None
         try:
             _syncfs(fd)
+        finally:
+            os.close(fd)
+
+    def _sync_keys(self, keys: Collection[str]) -> None:
+        """fsync each value of ``keys`` and every directory from each one's up to the
+        root, so each is durable under its name (its bytes, its directory
+        entry, and the entries of the directories above it, whoever made them: an
+        object found in place may be another writer's, its bucket made and not yet
+        flushed by it). A directory whose own name this store made durable before is
+        not climbed past again (the root's is the replica's: made durable when it was
+        made). Nothing orders these fsyncs among themselves: the values are linked
+        already, and what must come after them (the snapshot document) waits for all.
+
+        Why not ``syncfs``: that flushes every dirty page of the filesystem, other
+        processes' writes included, so on a busy disk a one-file commit waited for the
+        whole machine's writeback (tens to hundreds of ms). fsync waits only for these
+        files (and a journal commit). A missing key
+        raises (``NotFoundError``): the caller named a value that is not here."""
+        root = os.path.dirname(os.path.join(self.root, "x"))  # as _path spells it
+        files = [self._path(key) for key in keys]
+        directories: set[str] = set()  # each holds a name that must last
+        climbed: list[str] = []  # directories whose own names that makes durable
+        for path in files:
+            directory = os.path.dirname(path)
+            directories.add(directory)
+            # up to the root, stopping at a directory whose name this store made
+            # durable already (in practice: the bucket alone, or it and objects/)
+            while directory != root and directory not in self._durable_dirs:
+                climbed.append(directory)
+                directory = os.path.dirname(directory)
+                directories.add(directory)
+        for path in files:
+            self._fsync_value(path)
+        for directory in sorted(directories, key=len, reverse=True):  # deepest first
+            self._fsync_dir(directory)
+        self._durable_dirs.update(climbed)
+
+    def _fsync_value(self, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            key = os.path.relpath(path, self.root)
+            raise NotFoundError(f"{key} is not on vault replica {self.root}") from None
+        try:
+            os.fsync(fd)
         finally:
             os.close(fd)
 

@@ -25,7 +25,7 @@ import contextlib
 import errno
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict
 
 from bastion.errors import InvalidNameError, NotFoundError, UnavailableError
@@ -184,8 +184,13 @@ class MemoryStore:
             self._stats["deletes"] += 1
         return True
 
-    def sync(self) -> None:
+    def sync(self, keys: Collection[str] | None = None) -> None:
         self._enter("sync")
+        if keys is not None:
+            with self._guard:
+                missing = [k for k in keys if k not in self._values]
+            if missing:
+                raise NotFoundError(f"{missing[0]} is not on vault replica {self._url}")
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:

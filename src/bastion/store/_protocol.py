@@ -15,7 +15,8 @@ on nothing else, and never looks behind it):
   replaces an existing value unless ``replace=True`` (the vault's repair path) and then
   returns False. With ``durable=False`` the value may still be in a cache until
   ``sync()``; the vault uses that to batch many small objects into one flush before it
-  makes a snapshot visible.
+  makes a snapshot visible. ``sync(keys)`` makes just those values durable (a commit of
+  a few objects need not wait for everything else the backend has in flight).
 - ``get`` / ``size`` / ``age`` raise ``NotFoundError`` for a missing key. Every method
   raises ``UnavailableError`` (or ``OSError``) when the replica cannot be reached;
   ``available()`` says so up front without raising.
@@ -33,7 +34,7 @@ on nothing else, and never looks behind it):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import Protocol, runtime_checkable
@@ -126,8 +127,10 @@ class Store(Protocol):
         """Remove ``key``; False if it was not there."""
         ...
 
-    def sync(self) -> None:
-        """Make every earlier ``durable=False`` put durable."""
+    def sync(self, keys: Collection[str] | None = None) -> None:
+        """Make earlier ``durable=False`` puts durable: every one, or (``keys``) just
+        the values under those keys, each with its name (``NotFoundError`` if one is
+        missing)."""
         ...
 
     def lock(self, name: str) -> AbstractContextManager[None]:

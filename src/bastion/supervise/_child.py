@@ -93,6 +93,8 @@ class Exit:
     signal: int | None
     oom_killed: bool = False
     runtime_s: float = 0.0
+    #: an adopted child (``Child.adopt``) is not ours to reap: how it ended is unknown
+    unknown: bool = False
 
     @property
     def ok(self) -> bool:
@@ -100,6 +102,8 @@ class Exit:
 
     @property
     def reason(self) -> str:
+        if self.unknown:
+            return "gone"
         if self.oom_killed:
             return "oom_kill"
         if self.signal is not None:
@@ -249,6 +253,65 @@ class Child:
 
     _reset_mtime = 0
 
+    @classmethod
+    def adopt(
+        cls,
+        spec: ProcessSpec,
+        pid: int,
+        *,
+        create_time: float,
+        heartbeat_path: Path | None = None,
+    ) -> Child | None:
+        """Take over process ``pid``, which a supervisor killed before us started from
+        ``spec`` in its own process group; ``None`` unless that very process (same pid
+        and same start time, so a reused pid is never taken for it) still runs.
+
+        It is not our child, so its exit is seen by polling, not reaped, and its
+        ``Exit`` says ``unknown`` (code and signal went to the process that is gone)."""
+        import psutil
+
+        try:
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - create_time) > 0.05:
+                return None
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.Error:
+            return None
+        self = cls.__new__(cls)
+        self.spec = spec
+        self.heartbeat_path = heartbeat_path
+        self.is_standby = False
+        self.ready_path = None
+        self._oom_before = None
+        self._log = None
+        self.started_mono = time.monotonic() - max(0.0, time.time() - create_time)
+        self._proc = None  # type: ignore[assignment]  # adopted: not ours to wait(2) for
+        self._adopted = proc
+        self.pid = pid
+        self.exit = None
+        return self
+
+    _adopted: Any = None
+
+    @property
+    def create_time(self) -> float:
+        """When the process started (wall clock, as ``psutil`` reads it from the kernel)."""
+        import psutil
+
+        if self._adopted is not None:
+            return float(self._adopted.create_time())
+        try:
+            return float(psutil.Process(self.pid).create_time())
+        except psutil.Error:
+            return 0.0
+
+    def _adopted_exit(self) -> Exit:
+        self.exit = Exit(
+            code=None, signal=None, unknown=True, runtime_s=time.monotonic() - self.started_mono
+        )
+        return self.exit
+
     @staticmethod
     def can_stand_by(spec: ProcessSpec) -> bool:
         """A warm standby can become ``spec`` if it is ``<this python> script.py ...`` or
@@ -330,11 +393,26 @@ class Child:
         """Non-blocking: the ``Exit`` if the process has ended, else ``None``."""
         if self.exit is not None:
             return self.exit
+        if self._proc is None:
+            import psutil
+
+            try:
+                alive = self._adopted.is_running() and self._adopted.status() != "zombie"
+            except psutil.Error:
+                alive = False
+            return None if alive else self._adopted_exit()
         rc = self._proc.poll()
         return None if rc is None else self._finish(rc)
 
     def wait(self, timeout: float | None = None) -> Exit | None:
         """Block up to ``timeout`` seconds for the exit; ``None`` if still running."""
+        if self._proc is None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self.poll() is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.02)  # not ours to wait(2) for: poll its liveness
+            return self.exit
         try:
             return self._finish(self._proc.wait(timeout))
         except subprocess.TimeoutExpired:

@@ -154,6 +154,7 @@ class Supervisor:
         self._kill_at: float | None = None
         self._restart_at: float | None = None
         self._stop_requested = False
+        self._restart_requested: str | None = None
         self._pending_reason = ""
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
@@ -186,6 +187,17 @@ class Supervisor:
             self.child = Child(spec, heartbeat_path=self.heartbeat_path, extra_env=env)
         self.state = "running"
         self._emit("started", pid=self.child.pid, argv=list(spec.argv), name=spec.name, warm=warm)
+
+    def adopt(self, child: Child) -> None:
+        """Supervise ``child`` (from ``Child.adopt``: started by a supervisor that was
+        killed) as the running attempt, instead of starting one; before ``start()``."""
+        with self._lock:
+            if self.state != "idle":
+                raise RuntimeError("adopt() is for a supervisor that has not started")
+            self.child = child
+            self.attempts = 1
+            self.state = "running"
+            self._emit("adopted", pid=child.pid, name=child.spec.name)
 
     def _maybe_prepare_standby(self) -> None:
         """Start the next attempt's interpreter once the current child is past its own
@@ -233,6 +245,23 @@ class Supervisor:
         if self._stop_requested:
             self._finish("stopped", "stop requested")
             self._emit("stopped", reason=self.reason)
+            return
+        if self._pending_reason == "restart":
+            # asked for (request_restart), not a failure: no budget spent, no backoff
+            why = self._restart_requested or "requested"
+            self._restart_requested = None
+            self._pending_reason = ""
+            self.restarts += 1
+            self._restart_at = self.clock()
+            self.state = "backoff"
+            self._emit(
+                "restarting",
+                reason=f"requested: {why}",
+                delay_s=0.0,
+                restarts=self.restarts,
+                streak=self.streak,
+                reset=False,
+            )
             return
         if exit_.ok and self.restart_on == "failure" and not hang:
             self._finish("succeeded", "exit:0")
@@ -293,6 +322,8 @@ class Supervisor:
                         self._kill_at = None
                 elif self._stop_requested:
                     self._begin_stop("stop")
+                elif self._restart_requested is not None:
+                    self._begin_stop("restart")
                 else:
                     self._maybe_prepare_standby()
                     limit = self.heartbeat_timeout_s
@@ -364,6 +395,13 @@ class Supervisor:
         """Ask for a stop without waiting or locking (safe from a signal handler); the
         next ``tick()`` sends SIGTERM and the grace period starts."""
         self._stop_requested = True
+
+    def request_restart(self, reason: str = "requested") -> None:
+        """Ask for the running child to be stopped politely (SIGTERM, grace, SIGKILL) and
+        started again at once, e.g. on another slot: a restart asked for is not a
+        failure, so it spends no restart budget and waits no backoff. Safe from a signal
+        handler; ignored unless a child is running when the next ``tick()`` comes."""
+        self._restart_requested = reason
 
     def stop(self, *, wait: bool = True, timeout: float | None = None) -> Outcome:
         """Ask the child to stop (SIGTERM, grace, SIGKILL) and end supervision."""

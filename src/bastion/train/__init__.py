@@ -19,7 +19,20 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from bastion.train._cadence import Cadence, CadenceStatistics
-from bastion.train._job import JobResult, JobStatistics, JobSupervisor, check_job_name
+from bastion.train._environment import (
+    ENV_STAGE_ENVIRONMENT,
+    PLANNED_KEYS,
+    differences,
+    environment,
+    record_environment,
+)
+from bastion.train._job import (
+    JobResult,
+    JobStatistics,
+    JobSupervisor,
+    check_job_name,
+    request_move,
+)
 from bastion.train._slots import LocalSlot, SlotPicker, WorkerSlot
 from bastion.train._status import (
     JobStatus,
@@ -71,6 +84,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ENV_STAGE_ENVIRONMENT",
+    "PLANNED_KEYS",
     "Cadence",
     "CadenceStatistics",
     "CheckpointStatistics",
@@ -97,8 +112,12 @@ __all__ = [
     "checkpoint_name",
     "checkpoint_replicas",
     "checkpoint_vault",
+    "differences",
+    "environment",
     "holds_snapshots",
     "job_status",
     "open_store",
+    "record_environment",
     "recovery_timeline",
+    "request_move",
 ]

@@ -179,6 +179,8 @@ class JobSupervisor:
         self.dir = self.state_dir / "train" / name
         self.heartbeat_path = self.dir / "heartbeat"
         self.state_path = self.dir / "supervisor.json"
+        self.move_path = self.dir / MOVE_FILE
+        self._move_requested = False
         self.log_path = self.dir / "job.log"
         self.run_id = ""
         self.resumed = False
@@ -356,7 +358,24 @@ class JobSupervisor:
         return True
 
     # -- the supervised process ----------------------------------------------------------
+    def _take_move(self) -> None:
+        """A move asked for by ``request_move``: the named slot, or the next one."""
+        self._move_requested = False
+        try:
+            wanted = json.loads(self.move_path.read_text()).get("slot")
+        except (OSError, ValueError):
+            wanted = None
+        with contextlib.suppress(FileNotFoundError):
+            self.move_path.unlink()
+        names = [s.name for s in self.picker.slots]
+        if isinstance(wanted, str) and wanted in names:
+            self.picker.index = names.index(wanted)
+        else:
+            self.picker.index = (self.picker.index + 1) % len(names)
+
     def _spec(self, attempt: int) -> ProcessSpec:
+        if self._move_requested:
+            self._take_move()
         slot, failed = self.picker.pick()
         for name, why in failed:
             self._emit(ek.TRAIN_SLOT_FAILED, slot=name, reason=why)
@@ -467,6 +486,7 @@ class JobSupervisor:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, self._on_signal)
+            previous[MOVE_SIGNAL] = signal.signal(MOVE_SIGNAL, self._on_move)
         try:
             outcome = sup.run()
         except BastionError as exc:
@@ -487,6 +507,12 @@ class JobSupervisor:
             code,
             stop_signal=self._stop_signal if outcome.state == "stopped" else None,
         )
+
+    def _on_move(self, _signum: int, _frame: FrameType | None) -> None:
+        # request_move wrote move.json first; the slot is chosen when the worker restarts
+        self._move_requested = True
+        if self.supervisor is not None:
+            self.supervisor.request_restart("moved to another slot by request")
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self._stop_signal is None:
@@ -514,6 +540,40 @@ class JobSupervisor:
             slot_failures=dict(self.picker.failures),
             supervisor=self.supervisor.statistics() if self.supervisor else None,
         )
+
+
+MOVE_FILE = "move.json"
+MOVE_SIGNAL = signal.SIGUSR1
+
+
+def request_move(state_dir: Path, job: str, *, slot: str | None = None) -> int:
+    """Ask the running ``bastion train run`` of ``job`` to restart its worker on ``slot``
+    (None: the next slot in the job's order): the worker is stopped politely (SIGTERM: it
+    writes its emergency checkpoint), then started on that slot at once, without spending
+    the restart budget. Returns the supervisor's pid; ``UnavailableError`` when no
+    supervisor of the job is running."""
+    from bastion.errors import UnavailableError
+    from bastion.supervise import pid_alive
+
+    check_job_name(job)
+    where = Path(state_dir) / "train" / job
+    try:
+        state = json.loads((where / "supervisor.json").read_text())
+    except (OSError, ValueError):
+        state = {}
+    pid = state.get("supervisor_pid")
+    if state.get("status") != "running" or not isinstance(pid, int) or not pid_alive(pid):
+        raise UnavailableError(
+            f"job {job}: no bastion train run supervises it now (nothing in {where}); "
+            "start it with bastion train run"
+        )
+    tmp = where / f".{MOVE_FILE}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"slot": slot, "asked": time.time()}, out)
+    tmp.replace(where / MOVE_FILE)
+    os.kill(pid, MOVE_SIGNAL)
+    return pid
 
 
 def _created(pid: Any) -> float | None:

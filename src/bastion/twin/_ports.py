@@ -1,6 +1,7 @@
 """The ports a manifest owns, and the twin's replacements for them.
 
-Owns: which ports count as the system's own (every service's ``listen:`` and every
+Owns: which ports count as the system's own (every service's ``listen:``, the control
+API's ``control.listen``, and every
 backend URL on a loopback host, since a local backend may be production's own replica
 or fake vendor), and how each is given a twin port (a free one the kernel picks, or
 ``port_base``, ``port_base + 1`` ... in the manifest's order), checked free before use.
@@ -41,7 +42,7 @@ def owned_ports(raw: dict[str, object]) -> list[OwnedPort]:
     found: list[OwnedPort] = []
     services = raw.get("services") or {}
     if not isinstance(services, dict):
-        return found
+        services = {}
     for name, spec in services.items():
         if not isinstance(spec, dict):
             continue
@@ -55,6 +56,11 @@ def owned_ports(raw: dict[str, object]) -> list[OwnedPort]:
             parts = urlsplit(url)
             if parts.hostname and is_loopback(parts.hostname) and parts.port:
                 found.append(OwnedPort(parts.port, f"services.{name}.backends[{i}].url"))
+    # last, so a --port-base gives the services the ports it gave them before
+    control = raw.get("control")
+    listen = control.get("listen") if isinstance(control, dict) else None
+    if isinstance(listen, str) and ":" in listen:
+        found.append(OwnedPort(int(listen.rpartition(":")[2]), "control.listen"))
     return found
 
 

@@ -187,6 +187,8 @@ class Twin:
         tree = self.production.model_dump(mode="json", by_alias=True, exclude_defaults=True)
         for name, service in self.production.services.items():
             tree["services"][name]["listen"] = service.listen
+        # and the control API's, so a `bastion up` of the twin does not take production's
+        tree.setdefault("control", {})["listen"] = self.production.control.listen
         ports = allocate(owned_ports(tree), port_base=port_base, manifest=str(self.production_path))
         replicas = self._production_replicas()
         parent_made = not self.root.parent.exists()
@@ -408,6 +410,12 @@ def _drop_none(value: Any) -> Any:
 
 
 def _rewrite_ports(tree: dict[str, Any], ports: dict[int, int]) -> None:
+    control = tree.get("control") or {}
+    listen = control.get("listen")
+    if isinstance(listen, str) and ":" in listen:
+        host, _, port = listen.rpartition(":")
+        if int(port) in ports:
+            control["listen"] = f"{host}:{ports[int(port)]}"
     for spec in (tree.get("services") or {}).values():
         listen = spec.get("listen")
         if isinstance(listen, str) and ":" in listen:

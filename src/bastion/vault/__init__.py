@@ -20,6 +20,7 @@ from bastion.vault._guard import (
     protect,
     snapshot_dir,
 )
+from bastion.vault._heal import HealReport
 from bastion.vault._keys import make_key
 from bastion.vault._manifest import (
     checkpoint_prefix,
@@ -42,6 +43,7 @@ __all__ = [
     "GcReport",
     "Guard",
     "GuardStatistics",
+    "HealReport",
     "Protected",
     "PutResult",
     "ReplicaSet",

@@ -222,8 +222,14 @@ def restore(
     for parent in parents.values():
         parent.mkdir(parents=True, exist_ok=True)
     restorer = _FileRestorer(vault, snap, targets, progress)
-    with ThreadPoolExecutor(_WORKERS, thread_name_prefix="vault-restore") as pool:
-        total = sum(pool.map(restorer.batch, _batches(snap)))
+    batches = _batches(snap)
+    if len(batches) <= 1:
+        # one batch (a stage's few small inputs): a pool would only add its threads'
+        # start and a hand-off to the same work, one file after another
+        total = sum(restorer.batch(batch) for batch in batches)
+    else:
+        with ThreadPoolExecutor(_WORKERS, thread_name_prefix="vault-restore") as pool:
+            total = sum(pool.map(restorer.batch, batches))
     restorer.raise_failures()
     vault.events.emit(
         ek.VAULT_RESTORED,

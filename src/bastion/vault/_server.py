@@ -61,6 +61,7 @@ from bastion.segment._state import RevocationList, SegmentState
 from bastion.segment._token import PREFIX, Scope, TokenError, TokenKey, TokenRefused, verify
 from bastion.vault._snapshot import Snapshot, check_path
 from bastion.vault._vault import FileSource, Vault
+from bastion.vault._write import BATCH_BYTES, BATCH_COUNT
 
 if TYPE_CHECKING:
     from bastion.manifest import Manifest
@@ -559,6 +560,8 @@ class _Arriving(Mapping[str, FileSource]):
         self._known = frozenset(paths)
         self._got: dict[str, tuple[FileSource, int]] = {}
         self._taken: set[str] = set()
+        self._kept: dict[str, FileSource] = {}
+        self._kept_bytes = 0
         self._failed: BaseException | None = None
         self._cond = threading.Condition()
         self._loop = loop
@@ -590,6 +593,8 @@ class _Arriving(Mapping[str, FileSource]):
         with self._cond:
             if path not in self._known:
                 raise KeyError(path)
+            if path in self._kept:
+                return self._kept[path]
             if path in self._taken:
                 raise RuntimeError(f"the commit read {path!r} twice (the server hands it once)")
             while path not in self._got:
@@ -599,6 +604,12 @@ class _Arriving(Mapping[str, FileSource]):
             source, size = self._got.pop(path)
             self._taken.add(path)
             self.held -= size
+            # The vault looks at a commit's first files twice when they may make one
+            # small batch (``_write._one_batch``: up to BATCH_COUNT files, BATCH_BYTES):
+            # those are kept for the second look; every later file is handed over once.
+            if len(self._kept) < BATCH_COUNT and self._kept_bytes <= BATCH_BYTES:
+                self._kept[path] = source
+                self._kept_bytes += size
         self._loop.call_soon_threadsafe(self._freed.set)
         return source
 

@@ -9,10 +9,13 @@ Must never: report a file stored when one of its chunks failed on every replica 
 quorum (a failure drops that replica out of the ``Write``; the caller checks the quorum
 before it publishes), or keep a source's memory map open after the commit returns.
 
-Why this shape: files under 16 MiB go to a worker whole, in batches of up to 64 files or
-1 MiB, because a pool hand-off costs about as much as writing a 4 KiB object and a
-dataset can be mostly small files; the worker opens, reads, cuts, hashes, compresses and
-writes them, so reading and CDC run on every core instead of the calling thread. With
+Why this shape: a commit of a few small files in all (what would be one batch) is
+written in the calling thread: starting a pool thread and handing the job over costs
+more than the job. Otherwise files under 16 MiB go to a worker whole, in batches of up
+to 64 files or 1 MiB, because a pool hand-off costs about as much as writing a 4 KiB
+object and a dataset can be mostly small files; the worker opens, reads, cuts, hashes,
+compresses and writes them, so reading and CDC run on every core instead of the calling
+thread. With
 256 or more of them, on replicas another process can reach (``Store.worker_url``), the
 workers are processes (see ``_ingest``: Python's per-object work holds the GIL). Bigger
 files (checkpoints, weights) and in-memory buffers are cut lazily here and each chunk is
@@ -288,6 +291,53 @@ def _use_processes(files: Mapping[str, FileSource], write: Write, forced: bool |
     return True
 
 
+def _one_batch(files: Mapping[str, FileSource]) -> bool:
+    """Whether ``files`` would make a single job: few, and small in all."""
+    if len(files) > BATCH_COUNT:
+        return False
+    total = 0
+    for source in files.values():
+        if isinstance(source, Path):
+            try:
+                total += source.stat().st_size
+            except OSError:
+                return False  # the writer says what is wrong with it
+        elif isinstance(source, bytes | bytearray | memoryview):
+            total += memoryview(source).nbytes
+        else:
+            return False  # not a source: the writer says so
+        if total > BATCH_BYTES:
+            return False
+    return True
+
+
+def _write_inline(
+    write: Write,
+    files: Mapping[str, FileSource],
+    paths: list[str],
+    *,
+    seal_key: bytes,
+    compress: bool,
+    chunk_size: int | None,
+) -> Written:
+    """The one job a pool would run, run here (no thread to start, no hand-off)."""
+    done = Written()
+    for path in paths:
+        size, mode, results = store_file(
+            files[path],
+            write.stores,
+            skip=write.failed,
+            compress=compress,
+            seal_key=seal_key,
+            chunk_size=chunk_size,
+        )
+        for result in results:
+            for index, why in result.failed.items():
+                write.fail(index, why)
+        done.add(path, size, mode, results)
+    return done
+
+
 def write_files(
     write: Write,
     files: Mapping[str, FileSource],
@@ -305,6 +355,11 @@ def write_files(
     False forces it. ``on_no_processes(reason)`` is told when worker processes could not
     start and threads did the work.
     """
+    if not processes and _one_batch(files):
+        # a few small files (a pipeline stage's output, a label's worth of metadata)
+        return _write_inline(
+            write, files, paths, seal_key=seal_key, compress=compress, chunk_size=chunk_size
+        )
     workers: IngestWorkers | None = None
     if _use_processes(files, write, processes):
         try:

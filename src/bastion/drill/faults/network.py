@@ -334,7 +334,10 @@ class TcpFaultProxy:
             asyncio.create_task(self._watch(conn)),
         ]
         try:
-            await asyncio.gather(*conn.tasks[:2], return_exceptions=True)
+            # Cancelled only when the proxy stops: end quietly, since asyncio's streams
+            # log a client handler that ends cancelled as an "Exception in callback".
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*conn.tasks[:2], return_exceptions=True)
         finally:
             conn.tasks[2].cancel()
             conn.close()
