@@ -417,6 +417,24 @@ PLAYBOOK_RESOLVED = _k(
     "playbook.resolved", "a playbook finished with its actions done (actions, seconds)"
 )
 
+# -- segments and the vault server (bastion.segment, bastion.vault._server) ---------------
+SEGMENT_QUARANTINED = _k(
+    "segment.quarantined",
+    "a segment was quarantined: tokens revoked, directories frozen, jobs stopped, backends "
+    "out of every gateway (backends, jobs, frozen, seconds)",
+)
+SEGMENT_RELEASED = _k(
+    "segment.released", "a quarantined segment was released after its check (backends, thawed)"
+)
+SEGMENT_TOKEN_MINTED = _k(
+    "segment.token.minted", "a capability token was minted (segment, prefixes, ops, expires, id)"
+)
+SEGMENT_TOKEN_REVOKED = _k("segment.token.revoked", "a capability token was revoked (id)")
+VAULT_SERVER_REFUSED = _k(
+    "vault.server.refused",
+    "the vault server refused a request (status, reason, segment, op); never the token",
+)
+
 for _suffix, _meaning in CHILD.items():
     for _prefix, _who in (
         ("train.", "training worker"),

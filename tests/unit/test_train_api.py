@@ -29,6 +29,7 @@ def test_train_exports() -> None:
             "ResumableSampler",
             "SlotPicker",
             "Stateful",
+            "ServerStore",
             "VaultStore",
             "WorkerSlot",
             "check_job_name",

@@ -10,6 +10,7 @@ def test_vault_public_names() -> None:
     assert sorted(bastion.vault.__all__) == sorted(
         [
             "CANARY",
+            "DEFAULT_MAX_UPLOAD",
             "ChunkRef",
             "FileEntry",
             "FileSource",
@@ -25,6 +26,8 @@ def test_vault_public_names() -> None:
             "ScrubReport",
             "Snapshot",
             "Vault",
+            "VaultClient",
+            "VaultServer",
             "VaultStatistics",
             "checkpoint_prefix",
             "checkpoint_series",

@@ -54,6 +54,7 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "control": ("up", "down", "status", "reload", "token"),
     "playbook": ("playbook",),
     "report": ("report",),
+    "segment": ("segment",),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -485,6 +486,37 @@ def gc(
             "restored, and each job's newest good checkpoint was kept; run `bastion vault "
             "scrub` to see every loss"
         )
+
+
+@app.command("serve")
+def serve_cmd(
+    listen: Annotated[
+        str, typer.Option(help="host:port to listen on (port 0: any free one).")
+    ] = "127.0.0.1:8790",
+    max_upload: Annotated[
+        int, typer.Option(help="The largest upload accepted, in bytes (413 beyond).")
+    ] = 8 << 30,
+    file: ManifestOption = DEFAULT_MANIFEST,
+) -> None:
+    """Serve the vault over HTTP to token holders: jobs and replicas append and read with
+    a scoped token (`bastion segment token`) instead of holding the signing key. Prints
+    `PORT <n>` once listening."""
+    import asyncio
+
+    from bastion.vault._server import serve
+
+    manifest = load_manifest(file)
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--listen {listen!r}: expected host:port, e.g. 127.0.0.1:8790")
+
+    def ready(bound: int) -> None:
+        sys.stdout.write(f"PORT {bound}\n")
+        sys.stdout.flush()
+        err_console.print(f"vault server on http://{host}:{bound} (append-only for tokens)")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(manifest, host=host, port=int(port), max_upload=max_upload, ready=ready))
 
 
 def register(root: typer.Typer) -> None:

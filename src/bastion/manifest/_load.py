@@ -475,7 +475,8 @@ def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestP
     components = tree.get("components")
     jobs = tree.get("jobs") if isinstance(tree.get("jobs"), dict) else {}
     services = tree.get("services") if isinstance(tree.get("services"), dict) else {}
-    segments = tree.get("segments") if isinstance(tree.get("segments"), list) else None
+    raw_segments = tree.get("segments")
+    segments = list(raw_segments) if isinstance(raw_segments, list | dict) else None
 
     ids: dict[str, Loc] = {}
     for i, comp in _items(components):
@@ -620,6 +621,8 @@ def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestP
                     slots[sname] = j
     for name, svc in services.items():
         yield from check_segment(("services", str(name)), svc)
+        for b, backend in _items(svc.get("backends") if isinstance(svc, dict) else None):
+            yield from check_segment(("services", str(name), "backends", b), backend)
         if not isinstance(svc, dict):
             continue
         names: set[str] = set()

@@ -64,6 +64,7 @@ __all__ = [
     "Replicas",
     "RestartPolicy",
     "Retention",
+    "Segment",
     "Service",
     "Slo",
     "VaultConfig",
@@ -349,6 +350,22 @@ class WorkerSlot(_Strict):
     """Run the worker here, or on a Ray cluster."""
 
 
+class Segment(_Strict):
+    """One part of the system that can be quarantined alone (``bastion segment``): its
+    vault namespace, its protected directories, and (by their ``segment:``) its jobs,
+    services and backends."""
+
+    prefixes: list[str] = Field(default_factory=list)
+    """Vault name prefixes it owns (its namespace; tokens for it name prefixes under
+    these). Empty: ``<kind>/<segment>/`` for every artifact kind, and ``ckpt/<job>/``
+    for each of its jobs."""
+    protect: list[RelPath] = Field(default_factory=list)
+    """Directories frozen (read-only, as the vault guard freezes) while it is
+    quarantined."""
+    description: str | None = None
+    """Free text."""
+
+
 class Job(_Strict):
     """A supervised training job: restarted on failure, resumed from verified checkpoints."""
 
@@ -522,6 +539,9 @@ class Backend(_Strict):
     """The environment variable that holds the remote endpoint's API key."""
     price: Price | None = None
     """What a call to it costs; unset, it is free (a local replica)."""
+    segment: str | None = None
+    """The segment (one of ``segments``) it belongs to; unset, its service's. A
+    quarantined segment's backends are taken out of every gateway."""
 
     @model_validator(mode="after")
     def _one_target(self) -> Backend:
@@ -1070,8 +1090,20 @@ class Manifest(_Strict):
     """Where events, keys and local state live (relative to this file)."""
     vault: VaultConfig | None = None
     """The vault's replicas, keys and retention."""
-    segments: list[Id] = Field(default_factory=list)
-    """Names for parts of the system (prod, staging) that jobs and services belong to."""
+    segments: list[Id] | dict[Id, Segment] = Field(default_factory=dict)
+    """Parts of the system (prod, staging) that jobs, services and backends belong to,
+    each quarantined alone: a list of names, or names mapped to their settings (read
+    them with ``segment_spec``)."""
+
+    @field_validator("segments")
+    @classmethod
+    def _segment_list(cls, value: list[str] | dict[str, Segment]) -> dict[str, Segment]:
+        if isinstance(value, list):
+            if len(set(value)) != len(value):
+                raise ValueError("a segment is named twice")
+            return {name: Segment() for name in value}
+        return value
+
     components: list[Component] = Field(default_factory=list)
     """What the system depends on, for the dependency map."""
     jobs: dict[Id, Job] = Field(default_factory=dict)
@@ -1100,6 +1132,12 @@ class Manifest(_Strict):
     def base_dir(self) -> Path:
         """The directory relative paths in the manifest resolve against."""
         return self._path.parent if self._path is not None else Path.cwd()
+
+    def segment_spec(self, name: str) -> Segment | None:
+        """Segment ``name``'s settings (defaults for one declared by name alone)."""
+        if isinstance(self.segments, dict):
+            return self.segments.get(name)
+        return Segment() if name in self.segments else None
 
     def component(self, id_: str) -> Component | None:
         return next((c for c in self.components if c.id == id_), None)

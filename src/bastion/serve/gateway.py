@@ -117,6 +117,7 @@ from bastion.serve._split import Assignment, Split, SplitStatistics
 from bastion.serve.admission import PRIORITIES, Admission, AdmissionStatistics, QueueFull
 from bastion.serve.metrics import BackendMetrics, GatewayMetrics
 from bastion.serve.pool import (
+    QUARANTINED,
     STABLE,
     Pool,
     PoolStatistics,
@@ -390,12 +391,32 @@ class Gateway:
         if cost is not None:
             cost.record = self.record
             self.metrics.registry.register(cost.collector())
+        # segments (bastion.segment): each backend's segment by its group (the backend's
+        # name), and the segments quarantined now (their upstreams sit in the
+        # ``quarantined`` arm, which no request uses; a replica restarted meanwhile joins
+        # it too). Routes: bastion.serve._segments.
+        self.backend_segments: dict[str, str] = {}
+        self.quarantined: set[str] = set()
+        self.arm_before: dict[str, str] = {}  # a quarantined upstream's arm before
         self.app = self._build_app()
+        from bastion.serve._segments import add_segment_routes
+
+        add_segment_routes(self)
 
     # -- membership ---------------------------------------------------------------------
+    def segment_of(self, spec: UpstreamSpec) -> str:
+        """The segment of a backend: its own, else its service's ('' for none)."""
+        return (
+            self.backend_segments.get(spec.group)
+            or spec.extra.get("segment")
+            or (self.segment or "")
+        )
+
     def add_upstream(self, spec: UpstreamSpec, *, needs_probe: bool = False) -> Upstream:
         up = Upstream(spec, BackendMetrics(), self.pool.clock)
         up.needs_probe = needs_probe
+        if self.quarantined and self.segment_of(spec) in self.quarantined:
+            up.arm = QUARANTINED
         self.pool.add(up)
         if self.cost is not None and self.policy.prefer_cheaper:
             weigh(self.pool, self.cost, self.policy.prefer_cheaper)

@@ -49,6 +49,7 @@ from bastion.serve.metrics import BackendMetrics
 
 __all__ = [
     "FAILURE_PENALTY_S",
+    "QUARANTINED",
     "REJOINING",
     "STABLE",
     "Pool",
@@ -83,6 +84,8 @@ class UpstreamSpec:
 
 #: the arms a request may use when no rollout splits it: the stable ones only
 STABLE: tuple[str, ...] = ("stable",)
+#: the arm of a quarantined segment's upstreams (bastion.segment): no request uses it
+QUARANTINED = "quarantined"
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,7 @@ def specs_for(service: Service) -> list[UpstreamSpec]:
                 model_name=backend.model_name,
                 api_key=key,
                 kind="remote",
+                extra={"segment": backend.segment or service.segment or ""},
             )
         )
     return specs
@@ -293,6 +294,10 @@ async def run_services(
     # once, here, so a replica restarted later serves what its peers serve, not a newer
     # commit (a new version goes into service through `bastion rollout`).
     pinned = await asyncio.to_thread(_pin_models, manifest, names)
+    from bastion.segment._state import SegmentState
+
+    seg_state = SegmentState(manifest.state_dir).read()["segments"]
+    quarantined = {name for name, rec in seg_state.items() if rec.get("quarantined")}
     spend: SpendWriter | None = None
     try:
         for name in names:
@@ -317,6 +322,11 @@ async def run_services(
                 api_keys=client_keys(name, service.auth.keys_env if service.auth else None),
                 cost=ledger,
             )
+            gw.backend_segments = {
+                b.name: b.segment or service.segment or "" for b in service.backends
+            }
+            # a segment quarantined before this gateway started stays out of it
+            gw.quarantined = set(quarantined)
             for spec in specs_for(service):
                 gw.add_upstream(spec)
             gw.sli = sli.recorder(name)

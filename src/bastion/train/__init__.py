@@ -43,6 +43,7 @@ from bastion.train._status import (
 )
 from bastion.train._store import (
     CheckpointStore,
+    ServerStore,
     VaultStore,
     checkpoint_keys,
     checkpoint_name,
@@ -101,6 +102,7 @@ __all__ = [
     "Recovery",
     "ResumableLoader",
     "ResumableSampler",
+    "ServerStore",
     "SlotPicker",
     "Stateful",
     "VaultStore",

@@ -34,11 +34,12 @@ from bastion.errors import UsageError
 from bastion.events import EventLog
 from bastion.manifest import Manifest
 from bastion.names import parse_name
-from bastion.vault import Vault
+from bastion.vault import Vault, VaultClient
 
 __all__ = [
     "CHECKPOINT_CHUNK",
     "CheckpointStore",
+    "ServerStore",
     "VaultStore",
     "checkpoint_keys",
     "checkpoint_name",
@@ -154,6 +155,52 @@ class VaultStore:
         return []
 
 
+class ServerStore:
+    """The vault server behind the ``CheckpointStore`` interface: a job that holds a
+    scoped token (``BASTION_VAULT_URL`` and ``BASTION_VAULT_TOKEN``) instead of the
+    signing key. The server signs each checkpoint and stamps its time; the job can
+    append and read, never delete (``prune`` drops nothing, as ``VaultStore``'s)."""
+
+    def __init__(self, client: VaultClient) -> None:
+        self.client = client
+
+    @property
+    def replicas(self) -> int:
+        return 1  # the server's replicas are its own; throughput is counted per upload
+
+    def commit(
+        self,
+        name: str,
+        files: Mapping[str, bytes | memoryview],
+        *,
+        meta: Mapping[str, Any],
+        lineage: Sequence[str],
+    ) -> str:
+        snap = self.client.commit(
+            name,
+            dict(files),
+            meta=dict(meta),
+            lineage=tuple(lineage),
+            compress=False,
+            chunk_size=CHECKPOINT_CHUNK,
+        )
+        return str(snap["ref"])
+
+    def checkpoints(self, job: str) -> list[str]:
+        names = self.client.names(prefix=f"ckpt/{job}/")
+        return sorted(
+            (n for n in names if n.rsplit("/", 1)[-1].startswith("step-")),
+            key=parse_step,
+            reverse=True,
+        )
+
+    def read(self, name: str, path: str) -> bytes:
+        return self.client.read(f"{name}@latest", path)
+
+    def prune(self, job: str, keep: int) -> list[str]:
+        return []
+
+
 def checkpoint_replicas(manifest: Manifest) -> list[str]:
     """The replicas of ``checkpoint_vault(manifest)``, as the manifest names them."""
     if manifest.vault is not None:
@@ -253,9 +300,15 @@ def require_signing_key(manifest: Manifest, *, who: str) -> None:
 
 def open_store(
     manifest: Manifest, *, job: str | None = None, events: EventLog | None = None
-) -> VaultStore:
-    """Where ``job``'s checkpoints go: the manifest's vault (or the default one), checked
-    to be able to sign. A missing key is a ``UsageError`` naming the fix, never a silent
-    downgrade to unsigned checkpoints."""
+) -> VaultStore | ServerStore:
+    """Where ``job``'s checkpoints go: the vault server when the environment names one
+    and a token (``BASTION_VAULT_URL``, ``BASTION_VAULT_TOKEN``: the job then needs no
+    key), else the manifest's vault (or the default one), checked to be able to sign. A
+    missing key is a ``UsageError`` naming the fix, never a silent downgrade to unsigned
+    checkpoints."""
+    from bastion.vault._client import ENV_TOKEN, ENV_URL
+
+    if os.environ.get(ENV_URL) or os.environ.get(ENV_TOKEN):
+        return ServerStore(VaultClient.from_env())
     require_signing_key(manifest, who=job or manifest.system)
     return VaultStore(checkpoint_vault(manifest, events=events))

@@ -9,6 +9,7 @@ verified reads with repair, put-to-all with a quorum.
 
 from __future__ import annotations
 
+from bastion.vault._client import VaultClient
 from bastion.vault._gc import GcReport
 from bastion.vault._guard import (
     CANARY,
@@ -29,11 +30,13 @@ from bastion.vault._manifest import (
 )
 from bastion.vault._replicas import ReplicaSet, ReplicaSetStatistics, ReplicaStatistics
 from bastion.vault._scrub import ScrubReport
+from bastion.vault._server import DEFAULT_MAX_UPLOAD, VaultServer
 from bastion.vault._snapshot import ChunkRef, FileEntry, Snapshot
 from bastion.vault._vault import FileSource, PutResult, Vault, VaultStatistics
 
 __all__ = [
     "CANARY",
+    "DEFAULT_MAX_UPLOAD",
     "ChunkRef",
     "FileEntry",
     "FileSource",
@@ -49,6 +52,8 @@ __all__ = [
     "ScrubReport",
     "Snapshot",
     "Vault",
+    "VaultClient",
+    "VaultServer",
     "VaultStatistics",
     "checkpoint_prefix",
     "checkpoint_series",

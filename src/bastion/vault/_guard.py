@@ -50,9 +50,11 @@ __all__ = [
     "Guard",
     "GuardStatistics",
     "Protected",
+    "freeze_tree",
     "load_protected",
     "protect",
     "snapshot_dir",
+    "unfreeze_tree",
 ]
 
 _GETFLAGS, _SETFLAGS, _IMMUTABLE = 0x80086601, 0x40086602, 0x10
@@ -79,6 +81,39 @@ def _registry(vault: Vault) -> Path:
     if vault.state_dir is None:
         raise UsageError("the guard needs a state directory (state_dir in bastion.yaml)")
     return vault.state_dir / "guard.json"
+
+
+def freeze_tree(root: Path, frozen: dict[Path, int]) -> None:
+    """Take the write bits off ``root`` and everything under it (and set the immutable
+    flag where we may), recording each path's mode before in ``frozen`` (a path already
+    there keeps its first mode). ``unfreeze_tree(frozen)`` puts them back. Shared by the
+    guard and segment quarantine (``bastion.segment``)."""
+    dirs = [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]
+    # Only write bits are taken away: a freeze must not make a private file readable
+    # by others (0600 stays 0400, never 0444).
+    for directory in dirs:  # directories first: no more renames or new files
+        with contextlib.suppress(OSError):
+            mode = directory.stat().st_mode & 0o7777
+            frozen.setdefault(directory, mode)
+            directory.chmod(mode & ~0o222)
+            _set_immutable(directory, True)
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                mode = path.stat().st_mode & 0o7777
+                frozen.setdefault(path, mode)
+                path.chmod(mode & ~0o222)
+                _set_immutable(path, True)
+
+
+def unfreeze_tree(frozen: dict[Path, int]) -> None:
+    """Undo ``freeze_tree``: each recorded path's mode back, deepest first; ``frozen``
+    is emptied."""
+    for path, mode in sorted(frozen.items(), key=lambda kv: len(kv[0].parts), reverse=True):
+        with contextlib.suppress(OSError):
+            _set_immutable(path, False)
+            path.chmod(mode)
+    frozen.clear()
 
 
 def load_protected(vault: Vault) -> list[Protected]:
@@ -541,32 +576,10 @@ class Guard:
     # ------------------------------------------------------------- freeze/restore
 
     def _freeze(self, watch: _Watch) -> None:
-        root = watch.protected.directory
-        dirs = [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]
-        # Only write bits are taken away: a freeze must not make a private file readable
-        # by others (0600 stays 0400, never 0444).
-        for directory in dirs:  # directories first: no more renames or new files
-            with contextlib.suppress(OSError):
-                mode = directory.stat().st_mode & 0o7777
-                watch.frozen.setdefault(directory, mode)
-                directory.chmod(mode & ~0o222)
-                _set_immutable(directory, True)
-        for path in root.rglob("*"):
-            if path.is_file() and not path.is_symlink():
-                with contextlib.suppress(OSError):
-                    mode = path.stat().st_mode & 0o7777
-                    watch.frozen.setdefault(path, mode)
-                    path.chmod(mode & ~0o222)
-                    _set_immutable(path, True)
+        freeze_tree(watch.protected.directory, watch.frozen)
 
     def _unfreeze(self, watch: _Watch) -> None:
-        for path, mode in sorted(
-            watch.frozen.items(), key=lambda kv: len(kv[0].parts), reverse=True
-        ):
-            with contextlib.suppress(OSError):
-                _set_immutable(path, False)
-                path.chmod(mode)
-        watch.frozen.clear()
+        unfreeze_tree(watch.frozen)
 
     def _refresh(self, watch: _Watch) -> None:
         """Take a snapshot recorded since the guard started (``bastion vault snapshot``:
