@@ -135,6 +135,9 @@ def test_a_gateway_killed_mid_rollout_resumes_at_its_step(tmp_path: Path, seed: 
         assert started.returncode == 0, started.stdout + started.stderr
         rollout_id = json.loads(started.stdout)["rollout"]["id"]
         running_until(url, lambda r: r["step"] == 1, "step 2", 60)
+        # the step's event is written off the event loop a moment after the record: the
+        # kill comes once it is in the log (what is tested is the resume, from the record)
+        wait_for(lambda: len(_of(world, ek.ROLLOUT_STEP, rollout_id)) == 2, "step 2's event", 30)
         proc.kill()  # SIGKILL: no cleanup, no goodbye
         proc.wait()
         load.stop()

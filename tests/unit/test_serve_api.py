@@ -65,6 +65,7 @@ def test_public_api_is_pinned() -> None:
             "Upstream",
             "UpstreamSpec",
             "UpstreamStatistics",
+            "client_keys",
             "load_golden",
             "run_services",
             "spawn_server",
