@@ -185,3 +185,18 @@ def test_the_record_round_trips_privately_and_a_damaged_one_is_named(tmp_path: P
 def test_steps_that_do_not_rise_to_100_are_refused(steps: list[float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RolloutPolicy(steps=steps)
+
+
+def test_the_warmup_forgets_cold_latencies_and_keeps_the_evidence() -> None:
+    rec = ArmRecorder(seed=1)
+    body = json.dumps({"predictions": [3]}).encode()
+    for i in range(20):
+        rec.record(ok=i % 10 != 0, elapsed_s=0.5, body=body)  # cold: slow
+    rec.golden(4, 5)
+    rec.forget_latencies()
+    rec.record(ok=True, elapsed_s=0.001, body=body)  # warm
+    sample = rec.sample()
+    assert list(sample.latencies_s) == [0.001]
+    assert (sample.requests, sample.errors) == (21, 2)
+    assert sum(sample.predictions.values()) == 19
+    assert (sample.golden_right, sample.golden_total) == (4, 5)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -364,10 +365,12 @@ class RolloutController:
             warm_end = due + warm
             if warm > 0 and split is not None:
                 # a fresh replica's first answers are slow (cold caches, lazy imports):
-                # they go to users, but not into the first step's measurements (at most
-                # half the step); a look due before the reset is skipped, and still counts
-                # as the step's time, so the step lasts what it was planned to
-                loop.call_later(warm, split.reset)
+                # they go to users, but not into the first step's latency measurements
+                # (at most half the step); a look due before then judges all but latency
+                # (``_warm_look``: wrong answers roll back at once) and counts as the
+                # step's time, so the step lasts what it was planned to. Errors, answers
+                # and probes are kept across the warmup's end: no look starts from zero.
+                loop.call_later(warm, split.end_warmup)
             await loading
             while True:
                 # looks on a fixed cadence from the first step: a step lasts its planned
@@ -378,6 +381,15 @@ class RolloutController:
                     due = loop.time()  # a look overran an interval: the cadence restarts
                 if loop.time() < warm_end:
                     self._step_looks += 1  # the warmup's share of the first step
+                    async with self._lock:
+                        current = self.record
+                        if current is None or current.id != record.id:
+                            return
+                        if current.status not in ACTIVE:
+                            return
+                        await self._warm_look(current)
+                        if self.record is None or self.record.status not in ACTIVE:
+                            return
                     continue
                 async with self._lock:
                     current = self.record
@@ -486,6 +498,32 @@ class RolloutController:
             return
         if outcome == "pass" or self._step_looks >= self.policy.looks_per_step:
             await self._advance(record)
+
+    async def _warm_look(self, record: RolloutRecord) -> None:
+        """A look inside the warmup: a cold replica's latencies are not judged (they go
+        before the step's measurements start), but its errors, answers and golden probes
+        are, so a candidate that answers wrongly is rolled back at the first look instead
+        of after the warmup. Only a failure acts (and counts as a look of the plan): an
+        ``insufficient`` here is the warmup's own, never an extension of the step."""
+        split = self.split
+        assert split is not None
+        look = record.looks + 1
+        if look > self._settings.max_looks:
+            return
+        cold = (split.baseline.sample(), split.candidate.sample())
+        verdict = await asyncio.to_thread(
+            judge,
+            dataclasses.replace(cold[0], latencies_s=()),
+            dataclasses.replace(cold[1], latencies_s=()),
+            look=look,
+            settings=self._settings,
+        )
+        if verdict.outcome != "fail":
+            return
+        record = record.model_copy(update={"looks": look})
+        self.record = record
+        self._verdict(record, verdict)
+        await self._end(record, "rolled_back", verdict.reason)
 
     def _verdict(self, record: RolloutRecord, verdict: Verdict) -> None:
         split = self.split

@@ -164,6 +164,12 @@ class ArmRecorder:
             label = _OTHER
         counts[label] = counts.get(label, 0) + 1
 
+    def forget_latencies(self) -> None:
+        """The warmup ended: its (cold) latencies leave the reservoir; the counts, errors,
+        answers and golden probes stay, so no look after it starts from nothing."""
+        self.latencies = []
+        self._seen = 0
+
     def golden(self, right: int, total: int) -> None:
         self.golden_right += right
         self.golden_total += total
@@ -224,6 +230,11 @@ class TrafficSplit:
         """A new step: fresh measurements for both arms."""
         self.candidate = ArmRecorder(seed=self.candidate.requests + 1)
         self.baseline = ArmRecorder(seed=self.baseline.requests + 2)
+
+    def end_warmup(self) -> None:
+        """The first step's warmup ended: both arms' latencies start again, warm."""
+        self.candidate.forget_latencies()
+        self.baseline.forget_latencies()
 
     @property
     def mirroring(self) -> bool:
