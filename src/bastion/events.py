@@ -258,9 +258,12 @@ class EventLog:
                 "(check state_dir in the manifest, or pass --state-dir)"
             ) from None
         self._conn.execute("PRAGMA busy_timeout = 60000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
         with self._lock:
+            # switching a new log to WAL takes an exclusive lock, and SQLite answers
+            # "locked" at once (no busy wait) when another process is creating the same
+            # log at that moment: retried like the schema (seen with 6 writers at once)
+            self._retrying(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
+            self._conn.execute("PRAGMA synchronous = NORMAL")
             self._retrying(lambda: self._conn.executescript(_SCHEMA))
 
     @classmethod
