@@ -214,7 +214,7 @@ def outcomes(
 
     from bastion.cli._common import console, event_log, load_manifest
     from bastion.errors import UsageError
-    from bastion.slo import SqliteSli, ages, dora, goodput, trust
+    from bastion.slo import SqliteSli, ages, dora, jobs_goodput, services_trust
 
     if days < 1:
         raise UsageError(f"--days {days}: give at least 1")
@@ -226,19 +226,9 @@ def outcomes(
     try:
         events = log.query()
         keys = dora(events, start=start, end=now)
-        shares = [
-            trust(
-                reader,
-                events,
-                name,
-                {b.name: b.tier_index for b in service.backends},
-                start=int(start),
-                end=int(now),
-            )
-            for name, service in manifest.services.items()
-        ]
+        shares = services_trust(reader, events, manifest.services, start=start, end=now)
         found = ages(events, now=now)
-        runs = [g for g in (goodput(events, job) for job in manifest.jobs) if g is not None]
+        runs = jobs_goodput(events, manifest.jobs)
     finally:
         reader.close()
         log.close()

@@ -629,7 +629,7 @@ def _slos(manifest: Manifest, log: _Log, now: float) -> list[dict[str, Any]]:
 def _outcomes(manifest: Manifest, log: _Log, now: float, days: int) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from bastion.slo import SqliteSli, ages, dora, goodput, trust
+    from bastion.slo import SqliteSli, ages, dora, jobs_goodput, services_trust
 
     events = _outcome_events(manifest, log)
     start = now - days * 86400
@@ -640,21 +640,12 @@ def _outcomes(manifest: Manifest, log: _Log, now: float, days: int) -> dict[str,
         reader = SqliteSli(db)
         try:
             shares = [
-                asdict(
-                    trust(
-                        reader,
-                        events,
-                        name,
-                        {b.name: b.tier_index for b in service.backends},
-                        start=int(start),
-                        end=int(now),
-                    )
-                )
-                for name, service in manifest.services.items()
+                asdict(t)
+                for t in services_trust(reader, events, manifest.services, start=start, end=now)
             ]
         finally:
             reader.close()
-    runs = [g for g in (goodput(events, job) for job in manifest.jobs) if g is not None]
+    runs = jobs_goodput(events, manifest.jobs)
     dora_doc = asdict(keys)
     dora_doc["event_ids"] = list(keys.event_ids)
     changes = [

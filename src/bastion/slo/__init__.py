@@ -25,7 +25,18 @@ from bastion.slo._core import (
     objectives,
 )
 from bastion.slo._openslo import from_openslo, to_openslo
-from bastion.slo._outcomes import Age, Dora, Goodput, Trust, ages, dora, goodput, trust
+from bastion.slo._outcomes import (
+    Age,
+    Dora,
+    Goodput,
+    Trust,
+    ages,
+    dora,
+    goodput,
+    jobs_goodput,
+    services_trust,
+    trust,
+)
 from bastion.slo._report import Incident, MonthReport, incidents, month_report
 from bastion.slo._sli import (
     BOUNDS_MS,
@@ -69,9 +80,11 @@ __all__ = [
     "from_openslo",
     "goodput",
     "incidents",
+    "jobs_goodput",
     "month_bounds",
     "month_report",
     "objectives",
+    "services_trust",
     "to_openslo",
     "trust",
 ]

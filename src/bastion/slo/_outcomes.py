@@ -37,14 +37,26 @@ outside the period asked about.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bastion import event_kinds as ek
 from bastion.events import Event
+from bastion.manifest import Service
 from bastion.slo._sli import SliReader
 
-__all__ = ["Age", "Dora", "Goodput", "Trust", "ages", "dora", "goodput", "trust"]
+__all__ = [
+    "Age",
+    "Dora",
+    "Goodput",
+    "Trust",
+    "ages",
+    "dora",
+    "goodput",
+    "jobs_goodput",
+    "services_trust",
+    "trust",
+]
 
 _PROMOTIONS = (ek.MODEL_PROMOTED, ek.MODEL_PROMOTION_FORCED, ek.ROLLOUT_PROMOTED)
 _ROLLBACKS = (ek.MODEL_ROLLED_BACK, ek.ROLLOUT_ROLLED_BACK)
@@ -173,6 +185,29 @@ def trust(
     )  # fmt: skip
 
 
+def services_trust(
+    reader: SliReader,
+    events: Sequence[Event],
+    services: Mapping[str, Service],
+    *,
+    start: float,
+    end: float,
+) -> list[Trust]:
+    """``trust`` of each manifest service over ``start``..``end`` (whole seconds), its
+    backends' tiers as the manifest orders them."""
+    return [
+        trust(
+            reader,
+            events,
+            name,
+            {b.name: b.tier_index for b in service.backends},
+            start=int(start),
+            end=int(end),
+        )
+        for name, service in services.items()
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Age:
     """How old the newest ``kind`` event of ``name`` is at ``now``: a model's freshness
@@ -251,3 +286,8 @@ def goodput(events: Sequence[Event], job: str) -> Goodput | None:
     return Goodput(
         job, str(run_id or ""), wall, down, steps, redone, share, tuple(e.id for e in run)
     )
+
+
+def jobs_goodput(events: Sequence[Event], jobs: Iterable[str]) -> list[Goodput]:
+    """``goodput`` of each job that has a run in ``events``."""
+    return [g for g in (goodput(events, job) for job in jobs) if g is not None]

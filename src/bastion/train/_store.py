@@ -26,7 +26,7 @@ Must never: fall back to unsigned or unverified checkpoints (a missing signing k
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -133,12 +133,7 @@ class VaultStore:
         return snap.ref
 
     def checkpoints(self, job: str) -> list[str]:
-        names = self.vault.names(prefix=f"ckpt/{job}/")
-        return sorted(
-            (n for n in names if n.rsplit("/", 1)[-1].startswith("step-")),
-            key=parse_step,
-            reverse=True,
-        )
+        return newest_first(self.vault.names(prefix=f"ckpt/{job}/"))
 
     def read(self, name: str, path: str) -> bytes:
         # the newest version of this step's snapshot that verifies (a step saved twice,
@@ -187,18 +182,22 @@ class ServerStore:
         return str(snap["ref"])
 
     def checkpoints(self, job: str) -> list[str]:
-        names = self.client.names(prefix=f"ckpt/{job}/")
-        return sorted(
-            (n for n in names if n.rsplit("/", 1)[-1].startswith("step-")),
-            key=parse_step,
-            reverse=True,
-        )
+        return newest_first(self.client.names(prefix=f"ckpt/{job}/"))
 
     def read(self, name: str, path: str) -> bytes:
         return self.client.read(f"{name}@latest", path)
 
     def prune(self, job: str, keep: int) -> list[str]:
         return []
+
+
+def newest_first(names: Iterable[str]) -> list[str]:
+    """The checkpoint names among a job's vault ``names`` (``.../step-N``), newest first."""
+    return sorted(
+        (n for n in names if n.rsplit("/", 1)[-1].startswith("step-")),
+        key=parse_step,
+        reverse=True,
+    )
 
 
 def checkpoint_replicas(manifest: Manifest) -> list[str]:
