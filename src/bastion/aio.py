@@ -28,6 +28,7 @@ import logging
 import sys
 import threading
 from collections.abc import Coroutine, MutableMapping
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -124,6 +125,54 @@ class _HeaderTimeout:
         handler.force_close()
 
 
+def _json_errors(server: web.Server) -> None:
+    """Answer what aiohttp refuses before any handler runs (a request line over 8190
+    bytes, a malformed header) in JSON, as every Bastion server answers its own errors.
+    aiohttp's default body is text/plain, which neither an OpenAI client nor a client of
+    the control API's OpenAPI document reads (schemathesis found it). aiohttp has no
+    option for its handler class and its handlers have ``__slots__``, so each new
+    connection's handler becomes ``_JsonErrorHandler`` (the same layout, one method
+    more) when it is made."""
+    from aiohttp.web_protocol import RequestHandler
+
+    global _JsonErrorHandler
+    if _JsonErrorHandler is None:
+
+        class _Handler(RequestHandler):
+            __slots__ = ()
+
+            def handle_error(
+                self,
+                request: Any,
+                status: int = 500,
+                exc: BaseException | None = None,
+                message: str | None = None,
+            ) -> web.StreamResponse:
+                from aiohttp import web
+
+                super().handle_error(request, status, exc, message)  # its log; raises if sent
+                client = status < 500
+                text = message if client and message else HTTPStatus(status).phrase
+                kind = "invalid_request_error" if client else "server_error"
+                body = {"error": {"status": status, "message": text, "type": kind}}
+                response = web.json_response(body, status=status)
+                response.force_close()
+                return response
+
+        _JsonErrorHandler = _Handler
+    made = server.connection_made
+    handler_class = _JsonErrorHandler
+
+    def connection_made(handler: RequestHandler, transport: asyncio.Transport) -> None:
+        handler.__class__ = handler_class
+        made(handler, transport)
+
+    server.connection_made = connection_made  # type: ignore[method-assign]
+
+
+_JsonErrorHandler: Any = None
+
+
 async def serve_app(
     app: web.Application,
     host: str = "127.0.0.1",
@@ -150,6 +199,8 @@ async def serve_app(
         keepalive_timeout=_KEEPALIVE_S,
     )
     await runner.setup()
+    assert runner.server is not None
+    _json_errors(runner.server)
     if header_timeout_s is not None:
         assert runner.server is not None
         _HeaderTimeout(runner.server, header_timeout_s, http_log)
