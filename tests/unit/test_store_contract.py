@@ -1,5 +1,6 @@
-"""The Store contract, run on every backend (LocalStore on disk, MemoryStore), and the
-MemoryStore's failure injection. A backend passing this is one the vault can use."""
+"""The Store contract, run on every backend (LocalStore on disk, MemoryStore, S3Store on
+two real S3 servers on loopback: SeaweedFS and moto's server), and the MemoryStore's
+failure injection. A backend passing this is one the vault can use."""
 
 from __future__ import annotations
 
@@ -14,19 +15,25 @@ from bastion.resilience import ManualClock
 from bastion.store import (
     LocalStore,
     MemoryStore,
+    S3Store,
     Store,
     StoreStatistics,
     open_store,
     parse_replica_url,
 )
+from tests.s3_servers import bucket_name, moto_server, s3_env, weed_server  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3-weed", "s3-moto"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "local":
         yield LocalStore(tmp_path / "r")
-    else:
+    elif request.param == "memory":
         yield MemoryStore("r")
+    else:
+        request.getfixturevalue("s3_env")
+        server = request.getfixturevalue(f"{request.param[3:]}_server")
+        yield S3Store(server.url(bucket_name("contract")))
 
 
 def test_every_backend_keeps_the_contract(store: Store) -> None:
@@ -140,12 +147,67 @@ def test_memory_store_failures_on_demand() -> None:
         ("file:///mnt/b", "file", "/mnt/b", True),
         ("FILE:///mnt/b", "file", "/mnt/b", True),
         ("s3://bucket/prefix", "s3", "bucket/prefix", False),
+        (
+            "s3://bucket/a/b?endpoint=http://127.0.0.1:8333&region=eu-west-1",
+            "s3",
+            "bucket/a/b",
+            False,
+        ),
     ],
 )
 def test_replica_urls_parse_without_io(url: str, scheme: str, location: str, local: bool) -> None:
     parsed = parse_replica_url(url)
     assert (parsed.scheme, parsed.location, parsed.is_local) == (scheme, location, local)
-    assert (parsed.problem is None) == local
+    assert parsed.problem is None
+
+
+def test_s3_urls_name_their_bucket_prefix_and_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    parsed = parse_replica_url("s3://bkt/vault/a/?endpoint=http://10.0.0.5:8333&region=x")
+    assert (parsed.bucket, parsed.prefix, parsed.endpoint_host) == (
+        "bkt",
+        "vault/a",
+        "10.0.0.5:8333",
+    )
+    assert parse_replica_url("s3://bkt").endpoint_host == "s3.us-east-1.amazonaws.com"
+    assert (
+        parse_replica_url("s3://bkt?region=eu-west-3").endpoint_host == "s3.eu-west-3.amazonaws.com"
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "https://minio.lan:9000")
+    assert parse_replica_url("s3://bkt").endpoint_host == "minio.lan:9000"
+    assert parse_replica_url("/mnt/x").endpoint_host is None
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("s3://Bad_Bucket/x", "is not an S3 bucket name"),
+        ("s3://bkt/a/../b", "not a safe key segment"),
+        ("s3://bkt/x?secret_access_key=abc", "credentials never go in bastion.yaml"),
+        ("s3://bkt/x?endpiont=http://h", "did you mean endpoint"),
+        ("s3://bkt/x?endpoint=ftp://h", "not an http"),
+        ("s3://bkt/x?object_lock=governance&retain_days=1", "the one mode is compliance"),
+        ("s3://bkt/x?object_lock=compliance", "needs retain_days"),
+        ("s3://bkt/x?retain_days=3", "needs object_lock"),
+        ("s3://bkt/x?write_once=maybe", "one of conditional, head"),
+        ("s3://bkt/x?read_timeout=-1", "seconds between"),
+    ],
+)
+def test_bad_s3_urls_say_what_to_write(url: str, message: str) -> None:
+    problem = parse_replica_url(url).problem
+    assert problem is not None
+    assert message in problem
+    with pytest.raises(UsageError, match=message):
+        open_store(url)
+
+
+def test_an_endpoint_with_a_password_is_refused_without_echoing_it() -> None:
+    problem = parse_replica_url("s3://bkt/x?endpoint=http://me:hunter2@h:1").problem
+    assert problem is not None
+    assert "credentials never go in the URL" in problem
+    assert "hunter2" not in problem
 
 
 @pytest.mark.parametrize(

@@ -147,12 +147,14 @@ def test_missing_replica_is_unavailable(tmp_path: Path) -> None:
         store.put("objects/aa/x", [b"x"])
 
 
-def test_only_local_urls_for_now(tmp_path: Path) -> None:
+def test_local_and_s3_urls_open_and_others_are_refused(tmp_path: Path) -> None:
     from bastion.errors import UsageError
+    from bastion.store import S3Store
 
-    with pytest.raises(UsageError, match=r"S3 replicas are not supported yet; use a local"):
-        open_store("s3://bucket/prefix")
+    with pytest.raises(UsageError, match=r"Google Cloud Storage replicas are not supported; use"):
+        open_store("gs://bucket/prefix")
     assert isinstance(open_store(f"file://{tmp_path}"), LocalStore)
+    assert isinstance(open_store("s3://bucket/prefix"), S3Store)  # no I/O until it is used
 
 
 def test_cleanup_removes_only_dead_writers_leftovers_never_locks(tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """Replica backends behind one small Protocol: ``put / get / has / list / delete``.
 
-``LocalStore`` keeps a replica in a local directory; ``MemoryStore`` keeps one in memory,
-with failures on demand, for tests. ``open_store(url)`` is the one place a replica URL
-becomes a backend (``parse_replica_url`` reads one without opening it). An S3 backend is
-one more module implementing ``Store`` and one more entry in ``SCHEMES``.
+``LocalStore`` keeps a replica in a local directory; ``S3Store`` keeps one in an S3 bucket
+(boto3; AWS or any S3 server); ``MemoryStore`` keeps one in memory, with failures on
+demand, for tests. ``open_store(url)`` is the one place a replica URL becomes a backend
+(``parse_replica_url`` reads one without opening it). Another backend is one more module
+implementing ``Store`` and one more entry in ``SCHEMES``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from bastion.store._access import (
 from bastion.store._local import LocalStore, buffer_address, write_direct
 from bastion.store._memory import MemoryStore
 from bastion.store._protocol import Buffer, Store, StoreStatistics
-from bastion.store._url import SCHEMES, ReplicaUrl, parse_replica_url
+from bastion.store._s3 import S3Store
+from bastion.store._url import S3_OPTIONS, SCHEMES, ReplicaUrl, parse_replica_url
 
 __all__ = [
     "ACCESS_MODES",
+    "S3_OPTIONS",
     "SCHEMES",
     "AccessMode",
     "Buffer",
@@ -33,6 +36,7 @@ __all__ = [
     "MemoryStore",
     "Permissions",
     "ReplicaUrl",
+    "S3Store",
     "Store",
     "StoreStatistics",
     "buffer_address",
@@ -48,15 +52,18 @@ __all__ = [
 
 
 def open_store(url: str, *, create: bool = True, mode: AccessMode = "private") -> Store:
-    """The backend for a replica URL from the manifest: a path or ``file://`` for now.
+    """The backend for a replica URL from the manifest: a path, ``file://`` or ``s3://``.
 
-    ``create``: make a local replica's directory if it is missing (``False`` for a
-    process that only joins an open vault, such as an ingest worker). ``mode``: who may
-    reach its files (``vault.mode``; a ``file://...?mode=`` URL says for itself).
+    ``create``: make a local replica's directory (an S3 replica's bucket, at its first
+    request) if it is missing (``False`` for a process that only joins an open vault,
+    such as an ingest worker). ``mode``: who may reach a local replica's files
+    (``vault.mode``; a ``file://...?mode=`` URL says for itself).
     """
     parsed = parse_replica_url(url)
     problem = parsed.problem
     if problem is not None:
         raise UsageError(f"vault replica {url!r}: {problem}")
+    if parsed.scheme == "s3":
+        return S3Store(parsed, create=create)
     chosen = mode if parsed.mode is None else permissions(parsed.mode).mode
     return LocalStore(parsed.location, create=create, mode=chosen)

@@ -330,6 +330,10 @@ class ReplicaSet:
                 self.note_failure(store, f"unreadable: {exc}")
                 bad.append((store, f"unreadable: {exc}"))
                 continue
+            except IntegrityError as exc:  # the backend's own checksum failed (S3)
+                self._integrity_failed(store, key, str(exc), context)
+                bad.append((store, str(exc)))
+                continue
             took = self._clock() - started
             try:
                 value = verify(stored)
@@ -383,7 +387,7 @@ class ReplicaSet:
                     copy = store.get(key)
                 except NotFoundError:
                     copy = None
-                except (OSError, UnavailableError) as exc:
+                except (OSError, UnavailableError, IntegrityError) as exc:
                     copy = exc
             else:
                 copy = copies[index]
@@ -421,6 +425,9 @@ class ReplicaSet:
     ) -> CopyCheck[_T]:
         if copy is None or isinstance(copy, NotFoundError):
             return CopyCheck(store, None, None, "missing")
+        if isinstance(copy, IntegrityError):  # the backend's own checksum failed (S3)
+            self._integrity_failed(store, key, str(copy), context)
+            return CopyCheck(store, None, None, str(copy))
         if isinstance(copy, BaseException):
             self.note_failure(store, f"unreadable: {copy}")
             return CopyCheck(store, None, None, f"unreadable: {copy}")
