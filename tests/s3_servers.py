@@ -261,7 +261,8 @@ def enforces_object_lock(server: S3Server, bucket: str) -> str | None:
 
 
 # ------------------------------------------------------------------ pytest fixtures
-# Imported by the test modules that need them (one server per module, per kind).
+# Imported by the test modules that need them (one server per module, per kind):
+# ``from tests.s3_servers import s3_server_fixture`` gives a module ``s3_server``.
 
 import uuid  # noqa: E402
 
@@ -279,24 +280,24 @@ def _server(kind: str) -> Any:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def weed_server() -> Any:
+@pytest.fixture(scope="module", name="weed_server")
+def weed_server_fixture() -> Any:
     yield from _server("weed")
 
 
-@pytest.fixture(scope="module")
-def moto_server() -> Any:
+@pytest.fixture(scope="module", name="moto_server")
+def moto_server_fixture() -> Any:
     yield from _server("moto")
 
 
-@pytest.fixture(scope="module", params=KINDS)
-def s3_server(request: pytest.FixtureRequest) -> Any:
+@pytest.fixture(scope="module", params=KINDS, name="s3_server")
+def s3_server_fixture(request: pytest.FixtureRequest) -> Any:
     """Each real S3 server in turn, one per module."""
     return request.getfixturevalue(f"{request.param}_server")
 
 
-@pytest.fixture
-def s3_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.fixture(name="s3_env")
+def s3_env_fixture(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Fake credentials, and no AWS configuration of this machine's user (no profile,
     endpoint or instance role of the host leaks into a test)."""
     for name, value in aws_env().items():

@@ -21,7 +21,12 @@ from bastion.store import (
     open_store,
     parse_replica_url,
 )
-from tests.s3_servers import bucket_name, moto_server, s3_env, weed_server  # noqa: F401 (fixtures)
+from tests.s3_servers import (  # noqa: F401 (the *_fixture names are fixtures)
+    bucket_name,
+    moto_server_fixture,
+    s3_env_fixture,
+    weed_server_fixture,
+)
 
 
 @pytest.fixture(params=["local", "memory", "s3-weed", "s3-moto"])

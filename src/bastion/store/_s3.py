@@ -357,8 +357,9 @@ class S3Store:
     def available(self) -> bool:
         try:
             self._client("probe").head_bucket(Bucket=self.bucket)
-        except Exception as exc:
+        except Exception as exc:  # available() never raises
             if self._create and _code(exc) in _NOT_FOUND | {"NoSuchBucket"}:
+                self._bucket_checked = False  # it went: make it again
                 try:
                     self._ensure_bucket()
                 except (UnavailableError, UsageError):
@@ -394,11 +395,15 @@ class S3Store:
                 days=self.retain_days
             )
         try:
-            if multipart:
-                future = self._transfers().upload(_PartsReader(views), self.bucket, full, extra)
-                future.result()
-            else:
-                self._put_object(full, b"".join(views), extra, conditional=not replace)
+            try:
+                self._upload(full, views, extra, multipart=multipart, replace=replace)
+            except self._errors() as exc:
+                if _code(exc) != "NoSuchBucket" or not self._create:
+                    raise
+                # The bucket went (a server that lost everything): make it again, once.
+                self._bucket_checked = False
+                self._ensure_bucket()
+                self._upload(full, views, extra, multipart=multipart, replace=replace)
         except _Exists:
             self._count("put_existing")
             with self._lock:
@@ -417,6 +422,20 @@ class S3Store:
                 self._known.clear()  # a bound on memory; a flush then asks the server
             self._known.add(key)
         return True
+
+    def _upload(
+        self,
+        full: str,
+        views: Sequence[memoryview],
+        extra: dict[str, Any],
+        *,
+        multipart: bool,
+        replace: bool,
+    ) -> None:
+        if multipart:
+            self._transfers().upload(_PartsReader(views), self.bucket, full, extra).result()
+        else:
+            self._put_object(full, b"".join(views), extra, conditional=not replace)
 
     def _put_object(
         self, full: str, body: bytes, extra: dict[str, Any], *, conditional: bool
