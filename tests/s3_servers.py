@@ -114,7 +114,8 @@ class S3Server:
         self.wait_ready(timeout_s)
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
-        """Until the S3 port answers HTTP (any status), with a deadline."""
+        """Until the server takes a write, with a deadline. (SeaweedFS answers HTTP
+        before its volume server has registered; a put then fails for a while.)"""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
@@ -123,12 +124,28 @@ class S3Server:
                 )
             try:
                 with urllib.request.urlopen(self.endpoint + "/", timeout=1):
-                    return
+                    pass
             except urllib.error.HTTPError:
-                return  # it answered
+                pass  # it answered
             except OSError:
                 time.sleep(0.05)
+                continue
+            if self._takes_a_write():
+                return
+            time.sleep(0.1)
         raise RuntimeError(f"{self.kind} did not answer on {self.endpoint}: {self.tail()}")
+
+    def _takes_a_write(self) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self.client()
+        try:
+            with contextlib.suppress(ClientError):
+                client.create_bucket(Bucket="ready-probe")
+            client.put_object(Bucket="ready-probe", Key="probe", Body=b"ready")
+        except (BotoCoreError, ClientError):
+            return False
+        return True
 
     def tail(self) -> str:
         with contextlib.suppress(OSError):

@@ -31,7 +31,8 @@ is kept on a service that has no rename, no flock and no fsync:
   the replica, the key and the cause, so the vault drops this replica out of a write
   and goes on degraded. ``available()`` is one ``HeadBucket`` through a second client
   with one attempt and 1 s connect and read timeouts, so a replica that is down is
-  known fast and never holds up a commit.
+  known fast and never holds up a commit; "down" is then kept for ``recheck_s`` (2 s)
+  before the next probe.
 - **Durable.** A put returns when S3 has acknowledged it, which is durable, so ``sync``
   has nothing to flush; ``sync(keys)`` checks (HEAD) the keys it was not the one to
   write in this process, so a flush of a missing value still fails.
@@ -181,7 +182,8 @@ class S3Store:
     first request that finds it missing: opening a store does no I/O, so a vault whose
     S3 endpoint is down opens and runs degraded. ``lease_s``: how long a lock holder
     that stopped renewing keeps its lock. ``max_attempts``: botocore's attempts per
-    request (the first included).
+    request (the first included). ``recheck_s``: how long ``available()`` keeps the
+    answer "down" before it probes again.
     """
 
     def __init__(
@@ -192,6 +194,7 @@ class S3Store:
         multipart_threshold: int = _MULTIPART,
         lease_s: float = 20.0,
         max_attempts: int = 3,
+        recheck_s: float = 2.0,
     ) -> None:
         parsed = url if isinstance(url, ReplicaUrl) else parse_replica_url(url)
         if parsed.scheme != "s3" or parsed.problem is not None:
@@ -204,6 +207,8 @@ class S3Store:
         self.multipart_threshold = max(multipart_threshold, 5 << 20)
         self.lease_s = lease_s
         self._attempts = max_attempts
+        self.recheck_s = recheck_s
+        self._down_until = 0.0
         retain = parsed.option("retain_days")
         self.retain_days = int(retain) if retain else None
         self._write_once = parsed.option("write_once") or "conditional"
@@ -355,6 +360,11 @@ class S3Store:
         self._bucket_checked = True
 
     def available(self) -> bool:
+        # A probe of a hung server takes its whole timeout; the answer "down" is kept
+        # for recheck_s, so a degraded vault asking once a second (the replica set's
+        # cache) does not spend most of each second waiting on it.
+        if time.monotonic() < self._down_until:
+            return False
         try:
             self._client("probe").head_bucket(Bucket=self.bucket)
         except Exception as exc:  # available() never raises
@@ -363,10 +373,14 @@ class S3Store:
                 try:
                     self._ensure_bucket()
                 except (UnavailableError, UsageError):
-                    return False
+                    return self._down()
                 return True
-            return False
+            return self._down()
         return True
+
+    def _down(self) -> bool:
+        self._down_until = time.monotonic() + self.recheck_s
+        return False
 
     # --------------------------------------------------------------------- puts
 
