@@ -28,8 +28,10 @@ on nothing else, and never looks behind it):
   work of a writer still running) and says how many it removed.
 - ``worker_url`` is a URL another process on this machine can pass to ``open_store`` to
   reach the very same replica (the vault's ingest worker processes write through it), or
-  None when the replica lives only in this process. What such workers did is added back
-  with ``absorb_statistics``, so ``statistics()`` counts every write to the replica.
+  None when the replica lives only in this process, or when worker processes would not
+  help it (``S3Store``: its puts wait on the network, which threads overlap better).
+  What such workers did is added back with ``absorb_statistics``, so ``statistics()``
+  counts every write to the replica.
 """
 
 from __future__ import annotations
