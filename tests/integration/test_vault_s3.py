@@ -239,3 +239,16 @@ def test_an_object_lock_replica_on_a_bucket_without_it_is_refused_clearly(
     vault.commit("model/m", {"x": b"x" * 1000})
     (degraded,) = events.query(kind="vault.degraded")
     assert "has no Object Lock" in degraded.data["reasons"][s3.url]
+
+
+def test_the_endpoint_can_come_from_the_standard_aws_configuration(
+    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
+    url = f"s3://{bucket_name('env')}/vault"  # no ?endpoint=: botocore finds it
+    store = open_store(url)
+    assert isinstance(store, S3Store)
+    assert store.parsed.endpoint_host == f"127.0.0.1:{s3_server.port}"
+    assert store.put("objects/ab/x", [b"from the environment"])
+    assert open_store(url).get("objects/ab/x") == b"from the environment"
+    assert "bastion-test-secret" not in repr(store) + store.url
