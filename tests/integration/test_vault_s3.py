@@ -252,3 +252,42 @@ def test_the_endpoint_can_come_from_the_standard_aws_configuration(
     assert store.put("objects/ab/x", [b"from the environment"])
     assert open_store(url).get("objects/ab/x") == b"from the environment"
     assert "bastion-test-secret" not in repr(store) + store.url
+
+
+def test_the_lease_lock_excludes_other_stores_and_outlives_a_dead_holder(
+    s3_server: S3Server,
+) -> None:
+    import threading
+
+    bucket = bucket_name("lease")
+    url = s3_server.url(bucket)
+    # two stores on one bucket, as two processes or hosts would have: only the lease
+    # object keeps them apart (each store's own thread lock does not)
+    stores = [S3Store(url, lease_s=5), S3Store(url, lease_s=5)]
+    inside: list[int] = []
+    overlap: list[bool] = []
+
+    def worker(i: int) -> None:
+        for _ in range(8):
+            with stores[i].lock("vault"):
+                inside.append(i)
+                overlap.append(len(inside) > 1)
+                inside.remove(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(overlap) == 16
+    assert not any(overlap)
+    # a holder that died: its lease object stays, never renewed; after lease_s (on the
+    # server's clock) the next taker takes it over
+    raw = s3_server.client()
+    raw.put_object(Bucket=bucket, Key="vault/tmp/vault.lock", Body=b'{"pid": 1}')
+    store = S3Store(url, lease_s=1)
+    with store.lock("vault"):
+        held = raw.get_object(Bucket=bucket, Key="vault/tmp/vault.lock")["Body"].read()
+        assert b'"pid": 1}' not in held
+    assert store.leases_lost == 0
+    assert "tmp/vault.lock" not in " ".join(store.list())  # locks are not keys
