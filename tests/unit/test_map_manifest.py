@@ -14,6 +14,7 @@ from bastion.errors import UsageError
 from bastion.events import EventLog
 from bastion.manifest import Manifest, loads
 from bastion.map import map_manifest, observed_dependencies, render, to_json
+from bastion.map._analysis import advice
 
 BASE: dict[str, Any] = {
     "version": 1,
@@ -84,10 +85,38 @@ def test_job_with_slots_and_inputs_and_vault() -> None:
     sets = {c.events for c in train.cut_sets}
     assert ("gpu",) in sets
     assert ("train:slot=w1", "train:slot=w2") in sets
-    # Two S3 replicas share the provider "s3": with the local one that is an order-2 set.
-    assert ("ccf:provider=s3", "vault:0") in sets
+    # Two S3 replicas behind one endpoint (AWS's, as no endpoint is named) share its fate:
+    # with the local one that is an order-2 set.
+    assert ("ccf:endpoint=s3.us-east-1.amazonaws.com", "vault:0") in sets
     assert ("vault:0", "vault:1", "vault:2") in sets
     assert train.availability == pytest.approx(0.99)
+
+
+def test_s3_replicas_share_fate_by_endpoint_and_a_loopback_one_shares_the_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    two_clouds = build(
+        vault={
+            "replicas": [
+                "s3://a/x?endpoint=https://s3.eu-west-1.amazonaws.com",
+                "s3://b/x?endpoint=https://storage.example.net:9000",
+            ]
+        },
+        jobs={"train": {"command": ["true"]}},
+    )
+    sets = {c.events for c in map_manifest(two_clouds, max_order=3).top("train").cut_sets}
+    assert ("vault:0", "vault:1") in sets
+    assert not any(e.startswith("ccf:") for cut in sets for e in cut)
+    one_box = build(
+        vault={"replicas": ["/tmp/a", "s3://b/x?endpoint=http://127.0.0.1:8333"]},
+        jobs={"train": {"command": ["true"]}},
+    )
+    report = map_manifest(one_box, max_order=3)
+    sets = {c.events for c in report.top("train").cut_sets}
+    assert ("ccf:host=localhost",) in sets  # the S3 server runs on the vault's own machine
+    assert "share one machine" in advice(report, "ccf:host=localhost")
 
 
 def test_recovery_site_target_with_every_replica_on_one_site_is_a_breach() -> None:

@@ -406,6 +406,8 @@ def advice(report: MapReport, event_id: str) -> str:
             "zone": f"{shown} are all in zone {event.value}: add a peer in another zone",
             "site": f"{shown} are all at site {event.value}: add a peer at another site",
             "account": f"{shown} are all in account {event.value}: add a peer in another one",
+            "endpoint": f"{shown} are all behind the S3 endpoint {event.value}: put a "
+            "replica on another provider's endpoint, or a local one",
             "host": f"{shown} share one machine: put a vault replica and a backend replica on "
             "another host, or add a remote backend",
         }

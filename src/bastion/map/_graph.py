@@ -24,7 +24,7 @@ __all__ = ["COMMON_CAUSE_TAGS", "Graph", "Node"]
 
 # Tags whose shared values make components fail together (a common-cause group). "host"
 # is what Bastion itself adds for local directories and processes on this machine.
-COMMON_CAUSE_TAGS = ("provider", "region", "zone", "site", "account", "host")
+COMMON_CAUSE_TAGS = ("provider", "region", "zone", "site", "account", "host", "endpoint")
 
 
 @dataclass(frozen=True)

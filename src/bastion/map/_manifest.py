@@ -9,7 +9,9 @@ Synthetic ids use ``:`` (never valid in a manifest id), so they cannot collide.
   declared availability is a pure group: it has no failure of its own.
 - ``vault`` -> ``vault:replicas``, up while at least 1 of its replicas ``vault:N`` is up
   (reads need one intact copy). Local-directory replicas are tagged ``host=localhost``
-  (one machine's disk); ``s3://...`` replicas are ``cloud`` with provider ``s3``.
+  (one machine's disk); an ``s3://...`` replica is tagged with its endpoint
+  (``endpoint=HOST:PORT``: two buckets behind one endpoint share its fate), or
+  ``host=localhost`` when that endpoint is a loopback address.
 - a job -> node ``JOB``: up while every hard ``depends_on`` is up, the vault is up (if
   there is one: it holds the job's checkpoints and model; through ``JOB:input=NAME`` for
   each input it reads, else directly), and at least one of its worker slots
@@ -119,7 +121,22 @@ def graph_from_manifest(manifest: Manifest) -> Graph:
             rid = f"vault:{j}"
             replica_ids.append(rid)
             where = parse_replica_url(replica)
-            if not where.is_local:
+            if where.scheme == "s3":
+                endpoint = where.endpoint_host or "s3"
+                on_host = _url_host(f"http://{endpoint}") == "localhost"
+                nodes.append(
+                    Node(
+                        id=rid,
+                        kind="storage",
+                        location="on-prem" if on_host else "cloud",
+                        # One S3 endpoint is one failure domain, whatever the buckets; an
+                        # S3 server on this machine shares the machine's fate.
+                        domains={"host": "localhost"} if on_host else {"endpoint": endpoint},
+                        origin=f"vault.replicas[{j}]",
+                        label=replica,
+                    )
+                )
+            elif not where.is_local:
                 scheme = where.scheme
                 nodes.append(
                     Node(
