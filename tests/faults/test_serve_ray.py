@@ -123,14 +123,21 @@ def test_a_lost_node_s_replica_is_replaced_on_a_live_node_with_no_failed_request
             survivor = next(n for n in nodes if n != name)
             with Load(thread.url) as load_:
                 load_.wait_for(100)
+                removed_at = time.monotonic()
                 cluster.remove_node(victim, allow_graceful=False)
                 handle = handles[name]
                 _wait(lambda: handle.statistics().restarts >= 1, what="replaced")
+                noticed_s = time.monotonic() - removed_at
                 _wait(
                     lambda: handle.placement()["node"] not in ("", lost),
                     what="placed on a live node",
                 )
                 _wait(lambda: name in healthy(), what="the replacement healthy")
+                print(
+                    f"node removed: loss noticed after {noticed_s:.1f} s "
+                    f"({handle.statistics().reason}), replacement healthy after "
+                    f"{time.monotonic() - removed_at:.1f} s, {load_.ok} requests ok so far"
+                )
                 up = thread.run(lambda: gw.pool.upstreams[name])
                 sent_before = up.metrics.requests.value
                 load_.wait_for(100)
