@@ -294,6 +294,8 @@ class RayReplica:
             if exit_ is not None:
                 self.last_exit = exit_
                 return self._lost(actor, "replica exited", exit_)
+        # stopped: ``stop`` may have looked before this actor was recorded; kill it here too
+        ray.kill(actor, no_restart=True)
         return "stopped"
 
     def _lost(self, actor: Any, why: str, exit_: Mapping[str, Any] | None = None) -> str:
