@@ -181,6 +181,7 @@ def test_an_unreachable_ray_address_is_exit_2_naming_the_manifest_place(
     out = done.stdout + done.stderr
     assert done.returncode == 2, out
     assert "internal error" not in out
+    assert "serving" not in out  # said before the gateway listens
     assert "services.digits.backends.local.placement.address" in out
     assert dead in out
     assert "ray start --head" in out

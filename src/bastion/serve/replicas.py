@@ -263,11 +263,10 @@ class ReplicaSet:
         if up is not None:
             self.gateway.pool.mark_down(up, f"replica {why}")
 
-    async def start(self) -> None:
-        """Start ``min`` replicas. A Ray placement joins its cluster first: one that
-        cannot be reached is a ``UsageError`` naming the manifest place."""
-        self._loop = asyncio.get_running_loop()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+    async def connect(self) -> None:
+        """Join the Ray cluster of a Ray placement (nothing for a local one): a cluster
+        that cannot be reached is a ``UsageError`` naming the manifest place. ``start``
+        does it too; ``bastion serve`` calls it before its gateways listen."""
         placement = self.backend.placement
         if placement.backend == "ray":
             from bastion.serve._ray import connect
@@ -280,6 +279,12 @@ class ReplicaSet:
                 ".placement.address",
                 manifest=self.manifest_path,
             )
+
+    async def start(self) -> None:
+        """Start ``min`` replicas (joining a Ray placement's cluster first)."""
+        self._loop = asyncio.get_running_loop()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        await self.connect()
         for _ in range(self.autoscaler.min_replicas):
             self._spawn()
         # The start is a change: the set does not shrink before a full cool-down of load.
