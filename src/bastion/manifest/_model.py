@@ -414,6 +414,44 @@ class Replicas(_Strict):
         return self
 
 
+class Placement(_Strict):
+    """Where a local backend's replica processes run: here, or on the nodes of a Ray
+    cluster (``bastion[ray]``); the same fields as a job's ``slots``."""
+
+    backend: Literal["local", "ray"] = "local"
+    """Run the replicas here, or each in a Ray actor on a node of a Ray cluster, spread
+    over the nodes (Ray's SPREAD); a replica whose node is lost is started on another."""
+    address: str | None = None
+    """backend ray: the cluster's GCS address (``host:port``, as ``ray start --head``
+    prints it), or ``auto`` for the cluster this machine is part of."""
+    resources: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    """backend ray: what one replica needs of a node, in Ray's resource names (``CPU``,
+    ``GPU``, ``memory`` in bytes, or a custom resource such as ``server``); only nodes
+    that have it all are used. Default: ``{CPU: 1}``."""
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> Placement:
+        if self.backend == "ray":
+            if not self.address:
+                raise ValueError(
+                    "backend ray needs address: the Ray cluster's GCS address (host:port, "
+                    "as `ray start --head` prints it) or auto"
+                )
+            if self.address != "auto" and not re.fullmatch(
+                r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}", self.address
+            ):
+                hint = " (Ray Client's ray:// is not supported: give the GCS address)"
+                raise ValueError(
+                    f"address {self.address!r} is not host:port"
+                    f"{hint if self.address.startswith('ray://') else ''}; e.g. 10.0.0.5:6379"
+                )
+        elif self.address is not None or self.resources:
+            raise ValueError(
+                "address and resources are for backend ray; remove them or set backend: ray"
+            )
+        return self
+
+
 CURRENCIES = frozenset({
     "USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD", "NZD", "CNY", "INR", "SEK",
     "NOK", "DKK", "PLN", "CZK", "BRL", "MXN", "KRW", "SGD", "HKD", "ZAR",
@@ -533,6 +571,8 @@ class Backend(_Strict):
     backend counts as a use of that component."""
     replicas: Replicas = Replicas()
     """How many local replica processes to run."""
+    placement: Placement = Placement()
+    """Where its replica processes run: here (default) or on Ray nodes."""
     command: list[str] | None = None
     """A custom replica command, instead of Bastion's own."""
     api_key_env: str | None = None
@@ -547,6 +587,8 @@ class Backend(_Strict):
     def _one_target(self) -> Backend:
         if (self.model is None) == (self.url is None):
             raise ValueError("a backend needs exactly one of model (a vault ref) or url")
+        if self.url is not None and self.placement.backend != "local":
+            raise ValueError("placement is for a backend with model (local replicas), not url")
         return self
 
     @property

@@ -5,7 +5,10 @@ depth per replica, with a cool-down so it does not flap) and ``ReplicaSet`` (one
 backend with ``model:``; each replica is a ``bastion.supervise.Supervisor`` with
 ``restart_on="always"`` and a windowed restart budget). A replica that exits is marked
 ``needs_probe`` at once (no traffic), restarted by the supervisor on the same port, and
-rejoins only after its ``/health`` probe passes.
+rejoins only after its ``/health`` probe passes. A backend with ``placement: {backend:
+ray}`` runs each replica in a Ray actor on a cluster node instead (``bastion.serve._ray``,
+same interface): a lost actor or node is replaced on a live node, and the replica rejoins
+at its new address, again only after its probe.
 
 Must never: supervise processes by itself (that is ``bastion.supervise``'s job), or let
 a restarted replica take traffic before its probe passes.
@@ -19,9 +22,9 @@ import math
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bastion import event_kinds as ek
 from bastion.events import Relay
@@ -36,6 +39,9 @@ from bastion.supervise import (
     Supervisor,
     SupervisorStatistics,
 )
+
+if TYPE_CHECKING:
+    from bastion.serve._ray import RayReplica
 
 __all__ = ["Autoscaler", "AutoscalerStatistics", "ReplicaSet", "ReplicaSetStatistics"]
 
@@ -152,26 +158,42 @@ class ReplicaSet:
         self.manifest_path = manifest_path
         self.log_dir = log_dir
         self.autoscaler = autoscaler or Autoscaler(backend.replicas.min, backend.replicas.max)
-        self.replicas: dict[str, Supervisor] = {}
+        self.replicas: dict[str, Supervisor | RayReplica] = {}
         self._next = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
 
+    def _argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "bastion.serve.replica",
+            self.model,
+            "--manifest",
+            str(self.manifest_path),
+        ]
+
+    def _spec(self, name: str, url: str) -> UpstreamSpec:
+        return UpstreamSpec(
+            name=name,
+            url=url,
+            group=self.backend.name,
+            tier=self.backend.tier_index,
+            kind="local",
+            probe_path="/health",
+            model_name=self.backend.model_name,
+            arm=self.arm,
+        )
+
     def _spawn(self) -> None:
         name = f"{self.prefix}-{self._next}"
         self._next += 1
+        if self.backend.placement.backend == "ray":
+            self._spawn_on_ray(name)
+            return
         port = _free_port()
         spec = ProcessSpec(
-            argv=[
-                sys.executable,
-                "-m",
-                "bastion.serve.replica",
-                self.model,
-                "--manifest",
-                str(self.manifest_path),
-                "--port",
-                str(port),
-            ],
+            argv=[*self._argv(), "--port", str(port)],
             name=name,
             log_path=self.log_dir / f"{name}.log",
             die_with_parent=True,  # a SIGKILLed `bastion serve` leaves no replica behind
@@ -186,21 +208,42 @@ class ReplicaSet:
                 lambda kind, _subject, at_ns, data: self._on_event(name, kind, at_ns, data)
             ),
         )
-        self.gateway.add_upstream(
-            UpstreamSpec(
-                name=name,
-                url=self.url_for(name, port),
-                group=self.backend.name,
-                tier=self.backend.tier_index,
-                kind="local",
-                probe_path="/health",
-                model_name=self.backend.model_name,
-                arm=self.arm,
-            ),
-            needs_probe=True,
-        )
+        self.gateway.add_upstream(self._spec(name, self.url_for(name, port)), needs_probe=True)
         self.replicas[name] = sup
         sup.start()
+
+    def _spawn_on_ray(self, name: str) -> None:
+        """One replica in a Ray actor (``bastion.serve._ray``): it joins the pool once its
+        actor is placed and says where it listens, and again at its new address each
+        time a lost actor (a lost node) is replaced."""
+        from bastion.serve._ray import RayReplica
+
+        def placed(url: str) -> None:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._placed, name, url)
+
+        self.replicas[name] = handle = RayReplica(
+            self._argv(),
+            name=name,
+            resources=self.backend.placement.resources,
+            log_path=self.log_dir / f"{name}.log",
+            placed=placed,
+            events=lambda kind, data: self._on_event(name, kind, None, data),
+        )
+        handle.start()
+
+    def _placed(self, name: str, url: str) -> None:
+        """On the loop: (re)join replica ``name`` at ``url``, probed before any traffic."""
+        if name not in self.replicas:
+            return  # scaled in or closed meanwhile
+        pool = self.gateway.pool
+        old = pool.upstreams.get(name)
+        arm = old.arm if old is not None else self.arm
+        if old is not None:
+            if old.spec.url == url:
+                return
+            self.gateway.remove_upstream(name)
+        self.gateway.add_upstream(replace(self._spec(name, url), arm=arm), needs_probe=True)
 
     def _on_event(self, name: str, kind: str, at_ns: int | None, data: dict[str, Any]) -> None:
         """From a supervisor thread: hop onto the gateway's loop before touching the pool."""
@@ -220,9 +263,28 @@ class ReplicaSet:
         if up is not None:
             self.gateway.pool.mark_down(up, f"replica {why}")
 
+    async def connect(self) -> None:
+        """Join the Ray cluster of a Ray placement (nothing for a local one): a cluster
+        that cannot be reached is a ``UsageError`` naming the manifest place. ``start``
+        does it too; ``bastion serve`` calls it before its gateways listen."""
+        placement = self.backend.placement
+        if placement.backend == "ray":
+            from bastion.serve._ray import connect
+
+            assert placement.address is not None
+            await asyncio.to_thread(
+                connect,
+                placement.address,
+                where=f"services.{self.gateway.service}.backends.{self.backend.name}"
+                ".placement.address",
+                manifest=self.manifest_path,
+            )
+
     async def start(self) -> None:
+        """Start ``min`` replicas (joining a Ray placement's cluster first)."""
         self._loop = asyncio.get_running_loop()
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        await self.connect()
         for _ in range(self.autoscaler.min_replicas):
             self._spawn()
         # The start is a change: the set does not shrink before a full cool-down of load.

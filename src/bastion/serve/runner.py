@@ -348,6 +348,9 @@ async def run_services(
                 probers.append(prober)
             rollouts.append(RolloutController(gw, manifest, sets[name], prober=prober))
             ServiceControl(gw, sets[name])
+        for service_sets in sets.values():  # a Ray cluster out of reach: exit 2 before serving
+            for rs in service_sets.values():
+                await rs.connect()
         for gw in gateways:
             try:
                 await gw.start()
