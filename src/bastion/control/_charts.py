@@ -136,13 +136,13 @@ def service_series(
 
 
 def slo_series(manifest: Manifest, window_s: int, *, now: float | None = None) -> dict[str, Any]:
-    """Every objective evaluated at up to 60 instants over the window: budget left, SLI
+    """Every objective evaluated at 31 instants over the window: budget left, SLI
     and each burn pair's long-window burn rate (with the factor it fires at)."""
     from bastion.slo import PAIRS, SqliteSli, evaluate, objectives
 
     objs = objectives(manifest)
     end = int(time.time() if now is None else now)
-    points = 60
+    points = 30
     step = max(1, window_s // points)
     out = []
     if not objs:
