@@ -124,19 +124,29 @@ def run(ctx: DemoContext) -> Scene:
             page.wait_for_selector('main[data-loaded="events"]')
             page.wait_for_selector('#live:text-is("live")')
         serve_pid = up.children()[f"serve:{service}"]["pid"]
-        replicas = [
-            p
-            for p in psutil.Process(serve_pid).children(recursive=True)
-            if "bastion.serve.replica" in " ".join(p.cmdline())
-        ]
-        if not replicas:
+
+        def in_pool() -> list[tuple[psutil.Process, str]]:
+            """Replica processes whose backend is in the pool now (probed, breaker
+            closed): only such a one can be ejected."""
+            healthy = {
+                b["url"].rsplit(":", 1)[-1]: b["name"]
+                for b in _get(f"{url}/api/backends")["backends"]
+                if not b["needs_probe"] and b["breaker"] in (None, "closed")
+            }
+            out = []
+            for p in psutil.Process(serve_pid).children(recursive=True):
+                argv = p.cmdline()
+                if "bastion.serve.replica" in " ".join(argv) and "--port" in argv:
+                    port = argv[argv.index("--port") + 1]
+                    if port in healthy:
+                        out.append((p, healthy[port]))
+            return out
+
+        if not wait_for(lambda: bool(in_pool()), 60):
             scene.ok = False
-            scene.findings.append("  expected the gateway to run local replicas")
+            scene.findings.append("  expected a local replica in the gateway's pool")
             return scene
-        victim = replicas[0]
-        port = victim.cmdline()[victim.cmdline().index("--port") + 1]
-        backends = _get(f"{url}/api/backends")["backends"]
-        name = next((b["name"] for b in backends if b["url"].endswith(f":{port}")), "?")
+        victim, name = in_pool()[0]
         after = _get(f"{url}/api/events?limit=1")["events"]
         last = after[0]["id"] if after else 0
         killed = time.monotonic()
