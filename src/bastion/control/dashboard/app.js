@@ -141,7 +141,9 @@ function chart(opts) {
   for (const m of opts.marks || []) {
     const mx = x(m.t);
     plot.append(svg("line", { x1: mx, x2: mx, y1: T, y2: H - B, class: `mark ${m.tone || ""}` }));
-    plot.append(svg("text", { x: mx + 3, y: T + 10, class: `mark-label ${m.tone || ""}` }, m.label));
+    // a mark near the right edge has its label on its left, so it is not cut off
+    const left = mx > L + 0.6 * (W - L - R);
+    plot.append(svg("text", { x: left ? mx - 3 : mx + 3, y: T + 10, "text-anchor": left ? "end" : "start", class: `mark-label ${m.tone || ""}` }, m.label));
   }
   opts.series.forEach((s, i) => {
     const [colour, dash] = PALETTE[i % PALETTE.length];
