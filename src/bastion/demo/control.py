@@ -118,11 +118,16 @@ def run(ctx: DemoContext) -> Scene:
         )
         page = None
         if browser is not None:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(60_000)
-            page.goto(f"{url}/#/events?kind=serve.*")
-            page.wait_for_selector('main[data-loaded="events"]')
-            page.wait_for_selector('#live:text-is("live")')
+            from playwright.sync_api import Error as BrowserError
+
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.set_default_timeout(60_000)
+                page.goto(f"{url}/#/events?kind=serve.*")
+                page.wait_for_selector('main[data-loaded="events"]')
+                page.wait_for_selector('#live:text-is("live")')
+            except BrowserError as exc:  # the browser, not the dashboard: say so, go on
+                page, why = None, f"the browser failed: {str(exc).splitlines()[0]}"
         serve_pid = up.children()[f"serve:{service}"]["pid"]
 
         def in_pool() -> list[tuple[psutil.Process, str]]:
@@ -168,7 +173,12 @@ def run(ctx: DemoContext) -> Scene:
             scene.findings.append(f"no screenshot: {why}")
         else:
             row = f'tr[data-kind="serve.backend.ejected"]:has-text("{name}")'
-            page.wait_for_selector(row)
+            try:
+                page.wait_for_selector(row)
+            except BrowserError:
+                scene.ok = False
+                scene.findings.append("  expected the open timeline to show the ejection")
+                return scene
             seen = time.monotonic() - killed
             reloads = page.evaluate("performance.getEntriesByType('navigation').length")
             page.locator(row).first.evaluate("r => r.classList.add('highlight')")
