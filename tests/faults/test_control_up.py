@@ -273,6 +273,26 @@ def test_reload_changed_backends_under_load_and_bad_input_changes_nothing(
         grown = json.loads((path.parent / ".bastion" / "up" / "children.json").read_text())
         assert grown["serve:digits"] == before["serve:digits"]
         assert _counts(path) == {"up": 1, "serve": 2, "replica": 2}
+
+        # changed `slos:`: the running gateway's evaluator takes them, no restart
+        def slos(d: dict) -> None:  # type: ignore[type-arg]
+            d["slos"] = [
+                {"id": "digits-availability", "service": "digits", "objective": 0.99},
+                {"id": "more-availability", "service": "more", "objective": 0.95},
+            ]
+
+        _edit(path, slos)
+        done = _bastion("reload", "--json", "-f", str(path))
+        assert done.returncode == 0, done.stdout + done.stderr
+        result = json.loads(done.stdout)
+        assert result["ok"] is True, result
+        assert result["restarted"] == [], result
+        assert result["slos"] == {
+            "serve:digits": ["digits-availability"],
+            "serve:more": ["more-availability"],
+        }, result
+        again = json.loads((path.parent / ".bastion" / "up" / "children.json").read_text())
+        assert again == grown  # the same gateway processes: nothing restarted
     finally:
         stop_server(vendor)
 

@@ -71,6 +71,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             }
         },
         "control": {"listen": f"127.0.0.1:{_free_port()}", "scrub": None},
+        # a segment no service or job is in: quarantine and release change nothing else
+        "segments": ["lab"],
+        "slos": [{"id": "chat-availability", "service": "chat", "objective": 0.99}],
     }
     path = root / "bastion.yaml"
     YAML().dump(doc, path)
@@ -310,3 +313,95 @@ def test_the_stream_delivers_a_new_event_live(running: Running) -> None:
     event = json.loads(next(line for line in lines if line.startswith(b"data: "))[6:])
     assert event["subject"] == "live-test"
     assert b"event: control.action\n" in lines
+
+
+def _chat(running: Running) -> int:
+    listen = running.up.manifest.services["chat"].listen
+    req = urllib.request.Request(
+        f"http://{listen}/v1/chat/completions",
+        data=json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return int(resp.status)
+
+
+def test_chart_series_read_the_sli_rows_and_the_slo_burns(running: Running) -> None:
+    """Real requests through the gateway become SLI rows (flushed each second), which the
+    series endpoints read per backend; the SLO series evaluates budget and burn."""
+    deadline = time.monotonic() + 60
+    points: list[dict[str, Any]] = []
+    while not points:
+        assert _chat(running) == 200
+        _, doc = running.call("GET", "/api/services/chat/series?window=5m")
+        points = [p for b in doc["backends"] if b["name"] == "vendor" for p in b["points"]]
+        assert time.monotonic() < deadline, doc
+        time.sleep(0.2)
+    assert doc["step_s"] * 120 >= doc["window_s"]
+    assert all(p["errors"] == 0 and p["p99_ms"] is not None for p in points), points
+    assert sum(p["total"] for p in points) >= 1
+    status, bad = running.call("GET", "/api/services/chat/series?window=5y")
+    assert status == 400, bad
+    assert "window" in bad["error"]["message"], bad
+    status, _ = running.call("GET", "/api/services/nope/series")
+    assert status == 404
+    _, slos = running.call("GET", "/api/slos/series?window=10m")
+    (slo,) = slos["slos"]
+    assert slo["id"] == "chat-availability"
+    assert {p["pair"] for p in slo["pairs"]} >= {"1h/5m"}
+    assert slo["points"][-1]["budget_remaining"] == 1.0  # no error: the whole budget
+    assert slo["points"][-1]["total"] >= 1
+
+
+def test_quarantine_and_release_need_the_token_and_are_events(running: Running) -> None:
+    status, doc = running.call("POST", "/api/segments/lab/quarantine", {})
+    assert status == 401, doc
+    _, segs = running.call("GET", "/api/segments")
+    assert segs["segments"] == [{"name": "lab", "quarantined": False}]
+    status, doc = running.call("POST", "/api/segments/lab/quarantine", {}, running.auth())
+    assert status == 200, doc
+    assert doc["result"]["segment"] == "lab"
+    _, segs = running.call("GET", "/api/segments")
+    assert segs["segments"] == [{"name": "lab", "quarantined": True}]
+    status, doc = running.call("POST", "/api/segments/lab/release", {"force": 1}, running.auth())
+    assert status == 400, doc
+    status, doc = running.call("POST", "/api/segments/lab/release", {}, running.auth())
+    assert status == 200, doc
+    status, doc = running.call("POST", "/api/segments/lab/release", {}, running.auth())
+    assert status == 400, doc
+    assert "not quarantined" in doc["error"]["message"], doc
+    status, doc = running.call("POST", "/api/segments/prod/quarantine", {}, running.auth())
+    assert status == 404, doc
+    assert "lab" in doc["error"]["message"], doc
+    _, page = running.call("GET", "/api/events?kind=segment.*&subject=lab")
+    assert [e["kind"] for e in page["events"]] == ["segment.released", "segment.quarantined"]
+    assert running.up.children()["serve:chat"]["pid"] is not None  # the rest kept running
+
+
+def test_reports_are_written_listed_and_verified(running: Running) -> None:
+    from bastion.train._store import checkpoint_keys
+    from bastion.vault._keys import make_key
+
+    status, doc = running.call("POST", "/api/reports", {}, running.auth())
+    assert status == 409, doc  # no key yet
+    assert "signing key" in doc["error"]["message"], doc
+    make_key(checkpoint_keys(running.up.manifest)[0])
+    status, doc = running.call("POST", "/api/reports", None, {"Authorization": "Bearer bst_x"})
+    assert status == 401, doc
+    status, doc = running.call("POST", "/api/reports", {}, running.auth())
+    assert status == 201, doc
+    rid = doc["report"]["id"]
+    assert doc["report"]["verified"] == "verified", doc
+    _, listed = running.call("GET", "/api/reports")
+    assert rid in [r["id"] for r in listed["reports"]]
+    status, one = running.call("GET", f"/api/reports/{rid}")
+    assert status == 200, one
+    assert one["document"]["system"] == "ctl", one
+    # an edited report is shown as not verified
+    path = Path(one["path"]) / "report.json"
+    path.write_text(path.read_text().replace('"ctl"', '"ctx"', 1))
+    _, again = running.call("GET", f"/api/reports/{rid}")
+    assert again["verified"].startswith("not verified"), again
+    for bad in ("..", "..%2F..%2Fetc", "nope"):
+        status, _ = running.call("GET", f"/api/reports/{bad}")
+        assert status == 404, bad

@@ -91,6 +91,23 @@ def _get(url: str) -> Any:
         return json.loads(resp.read())
 
 
+def _predict(listen: str, stop: threading.Event) -> None:
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"inputs": [[8] * 64]}).encode()
+    while not stop.is_set():
+        req = urllib.request.Request(
+            f"http://{listen}/v1/predict", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                resp.read()
+        except (urllib.error.URLError, OSError):
+            pass
+        stop.wait(0.05)
+
+
 def _browser() -> Any:
     from playwright.sync_api import sync_playwright
 
@@ -122,6 +139,11 @@ def test_pages_load_live_ejection_and_a_drill_from_the_page(running: tuple[Up, s
             assert page.eval_on_selector(f'nav a[href="#/{name}"]', "a => a.tabIndex") == 0
         assert errors == [], errors
 
+        # traffic, so the charts have SLI rows to draw
+        listen = up.manifest.services["digits"].listen
+        stop_load = threading.Event()
+        load = threading.Thread(target=_predict, args=(listen, stop_load), daemon=True)
+        load.start()
         services = page
         services.goto(f"{up.api_url}/#/services")
         services.wait_for_selector('main[data-loaded="services"]')
@@ -166,6 +188,67 @@ def test_pages_load_live_ejection_and_a_drill_from_the_page(running: tuple[Up, s
         text = services.inner_text("main")
         assert "ejected" in text  # text, not colour alone
 
+        # the charts: drawn with data, and the ejection arrives as a mark, live
+        latency = '[data-chart="latency:digits"] svg'
+        services.wait_for_function(
+            f"document.querySelector('{latency}') && "
+            f"+document.querySelector('{latency}').dataset.points > 0",
+            timeout=60_000,
+        )
+        services.wait_for_function(
+            "+document.querySelector('[data-chart=\"errors:digits\"] svg').dataset.marks > 0",
+            timeout=60_000,
+        )
+        # the killed replica's own ejection (the absent vendor's is there from the start)
+        services.locator(
+            '[data-chart="errors:digits"] .mark-label', has_text=f"ejected {name}"
+        ).first.wait_for(timeout=60_000)
+        assert "p99 latency" in services.inner_text(f"{latency} >> xpath=..")
+        # the description and the table say it in words
+        desc = services.text_content('[data-chart="latency:digits"] desc') or ""
+        assert "latest" in desc, desc
+        assert "ms" in desc, desc
+        assert services.locator('[data-chart="latency:digits"] details table tbody tr').count() > 0
+        # keyboard: focus the chart, an arrow key reads a point
+        services.focus('[data-chart="latency:digits"]')
+        services.keyboard.press("End")
+        readout = services.text_content('[data-chart="latency:digits"] .readout') or ""
+        assert "UTC" in readout, readout
+        assert "ms" in readout, readout
+        assert services.evaluate("performance.getEntriesByType('navigation').length") == reloads
+        stop_load.set()
+        load.join(30)
+
+        # SLOs: budget and burn drawn from the same rows
+        slos = browser.new_page()
+        _watch(slos, errors)
+        slos.goto(f"{up.api_url}/#/slos")
+        slos.wait_for_selector('[data-chart="budget:digits-availability"] svg')
+        burn = slos.text_content('[data-chart="burn:digits-availability"] desc') or ""
+        assert "1h/5m" in burn, burn
+        assert (
+            int(
+                slos.get_attribute('[data-chart="budget:digits-availability"] svg', "data-points")
+                or 0
+            )
+            > 0
+        )
+
+        # training: progress from train events, updated live when one is written
+        jobs = browser.new_page()
+        _watch(jobs, errors)
+        jobs.goto(f"{up.api_url}/#/jobs")
+        jobs.wait_for_selector('[data-chart="progress:train-digits"] svg[data-points="0"]')
+        up.log.emit("train.checkpoint.saved", "train-digits", step=40, name="c1")
+        up.log.emit("train.restarted", "train-digits", attempt=1)
+        up.log.emit("train.restored", "train-digits", step=40)
+        jobs.wait_for_selector('[data-chart="progress:train-digits"] svg[data-points="2"]')
+        jobs.locator(
+            '[data-chart="progress:train-digits"] .mark-label', has_text="restarted"
+        ).first.wait_for()
+        for done in (slos, jobs, services, timeline):
+            done.close()  # each open page re-reads on every event: keep the drill's CPU
+
         drills = browser.new_page()
         _watch(drills, errors)
         drills.goto(f"{up.api_url}/#/drills")
@@ -174,7 +257,16 @@ def test_pages_load_live_ejection_and_a_drill_from_the_page(running: tuple[Up, s
         drills.fill('input[name="token"]', token)
         drills.click("button[type=submit]")
         drills.wait_for_selector("#drill-message >> text=started", timeout=30_000)
-        drills.wait_for_selector("[data-drill-state] >> text=passed", timeout=120_000)
+        try:
+            drills.wait_for_selector("[data-drill-state] >> text=passed", timeout=120_000)
+        except Exception:
+            print(drills.inner_text("main"))
+            raise
+        # segments and reports on the same page: quarantine from the page, then release
+        drills.click('button[data-action="/api/segments/staging/quarantine"]')
+        drills.wait_for_selector('[data-segment-state="staging"] >> text=quarantined')
+        drills.click('button[data-action="/api/segments/staging/release"]')
+        drills.wait_for_selector('[data-segment-state="staging"] >> text=in service')
         assert errors == [], errors
     finally:
         browser.close()

@@ -44,6 +44,7 @@ from bastion.control._openapi import document
 from bastion.control._tokens import Tokens
 from bastion.errors import (
     BastionError,
+    CheckFailed,
     InternalError,
     NotFoundError,
     UnavailableError,
@@ -316,14 +317,23 @@ class ApiServer:
         r.add_get("/api/system", self._system)
         r.add_get("/api/services", self._services)
         r.add_get("/api/services/{name}", self._service)
+        r.add_get("/api/services/{name}/series", self._service_series)
         r.add_get("/api/backends", self._backends)
         r.add_get("/api/jobs", self._jobs)
+        r.add_get("/api/jobs/{name}/series", self._job_series)
         r.add_get("/api/vault", self._vault)
         r.add_get("/api/map", self._map)
         r.add_get("/api/events", self._events)
         r.add_get("/api/events/stream", self._stream)
         r.add_get("/api/slos", self._slos)
+        r.add_get("/api/slos/series", self._slo_series)
         r.add_get("/api/drills", self._drills)
+        r.add_get("/api/segments", self._segments)
+        r.add_get("/api/reports", self._reports)
+        r.add_get("/api/reports/{id}", self._report)
+        r.add_post("/api/reports", self._write_report)
+        r.add_post("/api/segments/{segment}/quarantine", self._quarantine)
+        r.add_post("/api/segments/{segment}/release", self._release)
         r.add_post("/api/services/{name}/restart", self._restart)
         r.add_post("/api/services/{name}/scale", self._scale)
         r.add_post("/api/services/{name}/rollout", self._rollout)
@@ -826,6 +836,70 @@ class ApiServer:
 
         return web.json_response({"drills": await asyncio.to_thread(read)})
 
+    # -- chart series, segments, reports ------------------------------------------------
+    async def _service_series(self, request: web.Request) -> web.Response:
+        from bastion.control._charts import parse_window, service_series
+
+        name = self._service_name(request)
+        window = parse_window(request.query.get("window"))
+        manifest = self.up.manifest
+
+        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+            return service_series(manifest, name, window, lambda **kw: events_page(conn, **kw))
+
+        return web.json_response(_jsonable(await self._read(read)))
+
+    async def _slo_series(self, request: web.Request) -> web.Response:
+        from bastion.control._charts import parse_window, slo_series
+
+        window = parse_window(request.query.get("window"), "1h")
+        doc = await asyncio.to_thread(slo_series, self.up.manifest, window)
+        return web.json_response(_jsonable(doc))
+
+    async def _job_series(self, request: web.Request) -> web.Response:
+        from bastion.control._charts import job_series
+
+        name = request.match_info["name"]
+        if name not in self.up.manifest.jobs:
+            known = ", ".join(self.up.manifest.jobs) or "none"
+            raise NotFoundError(f"no training job {name!r} in the manifest (known: {known})")
+        doc = await self._read(lambda conn: job_series(name, lambda **kw: events_page(conn, **kw)))
+        return web.json_response(_jsonable(doc))
+
+    async def _segments(self, request: web.Request) -> web.Response:
+        manifest = self.up.manifest
+
+        def read() -> list[dict[str, Any]]:
+            from bastion.segment import SegmentState
+
+            state = SegmentState(manifest.state_dir)
+            return [
+                {"name": name, "quarantined": state.quarantined(name)} for name in manifest.segments
+            ]
+
+        return web.json_response({"segments": await asyncio.to_thread(read)})
+
+    async def _reports(self, request: web.Request) -> web.Response:
+        from bastion.control._charts import report_dirs, report_summary
+
+        manifest = self.up.manifest
+
+        def read() -> list[dict[str, Any]]:
+            found = report_dirs(manifest)
+            out = [report_summary(manifest, rid, d) for rid, d in found.items()]
+            out.sort(key=lambda r: str(r.get("generated_at", "")), reverse=True)
+            return out
+
+        return web.json_response({"reports": _jsonable(await asyncio.to_thread(read))})
+
+    async def _report(self, request: web.Request) -> web.Response:
+        from bastion.control._charts import one_report
+
+        rid = request.match_info["id"]
+        return web.json_response(
+            _jsonable(await asyncio.to_thread(one_report, self.up.manifest, rid))
+        )
+
     # -- actions -------------------------------------------------------------------------
     def _service_name(self, request: web.Request) -> str:
         name = request.match_info["name"]
@@ -959,3 +1033,79 @@ class ApiServer:
         job = await asyncio.to_thread(self.up.start_drill, path)
         self._acted(request, "drill", job["id"], experiment=str(path))
         return web.json_response({"accepted": True, "job": job}, status=202)
+
+    def _segment_name(self, request: web.Request) -> str:
+        name = request.match_info["segment"]
+        if name not in self.up.manifest.segments:
+            known = ", ".join(self.up.manifest.segments) or "none"
+            raise NotFoundError(f"no segment {name!r} in the manifest (known: {known})")
+        return name
+
+    async def _quarantine(self, request: web.Request) -> web.Response:
+        from bastion.segment import quarantine
+
+        name = self._segment_name(request)
+        body = await self._body(request)
+        if set(body) - {"stop_jobs"} or not isinstance(body.get("stop_jobs", True), bool):
+            raise UsageError('give {} or {"stop_jobs": false}')
+        report = await asyncio.to_thread(
+            quarantine, self.up.manifest, name, stop_jobs=body.get("stop_jobs", True)
+        )
+        self._acted(request, "quarantine", name)
+        return web.json_response(
+            {
+                "accepted": True,
+                "action": "quarantine",
+                "target": name,
+                "result": _jsonable(dataclasses.asdict(report)),
+            }
+        )
+
+    async def _release(self, request: web.Request) -> web.Response:
+        from bastion.segment import release
+
+        name = self._segment_name(request)
+        body = await self._body(request)
+        if set(body) - {"force"} or not isinstance(body.get("force", False), bool):
+            raise UsageError('give {} or {"force": true} (release without the check)')
+        report = await asyncio.to_thread(
+            release, self.up.manifest, name, force=body.get("force", False)
+        )
+        self._acted(request, "release", name, force=body.get("force", False))
+        return web.json_response(
+            {
+                "accepted": True,
+                "action": "release",
+                "target": name,
+                "result": _jsonable(dataclasses.asdict(report)),
+            }
+        )
+
+    async def _write_report(self, request: web.Request) -> web.Response:
+        """Build and sign a readiness report into ``<state_dir>/reports/<UTC time>/``."""
+        from bastion.control._charts import new_report_id, report_summary
+
+        body = await self._body(request)
+        if body:
+            raise UsageError("give no body (or {}): the report covers the whole system")
+        manifest = self.up.manifest
+
+        def write() -> dict[str, Any]:
+            from bastion.report import build_report, write_report
+            from bastion.train._store import checkpoint_keys
+            from bastion.vault._keys import Signer
+
+            key = checkpoint_keys(manifest)[0]
+            if not key.exists():
+                raise CheckFailed(
+                    f"the vault's signing key {key} does not exist: a report is signed with "
+                    f"it (run `bastion init {manifest.base_dir}`)"
+                )
+            rid = new_report_id()
+            out = manifest.state_dir / "reports" / rid
+            write_report(build_report(manifest), out, Signer(key))
+            return report_summary(manifest, rid, out)
+
+        summary = await asyncio.to_thread(write)
+        self._acted(request, "report", summary["id"])
+        return web.json_response({"accepted": True, "report": _jsonable(summary)}, status=201)

@@ -44,6 +44,20 @@ _NAME = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 100},
     "description": "the service's name in the manifest",
 }
+_SEGMENT = {
+    "name": "segment",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+    "description": "the segment's name in the manifest",
+}
+_WINDOW_PARAM = {
+    "name": "window",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,4}[smhd]$", "maxLength": 6},
+    "description": "how far back: 15m, 6h, 7d (1 minute to 31 days)",
+}
 _FILTERS = [
     {
         "name": k,
@@ -79,11 +93,12 @@ def _action(
     ok: str = "200",
     errors: tuple[int, ...] = (400, 401, 403, 404, 409, 413, 429, 502, 503),
     name: bool = True,
+    params: list[Any] | None = None,
 ) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
         "security": [{"bearer": []}],
-        "parameters": [_NAME] if name else [],
+        "parameters": ([_NAME] if name else []) + (params or []),
         "responses": {ok: _json(_ref("Accepted"), "accepted"), **_errors(*errors)},
     }
     if body is not None:
@@ -311,6 +326,144 @@ def document(url: str = "") -> dict[str, Any]:
                 }
             },
         },
+        "Series": {
+            "type": "object",
+            "required": ["service", "window_s", "step_s", "start", "end", "backends", "marks"],
+            "properties": {
+                "service": {"type": "string"},
+                "window_s": {"type": "integer"},
+                "step_s": {"type": "integer"},
+                "start": {"type": "integer"},
+                "end": {"type": "integer"},
+                "bounds_ms": {"type": "array", "items": {"type": "number"}},
+                "backends": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "points"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "points": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["t", "total", "errors", "error_rate"],
+                                    "properties": {
+                                        "t": {"type": "integer"},
+                                        "total": {"type": "integer"},
+                                        "errors": {"type": "integer"},
+                                        "error_rate": {"type": "number"},
+                                        "p50_ms": {"type": "number", "nullable": True},
+                                        "p99_ms": {"type": "number", "nullable": True},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+                "marks": {"type": "array", "items": _ref("Mark")},
+            },
+        },
+        "Mark": {
+            "type": "object",
+            "required": ["t", "kind"],
+            "properties": {"t": {"type": "number"}, "kind": {"type": "string"}, "data": _OBJ},
+        },
+        "SloSeries": {
+            "type": "object",
+            "required": ["window_s", "step_s", "slos"],
+            "properties": {
+                "window_s": {"type": "integer"},
+                "step_s": {"type": "integer"},
+                "slos": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "service", "target", "pairs", "points"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "service": {"type": "string"},
+                            "target": {"type": "number"},
+                            "pairs": {"type": "array", "items": _OBJ},
+                            "points": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["t", "budget_remaining", "burns"],
+                                    "properties": {
+                                        "t": {"type": "integer"},
+                                        "budget_remaining": {"type": "number"},
+                                        "sli": {"type": "number", "nullable": True},
+                                        "total": {"type": "integer"},
+                                        "burns": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "number"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+        "JobSeries": {
+            "type": "object",
+            "required": ["job", "progress", "marks"],
+            "properties": {
+                "job": {"type": "string"},
+                "progress": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["t", "step", "kind"],
+                        "properties": {
+                            "t": {"type": "number"},
+                            "step": {"type": "integer"},
+                            "kind": {"type": "string"},
+                        },
+                    },
+                },
+                "marks": {"type": "array", "items": _ref("Mark")},
+            },
+        },
+        "Segments": {
+            "type": "object",
+            "required": ["segments"],
+            "properties": {
+                "segments": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "quarantined"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "quarantined": {"type": "boolean"},
+                        },
+                    },
+                }
+            },
+        },
+        "ReportSummary": {
+            "type": "object",
+            "required": ["id", "path"],
+            "properties": {
+                "id": {"type": "string"},
+                "path": {"type": "string"},
+                "generated_at": {"type": "string"},
+                "score": {"type": "number", "nullable": True},
+                "drills": {"type": "integer"},
+                "findings": {"type": "integer"},
+                "verified": {"type": "string"},
+                "error": {"type": "string"},
+                "document": {"type": "object", "nullable": True},
+            },
+        },
+        "Reports": {
+            "type": "object",
+            "required": ["reports"],
+            "properties": {"reports": {"type": "array", "items": _ref("ReportSummary")}},
+        },
         "Drills": {
             "type": "object",
             "required": ["drills"],
@@ -413,6 +566,68 @@ def document(url: str = "") -> dict[str, Any]:
                 name=False,
             ),
         },
+        "/api/services/{name}/series": _read(
+            "a service's latency and errors per backend over a window, with its rollouts and "
+            "ejections as marks",
+            "Series",
+            params=[_NAME, _WINDOW_PARAM],
+        ),
+        "/api/slos/series": _read(
+            "every SLO's budget left and burn rates over a window",
+            "SloSeries",
+            params=[_WINDOW_PARAM],
+        ),
+        "/api/jobs/{name}/series": _read(
+            "a training job's steps over time, restarts and failures",
+            "JobSeries",
+            params=[{**_NAME, "description": "the training job's name in the manifest"}],
+        ),
+        "/api/segments": _read("every segment and whether it is quarantined", "Segments"),
+        "/api/segments/{segment}/quarantine": _action(
+            "quarantine a segment: revoke its tokens, take its backends out, freeze its "
+            "directories, stop its jobs (docs/segments.md)",
+            body={
+                "type": "object",
+                "properties": {"stop_jobs": {"type": "boolean"}},
+                "additionalProperties": False,
+            },
+            errors=(400, 401, 403, 404, 409, 413, 429),
+            name=False,
+            params=[_SEGMENT],
+        ),
+        "/api/segments/{segment}/release": _action(
+            "release a quarantined segment after its check (force: without it)",
+            body={
+                "type": "object",
+                "properties": {"force": {"type": "boolean"}},
+                "additionalProperties": False,
+            },
+            errors=(400, 401, 403, 404, 409, 413, 429),
+            name=False,
+            params=[_SEGMENT],
+        ),
+        "/api/reports": {
+            **_read("the readiness reports written, newest first", "Reports"),
+            **_action(
+                "write and sign a readiness report into <state_dir>/reports/<time>/",
+                ok="201",
+                errors=(400, 401, 403, 409, 413, 429),
+                name=False,
+            ),
+        },
+        "/api/reports/{id}": _read(
+            "one readiness report: its summary, signature check and report.json",
+            "ReportSummary",
+            params=[
+                {
+                    "name": "id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+                    "description": "the report's id (GET /api/reports)",
+                }
+            ],
+        ),
         "/api/services/{name}/restart": _action(
             "restart a service's gateway process", ok="202", errors=(400, 401, 403, 404, 409, 429)
         ),

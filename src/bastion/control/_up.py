@@ -69,6 +69,12 @@ def _port_free(listen: str) -> str:
     return ""
 
 
+def _objectives_of(manifest: Manifest, service: str) -> list[Any]:
+    from bastion.slo import objectives
+
+    return [o for o in objectives(manifest) if o.service == service]
+
+
 def _log_tail(path: Path, lines: int = 3) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
@@ -577,6 +583,8 @@ class Up:
         in_place, restart = [], []
         for name in old.services.keys() & new.services.keys():
             plan, _why = reload_plan(old.services[name], new.services[name])
+            if plan == "same" and _objectives_of(old, name) != _objectives_of(new, name):
+                plan = "in_place"  # its gateway's SLO evaluator takes the new objectives
             if plan == "in_place":
                 in_place.append(f"serve:{name}")
             elif plan == "restart":
@@ -603,8 +611,9 @@ class Up:
                         f"service {name!r} cannot move to {listen}: {why} (nothing was changed)"
                     )
         # in place first: those gateways keep answering while they change
+        slos = {}
         for child in in_place:
-            self._reload_child(child, digest)
+            slos[child] = self._reload_child(child, digest)
         self.manifest = new
         for child in removed:
             sup = self.sups.pop(child)
@@ -639,9 +648,12 @@ class Up:
             "removed": removed,
             "reloaded": in_place,
             "restarted": restart,
+            "slos": slos,
         }
 
-    def _reload_child(self, child: str, digest: str) -> None:
+    def _reload_child(self, child: str, digest: str) -> list[str]:
+        """SIGHUP one gateway and wait for its acknowledgement; the SLO ids it now
+        evaluates."""
         sup = self.sups[child]
         ack = self.files.ack(child)
         with contextlib.suppress(FileNotFoundError):
@@ -659,7 +671,7 @@ class Up:
                         f"{child} read a different manifest (the file changed during the "
                         "reload); run `bastion reload` again"
                     )
-                return
+                return [str(i) for i in doc.get("slos") or []]
             time.sleep(0.02)
         raise UsageError(f"{child} did not acknowledge the reload within 60 s")
 

@@ -35,6 +35,7 @@ SCENES = (
     "validate",
     "rollout",
     "outcomes",
+    "control",
 )
 
 

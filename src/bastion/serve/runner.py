@@ -384,6 +384,8 @@ async def run_services(
                 result = await _reload(manifest, gateways, sets, sink, pinned)
                 if result.get("ok"):
                     manifest = result.pop("manifest")
+                    # changed `slos:` take effect here, with no gateway restart
+                    result["slos"] = await asyncio.to_thread(sli.retarget, manifest)
                 if reloaded is not None:
                     reloaded(result)
     finally:
@@ -501,6 +503,7 @@ class _SliRecording:
         from bastion.slo import SliWriter, objectives
 
         self.manifest = manifest
+        self.names = list(names)
         self.objectives = [o for o in objectives(manifest) if o.service in names]
         self.writer = SliWriter.in_state_dir(manifest.state_dir)
         self.recorders: list[Any] = []
@@ -527,6 +530,26 @@ class _SliRecording:
                 EventLog.in_state_dir(self.manifest.state_dir),
             )
             self._loop = SloLoop(evaluator).start()
+
+    def retarget(self, manifest: Manifest) -> list[str]:
+        """Evaluate the objectives of ``manifest`` (a reload's) from the next step on;
+        their ids. The evaluator keeps its open alerts (an alert of a removed objective
+        stays as recorded; nothing resolves it)."""
+        from bastion.events import EventLog
+        from bastion.slo import Evaluator, SloLoop, SqliteSli, objectives
+
+        self.manifest = manifest
+        self.objectives = [o for o in objectives(manifest) if o.service in self.names]
+        if self._loop is not None:
+            self._loop.evaluator.objectives = list(self.objectives)  # one assignment: atomic
+        elif self.objectives and self._flusher is not None:
+            evaluator = Evaluator(
+                self.objectives,
+                SqliteSli.in_state_dir(manifest.state_dir),
+                EventLog.in_state_dir(manifest.state_dir),
+            )
+            self._loop = SloLoop(evaluator).start()
+        return [o.id for o in self.objectives]
 
     async def _flush_every_second(self) -> None:
         import time

@@ -254,6 +254,28 @@ class SqliteSli:
             (int(r[0]), Tally(int(r[1]), int(r[2]), tuple(int(v) for v in r[3:]))) for r in rows
         ]
 
+    def backend_series(
+        self, service: str, start: int, end: int, *, step: int
+    ) -> list[tuple[int, str, Tally]]:
+        """``service``'s tallies over ``[start, end)`` per backend, in buckets of ``step``
+        seconds (read from the hour table when ``step`` is whole hours, the minute table
+        when whole minutes, else the seconds): (bucket start, backend, tally), oldest
+        first; buckets with no row are left out. The dashboard's charts read this."""
+        if step < 1:
+            raise ValueError(f"step {step}: at least 1 second")
+        table = "sli_h" if step % 3600 == 0 else "sli_m" if step % 60 == 0 else "sli_s"
+        sums = ", ".join(f"sum({c})" for c in ("good", "total", *_COLS.split(", ")))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT (t / ?) * ?, backend, {sums} FROM {table} "  # noqa: S608 - our columns
+                "WHERE service = ? AND t >= ? AND t < ? GROUP BY t / ?, backend ORDER BY 1, 2",
+                (step, step, service, start, end, step),
+            ).fetchall()
+        return [
+            (int(r[0]), str(r[1]), Tally(int(r[2]), int(r[3]), tuple(int(v) for v in r[4:])))
+            for r in rows
+        ]
+
     def first_after(self, service: str, start: int) -> int | None:
         with self._lock:
             row = self._conn.execute(
