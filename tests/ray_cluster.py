@@ -36,10 +36,14 @@ class RayCluster:
             initialize_head=True,
             head_node_args={**NODE, "include_dashboard": False, "_system_config": FAST_HEALTH},
         )
-        for _ in range(workers):
-            self.cluster.add_node(**NODE, resources=TRAINER)
-        self.cluster.wait_for_nodes()
-        ray.init(address=self.cluster.address, namespace="bastion", log_to_driver=False)
+        try:
+            for _ in range(workers):
+                self.cluster.add_node(**NODE, resources=TRAINER)
+            self.cluster.wait_for_nodes()
+            ray.init(address=self.cluster.address, namespace="bastion", log_to_driver=False)
+        except BaseException:
+            self.shutdown()  # no Ray process outlives a cluster that failed to start
+            raise
 
     @property
     def address(self) -> str:
