@@ -34,6 +34,11 @@ that name and stops it politely (its emergency checkpoint), then resumes from th
 verified checkpoint in the vault, as on one machine. The subprocess dies with its actor
 (``PR_SET_PDEATHSIG``, armed from the actor's thread that waits for it).
 
+Starting an attempt waits, in the supervisor's thread, for the actor to answer (up to
+60 s: Ray starts a worker process on the node first); an actor that cannot be placed
+in that time is a lost attempt, restarted with the backoff. There is no warm standby on
+a Ray node, so a restart pays the interpreter's and torch's start-up there.
+
 What a node needs: the job's command, working directory, manifest, state directory
 and vault replicas at the same paths as the driver (a shared file system, or replicas
 that are shared, e.g. S3, with the event log on PostgreSQL). On one machine
