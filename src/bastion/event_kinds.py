@@ -97,6 +97,9 @@ TRAIN_RESTARTED = _k("train.restarted", "the worker runs again after a failure (
 TRAIN_FAILED = _k("train.failed", "the job gave up (cause, reason)")
 TRAIN_SLOT_FAILED = _k("train.slot.failed", "a worker slot was found unusable (slot, reason)")
 TRAIN_FAILOVER = _k("train.failover", "the job moved to another worker slot (from_slot, to_slot)")
+TRAIN_NODE_LOST = _k(
+    "train.node.lost", "the Ray node (or actor) running the worker was lost (slot, node, reason)"
+)
 TRAIN_SUPERVISOR_RESUMED = _k(
     "train.supervisor.resumed", "a restarted supervisor took over its own earlier run"
 )

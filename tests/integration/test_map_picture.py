@@ -39,7 +39,7 @@ components:
   - {id: features, kind: feature-store, domains: {site: dc1}, depends_on: [db, cache]}
 jobs:
   train: {command: [python, t.py], inputs: {d: dataset/d@1}, depends_on: [gpu, features],
-          slots: [{name: w1}, {name: w2, backend: ray}]}
+          slots: [{name: w1}, {name: w2, backend: ray, address: '10.0.0.5:6379'}]}
   nightly: {command: [python, n.py], depends_on: [db]}
 services:
   api:

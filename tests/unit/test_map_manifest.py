@@ -76,7 +76,10 @@ def test_job_with_slots_and_inputs_and_vault() -> None:
                 "command": ["true"],
                 "depends_on": ["gpu"],
                 "inputs": {"data": "dataset/d@1"},
-                "slots": [{"name": "w1"}, {"name": "w2", "backend": "ray"}],
+                "slots": [
+                    {"name": "w1"},
+                    {"name": "w2", "backend": "ray", "address": "10.0.0.5:6379"},
+                ],
             }
         },
     )

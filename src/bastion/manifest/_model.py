@@ -347,7 +347,36 @@ class WorkerSlot(_Strict):
     scratch: RelPath | None = None
     """A scratch directory for the worker."""
     backend: Literal["local", "ray"] = "local"
-    """Run the worker here, or on a Ray cluster."""
+    """Run the worker here, or on a node of a Ray cluster (``bastion[ray]``)."""
+    address: str | None = None
+    """backend ray: the cluster's GCS address (``host:port``, as ``ray start --head``
+    prints it), or ``auto`` for the cluster this machine is part of."""
+    resources: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    """backend ray: what the worker needs of a node, in Ray's resource names (``CPU``,
+    ``GPU``, ``memory`` in bytes, or a custom resource such as ``trainer``); only nodes
+    that have it all are used. Default: ``{CPU: 1}``."""
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> WorkerSlot:
+        if self.backend == "ray":
+            if not self.address:
+                raise ValueError(
+                    "backend ray needs address: the Ray cluster's GCS address (host:port, "
+                    "as `ray start --head` prints it) or auto"
+                )
+            if self.address != "auto" and not re.fullmatch(
+                r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}", self.address
+            ):
+                hint = " (Ray Client's ray:// is not supported: give the GCS address)"
+                raise ValueError(
+                    f"address {self.address!r} is not host:port"
+                    f"{hint if self.address.startswith('ray://') else ''}; e.g. 10.0.0.5:6379"
+                )
+        elif self.address is not None or self.resources:
+            raise ValueError(
+                "address and resources are for backend ray; remove them or set backend: ray"
+            )
+        return self
 
 
 class Segment(_Strict):

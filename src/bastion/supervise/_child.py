@@ -176,7 +176,19 @@ def _oom_kills() -> int | None:
 
 class Child:
     """A running process started from a ``ProcessSpec``. Non-blocking ``poll()`` makes it
-    usable from asyncio code (call it from a periodic task); ``wait()`` blocks."""
+    usable from asyncio code (call it from a periodic task); ``wait()`` blocks.
+
+    A subclass may run the process elsewhere (``bastion.train``'s Ray child runs it on a
+    node of a Ray cluster) by overriding ``poll``, ``wait``, ``signal``,
+    ``first_beat_seen`` and ``placement``; it sets ``local = False`` so no local warm
+    standby is kept for it."""
+
+    #: the process runs on this machine (a warm standby here can replace it)
+    local = True
+
+    def placement(self) -> dict[str, Any]:
+        """Where the process runs, for events (empty: here)."""
+        return {}
 
     def __init__(
         self,

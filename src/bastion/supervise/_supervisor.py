@@ -33,6 +33,8 @@ __all__ = ["Outcome", "State", "Supervisor", "SupervisorStatistics"]
 
 State = Literal["idle", "running", "stopping", "backoff", "succeeded", "failed", "stopped"]
 SpecFactory = Callable[[int], ProcessSpec]
+#: starts a child somewhere else than here (a Ray node), or None: start it here
+Launch = Callable[[ProcessSpec, Path | None, Mapping[str, str]], Child | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,8 @@ class Supervisor:
     failed job, while a child that crashes at once every time still exhausts the budget.
     ``warm_standby`` keeps one interpreter with ``preload`` imported waiting (see
     ``_standby``), so a restart skips interpreter start-up and heavy imports.
+    ``launch(spec, heartbeat_path, env)`` may start the child elsewhere (a ``Child``
+    subclass, e.g. on a Ray node) or return None to start it here as usual.
 
     Events go to ``events`` as ``kind_prefix`` + one of ``bastion.event_kinds.CHILD``
     (``started``, ``exited``, ``hang``, ``restarting``, ``budget_exhausted``, ``fatal``,
@@ -118,6 +122,7 @@ class Supervisor:
         extra_env: Mapping[str, str] | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        launch: Launch | None = None,
     ) -> None:
         if heartbeat_timeout_s is not None and heartbeat_path is None:
             raise ValueError("heartbeat_timeout_s needs a heartbeat_path for the child to touch")
@@ -144,6 +149,7 @@ class Supervisor:
         self.extra_env = dict(extra_env or {})
         self.rng = rng or random.Random()
         self.clock = clock
+        self.launch = launch
         self.state: State = "idle"
         self.child: Child | None = None
         self.attempts = 0
@@ -171,6 +177,21 @@ class Supervisor:
         self.attempts += 1
         env = {**self.extra_env, "BASTION_ATTEMPT": str(self.attempts)}
         standby, self.standby = self.standby, None
+        elsewhere = self.launch(spec, self.heartbeat_path, env) if self.launch else None
+        if elsewhere is not None:
+            if standby is not None:
+                standby.discard()
+            self.child = elsewhere
+            self.state = "running"
+            self._emit(
+                "started",
+                pid=elsewhere.pid,
+                argv=list(spec.argv),
+                name=spec.name,
+                warm=False,
+                **elsewhere.placement(),
+            )
+            return
         # Taken over, a standby still importing is better than a cold start, but only one
         # that had finished its imports made this a warm start, and the event says which.
         ready = standby is not None and standby.standby_ready()
@@ -202,7 +223,7 @@ class Supervisor:
     def _maybe_prepare_standby(self) -> None:
         """Start the next attempt's interpreter once the current child is past its own
         start-up (its first heartbeat), so the two do not compete for the CPU then."""
-        if not self.warm_standby or self.child is None:
+        if not self.warm_standby or self.child is None or not self.child.local:
             return
         if self.standby is not None:
             if self.standby.poll() is None:

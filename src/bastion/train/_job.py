@@ -41,6 +41,7 @@ from bastion.events import EventLog, Relay, redact
 from bastion.manifest import Manifest
 from bastion.supervise import (
     Backoff,
+    Child,
     ProcessSpec,
     RestartBudget,
     Supervisor,
@@ -49,6 +50,7 @@ from bastion.supervise import (
     pid_alive,
 )
 from bastion.train._env import ENV_FRESH_RUN, ENV_JOB, ENV_MANIFEST, ENV_RUN_ID, ENV_STATE_DIR
+from bastion.train._ray import RayChild, RaySlot, run_name, stop_orphans
 from bastion.train._slots import LocalSlot, SlotPicker, WorkerSlot, slots_from_manifest
 from bastion.train._store import require_signing_key
 
@@ -216,7 +218,7 @@ class JobSupervisor:
             backoff=Backoff(initial=cfg.restart.backoff_s, cap=cfg.restart.backoff_max_s),
             heartbeat_timeout_s=cfg.heartbeat_timeout_s,
             grace_s=cfg.grace_s,
-            slots=slots_from_manifest(cfg),
+            slots=slots_from_manifest(cfg, name=job, source=str(manifest.path or "bastion.yaml")),
             manifest_path=manifest.path,
             warm_standby=cfg.warm_standby,
             startup_timeout_s=cfg.startup_timeout_s,
@@ -279,8 +281,9 @@ class JobSupervisor:
         if state.get("status") != "running" or not state.get("run_id"):
             self._new_run()
             return 0
-        orphan = state.get("child_pid")
-        outcome = self._stop_orphan(state)
+        orphan = state.get("child_pid") or state.get("ray_actor")
+        outcome = self._stop_ray_orphan(state) if state.get("ray_actor") else None
+        outcome = outcome or self._stop_orphan(state)
         if self.fresh:
             self._new_run()
             return 0
@@ -331,6 +334,27 @@ class JobSupervisor:
             os.killpg(pid, signal.SIGKILL)
         self._wait_gone(pid, 5.0)
         return "killed"
+
+    def _stop_ray_orphan(self, state: Mapping[str, Any]) -> str | None:
+        """Stop the dead driver's workers on the Ray cluster (found by the run's actor
+        name, not a pid): SIGTERM, grace, SIGKILL, as ``_stop_orphan``."""
+        slot = next(
+            (
+                s
+                for s in self.picker.slots
+                if isinstance(s, RaySlot) and s.name == state.get("slot")
+            ),
+            next((s for s in self.picker.slots if isinstance(s, RaySlot)), None),
+        )
+        if slot is None:
+            return None
+        slot.preflight()
+        stopped = stop_orphans(run_name(self.name, self.state_dir), self.grace_s)
+        outcomes = [o for _name, o in stopped]
+        for worse in ("killed", "stopped", "exited", "gone"):
+            if worse in outcomes:
+                return worse
+        return "exited"
 
     def _is_our_worker(self, pid: int, state: Mapping[str, Any]) -> bool:
         """Whether ``pid`` is still the worker the state file names, not a process that
@@ -402,20 +426,55 @@ class JobSupervisor:
             log_path=self.log_path,
         )
 
+    def _launch(
+        self, spec: ProcessSpec, heartbeat_path: Path | None, env: Mapping[str, str]
+    ) -> Child | None:
+        """The current slot starts the worker (a Ray slot: on a node), or None: here."""
+        return self._slot.launch(spec, heartbeat_path, env) if self._slot is not None else None
+
     def _on_event(self, kind: str, at_ns: int | None, data: dict[str, Any]) -> None:
         data = dict(data)
         if self._slot is not None:
             data.setdefault("slot", self._slot.name)
+        if kind == "started" and data.get("backend") == "ray":
+            # the pid is on another node: the actor's name is what a new driver finds
+            self._write_state(
+                child_pid=None,
+                child_created=None,
+                ray_actor=data.get("actor"),
+                ray_node=data.get("node"),
+                slot=data.get("slot"),
+            )
+            self._emit(ek.TRAIN_STARTED, at_ns=at_ns, **data)
+            if data.get("attempt", 1) > 1:
+                self._emit(ek.TRAIN_RESTARTED, at_ns=at_ns, **data)
+            return
         if kind == "started":
             pid = data.get("pid")
-            self._write_state(child_pid=pid, child_created=_created(pid), slot=data.get("slot"))
+            self._write_state(
+                child_pid=pid, child_created=_created(pid), slot=data.get("slot"), ray_actor=None
+            )
             self._emit(ek.TRAIN_STARTED, at_ns=at_ns, **data)
             if data.get("attempt", 1) > 1:
                 self._emit(ek.TRAIN_RESTARTED, at_ns=at_ns, **data)
             return
         if kind == "exited":
             data["last_step"] = heartbeat_progress(self.heartbeat_path)
-            self._write_state(child_pid=None, last_exit=data)
+            child = self.supervisor.child if self.supervisor is not None else None
+            if isinstance(child, RayChild):
+                data.update(node=child.node, lost=child.lost)
+                if child.lost is not None:
+                    self._emit(
+                        ek.TRAIN_NODE_LOST,
+                        at_ns=child.lost_ns,
+                        slot=data.get("slot"),
+                        node=child.node,
+                        node_ip=child.node_ip,
+                        actor=child.actor_name,
+                        reason=child.lost,
+                        last_step=data["last_step"],
+                    )
+            self._write_state(child_pid=None, ray_actor=None, last_exit=data)
         if kind in ("budget_exhausted", "fatal"):
             # one kind for "the job gave up", whatever the reason (status and reports
             # look for it); the supervisor's own word is the cause
@@ -461,6 +520,7 @@ class JobSupervisor:
             preload=self.preload,
             events=Relay(lambda kind, _subject, at_ns, data: self._on_event(kind, at_ns, data)),
             rng=self.rng,
+            launch=self._launch,
         )
         sup.restarts = preloaded
         self.supervisor = sup
@@ -521,9 +581,16 @@ class JobSupervisor:
             self.supervisor.request_stop()
 
     def check(self) -> None:
-        """Refuse a job that cannot start: a manifest job's checkpoints need a vault that
+        """Refuse a job that cannot start: a Ray slot needs ray and a cluster that answers;
+        a manifest job's checkpoints need a vault that
         can sign (``UsageError`` naming the fix, exit 2, and a ``train.failed`` event).
         Without this the job would fail at its first checkpoint; ``run()`` checks first."""
+        try:
+            for slot in self.picker.slots:
+                slot.preflight()
+        except BastionError as exc:
+            self._emit(ek.TRAIN_FAILED, cause="config", reason=str(exc))
+            raise
         if self._manifest is None:
             return
         try:

@@ -3,9 +3,11 @@
 Owns: the ``WorkerSlot`` interface (``name``, ``check()``, ``env()``, ``describe()``),
 the local implementation, and the choice of the next healthy slot.
 
-A slot is "a place that can run the job": today a local scratch directory; tomorrow a
-Ray actor placement (``backend: ray`` in the manifest). The supervisor only calls these
-three methods, so a Ray backend is one new class here.
+A slot is "a place that can run the job": a local scratch directory, or a node of a Ray
+cluster (``backend: ray``, ``_ray.RaySlot``). The job supervisor calls ``check()`` to
+pick one, ``preflight()`` once before it starts (a slot that can never work is a usage
+error, exit 2), and ``launch()`` to start the worker there (``None``: start it here, as
+``supervise`` does, warm standby included).
 
 Must never: delete or move anything in a scratch directory (probe files aside).
 """
@@ -14,11 +16,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from bastion.errors import UnavailableError, UsageError
+from bastion.supervise import Child, ProcessSpec
 
 __all__ = ["LocalSlot", "SlotPicker", "WorkerSlot", "slots_from_manifest"]
 
@@ -35,6 +38,16 @@ class WorkerSlot(Protocol):
         ...
 
     def describe(self) -> dict[str, Any]: ...
+
+    def preflight(self) -> None:
+        """Raise ``UsageError`` if the slot can never run the job as configured."""
+        ...
+
+    def launch(
+        self, spec: ProcessSpec, heartbeat_path: Path | None, env: Mapping[str, str]
+    ) -> Child | None:
+        """Start the worker on this slot, or ``None``: the supervisor starts it here."""
+        ...
 
 
 class LocalSlot:
@@ -70,17 +83,36 @@ class LocalSlot:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "backend": "local", "scratch": str(self.scratch or "")}
 
+    def preflight(self) -> None:
+        return None
 
-def slots_from_manifest(job: Any) -> list[WorkerSlot]:
-    """The job's ``slots`` (default: one local slot with no scratch)."""
+    def launch(
+        self, spec: ProcessSpec, heartbeat_path: Path | None, env: Mapping[str, str]
+    ) -> Child | None:
+        return None
+
+
+def slots_from_manifest(
+    job: Any, *, name: str = "", source: str = "bastion.yaml"
+) -> list[WorkerSlot]:
+    """The job's ``slots`` (default: one local slot with no scratch). ``name`` and
+    ``source`` (the manifest's path) say where a slot is, for its errors."""
     out: list[WorkerSlot] = []
-    for slot in getattr(job, "slots", None) or []:
-        if slot.backend != "local":
+    for i, slot in enumerate(getattr(job, "slots", None) or []):
+        if slot.backend == "ray":
+            from bastion.train._ray import RaySlot
+
+            where = f"{source}: jobs.{name or '?'}.slots[{i}]"
+            out.append(
+                RaySlot(slot.name, slot.address, slot.resources, scratch=slot.scratch, where=where)
+            )
+        elif slot.backend == "local":
+            out.append(LocalSlot(slot.name, slot.scratch))
+        else:
             raise UsageError(
                 f"worker slot {slot.name!r}: backend {slot.backend!r} is not available in "
-                "this build (use backend: local)"
+                "this build (use backend: local or ray)"
             )
-        out.append(LocalSlot(slot.name, slot.scratch))
     return out or [LocalSlot("local")]
 
 
