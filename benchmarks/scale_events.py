@@ -54,7 +54,9 @@ def run(target: str, writers: int, events: int) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(writers + 1)
     out = ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(target, events, barrier, out)) for _ in range(writers)]
+    procs = [
+        ctx.Process(target=_writer, args=(target, events, barrier, out)) for _ in range(writers)
+    ]
     for p in procs:
         p.start()
     barrier.wait()

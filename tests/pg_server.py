@@ -79,7 +79,7 @@ class PgServer:
                 ) from None
             os.chown(self.base, user.pw_uid, user.pw_gid)
             self._as = ["runuser", "-u", "postgres", "--"]
-        os.chmod(self.base, 0o700)
+        self.base.chmod(0o700)
         pwfile = self.base / "pw"
         pwfile.write_text(PASSWORD + "\n")
         if self._as:

@@ -57,11 +57,15 @@ def test_postgresql_indexes_and_host(log: LogTarget) -> None:
         event = opened.emit("test.one", "x")
         assert opened.query()[0].host == event.host
     if log.backend == "postgresql":
-        names = {r[0] for r in log.sql("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")}
+        names = {
+            r[0] for r in log.sql("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")
+        }
         assert {"events_ts", "events_kind"} <= names
-        assert event.host and event.to_json()["host"] == event.host
+        assert event.host
+        assert event.to_json()["host"] == event.host
     else:
-        assert event.host == "" and "host" not in event.to_json()
+        assert event.host == ""
+        assert "host" not in event.to_json()
 
 
 def test_wal_mode_and_indexes(tmp_path: Path) -> None:

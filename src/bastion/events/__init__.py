@@ -74,7 +74,6 @@ class Emit(Protocol):
     ) -> object: ...
 
 
-
 _SECRET_KEY = re.compile(
     r"(pass(word|wd)?|secret|token|api[_-]?key|authorization|credential|private[_-]?key)",
     re.IGNORECASE,
@@ -282,7 +281,7 @@ class EventLog:
             from bastion.events._postgres import PostgresBackend
 
             self.url: str | None = str(path)
-            self.path = Path(".")
+            self.path = Path()
             self._backend = PostgresBackend(str(path), retry_s=retry_s)
         else:
             from bastion.events._sqlite import SqliteBackend
@@ -331,7 +330,15 @@ class EventLog:
             ts -= max(0, mono - at_ns) / 1e9
             mono = at_ns
         segment = segment or ""
-        row_id = self._backend.insert(ts, mono, kind, subject, segment, body, uuid.uuid4().hex)
+        row_id = self._backend.insert(
+            ts=ts,
+            mono=mono,
+            kind=kind,
+            subject=subject,
+            segment=segment,
+            body=body,
+            uid=uuid.uuid4().hex,
+        )
         host = getattr(self._backend, "host", "")
         return Event(kind, subject, segment, payload, ts, mono, row_id, host)
 

@@ -123,7 +123,9 @@ class PostgresBackend:
     def _unavailable(self, exc: BaseException, *, doing: str) -> UnavailableError:
         from bastion.events import redact
 
-        reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        reason = redact(
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        )
         return UnavailableError(
             f"the event log's PostgreSQL server {self.where} is not answering ({doing}): "
             f"{reason} (is the server up? check events: in the manifest, and "
@@ -168,7 +170,7 @@ class PostgresBackend:
     # ------------------------------------------------------------------ the log
 
     def insert(
-        self, ts: float, mono: int, kind: str, subject: str, segment: str, body: str, uid: str
+        self, *, ts: float, mono: int, kind: str, subject: str, segment: str, body: str, uid: str
     ) -> int:
         def append(conn: Any) -> int:
             with conn.transaction():
@@ -197,9 +199,7 @@ class PostgresBackend:
         since: float | None,
         limit: int | None,
     ) -> list[tuple[Any, ...]]:
-        sql = (
-            "SELECT id, ts, mono_ns, kind, subject, segment, data, host FROM events WHERE id > %s"
-        )
+        sql = "SELECT id, ts, mono_ns, kind, subject, segment, data, host FROM events WHERE id > %s"
         args: list[Any] = [after_id]
         if kind:
             sql += " AND kind ~ %s" if glob else " AND kind = %s"

@@ -91,7 +91,7 @@ class SqliteBackend:
         return None  # pragma: no cover
 
     def insert(
-        self, ts: float, mono: int, kind: str, subject: str, segment: str, body: str, uid: str
+        self, *, ts: float, mono: int, kind: str, subject: str, segment: str, body: str, uid: str
     ) -> int:
         with self._lock:
             cur = self._retrying(

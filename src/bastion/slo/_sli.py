@@ -142,11 +142,11 @@ def write_rows(conn: Any, rows: Iterable[SliRow]) -> int:
                 for i, b in enumerate(row.buckets):
                     acc[2 + i] += b
     marks = ", ".join("?" * (5 + _NB))
-    adds = ", ".join(
-        f"{c} = {c} + excluded.{c}" for c in ("good", "total", *(f"l{i}" for i in range(_NB)))
-    )
+    cols = ("good", "total", *(f"l{i}" for i in range(_NB)))
     with conn:
         for level, (table, _) in enumerate(_UNITS):
+            # qualified by the table: PostgreSQL calls a bare column ambiguous beside excluded
+            adds = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in cols)
             conn.executemany(
                 f"INSERT INTO {table} (service, t, backend, good, total, {_COLS}) "  # noqa: S608 - table names are ours
                 f"VALUES ({marks}) ON CONFLICT (service, t, backend) DO UPDATE SET {adds}",
@@ -184,7 +184,7 @@ class SqliteSli:
         if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
             from bastion.slo._sli_pg import open_pg
 
-            self.path = Path(".")
+            self.path = Path()
             self._conn = open_pg(path)
             return
         self.path = Path(path)
@@ -240,11 +240,11 @@ class SqliteSli:
         else:
             k = bisect.bisect_right(BOUNDS_MS, threshold_ms)
             good = " + ".join(f"l{i}" for i in range(k)) or "0"
-        # counted inside SQLite: a month of minutes is 43,200 rows, too many to hand to Python
+        # counted inside the database: a month of minutes is 43,200 rows, too many to hand to Python
         with self._lock:
             row = self._conn.execute(
-                "SELECT count(*), coalesce(sum(CASE WHEN g < ? * n THEN 1 ELSE 0 END), 0) "
-                f"FROM (SELECT sum({good}) AS g, "  # noqa: S608
+                "SELECT count(*), coalesce(sum(CASE WHEN g < ? * n THEN 1 ELSE 0 END), 0) "  # noqa: S608 - column names are ours
+                f"FROM (SELECT sum({good}) AS g, "
                 "sum(total) AS n FROM sli_m WHERE service = ? AND t >= ? AND t < ? "
                 "GROUP BY t / ?) AS slices WHERE n > 0",
                 (need, service, lo, hi, size_s),
@@ -336,7 +336,7 @@ class SliWriter:
     SQLite. A batch the database cannot take (a full disk) is counted in ``failed``."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path) if not str(path).startswith("postgres") else Path(".")
+        self.path = Path(path) if not str(path).startswith("postgres") else Path()
         self.written = 0
         self.failed = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
