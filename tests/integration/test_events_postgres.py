@@ -42,6 +42,7 @@ def _events(log: LogTarget) -> int:
 PG_ONLY = pytest.mark.parametrize("log", ["postgresql"], indirect=True)
 
 
+@pytest.mark.slow
 @PG_ONLY
 @pytest.mark.parametrize("fault", ["restart", "sigkill"])
 def test_the_server_restarting_mid_append_loses_no_acknowledged_event(
