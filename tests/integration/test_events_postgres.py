@@ -61,7 +61,15 @@ def test_the_server_restarting_mid_append_loses_no_acknowledged_event(
     for p in procs:
         p.start()
     start.set()
-    wait_for(lambda: _events(log) >= PER_WRITER // 2, "the writers to be half way")
+    # every writer appending (one opening its log during the fault would fail at once, as
+    # a command does: only appends retry), and a good part of the events written
+    wait_for(
+        lambda: (
+            all(a.exists() and a.stat().st_size > 0 for a in acked)
+            and _events(log) >= PER_WRITER // 2
+        ),
+        "every writer to be appending",
+    )
     if fault == "restart":
         server.restart("fast")
     else:

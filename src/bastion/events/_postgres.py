@@ -27,6 +27,7 @@ import re
 import socket
 import threading
 import time
+import weakref
 from typing import Any
 
 from bastion.errors import UnavailableError
@@ -92,6 +93,12 @@ def _glob_regex(glob: str) -> str:
     return "^" + "".join(out) + "$"
 
 
+def _close_all(held: dict[str, Any]) -> None:
+    for conn in held.values():
+        if conn is not None:
+            conn.close()
+
+
 class PostgresBackend:
     """One PostgreSQL database, shared by every host whose manifest names it.
 
@@ -112,13 +119,32 @@ class PostgresBackend:
         self.retry_s = retry_s
         self._connect_timeout = connect_timeout_s
         self._lock = threading.Lock()
-        self._conn: Any = None
-        self._listener: Any = None
+        # the connections, closed by a finalizer too: a caller that emits once and drops
+        # the log (EventLog.in_state_dir(d).emit(...)) would otherwise leave psycopg to
+        # warn "deleted while still open" (an error under pytest -W error)
+        self._held: dict[str, Any] = {"main": None, "listen": None}
+        weakref.finalize(self, _close_all, self._held)
         with self._lock:
             self._conn = self._connect(first=True)
             self._retrying(self._create_schema, first=True)
 
     # ------------------------------------------------------------------ connections
+
+    @property
+    def _conn(self) -> Any:
+        return self._held["main"]
+
+    @_conn.setter
+    def _conn(self, value: Any) -> None:
+        self._held["main"] = value
+
+    @property
+    def _listener(self) -> Any:
+        return self._held["listen"]
+
+    @_listener.setter
+    def _listener(self, value: Any) -> None:
+        self._held["listen"] = value
 
     def _unavailable(self, exc: BaseException, *, doing: str) -> UnavailableError:
         from bastion.events import redact

@@ -13,6 +13,7 @@ the writer, ``failed``); print the URL's credentials.
 from __future__ import annotations
 
 import re
+import weakref
 from typing import Any
 
 from bastion.errors import UnavailableError
@@ -38,6 +39,7 @@ class PgConn:
         self._conn = conn
         self.where = where
         self._tx: Any = None
+        weakref.finalize(self, conn.close)  # a reader dropped unclosed: no psycopg warning
 
     def execute(self, sql: str, args: Any = ()) -> Any:
         return self._conn.execute(_MARK.sub("%s", sql), tuple(args))
