@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # on real processes and sockets, so two halve the suite's time on 2 cores (19 -> 10 min).
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint typecheck pytest browser clean
+.PHONY: demo test lint typecheck pytest browser system-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,18 @@ browser:
 	      || echo "could not install$$missing; the browser tests will skip"; \
 	  else echo "not found:$$missing; the browser tests will skip (install Debian's$$missing)"; fi; fi
 
-pytest: $(VENV)/.installed-dev browser
+# The PostgreSQL event log's tests start a real server (tests/pg_server.py): Debian's
+# postgresql package, installed here like chromium. Without it those tests fail, saying so
+# (BASTION_SKIP_PG=1 makes them skip instead).
+system-packages: browser
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing postgresql for the event log's tests (Debian package)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	      || echo "could not install postgresql; its tests will fail (BASTION_SKIP_PG=1 skips them)"; \
+	  else echo "not found: postgresql; its tests will fail (install Debian's postgresql, or BASTION_SKIP_PG=1)"; fi; fi
+
+pytest: $(VENV)/.installed-dev system-packages
 	$(BIN)/python -m pytest -W error -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg_server import log, pg_server  # noqa: F401 - fixtures for every test
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "digits"
 

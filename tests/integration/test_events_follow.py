@@ -1,11 +1,10 @@
 """``bastion events --follow --since AGE`` prints only what is recent and what comes next
 (issue 12, item 12: it printed the whole log from event #1 when nothing recent matched
-at first)."""
+at first). Run on both backends (the ``log`` fixture)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,12 +14,12 @@ from pathlib import Path
 import psutil
 
 from bastion.events import EventLog
+from tests.pg_server import LogTarget
 
 
-def _age_everything(db: Path, seconds: float) -> None:
+def _age_everything(log: LogTarget, seconds: float) -> None:
     # Real old events: the rows' wall-clock time moved back, as if written an hour ago.
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE events SET ts = ts - ?", (seconds,))
+    log.sql("UPDATE events SET ts = ts - ?", (seconds,))
 
 
 class _EmitOnFirstWait:
@@ -44,35 +43,48 @@ class _EmitOnFirstWait:
         return self._stop.is_set()
 
 
-def test_follow_since_skips_old_events_after_an_empty_first_poll(tmp_path: Path) -> None:
-    with EventLog.in_state_dir(tmp_path) as log:
+def test_follow_since_skips_old_events_after_an_empty_first_poll(log: LogTarget) -> None:
+    with EventLog.in_state_dir(log.state_dir) as opened:
         for i in range(5):
-            log.emit("test.old", "before", i=i)
-        _age_everything(tmp_path / "events.db", 3600)
-        stop = _EmitOnFirstWait(log)
-        seen = list(log.follow(since=log.query()[-1].ts + 60, stop=stop, poll_s=0))  # type: ignore[arg-type]
+            opened.emit("test.old", "before", i=i)
+        _age_everything(log, 3600)
+        stop = _EmitOnFirstWait(opened)
+        since = opened.query()[-1].ts + 60
+        seen = list(opened.follow(since=since, stop=stop, poll_s=0))  # type: ignore[arg-type]
     assert [e.kind for e in seen] == ["test.new"]
 
 
-def _wait_polling(pid: int, db: Path) -> None:
-    """Until the follower has the log open and sleeps between polls: its first poll, which
+def _polled(log: LogTarget, child: psutil.Process) -> bool:
+    if log.backend == "sqlite":
+        db = log.state_dir / "events.db"
+        return any(Path(f.path) == db for f in child.open_files())
+    # the follower's read connection is idle after its SELECT of events (its first poll)
+    rows = log.sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state = 'idle' AND query LIKE 'SELECT id, ts, mono_ns%%'"
+    )
+    return bool(rows[0][0])
+
+
+def _wait_polling(pid: int, log: LogTarget) -> None:
+    """Until the follower has read the log and sleeps between polls: its first poll, which
     found nothing recent, is then done (emitting earlier would let that poll see the new
     event, and hide the bug)."""
     child = psutil.Process(pid)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        opened = any(Path(f.path) == db for f in child.open_files())
-        if opened and child.status() == psutil.STATUS_SLEEPING:
+        if _polled(log, child) and child.status() == psutil.STATUS_SLEEPING:
             return
         time.sleep(0.01)
     raise AssertionError("the follower never opened the event log")
 
 
-def test_cli_follow_since_5s_prints_only_new_events(tmp_path: Path) -> None:
-    with EventLog.in_state_dir(tmp_path) as log:
+def test_cli_follow_since_5s_prints_only_new_events(log: LogTarget) -> None:
+    tmp_path = log.state_dir
+    with EventLog.in_state_dir(tmp_path) as opened:
         for i in range(5):
-            log.emit("test.old", "before", i=i)
-    _age_everything(tmp_path / "events.db", 3600)
+            opened.emit("test.old", "before", i=i)
+    _age_everything(log, 3600)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -91,9 +103,9 @@ def test_cli_follow_since_5s_prints_only_new_events(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        _wait_polling(proc.pid, tmp_path / "events.db")
-        with EventLog.in_state_dir(tmp_path) as log:
-            log.emit("test.new", "after")
+        _wait_polling(proc.pid, log)
+        with EventLog.in_state_dir(tmp_path) as opened:
+            opened.emit("test.new", "after")
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())
     finally:

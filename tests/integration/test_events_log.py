@@ -1,4 +1,5 @@
-"""The event log: real SQLite, real processes writing at once."""
+"""The event log: real SQLite and a real PostgreSQL server (the ``log`` fixture runs each
+test on both), real processes writing at once."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from bastion.errors import UsageError
 from bastion.events import EventLog, parse_since, redact
+from tests.pg_server import LogTarget
 
 WRITERS = 6
 PER_WRITER = 150
@@ -26,8 +28,8 @@ def _writer(path: str, writer: int, start: mp.synchronize.Event) -> None:  # typ
     log.close()
 
 
-def test_concurrent_writer_processes_lose_nothing(tmp_path: Path) -> None:
-    path = str(tmp_path / "events.db")
+def test_concurrent_writer_processes_lose_nothing(log: LogTarget) -> None:
+    path = log.target
     ctx = mp.get_context("spawn")
     start = ctx.Event()
     procs = [ctx.Process(target=_writer, args=(path, w, start)) for w in range(WRITERS)]
@@ -37,8 +39,8 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path: Path) -> None:
     for p in procs:
         p.join(timeout=120)
         assert p.exitcode == 0
-    with EventLog(path) as log:
-        events = log.query(kind="test.write")
+    with EventLog(path) as opened:
+        events = opened.query(kind="test.write")
     assert len(events) == WRITERS * PER_WRITER
     seen = {(e.data["writer"], e.data["i"]) for e in events}
     assert len(seen) == WRITERS * PER_WRITER
@@ -48,6 +50,22 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path: Path) -> None:
         assert mine == list(range(PER_WRITER))
     ids = [e.id for e in events]
     assert ids == sorted(ids)
+
+
+def test_postgresql_indexes_and_host(log: LogTarget) -> None:
+    with EventLog(log.target) as opened:
+        event = opened.emit("test.one", "x")
+        assert opened.query()[0].host == event.host
+    if log.backend == "postgresql":
+        names = {
+            r[0] for r in log.sql("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")
+        }
+        assert {"events_ts", "events_kind"} <= names
+        assert event.host
+        assert event.to_json()["host"] == event.host
+    else:
+        assert event.host == ""
+        assert "host" not in event.to_json()
 
 
 def test_wal_mode_and_indexes(tmp_path: Path) -> None:
@@ -61,35 +79,44 @@ def test_wal_mode_and_indexes(tmp_path: Path) -> None:
     conn.close()
 
 
-def test_query_filters(tmp_path: Path) -> None:
-    with EventLog(tmp_path / "e.db") as log:
-        log.emit("vault.repaired", subject="a", chunk="x")
-        log.emit("vault.scrub.done", subject="b")
-        log.emit("serve.backend.ejected", subject="a", segment="prod")
-        assert [e.kind for e in log.query(kind="vault.*")] == ["vault.repaired", "vault.scrub.done"]
-        assert [e.kind for e in log.query(kind="vault.repaired")] == ["vault.repaired"]
-        assert [e.kind for e in log.query(subject="a")] == [
-            "vault.repaired",
-            "serve.backend.ejected",
-        ]
-        assert [e.kind for e in log.query(kind="serve.*.ejected")] == ["serve.backend.ejected"]
-        assert log.query(since=parse_since("1h"))[0].kind == "vault.repaired"
-        assert log.query(since=parse_since("2999-01-01T00:00:00")) == []
-        first = log.query()[0]
-        assert log.query(after_id=first.id)[0].kind == "vault.scrub.done"
-        assert first.mono_ns > 0
-        assert first.to_json()["ts"].endswith("+00:00")
+def test_query_filters(log: LogTarget) -> None:
+    with EventLog(log.target) as opened:
+        _filters(opened)
 
 
-def test_bad_kind_rejected(tmp_path: Path) -> None:
-    with EventLog(tmp_path / "e.db") as log, pytest.raises(UsageError, match="dotted lower-case"):
-        log.emit("Not A Kind")
+def _filters(log: EventLog) -> None:
+    log.emit("vault.repaired", subject="a", chunk="x")
+    log.emit("vault.scrub.done", subject="b")
+    log.emit("serve.backend.ejected", subject="a", segment="prod")
+    assert [e.kind for e in log.query(kind="vault.*")] == ["vault.repaired", "vault.scrub.done"]
+    assert [e.kind for e in log.query(kind="vault.repaired")] == ["vault.repaired"]
+    assert [e.kind for e in log.query(subject="a")] == [
+        "vault.repaired",
+        "serve.backend.ejected",
+    ]
+    assert [e.kind for e in log.query(kind="serve.*.ejected")] == ["serve.backend.ejected"]
+    assert log.query(since=parse_since("1h"))[0].kind == "vault.repaired"
+    assert log.query(since=parse_since("2999-01-01T00:00:00")) == []
+    first = log.query()[0]
+    assert log.query(after_id=first.id)[0].kind == "vault.scrub.done"
+    assert first.mono_ns > 0
+    assert first.to_json()["ts"].endswith("+00:00")
 
 
-def test_secrets_are_redacted_before_writing(tmp_path: Path) -> None:
-    with EventLog(tmp_path / "e.db") as log:
-        log.emit("serve.started", headers={"Authorization": "Bearer sk-123"}, api_key="sk-456", n=1)
-    raw = b"".join(f.read_bytes() for f in tmp_path.glob("e.db*"))
+def test_bad_kind_rejected(log: LogTarget) -> None:
+    with EventLog(log.target) as opened, pytest.raises(UsageError, match="dotted lower-case"):
+        opened.emit("Not A Kind")
+
+
+def test_secrets_are_redacted_before_writing(log: LogTarget) -> None:
+    with EventLog(log.target) as opened:
+        opened.emit(
+            "serve.started", headers={"Authorization": "Bearer sk-123"}, api_key="sk-456", n=1
+        )
+    if log.backend == "sqlite":
+        raw = b"".join(f.read_bytes() for f in log.state_dir.glob("events.db*"))
+    else:
+        raw = "\n".join(str(r) for r in log.sql("SELECT * FROM events")).encode()
     assert b"sk-123" not in raw
     assert b"sk-456" not in raw
     assert redact({"password": "x", "nested": [{"token": "y"}], "ok": 2}) == {
@@ -104,8 +131,8 @@ def test_parse_since_errors() -> None:
         parse_since("yesterday-ish")
 
 
-def test_follow_sees_events_from_another_writer(tmp_path: Path) -> None:
-    path = tmp_path / "e.db"
+def test_follow_sees_events_from_another_writer(log: LogTarget) -> None:
+    path = log.target
     reader, writer = EventLog(path), EventLog(path)
     stop = threading.Event()
     got: list[str] = []
@@ -126,10 +153,12 @@ def test_follow_sees_events_from_another_writer(tmp_path: Path) -> None:
     writer.close()
 
 
-def test_cli_events_json(tmp_path: Path) -> None:
-    with EventLog.in_state_dir(tmp_path) as log:
-        log.emit("vault.repaired", subject="data", chunk="abc")
-        log.emit("train.restarted", subject="job")
+def test_cli_events_json(log: LogTarget) -> None:
+    tmp_path = log.state_dir
+    with EventLog.in_state_dir(tmp_path) as opened:
+        assert opened.backend == log.backend
+        opened.emit("vault.repaired", subject="data", chunk="abc")
+        opened.emit("train.restarted", subject="job")
     proc = subprocess.run(
         [
             sys.executable,
@@ -169,15 +198,15 @@ def test_cli_events_json(tmp_path: Path) -> None:
     assert "--since" in bad.stderr
 
 
-def test_at_ns_is_the_one_time_of_an_event(tmp_path: Path) -> None:
+def test_at_ns_is_the_one_time_of_an_event(log: LogTarget) -> None:
     import time
 
-    with EventLog(tmp_path / "events.db") as log:
+    with EventLog(log.target) as opened:
         before = time.monotonic_ns()
         earlier = before - 2_000_000_000
-        late = log.emit("test.late", subject="s", at_ns=earlier, n=1)
-        now = log.emit("test.now", subject="s")
-        rows = log.query(kind="test.*")
+        late = opened.emit("test.late", subject="s", at_ns=earlier, n=1)
+        now = opened.emit("test.now", subject="s")
+        rows = opened.query(kind="test.*")
     assert late.mono_ns == earlier == rows[0].mono_ns
     assert rows[0].data == {"n": 1}
     assert rows[1].mono_ns >= before
@@ -185,9 +214,10 @@ def test_at_ns_is_the_one_time_of_an_event(tmp_path: Path) -> None:
     assert 1.9 <= now.ts - late.ts <= 3.0
 
 
-def test_event_writer_keeps_the_emit_time_and_drains_on_close(tmp_path: Path) -> None:
+def test_event_writer_keeps_the_emit_time_and_drains_on_close(log: LogTarget) -> None:
     from bastion.events import NO_EVENTS, EventWriter
 
+    tmp_path = log.state_dir
     writer = EventWriter.in_state_dir(tmp_path, segment="prod")
     stamps = []
     import time
@@ -197,8 +227,8 @@ def test_event_writer_keeps_the_emit_time_and_drains_on_close(tmp_path: Path) ->
         writer.emit("test.queued", "svc", i=i)
         stamps.append((before, time.monotonic_ns()))
     writer.close()
-    with EventLog.in_state_dir(tmp_path) as log:
-        rows = log.query(kind="test.queued")
+    with EventLog.in_state_dir(tmp_path) as opened:
+        rows = opened.query(kind="test.queued")
     assert [r.data["i"] for r in rows] == list(range(50))
     assert all(r.segment == "prod" for r in rows)
     # each row's time is when emit was called, not when the thread wrote it

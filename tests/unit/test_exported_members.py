@@ -48,6 +48,8 @@ def test_module_exports() -> None:
         "add_secret",
         "parse_since",
         "redact",
+        "url_of",
+        "use_postgres",
     ]
     assert sorted(bastion.names.__all__) == ["KINDS", "Ref", "parse_name", "parse_ref"]
     assert "load" in bastion.manifest.__all__

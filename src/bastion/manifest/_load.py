@@ -69,6 +69,10 @@ def loads(text: str, *, filename: str = DEFAULT_FILE, base_dir: Path | None = No
     if base_dir is not None:
         manifest._path = base_dir / Path(filename).name
     _register_secrets(manifest)
+    if manifest.events is not None:
+        from bastion.events import use_postgres
+
+        use_postgres(manifest.state_dir, manifest.events)
     return manifest
 
 

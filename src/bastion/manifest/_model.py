@@ -165,6 +165,31 @@ HttpUrl = Annotated[
 ]
 
 
+def _events_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(
+            "is not a PostgreSQL URL: use postgresql://USER@HOST:PORT/DATABASE, or leave "
+            "events: out for the state directory's SQLite log"
+        )
+    if parts.password is not None:
+        # said without the value: the password must not reach a message either
+        raise ValueError(
+            "holds a password: take it out of the manifest and give it to libpq in "
+            "PGPASSWORD, PGPASSFILE or ~/.pgpass (postgresql://USER@HOST:PORT/DATABASE)"
+        )
+    if not (parts.hostname or "host=" in parts.query):
+        raise ValueError("names no host: use postgresql://USER@HOST:PORT/DATABASE")
+    return value
+
+
+EventsUrl = Annotated[
+    str,
+    AfterValidator(_events_url),
+    Field(json_schema_extra={"pattern": r"^postgres(ql)?://"}),
+]
+
+
 def _listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
@@ -1159,6 +1184,11 @@ class Manifest(_Strict):
     """The system's name."""
     state_dir: RelPath = Field(default=Path(".bastion"), validate_default=True)
     """Where events, keys and local state live (relative to this file)."""
+    events: EventsUrl | None = None
+    """Where the event log and the SLI rows live: absent for the state directory's SQLite
+    file (one machine), or ``postgresql://USER@HOST:PORT/DATABASE`` for a PostgreSQL
+    database several hosts share (docs/event-log.md). Never a password here: libpq reads
+    it from PGPASSWORD, PGPASSFILE or ~/.pgpass."""
     vault: VaultConfig | None = None
     """The vault's replicas, keys and retention."""
     segments: list[Id] | dict[Id, Segment] = Field(default_factory=dict)

@@ -125,7 +125,7 @@ class SliReader(Protocol):
         ...
 
 
-def write_rows(conn: sqlite3.Connection, rows: Iterable[SliRow]) -> int:
+def write_rows(conn: Any, rows: Iterable[SliRow]) -> int:
     """Add ``rows`` (and their minute and hour sums) in one transaction; returns how many."""
     rolled: list[dict[tuple[str, int, str], list[int]]] = [{}, {}, {}]
     n = 0
@@ -142,11 +142,11 @@ def write_rows(conn: sqlite3.Connection, rows: Iterable[SliRow]) -> int:
                 for i, b in enumerate(row.buckets):
                     acc[2 + i] += b
     marks = ", ".join("?" * (5 + _NB))
-    adds = ", ".join(
-        f"{c} = {c} + excluded.{c}" for c in ("good", "total", *(f"l{i}" for i in range(_NB)))
-    )
+    cols = ("good", "total", *(f"l{i}" for i in range(_NB)))
     with conn:
         for level, (table, _) in enumerate(_UNITS):
+            # qualified by the table: PostgreSQL calls a bare column ambiguous beside excluded
+            adds = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in cols)
             conn.executemany(
                 f"INSERT INTO {table} (service, t, backend, good, total, {_COLS}) "  # noqa: S608 - table names are ours
                 f"VALUES ({marks}) ON CONFLICT (service, t, backend) DO UPDATE SET {adds}",
@@ -173,19 +173,32 @@ def _open(path: Path) -> sqlite3.Connection:
 
 class SqliteSli:
     """The SLI tables of one events database, read (and written, for tests and the
-    benchmark) directly. Thread-safe through one lock."""
+    benchmark) directly. Thread-safe through one lock. ``path`` may also be the
+    ``postgresql://`` URL of a shared log (the same SQL, through ``_sli_pg``)."""
 
     def __init__(self, path: str | Path) -> None:
         from bastion.events import EventLog
 
+        self._lock = threading.Lock()
+        self._conn: Any
+        if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
+            from bastion.slo._sli_pg import open_pg
+
+            self.path = Path()
+            self._conn = open_pg(path)
+            return
         self.path = Path(path)
         EventLog(self.path).close()  # create it as the log does (0600, in a 0700 dir)
         self._conn = _open(self.path)
-        self._lock = threading.Lock()
 
     @classmethod
     def in_state_dir(cls, state_dir: str | Path) -> SqliteSli:
-        return cls(Path(state_dir) / "events.db")
+        """The SLI tables beside the log of ``state_dir`` (its PostgreSQL database when
+        the manifest's ``events:`` names one)."""
+        from bastion.events import url_of
+
+        url = url_of(state_dir)
+        return cls(url if url is not None else Path(state_dir) / "events.db")
 
     def write(self, rows: Iterable[SliRow]) -> int:
         with self._lock:
@@ -227,12 +240,13 @@ class SqliteSli:
         else:
             k = bisect.bisect_right(BOUNDS_MS, threshold_ms)
             good = " + ".join(f"l{i}" for i in range(k)) or "0"
-        # counted inside SQLite: a month of minutes is 43,200 rows, too many to hand to Python
+        # counted inside the database: a month of minutes is 43,200 rows, too many to hand to Python
         with self._lock:
             row = self._conn.execute(
-                f"SELECT count(*), coalesce(sum(g < ? * n), 0) FROM (SELECT sum({good}) AS g, "  # noqa: S608
+                "SELECT count(*), coalesce(sum(CASE WHEN g < ? * n THEN 1 ELSE 0 END), 0) "  # noqa: S608 - column names are ours
+                f"FROM (SELECT sum({good}) AS g, "
                 "sum(total) AS n FROM sli_m WHERE service = ? AND t >= ? AND t < ? "
-                "GROUP BY t / ?) WHERE n > 0",
+                "GROUP BY t / ?) AS slices WHERE n > 0",
                 (need, service, lo, hi, size_s),
             ).fetchone()
         return int(row[1]), int(row[0])
@@ -344,19 +358,22 @@ class SliWriter:
     SQLite. A batch the database cannot take (a full disk) is counted in ``failed``."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = Path(path) if not str(path).startswith("postgres") else Path()
         self.written = 0
         self.failed = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._idle = threading.Condition()
         self._pending = 0
-        self._store = SqliteSli(self.path)
+        self._store = SqliteSli(path)
         self._thread = threading.Thread(target=self._drain, name="bastion-sli", daemon=True)
         self._thread.start()
 
     @classmethod
     def in_state_dir(cls, state_dir: str | Path) -> SliWriter:
-        return cls(Path(state_dir) / "events.db")
+        from bastion.events import url_of
+
+        url = url_of(state_dir)
+        return cls(url if url is not None else Path(state_dir) / "events.db")
 
     def put(self, rows: Sequence[SliRow]) -> None:
         with self._idle:
@@ -370,7 +387,7 @@ class SliWriter:
                 return
             try:
                 self.written += self._store.write(rows)
-            except sqlite3.Error:
+            except Exception:  # sqlite3.Error, or PostgreSQL gone (UnavailableError)
                 self.failed += len(rows)
             with self._idle:
                 self._pending -= 1

@@ -1,35 +1,41 @@
 """The one append-only event log: every part records what happened here.
 
-Owns: the SQLite database ``<state_dir>/events.db`` (WAL mode), the ``Event`` record,
-appending, querying and following. Reports, SLOs, drills and playbooks are views over
-this log, so an event carries every number a report will need.
+Owns: the ``Event`` record, appending, querying and following, and the choice of backend
+(``_sqlite``: ``<state_dir>/events.db`` in WAL mode, the embedded default; ``_postgres``:
+the database the manifest's ``events: postgresql://...`` names, shared by several hosts).
+Reports, SLOs, drills and playbooks are views over this log, so an event carries every
+number a report will need.
 
 Must never: rewrite or delete an event; store a secret (values under secret-looking
 keys are redacted before they are written); lose an event because another process was
-writing at the same time (writers wait on SQLite's lock, they do not drop).
+writing at the same time (writers wait on SQLite's lock, or PostgreSQL's advisory lock,
+they do not drop); acknowledge (return) an event before it committed.
 
 ``mono_ns`` is ``time.monotonic_ns()``: CLOCK_MONOTONIC on Linux is one clock for every
-process on the machine, so durations (RTO, detection time) may be taken across processes.
-It is the one "when" of an event: an emitter that learns of a thing later than it happened
-(a writer thread, a fault whose injection took a while) passes ``at_ns=`` and the row
-carries that time (and a wall-clock ``ts`` moved back by the same amount). No event keeps
-a second monotonic time in its data.
+process on the machine, so durations (RTO, detection time) may be taken across processes
+of one host. In a PostgreSQL log several hosts share, each event also names its ``host``,
+and a difference of ``mono_ns`` holds only between events of the same host; across hosts
+only ``ts`` (wall clock) compares. ``mono_ns`` is the one "when" of an event: an emitter
+that learns of a thing later than it happened (a writer thread, a fault whose injection
+took a while) passes ``at_ns=`` and the row carries that time (and a wall-clock ``ts``
+moved back by the same amount). No event keeps a second monotonic time in its data.
 
 Everything that records events takes an ``Emit``: the ``EventLog`` itself, an
-``EventWriter`` (a writer thread, for callers that must never wait on SQLite, such as the
-gateway's event loop), or ``NO_EVENTS``. Kinds are the constants of ``bastion.event_kinds``.
+``EventWriter`` (a writer thread, for callers that must never wait on the database, such
+as the gateway's event loop), or ``NO_EVENTS``. Kinds are the constants of
+``bastion.event_kinds``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
 import re
-import sqlite3
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +54,8 @@ __all__ = [
     "add_secret",
     "parse_since",
     "redact",
+    "url_of",
+    "use_postgres",
 ]
 
 
@@ -65,22 +73,6 @@ class Emit(Protocol):
         **data: Any,
     ) -> object: ...
 
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts       REAL    NOT NULL,
-    mono_ns  INTEGER NOT NULL,
-    kind     TEXT    NOT NULL,
-    subject  TEXT    NOT NULL DEFAULT '',
-    segment  TEXT    NOT NULL DEFAULT '',
-    data     TEXT    NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS events_ts   ON events (ts);
-CREATE INDEX IF NOT EXISTS events_kind ON events (kind, ts);
-CREATE INDEX IF NOT EXISTS events_subject ON events (subject, ts);
-CREATE INDEX IF NOT EXISTS events_kind_subject ON events (kind, subject, ts);
-"""
 
 _SECRET_KEY = re.compile(
     r"(pass(word|wd)?|secret|token|api[_-]?key|authorization|credential|private[_-]?key)",
@@ -184,13 +176,16 @@ class Event:
     ts: float = 0.0
     mono_ns: int = 0
     id: int = 0
+    host: str = ""
+    """The machine that wrote it, in a log several hosts share (PostgreSQL); "" in SQLite,
+    whose writers are all on one machine. ``mono_ns`` compares only within one host."""
 
     @property
     def time(self) -> datetime:
         return datetime.fromtimestamp(self.ts, tz=UTC)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "ts": self.time.isoformat(timespec="microseconds"),
             "mono_ns": self.mono_ns,
@@ -199,6 +194,9 @@ class Event:
             "segment": self.segment,
             "data": self.data,
         }
+        if self.host:
+            out["host"] = self.host
+        return out
 
 
 _KIND = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
@@ -225,62 +223,89 @@ def parse_since(text: str, *, now: float | None = None) -> float:
     return moment.timestamp()
 
 
-class EventLog:
-    """Append-only event log in one SQLite file, shared safely by many processes.
+_URLS_ENV = "BASTION_EVENTS_URLS"
+"""The environment entry that carries ``use_postgres`` to child processes (a JSON object,
+state directory -> URL without credentials): a training worker or a gateway started by
+``bastion up`` writes to the log its parent's manifest names."""
 
-    Each ``emit`` is its own short transaction. Writers from other processes wait for
-    SQLite's lock (``busy_timeout``) rather than fail, so none is lost.
+
+def _key(state_dir: str | Path) -> str:
+    return str(Path(state_dir).resolve())
+
+
+def use_postgres(state_dir: str | Path, url: str | None) -> None:
+    """From now on (in this process and its children), the log of ``state_dir`` is the
+    PostgreSQL database at ``url`` (None: back to ``<state_dir>/events.db``). The manifest's
+    ``events:`` calls this when it is loaded."""
+    try:
+        urls = json.loads(os.environ.get(_URLS_ENV, "{}"))
+    except ValueError:
+        urls = {}
+    if url is None:
+        urls.pop(_key(state_dir), None)
+    else:
+        urls[_key(state_dir)] = url
+    if urls:
+        os.environ[_URLS_ENV] = json.dumps(urls, sort_keys=True)
+    else:
+        os.environ.pop(_URLS_ENV, None)
+
+
+def url_of(state_dir: str | Path) -> str | None:
+    """The PostgreSQL URL the log of ``state_dir`` lives at, or None for SQLite."""
+    try:
+        urls = json.loads(os.environ.get(_URLS_ENV, "{}"))
+    except ValueError:
+        return None
+    url = urls.get(_key(state_dir)) if isinstance(urls, dict) else None
+    return url if isinstance(url, str) else None
+
+
+def _is_url(where: str | Path) -> bool:
+    return isinstance(where, str) and where.startswith(("postgresql://", "postgres://"))
+
+
+class EventLog:
+    """The append-only event log, shared safely by many processes: ``<state_dir>/events.db``
+    (SQLite, one machine) or a PostgreSQL database (``postgresql://...``, many hosts).
+
+    Each ``emit`` is its own short transaction, acknowledged (returned) only after it
+    committed. SQLite writers wait for its lock rather than fail; PostgreSQL writers
+    reconnect across a lost connection for ``retry_s`` and then raise
+    ``UnavailableError`` naming the server. Either way none is lost or written twice.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        try:
-            # Private to its owner: events name files, hosts and commands. A new state
-            # directory is 0700 and the log 0600 (SQLite gives its -wal and -shm files
-            # the database file's mode).
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # Create it only if it is missing (O_EXCL): closing any descriptor of a file
-            # drops every POSIX lock this process holds on it, so opening and closing an
-            # existing log would silently unlock another connection of this process in
-            # the middle of its transaction (the SQLite FAQ's "how to corrupt a database"
-            # 2.2), and other processes then fail with "disk I/O error".
-            with contextlib.suppress(FileExistsError):
-                os.close(
-                    os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                )
-            self._conn = sqlite3.connect(
-                self.path, timeout=60.0, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.OperationalError) as exc:
-            raise UsageError(
-                f"cannot open the event log {self.path}: {exc} "
-                "(check state_dir in the manifest, or pass --state-dir)"
-            ) from None
-        self._conn.execute("PRAGMA busy_timeout = 60000")
-        with self._lock:
-            # switching a new log to WAL takes an exclusive lock, and SQLite answers
-            # "locked" at once (no busy wait) when another process is creating the same
-            # log at that moment: retried like the schema (seen with 6 writers at once)
-            self._retrying(lambda: self._conn.execute("PRAGMA journal_mode = WAL"))
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._retrying(lambda: self._conn.executescript(_SCHEMA))
+    def __init__(self, path: str | Path, *, retry_s: float = 30.0) -> None:
+        self._backend: Any
+        if _is_url(path):
+            from bastion.events._postgres import PostgresBackend
+
+            self.url: str | None = str(path)
+            self.path = Path()
+            self._backend = PostgresBackend(str(path), retry_s=retry_s)
+        else:
+            from bastion.events._sqlite import SqliteBackend
+
+            self.url = None
+            self.path = Path(path)
+            self._backend = SqliteBackend(self.path)
 
     @classmethod
-    def in_state_dir(cls, state_dir: str | Path) -> EventLog:
-        return cls(Path(state_dir) / "events.db")
+    def in_state_dir(cls, state_dir: str | Path, **kwargs: Any) -> EventLog:
+        """The log of ``state_dir``: the PostgreSQL database the manifest's ``events:``
+        names (``use_postgres``), else ``<state_dir>/events.db``."""
+        url = url_of(state_dir)
+        return cls(url if url is not None else Path(state_dir) / "events.db", **kwargs)
 
-    def _retrying(self, op: Any) -> Any:
-        # busy_timeout covers ordinary lock waits; schema creation racing in several new
-        # processes can still report "locked" once, so try a few more times.
-        for attempt in range(50):
-            try:
-                return op()
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 49:
-                    raise
-                time.sleep(0.01 * (attempt + 1))
-        return None  # pragma: no cover
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return str(self._backend.name)
+
+    @property
+    def where(self) -> str:
+        """The file, or the server's URL without credentials (for messages)."""
+        return str(self._backend.where)
 
     def emit(
         self,
@@ -305,15 +330,17 @@ class EventLog:
             ts -= max(0, mono - at_ns) / 1e9
             mono = at_ns
         segment = segment or ""
-        with self._lock:
-            cur = self._retrying(
-                lambda: self._conn.execute(
-                    "INSERT INTO events (ts, mono_ns, kind, subject, segment, data) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (ts, mono, kind, subject, segment, body),
-                )
-            )
-        return Event(kind, subject, segment, payload, ts, mono, int(cur.lastrowid))
+        row_id = self._backend.insert(
+            ts=ts,
+            mono=mono,
+            kind=kind,
+            subject=subject,
+            segment=segment,
+            body=body,
+            uid=uuid.uuid4().hex,
+        )
+        host = getattr(self._backend, "host", "")
+        return Event(kind, subject, segment, payload, ts, mono, row_id, host)
 
     def query(
         self,
@@ -326,29 +353,17 @@ class EventLog:
     ) -> list[Event]:
         """Events in order. ``kind`` matches exactly, or by prefix when it ends in ``.*``
         (``vault.*``) or is a glob (``serve.*.ejected``)."""
-        sql = "SELECT id, ts, mono_ns, kind, subject, segment, data FROM events WHERE id > ?"
-        args: list[Any] = [after_id]
-        if kind:
-            if any(c in kind for c in "*?["):
-                sql += " AND kind GLOB ?"
-            else:
-                sql += " AND kind = ?"
-            args.append(kind)
-        if subject:
-            sql += " AND subject = ?"
-            args.append(subject)
-        if since is not None:
-            sql += " AND ts >= ?"
-            args.append(since)
-        sql += " ORDER BY id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        with self._lock:
-            rows = self._retrying(lambda: self._conn.execute(sql, args).fetchall())
+        rows = self._backend.select(
+            after_id=after_id,
+            kind=kind,
+            glob=bool(kind) and any(c in str(kind) for c in "*?["),
+            subject=subject,
+            since=since,
+            limit=limit,
+        )
         return [
-            Event(kind=k, subject=s, segment=g, data=json.loads(d), ts=t, mono_ns=m, id=i)
-            for (i, t, m, k, s, g, d) in rows
+            Event(kind=k, subject=s, segment=g, data=json.loads(d), ts=t, mono_ns=m, id=i, host=h)
+            for (i, t, m, k, s, g, d, h) in rows
         ]
 
     def follow(
@@ -363,9 +378,14 @@ class EventLog:
     ) -> Iterator[Event]:
         """Yield matching events as they are appended, until ``stop`` is set.
 
+        SQLite is polled every ``poll_s``; PostgreSQL wakes the follower with NOTIFY (and
+        ``poll_s`` bounds the wait, so a lost notification costs latency, not events).
         ``since`` holds for every poll, not only the first: when nothing recent matched at
         first, the next poll must not start again from event #1. ``after_id``: start
         after that event (a follower resuming from its cursor)."""
+        listen = getattr(self._backend, "listen", None)
+        if listen is not None:
+            listen()
         last = after_id
         while stop is None or not stop.is_set():
             batch = self.query(kind=kind, subject=subject, since=since, after_id=last)
@@ -373,25 +393,17 @@ class EventLog:
                 last = event.id
                 yield event
             if not batch:
-                if stop is not None:
-                    stop.wait(poll_s)
-                else:
-                    time.sleep(poll_s)
+                self._backend.wait(poll_s, stop)
 
     def last_id(self) -> int:
         """The id of the newest event (0 for an empty log)."""
-        with self._lock:
-            row = self._retrying(
-                lambda: self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
-            )
-        return int(row[0])
+        return int(self._backend.last_id())
 
     def count(self, kind: str | None = None) -> int:
         return len(self.query(kind=kind))
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._backend.close()
 
     def __enter__(self) -> EventLog:
         return self
@@ -451,13 +463,16 @@ class EventWriter:
     restarts, scaling, first use of a backend): per-request facts belong in counters.
     Each event keeps the time it was emitted (``at_ns``), not the time the thread got to
     it. ``close`` drains the queue, so no event is dropped on shutdown; an event the log
-    cannot take (a full disk) is counted in ``failed`` and never stops the caller.
+    cannot take (a full disk; a PostgreSQL server gone longer than the log's ``retry_s``,
+    during which later events wait in the queue) is counted in ``failed``, said once on
+    stderr, and never stops the caller.
     """
 
     def __init__(self, log: EventLog | None, *, segment: str = "") -> None:
         self.segment = segment
         self.emitted = 0
         self.failed = 0
+        self._failing = False
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._log = log
         self._thread: threading.Thread | None = None
@@ -467,7 +482,8 @@ class EventWriter:
 
     @classmethod
     def in_state_dir(cls, state_dir: str | Path | None, *, segment: str = "") -> EventWriter:
-        """A writer over ``<state_dir>/events.db``, or one that records nothing for None."""
+        """A writer over the log of ``state_dir``, or one that records nothing for None.
+        A PostgreSQL server that does not answer at start raises ``UnavailableError``."""
         log = EventLog.in_state_dir(state_dir) if state_dir is not None else None
         return cls(log, segment=segment)
 
@@ -494,8 +510,27 @@ class EventWriter:
             kind, subject, segment, at_ns, data = item
             try:
                 self._log.emit(kind, subject, segment=segment, at_ns=at_ns, **data)
-            except Exception:
+            except Exception as exc:
+                # the database is gone past the log's own retries (PostgreSQL stopped, a
+                # full disk): the caller must keep serving, so the event is dropped,
+                # counted, and said once per outage on stderr (not per event)
                 self.failed += 1
+                if not self._failing:
+                    self._failing = True
+                    print(
+                        f"bastion: event log unavailable, dropping events ({self.failed} so "
+                        f"far): {redact(str(exc))}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            else:
+                if self._failing:
+                    self._failing = False
+                    print(
+                        f"bastion: event log back; {self.failed} event(s) were dropped",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
     def close(self) -> None:
         if self._thread is not None:

@@ -1,0 +1,175 @@
+"""The PostgreSQL event log's own failure semantics (issue 18, item 4), on a real server:
+a restart and a crash of the server mid-append lose no acknowledged event and write none
+twice; a stopped server is said clearly by the commands (exit 1, the server named, no
+traceback) and costs the gateway's writer only counted, announced drops.
+
+The log's ordinary behaviour (queries, follow, secrets, concurrent writers) is tested on
+both backends by test_events_log.py, test_events_follow.py and test_events_secrets.py."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bastion.errors import UnavailableError
+from bastion.events import EventLog, EventWriter
+from tests.pg_server import LogTarget, wait_for
+
+WRITERS = 4
+PER_WRITER = 250
+
+
+def _writer(url: str, writer: int, acked: str, start: mp.synchronize.Event) -> None:  # type: ignore[name-defined]
+    log = EventLog(url, retry_s=60)
+    start.wait()
+    with Path(acked).open("a") as out:
+        for i in range(PER_WRITER):
+            log.emit("test.write", subject=f"w{writer}", writer=writer, i=i)
+            out.write(f"{i}\n")  # acknowledged: emit returned after the commit
+            out.flush()
+    log.close()
+
+
+def _events(log: LogTarget) -> int:
+    return int(log.sql("SELECT count(*) FROM events")[0][0])
+
+
+PG_ONLY = pytest.mark.parametrize("log", ["postgresql"], indirect=True)
+
+
+@pytest.mark.slow
+@PG_ONLY
+@pytest.mark.parametrize("fault", ["restart", "sigkill"])
+def test_the_server_restarting_mid_append_loses_no_acknowledged_event(
+    log: LogTarget, tmp_path: Path, fault: str
+) -> None:
+    server = log.server
+    assert server is not None
+    EventLog(log.target).close()  # the table, before the count below reads it
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    acked = [tmp_path / f"acked-{w}" for w in range(WRITERS)]
+    procs = [
+        ctx.Process(target=_writer, args=(log.target, w, str(acked[w]), start))
+        for w in range(WRITERS)
+    ]
+    for p in procs:
+        p.start()
+    start.set()
+    # every writer appending (one opening its log during the fault would fail at once, as
+    # a command does: only appends retry), and a good part of the events written
+    wait_for(
+        lambda: (
+            all(a.exists() and a.stat().st_size > 0 for a in acked)
+            and _events(log) >= PER_WRITER // 2
+        ),
+        "every writer to be appending",
+    )
+    if fault == "restart":
+        server.restart("fast")
+    else:
+        server.kill_and_start()
+    for p in procs:
+        p.join(timeout=180)
+        assert p.exitcode == 0
+    with EventLog(log.target) as opened:
+        events = opened.query(kind="test.write")
+    for w in range(WRITERS):
+        acknowledged = [int(x) for x in acked[w].read_text().split()]
+        assert acknowledged == list(range(PER_WRITER))
+        mine = [e.data["i"] for e in events if e.subject == f"w{w}"]
+        # every acknowledged event is there, once, in the writer's order (a retry after a
+        # commit whose answer was lost finds its row by uid instead of writing it again)
+        assert mine == list(range(PER_WRITER)), f"writer {w}"
+    assert [e.id for e in events] == sorted(e.id for e in events)
+
+
+def _bastion(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bastion", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+@PG_ONLY
+def test_a_stopped_server_is_said_clearly_and_breaks_nothing_else(
+    log: LogTarget, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    server = log.server
+    assert server is not None
+    manifest = tmp_path / "bastion.yaml"
+    manifest.write_text(
+        f"version: 1\nsystem: s\nstate_dir: {log.state_dir}\nevents: {log.target}\n"
+    )
+    # the gateway's sink: opened while the server is up
+    writer = EventWriter(EventLog(log.target, retry_s=1.0))
+    writer.emit("test.before", "gw")
+    wait_for(lambda: _events(log) == 1, "the first event")
+    server.stop("fast")
+    try:
+        where = f"127.0.0.1:{server.port}"
+        for argv in (["events", "-f", str(manifest)], ["slo", "status", "-f", str(manifest)]):
+            proc = _bastion(*argv, cwd=tmp_path)
+            assert proc.returncode == 1, (argv, proc.stdout, proc.stderr)
+            assert where in proc.stderr, proc.stderr
+            assert "not answering" in proc.stderr, proc.stderr
+            assert "Traceback" not in proc.stderr
+        # the caller of emit never waits: events are queued, then dropped and counted
+        for i in range(3):
+            writer.emit("test.during", "gw", i=i)
+        wait_for(lambda: writer.failed == 3, "the writer to give up on the 3 events")
+        assert writer.emitted == 4
+    finally:
+        server.start()
+    writer.emit("test.after", "gw")
+    writer.close()
+    err = capfd.readouterr().err
+    assert "event log unavailable, dropping events" in err
+    assert "event log back; 3 event(s) were dropped" in err
+    with EventLog(log.target) as opened:
+        assert [e.kind for e in opened.query()] == ["test.before", "test.after"]
+    proc = _bastion("events", "-f", str(manifest), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["kind"] for line in proc.stdout.splitlines()] == [
+        "test.before",
+        "test.after",
+    ]
+
+
+def test_a_server_down_at_open_names_the_server() -> None:
+    with pytest.raises(UnavailableError, match=r"127\.0\.0\.1:1/x is not answering"):
+        EventLog("postgresql://nobody@127.0.0.1:1/x")
+
+
+def test_sli_rows_in_postgresql(log: LogTarget) -> None:
+    from bastion.slo import SliRow, SqliteSli
+
+    with_backend = SqliteSli.in_state_dir(log.state_dir)
+    try:
+        rows = [
+            SliRow("svc", 3600 * 10 + s, "a", 9, 10, (5, 4) + (0,) * 9 + (1,)) for s in range(120)
+        ]
+        assert with_backend.write(rows) == 120
+        assert with_backend.write(rows[:1]) == 1  # adds up on conflict
+        tally = with_backend.tally("svc", 3600 * 10, 3600 * 11)
+        assert (tally.good, tally.total) == (9 * 121, 10 * 121)
+        assert with_backend.first_after("svc", 0) == 36000
+        assert with_backend.last("svc") == 36119
+        assert with_backend.slice_counts("svc", 36000, 36120, 60, need=0.95, threshold_ms=None) == (
+            2,
+            2,
+        )
+        assert [t for t, _ in with_backend.series("svc", 36000, 36120, step=60)] == [36000, 36060]
+    finally:
+        with_backend.close()
+    if log.backend == "postgresql":
+        assert log.sql("SELECT count(*) FROM sli_m")[0][0] == 2
