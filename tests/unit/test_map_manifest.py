@@ -122,6 +122,47 @@ def test_s3_replicas_share_fate_by_endpoint_and_a_loopback_one_shares_the_machin
     assert "share one machine" in advice(report, "ccf:host=localhost")
 
 
+def test_ray_slots_and_replicas_share_their_cluster_and_the_event_log_is_soft() -> None:
+    manifest = build(
+        vault={"replicas": ["/tmp/a", "s3://b/x?endpoint=https://s3.example.net"]},
+        events="postgresql://bastion@db.example.net:5432/bastion",
+        jobs={
+            "train": {
+                "command": ["true"],
+                "slots": [
+                    {"name": "r1", "backend": "ray", "address": "10.0.0.5:6379"},
+                    {"name": "r2", "backend": "ray", "address": "10.0.0.5:6379"},
+                ],
+            }
+        },
+        services={
+            "chat": {
+                "backends": [
+                    {
+                        "name": "m",
+                        "model": "model/m@1",
+                        "replicas": {"min": 2, "max": 2},
+                        "placement": {"backend": "ray", "address": "10.0.0.5:6379"},
+                    }
+                ]
+            }
+        },
+    )
+    report = map_manifest(manifest, max_order=2)
+    # Two Ray slots on one cluster are one point of failure: the cluster's head.
+    assert ("ray:10.0.0.5:6379",) in {c.events for c in report.top("train").cut_sets}
+    # The replicas spread over nodes, but share the head too.
+    assert ("ray:10.0.0.5:6379",) in {c.events for c in report.top("chat").cut_sets}
+    node = report.graph.nodes["ray:10.0.0.5:6379"]
+    assert node.domains == {"host": "10.0.0.5"}
+    log = report.graph.nodes["events:log"]
+    assert log.domains == {"host": "db.example.net"}
+    assert "events:log" in report.graph.nodes["train"].soft
+    assert "events:log" in report.graph.nodes["chat"].soft
+    # Soft: losing the log takes nothing down.
+    assert all("events:log" not in c.events for c in report.top("chat").cut_sets)
+
+
 def test_recovery_site_target_with_every_replica_on_one_site_is_a_breach() -> None:
     manifest = build(recovery={"site": {"rto_s": 300, "rpo_s": 60}})
     report = map_manifest(manifest)

@@ -364,6 +364,26 @@ class RestartPolicy(_Strict):
     the restart count start over (as Kubernetes' CrashLoopBackOff resets)."""
 
 
+def _check_ray_fields(backend: str, address: str | None, resources: dict[str, float]) -> None:
+    """A job's slot and a backend's placement name a Ray cluster the same way."""
+    if backend == "ray":
+        if not address:
+            raise ValueError(
+                "backend ray needs address: the Ray cluster's GCS address (host:port, "
+                "as `ray start --head` prints it) or auto"
+            )
+        if address != "auto" and not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}", address):
+            hint = " (Ray Client's ray:// is not supported: give the GCS address)"
+            raise ValueError(
+                f"address {address!r} is not host:port"
+                f"{hint if address.startswith('ray://') else ''}; e.g. 10.0.0.5:6379"
+            )
+    elif address is not None or resources:
+        raise ValueError(
+            "address and resources are for backend ray; remove them or set backend: ray"
+        )
+
+
 class WorkerSlot(_Strict):
     """One place a job's worker can run."""
 
@@ -383,24 +403,7 @@ class WorkerSlot(_Strict):
 
     @model_validator(mode="after")
     def _backend_fields(self) -> WorkerSlot:
-        if self.backend == "ray":
-            if not self.address:
-                raise ValueError(
-                    "backend ray needs address: the Ray cluster's GCS address (host:port, "
-                    "as `ray start --head` prints it) or auto"
-                )
-            if self.address != "auto" and not re.fullmatch(
-                r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}", self.address
-            ):
-                hint = " (Ray Client's ray:// is not supported: give the GCS address)"
-                raise ValueError(
-                    f"address {self.address!r} is not host:port"
-                    f"{hint if self.address.startswith('ray://') else ''}; e.g. 10.0.0.5:6379"
-                )
-        elif self.address is not None or self.resources:
-            raise ValueError(
-                "address and resources are for backend ray; remove them or set backend: ray"
-            )
+        _check_ray_fields(self.backend, self.address, self.resources)
         return self
 
 
@@ -485,24 +488,7 @@ class Placement(_Strict):
 
     @model_validator(mode="after")
     def _backend_fields(self) -> Placement:
-        if self.backend == "ray":
-            if not self.address:
-                raise ValueError(
-                    "backend ray needs address: the Ray cluster's GCS address (host:port, "
-                    "as `ray start --head` prints it) or auto"
-                )
-            if self.address != "auto" and not re.fullmatch(
-                r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}", self.address
-            ):
-                hint = " (Ray Client's ray:// is not supported: give the GCS address)"
-                raise ValueError(
-                    f"address {self.address!r} is not host:port"
-                    f"{hint if self.address.startswith('ray://') else ''}; e.g. 10.0.0.5:6379"
-                )
-        elif self.address is not None or self.resources:
-            raise ValueError(
-                "address and resources are for backend ray; remove them or set backend: ray"
-            )
+        _check_ray_fields(self.backend, self.address, self.resources)
         return self
 
 

@@ -29,6 +29,12 @@ Synthetic ids use ``:`` (never valid in a manifest id), so they cannot collide.
     A remote backend with no provider is tagged with its URL's host instead (so two
     backends on one machine share fate; a loopback address is ``host=localhost``, the
     machine the local replicas and vault directories are on).
+- a Ray slot or a Ray-placed backend's replica depends on ``ray:ADDRESS``, its cluster
+  (the head, the GCS, is one failure domain tagged with its host): two slots on one
+  cluster are no redundancy. A Ray slot has no failure of its own (any live node will
+  do); a Ray replica still fails alone (its process, its node) or with the cluster.
+- ``events: postgresql://...`` -> ``events:log`` tagged with its host, a soft dependency
+  of every job and service (losing it loses events, not requests).
 - a component whose id equals a job's or service's lends that node its availability,
   location and tags (the gateway or supervisor itself then counts as a failure).
 - with no jobs and no services, the components nothing depends on are the tops (what is
@@ -50,6 +56,7 @@ from bastion.store import parse_replica_url
 __all__ = ["graph_from_manifest"]
 
 VAULT = "vault:replicas"
+EVENTS = "events:log"
 
 
 def _hard_soft(deps: list[object]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -74,6 +81,19 @@ def _url_host(url: str) -> str:
     except ValueError:
         pass
     return host
+
+
+def _pg_host(url: str) -> str:
+    """The host a ``postgresql://`` URL names (``?host=`` too), as a failure domain."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        host = str(conninfo_to_dict(url).get("host") or "localhost")
+    except Exception:  # the manifest checked it; a parser disagreement is not the map's
+        host = urlsplit(url).hostname or "localhost"
+    if host.startswith("/"):
+        return "localhost"  # a unix socket directory: this machine
+    return _url_host(f"http://{host}")
 
 
 def graph_from_manifest(manifest: Manifest) -> Graph:
@@ -171,7 +191,43 @@ def graph_from_manifest(manifest: Manifest) -> Graph:
             )
         )
 
+    clusters: dict[str, Node] = {}
+
+    def ray_cluster(address: str, origin: str) -> str:
+        """The node of the Ray cluster at ``address``: its head (the GCS) fails every
+        actor on the cluster, so slots and replicas on one cluster share its fate."""
+        cid = f"ray:{address}"
+        if cid not in clusters:
+            host = "localhost" if address == "auto" else _url_host(f"http://{address}")
+            clusters[cid] = Node(
+                id=cid,
+                kind="compute",
+                location="on-prem" if host == "localhost" else "cloud",
+                domains={"host": host},
+                origin=origin,
+                label=f"Ray cluster {address} (its head, the GCS)",
+            )
+        return cid
+
+    events_log: tuple[str, ...] = ()
+    if manifest.events is not None:
+        # A shared log going down loses events (SLOs, reports, playbooks) but stops no
+        # request and no step: every job and service depends on it softly.
+        host = _pg_host(manifest.events)
+        nodes.append(
+            Node(
+                id=EVENTS,
+                kind="storage",
+                location="on-prem" if host == "localhost" else "cloud",
+                domains={"host": host},
+                origin="events",
+                label=f"event log (PostgreSQL at {host})",
+            )
+        )
+        events_log = (EVENTS,)
+
     def merged(name: str, kind: str, origin: str, hard: list[str], soft: list[str]) -> Node:
+        soft = [*soft, *events_log]
         found = declared.get(name)
         if found is None:
             return Node(
@@ -229,15 +285,22 @@ def graph_from_manifest(manifest: Manifest) -> Graph:
             hard_l.append(VAULT)  # checkpoints and the model it makes are stored there
         if job.slots:
             slot_ids = []
-            for slot in job.slots:
+            for k, slot in enumerate(job.slots):
                 sid = f"{name}:slot={slot.name}"
                 slot_ids.append(sid)
+                on_ray = slot.backend == "ray" and slot.address is not None
                 nodes.append(
                     Node(
                         id=sid,
                         kind="compute",
-                        location="cloud" if slot.backend == "ray" else "on-prem",
-                        domains={} if slot.backend == "ray" else {"host": "localhost"},
+                        location="cloud" if on_ray else "on-prem",
+                        # A Ray slot is any node of its cluster: the nodes are not named in
+                        # the manifest, but the cluster's head (GCS) is one failure domain.
+                        hard=(ray_cluster(slot.address, f"jobs.{name}.slots[{k}]"),)
+                        if on_ray and slot.address is not None
+                        else (),
+                        domains={} if on_ray else {"host": "localhost"},
+                        basic=not on_ray,
                         origin=f"jobs.{name}.slots",
                         label=f"worker slot {slot.name} ({slot.backend})",
                     )
@@ -278,6 +341,14 @@ def graph_from_manifest(manifest: Manifest) -> Graph:
                 )
             elif backend.model is not None:
                 replica_ids = []
+                placement = backend.placement
+                cluster = (
+                    ray_cluster(placement.address, f"{origin}.placement")
+                    if placement is not None
+                    and placement.backend == "ray"
+                    and placement.address is not None
+                    else None
+                )
                 for r in range(max(1, backend.replicas.min)):
                     rid = f"{bid}#{r}"
                     replica_ids.append(rid)
@@ -285,9 +356,12 @@ def graph_from_manifest(manifest: Manifest) -> Graph:
                         Node(
                             id=rid,
                             kind="model",
-                            domains={"host": "localhost"},
+                            # On Ray a replica fails alone (its node is replaced) or with
+                            # the cluster's head; here, with this machine.
+                            hard=(cluster,) if cluster else (),
+                            domains={} if cluster else {"host": "localhost"},
                             origin=f"{origin}.replicas",
-                            label=f"replica {r} of {backend.model}",
+                            label=f"replica {r} of {backend.model}" + (" (Ray)" if cluster else ""),
                         )
                     )
                 model_hard = (VAULT,) if manifest.vault is not None else ()
@@ -344,6 +418,7 @@ def graph_from_manifest(manifest: Manifest) -> Graph:
         hard_l.append(group)
         nodes.append(merged(name, "service", f"services.{name}", hard_l, soft_l))
 
+    nodes.extend(clusters.values())
     if not runnable:
         nodes = _components_as_tops(nodes)
     return Graph(nodes, system=manifest.system)
