@@ -87,7 +87,9 @@ def test_job_with_slots_and_inputs_and_vault() -> None:
     train = report.top("train")
     sets = {c.events for c in train.cut_sets}
     assert ("gpu",) in sets
-    assert ("train:slot=w1", "train:slot=w2") in sets
+    # The local slot and the Ray slot fail apart: losing both takes this machine (or the
+    # local worker) and the Ray cluster's head.
+    assert ("ray:10.0.0.5:6379", "train:slot=w1") in sets
     # Two S3 replicas behind one endpoint (AWS's, as no endpoint is named) share its fate:
     # with the local one that is an order-2 set.
     assert ("ccf:endpoint=s3.us-east-1.amazonaws.com", "vault:0") in sets
