@@ -192,6 +192,7 @@ def _manifest(tmp_path: Path, vendor: int, ports: list[int]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_sigkilled_gateway_loses_no_request_the_client_retries(
     tmp_path: Path, vendor: int, seed: int, rng: random.Random
 ) -> None:
