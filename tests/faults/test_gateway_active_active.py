@@ -301,3 +301,19 @@ def test_listen_must_be_one_of_the_service_gateways(tmp_path: Path, vendor: int)
     assert got.returncode == 2
     assert "gateways must include listen" in got.stderr
     assert manifest.name in got.stderr
+
+
+def test_a_gateway_address_of_another_service_is_a_located_error(tmp_path: Path) -> None:
+    a, b = _free_port(), _free_port()
+    manifest = tmp_path / "bastion.yaml"
+    manifest.write_text(
+        "version: 1\nsystem: s\nservices:\n"
+        f"  one:\n    listen: 127.0.0.1:{a}\n"
+        "    backends: [{name: v, url: 'http://127.0.0.1:9'}]\n"
+        f"  two:\n    listen: 127.0.0.1:{b}\n    gateways: [127.0.0.1:{b}, 127.0.0.1:{a}]\n"
+        "    backends: [{name: v, url: 'http://127.0.0.1:9'}]\n"
+    )
+    got = run_bastion("serve", "two", "-f", str(manifest), cwd=tmp_path)
+    assert got.returncode == 2
+    assert "services.two.gateways[1]" in got.stderr or "services.two.gateways.1" in got.stderr
+    assert f"127.0.0.1:{a} is already the address of service 'one'" in got.stderr
