@@ -77,10 +77,9 @@ class L4Balancer:
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            writer.close()  # each connection's pipes then end on their own
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=10)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream = None
