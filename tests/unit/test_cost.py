@@ -290,16 +290,8 @@ def test_a_paid_probe_is_charged_as_a_probe_and_never_refused() -> None:
 
 
 def test_an_attempt_says_its_cause_and_a_shadow_one_is_its_own() -> None:
-    import asyncio
-    from dataclasses import dataclass
-
     from bastion.resilience import RetryBudget
     from bastion.serve._attempts import AttemptRules
-
-    @dataclass
-    class Answer:
-        status: int
-        body: bytes
 
     clock = ManualClock()
     ledger = Ledger("svc", PRICES, clock=clock)
@@ -307,19 +299,14 @@ def test_an_attempt_says_its_cause_and_a_shadow_one_is_its_own() -> None:
     rules = AttemptRules(pool, RetryBudget(ratio=1.0, clock=clock), clock=clock)
     attempts = rules.start(clock() + 10, hedge=True)
     bill = ledger.bill({}, 40, None, pool)
-    answer = Answer(200, b'{"usage": {"prompt_tokens": 8, "completion_tokens": 5}}')
+    body = b'{"usage": {"prompt_tokens": 8, "completion_tokens": 5}}'
 
-    async def answered() -> Answer:
-        return answer
-
-    async def run() -> None:
-        first = next(attempts)
-        assert first is ups["pricey"]
-        await bill.whole(first, attempts, answered)
-        hedge = attempts.hedge()
-        assert hedge is ups["cheap"]
-        await bill.whole(hedge, attempts, answered)
-        await bill.whole(ups["local"], attempts, answered, cause="shadow")
-
-    asyncio.run(run())
+    # as the gateway's attempt does: reserve as the attempt's cause, settle with the answer
+    first = next(attempts)
+    assert first is ups["pricey"]
+    ledger.reserve(bill, first, bill.cause(first, attempts)).answered(200, body)
+    hedge = attempts.hedge()
+    assert hedge is ups["cheap"]
+    ledger.reserve(bill, hedge, bill.cause(hedge, attempts)).answered(200, body)
+    ledger.reserve(bill, ups["local"], "shadow").answered(200, body)
     assert set(ledger.counts) == {("pricey", "first"), ("cheap", "hedge"), ("local", "shadow")}

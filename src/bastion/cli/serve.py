@@ -60,6 +60,14 @@ def serve(
             case_sensitive=False,
         ),
     ] = LogLevel.warning,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen",
+            help="Run SERVICE's gateway at this host:port, one of services.SERVICE.gateways "
+            "(active-active gateways behind an L4 load balancer; docs/serving.md).",
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway for each service in the manifest (Ctrl-C stops it; SIGHUP reloads
     the manifest: changed backends and replica bounds are applied in place).
@@ -108,7 +116,13 @@ def serve(
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload.set)
         await run_services(
-            manifest, names, stop=stop, serving=serving, reload=reload, reloaded=reloaded
+            manifest,
+            names,
+            stop=stop,
+            serving=serving,
+            reload=reload,
+            reloaded=reloaded,
+            listen=listen,
         )
 
     asyncio.run(main())

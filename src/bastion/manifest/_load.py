@@ -648,6 +648,15 @@ def _cross_problems(tree: CommentedMap, located: _Locator) -> Iterator[ManifestP
                     f"{listen} is already the address of service {listens[listen]!r}",
                 )
             listens[listen] = str(name)
+        for k, address in _items(svc.get("gateways")):
+            if not isinstance(address, str) or address == listen:
+                continue
+            if address in listens:
+                yield located.problem(
+                    ("services", str(name), "gateways", k),
+                    f"{address} is already the address of service {listens[address]!r}",
+                )
+            listens[address] = str(name)
 
     vault = tree.get("vault")
     for i, replica in _items(vault.get("replicas") if isinstance(vault, dict) else None):

@@ -799,6 +799,10 @@ class Service(_Strict):
     """The segment (one of ``segments``) it belongs to."""
     listen: Listen = "127.0.0.1:8700"
     """host:port the gateway listens on."""
+    gateways: list[Listen] = Field(default_factory=list)
+    """Every gateway of the service, active-active behind an L4 load balancer, ``listen``
+    among them (each runs as ``bastion serve SERVICE --listen ADDRESS``; each enforces
+    its even share of every budget). Unset: one gateway, at ``listen``."""
     golden: GoldenProbe | None = None
     """Golden probes: answers checked against known ones; wrong answerers ejected."""
     backends: list[Backend] = Field(min_length=1)
@@ -816,6 +820,25 @@ class Service(_Strict):
     """Spending limits, each over its window (docs/cost.md). Their currency must be the
     prices' (one per service), a vendor must be a backend's provider or name, and scope
     key needs auth (the loader checks these, where they are written)."""
+
+    @model_validator(mode="after")
+    def _gateways(self) -> Service:
+        if not self.gateways:
+            return self
+        twice = sorted({g for g in self.gateways if self.gateways.count(g) > 1})
+        if twice:
+            raise ValueError(f"gateways lists {', '.join(twice)} more than once")
+        if self.listen not in self.gateways:
+            raise ValueError(
+                f"gateways must include listen ({self.listen}), the first gateway; add it, "
+                f"e.g. gateways: [{self.listen}, {', '.join(self.gateways)}]"
+            )
+        return self
+
+    @property
+    def gateway_addresses(self) -> list[str]:
+        """Where the service's gateways listen: ``gateways``, or ``[listen]``."""
+        return list(self.gateways) or [self.listen]
 
     @model_validator(mode="after")
     def _golden_backends(self) -> Service:

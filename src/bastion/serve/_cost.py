@@ -38,7 +38,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from bastion import event_kinds as ek
 from bastion.resilience import Clock, monotonic
@@ -300,11 +300,13 @@ class Account:
         self.over_hard = False
 
     @classmethod
-    def of(cls, budget: Budget, name: str, clock: Clock = monotonic) -> Account:
+    def of(cls, budget: Budget, name: str, clock: Clock = monotonic, share: float = 1.0) -> Account:
+        """The account of ``budget``; ``share``: this gateway's part of it (one of a
+        service's N active-active gateways holds 1/N of each limit)."""
         return cls(
             f"{name}/{budget.window}",
-            hard=round(budget.hard * PICO),
-            soft=round(budget.soft * PICO) if budget.soft is not None else None,
+            hard=round(budget.hard * share * PICO),
+            soft=round(budget.soft * share * PICO) if budget.soft is not None else None,
             window_s=budget.window_s,
             currency=budget.currency,
             clock=clock,
@@ -366,22 +368,27 @@ class Charge(NamedTuple):
     cost: int
 
 
-class _Answered(Protocol):
-    status: int
-    body: bytes
-
-
 T = TypeVar("T")
-A = TypeVar("A", bound=_Answered)
 
 
 class Ticket:
     """One attempt's place in the ledger: its cause, rate and reservation, until settled."""
 
-    __slots__ = ("accounts", "backend", "cause", "events", "rate", "reserved", "tier", "usage")
+    __slots__ = (
+        "accounts",
+        "backend",
+        "bill",
+        "cause",
+        "events",
+        "rate",
+        "reserved",
+        "tier",
+        "usage",
+    )
 
     def __init__(  # noqa: PLR0917 - made in one place, Ledger.reserve
         self,
+        bill: Bill,
         backend: str,
         tier: int,
         cause: Cause,
@@ -389,6 +396,7 @@ class Ticket:
         reserved: int,
         accounts: tuple[Account, ...],
     ) -> None:
+        self.bill = bill
         self.backend = backend
         self.tier = tier
         self.cause = cause
@@ -397,6 +405,28 @@ class Ticket:
         self.accounts = accounts
         self.events = 0  # SSE events relayed (a stream's estimate of its output tokens)
         self.usage: tuple[int, int] | None = None  # a stream's final usage chunk, if any
+
+    def answered(self, status: int, body: bytes) -> None:
+        """Settle a whole answer's attempt: nothing for a status of 400 or more (vendors
+        bill answers), else the answer's ``usage``, or an estimate, marked, when it has
+        none. The gateway reserves (``Ledger.reserve``) and settles (this, or
+        ``failed``) inline in its attempt, with no coroutine around it: that wrapper was
+        a measurable share of accounting's CPU per request."""
+        bill = self.bill
+        if status >= 400:
+            bill.ledger.settle(bill, self, None, estimated=False)
+            return
+        usage = read_usage(body)
+        if usage is None:
+            guess = (bill._input_estimate(), estimate_tokens(max(len(body) - 200, 0)))
+            bill.ledger.settle(bill, self, guess, estimated=True)
+        else:
+            bill.ledger.settle(bill, self, usage, estimated=False)
+
+    def failed(self, outcome: Outcome | None) -> None:
+        """Settle an attempt that got no answer: ``outcome`` its Failure's, or None
+        (cancelled, or an error that is not the backend's)."""
+        self.bill._failed(self, outcome)
 
     def tap(self, chunk: bytes) -> None:
         """A relayed piece of a stream: count its events, keep a ``usage`` if it has one."""
@@ -448,8 +478,12 @@ class Ledger:
         vendor: Mapping[str, str] | None = None,
         sink: Callable[[Charge], object] | None = None,
         clock: Clock = monotonic,
+        share: float = 1.0,
     ) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share}")
         self.service = service
+        self.share = share
         self.rates = dict(rates)
         self.vendor = dict(vendor or {})
         self.currency = next((r.currency for r in self.rates.values() if not r.free), "USD")
@@ -464,11 +498,11 @@ class Ledger:
         self.reserve_output = 1024
         for budget in budgets:
             if budget.scope == "service":
-                self._service_accounts.append(Account.of(budget, "service", clock))
+                self._service_accounts.append(Account.of(budget, "service", clock, share))
             elif budget.scope == "vendor":
                 assert budget.vendor is not None
                 self._vendor_accounts.setdefault(budget.vendor, []).append(
-                    Account.of(budget, f"vendor:{budget.vendor}", clock)
+                    Account.of(budget, f"vendor:{budget.vendor}", clock, share)
                 )
             else:
                 self._key_budgets.append(budget)
@@ -501,7 +535,9 @@ class Ledger:
         clock: Clock = monotonic,
     ) -> Ledger | None:
         """The ledger of a manifest service, or None when it has no price and no budget
-        (then the gateway does no accounting at all)."""
+        (then the gateway does no accounting at all). Its budgets are this gateway's
+        share: with N ``gateways`` (active-active), 1/N of each limit, so N gateways that
+        share no state still never spend more than the whole budget together."""
         if not service.budgets and all(b.price is None for b in service.backends):
             return None
         return cls(
@@ -511,6 +547,7 @@ class Ledger:
             vendor={b.name: b.provider or b.name for b in service.backends},
             sink=sink,
             clock=clock,
+            share=1.0 / len(service.gateway_addresses),
         )
 
     @property
@@ -553,7 +590,7 @@ class Ledger:
             mine = self._key_accounts.get(key)
             if mine is None:
                 mine = self._key_accounts[key] = [
-                    Account.of(b, f"key:{key}", self._clock) for b in self._key_budgets
+                    Account.of(b, f"key:{key}", self._clock, self.share) for b in self._key_budgets
                 ]
             out.extend(mine)
         vendor = self._vendor_accounts.get(self.vendor.get(group, group))
@@ -688,7 +725,7 @@ class Ledger:
         group = spec.group or spec.name
         rate = self.rates.get(group, FREE)
         if not self.budgeted:
-            return Ticket(group, spec.tier, cause, rate, 0, ())
+            return Ticket(bill, group, spec.tier, cause, rate, 0, ())
         need = bill.reservation(rate)
         accounts = self._accounts(bill.key, group)
         for account in accounts:
@@ -702,7 +739,7 @@ class Ledger:
                 )
         for account in accounts:
             account.reserved += need
-        return Ticket(group, spec.tier, cause, rate, need, accounts)
+        return Ticket(bill, group, spec.tier, cause, rate, need, accounts)
 
     def settle(
         self, bill: Bill, ticket: Ticket, tokens: tuple[int, int] | None, *, estimated: bool
@@ -758,7 +795,7 @@ class Ledger:
         if rate.free:
             return
         bill = Bill(self, "", request_bytes, 0)
-        ticket = Ticket(group, spec.tier, "probe", rate, 0, self._accounts("", group))
+        ticket = Ticket(bill, group, spec.tier, "probe", rate, 0, self._accounts("", group))
         if status >= 400:
             self.settle(bill, ticket, None, estimated=False)
             return
@@ -837,42 +874,6 @@ class Bill:
             self.ledger.settle(self, ticket, (self._input_estimate(), 0), estimated=True)
         else:
             self.ledger.settle(self, ticket, None, estimated=False)
-
-    async def whole(
-        self,
-        up: Upstream,
-        attempts: Attempts,
-        attempt: Callable[[], Coroutine[Any, Any, A]],
-        *,
-        cause: Cause | None = None,
-    ) -> A:
-        """Run ``attempt()`` (a whole answer on ``up``) reserved, and settle it with the
-        answer's ``usage`` (or an estimate, marked) when it ends. Its cause is the
-        attempt's place in ``attempts`` unless ``cause`` says it (``shadow``: a rollout
-        arm's copy of the request, sent only while ``shadow`` is True)."""
-        ticket = self.ledger.reserve(self, up, cause or self.cause(up, attempts))
-        try:
-            answer = await attempt()
-        except Failure as failure:
-            self._failed(ticket, failure.outcome)
-            raise
-        except BaseException:
-            self._failed(ticket, None)
-            raise
-        if answer.status >= 400:
-            self.ledger.settle(self, ticket, None, estimated=False)
-            return answer
-        usage = read_usage(answer.body)
-        if usage is None:
-            self.ledger.settle(
-                self,
-                ticket,
-                (self._input_estimate(), estimate_tokens(max(len(answer.body) - 200, 0))),
-                estimated=True,
-            )
-        else:
-            self.ledger.settle(self, ticket, usage, estimated=False)
-        return answer
 
     async def opening(
         self,

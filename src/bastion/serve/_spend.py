@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS spend (
     input_tokens  INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
     estimated     INTEGER NOT NULL,
-    cost_pico     INTEGER NOT NULL
+    cost_pico     INTEGER NOT NULL,
+    gateway       TEXT    NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS spend_ts ON spend (ts);
 """
@@ -77,6 +78,9 @@ def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(spend)")}
+            if "gateway" not in columns:  # a spend log from before active-active gateways
+                conn.execute("ALTER TABLE spend ADD COLUMN gateway TEXT NOT NULL DEFAULT ''")
     except (OSError, sqlite3.Error) as exc:
         raise UsageError(
             f"cannot open the spend log {path}: {exc} (check state_dir in the manifest)"
@@ -85,20 +89,32 @@ def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
 
 
 def spend_since(
-    state_dir: str | Path, service: str, seconds: float, *, now: float | None = None
+    state_dir: str | Path,
+    service: str,
+    seconds: float,
+    *,
+    now: float | None = None,
+    gateways: tuple[str, ...] | None = None,
 ) -> list[tuple[float, str, str, int]]:
     """``service``'s spend rows of the last ``seconds``, oldest first, as (age in seconds,
-    backend, key id, cost in pico-units): what ``Ledger.seed`` reads at start."""
+    backend, key id, cost in pico-units): what ``Ledger.seed`` reads at start.
+    ``gateways``: only the rows these gateways wrote (one of several active-active
+    gateways counts its own spend against its share of a budget; "" is a row written
+    before the service had several)."""
     path = spend_path(state_dir)
     if seconds <= 0 or not path.exists():
         return []
     until = time.time() if now is None else now
-    conn = _connect(path, create=False)
+    conn = _connect(path, create=True)  # adds the gateway column to an older log
+    where, args = "service = ? AND ts >= ?", [service, until - seconds]
+    if gateways is not None:
+        where += f" AND gateway IN ({', '.join('?' * len(gateways))})"
+        args.extend(gateways)
     try:
         found = conn.execute(
-            "SELECT ts, backend, key, SUM(cost_pico) FROM spend WHERE service = ? AND ts >= ? "
+            f"SELECT ts, backend, key, SUM(cost_pico) FROM spend WHERE {where} "  # noqa: S608 - placeholders only
             "GROUP BY ts, backend, key ORDER BY ts",
-            (service, until - seconds),
+            args,
         ).fetchall()
     except sqlite3.Error as exc:
         raise UsageError(f"cannot read the spend log {path}: {exc}") from None
@@ -112,8 +128,11 @@ class SpendWriter:
     row key, from one daemon thread. ``failed`` counts rows the database refused (a full
     disk): they never stop the gateway."""
 
-    def __init__(self, path: str | Path | None) -> None:
+    def __init__(self, path: str | Path | None, *, gateways: dict[str, str] | None = None) -> None:
         self.path = Path(path) if path is not None else None
+        # the gateway address each service's rows are written as (a service's active-active
+        # gateways share the spend log; each seeds its budgets from its own rows)
+        self.gateways = dict(gateways or {})
         self.put_count = 0
         self.written = 0
         self.failed = 0
@@ -126,8 +145,10 @@ class SpendWriter:
             self._thread.start()
 
     @classmethod
-    def in_state_dir(cls, state_dir: str | Path | None) -> SpendWriter:
-        return cls(spend_path(state_dir) if state_dir is not None else None)
+    def in_state_dir(
+        cls, state_dir: str | Path | None, *, gateways: dict[str, str] | None = None
+    ) -> SpendWriter:
+        return cls(spend_path(state_dir) if state_dir is not None else None, gateways=gateways)
 
     def put(self, charge: Charge) -> None:
         """Hand one charge to the writer (never blocks)."""
@@ -148,21 +169,25 @@ class SpendWriter:
             while not stop:
                 stop = self._stop.wait(_FLUSH_S)
                 rows: dict[tuple[Any, ...], list[int]] = {}
+                get = self._queue.get_nowait
                 while True:
                     try:
-                        ts, *fields = self._queue.get_nowait()
+                        # a charge's fields, in Charge's order, unpacked straight into
+                        # locals: this thread's time is the gateway process's CPU too
+                        ts, service, backend, tier, key_id, cause, currency, inp, out, est, cost = (
+                            get()
+                        )
                     except queue.Empty:
                         break
-                    c = Charge(*fields)
-                    key = (float(int(ts)), c.service, c.backend, c.tier, c.key, c.cause, c.currency)
+                    key = (float(int(ts)), service, backend, tier, key_id, cause, currency)
                     row = rows.get(key)
                     if row is None:
                         row = rows[key] = [0, 0, 0, 0, 0]
                     row[0] += 1
-                    row[1] += c.input_tokens
-                    row[2] += c.output_tokens
-                    row[3] += c.estimated
-                    row[4] += c.cost
+                    row[1] += inp
+                    row[2] += out
+                    row[3] += est
+                    row[4] += cost
                 if rows:
                     self._write(conn, rows)
         finally:
@@ -174,9 +199,9 @@ class SpendWriter:
                 conn.execute("BEGIN")
                 conn.executemany(
                     "INSERT INTO spend (ts, service, backend, tier, key, cause, currency, "
-                    "attempts, input_tokens, output_tokens, estimated, cost_pico) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(*k, *v) for k, v in rows.items()],
+                    "attempts, input_tokens, output_tokens, estimated, cost_pico, gateway) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(*k, *v, self.gateways.get(k[1], "")) for k, v in rows.items()],
                 )
             self.written += len(rows)
         except sqlite3.Error:

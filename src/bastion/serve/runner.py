@@ -261,9 +261,15 @@ async def run_services(
     serving: Callable[[str, str], None] | None = None,
     reload: asyncio.Event | None = None,
     reloaded: Callable[[dict[str, Any]], None] | None = None,
+    listen: str | None = None,
 ) -> None:
     """Run the named services' gateways (with their local replica sets) until ``stop``;
     ``serving(service, url)`` is called once each gateway is listening.
+
+    ``listen``: run one service's gateway at this address, one of its ``gateways``
+    (active-active: each gateway enforces its share of the budgets and counts its own
+    spend; only the first, at ``listen`` in the manifest, drives rollouts and evaluates
+    SLOs, so neither is done twice).
 
     Each time ``reload`` is set the manifest file is read again and each gateway takes
     its service's changes in place (``reload_plan``); ``reloaded(result)`` is told what
@@ -283,13 +289,14 @@ async def run_services(
 
     if manifest.path is None:
         raise UsageError("bastion serve needs a manifest loaded from a file")
+    addresses = _addresses(manifest, names, listen)
     gateways: list[Gateway] = []
     # each service's replica sets by backend (a rollout's promotion swaps one in)
     sets: dict[str, dict[str, ReplicaSet]] = {}
     probers: list[GoldenProber] = []
     rollouts: list[RolloutController] = []
     sink = EventWriter.in_state_dir(manifest.state_dir)
-    sli = _SliRecording(manifest, names)
+    sli = _SliRecording(manifest, [n for n in names if addresses[n][1]])
     # A replica set serves one snapshot: model/digits@latest is resolved to its version
     # once, here, so a replica restarted later serves what its peers serve, not a newer
     # commit (a new version goes into service through `bastion rollout`).
@@ -305,13 +312,26 @@ async def run_services(
             if service is None:
                 known = ", ".join(manifest.services) or "none"
                 raise NotFoundError(f"service {name!r} is not in {manifest.path} (known: {known})")
-            host, _, port = service.listen.rpartition(":")
+            address, primary = addresses[name]
+            host, _, port = address.rpartition(":")
+            # the replicas' logs of a gateway other than the first go in a directory of
+            # their own (two gateways on one host each run their own replicas)
+            log_dir = manifest.state_dir / "serve" / name
+            if not primary:
+                log_dir = log_dir.with_name(f"{name}@{address.replace(':', '_')}")
             ledger = Ledger.for_service(name, service)
             if ledger is not None:
                 # spend rows go beside the event log, from their own writer thread
-                spend = spend or SpendWriter.in_state_dir(manifest.state_dir)
+                spend = spend or SpendWriter.in_state_dir(
+                    manifest.state_dir, gateways={n: a for n, (a, _) in addresses.items()}
+                )
                 ledger.sink = spend.put
-                ledger.seed(spend_since(manifest.state_dir, name, ledger.longest_window_s))
+                mine = None
+                if len(service.gateway_addresses) > 1:  # count own spend against own share
+                    mine = (address, "") if primary else (address,)
+                ledger.seed(
+                    spend_since(manifest.state_dir, name, ledger.longest_window_s, gateways=mine)
+                )
             gw = Gateway(
                 name,
                 service.policy,
@@ -335,7 +355,7 @@ async def run_services(
                     gw,
                     backend,
                     manifest_path=manifest.path,
-                    log_dir=manifest.state_dir / "serve" / name,
+                    log_dir=log_dir,
                     model=pinned[str(backend.model)],
                 )
                 for backend in service.backends
@@ -346,7 +366,8 @@ async def run_services(
             prober = GoldenProber.from_manifest(gw, manifest)
             if prober is not None:
                 probers.append(prober)
-            rollouts.append(RolloutController(gw, manifest, sets[name], prober=prober))
+            if primary:  # one rollout record per service: only its first gateway drives it
+                rollouts.append(RolloutController(gw, manifest, sets[name], prober=prober))
             ServiceControl(gw, sets[name])
         for service_sets in sets.values():  # a Ray cluster out of reach: exit 2 before serving
             for rs in service_sets.values():
@@ -355,12 +376,13 @@ async def run_services(
             try:
                 await gw.start()
             except OSError as exc:
-                listen = manifest.services[gw.service].listen
+                where, primary = addresses[gw.service]
                 why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                field = "listen" if primary and listen is None else "gateways"
                 raise UsageError(
-                    f"service {gw.service!r} cannot listen on {listen}: {why} (is another "
+                    f"service {gw.service!r} cannot listen on {where}: {why} (is another "
                     "program, or another `bastion serve`, on that port?); stop it, or change "
-                    f"services.{gw.service}.listen in {manifest.path}"
+                    f"services.{gw.service}.{field} in {manifest.path}"
                 ) from None
             if serving is not None:
                 serving(gw.service, gw.url)
@@ -403,6 +425,31 @@ async def run_services(
             spend.close()
         sli.close()
         sink.close()
+
+
+def _addresses(
+    manifest: Manifest, names: Sequence[str], listen: str | None
+) -> dict[str, tuple[str, bool]]:
+    """Where each named service's gateway listens here, and whether it is the service's
+    first gateway (``listen`` in the manifest), from ``bastion serve --listen``."""
+    if listen is None:
+        return {n: (manifest.services[n].listen, True) for n in names if n in manifest.services}
+    if len(names) != 1:
+        raise UsageError(
+            "--listen runs one gateway of one service: name the service, e.g. "
+            f"`bastion serve {names[0] if names else 'SERVICE'} --listen {listen}`"
+        )
+    (name,) = names
+    service = manifest.services.get(name)
+    if service is None:
+        return {}
+    declared = service.gateway_addresses
+    if listen not in declared:
+        raise UsageError(
+            f"--listen {listen}: not a gateway of service {name!r} (its gateways: "
+            f"{', '.join(declared)}); add it to services.{name}.gateways in {manifest.path}"
+        )
+    return {name: (listen, listen == service.listen)}
 
 
 async def _reload(
