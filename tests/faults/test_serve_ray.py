@@ -26,6 +26,7 @@ from bastion.manifest import Placement, load
 from bastion.serve import Gateway, GatewayThread, ReplicaSet
 from tests.faults.test_gateway_faults import Load
 from tests.helpers import commit_model
+from tests.ray_cluster import ray_cluster
 
 ray = pytest.importorskip("ray")
 
@@ -35,35 +36,16 @@ BASTION = [sys.executable, "-m", "bastion"]
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    """A head and two worker nodes, one CPU each, so a replica needing {CPU: 1} has one
-    node to itself. Ray's node health check is shortened from its default (5 misses of
-    a 3 s period): a removed node is declared dead in about a second here."""
-    from ray.cluster_utils import Cluster
+    """The shared 3-node cluster (``tests/ray_cluster.py``): a head and two worker
+    nodes, one CPU each, so a replica needing {CPU: 1} has one node to itself, with
+    Ray's node health check shortened so a removed node is declared dead in seconds."""
+    from bastion.supervise import _ray
 
-    from bastion.serve import _ray
-
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 1,
-            "object_store_memory": 80 * MB,
-            "include_dashboard": False,
-            "_system_config": {
-                "health_check_initial_delay_ms": 0,
-                "health_check_period_ms": 300,
-                "health_check_timeout_ms": 300,
-                "health_check_failure_threshold": 3,
-            },
-        },
-    )
-    try:
-        for _ in range(2):
-            c.add_node(num_cpus=1, object_store_memory=80 * MB)
-        c.wait_for_nodes()
-        yield c
-    finally:
-        _ray.disconnect()
-        c.shutdown()
+    with ray_cluster() as c:
+        try:
+            yield c.cluster
+        finally:
+            _ray.leave()
 
 
 def _wait(cond: Any, timeout: float = 90.0, what: str = "condition") -> None:

@@ -1,7 +1,6 @@
 """Replicas placed on Ray nodes: one Ray actor per replica runs the replica command there.
 
-Owns: ``connect`` (join the Ray cluster a backend's ``placement`` names, or a clear
-``UsageError``), ``_ReplicaActor`` (the Ray actor: on its node it starts the same
+Owns: ``_ReplicaActor`` (the Ray actor: on its node it starts the same
 ``bastion.serve.replica`` command the local set runs, bound to the node's IP on a free
 port, with ``die_with_parent`` so the replica dies with the actor and its node) and
 ``RayReplica`` (the replica set's handle for one replica: a thread that places the actor,
@@ -26,87 +25,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bastion.errors import UsageError
 from bastion.supervise import Backoff, RestartBudget, SupervisorStatistics
 
-__all__ = ["RayReplica", "connect", "disconnect"]
+__all__ = ["RayReplica"]
 
-#: the Ray namespace Bastion's actors live in
-NAMESPACE = "bastion"
 #: seconds one poll of a replica's actor may take before it counts as lost
 POLL_TIMEOUT_S = 2.0
 #: seconds between polls
 POLL_EVERY_S = 0.2
 #: seconds an actor may take to be placed and start its replica before it is replaced
 PLACE_TIMEOUT_S = 120.0
-
-_connected: str | None = None
-_connect_lock = threading.Lock()
-
-
-def _reachable(address: str, timeout_s: float = 3.0) -> str:
-    """Empty if ``address`` (host:port) accepts a TCP connection, else why not."""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            return ""
-    except OSError as exc:
-        return exc.strerror.lower() if exc.strerror else str(exc) or type(exc).__name__
-
-
-def connect(address: str, *, where: str, manifest: Path | str) -> None:
-    """Join the Ray cluster at ``address`` as a driver (once per process), or raise a
-    ``UsageError`` naming ``where`` (the manifest place, e.g.
-    ``services.chat.backends.local.placement.address``) and the fix."""
-    global _connected
-    fix = f"start the cluster (`ray start --head` prints its address) or fix {where} in {manifest}"
-    try:
-        import ray
-    except ImportError:
-        raise UsageError(
-            f"{where}: placement backend ray needs Ray; install bastion[ray], or set "
-            f"placement.backend: local in {manifest}"
-        ) from None
-    with _connect_lock:
-        if _connected is not None:
-            if _connected != address:
-                raise UsageError(
-                    f"{where}: this gateway is already joined to the Ray cluster at "
-                    f"{_connected}, not {address}; one `bastion serve` joins one cluster: "
-                    f"use the same address, or serve the service separately"
-                )
-            return
-        if address != "auto":
-            why = _reachable(address)
-            if why:
-                raise UsageError(
-                    f"{where}: cannot reach the Ray cluster at {address} ({why}); {fix}"
-                )
-        try:
-            ray.init(
-                address=address,
-                namespace=NAMESPACE,
-                ignore_reinit_error=True,
-                log_to_driver=False,
-                configure_logging=False,
-            )
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UsageError(
-                f"{where}: cannot join the Ray cluster at {address} ({exc}); {fix}"
-            ) from None
-        _connected = address
-
-
-def disconnect() -> None:
-    """Leave the Ray cluster ``connect`` joined (tests; a process serving until it exits
-    need not)."""
-    global _connected
-    with _connect_lock:
-        if _connected is not None:
-            import ray
-
-            ray.shutdown()
-            _connected = None
 
 
 class _ReplicaActor:

@@ -269,15 +269,13 @@ class ReplicaSet:
         does it too; ``bastion serve`` calls it before its gateways listen."""
         placement = self.backend.placement
         if placement.backend == "ray":
-            from bastion.serve._ray import connect
+            from bastion.supervise._ray import join
 
             assert placement.address is not None
             await asyncio.to_thread(
-                connect,
+                join,
                 placement.address,
-                where=f"services.{self.gateway.service}.backends.{self.backend.name}"
-                ".placement.address",
-                manifest=self.manifest_path,
+                where=f"services.{self.gateway.service}.backends.{self.backend.name}.placement",
             )
 
     async def start(self) -> None:

@@ -53,29 +53,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import signal as _signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from bastion.errors import UnavailableError, UsageError
 from bastion.supervise import HEARTBEAT_ENV, Child, Exit, ProcessSpec
 from bastion.supervise._child import _die_with_parent
+from bastion.supervise._ray import NAMESPACE, join
 
 __all__ = ["NAMESPACE", "RayChild", "RaySlot", "WorkerHost", "connect", "run_name", "stop_orphans"]
-
-NAMESPACE = "bastion"
-"""The Ray namespace of every actor Bastion names."""
-
-_EXTRA = "pip install 'bastion[ray]'"
 
 
 def _api() -> Any:
@@ -86,49 +79,9 @@ def _api() -> Any:
     return ray
 
 
-def import_ray(where: str) -> ModuleType:
-    """``ray``, or a ``UsageError`` naming the place that asked for it and the extra."""
-    try:
-        import ray
-    except ImportError:
-        raise UsageError(
-            f"{where}: backend ray needs the ray package, which is not installed; "
-            f"install Bastion's ray extra ({_EXTRA}) or use backend: local"
-        ) from None
-    return ray
-
-
 def connect(address: str, *, where: str) -> Any:
-    """Join the Ray cluster at ``address`` as a driver (once per process) and return
-    ``ray``; a ``UsageError`` naming ``where`` when nothing answers there."""
-    import_ray(where)
-    ray = _api()
-    if ray.is_initialized():
-        return ray
-    if address != "auto":
-        host, _, port = address.rpartition(":")
-        # ray.init retries an unreachable GCS for a minute; a TCP connect says it at once.
-        try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=3.0).close()
-        except (OSError, ValueError) as exc:
-            why = getattr(exc, "strerror", None) or str(exc)
-            raise UsageError(
-                f"{where}.address: no Ray cluster answers at {address} ({why}); start one "
-                f"there (`ray start --head --port {port}`) or fix the address"
-            ) from None
-    try:
-        ray.init(
-            address=address,
-            namespace=NAMESPACE,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UsageError(
-            f"{where}.address: could not join the Ray cluster at {address} ({exc}); "
-            "check that it runs (`ray status`) and that this Ray version matches its"
-        ) from None
-    return ray
+    """Join the Ray cluster at ``address`` (``supervise._ray.join``) and return ``ray``."""
+    return join(address, where=where)
 
 
 def run_name(job: str, state_dir: str | Path) -> str:
