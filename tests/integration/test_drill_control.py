@@ -173,3 +173,21 @@ def test_divergence_is_judged_only_on_windows_big_enough() -> None:
     with pytest.raises(UsageError, match="control twin's gateway is the experiment's"):
         KpiComparison("127.0.0.1:1", "127.0.0.1:1")
     json.dumps(bounds.__dict__)  # the bounds go into the journal as they are
+
+
+def test_control_without_twin_is_exit_2_saying_what_to_add(tmp_path: Path) -> None:
+    from tests.helpers import run_bastion
+
+    experiment = tmp_path / "e.json"
+    revert = {"type": "python", "module": "bastion.drill.actions", "func": "revert"}
+    doc = {
+        "title": "t",
+        "description": "d",
+        "method": [{"type": "action", "name": "r", "provider": revert}],
+    }
+    experiment.write_text(json.dumps(doc))
+    done = run_bastion(
+        "drill", "run", str(experiment), "--control", "ctl", "--no-live", cwd=tmp_path
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--control needs --twin" in done.stderr

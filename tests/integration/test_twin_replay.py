@@ -155,3 +155,13 @@ def test_a_file_that_is_not_a_recording_is_refused_naming_the_line(tmp_path: Pat
         read_recording(bad)
     with pytest.raises(UsageError, match="cannot read the recording"):
         read_recording(tmp_path / "missing.jsonl")
+
+
+def test_twin_load_replay_of_a_missing_recording_is_exit_2(example_copy: Path) -> None:
+    from tests.helpers import run_bastion
+
+    assert run_bastion("twin", "up", cwd=example_copy).returncode == 0
+    done = run_bastion("twin", "load", "--replay", "nowhere.jsonl", cwd=example_copy)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "cannot read the recording" in done.stderr
+    assert run_bastion("twin", "down", cwd=example_copy).returncode == 0
