@@ -10,6 +10,7 @@ verified reads with repair, put-to-all with a quorum.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
 from bastion.vault._gc import GcReport
 from bastion.vault._guard import (
     CANARY,
@@ -56,6 +57,7 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
 
 __all__ = [
     "CANARY",
