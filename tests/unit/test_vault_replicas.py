@@ -324,3 +324,34 @@ def test_retention_by_age_follows_the_injected_clock(tmp_path: Path, key: Path) 
     assert vault.gc(grace_s=3600)["objects_deleted"] == 0
     wall.advance(3601)
     assert vault.gc(grace_s=3600)["objects_deleted"] == 1
+
+
+def test_a_commit_landing_while_scrub_lists_is_not_reported_unrecoverable(
+    stores: list[MemoryStore],
+    key: Path,
+    events: EventLog,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Scrub lists each replica's objects, then reads the snapshot documents. A commit
+    in between (its objects first, then its document) names objects the listing never
+    saw: they must be read, not called lost (the drill suite's disk-full flake)."""
+    from bastion.vault import _scrub
+
+    vault = _vault(stores, key, events, clock)
+    vault.commit("run/writes", {"f": b"first" * 1000})
+    real = _scrub._check_snapshots
+    late: list[str] = []
+
+    def commit_between(*args: object, **kwargs: object) -> set[str]:
+        if not late:  # once: the commit a background writer makes at that moment
+            late.append(vault.commit("run/writes", {"f": b"second" * 1000}).id)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_scrub, "_check_snapshots", commit_between)
+    report = vault.scrub(repair=False)
+    assert late
+    assert report.unrecoverable == []
+    assert report.ok
+    assert report.bad_copies == 0
+    assert events.query(kind="vault.unrecoverable") == []

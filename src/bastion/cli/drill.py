@@ -172,6 +172,20 @@ def run(
             "its paths, ports and processes are the whole scope, its log gets the events.",
         ),
     ] = None,
+    control: Annotated[
+        str | None,
+        typer.Option(
+            "--control",
+            help="With --twin: a control twin (another twin of the -f manifest) given the "
+            "same load; the drill is aborted when the KPIs diverge (ChAP).",
+        ),
+    ] = None,
+    control_rate: Annotated[
+        float, typer.Option(help="With --control: requests a second sent to each twin.")
+    ] = 20.0,
+    control_path: Annotated[
+        str, typer.Option(help="With --control: the route the load is sent to.")
+    ] = "/v1/predict",
 ) -> None:
     """Run an experiment: steady state before, during and after; faults; rollbacks;
     measured time to detect, RTO and RPO. Exit 1 if it broke and never recovered."""
@@ -188,8 +202,24 @@ def run(
         sandbox = Twin(file, twin)
         scope = sandbox.scope()
         where: Path | None = state_dir or sandbox.state_dir
+    elif control is not None:
+        from bastion.errors import UsageError
+
+        raise UsageError("drill run: --control needs --twin (the experiment's twin)")
     else:
         where = _state_dir(loaded, file, state_dir)
+    comparison = None
+    if twin is not None and control is not None:
+        from bastion.drill.kpi import KpiComparison
+        from bastion.twin import Twin
+
+        comparison = KpiComparison(
+            _gateway_of(Twin(file, twin)),
+            _gateway_of(Twin(file, control)),
+            rate=control_rate,
+            path=control_path,
+            seed=seed or 0,
+        )
     if live:
         with Live(state, console=console, refresh_per_second=8, transient=False):
             result = run_experiment(
@@ -199,11 +229,17 @@ def run(
                 seed=seed,
                 on_update=state.update,
                 scope=scope,
+                control_twin=comparison,
             )
         console.print()
     else:
         result = run_experiment(
-            experiment, state_dir=where, journal_path=journal, seed=seed, scope=scope
+            experiment,
+            state_dir=where,
+            journal_path=journal,
+            seed=seed,
+            scope=scope,
+            control_twin=comparison,
         )
     raise_for_refusals(result)
     for line in _timeline(result.journal.get("bastion") or {}):
@@ -224,6 +260,14 @@ def run(
         "faults_reverted",
     ):
         table.add_row(key, escape(_fmt(m.get(key))))
+    kpis = (result.journal.get("bastion") or {}).get("kpis")
+    if kpis:
+        console.print(_kpi_table(kpis))
+        if kpis.get("divergence"):
+            console.print(
+                f"[red]diverged[/red] at {kpis['diverged_at_s']} s: {escape(kpis['divergence'])}",
+                soft_wrap=True,
+            )
     cost = (result.journal.get("bastion") or {}).get("cost") or {}
     for currency in cost.get("currencies", []):
         total, extra = cost["total"][currency], cost["extra"][currency]
@@ -236,6 +280,35 @@ def run(
     console.print(f"drill {verdict}: status {result.status}; journal {journal}")
     if result.exit_code:
         raise typer.Exit(result.exit_code)
+
+
+def _gateway_of(twin: Any) -> str:
+    """The twin's first service's gateway address (host:port), which must exist."""
+    from bastion.errors import UsageError
+
+    if not twin.exists():
+        raise UsageError(
+            f"drill run: no twin {twin.name!r} (make it with bastion twin up --name {twin.name})"
+        )
+    services = twin.manifest().services
+    if not services:
+        raise UsageError(f"drill run: twin {twin.name!r} has no service to load")
+    return str(next(iter(services.values())).listen)
+
+
+def _kpi_table(kpis: dict[str, Any]) -> Table:
+    table = Table(title="KPIs: experiment twin vs control twin", header_style="bold")
+    table.add_column("KPI")
+    table.add_column("experiment", justify="right")
+    table.add_column("control", justify="right")
+    for key, label in (
+        ("requests", "requests"),
+        ("error_rate", "error rate"),
+        ("p99_ms", "latency p99 (ms)"),
+        ("goodput_rps", "goodput (/s)"),
+    ):
+        table.add_row(label, _fmt(kpis["experiment"].get(key)), _fmt(kpis["control"].get(key)))
+    return table
 
 
 def faults(

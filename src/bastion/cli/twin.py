@@ -1,4 +1,4 @@
-"""``bastion twin up | down | status | load``: the sandbox twin of the manifest's system.
+"""``bastion twin up | down | status | load | record``: the sandbox twin of the manifest's system.
 
 Exit 0 when done; 2 on bad input (no manifest, a twin that already exists or does not,
 a port clash, a twin still running at ``down``); 1 when ``load`` got no answer at all.
@@ -6,6 +6,7 @@ a port clash, a twin still running at ``down``); 1 when ``load`` got no answer a
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -111,10 +112,21 @@ def load(
     rate: Annotated[float, typer.Option(help="Requests per second.")] = 20.0,
     seconds: Annotated[float, typer.Option(help="How long to send for.")] = 5.0,
     seed: Annotated[int, typer.Option(help="Seed for the synthetic inputs.")] = 0,
+    replay: Annotated[
+        Path | None,
+        typer.Option(
+            "--replay",
+            help="Replay this recording (from bastion twin record) instead of synthetic load.",
+        ),
+    ] = None,
+    speed: Annotated[
+        float, typer.Option(help="With --replay: 1 is the recorded pace, 10 ten times faster.")
+    ] = 1.0,
     as_json: JsonOption = False,
 ) -> None:
-    """Replay synthetic load (seeded random inputs, a steady open-loop rate) against the
-    twin's gateway; start it first with bastion serve -f and the twin manifest."""
+    """Replay synthetic load (seeded random inputs, a steady open-loop rate), or recorded
+    load (--replay FILE, at the recorded pace times --speed), against the twin's gateway;
+    start it first with bastion serve -f and the twin manifest."""
     from dataclasses import asdict
 
     from bastion import event_kinds as ek
@@ -130,9 +142,15 @@ def load(
     if chosen not in manifest.services:
         known = ", ".join(manifest.services)
         raise UsageError(f"twin {name!r}: no service {chosen!r} (its services: {known})")
-    stats = replay_synthetic(
-        manifest.services[chosen].listen, rate=rate, seconds=seconds, seed=seed
-    )
+    if replay is not None:
+        from bastion.twin import replay_recorded
+
+        stats = replay_recorded(manifest.services[chosen].listen, replay, speed=speed, seed=seed)
+        rate = stats.rate
+    else:
+        stats = replay_synthetic(
+            manifest.services[chosen].listen, rate=rate, seconds=seconds, seed=seed
+        )
     EventLog.in_state_dir(manifest.state_dir).emit(
         ek.TWIN_LOAD, subject=chosen, sent=stats.sent, ok=stats.ok, failed=stats.failed, rate=rate
     )
@@ -150,6 +168,38 @@ def load(
         )
 
 
+def record(
+    to: Annotated[str, typer.Option("--to", help="The gateway to record in front of (host:port).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The recording to write.")],
+    listen: Annotated[
+        str, typer.Option(help="Where clients connect instead (host:port; port 0: any free).")
+    ] = "127.0.0.1:0",
+    seconds: Annotated[
+        float | None, typer.Option(help="Stop after this long (default: at Ctrl-C).")
+    ] = None,
+    bodies: Annotated[
+        bool,
+        typer.Option(
+            "--bodies",
+            help="Record request bodies too (secrets redacted; what users wrote is kept).",
+        ),
+    ] = False,
+) -> None:
+    """Record production's load: a proxy in front of the gateway writes each request's
+    shape and time (method, path, body size, model; never headers or query strings, bodies
+    only with --bodies) for bastion twin load --replay."""
+    import threading
+
+    from bastion.twin import Recorder
+
+    done = threading.Event()
+    with Recorder(to, output, bodies=bodies).start(listen) as rec:
+        console.print(f"recording {escape(rec.upstream)} at {rec.url} into {escape(str(output))}")
+        with contextlib.suppress(KeyboardInterrupt):
+            done.wait(seconds)  # the recording's length (or Ctrl-C), not synchronisation
+    console.print(f"{rec.rows} requests recorded in {escape(str(output))}")
+
+
 def register(app: typer.Typer) -> None:
     sub = typer.Typer(
         help="The sandbox twin: an isolated copy of the system to drill against.",
@@ -159,4 +209,5 @@ def register(app: typer.Typer) -> None:
     sub.command("down")(down)
     sub.command("status")(status)
     sub.command("load")(load)
+    sub.command("record")(record)
     app.add_typer(sub, name="twin")

@@ -37,7 +37,13 @@ from bastion import event_kinds as ek
 from bastion.drill.context import DrillContext, current
 from bastion.errors import UsageError
 
-__all__ = ["before_rollback_control", "cleanup_control", "configure_control", "stop_watching"]
+__all__ = [
+    "abort",
+    "before_rollback_control",
+    "cleanup_control",
+    "configure_control",
+    "stop_watching",
+]
 
 _watcher: threading.Thread | None = None
 _stop = threading.Event()
@@ -61,6 +67,12 @@ def _abort(reason: str) -> None:
             ctx.events.emit(ek.DRILL_ABORTED, subject=ctx.subject, reason=reason)
         _stop.set()
         exit_gracefully()
+
+
+def abort(reason: str) -> None:
+    """Abort the running drill now, naming ``reason`` (the control twin's comparison
+    calls it when the KPIs diverge); nothing once the rollbacks began."""
+    _abort(reason)
 
 
 def stop_watching() -> None:

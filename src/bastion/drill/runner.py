@@ -65,6 +65,7 @@ from bastion.errors import ScopeError, UsageError
 from bastion.events import EventLog, add_secret, redact
 
 if TYPE_CHECKING:
+    from bastion.drill.kpi import KpiComparison
     from bastion.manifest import Manifest
 
 __all__ = [
@@ -422,6 +423,27 @@ class _Handler:
         )
 
 
+def _with_abort_control(experiment: dict[str, Any]) -> dict[str, Any]:
+    """The experiment with Bastion's abort control declared (a divergence from the
+    control twin aborts through it), unless it declares it already."""
+    controls = list(experiment.get("controls") or [])
+    if any((c.get("provider") or {}).get("module") == "bastion.drill.control" for c in controls):
+        return experiment
+    controls.append(
+        {
+            "name": "bastion-abort",
+            "provider": {"type": "python", "module": "bastion.drill.control", "arguments": {}},
+        }
+    )
+    return {**experiment, "controls": controls}
+
+
+def _diverged_abort(reason: str) -> None:
+    from bastion.drill.control import abort
+
+    abort(f"the KPIs diverged from the control twin's: {reason}")
+
+
 def run_experiment(
     experiment: str | Path | dict[str, Any],
     *,
@@ -431,13 +453,17 @@ def run_experiment(
     seed: int | None = None,
     on_update: _Update | None = None,
     scope: Scope | None = None,
+    control_twin: KpiComparison | None = None,
 ) -> DrillResult:
     """Run one experiment; return what it found and write its journal (when a path is
     given). ``base``: the directory relative paths in the experiment resolve against
     (default: the experiment file's directory); ``state_dir``: where the event log is
     (default: ``<base>/.bastion``). ``scope``: the blast radius instead of the
     experiment's own ``bastion.scope`` (a sandbox twin's, ``bastion drill run --twin``:
-    then a fault aimed at anything but the twin is refused)."""
+    then a fault aimed at anything but the twin is refused). ``control_twin``: a control twin
+    beside the experiment's (ChAP, ``--control``): the same load on both, started before
+    the steady state is checked; the run is aborted the moment their KPIs diverge, and
+    the journal's ``bastion.kpis`` shows both side by side."""
     from chaoslib.run import Runner
     from chaoslib.types import Schedule, Strategy
 
@@ -453,6 +479,8 @@ def run_experiment(
         base = base or Path.cwd()
     settings = bastion_settings(experiment)
     seed = seed if seed is not None else settings.get("seed")
+    if control_twin is not None:
+        experiment = _with_abort_control(experiment)
     if scope is None:
         scope = Scope.from_config(settings.get("scope"), base=base)
     title = str(experiment.get("title", "drill"))
@@ -478,12 +506,16 @@ def run_experiment(
     # A late abort signal must never kill the process after Chaos Toolkit's handler is gone.
     previous_usr1 = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     safety_net: list[str] = []
+    kpis: dict[str, Any] | None = None
     started_s = time.monotonic()
     started_wall = time.time()
     try:
         with activate(ctx):
             try:
                 _setup(ctx, settings, experiment, manifest)
+                if control_twin is not None:
+                    control_twin.on_diverge = _diverged_abort
+                    control_twin.start()
                 handler = _Handler(ctx, on_update)
                 runner = Runner(
                     Strategy.CONTINUOUS, Schedule(continuous_hypothesis_frequency=frequency)
@@ -495,6 +527,8 @@ def run_experiment(
                 )
                 control.stop_watching()
             finally:
+                if control_twin is not None:
+                    kpis = control_twin.stop()
                 safety_net = ctx.close()
     finally:
         control.stop_watching()
@@ -534,7 +568,11 @@ def run_experiment(
                 f"left injected after the rollbacks (reverted by Bastion): {safety_net}"
             )
         exit_code = 1 if problems else 0
+    if kpis is not None and kpis.get("divergence") and ctx.aborted is None:
+        problems.append(f"the KPIs diverged from the control twin's: {kpis['divergence']}")
+        exit_code = exit_code or 1
     journal["bastion"] = {
+        "kpis": kpis,
         "measurements": measured,
         "targets": targets,
         "targets_missed": misses,

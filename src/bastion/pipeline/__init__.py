@@ -15,12 +15,52 @@ A failing stage blocks its dependants and nothing else. How to write one:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from bastion.pipeline._dag import BUILTIN_INPUTS, Dag, StageNode, build, problems
-from bastion.pipeline._key import CacheKey, Unhashable, canonical, environment_lock, stage_key
-from bastion.pipeline._recipe import Recipe
-from bastion.pipeline._replay import NotReplayable, Replayed, replay, replay_problems
-from bastion.pipeline._runner import PipelineRunner, output_digest
-from bastion.pipeline._status import RunRecord, StageRecord, StageState, read_run
+
+if TYPE_CHECKING:
+    from bastion.pipeline._key import (
+        CacheKey,
+        Unhashable,
+        canonical,
+        environment_lock,
+        stage_key,
+    )
+    from bastion.pipeline._recipe import Recipe
+    from bastion.pipeline._replay import NotReplayable, Replayed, replay, replay_problems
+    from bastion.pipeline._runner import PipelineRunner, output_digest
+    from bastion.pipeline._status import RunRecord, StageRecord, StageState, read_run
+
+# Loading any manifest checks its pipelines with the pure ``_dag``; importing the package
+# for it must not bring the runner, training and the vault (a third of a second of every
+# command's start-up): the rest is imported when first named.
+_LAZY = {
+    **dict.fromkeys(
+        ("CacheKey", "Unhashable", "canonical", "environment_lock", "stage_key"),
+        "bastion.pipeline._key",
+    ),
+    "Recipe": "bastion.pipeline._recipe",
+    **dict.fromkeys(
+        ("NotReplayable", "Replayed", "replay", "replay_problems"), "bastion.pipeline._replay"
+    ),
+    **dict.fromkeys(("PipelineRunner", "output_digest"), "bastion.pipeline._runner"),
+    **dict.fromkeys(
+        ("RunRecord", "StageRecord", "StageState", "read_run"), "bastion.pipeline._status"
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bastion.pipeline' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BUILTIN_INPUTS",

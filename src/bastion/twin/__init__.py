@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from bastion.twin._load import LoadStatistics, replay_synthetic
 from bastion.twin._ports import OwnedPort, allocate, owned_ports
+from bastion.twin._record import Recorder, Recording, read_recording, replay_recorded
 from bastion.twin._twin import Twin, TwinRecord, TwinStatus
 from bastion.twin._view import ViewStatistics, make_view
 
 __all__ = [
     "LoadStatistics",
     "OwnedPort",
+    "Recorder",
+    "Recording",
     "Twin",
     "TwinRecord",
     "TwinStatus",
@@ -23,5 +26,7 @@ __all__ = [
     "allocate",
     "make_view",
     "owned_ports",
+    "read_recording",
+    "replay_recorded",
     "replay_synthetic",
 ]

@@ -6,8 +6,8 @@ failures rather than a quietly lower rate) of ``POST /v1/predict`` with seeded r
 inputs, and the ``LoadStatistics`` it returns.
 
 Must never: send to anything but the twin's own ``listen:`` address, or sleep to
-synchronise anything but its own schedule. Replaying recorded load (from the event
-log's requests) is later work: the log does not hold request bodies yet.
+synchronise anything but its own schedule. Recorded load (``bastion.twin._record``)
+is sent by the same open loop (``open_loop``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from bastion.errors import UsageError
 
-__all__ = ["LoadStatistics", "replay_synthetic"]
+__all__ = ["LoadStatistics", "Planned", "open_loop", "replay_synthetic"]
 
 
 @dataclass(frozen=True)
@@ -60,37 +60,61 @@ def replay_synthetic(
     (``host:port``); each carries ``width`` seeded random numbers as its inputs."""
     if rate <= 0 or seconds <= 0:
         raise UsageError("twin load: --rate and --seconds must be positive (e.g. 20 and 5)")
-    host, _, port = listen.rpartition(":")
     rng = random.Random(seed)
     total = max(1, int(rate * seconds))
     bodies = [
         json.dumps({"inputs": [round(rng.random() * 16, 3) for _ in range(width)]}).encode()
         for _ in range(min(total, 256))
     ]
+    plan = [
+        Planned(due_s=i / rate, method="POST", path="/v1/predict", body=bodies[i % len(bodies)])
+        for i in range(total)
+    ]
+    return open_loop(listen, plan, rate=rate, timeout_s=timeout_s)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One request of a load: when to send it (seconds after the start), and what."""
+
+    due_s: float
+    method: str
+    path: str
+    body: bytes
+
+
+def open_loop(
+    listen: str,
+    plan: list[Planned],
+    *,
+    rate: float,
+    timeout_s: float = 2.0,
+    workers: int | None = None,
+) -> LoadStatistics:
+    """Send each planned request at its time (open loop: not when the one before it
+    returned). ``workers`` threads send (default: enough for ``rate``); with 1 the
+    requests leave strictly in the plan's order."""
+    host, _, port = listen.rpartition(":")
     lock = threading.Lock()
     latencies: list[float] = []
     counts = {"ok": 0, "failed": 0}
     local = threading.local()
     opened: list[http.client.HTTPConnection] = []  # one per worker thread, closed at the end
 
-    def send(i: int, due: float) -> None:
+    def send(item: Planned, due: float) -> None:
         delay = due - time.monotonic()
         if delay > 0:
             time.sleep(delay)  # the schedule itself, not synchronisation
         t0 = time.perf_counter()
         ok = False
+        conn = getattr(local, "conn", None)
         try:
-            conn = getattr(local, "conn", None)
             if conn is None:
                 conn = local.conn = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
                 with lock:
                     opened.append(conn)
-            conn.request(
-                "POST",
-                "/v1/predict",
-                body=bodies[i % len(bodies)],
-                headers={"Content-Type": "application/json"},
-            )
+            headers = {"Content-Type": "application/json"} if item.body else {}
+            conn.request(item.method, item.path, body=item.body or None, headers=headers)
             response = conn.getresponse()
             response.read()
             ok = 200 <= response.status < 300
@@ -105,14 +129,15 @@ def replay_synthetic(
                 latencies.append(elapsed)
 
     start = time.monotonic()
-    with ThreadPoolExecutor(max_workers=min(32, max(2, int(rate // 10) + 2))) as pool:
-        for i in range(total):
-            pool.submit(send, i, start + i / rate)
+    threads = workers or min(32, max(2, int(rate // 10) + 2))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for item in plan:
+            pool.submit(send, item, start + item.due_s)
     for conn in opened:
         conn.close()
     return LoadStatistics(
         target=listen,
-        sent=total,
+        sent=len(plan),
         ok=counts["ok"],
         failed=counts["failed"],
         rate=rate,

@@ -9,7 +9,8 @@ verified reads with repair, put-to-all with a quorum.
 
 from __future__ import annotations
 
-from bastion.vault._client import VaultClient
+from typing import TYPE_CHECKING, Any
+
 from bastion.vault._gc import GcReport
 from bastion.vault._guard import (
     CANARY,
@@ -30,9 +31,33 @@ from bastion.vault._manifest import (
 )
 from bastion.vault._replicas import ReplicaSet, ReplicaSetStatistics, ReplicaStatistics
 from bastion.vault._scrub import ScrubReport
-from bastion.vault._server import DEFAULT_MAX_UPLOAD, VaultServer
 from bastion.vault._snapshot import ChunkRef, FileEntry, Snapshot
 from bastion.vault._vault import FileSource, PutResult, Vault, VaultStatistics
+
+if TYPE_CHECKING:
+    from bastion.vault._client import VaultClient
+    from bastion.vault._server import DEFAULT_MAX_UPLOAD, VaultServer
+
+# The vault server and its client bring aiohttp and the segment tokens (over a second of
+# imports on a loaded machine); every command that only opens the vault (twin up, put,
+# restore) would pay for them, so they are imported when first named.
+_LAZY = {
+    "VaultClient": "bastion.vault._client",
+    "VaultServer": "bastion.vault._server",
+    "DEFAULT_MAX_UPLOAD": "bastion.vault._server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bastion.vault' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CANARY",

@@ -211,7 +211,7 @@ def scrub(
         cursor = str(json.loads(cursor_path.read_text()).get("cursor", ""))
         report.resumed_from = cursor
     todo = [d for d in digests if not cursor or d > cursor]
-    read = functools.partial(_read_batch, vault.replicas, stores, present)
+    read = functools.partial(_read_batch, vault.replicas, stores, present, referenced)
     with ThreadPoolExecutor(_READERS, thread_name_prefix="vault-scrub") as pool:
         ahead: deque[tuple[list[str], Future[list[list[Copy]]]]] = deque()
         batches = (todo[at : at + _BATCH] for at in range(0, len(todo), _BATCH))
@@ -260,19 +260,30 @@ def scrub(
 
 
 def _read_batch(
-    replicas: ReplicaSet, stores: list[Store], present: list[set[str]], digests: list[str]
+    replicas: ReplicaSet,
+    stores: list[Store],
+    present: list[set[str]],
+    referenced: set[str],
+    digests: list[str],
 ) -> list[list[Copy]]:
     """Every replica's stored bytes of some objects (read in an I/O thread, checked later).
 
     One hand-off per batch, not per object: a warm vault is read at memory speed, where a
     pool hand-off per object costs more than the read.
+
+    A snapshot's object that a replica did not list is asked for anyway: the listing is
+    taken before the documents are read, and a commit in between (objects land before
+    their document) names objects the listing never saw. Trusting the listing there
+    reported a live commit's objects as ``vault.unrecoverable`` (seen under load in the
+    drill suite's disk-full scenario, whose writes run during its scrubs).
     """
     out = []
     held = 0
     for digest in digests:
         if held >= _BATCH_BYTES:
             break
-        copies = replicas.copies(object_key(digest), stores, present, name=digest)
+        listed = None if digest in referenced else present
+        copies = replicas.copies(object_key(digest), stores, listed, name=digest)
         held += sum(len(c) for c in copies if isinstance(c, bytes))
         out.append(copies)
     return out

@@ -858,17 +858,21 @@ def _poisoned_data(env: SuiteEnv) -> dict[str, Any]:
             )
         ],
         method=[
-            _paused(
-                _step(
-                    "poison-a-new-version",
-                    _STEPS,
-                    "poison_dataset",
-                    manifest=str(env.twin_manifest),
-                    ref=trusted.ref,
-                    workdir=str(env.work / "poisoned" / Path(name).name),
-                    fraction=0.3,
-                ),
-                env.hold_s,
+            _step(
+                "poison-a-new-version",
+                _STEPS,
+                "poison_dataset",
+                manifest=str(env.twin_manifest),
+                ref=trusted.ref,
+                workdir=str(env.work / "poisoned" / Path(name).name),
+                fraction=0.3,
+            ),
+            # held until the data gate (the steady-state probe) has looked at it
+            _step(
+                "until-the-gate-refuses-it",
+                _STEPS,
+                "wait_broken",
+                timeout_s=max(env.hold_s, 20.0 if env.short else 60.0),
             ),
             _step(
                 "move-latest-back-to-the-trusted-version",

@@ -148,6 +148,24 @@ def upstream_faulted(name: str) -> int:
     return int(upstream.statistics().faulted)
 
 
+def wait_broken(timeout_s: float = 20.0, poll_s: float = 0.1) -> bool:
+    """Block until a steady-state check that finished after this step began fails (the
+    drill's own probe saw the fault), or ``timeout_s``. For a fault only the probe can
+    detect, instead of a fixed pause: under load one check of a slow probe (a data gate)
+    outlasted the pause, the fault was undone unseen, and the run measured no detection.
+    False on timeout (the run then shows no detection, as it should)."""
+    ctx = current()
+    started = time.monotonic_ns()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not ctx.stop.is_set():
+        with ctx.lock:
+            seen = any(not s.met and s.mono_ns > started for s in ctx.samples)
+        if seen:
+            return True
+        ctx.stop.wait(poll_s)
+    return False
+
+
 # -- the system's recovery steps ----------------------------------------------------------
 
 
