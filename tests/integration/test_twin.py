@@ -469,3 +469,32 @@ def test_down_removes_a_twin_that_up_never_finished(example_copy: Path, rng: ran
     with pytest.raises(UsageError, match="which twin up does not make"):
         twin.down()
     assert (twin.root / "notes.txt").exists()
+
+
+def test_a_service_with_two_gateways_gets_both_addresses_rewritten(
+    example_copy: Path, rng: random.Random
+) -> None:
+    """Active-active gateways: the twin moves every gateway's port, and ``listen`` stays
+    among them (the manifest insists on it), so the twin's manifest loads."""
+    path = _production(example_copy, rng)
+    text = path.read_text()
+    assert "listen: 127.0.0.1:8700" in text
+    path.write_text(
+        text.replace(
+            "listen: 127.0.0.1:8700",
+            "listen: 127.0.0.1:8700\n    gateways: [127.0.0.1:8700, 127.0.0.1:8702]",
+            1,
+        )
+    )
+    twin = Twin(path)
+    record = twin.up()
+    try:
+        service = twin.manifest().services["digits"]
+        assert 8702 in record.ports
+        assert service.gateways == [
+            f"127.0.0.1:{record.ports[8700]}",
+            f"127.0.0.1:{record.ports[8702]}",
+        ]
+        assert service.listen == service.gateways[0]
+    finally:
+        twin.down()

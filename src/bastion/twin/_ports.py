@@ -1,6 +1,7 @@
 """The ports a manifest owns, and the twin's replacements for them.
 
-Owns: which ports count as the system's own (every service's ``listen:``, the control
+Owns: which ports count as the system's own (every service's ``listen:`` and
+``gateways:``, the control
 API's ``control.listen``, and every
 backend URL on a loopback host, since a local backend may be production's own replica
 or fake vendor), and how each is given a twin port (a free one the kernel picks, or
@@ -49,6 +50,11 @@ def owned_ports(raw: dict[str, object]) -> list[OwnedPort]:
         listen = spec.get("listen")
         if isinstance(listen, str) and ":" in listen:
             found.append(OwnedPort(int(listen.rpartition(":")[2]), f"services.{name}.listen"))
+        for i, address in enumerate(spec.get("gateways") or []):  # active-active peers
+            if isinstance(address, str) and ":" in address:
+                found.append(
+                    OwnedPort(int(address.rpartition(":")[2]), f"services.{name}.gateways[{i}]")
+                )
         for i, backend in enumerate(spec.get("backends") or []):
             url = backend.get("url") if isinstance(backend, dict) else None
             if not isinstance(url, str):

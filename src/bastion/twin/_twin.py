@@ -422,6 +422,13 @@ def _rewrite_ports(tree: dict[str, Any], ports: dict[int, int]) -> None:
             host, _, port = listen.rpartition(":")
             if int(port) in ports:
                 spec["listen"] = f"{host}:{ports[int(port)]}"
+        gateways = spec.get("gateways")
+        if isinstance(gateways, list):  # the same rewrite, so listen stays among them
+            moved = []
+            for address in gateways:
+                host, _, port = str(address).rpartition(":")
+                moved.append(f"{host}:{ports[int(port)]}" if int(port) in ports else address)
+            spec["gateways"] = moved
         for backend in spec.get("backends") or []:
             url = backend.get("url")
             if not isinstance(url, str):
