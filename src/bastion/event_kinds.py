@@ -394,6 +394,11 @@ PLAYBOOK_ACTION_DUPLICATE = _k(
     "playbook.action.duplicate",
     "an action's idempotency key was taken already; it did not run again (key)",
 )
+PLAYBOOK_ACTION_RECOVERED = _k(
+    "playbook.action.recovered",
+    "an action cut off by a runner's crash was resolved on restart, never run again: "
+    "succeeded (its check passed) or unknown (escalated) (key, outcome, check)",
+)
 PLAYBOOK_ACTION_RATE_LIMITED = _k(
     "playbook.action.rate_limited", "an action was refused: its target's token bucket is empty"
 )

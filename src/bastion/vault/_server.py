@@ -61,7 +61,7 @@ from bastion.segment._state import RevocationList, SegmentState
 from bastion.segment._token import PREFIX, Scope, TokenError, TokenKey, TokenRefused, verify
 from bastion.vault._snapshot import Snapshot, check_path
 from bastion.vault._vault import FileSource, Vault
-from bastion.vault._write import BATCH_BYTES, BATCH_COUNT
+from bastion.vault._write import BATCH_BYTES, BATCH_COUNT, PROCESS_FILES, WHOLE_BELOW
 
 if TYPE_CHECKING:
     from bastion.manifest import Manifest
@@ -136,9 +136,9 @@ class VaultServer:
     ) -> None:
         self.vault = vault
         if vault.ingest_processes is None:
-            # the server's uploads share its cores with its event loop: ingest in threads
-            # (worker processes cost a spawn and a copy of every spooled file per commit,
-            # and measured slower than threads on 2 cores; benchmarks/segments_vault.py)
+            # Small uploads (a checkpoint, a stage's output) are committed from memory
+            # in threads; an upload of many whole files is spooled to files and ingested
+            # by the vault's worker processes, decided per upload (``_to_disk``).
             vault.ingest_processes = False
         self.root = token_key.public
         self.state = state
@@ -366,6 +366,9 @@ class VaultServer:
         # its reader until then), so chunking, hashing and writing overlap the transfer.
         loop = asyncio.get_running_loop()
         arriving = _Arriving([p for p, _ in files], loop)
+        to_disk = self._to_disk(files)
+        if to_disk:
+            options["processes"] = True
         async with self._uploads:
             commit = loop.run_in_executor(
                 self._commit_pool,
@@ -375,7 +378,7 @@ class VaultServer:
             )
             try:
                 try:
-                    await self._spool(request, files, spool, arriving)
+                    await self._spool(request, files, spool, arriving, to_disk=to_disk)
                 except BaseException as exc:
                     arriving.abort(exc)
                     with contextlib.suppress(BaseException):
@@ -386,6 +389,19 @@ class VaultServer:
                 await asyncio.to_thread(shutil.rmtree, spool, True)
         self.commits += 1
         return _json(snapshot_json(snap), 201)
+
+    def _to_disk(self, files: list[tuple[str, int]]) -> bool:
+        """Whether an upload's whole files go to spool files and the vault's worker
+        processes: when there are as many as a local commit would give them (many small
+        files cost Python work per file, and CDC of a buffer in the commit's thread runs
+        on one core; the workers cut and hash on every core, reading the spooled files
+        from the page cache). Measured at 1 GiB (benchmarks/segments.py): 0.47x the
+        local vault's ingest from memory in threads, see docs/segments.md for after."""
+        if self.vault.ingest_processes is True:
+            return True
+        if (os.cpu_count() or 1) < 2 or any(s.worker_url is None for s in self.vault.stores):
+            return False
+        return sum(1 for _, size in files if size < WHOLE_BELOW) >= PROCESS_FILES
 
     def _too_big(self, size: int) -> str:
         return (
@@ -478,6 +494,8 @@ class VaultServer:
         files: list[tuple[str, int]],
         spool: Path,
         out: _Arriving,
+        *,
+        to_disk: bool = False,
     ) -> None:
         content = request.content
         # The last file is handed over only once the body is known to end there: until
@@ -488,7 +506,7 @@ class VaultServer:
             if pending is not None:
                 out.arrived(*pending)
                 pending = None
-            if size <= _MEMORY_SPOOL:
+            if size <= _MEMORY_SPOOL and not (to_disk and size < WHOLE_BELOW):
                 # a window of received bytes the commit has not taken yet: the transfer
                 # waits for the commit, so memory stays bounded whatever the upload's size
                 await out.room(size, _MEMORY_SPOOL)
@@ -503,7 +521,8 @@ class VaultServer:
                     got += len(chunk)
                 pending = (path, buf, size)
                 continue
-            # a file bigger than the window waits on the server's disk
+            # a file bigger than the window waits on the server's disk, and so does each
+            # whole file of an upload the vault's worker processes ingest (they read it)
             os.makedirs(spool, mode=0o700, exist_ok=True)  # noqa: PTH103 (ASYNC240 bans Path I/O)
             target = spool / str(index)  # never the client's path: no traversal on disk
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
