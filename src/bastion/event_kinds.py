@@ -435,6 +435,11 @@ SEGMENT_TOKEN_MINTED = _k(
     "segment.token.minted", "a capability token was minted (segment, prefixes, ops, expires, id)"
 )
 SEGMENT_TOKEN_REVOKED = _k("segment.token.revoked", "a capability token was revoked (id)")
+SEGMENT_TOKEN_REFRESH_STOPPED = _k(
+    "segment.token.refresh_stopped",
+    "a job's supervisor stopped refreshing its vault token: revoked, or the segment "
+    "quarantined (job, id, reason); the job's writes stop when it expires",
+)
 VAULT_SERVER_REFUSED = _k(
     "vault.server.refused",
     "the vault server refused a request (status, reason, segment, op); never the token",
