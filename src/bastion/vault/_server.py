@@ -61,7 +61,7 @@ from bastion.segment._state import RevocationList, SegmentState
 from bastion.segment._token import PREFIX, Scope, TokenError, TokenKey, TokenRefused, verify
 from bastion.vault._snapshot import Snapshot, check_path
 from bastion.vault._vault import FileSource, Vault
-from bastion.vault._write import BATCH_BYTES, BATCH_COUNT, PROCESS_FILES, WHOLE_BELOW
+from bastion.vault._write import BATCH_BYTES, BATCH_COUNT
 
 if TYPE_CHECKING:
     from bastion.manifest import Manifest
@@ -73,6 +73,7 @@ DEFAULT_MAX_UPLOAD = 8 << 30
 _MAX_HEADER = 1 << 20
 _MAX_FILES = 100_000
 _READ_CHUNK = 1 << 20
+_RECV_SIZE = 4 << 20
 #: the window of an upload's bytes received and not yet taken by its commit (the
 #: transfer waits beyond it); a file bigger than this waits on the server's disk
 _MEMORY_SPOOL = 256 << 20
@@ -136,9 +137,9 @@ class VaultServer:
     ) -> None:
         self.vault = vault
         if vault.ingest_processes is None:
-            # Small uploads (a checkpoint, a stage's output) are committed from memory
-            # in threads; an upload of many whole files is spooled to files and ingested
-            # by the vault's worker processes, decided per upload (``_to_disk``).
+            # the server's uploads share its cores with its event loop: ingest in threads
+            # (worker processes cost a spawn and a copy of every spooled file per commit,
+            # and measured 2x slower than threads on 2 cores; benchmarks/segments.py)
             vault.ingest_processes = False
         self.root = token_key.public
         self.state = state
@@ -366,9 +367,6 @@ class VaultServer:
         # its reader until then), so chunking, hashing and writing overlap the transfer.
         loop = asyncio.get_running_loop()
         arriving = _Arriving([p for p, _ in files], loop)
-        to_disk = self._to_disk(files)
-        if to_disk:
-            options["processes"] = True
         async with self._uploads:
             commit = loop.run_in_executor(
                 self._commit_pool,
@@ -378,7 +376,7 @@ class VaultServer:
             )
             try:
                 try:
-                    await self._spool(request, files, spool, arriving, to_disk=to_disk)
+                    await self._spool(request, files, spool, arriving)
                 except BaseException as exc:
                     arriving.abort(exc)
                     with contextlib.suppress(BaseException):
@@ -389,19 +387,6 @@ class VaultServer:
                 await asyncio.to_thread(shutil.rmtree, spool, True)
         self.commits += 1
         return _json(snapshot_json(snap), 201)
-
-    def _to_disk(self, files: list[tuple[str, int]]) -> bool:
-        """Whether an upload's whole files go to spool files and the vault's worker
-        processes: when there are as many as a local commit would give them (many small
-        files cost Python work per file, and CDC of a buffer in the commit's thread runs
-        on one core; the workers cut and hash on every core, reading the spooled files
-        from the page cache). Measured at 1 GiB (benchmarks/segments.py): 0.47x the
-        local vault's ingest from memory in threads, see docs/segments.md for after."""
-        if self.vault.ingest_processes is True:
-            return True
-        if (os.cpu_count() or 1) < 2 or any(s.worker_url is None for s in self.vault.stores):
-            return False
-        return sum(1 for _, size in files if size < WHOLE_BELOW) >= PROCESS_FILES
 
     def _too_big(self, size: int) -> str:
         return (
@@ -494,10 +479,15 @@ class VaultServer:
         files: list[tuple[str, int]],
         spool: Path,
         out: _Arriving,
-        *,
-        to_disk: bool = False,
     ) -> None:
         content = request.content
+        transport = request.transport
+        if transport is not None and isinstance(getattr(transport, "max_size", None), int):
+            # asyncio's socket transport reads 256 KiB per recv; each recv gives the GIL up
+            # and waits to take it back from the commit's threads, so bigger reads (what the
+            # socket holds, up to 4 MiB) halve the event loop's time in an upload. An
+            # attribute of asyncio's selector transport; other transports keep their own.
+            transport.max_size = max(transport.max_size, _RECV_SIZE)  # type: ignore[attr-defined]
         # The last file is handed over only once the body is known to end there: until
         # then the commit cannot finish, so an upload longer than declared publishes
         # nothing.
@@ -506,7 +496,7 @@ class VaultServer:
             if pending is not None:
                 out.arrived(*pending)
                 pending = None
-            if size <= _MEMORY_SPOOL and not (to_disk and size < WHOLE_BELOW):
+            if size <= _MEMORY_SPOOL:
                 # a window of received bytes the commit has not taken yet: the transfer
                 # waits for the commit, so memory stays bounded whatever the upload's size
                 await out.room(size, _MEMORY_SPOOL)
@@ -521,8 +511,7 @@ class VaultServer:
                     got += len(chunk)
                 pending = (path, buf, size)
                 continue
-            # a file bigger than the window waits on the server's disk, and so does each
-            # whole file of an upload the vault's worker processes ingest (they read it)
+            # a file bigger than the window waits on the server's disk
             os.makedirs(spool, mode=0o700, exist_ok=True)  # noqa: PTH103 (ASYNC240 bans Path I/O)
             target = spool / str(index)  # never the client's path: no traversal on disk
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -585,6 +574,10 @@ class _Arriving(Mapping[str, FileSource]):
         self._cond = threading.Condition()
         self._loop = loop
         self._freed = asyncio.Event()
+        # whether the transfer waits in ``room``: only then does the commit wake the loop
+        # (a wake-up per file cost the commit's thread a GIL hand-off each, about a third
+        # of a 256 MiB upload's time under load: py-spy, benchmarks/segments.py)
+        self._waiting = False
         self.held = 0  # bytes received in memory and not taken by the commit yet
 
     def arrived(self, path: str, source: FileSource, size: int) -> None:
@@ -606,6 +599,7 @@ class _Arriving(Mapping[str, FileSource]):
                 if self.held == 0 or self.held + size <= window:
                     return
                 self._freed.clear()
+                self._waiting = True
             await self._freed.wait()
 
     def __getitem__(self, path: str) -> FileSource:
@@ -629,7 +623,9 @@ class _Arriving(Mapping[str, FileSource]):
             if len(self._kept) < BATCH_COUNT and self._kept_bytes <= BATCH_BYTES:
                 self._kept[path] = source
                 self._kept_bytes += size
-        self._loop.call_soon_threadsafe(self._freed.set)
+            wake, self._waiting = self._waiting, False
+        if wake:
+            self._loop.call_soon_threadsafe(self._freed.set)
         return source
 
     def __contains__(self, path: object) -> bool:

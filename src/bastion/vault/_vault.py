@@ -342,7 +342,6 @@ class Vault:
         labels: Sequence[str] = ("latest",),
         compress: bool = True,
         chunk_size: int | None = None,
-        processes: bool | None = None,
     ) -> Snapshot:
         """Store ``files`` as the next version of ``name``; visible only once durable on
         the write quorum. ``put`` does the same and also says which replicas hold it.
@@ -360,7 +359,6 @@ class Vault:
             labels=labels,
             compress=compress,
             chunk_size=chunk_size,
-            processes=processes,
         ).snapshot
 
     def unchanged(self, name: str, files: Mapping[str, FileSource]) -> Snapshot | None:
@@ -383,14 +381,9 @@ class Vault:
         labels: Sequence[str] = ("latest",),
         compress: bool = True,
         chunk_size: int | None = None,
-        processes: bool | None = None,
     ) -> PutResult:
         """``commit``, returning where the snapshot went: a ``PutResult`` whose
-        ``missed`` names each replica that does not hold it and why (degraded).
-
-        ``processes``: for this commit, overrides ``ingest_processes`` (the vault server
-        knows from an upload's header that its files will arrive as many spooled files,
-        before any of them has)."""
+        ``missed`` names each replica that does not hold it and why (degraded)."""
         if chunk_size is not None and (chunk_size < 4096 or chunk_size > 64 << 20):
             raise UsageError(
                 f"vault commit of {name}: chunk_size {chunk_size} is outside 4 KiB..64 MiB"
@@ -413,7 +406,7 @@ class Vault:
             seal_key=signer.seal_key(),
             compress=compress,
             chunk_size=chunk_size,
-            processes=self.ingest_processes if processes is None else processes,
+            processes=self.ingest_processes,
             on_no_processes=lambda why: self.events.emit(
                 ek.VAULT_INGEST_THREADS, self.subject, reason=why
             ),
