@@ -94,9 +94,13 @@ class JobTokens:
         return self.env()
 
     def stop(self) -> None:
+        """Stop refreshing and delete the token file; a revocation the refresher had not
+        seen yet (the job ended on it first) is still reported."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if not self.stopped_why and self.token_id and (why := self._refusal()):
+            self._report(why)
         with contextlib.suppress(OSError):
             self.path.unlink()
 
@@ -143,14 +147,17 @@ class JobTokens:
                     continue
                 except BastionError as exc:
                     why = str(exc)
-            self.stopped_why = why
-            with contextlib.closing(_events(self.manifest)) as log:
-                log.emit(
-                    ek.SEGMENT_TOKEN_REFRESH_STOPPED,
-                    self.job,
-                    segment=self.segment,
-                    job=self.job,
-                    id=self.token_id,
-                    reason=why,
-                )
+            self._report(why)
             return
+
+    def _report(self, why: str) -> None:
+        self.stopped_why = why
+        with contextlib.closing(_events(self.manifest)) as log:
+            log.emit(
+                ek.SEGMENT_TOKEN_REFRESH_STOPPED,
+                self.job,
+                segment=self.segment,
+                job=self.job,
+                id=self.token_id,
+                reason=why,
+            )
