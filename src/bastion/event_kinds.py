@@ -397,6 +397,11 @@ PLAYBOOK_ACTION_DUPLICATE = _k(
     "playbook.action.duplicate",
     "an action's idempotency key was taken already; it did not run again (key)",
 )
+PLAYBOOK_ACTION_RECOVERED = _k(
+    "playbook.action.recovered",
+    "an action cut off by a runner's crash was resolved on restart, never run again: "
+    "succeeded (its check passed) or unknown (escalated) (key, outcome, check)",
+)
 PLAYBOOK_ACTION_RATE_LIMITED = _k(
     "playbook.action.rate_limited", "an action was refused: its target's token bucket is empty"
 )
@@ -433,6 +438,11 @@ SEGMENT_TOKEN_MINTED = _k(
     "segment.token.minted", "a capability token was minted (segment, prefixes, ops, expires, id)"
 )
 SEGMENT_TOKEN_REVOKED = _k("segment.token.revoked", "a capability token was revoked (id)")
+SEGMENT_TOKEN_REFRESH_STOPPED = _k(
+    "segment.token.refresh_stopped",
+    "a job's supervisor stopped refreshing its vault token: revoked, or the segment "
+    "quarantined (job, id, reason); the job's writes stop when it expires",
+)
 VAULT_SERVER_REFUSED = _k(
     "vault.server.refused",
     "the vault server refused a request (status, reason, segment, op); never the token",

@@ -323,6 +323,12 @@ class VaultConfig(_Strict):
     """The key that authorises deletion (gc); keep it off hosts that write."""
     retention: Retention = Field(default_factory=Retention)
     """Which versions ``bastion vault gc`` keeps."""
+    server: HttpUrl | None = None
+    """The URL of this vault's ``bastion vault serve``. Set, a supervised job in a segment
+    checkpoints through it with a token its supervisor mints (``ckpt/<job>/``, read and
+    append, at most an hour) and refreshes, instead of holding the signing key."""
+    token_ttl_s: float = Field(default=3600.0, gt=0, le=3600)
+    """How long a job's vault-server token lives (refreshed at half-life)."""
     mode: Literal["private", "group"] = "private"
     """Who may read the replicas and the vault's state files: private (the owner alone:
     0700 directories, 0400/0600 files) or group (the owner's group too: 2770, 0440/0660)."""

@@ -187,6 +187,46 @@ class Ledger:
                 (state, rule, incident),
             )
 
+    def running_incidents(self) -> list[tuple[str, str, int, str]]:
+        """``(rule, incident, trigger, owner)`` of every incident still ``running``."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT rule, incident, trigger, owner FROM playbook_incidents "
+                "WHERE state = 'running' ORDER BY rowid"
+            ).fetchall()
+        return [(str(r), str(i), int(t), str(o)) for r, i, t, o in rows]
+
+    def adopt_incident(self, rule: str, incident: str, dead: str, owner: str) -> bool:
+        """Take over a running incident from ``dead`` (a runner that is gone): True for the
+        one caller that got it, so two restarted runners never both resume it."""
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE playbook_incidents SET owner = ? WHERE rule = ? AND incident = ? "
+                "AND owner = ? AND state = 'running'",
+                (owner, rule, incident, dead),
+            )
+            return cur.rowcount == 1
+
+    def started_actions(self, rule: str, incident: str) -> list[tuple[str, int, str]]:
+        """``(key, index, action)`` of the incident's actions claimed and never finished."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT key, idx, action FROM playbook_actions WHERE rule = ? AND incident = ? "
+                "AND state = 'started' ORDER BY idx",
+                (rule, incident),
+            ).fetchall()
+        return [(str(k), int(i), str(a)) for k, i, a in rows]
+
+    def finished_actions(self, rule: str, incident: str) -> dict[int, str]:
+        """Index -> state of the incident's actions that finished."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT idx, state FROM playbook_actions WHERE rule = ? AND incident = ? "
+                "AND state != 'started'",
+                (rule, incident),
+            ).fetchall()
+        return {int(i): str(s) for i, s in rows}
+
     # -- actions ------------------------------------------------------------------------
 
     def claim_action(

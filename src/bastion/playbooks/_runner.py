@@ -10,12 +10,24 @@ limit and blast radius, the action, then its check. ``max_failures`` failed acti
 denied approval or the blast radius escalate (``playbook.escalated``) and stop the
 playbook: there is no loop to run away in, every action runs at most once per incident.
 
+Recovery (``recover``, at the start of ``run``): an incident still ``running`` whose
+owner is a runner process on this host that is gone (SIGKILL, a crash, a reboot) is
+adopted by one restarted runner (a conditional UPDATE: never two). Each of its actions
+left ``started`` (claimed, no outcome) is never run again: its post-check, when it has
+one, decides ``succeeded``; with no check, or a check that does not pass, it is marked
+``unknown`` and the incident escalates, because only a person can tell whether half an
+action happened. An incident whose cut-off actions all check out carries on with the
+plan's remaining actions (re-planned from its trigger event; the claimed ones are
+skipped by their keys).
+
 Must never: run an action whose key is claimed, retry an action, or let a playbook's own
 events trigger the rule that wrote them.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 import uuid
@@ -30,7 +42,35 @@ from bastion.playbooks._actions import ActionContext, ActionFailed, run_action, 
 from bastion.playbooks._ledger import Claim, Ledger
 from bastion.playbooks._plan import PlannedAction, PlannedRule, plan
 
-__all__ = ["Runner"]
+__all__ = ["Runner", "owner_alive"]
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the runner named ``owner`` (``name:host:pid:nonce``) may still be running:
+    False only for a process on this host that is gone. Owners from other hosts (or of an
+    older form) are taken as alive: a runner cannot tell, and adopting a live runner's
+    incident would run its actions twice."""
+    parts = owner.rsplit(":", 3)
+    if len(parts) != 4 or parts[1] != socket.gethostname() or not parts[2].isdigit():
+        return True
+    pid = int(parts[2])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _not_zombie(pid)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:  # noqa: PTH123
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return True
 
 
 class Runner:
@@ -53,7 +93,7 @@ class Runner:
     ) -> None:
         self.manifest = manifest
         self.name = name
-        self.owner = f"{name}:{uuid.uuid4().hex[:8]}"
+        self.owner = f"{name}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.poll_s = poll_s
         self.log = log if log is not None else EventLog.in_state_dir(manifest.state_dir)
         self.ledger = ledger if ledger is not None else Ledger.in_state_dir(manifest.state_dir)
@@ -120,9 +160,17 @@ class Runner:
             **data,
         )
 
-    def execute(self, planned: PlannedRule, event: Mapping[str, Any]) -> str:
-        """Work through one claimed incident's plan: ``resolved`` or ``escalated``."""
+    def execute(
+        self,
+        planned: PlannedRule,
+        event: Mapping[str, Any],
+        resumed: Mapping[int, str] | None = None,
+    ) -> str:
+        """Work through one claimed incident's plan: ``resolved`` or ``escalated``.
+        ``resumed``: index -> outcome of actions a crashed runner finished (skipped here,
+        their outcomes counted)."""
         segment = str(event.get("segment") or "") or None
+        resumed = resumed or {}
         started = time.monotonic()
         limits = self.manifest.playbooks.limits
         failures = 0
@@ -137,6 +185,16 @@ class Runner:
 
         for step in planned.actions:
             info = {"action": step.do, "index": step.index, "target": step.target, "key": step.key}
+            if step.index in resumed:
+                if resumed[step.index] == "succeeded":
+                    done.append(step.do)
+                    if planned.strategy == "alternatives":
+                        break
+                else:
+                    failures += 1
+                    if failures >= planned.max_failures:
+                        return escalate(f"{failures} failed actions (max_failures)")
+                continue
             if step.approve and not self._approved(planned, step, segment, info):
                 return escalate(f"action {step.index} ({step.do}) was not approved")
             claim, why = self.ledger.claim_action(
@@ -278,6 +336,87 @@ class Runner:
         self.ledger.finish_action(step.key, "succeeded", detail)
         return True, detail, checked
 
+    # -- recovery after a crash ---------------------------------------------------------
+
+    def recover(self) -> list[Future[str]]:
+        """Adopt the incidents of runners on this host that are gone, and resolve each
+        action they left ``started`` without running it again (see the module)."""
+        resumed = []
+        for rule, incident, trigger, dead in self.ledger.running_incidents():
+            if owner_alive(dead) or not self.ledger.adopt_incident(
+                rule, incident, dead, self.owner
+            ):
+                continue
+            future = self._pool.submit(self._resume, rule, incident, trigger, dead)
+            self._futures.append(future)
+            resumed.append(future)
+        return resumed
+
+    def _resume(self, rule: str, incident: str, trigger: int, dead: str) -> str:
+        found = self.log.query(after_id=trigger - 1, limit=1)
+        row = found[0].to_json() if found and found[0].id == trigger else None
+        planned = None
+        if row is not None and rule in self.manifest.playbooks.rules:
+            for candidate in plan(self.manifest.playbooks, row).rules:
+                if candidate.rule == rule and candidate.incident == incident:
+                    planned = candidate if candidate.error is None else None
+        segment = str((row or {}).get("segment") or "") or None
+        steps = {s.index: s for s in planned.actions} if planned is not None else {}
+        unknown: list[str] = []
+        for key, index, action in self.ledger.started_actions(rule, incident):
+            step = steps.get(index)
+            outcome, checked = "unknown", None
+            if step is not None and step.check is not None:
+                ok, checked = run_check(self._ctx, step.check)
+                outcome = "succeeded" if ok else "unknown"
+            if checked is None:
+                why = "it has no check to tell whether it happened"
+            elif outcome == "succeeded":
+                why = f"its check passed ({checked})"
+            else:
+                why = f"its check did not pass ({checked})"
+            detail = f"cut off by the crash of runner {dead}; not run again: {why}"
+            self.ledger.finish_action(key, outcome, detail)
+            self.log.emit(
+                ek.PLAYBOOK_ACTION_RECOVERED,
+                rule,
+                segment=segment,
+                rule=rule,
+                incident=incident,
+                action=action,
+                index=index,
+                key=key,
+                outcome=outcome,
+                check=checked,
+                runner=self.owner,
+                crashed=dead,
+                detail=detail,
+            )
+            if outcome == "unknown":
+                unknown.append(f"action {index} ({action})")
+        if planned is None or unknown:
+            reason = (
+                f"{', '.join(unknown)} cut off by a runner crash, outcome unknown: "
+                "check by hand (it is never run twice)"
+                if unknown
+                else "the incident's plan cannot be made again (its trigger event or rule "
+                "is gone); check by hand"
+            )
+            self.log.emit(
+                ek.PLAYBOOK_ESCALATED,
+                rule,
+                segment=segment,
+                rule=rule,
+                incident=incident,
+                reason=reason,
+                failures=len(unknown),
+                done=[],
+            )
+            self.ledger.finish_incident(rule, incident, "escalated")
+            return "escalated"
+        assert row is not None
+        return self.execute(planned, row, self.ledger.finished_actions(rule, incident))
+
     # -- following the log --------------------------------------------------------------
 
     def start_id(self, *, from_start: bool = False) -> int:
@@ -291,6 +430,7 @@ class Runner:
         """Follow the log until ``stop`` is set, then wait for the workers."""
         last = self.start_id(from_start=from_start) if after_id is None else after_id
         self.log.emit(ek.PLAYBOOK_RUNNER_STARTED, self.name, runner=self.owner, after_id=last)
+        self.recover()
         try:
             for event in self.log.follow(after_id=last, poll_s=self.poll_s, stop=self.stop):
                 self.handle(event)

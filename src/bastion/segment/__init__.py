@@ -11,6 +11,7 @@ its protected directories and stops its jobs; ``release`` undoes it after a chec
 
 from __future__ import annotations
 
+from bastion.segment._jobtoken import JobTokens, job_token_path
 from bastion.segment._segments import (
     QuarantineReport,
     ReleaseReport,
@@ -39,6 +40,7 @@ from bastion.segment._token import (
 __all__ = [
     "MAX_TTL_S",
     "OPS",
+    "JobTokens",
     "QuarantineReport",
     "ReleaseReport",
     "RevocationList",
@@ -49,6 +51,7 @@ __all__ = [
     "TokenRefused",
     "attenuate",
     "inspect_token",
+    "job_token_path",
     "mint",
     "mint_token",
     "namespace",

@@ -190,6 +190,9 @@ class JobSupervisor:
         self._slot: WorkerSlot | None = None
         # set by from_manifest: run() first checks that checkpoints can be signed
         self._manifest: Manifest | None = None
+        # with a vault server (vault.server): the worker's BASTION_VAULT_URL and token
+        # file, minted and refreshed by bastion.segment.JobTokens for the run
+        self._token_env: dict[str, str] = {}
 
     @classmethod
     def from_manifest(
@@ -418,6 +421,7 @@ class JobSupervisor:
             env[ENV_MANIFEST] = str(Path(self.manifest_path).resolve())
         if self._fresh_run is not None:
             env[ENV_FRESH_RUN] = self._fresh_run
+        env.update(self._token_env)
         return ProcessSpec(
             argv=self.command,
             cwd=self.workdir,
@@ -542,6 +546,7 @@ class JobSupervisor:
                 heartbeat_timeout_s=self.heartbeat_timeout_s,
                 fresh=self._fresh_run is not None,
             )
+        tokens = self._job_tokens()
         previous: dict[signal.Signals, Any] = {}
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -556,6 +561,8 @@ class JobSupervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if tokens is not None:
+                tokens.stop()
         self._write_state(status=outcome.state, reason=outcome.reason)
         code = outcome.last_exit.code if outcome.last_exit else None
         return JobResult(
@@ -594,10 +601,44 @@ class JobSupervisor:
         if self._manifest is None:
             return
         try:
+            if self._vault_server() is not None:
+                if not self.segment:
+                    raise UsageError(
+                        f"job {self.name!r}: vault.server is set, and its tokens are per "
+                        "segment; give the job a segment: (one of segments:)"
+                    )
+                return  # the worker holds a token, never the key (see _job_tokens)
             require_signing_key(self._manifest, who=self.name)
         except BastionError as exc:
             self._emit(ek.TRAIN_FAILED, cause="config", reason=str(exc))
             raise
+
+    def _vault_server(self) -> str | None:
+        vault = self._manifest.vault if self._manifest is not None else None
+        return vault.server if vault is not None else None
+
+    def _job_tokens(self) -> Any:
+        """With a vault server: mint the worker's first token and refresh it while the
+        job runs (``bastion.segment.JobTokens``: why a file, not the environment)."""
+        url = self._vault_server()
+        if url is None or self._manifest is None:
+            return None
+        from bastion.segment import JobTokens
+
+        assert self._manifest.vault is not None
+        tokens = JobTokens(
+            self._manifest,
+            self.name,
+            self.segment,
+            url=url,
+            ttl_s=self._manifest.vault.token_ttl_s,
+        )
+        try:
+            self._token_env = tokens.start()
+        except BastionError as exc:
+            self._emit(ek.TRAIN_FAILED, cause="config", reason=str(exc))
+            raise
+        return tokens
 
     def statistics(self) -> JobStatistics:
         return JobStatistics(

@@ -305,9 +305,9 @@ def open_store(
     key), else the manifest's vault (or the default one), checked to be able to sign. A
     missing key is a ``UsageError`` naming the fix, never a silent downgrade to unsigned
     checkpoints."""
-    from bastion.vault._client import ENV_TOKEN, ENV_URL
+    from bastion.vault._client import ENV_TOKEN, ENV_TOKEN_FILE, ENV_URL
 
-    if os.environ.get(ENV_URL) or os.environ.get(ENV_TOKEN):
+    if any(os.environ.get(k) for k in (ENV_URL, ENV_TOKEN, ENV_TOKEN_FILE)):
         return ServerStore(VaultClient.from_env())
     require_signing_key(manifest, who=job or manifest.system)
     return VaultStore(checkpoint_vault(manifest, events=events))

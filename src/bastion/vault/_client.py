@@ -7,8 +7,11 @@ file's bytes) with no copy of a file, and turning the server's 4xx answers back 
 Bastion's errors (401/403 ``UsageError`` subclasses from ``bastion.segment``, 404
 ``NotFoundError``, 413/400 ``UsageError``, 422 ``IntegrityError``).
 
-``from_env()``: ``BASTION_VAULT_URL`` and ``BASTION_VAULT_TOKEN`` (the token names its
-segment), as a supervised job gets them.
+``from_env()``: ``BASTION_VAULT_URL`` and either ``BASTION_VAULT_TOKEN_FILE`` (what a
+supervised job gets: a 0600 file its supervisor replaces with a fresh token before the
+old one expires; the client re-reads it when it changes, so a job outlives its
+tokens without a restart) or ``BASTION_VAULT_TOKEN`` (a token minted by hand). The token
+names its segment.
 
 Must never: put the token anywhere but the ``Authorization`` header, or into an error.
 """
@@ -28,10 +31,26 @@ from bastion.errors import IntegrityError, NotFoundError, UnavailableError, Usag
 from bastion.segment._token import TokenError, TokenRefused, inspect_token
 from bastion.vault._ingest import FileSource
 
-__all__ = ["ENV_TOKEN", "ENV_URL", "VaultClient"]
+__all__ = ["ENV_TOKEN", "ENV_TOKEN_FILE", "ENV_URL", "VaultClient", "read_token_file"]
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path`` (written whole by a rename, so never half a token)."""
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise UsageError(
+            f"{ENV_TOKEN_FILE} {path}: {exc.strerror or exc}; the job's supervisor writes "
+            "it (is the supervisor running?)"
+        ) from None
+    if not token:
+        raise UsageError(f"{ENV_TOKEN_FILE} {path} is empty")
+    return token
+
 
 ENV_URL = "BASTION_VAULT_URL"
 ENV_TOKEN = "BASTION_VAULT_TOKEN"  # noqa: S105 (a variable name, not a secret)
+ENV_TOKEN_FILE = "BASTION_VAULT_TOKEN_FILE"  # noqa: S105 (a variable name, not a secret)
 _SEND = 1 << 20
 
 
@@ -39,10 +58,18 @@ class VaultClient:
     """A client of one vault server, acting in ``segment`` with ``token``.
 
     ``segment``: by default the one the token names. ``timeout_s``: per socket op.
+    ``token_file``: read the token from this file instead (``token`` is then ignored),
+    again whenever the file changes (a refreshed token).
     """
 
     def __init__(
-        self, url: str, token: str, *, segment: str | None = None, timeout_s: float = 60.0
+        self,
+        url: str,
+        token: str = "",
+        *,
+        segment: str | None = None,
+        timeout_s: float = 60.0,
+        token_file: Path | None = None,
     ) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "http" or not parsed.hostname:
@@ -50,6 +77,11 @@ class VaultClient:
         self.url = url.rstrip("/")
         self.host = parsed.hostname
         self.port = parsed.port or 80
+        self._token_file = token_file
+        self._token_stat: tuple[int, int] | None = None
+        self._token_lock = threading.Lock()
+        if token_file is not None:
+            token = self._reread()
         self._token = token
         if segment is None:
             try:
@@ -65,13 +97,36 @@ class VaultClient:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> VaultClient:
         env = os.environ if environ is None else environ
-        url, token = env.get(ENV_URL), env.get(ENV_TOKEN)
-        if not url or not token:
+        url, token, file = env.get(ENV_URL), env.get(ENV_TOKEN), env.get(ENV_TOKEN_FILE)
+        if not url or not (token or file):
             raise UsageError(
                 f"set {ENV_URL} (http://127.0.0.1:PORT of `bastion vault serve`) and "
-                f"{ENV_TOKEN} (from `bastion segment token`)"
+                f"{ENV_TOKEN} (from `bastion segment token`) or {ENV_TOKEN_FILE}"
             )
-        return cls(url, token)
+        if file:
+            return cls(url, token_file=Path(file))
+        return cls(url, str(token))
+
+    def _reread(self) -> str:
+        assert self._token_file is not None
+        token = read_token_file(self._token_file)
+        st = self._token_file.stat()
+        self._token_stat = (st.st_mtime_ns, st.st_ino)
+        return token
+
+    def token(self) -> str:
+        """The token to send now: the token file's, re-read when it was replaced (one
+        stat per request)."""
+        if self._token_file is None:
+            return self._token
+        with self._token_lock:
+            try:
+                st = self._token_file.stat()
+            except OSError:
+                return self._token  # being replaced: the last one read
+            if (st.st_mtime_ns, st.st_ino) != self._token_stat:
+                self._token = self._reread()
+            return self._token
 
     def __repr__(self) -> str:  # never the token
         return f"VaultClient({self.url!r}, segment={self.segment!r})"
@@ -121,7 +176,7 @@ class VaultClient:
         length: int | None = None,
     ) -> tuple[int, bytes]:
         """One request; the status and body (raw; ``_check`` maps errors)."""
-        sent = {"Authorization": f"Bearer {self._token}", **(headers or {})}
+        sent = {"Authorization": f"Bearer {self.token()}", **(headers or {})}
         if length is not None:
             sent["Content-Length"] = str(length)
         for attempt in (0, 1):

@@ -73,6 +73,7 @@ DEFAULT_MAX_UPLOAD = 8 << 30
 _MAX_HEADER = 1 << 20
 _MAX_FILES = 100_000
 _READ_CHUNK = 1 << 20
+_RECV_SIZE = 4 << 20
 #: the window of an upload's bytes received and not yet taken by its commit (the
 #: transfer waits beyond it); a file bigger than this waits on the server's disk
 _MEMORY_SPOOL = 256 << 20
@@ -138,7 +139,7 @@ class VaultServer:
         if vault.ingest_processes is None:
             # the server's uploads share its cores with its event loop: ingest in threads
             # (worker processes cost a spawn and a copy of every spooled file per commit,
-            # and measured slower than threads on 2 cores; benchmarks/segments_vault.py)
+            # and measured 2x slower than threads on 2 cores; benchmarks/segments.py)
             vault.ingest_processes = False
         self.root = token_key.public
         self.state = state
@@ -480,6 +481,13 @@ class VaultServer:
         out: _Arriving,
     ) -> None:
         content = request.content
+        transport = request.transport
+        if transport is not None and isinstance(getattr(transport, "max_size", None), int):
+            # asyncio's socket transport reads 256 KiB per recv; each recv gives the GIL up
+            # and waits to take it back from the commit's threads, so bigger reads (what the
+            # socket holds, up to 4 MiB) halve the event loop's time in an upload. An
+            # attribute of asyncio's selector transport; other transports keep their own.
+            transport.max_size = max(transport.max_size, _RECV_SIZE)  # type: ignore[attr-defined]
         # The last file is handed over only once the body is known to end there: until
         # then the commit cannot finish, so an upload longer than declared publishes
         # nothing.
@@ -566,6 +574,10 @@ class _Arriving(Mapping[str, FileSource]):
         self._cond = threading.Condition()
         self._loop = loop
         self._freed = asyncio.Event()
+        # whether the transfer waits in ``room``: only then does the commit wake the loop
+        # (a wake-up per file cost the commit's thread a GIL hand-off each, about a third
+        # of a 256 MiB upload's time under load: py-spy, benchmarks/segments.py)
+        self._waiting = False
         self.held = 0  # bytes received in memory and not taken by the commit yet
 
     def arrived(self, path: str, source: FileSource, size: int) -> None:
@@ -587,6 +599,7 @@ class _Arriving(Mapping[str, FileSource]):
                 if self.held == 0 or self.held + size <= window:
                     return
                 self._freed.clear()
+                self._waiting = True
             await self._freed.wait()
 
     def __getitem__(self, path: str) -> FileSource:
@@ -610,7 +623,9 @@ class _Arriving(Mapping[str, FileSource]):
             if len(self._kept) < BATCH_COUNT and self._kept_bytes <= BATCH_BYTES:
                 self._kept[path] = source
                 self._kept_bytes += size
-        self._loop.call_soon_threadsafe(self._freed.set)
+            wake, self._waiting = self._waiting, False
+        if wake:
+            self._loop.call_soon_threadsafe(self._freed.set)
         return source
 
     def __contains__(self, path: object) -> bool:
