@@ -176,6 +176,8 @@ def vendor() -> Iterator[int]:
     finally:
         proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def _manifest(tmp_path: Path, vendor: int, ports: list[int]) -> Path:

@@ -52,6 +52,8 @@ def test_store_public_names() -> None:
         "MemoryStore",
         "Permissions",
         "ReplicaUrl",
+        "S3Store",
+        "S3_OPTIONS",
         "SCHEMES",
         "Store",
         "StoreStatistics",

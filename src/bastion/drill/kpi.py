@@ -36,7 +36,7 @@ from typing import Any
 
 from bastion.errors import UsageError
 
-__all__ = ["KpiBounds", "KpiComparison", "Kpis"]
+__all__ = ["KpiBounds", "KpiComparison", "Kpis", "diverged"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,7 @@ class KpiComparison:
     def _load(self, side: _Side) -> None:
         host, _, port = side.listen.rpartition(":")
         local = threading.local()
+        opened: list[http.client.HTTPConnection] = []  # closed when the load ends
 
         def send(i: int, due: float) -> None:
             delay = due - time.monotonic()
@@ -188,6 +189,8 @@ class KpiComparison:
                     conn = local.conn = http.client.HTTPConnection(
                         host, int(port), timeout=self.timeout_s
                     )
+                    with side.lock:
+                        opened.append(conn)
                 conn.request(
                     "POST",
                     self.path,
@@ -216,6 +219,8 @@ class KpiComparison:
                     break
                 pool.submit(send, i, due)
                 i += 1
+        for conn in opened:
+            conn.close()
 
     # -- the comparison ---------------------------------------------------------------
     def _window(self, since: float, until: float) -> dict[str, Kpis]:

@@ -289,6 +289,12 @@ async def run_services(
 
     if manifest.path is None:
         raise UsageError("bastion serve needs a manifest loaded from a file")
+    unknown = [n for n in names if n not in manifest.services]
+    if unknown:
+        raise UsageError(
+            f"bastion serve: no service {', '.join(map(repr, unknown))} in {manifest.path}; "
+            f"its services: {', '.join(manifest.services) or 'none'}"
+        )
     addresses = _addresses(manifest, names, listen)
     gateways: list[Gateway] = []
     # each service's replica sets by backend (a rollout's promotion swaps one in)

@@ -45,6 +45,7 @@ __all__ = [
     "upstream_faulted",
     "vault_intact",
     "vault_repair",
+    "wait_broken",
     "wait_checkpoints",
     "write_load",
     "write_ok",
