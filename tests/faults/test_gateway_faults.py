@@ -341,7 +341,7 @@ def _hang_and_kill_round(
     failed requests and the count of answered ones."""
     procs = [spawn_server(argv) for _ in range(3)]
     try:
-        policy = GatewayPolicy(timeout_ms=3000, hedge="p95", queue_timeout_ms=2000)
+        policy = GatewayPolicy(timeout_ms=3000, hedge="p95", queue_timeout_ms=5000)
         with GatewayThread(make_gateway([p for _, p in procs], policy)) as thread:
             with Load(thread.url, http_concurrency=4, openai_clients=2, stream=stream) as load:
                 load.wait_for(300)  # warm: the hedge timer has its samples
@@ -368,7 +368,8 @@ def test_hang_and_kill_pairs_under_load_fail_no_request(
     from the seed), under steady load from the real ``openai`` client with max_retries=0.
     A refused attempt or hedge must re-route at once rather than leave the request waiting
     on the hung replica; no request may fail. (The one replica left must carry the load:
-    a queued burst may wait up to 2 s for it, since shedding is tested on its own.)"""
+    a queued burst may wait up to 5 s for it, since shedding is tested on its own: with 2 s
+    one request in 2,730 was shed on the loaded CI machine, seed 2741030025.)"""
     model = write_model(tmp_path / "model", seed)
     argv = ["-m", "bastion.serve.replica", "model/digits@test", "--dir", str(model)]
     failed: list[str] = []

@@ -167,6 +167,9 @@ class Check:
     non-inferiority test (``pass`` when below ``level``). ``effect``: the size a person
     reads (a difference of rates, a relative change, a distance), ``threshold`` its
     tolerance. ``detail``: one sentence saying what was seen against what was allowed.
+    ``regressed``: the point estimate is beyond the tolerance, significant or not (a
+    ``continue`` with it set leans toward a regression: the controller extends the step
+    for more evidence instead of advancing on it).
     """
 
     name: str
@@ -181,6 +184,7 @@ class Check:
     n_baseline: int = 0
     n_candidate: int = 0
     measured: bool = True
+    regressed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -195,6 +199,7 @@ class Check:
             "n_baseline": self.n_baseline,
             "n_candidate": self.n_candidate,
             "measured": self.measured,
+            "regressed": self.regressed,
             "detail": self.detail,
         }
 
@@ -456,7 +461,8 @@ def _rate_check(
     z_fail = _fm_z(bad_c, n_c, bad_b, n_b, margin)
     p_fail, p_pass = _norm_sf(z_fail), _norm_sf(-z_fail)
     diff = rc - rb
-    outcome = _decide(p_fail, p_pass, diff > margin, s)
+    regressed = diff > margin
+    outcome = _decide(p_fail, p_pass, regressed, s)
     detail = (
         f"candidate {what} {rc:.2%} ({bad_c}/{n_c}) vs baseline {rb:.2%} ({bad_b}/{n_b}): "
         f"{diff * 100:+.2f} points, limit +{margin * 100:.2f}"
@@ -473,6 +479,7 @@ def _rate_check(
         level=s.level,
         n_baseline=n_b,
         n_candidate=n_c,
+        regressed=regressed,
     )
 
 
@@ -561,6 +568,7 @@ def _golden(b: ArmSample, c: ArmSample, s: AnalysisSettings) -> Check:
         level=check.level,
         n_baseline=tb,
         n_candidate=tc,
+        regressed=check.regressed,
     )
 
 
@@ -628,7 +636,8 @@ def _location(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: Analysi
     med_b = float(_quantile(b, 0.5))
     shift = _hodges_lehmann(b, c)
     rel = shift / med_b if med_b > 0 else (0.0 if shift == 0 else math.inf)
-    outcome = _decide(p_fail, p_pass, rel > tol and shift > tol * med_b + allow, s)
+    regressed = rel > tol and shift > tol * med_b + allow
+    outcome = _decide(p_fail, p_pass, regressed, s)
     detail = (
         f"candidate median {_ms(float(_quantile(c, 0.5)))} vs baseline {_ms(med_b)}; "
         f"Hodges-Lehmann shift {shift * 1000:+.3g} ms ({rel:+.0%}), limit +{tol:.0%} "
@@ -646,6 +655,7 @@ def _location(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: Analysi
         level=s.level,
         n_baseline=int(b.size),
         n_candidate=int(c.size),
+        regressed=regressed,
     )
 
 
@@ -661,7 +671,8 @@ def _spread(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: AnalysisS
     # the allowance: at the tail
     tq = s.tail_quantile
     grew = float(_quantile(c, tq)) - float(_quantile(b, tq)) > s.latency_allowance_s
-    outcome = _decide(p_fail, p_pass, rel > tol and grew, s)
+    regressed = rel > tol and grew
+    outcome = _decide(p_fail, p_pass, regressed, s)
     detail = (
         f"candidate spread (mean |log latency - median|) {mc:.3f} vs baseline {mb:.3f} "
         f"({rel:+.0%}), limit +{tol:.0%} (and the p{tq * 100:g} "
@@ -679,6 +690,7 @@ def _spread(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: AnalysisS
         level=s.level,
         n_baseline=int(b.size),
         n_candidate=int(c.size),
+        regressed=regressed,
     )
 
 
@@ -732,7 +744,8 @@ def _tail(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: AnalysisSet
     x, k, p_fail, _ = _exceedance_p(b, c, q)
     _, _, _, p_pass = _exceedance_p(b, c / (1 + tol), q)
     allow = s.latency_allowance_s
-    outcome = _decide(p_fail, p_pass, rel > tol and qc - qb > tol * qb + allow, s)
+    regressed = rel > tol and qc - qb > tol * qb + allow
+    outcome = _decide(p_fail, p_pass, regressed, s)
     label = f"p{q * 100:g}"
     detail = (
         f"candidate {label} {_ms(qc)} vs baseline {_ms(qb)} ({rel:+.0%}, limit +{tol:.0%} "
@@ -752,6 +765,7 @@ def _tail(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: AnalysisSet
         level=s.level,
         n_baseline=int(b.size),
         n_candidate=int(c.size),
+        regressed=regressed,
     )
 
 
@@ -856,4 +870,5 @@ def _predictions(b: ArmSample, c: ArmSample, s: AnalysisSettings) -> Check:
         level=s.level,
         n_baseline=nb,
         n_candidate=nc,
+        regressed=js > m,
     )

@@ -13,10 +13,12 @@ talks to: ``GET /bastion/rollout``, ``POST /bastion/rollout`` (start),
 ``POST /bastion/rollout/promote``, ``POST /bastion/rollout/abort``.
 
 A step's life: it lasts ``looks_per_step`` intervals; a failing verdict rolls back at
-once; a passing one (a clear win) advances early; ``continue`` advances at the step's
-end (no evidence of a regression); ``insufficient`` (too few requests per arm, NaN or
-missing data) extends the step by one interval, at most ``max_extensions`` times, then
-the rollout is aborted, never promoted.
+once; a passing one (a clear win) advances early, except in blue-green's switched phase
+(a bake of its planned looks); ``continue`` advances at the step's end (no evidence of
+a regression) unless a check's point estimate is beyond its tolerance (``regressed``),
+which extends the step by one interval, at most ``max_extensions`` times, then rolls
+back; ``insufficient`` (too few requests per arm, NaN or missing data) extends the step
+the same way, then the rollout is aborted, never promoted.
 
 Must never: promote on insufficient evidence or without the validation gate's pass;
 stop a replica with requests in flight on it before they end (or the gateway's
@@ -496,8 +498,32 @@ class RolloutController:
                     f"{record.step + 1}: {verdict.reason}; never promoted",
                 )
             return
-        if outcome == "pass" or self._step_looks >= self.policy.looks_per_step:
+        # after a blue-green switch the candidate has every request: the phase is a bake
+        # that lasts its planned looks, since a clear win on the switch's first seconds
+        # says nothing about what full traffic does to it afterwards
+        baking = record.strategy == "blue-green" and record.phase == "switched"
+        if outcome == "pass" and not baking:
             await self._advance(record)
+            return
+        if self._step_looks < self.policy.looks_per_step:
+            return
+        leaning = [c for c in verdict.checks if c.regressed]
+        if outcome == "continue" and leaning:
+            # Not significant, but the candidate's point estimate is beyond a tolerance:
+            # "no evidence of a regression" would be the wrong reading, so the step goes
+            # on for evidence (a 5% error rate against 0% on a hundred requests is this).
+            self._extensions += 1
+            if self._extensions > self.policy.max_extensions:
+                names = ", ".join(c.name for c in leaning)
+                await self._end(
+                    record,
+                    "rolled_back",
+                    f"the candidate stayed beyond its tolerance on {names} through "
+                    f"{self._extensions - 1} extensions of step {record.step + 1} without a "
+                    f"significant result: {verdict.reason}; never promoted",
+                )
+            return
+        await self._advance(record)
 
     async def _warm_look(self, record: RolloutRecord) -> None:
         """A look inside the warmup: a cold replica's latencies are not judged (they go
