@@ -381,5 +381,30 @@ def test_judge_never_raises_and_its_dict_is_json(
     )
     assert v.outcome == expected
     assert [c.name for c in v.checks] == list(CHECK_NAMES)
+    # a fail needs its point estimate beyond the tolerance: never a fail not regressed
+    assert all(c.regressed for c in v.checks if c.outcome == "fail")
     if not (_valid(baseline) and _valid(candidate)):
         assert v.outcome in {"fail", "insufficient"}
+
+
+def test_a_regression_not_yet_significant_is_marked_regressed_not_passed() -> None:
+    """5 errors in 100 against none in 100: beyond the 1-point margin, but not significant
+    at a plan's level. The check continues and says it leans toward a regression (the
+    controller extends the step on it instead of advancing); the same counts with the
+    rates swapped are neither regressed nor failing."""
+    lat = [0.01] * 100
+    s = AnalysisSettings(min_samples=30, alpha=0.05, max_looks=90)
+    worse = judge(ArmSample(100, 0, lat), ArmSample(100, 5, lat), look=1, settings=s)
+    errors = next(c for c in worse.checks if c.name == "errors")
+    assert errors.outcome == "continue", errors
+    assert errors.regressed
+    assert errors.to_dict()["regressed"] is True
+    better = judge(ArmSample(100, 5, lat), ArmSample(100, 0, lat), look=1, settings=s)
+    errors = next(c for c in better.checks if c.name == "errors")
+    assert not errors.regressed
+    assert errors.outcome != "fail"
+    # and a clear regression fails with regressed set, as every fail must
+    clear = judge(ArmSample(2000, 0, lat), ArmSample(2000, 400, lat), look=1, settings=s)
+    errors = next(c for c in clear.checks if c.name == "errors")
+    assert errors.outcome == "fail"
+    assert errors.regressed
