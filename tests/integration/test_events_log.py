@@ -103,6 +103,48 @@ def _filters(log: EventLog) -> None:
     assert first.to_json()["ts"].endswith("+00:00")
 
 
+def test_pages_newest_first_by_segment_on_both_backends(log: LogTarget) -> None:
+    """The control API's pages and streams read through ``EventLog`` (not SQLite
+    directly), so the dashboard's timeline works on a PostgreSQL log too: newest first by
+    time then id, the ``before`` cursor, kind globs, subject and segment filters, and the
+    stream's "after" read."""
+    from bastion.control import events_page
+    from bastion.control._api import _events_after
+
+    with EventLog(log.target) as opened:
+        for i in range(25):
+            opened.emit(
+                "serve.backend.ejected" if i % 2 else "vault.repaired",
+                subject=f"s{i % 3}",
+                segment="prod" if i % 5 else "lab",
+                i=i,
+            )
+        everything = opened.query()
+        assert [e.data["i"] for e in opened.query(newest_first=True)] == list(range(24, -1, -1))
+        assert [e.data["i"] for e in opened.query(segment="lab")] == [0, 5, 10, 15, 20]
+        # pages of 4, newest first, filtered, following each page's cursor to the end
+        seen: list[int] = []
+        before = None
+        pages = 0
+        while True:
+            page = events_page(
+                opened, kind="serve.*.ejected", segment="prod", before=before, limit=4
+            )
+            seen += [e["data"]["i"] for e in page["events"]]
+            assert all(e["segment"] == "prod" for e in page["events"])
+            pages += 1
+            if page["next"] is None:
+                break
+            before = page["next"]
+        want = [i for i in range(24, -1, -1) if i % 2 and i % 5]
+        assert seen == want
+        assert pages == -(-len(want) // 4)
+        assert events_page(opened, before=10**9)["events"] == []  # no such event: nothing
+        after = _events_after(opened, everything[19].id, None, "s0", None)
+        assert [e["data"]["i"] for e in after] == [21, 24]
+        assert opened.last_id() == everything[-1].id
+
+
 def test_bad_kind_rejected(log: LogTarget) -> None:
     with EventLog(log.target) as opened, pytest.raises(UsageError, match="dotted lower-case"):
         opened.emit("Not A Kind")

@@ -173,3 +173,66 @@ def test_sli_rows_in_postgresql(log: LogTarget) -> None:
         with_backend.close()
     if log.backend == "postgresql":
         assert log.sql("SELECT count(*) FROM sli_m")[0][0] == 2
+
+
+@PG_ONLY
+def test_the_control_api_reads_a_postgresql_log(log: LogTarget, tmp_path: Path) -> None:
+    """`bastion up` over a manifest whose ``events:`` is PostgreSQL: the API's event
+    pages (filtered, newest first, with the cursor) and its SSE stream read that
+    database, including events another host's writer appended, and the stream's default
+    start is the newest id there (not SQLite's)."""
+    import socket
+    import urllib.request
+
+    from ruamel.yaml import YAML
+
+    from bastion.control import Up
+    from bastion.manifest import load
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "bastion.yaml"
+    YAML().dump(
+        {
+            "version": 1,
+            "system": "pgctl",
+            "events": log.target,
+            "control": {"listen": f"127.0.0.1:{port}", "scrub": None},
+        },
+        path,
+    )
+    up = Up(load(path))
+    up.start()
+    try:
+        up.wait_ready()
+        assert not (up.manifest.state_dir / "events.db").exists()
+        with EventLog(log.target) as other:  # another host's writer, straight to the server
+            for i in range(12):
+                other.emit("train.step", f"job{i % 2}", segment="lab" if i % 3 else "prod", n=i)
+
+        def get(query: str) -> dict[str, object]:
+            with urllib.request.urlopen(f"{up.api_url}/api/events?{query}", timeout=30) as r:
+                doc: dict[str, object] = json.loads(r.read())
+                return doc
+
+        first = get("kind=train.*&subject=job0&segment=lab&limit=2")
+        events = first["events"]
+        assert isinstance(events, list)
+        assert [e["data"]["n"] for e in events] == [10, 8]
+        second = get(f"kind=train.*&subject=job0&segment=lab&limit=2&before={first['next']}")
+        rest = second["events"]
+        assert isinstance(rest, list)
+        assert [e["data"]["n"] for e in rest] == [4, 2]
+        assert second["next"] is None
+        assert all(e["host"] for e in events)  # PostgreSQL rows name their host
+        with EventLog(log.target) as other:
+            after = other.query(kind="train.step")[6].id  # n=6
+        with urllib.request.urlopen(
+            f"{up.api_url}/api/events/stream?once=1&after={after}", timeout=30
+        ) as resp:
+            text = resp.read().decode()
+        datas = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+        assert [d["data"]["n"] for d in datas if d["kind"] == "train.step"] == [7, 8, 9, 10, 11]
+    finally:
+        up.shutdown()

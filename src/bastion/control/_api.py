@@ -30,7 +30,7 @@ import dataclasses
 import fnmatch
 import json
 import logging
-import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -50,6 +50,7 @@ from bastion.errors import (
     UnavailableError,
     UsageError,
 )
+from bastion.events import Event, EventLog
 
 if TYPE_CHECKING:
     from bastion.control._up import Up
@@ -98,38 +99,23 @@ class RateLimiter:
         return (1.0 - tokens) / self.rate
 
 
-def _event_row(row: tuple[Any, ...]) -> dict[str, Any]:
-    i, ts, mono, kind, subject, segment, data = row
-    return {
-        "id": i,
-        "ts": ts,
-        "mono_ns": mono,
-        "kind": kind,
-        "subject": subject,
-        "segment": segment,
-        "data": json.loads(data),
+def _event_dict(e: Event) -> dict[str, Any]:
+    out = {
+        "id": e.id,
+        "ts": e.ts,
+        "mono_ns": e.mono_ns,
+        "kind": e.kind,
+        "subject": e.subject,
+        "segment": e.segment,
+        "data": e.data,
     }
-
-
-def _filters(kind: str | None, subject: str | None, segment: str | None) -> tuple[str, list[Any]]:
-    sql, args = "", []
-    if kind:
-        sql += " AND kind GLOB ?" if any(c in kind for c in "*?[") else " AND kind = ?"
-        args.append(kind)
-    if subject:
-        sql += " AND subject = ?"
-        args.append(subject)
-    if segment:
-        sql += " AND segment = ?"
-        args.append(segment)
-    return sql, args
-
-
-_COLUMNS = "id, ts, mono_ns, kind, subject, segment, data"
+    if e.host:
+        out["host"] = e.host
+    return out
 
 
 def events_page(
-    conn: sqlite3.Connection,
+    log: EventLog,
     *,
     kind: str | None = None,
     subject: str | None = None,
@@ -137,33 +123,28 @@ def events_page(
     before: int | None = None,
     limit: int = 100,
 ) -> dict[str, Any]:
-    """One page of the event log, newest first (by time, then id), filtered; ``next`` is
-    the ``before`` of the page after it (None at the end). The order is the one the
-    (kind, ts) and (subject, ts) indexes keep, so a page reads ``limit`` rows, not all
-    that match."""
-    where, args = _filters(kind, subject, segment)
-    if before is not None:
-        where += " AND (ts, id) < ((SELECT ts FROM events WHERE id = ?), ?)"
-        args += [before, before]
-    rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM events WHERE 1{where} "  # noqa: S608 - columns and filters are ours; values are parameters
-        "ORDER BY ts DESC, id DESC LIMIT ?",
-        [*args, limit + 1],
-    ).fetchall()
+    """One page of the event log (SQLite or PostgreSQL), newest first (by time, then id),
+    filtered; ``next`` is the ``before`` of the page after it (None at the end). The order
+    is the one the (kind, ts) and (subject, ts) indexes keep, so a page reads ``limit``
+    rows, not all that match."""
+    rows = log.query(
+        kind=kind,
+        subject=subject,
+        segment=segment,
+        before=before,
+        newest_first=True,
+        limit=limit + 1,
+    )
     more = len(rows) > limit
-    events = [_event_row(r) for r in rows[:limit]]
+    events = [_event_dict(e) for e in rows[:limit]]
     return {"events": events, "next": events[-1]["id"] if more and events else None}
 
 
 def _events_after(
-    conn: sqlite3.Connection, after: int, kind: str | None, subject: str | None, segment: str | None
+    log: EventLog, after: int, kind: str | None, subject: str | None, segment: str | None
 ) -> list[dict[str, Any]]:
-    where, args = _filters(kind, subject, segment)
-    rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM events WHERE id > ?{where} ORDER BY id LIMIT 500",  # noqa: S608
-        [after, *args],
-    ).fetchall()
-    return [_event_row(r) for r in rows]
+    rows = log.query(after_id=after, kind=kind, subject=subject, segment=segment, limit=500)
+    return [_event_dict(e) for e in rows]
 
 
 def _jsonable(value: Any) -> Any:
@@ -176,9 +157,7 @@ class _Feed:
     query, not 50. A subscriber whose queue is full gets ``None`` and is dropped (its
     client reconnects with Last-Event-ID and misses nothing)."""
 
-    def __init__(
-        self, read: Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
-    ) -> None:
+    def __init__(self, read: Callable[[Callable[[EventLog], Any]], Awaitable[Any]]) -> None:
         self.read = read
         self.poll_s = 0.05
         self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
@@ -212,8 +191,8 @@ class _Feed:
         while self.subscribers:
             at = self.last or 0
 
-            def newer(c: sqlite3.Connection, at: int = at) -> list[dict[str, Any]]:
-                return _events_after(c, at, None, None, None)
+            def newer(log: EventLog, at: int = at) -> list[dict[str, Any]]:
+                return _events_after(log, at, None, None, None)
 
             batch: list[dict[str, Any]] = await self.read(newer)
             for event in batch:
@@ -243,7 +222,8 @@ class ApiServer:
         self._session: Any = None
         self.url = ""
         self._hosts: set[str] = set()
-        self._db_path = up.manifest.state_dir / "events.db"
+        self._log: EventLog | None = None
+        self._log_lock = threading.Lock()
         self._stopping = False
         self.feed = _Feed(self._read)
 
@@ -290,22 +270,22 @@ class ApiServer:
         self._stopping = True
         if self._thread is not None and self._thread.running:
             self._thread.stop(cleanup(), timeout=30)
+        with self._log_lock:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
 
-    def _conn(self) -> sqlite3.Connection:
-        """A read-only connection to the event log (for worker threads)."""
-        conn = sqlite3.connect(
-            f"file:{self._db_path}?mode=ro", uri=True, timeout=10, check_same_thread=False
-        )
-        conn.execute("PRAGMA busy_timeout = 10000")
-        return conn
+    def _events_log(self) -> EventLog:
+        """The API's own connection to the event log (SQLite or PostgreSQL, the one the
+        manifest's ``events:`` names), opened on first use, in a worker thread."""
+        with self._log_lock:
+            if self._log is None:
+                self._log = EventLog.in_state_dir(self.up.manifest.state_dir)
+            return self._log
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def _read(self, fn: Callable[[EventLog], Any]) -> Any:
         def run() -> Any:
-            conn = self._conn()
-            try:
-                return fn(conn)
-            finally:
-                conn.close()
+            return fn(self._events_log())
 
         return await asyncio.to_thread(run)
 
@@ -625,10 +605,8 @@ class ApiServer:
 
         doc = await asyncio.to_thread(read)
 
-        def scrub_events(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            events: list[dict[str, Any]] = events_page(conn, kind="vault.scrub.*", limit=5)[
-                "events"
-            ]
+        def scrub_events(log: EventLog) -> list[dict[str, Any]]:
+            events: list[dict[str, Any]] = events_page(log, kind="vault.scrub.*", limit=5)["events"]
             return events
 
         doc["scrub"] = {
@@ -670,8 +648,8 @@ class ApiServer:
         before = self._int(request, "before", None, 0, 2**62)
         kind, subject, segment = (self._text(request, k) for k in ("kind", "subject", "segment"))
         page = await self._read(
-            lambda conn: events_page(
-                conn,
+            lambda log: events_page(
+                log,
                 kind=kind,
                 subject=subject,
                 segment=segment,
@@ -693,11 +671,7 @@ class ApiServer:
             except ValueError:
                 raise UsageError(f"Last-Event-ID {last!r} is not an event id") from None
         if after is None:
-            after = int(
-                await self._read(
-                    lambda c: c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-                )
-            )
+            after = int(await self._read(lambda log: log.last_id()))
         once = request.query.get("once") == "1"
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -743,8 +717,8 @@ class ApiServer:
             while True:  # the backlog after the client's cursor, from the log itself
                 at = cursor
 
-                def newer(c: sqlite3.Connection, at: int = at) -> list[dict[str, Any]]:
-                    return _events_after(c, at, kind, subject, segment)
+                def newer(log: EventLog, at: int = at) -> list[dict[str, Any]]:
+                    return _events_after(log, at, kind, subject, segment)
 
                 batch: list[dict[str, Any]] = await self._read(newer)
                 for event in batch:
@@ -844,8 +818,8 @@ class ApiServer:
         window = parse_window(request.query.get("window"))
         manifest = self.up.manifest
 
-        def read(conn: sqlite3.Connection) -> dict[str, Any]:
-            return service_series(manifest, name, window, lambda **kw: events_page(conn, **kw))
+        def read(log: EventLog) -> dict[str, Any]:
+            return service_series(manifest, name, window, lambda **kw: events_page(log, **kw))
 
         return web.json_response(_jsonable(await self._read(read)))
 
@@ -863,7 +837,7 @@ class ApiServer:
         if name not in self.up.manifest.jobs:
             known = ", ".join(self.up.manifest.jobs) or "none"
             raise NotFoundError(f"no training job {name!r} in the manifest (known: {known})")
-        doc = await self._read(lambda conn: job_series(name, lambda **kw: events_page(conn, **kw)))
+        doc = await self._read(lambda log: job_series(name, lambda **kw: events_page(log, **kw)))
         return web.json_response(_jsonable(doc))
 
     async def _segments(self, request: web.Request) -> web.Response:

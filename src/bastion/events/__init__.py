@@ -347,18 +347,26 @@ class EventLog:
         *,
         kind: str | None = None,
         subject: str | None = None,
+        segment: str | None = None,
         since: float | None = None,
         after_id: int = 0,
+        before: int | None = None,
+        newest_first: bool = False,
         limit: int | None = None,
     ) -> list[Event]:
-        """Events in order. ``kind`` matches exactly, or by prefix when it ends in ``.*``
-        (``vault.*``) or is a glob (``serve.*.ejected``)."""
+        """Events in order (of id; or newest first, by time then id). ``kind`` matches
+        exactly, or by prefix when it ends in ``.*`` (``vault.*``) or is a glob
+        (``serve.*.ejected``). ``before``: only events older than that one (a page's
+        cursor, with ``newest_first``; nothing when it does not exist)."""
         rows = self._backend.select(
             after_id=after_id,
             kind=kind,
             glob=bool(kind) and any(c in str(kind) for c in "*?["),
             subject=subject,
+            segment=segment,
             since=since,
+            before=before,
+            newest_first=newest_first,
             limit=limit,
         )
         return [

@@ -31,6 +31,7 @@ import weakref
 from typing import Any
 
 from bastion.errors import UnavailableError
+from bastion.events._sql import Dialect, select
 
 try:  # the `pg` extra; a manifest naming PostgreSQL without it gets a clear error
     import psycopg
@@ -97,6 +98,9 @@ def _close_all(held: dict[str, Any]) -> None:
     for conn in held.values():
         if conn is not None:
             conn.close()
+
+
+_DIALECT = Dialect(param="%s", host="host", glob=lambda kind: ("kind ~ %s", _glob_regex(kind)))
 
 
 class PostgresBackend:
@@ -215,31 +219,9 @@ class PostgresBackend:
         with self._lock:
             return int(self._retrying(append, doing="appending"))
 
-    def select(
-        self,
-        *,
-        after_id: int,
-        kind: str | None,
-        glob: bool,
-        subject: str | None,
-        since: float | None,
-        limit: int | None,
-    ) -> list[tuple[Any, ...]]:
-        sql = "SELECT id, ts, mono_ns, kind, subject, segment, data, host FROM events WHERE id > %s"
-        args: list[Any] = [after_id]
-        if kind:
-            sql += " AND kind ~ %s" if glob else " AND kind = %s"
-            args.append(_glob_regex(kind) if glob else kind)
-        if subject:
-            sql += " AND subject = %s"
-            args.append(subject)
-        if since is not None:
-            sql += " AND ts >= %s"
-            args.append(since)
-        sql += " ORDER BY id"
-        if limit is not None:
-            sql += " LIMIT %s"
-            args.append(limit)
+    def select(self, **where: Any) -> list[tuple[Any, ...]]:
+        """Rows matching ``where`` (the filter of ``_sql.select``)."""
+        sql, args = select(_DIALECT, **where)
         with self._lock:
             return list(self._retrying(lambda c: c.execute(sql, args).fetchall()))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.errors import UsageError
+from bastion.events._sql import Dialect, select
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -33,6 +34,8 @@ CREATE INDEX IF NOT EXISTS events_kind ON events (kind, ts);
 CREATE INDEX IF NOT EXISTS events_subject ON events (subject, ts);
 CREATE INDEX IF NOT EXISTS events_kind_subject ON events (kind, subject, ts);
 """
+
+_DIALECT = Dialect(param="?", host="''", glob=lambda kind: ("kind GLOB ?", kind))
 
 Row = tuple[int, float, int, str, str, str, str, str]
 """id, ts, mono_ns, kind, subject, segment, data (JSON text), host."""
@@ -103,31 +106,9 @@ class SqliteBackend:
             )
         return int(cur.lastrowid)
 
-    def select(
-        self,
-        *,
-        after_id: int,
-        kind: str | None,
-        glob: bool,
-        subject: str | None,
-        since: float | None,
-        limit: int | None,
-    ) -> list[Row]:
-        sql = "SELECT id, ts, mono_ns, kind, subject, segment, data, '' FROM events WHERE id > ?"
-        args: list[Any] = [after_id]
-        if kind:
-            sql += " AND kind GLOB ?" if glob else " AND kind = ?"
-            args.append(kind)
-        if subject:
-            sql += " AND subject = ?"
-            args.append(subject)
-        if since is not None:
-            sql += " AND ts >= ?"
-            args.append(since)
-        sql += " ORDER BY id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
+    def select(self, **where: Any) -> list[Row]:
+        """Rows matching ``where`` (the filter of ``_sql.select``)."""
+        sql, args = select(_DIALECT, **where)
         with self._lock:
             return list(self._retrying(lambda: self._conn.execute(sql, args).fetchall()))
 
