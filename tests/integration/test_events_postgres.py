@@ -236,3 +236,42 @@ def test_the_control_api_reads_a_postgresql_log(log: LogTarget, tmp_path: Path) 
         assert [d["data"]["n"] for d in datas if d["kind"] == "train.step"] == [7, 8, 9, 10, 11]
     finally:
         up.shutdown()
+
+
+@PG_ONLY
+def test_the_readiness_report_reads_a_postgresql_log(log: LogTarget, tmp_path: Path) -> None:
+    """`bastion report` over a manifest whose ``events:`` is PostgreSQL: its evidence
+    counts that database's events, and a drill recorded there (started, its fault, its
+    end) is in the report with its timeline, read with the prefix matches PostgreSQL
+    spells its own way (``starts_with``, not a collation-dependent range)."""
+    from ruamel.yaml import YAML
+
+    from bastion import event_kinds as ek
+    from bastion.manifest import load
+    from bastion.report import build_report
+
+    path = tmp_path / "bastion.yaml"
+    YAML().dump({"version": 1, "system": "pgreport", "events": log.target}, path)
+    manifest = load(path)
+    with EventLog(log.target) as events:
+        events.emit(ek.DRILL_STARTED, "kill-a-replica", title="kill a replica")
+        events.emit("drill.fault.injected", "kill-a-replica", fault="process.kill")
+        events.emit("serve.backend.ejected", "chat", backend="r1")
+        events.emit(
+            ek.DRILL_FINISHED,
+            "kill-a-replica",
+            title="kill a replica",
+            status="completed",
+            exit_code=0,
+        )
+        emitted = events.last_id()
+    doc = build_report(manifest)
+    assert not (manifest.state_dir / "events.db").exists()
+    assert doc["evidence"]["events"] == 4
+    assert doc["evidence"]["last_event_id"] == emitted
+    (drill,) = doc["drills"]
+    assert drill["log"] == "postgresql"
+    assert drill["verdict"] == "pass", drill
+    kinds = [t["kind"] for t in drill["timeline"]]
+    assert "drill.fault.injected" in kinds
+    assert "serve.backend.ejected" in kinds  # the other events of the run, in the timeline

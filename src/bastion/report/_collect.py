@@ -87,28 +87,80 @@ def _num(x: float | None) -> float | None:
 
 
 class _Log:
-    """Read-only queries over ``events.db``, each by index."""
+    """Read-only queries over the event log, each by index: ``<state_dir>/events.db``, or
+    the PostgreSQL database the manifest's ``events:`` names. The SQL is written once,
+    with ``?`` placeholders; ``_prefix`` and ``_json`` spell what the two dialects spell
+    differently (a prefix match that must not depend on a collation, a JSON field)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.conn: sqlite3.Connection | None = None
-        if path.exists():
+    def __init__(self, state_dir: Path) -> None:
+        from bastion.events import url_of
+
+        self.url = url_of(state_dir)
+        self.path = Path(state_dir) / "events.db"
+        self.conn: Any = None
+        self.pg = self.url is not None
+        if self.url is not None:
+            self._open_postgres(self.url)
+        elif self.path.exists():
             try:
-                self.conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+                self.conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True)
                 self.conn.execute("PRAGMA query_only = 1")
                 self.conn.execute("SELECT 1 FROM events LIMIT 1")
             except sqlite3.Error as exc:
                 raise UsageError(
-                    f"cannot read the event log {path}: {exc} (check state_dir in the manifest)"
+                    f"cannot read the event log {self.path}: {exc} (check state_dir in the "
+                    "manifest)"
                 ) from None
+
+    def _open_postgres(self, url: str) -> None:
+        import psycopg
+
+        from bastion.errors import UnavailableError
+        from bastion.events._postgres import where_of
+
+        try:
+            self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            self.conn.execute("SET default_transaction_read_only = on")
+            self.conn.execute("SELECT 1 FROM events LIMIT 1")
+        except psycopg.errors.UndefinedTable:
+            self.close()  # nothing has written to this database yet: an empty log
+            self.conn = None
+        except psycopg.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnavailableError(
+                f"cannot read the event log at {where_of(url)}: {first} (is the server up, "
+                "and the manifest's events: right?)"
+            ) from None
+
+    @property
+    def where(self) -> str:
+        """What a report names as the log its figures came from (the schema's enum:
+        ``events.db`` or ``postgresql``, the database the manifest's ``events:`` names)."""
+        return "postgresql" if self.pg else "events.db"
+
+    def _execute(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if self.pg:
+            sql = sql.replace("?", "%s")
+        return list(self.conn.execute(sql, tuple(args)).fetchall())
+
+    def _prefix(self, column: str, prefix: str) -> tuple[str, list[Any]]:
+        """``column`` starts with ``prefix``: a range on SQLite (its index serves it); on
+        PostgreSQL ``starts_with``, since a range there would follow the database's
+        collation, which may ignore punctuation ('drill/' sorting before 'drill.x')."""
+        if self.pg:
+            return f"starts_with({column}, ?)", [prefix]
+        return f"{column} >= ? AND {column} < ?", [prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)]
+
+    def _json(self, key: str) -> str:
+        return f"(data::jsonb ->> '{key}')" if self.pg else f"json_extract(data, '$.{key}')"
 
     def _rows(self, sql: str, args: Sequence[Any]) -> list[Event]:
         if self.conn is None:
             return []
-        rows = self.conn.execute(
+        rows = self._execute(
             "SELECT id, ts, mono_ns, kind, subject, segment, data FROM events " + sql,  # noqa: S608 - fixed clauses, values bound
             args,
-        ).fetchall()
+        )
         return [
             Event(kind=k, subject=s, segment=g, data=json.loads(d), ts=t, mono_ns=m, id=i)
             for (i, t, m, k, s, g, d) in rows
@@ -121,7 +173,8 @@ class _Log:
         for kind in kinds:
             out += self._rows("WHERE kind = ?", (kind,))
         if prefix is not None:
-            out += self._rows("WHERE kind >= ? AND kind < ?", (prefix + ".", prefix + "/"))
+            cond, args = self._prefix("kind", prefix + ".")
+            out += self._rows(f"WHERE {cond}", args)
         out.sort(key=lambda e: e.id)
         return out
 
@@ -129,12 +182,12 @@ class _Log:
         """The newest ``kind`` event of each subject that starts with ``prefix``."""
         if self.conn is None:
             return []
+        cond, args = self._prefix("subject", prefix)
         ids = [
             int(r[0])
-            for r in self.conn.execute(
-                "SELECT max(id) FROM events WHERE kind = ? AND subject >= ? AND subject < ? "
-                "GROUP BY subject",
-                (kind, prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)),
+            for r in self._execute(
+                f"SELECT max(id) FROM events WHERE kind = ? AND {cond} GROUP BY subject",  # noqa: S608 - fixed clauses, values bound
+                [kind, *args],
             )
         ]
         return self.ids(ids)
@@ -153,16 +206,14 @@ class _Log:
         if kind is not None:
             return self._rows("WHERE subject = ? AND kind = ? AND id > ?", (subject, kind, after))
         assert prefix is not None
-        return self._rows(
-            "WHERE subject = ? AND kind >= ? AND kind < ? AND id > ?",
-            (subject, prefix + ".", prefix + "/", after),
-        )
+        cond, args = self._prefix("kind", prefix + ".")
+        return self._rows(f"WHERE subject = ? AND {cond} AND id > ?", [subject, *args, after])
 
     def next_passed(self, failed: Event) -> list[Event]:
         """The first ``serve.golden.passed`` of the backend after its ``failed`` round: all
         that the wrong-answer share needs of the many passing rounds."""
         return self._rows(
-            "WHERE kind = ? AND subject = ? AND id > ? AND json_extract(data, '$.backend') = ? "
+            f"WHERE kind = ? AND subject = ? AND id > ? AND {self._json('backend')} = ? "
             "ORDER BY id LIMIT 1",
             (ek.SERVE_GOLDEN_PASSED, failed.subject, failed.id, failed.data.get("backend")),
         )
@@ -170,37 +221,35 @@ class _Log:
     def between(
         self, after: int, upto: int, *, drill: bool, limit: int | None = None
     ) -> list[Event]:
-        sql = "WHERE id > ? AND id <= ? AND " + (
-            "kind >= 'drill.' AND kind < 'drill/'"
-            if drill
-            else "NOT (kind >= 'drill.' AND kind < 'drill/')"
-        )
+        cond, args = self._prefix("kind", "drill.")
+        sql = "WHERE id > ? AND id <= ? AND " + (cond if drill else f"NOT ({cond})")
         sql += " ORDER BY id" + (f" LIMIT {int(limit)}" if limit is not None else "")
-        return self._rows(sql, (after, upto))
+        return self._rows(sql, [after, upto, *args])
 
     def count_between(self, after: int, upto: int) -> int:
         if self.conn is None:
             return 0
-        row = self.conn.execute(
-            "SELECT count(*) FROM events WHERE id > ? AND id <= ?", (after, upto)
-        ).fetchone()
-        return int(row[0])
+        rows = self._execute("SELECT count(*) FROM events WHERE id > ? AND id <= ?", (after, upto))
+        return int(rows[0][0])
 
     def has_sli(self) -> bool:
         """Whether the SLI tables are there (opening them otherwise would create them)."""
         if self.conn is None:
             return False
-        row = self.conn.execute(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sli_h'"
-        ).fetchone()
-        return bool(row[0])
+        if self.pg:
+            rows = self._execute("SELECT to_regclass('sli_h') IS NOT NULL")
+        else:
+            rows = self._execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sli_h'"
+            )
+        return bool(rows[0][0])
 
     def summary(self) -> tuple[int, int]:
         """(number of events, the last id)."""
         if self.conn is None:
             return 0, 0
-        row = self.conn.execute("SELECT count(*), coalesce(max(id), 0) FROM events").fetchone()
-        return int(row[0]), int(row[1])
+        rows = self._execute("SELECT count(*), coalesce(max(id), 0) FROM events")
+        return int(rows[0][0]), int(rows[0][1])
 
     def close(self) -> None:
         if self.conn is not None:
@@ -387,7 +436,7 @@ def _drills(log: _Log, journals: list[dict[str, Any]], now: float) -> list[dict[
                 "samples": samples,
                 "other_events": max(0, other_count - len(others)),
                 "age_s": round(max(0.0, now - s.ts), 3),
-                "log": "events.db",
+                "log": log.where,
                 "event_ids": sorted({s.id, *(e.id for e in mine)}),
             }
         )
@@ -535,8 +584,7 @@ def _slos(manifest: Manifest, log: _Log, now: float) -> list[dict[str, Any]]:
     objs = objectives(manifest)
     if not objs:
         return []
-    db = manifest.state_dir / "events.db"
-    reader = SqliteSli(db) if log.has_sli() else None
+    reader = SqliteSli.in_state_dir(manifest.state_dir) if log.has_sli() else None
     alerts = log.kinds(_ALERT_KINDS)
     out = []
     try:
@@ -635,9 +683,8 @@ def _outcomes(manifest: Manifest, log: _Log, now: float, days: int) -> dict[str,
     start = now - days * 86400
     keys = dora(events, start=start, end=now)
     shares = []
-    db = manifest.state_dir / "events.db"
     if log.has_sli():
-        reader = SqliteSli(db)
+        reader = SqliteSli.in_state_dir(manifest.state_dir)
         try:
             shares = [
                 asdict(t)
@@ -948,7 +995,7 @@ def build_report(
         raise UsageError(f"--max-age: {max_age_s!r} is not a positive age; use e.g. 30d")
     now = time.time() if now is None else now
     t0 = time.perf_counter()
-    log = _Log(manifest.state_dir / "events.db")
+    log = _Log(manifest.state_dir)
     try:
         count, last_id = log.summary()
         drills = _drills(log, _journals(manifest.state_dir, journals), now)
