@@ -50,7 +50,7 @@ from bastion.errors import (
     UnavailableError,
     UsageError,
 )
-from bastion.events import Event, EventLog
+from bastion.events import EventLog
 
 if TYPE_CHECKING:
     from bastion.control._up import Up
@@ -99,21 +99,6 @@ class RateLimiter:
         return (1.0 - tokens) / self.rate
 
 
-def _event_dict(e: Event) -> dict[str, Any]:
-    out = {
-        "id": e.id,
-        "ts": e.ts,
-        "mono_ns": e.mono_ns,
-        "kind": e.kind,
-        "subject": e.subject,
-        "segment": e.segment,
-        "data": e.data,
-    }
-    if e.host:
-        out["host"] = e.host
-    return out
-
-
 def events_page(
     log: EventLog,
     *,
@@ -136,7 +121,7 @@ def events_page(
         limit=limit + 1,
     )
     more = len(rows) > limit
-    events = [_event_dict(e) for e in rows[:limit]]
+    events = [e.to_dict() for e in rows[:limit]]
     return {"events": events, "next": events[-1]["id"] if more and events else None}
 
 
@@ -144,7 +129,7 @@ def _events_after(
     log: EventLog, after: int, kind: str | None, subject: str | None, segment: str | None
 ) -> list[dict[str, Any]]:
     rows = log.query(after_id=after, kind=kind, subject=subject, segment=segment, limit=500)
-    return [_event_dict(e) for e in rows]
+    return [e.to_dict() for e in rows]
 
 
 def _jsonable(value: Any) -> Any:

@@ -184,10 +184,12 @@ class Event:
     def time(self) -> datetime:
         return datetime.fromtimestamp(self.ts, tz=UTC)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """Its fields as JSON-able values, ``ts`` in seconds (what the control API sends);
+        ``host`` only when a shared log named one."""
         out = {
             "id": self.id,
-            "ts": self.time.isoformat(timespec="microseconds"),
+            "ts": self.ts,
             "mono_ns": self.mono_ns,
             "kind": self.kind,
             "subject": self.subject,
@@ -197,6 +199,11 @@ class Event:
         if self.host:
             out["host"] = self.host
         return out
+
+    def to_json(self) -> dict[str, Any]:
+        """As ``to_dict``, with ``ts`` an ISO 8601 time (what ``bastion events --json``
+        prints)."""
+        return {**self.to_dict(), "ts": self.time.isoformat(timespec="microseconds")}
 
 
 _KIND = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
