@@ -69,6 +69,15 @@ def where_of(url: str) -> str:
     return _CREDENTIALS.sub(lambda m: m.group("scheme"), url)
 
 
+def reason_of(exc: BaseException) -> str:
+    """A psycopg error's first line (its type when it has no text), redacted: what a
+    message about the server may quote."""
+    from bastion.events import redact
+
+    text = str(exc).strip()
+    return str(redact(text.splitlines()[0] if text else type(exc).__name__))
+
+
 def _glob_regex(glob: str) -> str:
     """An event-kind glob (``serve.*.ejected``, ``t.[ab]``) as a POSIX regex, anchored:
     PostgreSQL has no GLOB, and LIKE has no classes."""
@@ -151,14 +160,9 @@ class PostgresBackend:
         self._held["listen"] = value
 
     def _unavailable(self, exc: BaseException, *, doing: str) -> UnavailableError:
-        from bastion.events import redact
-
-        reason = redact(
-            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        )
         return UnavailableError(
             f"the event log's PostgreSQL server {self.where} is not answering ({doing}): "
-            f"{reason} (is the server up? check events: in the manifest, and "
+            f"{reason_of(exc)} (is the server up? check events: in the manifest, and "
             "PGPASSWORD / ~/.pgpass for the password)"
         )
 

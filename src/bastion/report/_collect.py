@@ -116,7 +116,7 @@ class _Log:
         import psycopg
 
         from bastion.errors import UnavailableError
-        from bastion.events._postgres import where_of
+        from bastion.events._postgres import reason_of, where_of
 
         try:
             self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
@@ -126,10 +126,9 @@ class _Log:
             self.close()  # nothing has written to this database yet: an empty log
             self.conn = None
         except psycopg.Error as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UnavailableError(
-                f"cannot read the event log at {where_of(url)}: {first} (is the server up, "
-                "and the manifest's events: right?)"
+                f"cannot read the event log at {where_of(url)}: {reason_of(exc)} (is the "
+                "server up, and the manifest's events: right?)"
             ) from None
 
     @property

@@ -66,7 +66,7 @@ class PgConn:
 def open_pg(url: str) -> PgConn:
     import psycopg
 
-    from bastion.events._postgres import where_of
+    from bastion.events._postgres import reason_of, where_of
 
     where = where_of(url)
     try:
@@ -75,11 +75,8 @@ def open_pg(url: str) -> PgConn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             conn.execute(_SCHEMA)
     except psycopg.Error as exc:
-        from bastion.events import redact
-
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnavailableError(
-            f"the SLI rows' PostgreSQL server {where} is not answering: {redact(first)} "
+            f"the SLI rows' PostgreSQL server {where} is not answering: {reason_of(exc)} "
             "(is the server up? check events: in the manifest)"
         ) from None
     return PgConn(conn, where)
