@@ -1,6 +1,9 @@
 """The replica autoscaler end to end: load above one replica's target concurrency makes the
 replica set grow (through bastion.supervise), the new replica joins only after its probe,
-then serves; the scaling is recorded as an event."""
+then serves; the scaling is recorded as an event. Lowered bounds scale it in under the
+same load without failing a request (the replica leaves routing and drains before it
+stops), and a drained set stops scaling (a replica it started then would take traffic
+just before the set is stopped)."""
 
 from __future__ import annotations
 
@@ -51,6 +54,21 @@ def test_load_scales_replicas_up_and_the_new_one_serves(example_copy: Path, seed
                         break
                     assert time.monotonic() < deadline, f"never scaled: {rs.statistics()}"
                     time.sleep(0.05)
+                # lower the bounds under the same load: one replica drains, then stops
+                scaler.max_replicas, scaler.cooldown_s = 1, 0
+                deadline = time.monotonic() + 40
+                while thread.run(lambda: len(rs.replicas)) > 1:
+                    assert time.monotonic() < deadline, f"never scaled in: {rs.statistics()}"
+                    time.sleep(0.05)
+                done = load_.ok
+                while load_.ok < done + 50:  # the one left serves on
+                    assert time.monotonic() < deadline, "no answers after the scale-in"
+                    time.sleep(0.05)
+            scaler.max_replicas = 3  # a set that would grow, were it not draining
+            thread.call(rs.drain(1.0))
+            assert not thread.run(lambda: rs.scaling), "drain() left the set scaling"
+            arms = thread.run(lambda: {gw.pool.upstreams[n].arm for n in rs.replicas})
+            assert arms == {"draining"}, arms
         finally:
             thread.call(rs.close())
     sink.close()

@@ -24,12 +24,15 @@ async def predict_load(
     workers: int = 4,
     users: int = 0,
     backends: dict[str, int] | None = None,
+    failures: list[tuple[float, str]] | None = None,
 ) -> None:
     """Post ``body`` to ``url``/v1/predict from ``workers`` clients until ``stop`` is set,
     adding to ``counts``: ``ok`` and ``failed``, and ``wrong`` when ``expected`` is given.
     ``users``: send ``x-bastion-user`` naming one of that many users in turn (a rollout's
     canary share is by user). ``backends``: count the answers by the backend that gave
-    them (the gateway's ``x-bastion-backend``)."""
+    them (the gateway's ``x-bastion-backend``). ``failures``: append each failure's
+    ``time.monotonic()`` and why (the status and the start of the body, or the error), so
+    a scene can say when and why a request failed."""
     import aiohttp
 
     sent = 0
@@ -50,13 +53,18 @@ async def predict_load(
                         backends[name] = backends.get(name, 0) + 1
                     if r.status != 200:
                         counts["failed"] += 1
+                        if failures is not None:
+                            text = answer[:160].decode(errors="replace")
+                            failures.append((time.monotonic(), f"{r.status}: {text}"))
                         continue
                     counts["ok"] += 1
                     if expected is not None:
                         got = json.loads(answer)["predictions"][0]
                         counts["wrong"] += str(got) != expected
-                except (aiohttp.ClientError, ValueError, KeyError, IndexError):
+                except (aiohttp.ClientError, ValueError, KeyError, IndexError) as exc:
                     counts["failed"] += 1
+                    if failures is not None:
+                        failures.append((time.monotonic(), f"{type(exc).__name__}: {exc}"))
 
         await asyncio.gather(*(worker() for _ in range(workers)))
 

@@ -141,6 +141,16 @@ def prepare(vault: Vault, workdir: Any) -> Candidates:
     return Candidates(prod, bad, good, body, str(int(p[i])), gate)
 
 
+def _placed(failures: list[tuple[float, str]], phases: list[tuple[float, str]]) -> list[str]:
+    """Each distinct (phase, reason) of ``failures``, with its count: where a failed
+    request fell, so a failed scene says what to look at."""
+    seen: dict[tuple[str, str], int] = {}
+    for when, why in failures:
+        phase = next((what for began, what in reversed(phases) if began <= when), "start-up")
+        seen[(phase, why)] = seen.get((phase, why), 0) + 1
+    return [f"{n}x during {phase}: {why}" for (phase, why), n in seen.items()]
+
+
 def with_policy(manifest: Manifest, service: str, **policy: Any) -> Manifest:
     """``manifest`` with ``services.<service>.rollout`` replaced by ``policy`` (validated)."""
     from bastion.manifest import RolloutPolicy
@@ -195,6 +205,8 @@ def run(ctx: DemoContext) -> Scene:
     controller = RolloutController(gw, manifest, sets)
     counts = {"ok": 0, "failed": 0, "wrong": 0}
     backends: dict[str, int] = {}
+    failures: list[tuple[float, str]] = []
+    phases: list[tuple[float, str]] = []  # (when it began, what): to place each failure
     stop = threading.Event()
     results: dict[str, Any] = {}
     with GatewayThread(gw) as thread:
@@ -209,18 +221,26 @@ def run(ctx: DemoContext) -> Scene:
                     expected=made.expected,
                     users=_USERS,
                     backends=backends,
+                    failures=failures,
                 )
             ),
             daemon=True,
         )
         try:
-            if not wait(lambda: thread.run(sets[local.name].ready) >= 1, _WAIT_S):
+            # all of @prod's replicas up before the load: its first requests are not on a
+            # lone replica while the others start
+            stable = sets[local.name]
+            if not wait(
+                lambda: thread.run(stable.ready) >= stable.autoscaler.min_replicas, _WAIT_S
+            ):
                 scene.findings.append(f"the stable replicas were not ready within {_WAIT_S:g} s")
                 scene.ok = False
                 return scene
+            phases.append((time.monotonic(), "warm-up, before the first rollout"))
             loader.start()
             wait(lambda: counts["ok"] >= 200, _WAIT_S)
             for which, snap in (("bad", made.bad), ("good", made.good)):
+                phases.append((time.monotonic(), f"the rollout of {snap.ref}"))
                 before = dict(counts)
                 seen_before = _candidate_answers(backends)
                 started = time.monotonic()
@@ -250,6 +270,7 @@ def run(ctx: DemoContext) -> Scene:
                     "prod": vault.labels(MODEL).get("prod"),
                 }
             # after the promotion, the promoted set answers
+            phases.append((time.monotonic(), "after the promotion, the old replicas retiring"))
             after = _candidate_answers(backends)
             promoted = "good" in results and results["good"]["record"].status == "promoted"
             served = promoted and wait(lambda: _candidate_answers(backends) > after + 50, _WAIT_S)
@@ -302,6 +323,8 @@ def run(ctx: DemoContext) -> Scene:
     scene.findings.append(
         f"in all: {counts['ok']} client requests answered, {counts['failed']} failed"
     )
+    for line in _placed(failures, phases):
+        scene.findings.append(f"  failed: {line}")
     scene.ok = (
         scene.ok
         and bad["ended"]

@@ -311,7 +311,10 @@ class ReplicaSet:
                     replicas=len(self.replicas),
                 )
             if len(self.replicas) > want:
+                # Out of routing first, then stopped once its requests in flight end: a
+                # scale-in fails no client request.
                 name = list(self.replicas)[-1]
+                await self._drain_out([name], self.gateway.timeout_s)
                 sup = self.replicas.pop(name)
                 self.gateway.remove_upstream(name)
                 await asyncio.to_thread(sup.stop, timeout=5)
@@ -320,6 +323,11 @@ class ReplicaSet:
                     backend=self.backend.name,
                     replicas=len(self.replicas),
                 )
+
+    @property
+    def scaling(self) -> bool:
+        """Whether its autoscaler runs: from ``start`` until ``drain`` or ``close``."""
+        return self._task is not None
 
     def ready(self) -> int:
         """How many of its replicas passed their health probe and take requests."""
@@ -348,24 +356,36 @@ class ReplicaSet:
 
     async def drain(self, timeout_s: float) -> None:
         """Take its replicas out of routing, then wait (at most ``timeout_s``) for the
-        requests in flight on them to end, so stopping them fails no client request."""
+        requests in flight on them to end, so stopping them fails no client request. The
+        set stops scaling first: a replica started while it drains would take traffic
+        (under the set's arm) just before ``close`` stops it."""
+        await self._stop_scaling()
+        self.arm = "draining"
+        await self._drain_out(list(self.replicas), timeout_s)
+
+    async def _drain_out(self, names: list[str], timeout_s: float) -> None:
+        """Move replicas ``names`` to the ``draining`` arm (which no request uses), then
+        wait, at most ``timeout_s``, until none has a request in flight."""
         pool = self.gateway.pool
-        for name in self.replicas:
+        for name in names:
             if name in pool.upstreams:
-                pool.set_arm(name, "draining")  # no arm a request uses
+                pool.set_arm(name, "draining")
         deadline = asyncio.get_running_loop().time() + timeout_s
         while asyncio.get_running_loop().time() < deadline:
             ups = pool.upstreams
-            if not any(ups[n].outstanding for n in self.replicas if n in ups):
+            if not any(ups[n].outstanding for n in names if n in ups):
                 return
             await asyncio.sleep(0.01)
 
-    async def close(self) -> None:
+    async def _stop_scaling(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    async def close(self) -> None:
+        await self._stop_scaling()
         for sup in self.replicas.values():
             await asyncio.to_thread(sup.stop, timeout=5)
         for name in self.replicas:
