@@ -19,40 +19,94 @@ Must never: write the event log on the per-request path; spawn processes except 
 
 from __future__ import annotations
 
-from bastion.serve._attempts import AttemptStatistics
-from bastion.serve._auth import client_keys
-from bastion.serve._golden import (
-    GOLDEN_HEADER,
-    GoldenCheck,
-    GoldenProber,
-    GoldenSet,
-    GoldenStatistics,
-    load_golden,
-)
-from bastion.serve.admission import PRIORITIES, Admission, AdmissionStatistics, QueueFull
-from bastion.serve.gateway import (
-    BACKEND_HEADER,
-    DEADLINE_HEADER,
-    PRIORITY_HEADER,
-    Gateway,
-    GatewayStatistics,
-)
-from bastion.serve.pool import Pool, PoolStatistics, Upstream, UpstreamSpec, UpstreamStatistics
-from bastion.serve.replicas import (
-    Autoscaler,
-    AutoscalerStatistics,
-    ReplicaSet,
-    ReplicaSetStatistics,
-)
-from bastion.serve.runner import (
-    GatewayDown,
-    GatewayThread,
-    run_services,
-    spawn_server,
-    specs_for,
-    status,
-    stop_server,
-)
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bastion.serve._attempts import AttemptStatistics
+    from bastion.serve._auth import client_keys
+    from bastion.serve._golden import (
+        GOLDEN_HEADER,
+        GoldenCheck,
+        GoldenProber,
+        GoldenSet,
+        GoldenStatistics,
+        load_golden,
+    )
+    from bastion.serve.admission import PRIORITIES, Admission, AdmissionStatistics, QueueFull
+    from bastion.serve.gateway import (
+        BACKEND_HEADER,
+        DEADLINE_HEADER,
+        PRIORITY_HEADER,
+        Gateway,
+        GatewayStatistics,
+    )
+    from bastion.serve.pool import Pool, PoolStatistics, Upstream, UpstreamSpec, UpstreamStatistics
+    from bastion.serve.replicas import (
+        Autoscaler,
+        AutoscalerStatistics,
+        ReplicaSet,
+        ReplicaSetStatistics,
+    )
+    from bastion.serve.runner import (
+        GatewayDown,
+        GatewayThread,
+        run_services,
+        spawn_server,
+        specs_for,
+        status,
+        stop_server,
+    )
+
+# Imported on first use (PEP 562), as ``bastion`` itself does: a model replica process
+# imports ``bastion.serve.replica``, which needs none of the gateway, and each replica's
+# start (a replacement after a crash included) paid for all of it.
+_LAZY = {
+    "Admission": "bastion.serve.admission",
+    "AdmissionStatistics": "bastion.serve.admission",
+    "AttemptStatistics": "bastion.serve._attempts",
+    "Autoscaler": "bastion.serve.replicas",
+    "AutoscalerStatistics": "bastion.serve.replicas",
+    "BACKEND_HEADER": "bastion.serve.gateway",
+    "DEADLINE_HEADER": "bastion.serve.gateway",
+    "GOLDEN_HEADER": "bastion.serve._golden",
+    "Gateway": "bastion.serve.gateway",
+    "GatewayDown": "bastion.serve.runner",
+    "GatewayStatistics": "bastion.serve.gateway",
+    "GatewayThread": "bastion.serve.runner",
+    "GoldenCheck": "bastion.serve._golden",
+    "GoldenProber": "bastion.serve._golden",
+    "GoldenSet": "bastion.serve._golden",
+    "GoldenStatistics": "bastion.serve._golden",
+    "PRIORITIES": "bastion.serve.admission",
+    "PRIORITY_HEADER": "bastion.serve.gateway",
+    "Pool": "bastion.serve.pool",
+    "PoolStatistics": "bastion.serve.pool",
+    "QueueFull": "bastion.serve.admission",
+    "ReplicaSet": "bastion.serve.replicas",
+    "ReplicaSetStatistics": "bastion.serve.replicas",
+    "Upstream": "bastion.serve.pool",
+    "UpstreamSpec": "bastion.serve.pool",
+    "UpstreamStatistics": "bastion.serve.pool",
+    "client_keys": "bastion.serve._auth",
+    "load_golden": "bastion.serve._golden",
+    "run_services": "bastion.serve.runner",
+    "spawn_server": "bastion.serve.runner",
+    "specs_for": "bastion.serve.runner",
+    "status": "bastion.serve.runner",
+    "stop_server": "bastion.serve.runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bastion.serve' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BACKEND_HEADER",
