@@ -205,8 +205,12 @@ def _prepare(target: Path, address: str, *, step_ms: int = 15) -> Path:
 def test_driver_sigkill_then_restart_resumes_from_newest_checkpoint(
     baseline: Baseline, cluster: RayCluster, tmp_path: Path, rng: random.Random
 ) -> None:
-    # 60 ms steps: the orphan must still be training when the new driver comes up
-    work = _prepare(tmp_path / "digits", cluster.address, step_ms=60)
+    # The orphan must still be training when the new driver comes up and stops it: the
+    # kill comes by step 100 at 40 ms a step, so it has 200 steps (8 s) to do so, and it
+    # takes about 3 s on an idle machine (the test prints the steps to spare). Every step
+    # of the run is paid once (the orphan's emergency checkpoint is the one restored),
+    # so the step time sets the test's length: 300 x 40 ms = 12 s.
+    work = _prepare(tmp_path / "digits", cluster.address, step_ms=40)
     manifest = load(work / "bastion.yaml")
     events = EventLog.in_state_dir(manifest.state_dir)
     heartbeat = Path(manifest.state_dir) / "train" / JOB / "heartbeat"
@@ -214,7 +218,7 @@ def test_driver_sigkill_then_restart_resumes_from_newest_checkpoint(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "driver-1.log").open("wb")
     driver = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-    target = rng.randrange(60, 150)
+    target = rng.randrange(60, 100)  # after the checkpoint of step 50
     try:
         _wait_for(
             lambda: (
