@@ -5,7 +5,8 @@ resource, each with 1 CPU, an 80 MB object store and no dashboard, so the machin
 cores are enough. Health checks are fast (0.5 s x 3), so a crashed node is declared dead
 in about 2 s instead of Ray's default 15 s; a drained node (``remove_node``'s default) is
 declared dead at once. Start it once per module (``ray_cluster`` in a module fixture):
-it takes about 10 s.
+it takes about 10 s. A test that removes a node leaves one fewer; a test that needs two
+worker nodes calls ``ensure_workers(2)`` first, which adds nodes back only when missing.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ class RayCluster:
     def add_trainer(self) -> None:
         self.cluster.add_node(**NODE, resources=TRAINER)
         self.cluster.wait_for_nodes()
+
+    def ensure_workers(self, count: int) -> None:
+        """Add worker nodes until ``count`` are alive (a removed node is gone for good)."""
+        while len(self.cluster.worker_nodes) < count:
+            self.add_trainer()
 
     def shutdown(self) -> None:
         import ray
