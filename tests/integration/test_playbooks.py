@@ -1,5 +1,6 @@
-"""Playbooks against real parts: runner processes and threads on one real SQLite log, a
-real aiohttp webhook receiver on 127.0.0.1 that checks the HMAC, the real CLI."""
+"""Playbooks against real parts: runner processes and threads on one real SQLite log (and,
+for exactly-once, on a real PostgreSQL server's log), a real aiohttp webhook receiver on
+127.0.0.1 that checks the HMAC, the real CLI."""
 
 from __future__ import annotations
 
@@ -81,10 +82,12 @@ def _hook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOOK_SECRET", SECRET)
 
 
-def _manifest(tmp_path: Path, rules: str, limits: str = "") -> Path:
+def _manifest(tmp_path: Path, rules: str, limits: str = "", events: str | None = None) -> Path:
     path = tmp_path / "bastion.yaml"
     path.write_text(
-        "version: 1\nsystem: t\nsegments: [prod, staging]\nplaybooks:\n"
+        "version: 1\nsystem: t\nsegments: [prod, staging]\n"
+        + (f"events: {events}\n" if events else "")
+        + "playbooks:\n"
         + (f"  limits: {limits}\n" if limits else "")
         + "  rules:\n"
         + rules
@@ -112,13 +115,28 @@ def _cli(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     )
 
 
+# PostgreSQL: fewer incidents (its every decision is a round trip), the same runners
+@pytest.mark.parametrize(("backend", "count"), [("sqlite", 200), ("postgresql", 60)])
 def test_1000_concurrent_and_replayed_triggers_cause_no_duplicate_action(
-    tmp_path: Path, receiver: Receiver, rng: random.Random
+    tmp_path: Path,
+    receiver: Receiver,
+    rng: random.Random,
+    backend: str,
+    count: int,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """200 incidents, each triggered five times (1,000 events, shuffled by the seed),
+    """200 incidents (60 on PostgreSQL), each triggered five times (1,000 events, shuffled
+    by the seed),
     appended by 8 threads while 3 runner processes and 2 runner threads follow the same
     log; then a runner replays the whole log from its start. Every incident's two
-    actions happen exactly once: one webhook delivery per key, one ledger row per key."""
+    actions happen exactly once: one webhook delivery per key, one ledger row per key.
+    On PostgreSQL (``events:`` in the manifest) the log and the ledger are the server's,
+    as for runners on several hosts."""
+    events = None
+    if backend == "postgresql":
+        monkeypatch.setenv("BASTION_EVENTS_URLS", "{}")  # restored after the test
+        events = request.getfixturevalue("pg_server").create_database()
     path = _manifest(
         tmp_path,
         f"""    oom:
@@ -133,9 +151,12 @@ def test_1000_concurrent_and_replayed_triggers_cause_no_duplicate_action(
           command: [sh, -c, "echo {{data.incident}} >> ran.txt"]
 """,
         limits="{rate_burst: 10000, rate_per_minute: 100000}",
+        events=events,
     )
     manifest = load(path)
-    incidents = [f"i{n:03d}" for n in range(200)]
+    with Ledger.in_state_dir(manifest.state_dir) as opened:
+        assert opened.backend == backend
+    incidents = [f"i{n:03d}" for n in range(count)]
     triggers = [i for i in incidents for _ in range(5)]
     rng.shuffle(triggers)
     EventLog.in_state_dir(manifest.state_dir).close()
@@ -179,8 +200,8 @@ def test_1000_concurrent_and_replayed_triggers_cause_no_duplicate_action(
             w.join()
         with EventLog.in_state_dir(manifest.state_dir) as log:
             _wait(
-                lambda: log.count(ek.PLAYBOOK_RESOLVED) + log.count(ek.PLAYBOOK_ESCALATED) >= 200,
-                "200 incidents handled",
+                lambda: log.count(ek.PLAYBOOK_RESOLVED) + log.count(ek.PLAYBOOK_ESCALATED) >= count,
+                f"{count} incidents handled",
             )
             last = log.query(kind=ek.TRAIN_EXITED)[-1].id
         with Ledger.in_state_dir(manifest.state_dir) as ledger:
@@ -212,19 +233,19 @@ def test_1000_concurrent_and_replayed_triggers_cause_no_duplicate_action(
         replay.close()
 
     with EventLog.in_state_dir(manifest.state_dir) as log:
-        assert log.count(ek.TRAIN_EXITED) == 1000
+        assert log.count(ek.TRAIN_EXITED) == 5 * count
         started = [e.data["key"] for e in log.query(kind=ek.PLAYBOOK_ACTION_STARTED)]
         assert log.count(ek.PLAYBOOK_ESCALATED) == 0
-    assert len(started) == 400
-    assert len(set(started)) == 400
+    assert len(started) == 2 * count
+    assert len(set(started)) == 2 * count
     assert receiver.bad == 0
-    assert len(receiver.keys) == 200
+    assert len(receiver.keys) == count
     assert set(receiver.keys.values()) == {1}
     ran = (tmp_path / "ran.txt").read_text().split()
     assert sorted(ran) == incidents  # each incident's command ran once
     with Ledger.in_state_dir(manifest.state_dir) as ledger:
         rows = ledger.actions()
-    assert len(rows) == 400
+    assert len(rows) == 2 * count
     assert {r["state"] for r in rows} == {"succeeded"}
 
 
