@@ -22,9 +22,11 @@ from aiohttp import web
 
 from bastion import event_kinds as ek
 from bastion.aio import LoopThread, serve_app
+from bastion.errors import UnavailableError
 from bastion.events import EventLog
 from bastion.manifest import Manifest, load
 from bastion.playbooks import SIGNATURE_HEADER, Ledger, Runner
+from tests.pg_server import PASSWORD, LogTarget
 
 SECRET = "s3cr3t-hook-key-for-tests"
 
@@ -492,3 +494,31 @@ def test_a_bad_event_file_is_exit_2(tmp_path: Path, body: str, message: str) -> 
     unknown = _cli("playbook", "approve", "nope", "-f", str(path))
     assert unknown.returncode == 2
     assert "no approval 'nope'" in unknown.stdout + unknown.stderr
+
+
+@pytest.mark.parametrize("log", ["postgresql"], indirect=True)
+def test_the_postgresql_ledger_reconnects_across_a_restart_and_names_a_stopped_server(
+    log: LogTarget,
+) -> None:
+    """A runner's ledger outlives a restart of the server (the next decision reconnects,
+    and what was claimed stays claimed); a server that stays down is an
+    ``UnavailableError`` naming it, without the password."""
+    server = log.server
+    assert server is not None
+    with Ledger(log.target) as ledger:
+        assert ledger.claim_incident("r", "i1", 1, "me")
+        server.restart("fast")
+        assert ledger.claim_incident("r", "i2", 2, "me")
+        assert not ledger.claim_incident("r", "i1", 3, "other")
+        assert [row[1] for row in ledger.running_incidents()] == ["i1", "i2"]
+    with Ledger(log.target, retry_s=0.5) as ledger:
+        server.stop("fast")
+        try:
+            with pytest.raises(UnavailableError, match="playbook ledger's PostgreSQL server") as e:
+                ledger.cursor("default")
+        finally:
+            server.start()
+        assert f"127.0.0.1:{server.port}" in str(e.value)
+        assert PASSWORD not in str(e.value)
+        ledger.set_cursor("default", 7)  # back: the next decision reconnects
+        assert ledger.cursor("default") == 7
