@@ -46,10 +46,24 @@ def _lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-@pytest.mark.parametrize("checked", [True, False], ids=["with-check", "no-check"])
+@pytest.mark.parametrize(
+    ("checked", "backend"),
+    [(True, "sqlite"), (False, "sqlite"), (True, "postgresql")],
+    ids=["with-check", "no-check", "with-check-postgresql"],
+)
 def test_an_action_cut_off_by_sigkill_is_resolved_once_on_restart(
-    tmp_path: Path, checked: bool
+    tmp_path: Path,
+    checked: bool,
+    backend: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """On PostgreSQL (``events:``) the adoption and the recovery go through the server's
+    ledger."""
+    events = ""
+    if backend == "postgresql":
+        monkeypatch.setenv("BASTION_EVENTS_URLS", "{}")  # restored after the test
+        events = f"events: {request.getfixturevalue('pg_server').create_database()}\n"
     seed = random.SystemRandom().randrange(2**32)
     print(f"seed={seed}")
     rng = random.Random(seed)
@@ -59,7 +73,7 @@ def test_an_action_cut_off_by_sigkill_is_resolved_once_on_restart(
     path.write_text(
         f"""version: 1
 system: t
-playbooks:
+{events}playbooks:
   rules:
     oom:
       on: train.exited
@@ -74,6 +88,7 @@ playbooks:
     )
     manifest = load(path)
     log = EventLog.in_state_dir(manifest.state_dir)
+    assert log.backend == backend
     first = _runner(path, "r")
     second: subprocess.Popen[bytes] | None = None
     try:

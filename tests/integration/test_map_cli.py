@@ -136,8 +136,21 @@ def test_services_and_jobs_become_components(example_copy: Path) -> None:
     assert report.top("train-digits").spofs[:3] == ["digits-data", "cpu-pool", "nas"]
 
 
-def test_observed_lists_undeclared_dependencies(example_copy: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_observed_lists_undeclared_dependencies(
+    example_copy: Path,
+    backend: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same on a PostgreSQL log (``events:`` in the manifest): ``--observed`` reads
+    the server's ``dep.used``, and makes no ``events.db`` to do it."""
     manifest = example_copy / "bastion.yaml"
+    if backend == "postgresql":
+        monkeypatch.setenv("BASTION_EVENTS_URLS", "{}")  # restored after the test
+        url = request.getfixturevalue("pg_server").create_database()
+        text = manifest.read_text()
+        manifest.write_text(text.replace("version: 1\n", f"version: 1\nevents: {url}\n", 1))
     state = load(manifest).state_dir
     with EventLog.in_state_dir(state) as log:
         log.emit("dep.used", subject="digits", target="local", via="backend")
@@ -159,6 +172,7 @@ def test_observed_lists_undeclared_dependencies(example_copy: Path) -> None:
     }
     text = run_bastion("map", "-f", str(manifest), "--observed").stdout
     assert "UNDECLARED digits -> http://10.9.9.9:443 (via backend, seen 2x)" in text
+    assert (state / "events.db").exists() == (backend == "sqlite")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")

@@ -1,5 +1,6 @@
-"""Playbooks against real parts: runner processes and threads on one real SQLite log, a
-real aiohttp webhook receiver on 127.0.0.1 that checks the HMAC, the real CLI."""
+"""Playbooks against real parts: runner processes and threads on one real SQLite log (and,
+for exactly-once, on a real PostgreSQL server's log), a real aiohttp webhook receiver on
+127.0.0.1 that checks the HMAC, the real CLI."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from aiohttp import web
 
 from bastion import event_kinds as ek
 from bastion.aio import LoopThread, serve_app
+from bastion.errors import UnavailableError
 from bastion.events import EventLog
 from bastion.manifest import Manifest, load
 from bastion.playbooks import SIGNATURE_HEADER, Ledger, Runner
+from tests.pg_server import PASSWORD, LogTarget
 
 SECRET = "s3cr3t-hook-key-for-tests"
 
@@ -81,15 +84,28 @@ def _hook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOOK_SECRET", SECRET)
 
 
-def _manifest(tmp_path: Path, rules: str, limits: str = "") -> Path:
+def _manifest(tmp_path: Path, rules: str, limits: str = "", events: str | None = None) -> Path:
     path = tmp_path / "bastion.yaml"
     path.write_text(
-        "version: 1\nsystem: t\nsegments: [prod, staging]\nplaybooks:\n"
+        "version: 1\nsystem: t\nsegments: [prod, staging]\n"
+        + (f"events: {events}\n" if events else "")
+        + "playbooks:\n"
         + (f"  limits: {limits}\n" if limits else "")
         + "  rules:\n"
         + rules
     )
     return path
+
+
+def _events_url(
+    backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> str | None:
+    """``events:`` for a manifest on ``backend``: a new database of the tests' PostgreSQL
+    server, or None (SQLite)."""
+    if backend == "sqlite":
+        return None
+    monkeypatch.setenv("BASTION_EVENTS_URLS", "{}")  # restored after the test
+    return str(request.getfixturevalue("pg_server").create_database())
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float = 45.0) -> None:
@@ -112,13 +128,25 @@ def _cli(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     )
 
 
+# PostgreSQL: fewer incidents (its every decision is a round trip), the same runners
+@pytest.mark.parametrize(("backend", "count"), [("sqlite", 200), ("postgresql", 30)])
 def test_1000_concurrent_and_replayed_triggers_cause_no_duplicate_action(
-    tmp_path: Path, receiver: Receiver, rng: random.Random
+    tmp_path: Path,
+    receiver: Receiver,
+    rng: random.Random,
+    backend: str,
+    count: int,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """200 incidents, each triggered five times (1,000 events, shuffled by the seed),
+    """200 incidents (30 on PostgreSQL), each triggered five times (1,000 events, shuffled
+    by the seed),
     appended by 8 threads while 3 runner processes and 2 runner threads follow the same
     log; then a runner replays the whole log from its start. Every incident's two
-    actions happen exactly once: one webhook delivery per key, one ledger row per key."""
+    actions happen exactly once: one webhook delivery per key, one ledger row per key.
+    On PostgreSQL (``events:`` in the manifest) the log and the ledger are the server's,
+    as for runners on several hosts."""
+    events = _events_url(backend, request, monkeypatch)
     path = _manifest(
         tmp_path,
         f"""    oom:
@@ -133,9 +161,12 @@ def test_1000_concurrent_and_replayed_triggers_cause_no_duplicate_action(
           command: [sh, -c, "echo {{data.incident}} >> ran.txt"]
 """,
         limits="{rate_burst: 10000, rate_per_minute: 100000}",
+        events=events,
     )
     manifest = load(path)
-    incidents = [f"i{n:03d}" for n in range(200)]
+    with Ledger.in_state_dir(manifest.state_dir) as opened:
+        assert opened.backend == backend
+    incidents = [f"i{n:03d}" for n in range(count)]
     triggers = [i for i in incidents for _ in range(5)]
     rng.shuffle(triggers)
     EventLog.in_state_dir(manifest.state_dir).close()
@@ -179,8 +210,8 @@ def test_1000_concurrent_and_replayed_triggers_cause_no_duplicate_action(
             w.join()
         with EventLog.in_state_dir(manifest.state_dir) as log:
             _wait(
-                lambda: log.count(ek.PLAYBOOK_RESOLVED) + log.count(ek.PLAYBOOK_ESCALATED) >= 200,
-                "200 incidents handled",
+                lambda: log.count(ek.PLAYBOOK_RESOLVED) + log.count(ek.PLAYBOOK_ESCALATED) >= count,
+                f"{count} incidents handled",
             )
             last = log.query(kind=ek.TRAIN_EXITED)[-1].id
         with Ledger.in_state_dir(manifest.state_dir) as ledger:
@@ -212,19 +243,19 @@ def test_1000_concurrent_and_replayed_triggers_cause_no_duplicate_action(
         replay.close()
 
     with EventLog.in_state_dir(manifest.state_dir) as log:
-        assert log.count(ek.TRAIN_EXITED) == 1000
+        assert log.count(ek.TRAIN_EXITED) == 5 * count
         started = [e.data["key"] for e in log.query(kind=ek.PLAYBOOK_ACTION_STARTED)]
         assert log.count(ek.PLAYBOOK_ESCALATED) == 0
-    assert len(started) == 400
-    assert len(set(started)) == 400
+    assert len(started) == 2 * count
+    assert len(set(started)) == 2 * count
     assert receiver.bad == 0
-    assert len(receiver.keys) == 200
+    assert len(receiver.keys) == count
     assert set(receiver.keys.values()) == {1}
     ran = (tmp_path / "ran.txt").read_text().split()
     assert sorted(ran) == incidents  # each incident's command ran once
     with Ledger.in_state_dir(manifest.state_dir) as ledger:
         rows = ledger.actions()
-    assert len(rows) == 400
+    assert len(rows) == 2 * count
     assert {r["state"] for r in rows} == {"succeeded"}
 
 
@@ -318,7 +349,12 @@ def test_an_approval_that_times_out_denies_the_action(tmp_path: Path) -> None:
     assert not (tmp_path / "ran.txt").exists()
 
 
-def test_an_approved_action_runs_once_after_bastion_playbook_approve(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_approved_action_runs_once_after_bastion_playbook_approve(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the approval goes from another process through the server's ledger,
+    as from another host."""
     path = _manifest(
         tmp_path,
         """    ransomware:
@@ -329,9 +365,11 @@ def test_an_approved_action_runs_once_after_bastion_playbook_approve(tmp_path: P
           approve_timeout_s: 60
           command: [sh, -c, "echo ran >> ran.txt"]
 """,
+        events=_events_url(backend, request, monkeypatch),
     )
     manifest = load(path)
     runner = Runner(manifest)
+    assert runner.ledger.backend == backend
     try:
         with EventLog.in_state_dir(manifest.state_dir) as log:
             (future,) = runner.handle(log.emit(ek.VAULT_GUARD_RANSOMWARE, "/data"))
@@ -456,3 +494,31 @@ def test_a_bad_event_file_is_exit_2(tmp_path: Path, body: str, message: str) -> 
     unknown = _cli("playbook", "approve", "nope", "-f", str(path))
     assert unknown.returncode == 2
     assert "no approval 'nope'" in unknown.stdout + unknown.stderr
+
+
+@pytest.mark.parametrize("log", ["postgresql"], indirect=True)
+def test_the_postgresql_ledger_reconnects_across_a_restart_and_names_a_stopped_server(
+    log: LogTarget,
+) -> None:
+    """A runner's ledger outlives a restart of the server (the next decision reconnects,
+    and what was claimed stays claimed); a server that stays down is an
+    ``UnavailableError`` naming it, without the password."""
+    server = log.server
+    assert server is not None
+    with Ledger(log.target) as ledger:
+        assert ledger.claim_incident("r", "i1", 1, "me")
+        server.restart("fast")
+        assert ledger.claim_incident("r", "i2", 2, "me")
+        assert not ledger.claim_incident("r", "i1", 3, "other")
+        assert [row[1] for row in ledger.running_incidents()] == ["i1", "i2"]
+    with Ledger(log.target, retry_s=0.5) as ledger:
+        server.stop("fast")
+        try:
+            with pytest.raises(UnavailableError, match="playbook ledger's PostgreSQL server") as e:
+                ledger.cursor("default")
+        finally:
+            server.start()
+        assert f"127.0.0.1:{server.port}" in str(e.value)
+        assert PASSWORD not in str(e.value)
+        ledger.set_cursor("default", 7)  # back: the next decision reconnects
+        assert ledger.cursor("default") == 7

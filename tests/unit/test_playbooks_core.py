@@ -1,6 +1,7 @@
 """Playbooks' pure parts and the ledger's decisions, with an injected clock: conditions,
 templates, the plan and its keys, the token bucket per target, the blast-radius cap and
-approvals (real SQLite in a temporary directory)."""
+approvals (the ``log`` fixture: real SQLite in a temporary directory, and a real
+PostgreSQL server, the ledger then in the log's database)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from bastion.errors import NotFoundError, UsageError
 from bastion.manifest import loads
 from bastion.playbooks import Claim, Ledger, action_key, plan
 from bastion.playbooks._conditions import TemplateError, matches, render
+from tests.pg_server import LogTarget
 
 EVENT: dict[str, Any] = {
     "id": 7,
@@ -113,9 +115,9 @@ class Clock:
         return self.now
 
 
-def test_a_key_runs_once_and_a_target_is_rate_limited_by_its_bucket(tmp_path: Path) -> None:
+def test_a_key_runs_once_and_a_target_is_rate_limited_by_its_bucket(log: LogTarget) -> None:
     clock = Clock()
-    with Ledger.in_state_dir(tmp_path, clock=clock) as ledger:
+    with Ledger.in_state_dir(log.state_dir, clock=clock) as ledger:
         assert _claim(ledger, "k1", "service:a") is Claim.RUN
         assert _claim(ledger, "k1", "service:a") is Claim.DUPLICATE
         assert _claim(ledger, "k2", "service:a") is Claim.RUN
@@ -127,9 +129,9 @@ def test_a_key_runs_once_and_a_target_is_rate_limited_by_its_bucket(tmp_path: Pa
         assert [r["key"] for r in ledger.actions()] == ["k1", "k2", "k4", "k3"]
 
 
-def test_the_blast_radius_caps_distinct_targets_in_the_window(tmp_path: Path) -> None:
+def test_the_blast_radius_caps_distinct_targets_in_the_window(log: LogTarget) -> None:
     clock = Clock()
-    with Ledger.in_state_dir(tmp_path, clock=clock) as ledger:
+    with Ledger.in_state_dir(log.state_dir, clock=clock) as ledger:
         for n, target in enumerate(["job:a", "job:b", "job:c"]):
             assert _claim(ledger, f"k{n}", target) is Claim.RUN
         assert _claim(ledger, "k9", "job:d") is Claim.BLAST_RADIUS
@@ -138,9 +140,9 @@ def test_the_blast_radius_caps_distinct_targets_in_the_window(tmp_path: Path) ->
         assert _claim(ledger, "k9", "job:d") is Claim.RUN  # the window has moved on
 
 
-def test_approvals_time_out_to_denied_and_cannot_be_changed(tmp_path: Path) -> None:
+def test_approvals_time_out_to_denied_and_cannot_be_changed(log: LogTarget) -> None:
     clock = Clock()
-    with Ledger.in_state_dir(tmp_path, clock=clock) as ledger:
+    with Ledger.in_state_dir(log.state_dir, clock=clock) as ledger:
         common: dict[str, Any] = {
             "rule": "r",
             "incident": "i",

@@ -71,11 +71,14 @@ def map_cmd(
     )
     seen: ObservedReport | None = None
     if observed:
-        if (manifest.state_dir / "events.db").exists():
+        # the log the manifest's events: names (a PostgreSQL database several hosts
+        # share), else events.db; a missing file means nothing ran yet, and is not made
+        # just to be read
+        if manifest.events is not None or (manifest.state_dir / "events.db").exists():
             with event_log(manifest) as log:
                 seen = observed_dependencies(manifest, log)
         else:
-            seen = ObservedReport()  # nothing has run yet; do not create a log just to read it
+            seen = ObservedReport()
     text = render(report, fmt, seen)
     if out is not None:
         try:

@@ -74,12 +74,13 @@ def _not_zombie(pid: int) -> bool:
 
 
 class Runner:
-    """Follows ``<state_dir>/events.db`` for the manifest's playbooks.
+    """Follows the event log (``<state_dir>/events.db``, or the PostgreSQL database of the
+    manifest's ``events:``) for the manifest's playbooks.
 
     ``name`` keeps this runner's place in the log (``playbook_cursors``), so a restarted
-    runner resumes where it stopped; several runners may follow one log at once (the
-    ledger makes each action happen once). ``poll_s`` is how long it sleeps when nothing
-    new was appended."""
+    runner resumes where it stopped; several runners may follow one log at once, on one
+    host or on several sharing a PostgreSQL log (the ledger makes each action happen
+    once). ``poll_s`` is how long it sleeps when nothing new was appended."""
 
     def __init__(
         self,
