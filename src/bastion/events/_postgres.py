@@ -38,7 +38,7 @@ try:  # the `pg` extra; a manifest naming PostgreSQL without it gets a clear err
 except ImportError:  # pragma: no cover - the dev extra installs it
     psycopg = None  # type: ignore[assignment]
 
-__all__ = ["PostgresBackend", "where_of"]
+__all__ = ["PgConn", "PostgresBackend", "where_of"]
 
 _LOCK_KEY = 0x62617374696F6E  # "bastion": the advisory lock that orders appends
 _CHANNEL = "bastion_events"
@@ -76,6 +76,44 @@ def reason_of(exc: BaseException) -> str:
 
     text = str(exc).strip()
     return str(redact(text.splitlines()[0] if text else type(exc).__name__))
+
+
+_MARK = re.compile(r"\?")
+
+
+class PgConn:
+    """``sqlite3.Connection``'s few methods (``execute``, ``executemany``, ``with conn:``
+    as one transaction) over a psycopg connection: the SLI rows, the playbook ledger and
+    the readiness report run the same SQL text on SQLite and PostgreSQL through it.
+    Written by hand because the two drivers differ only in the placeholder (``?`` /
+    ``%s``), and one adapter is smaller than a second copy of every query."""
+
+    def __init__(self, conn: Any, where: str) -> None:
+        self._conn = conn
+        self.where = where
+        self._tx: Any = None
+        weakref.finalize(self, conn.close)  # a reader dropped unclosed: no psycopg warning
+
+    def execute(self, sql: str, args: Any = ()) -> Any:
+        return self._conn.execute(_MARK.sub("%s", sql), tuple(args))
+
+    def executemany(self, sql: str, rows: Any) -> None:
+        rows = list(rows)
+        if rows:
+            with self._conn.cursor() as cur:
+                cur.executemany(_MARK.sub("%s", sql), rows)
+
+    def __enter__(self) -> PgConn:
+        self._tx = self._conn.transaction()
+        self._tx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        tx, self._tx = self._tx, None
+        tx.__exit__(*exc)
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def _glob_regex(glob: str) -> str:

@@ -189,7 +189,7 @@ class _Postgres:
     def _connect(self) -> Any:
         import psycopg
 
-        from bastion.slo._sli_pg import PgConn
+        from bastion.events._postgres import PgConn
 
         return PgConn(psycopg.connect(self.url, autocommit=True, connect_timeout=5), self.where)
 

@@ -116,10 +116,12 @@ class _Log:
         import psycopg
 
         from bastion.errors import UnavailableError
-        from bastion.events._postgres import reason_of, where_of
+        from bastion.events._postgres import PgConn, reason_of, where_of
 
         try:
-            self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            self.conn = PgConn(
+                psycopg.connect(url, autocommit=True, connect_timeout=10), where_of(url)
+            )
             self.conn.execute("SET default_transaction_read_only = on")
             self.conn.execute("SELECT 1 FROM events LIMIT 1")
         except psycopg.errors.UndefinedTable:
@@ -138,8 +140,6 @@ class _Log:
         return "postgresql" if self.pg else "events.db"
 
     def _execute(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        if self.pg:
-            sql = sql.replace("?", "%s")
         return list(self.conn.execute(sql, tuple(args)).fetchall())
 
     def _prefix(self, column: str, prefix: str) -> tuple[str, list[Any]]:
