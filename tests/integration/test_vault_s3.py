@@ -1,5 +1,6 @@
 """A vault with a local replica and an S3 replica, on real S3 servers on loopback
-(SeaweedFS and moto's server mode, one of each per module): commits reach both (big
+(SeaweedFS and moto's server mode, one of each per test session, each test in buckets
+of its own): commits reach both (big
 chunks in multipart uploads), read-repair and scrub cross between the two, a copy
 damaged in the bucket behind Bastion's back is restored, Object Lock makes the S3
 replica append-only where the server enforces it, and all copies damaged is
@@ -23,10 +24,8 @@ from tests.s3_servers import (  # noqa: F401 (the *_fixture names are fixtures)
     S3Server,
     bucket_name,
     enforces_object_lock,
-    moto_server_fixture,
     s3_env_fixture,
     s3_server_fixture,
-    weed_server_fixture,
 )
 
 pytestmark = pytest.mark.usefixtures("s3_env")
