@@ -290,3 +290,15 @@ def test_the_lease_lock_excludes_other_stores_and_outlives_a_dead_holder(
         assert b'"pid": 1}' not in held
     assert store.leases_lost == 0
     assert "tmp/vault.lock" not in " ".join(store.list())  # locks are not keys
+
+
+def test_a_shared_server_refuses_to_be_failed(s3_server: S3Server) -> None:
+    """The session's servers serve every test after this one: a test that would stop one
+    is told to take a server of its own, and the server goes on answering."""
+    for fail in (s3_server.pause, s3_server.kill):
+        with pytest.raises(RuntimeError, match="own_s3_server"):
+            fail()
+    s3_server.check()
+    store = S3Store(s3_server.url(bucket_name("shared")))
+    assert store.put("objects/ab/x", [b"still here"])
+    assert store.get("objects/ab/x") == b"still here"
