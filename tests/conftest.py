@@ -14,6 +14,12 @@ from pathlib import Path
 import pytest
 
 from tests.pg_server import log, pg_server  # noqa: F401 - fixtures for every test
+from tests.s3_servers import (  # noqa: F401 - one S3 server per kind per session
+    moto_server_fixture,
+    moto_server_process_fixture,
+    weed_server_fixture,
+    weed_server_process_fixture,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "digits"

@@ -7,9 +7,17 @@ replica URL for it; ``server.client()`` is a raw boto3 client, for what a test d
 behind Bastion's back (corrupting an object, checking Object Lock).
 
 SeaweedFS: ``weed server`` with a master, a volume server, a filer and the S3 gateway in
-one process, every port chosen here (it starts in about 3 s). Its data lives in a temp
-directory, so a restart after SIGKILL finds the bucket again. moto keeps everything in
-memory: a restart is an empty server.
+one process, every port chosen here (it starts in about 4 s, restarts in about 4 s). Its
+data, logs and sockets live in a temp directory (but for the gRPC sockets, which weed
+always puts in /tmp: ``stop`` removes them), so a restart after SIGKILL finds the bucket
+again. moto keeps everything in memory: a restart is an empty server.
+
+Fixtures: ``weed_server`` and ``moto_server`` are one server per kind per test process
+(session scope; tests/conftest.py makes them visible to every test), shared by the tests
+that only use a server: each such test works in fresh buckets of its own
+(``bucket_name``), so nothing one leaves behind reaches another. A shared server refuses
+``pause``/``kill``: a test that fails a server takes ``own_s3_server``, one of each kind
+for its module alone.
 
 Credentials: neither server checks them; the AWS credential chain still needs some, so
 ``aws_env()`` gives fake ones (never real: these servers are on loopback).
@@ -74,6 +82,10 @@ class S3Server:
     process: subprocess.Popen[bytes] | None = None
     log: Any = None
     paused: bool = field(default=False)
+    #: shared by the tests of a session: refuses pause/kill (see the module)
+    shared: bool = False
+    #: files the server makes outside ``workdir`` (weed's gRPC sockets), removed by stop
+    litter: list[Path] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -153,6 +165,11 @@ class S3Server:
         return ""
 
     def signal(self, sig: int) -> None:
+        if self.shared:
+            raise RuntimeError(
+                f"the {self.kind} server is shared by the tests of this session: a test "
+                "that fails a server takes own_s3_server (tests/s3_servers.py)"
+            )
         assert self.process is not None
         os.killpg(self.process.pid, sig)
 
@@ -167,12 +184,17 @@ class S3Server:
 
     def kill(self) -> None:
         """SIGKILL the server and wait for it to be gone."""
+        if self.shared:
+            self.signal(signal.SIGKILL)  # refused
+        self._kill()
+
+    def _kill(self) -> None:
         if self.process is None:
             return
         with contextlib.suppress(ProcessLookupError):
             if self.paused:
-                self.resume()
-            self.signal(signal.SIGKILL)
+                os.killpg(self.process.pid, signal.SIGCONT)
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
         self.process = None
         if self.log is not None:
@@ -184,8 +206,17 @@ class S3Server:
         self.kill()
         self.start()
 
+    def check(self) -> None:
+        """Raise if the server is gone or paused (a shared one must be whole for each test)."""
+        if self.process is None or self.process.poll() is not None or self.paused:
+            raise RuntimeError(f"the shared {self.kind} server is not running: {self.tail()}")
+
     def stop(self) -> None:
-        self.kill()
+        self._kill()
+        for path in self.litter:
+            with contextlib.suppress(OSError):
+                if path.is_socket():
+                    path.unlink()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -205,8 +236,11 @@ def start(kind: str) -> S3Server:
         ports = _free_ports(8)
         data = workdir / "data"
         data.mkdir()
+        logs = workdir / "logs"
+        logs.mkdir()
         argv = [
             str(_bin("weed")),
+            f"-logdir={logs}",  # glog's files, else /tmp/weed.*
             "server",
             f"-dir={data}",
             "-ip=127.0.0.1",
@@ -225,14 +259,25 @@ def start(kind: str) -> S3Server:
             "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=256",
             "-volume.max=0",
+            # one master: after a restart it waits one election timeout (10 s by
+            # default) before it leads again; 1 s makes a restart take ~4 s, not ~14
+            "-master.electionTimeout=1s",
+            "-master.telemetry=false",
+            f"-filer.localSocket={workdir / 'filer.sock'}",
+            f"-s3.localSocket={workdir / 's3.sock'}",
         ]
         port = ports[6]
+        litter = [
+            Path(f"/tmp/seaweedfs-{name}-grpc-{ports[i]}.sock")
+            for name, i in (("master", 1), ("volume", 3), ("filer", 5), ("s3", 7))
+        ]
     elif kind == "moto":
         port = _free_ports(1)[0]
         argv = [str(_bin("moto_server")), "-H", "127.0.0.1", "-p", str(port)]
+        litter = []
     else:
         raise ValueError(f"no S3 server {kind!r} (one of {', '.join(KINDS)})")
-    server = S3Server(kind, port, argv, workdir)
+    server = S3Server(kind, port, argv, workdir, litter=litter)
     try:
         server.start()
     except BaseException:
@@ -278,39 +323,62 @@ def enforces_object_lock(server: S3Server, bucket: str) -> str | None:
 
 
 # ------------------------------------------------------------------ pytest fixtures
-# Imported by the test modules that need them (one server per module, per kind):
-# ``from tests.s3_servers import s3_server_fixture`` gives a module ``s3_server``.
+# weed_server and moto_server are imported by tests/conftest.py (one definition, so one
+# server per kind per session); the others by the modules that use them.
 
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
 
 
-def _server(kind: str) -> Any:
+def _server(kind: str, *, shared: bool) -> Any:
     why = available(kind)
     if why is not None:
         pytest.skip(why)
     server = start(kind)
+    server.shared = shared
     try:
         yield server
     finally:
         server.stop()
 
 
-@pytest.fixture(scope="module", name="weed_server")
-def weed_server_fixture() -> Any:
-    yield from _server("weed")
+@pytest.fixture(scope="session", name="weed_server_process")
+def weed_server_process_fixture() -> Any:
+    yield from _server("weed", shared=True)
 
 
-@pytest.fixture(scope="module", name="moto_server")
-def moto_server_fixture() -> Any:
-    yield from _server("moto")
+@pytest.fixture(scope="session", name="moto_server_process")
+def moto_server_process_fixture() -> Any:
+    yield from _server("moto", shared=True)
 
 
-@pytest.fixture(scope="module", params=KINDS, name="s3_server")
+@pytest.fixture(name="weed_server")
+def weed_server_fixture(weed_server_process: S3Server) -> S3Server:
+    """The session's SeaweedFS, checked whole before each test that takes it."""
+    weed_server_process.check()
+    return weed_server_process
+
+
+@pytest.fixture(name="moto_server")
+def moto_server_fixture(moto_server_process: S3Server) -> S3Server:
+    """The session's moto server, checked whole before each test that takes it."""
+    moto_server_process.check()
+    return moto_server_process
+
+
+@pytest.fixture(params=KINDS, name="s3_server")
 def s3_server_fixture(request: pytest.FixtureRequest) -> Any:
-    """Each real S3 server in turn, one per module."""
+    """Each real S3 server in turn, shared by the session (no pause or kill: see
+    ``own_s3_server``)."""
     return request.getfixturevalue(f"{request.param}_server")
+
+
+@pytest.fixture(scope="module", params=KINDS, name="own_s3_server")
+def own_s3_server_fixture(request: pytest.FixtureRequest) -> Any:
+    """Each real S3 server in turn, started for this module alone, so its tests may
+    SIGSTOP and SIGKILL it."""
+    yield from _server(request.param, shared=False)
 
 
 @pytest.fixture(name="s3_env")

@@ -1,5 +1,6 @@
 """A vault with a local replica and an S3 replica, on real S3 servers on loopback
-(SeaweedFS and moto's server mode, one of each per module): commits reach both (big
+(SeaweedFS and moto's server mode, one of each per test session, each test in buckets
+of its own): commits reach both (big
 chunks in multipart uploads), read-repair and scrub cross between the two, a copy
 damaged in the bucket behind Bastion's back is restored, Object Lock makes the S3
 replica append-only where the server enforces it, and all copies damaged is
@@ -23,10 +24,8 @@ from tests.s3_servers import (  # noqa: F401 (the *_fixture names are fixtures)
     S3Server,
     bucket_name,
     enforces_object_lock,
-    moto_server_fixture,
     s3_env_fixture,
     s3_server_fixture,
-    weed_server_fixture,
 )
 
 pytestmark = pytest.mark.usefixtures("s3_env")
@@ -291,3 +290,15 @@ def test_the_lease_lock_excludes_other_stores_and_outlives_a_dead_holder(
         assert b'"pid": 1}' not in held
     assert store.leases_lost == 0
     assert "tmp/vault.lock" not in " ".join(store.list())  # locks are not keys
+
+
+def test_a_shared_server_refuses_to_be_failed(s3_server: S3Server) -> None:
+    """The session's servers serve every test after this one: a test that would stop one
+    is told to take a server of its own, and the server goes on answering."""
+    for fail in (s3_server.pause, s3_server.kill):
+        with pytest.raises(RuntimeError, match="own_s3_server"):
+            fail()
+    s3_server.check()
+    store = S3Store(s3_server.url(bucket_name("shared")))
+    assert store.put("objects/ab/x", [b"still here"])
+    assert store.get("objects/ab/x") == b"still here"

@@ -21,12 +21,7 @@ from bastion.store import (
     open_store,
     parse_replica_url,
 )
-from tests.s3_servers import (  # noqa: F401 (the *_fixture names are fixtures)
-    bucket_name,
-    moto_server_fixture,
-    s3_env_fixture,
-    weed_server_fixture,
-)
+from tests.s3_servers import bucket_name, s3_env_fixture  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(params=["local", "memory", "s3-weed", "s3-moto"])
