@@ -16,10 +16,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# The demo trains the example with PyTorch, so it installs the torch extra too.
+# The demo trains the example with PyTorch, so it installs the torch extra too, and the
+# browser extra (Playwright, driving Debian's chromium) for the control scene's screenshot.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[torch]"
+	$(BIN)/pip install --quiet -e ".[torch,browser]"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
@@ -27,7 +28,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev,torch]"
 	touch $(VENV)/.installed $@
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed browser
 	$(BIN)/bastion demo
 
 lint: $(VENV)/.installed-dev

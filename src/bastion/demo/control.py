@@ -74,7 +74,7 @@ def _browser() -> tuple[Any, Any, str]:
     try:
         from playwright.sync_api import Error, sync_playwright
     except ImportError:
-        return None, None, "Playwright is not installed (pip install playwright)"
+        return None, None, "Playwright is not installed (pip install 'bastion[browser]')"
     exe = CHROMIUM if Path(CHROMIUM).is_file() else str(shutil.which("chromium"))
     pw = sync_playwright().start()
     try:
