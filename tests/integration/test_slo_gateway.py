@@ -59,7 +59,9 @@ def test_a_real_gateway_writes_rows_the_evaluator_reads(tmp_path: Path, seed: in
     assert writer.wait_idle()
     writer.close()
     assert good.count(200) == 40
-    assert all(code >= 500 for code in bad)
+    # every one failed: a 5xx, or a 429 when the gateway sheds (its backends' concurrency
+    # limits shrink as they fail, under load); the SLI counts both as bad
+    assert all(code >= 500 or code == 429 for code in bad), bad
 
     store = SqliteSli.in_state_dir(tmp_path)
     # every request ended before `end`; the CLI below evaluates at its own (later) now

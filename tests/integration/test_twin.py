@@ -316,12 +316,17 @@ def test_drill_run_twin_runs_in_the_twins_scope_and_log(
 def test_port_base_gives_consecutive_ports_and_down_waits_for_the_twin(
     example_copy: Path, rng: random.Random
 ) -> None:
+    from bastion.twin._ports import port_free
+
     path = _production(example_copy, rng)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        base = probe.getsockname()[1]
-    if base > 60000:
-        base -= 1000
+    # three consecutive free ports below the kernel's ephemeral range (32768 and up on
+    # Linux), where no other test's client socket or server on port 0 can take one of
+    # them between this pick and the twin's start
+    base = next(
+        b
+        for b in (rng.randrange(20000, 30000) for _ in range(200))
+        if all(port_free(b + i) for i in range(3))
+    )
     twin = Twin(path)
     record = twin.up(port_base=base)
     assert record.ports == {8700: base, 8801: base + 1, 8790: base + 2}
