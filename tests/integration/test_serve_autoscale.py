@@ -23,7 +23,11 @@ def test_load_scales_replicas_up_and_the_new_one_serves(example_copy: Path, seed
     service = manifest.services["digits"]
     local = next(b for b in service.backends if b.model is not None)
     sink = EventWriter.in_state_dir(manifest.state_dir)
-    gw = Gateway("digits", service.policy, events=sink, probe_interval_s=0.2)
+    # a 5 s attempt timeout, not the example's 1 s: after the scale-in one replica takes
+    # the 4 clients, and under the suite's load an answer may take over a second, which
+    # is not what this test is about
+    policy = service.policy.model_copy(update={"timeout_ms": 5000})
+    gw = Gateway("digits", policy, events=sink, probe_interval_s=0.2)
     scaler = Autoscaler(
         min_replicas=1, max_replicas=2, target_per_replica=0.5, cooldown_s=600, up_cooldown_s=0
     )

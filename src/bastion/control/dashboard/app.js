@@ -46,10 +46,20 @@ async function api(path) {
   return body;
 }
 
+// Ejections seen on the live stream, by backend: one restarted within a second is back
+// before the next render, and its row would never have shown it; for two minutes the row
+// says it was out, and why.
+const recentEjections = {};
+const RECENT_MS = 120000;
+
 function backendState(b) {
   if (b.needs_probe) return state(b.down_reason ? `ejected: ${b.down_reason}` : "waiting for probe", "bad");
   if (b.breaker === "open") return state("breaker open", "bad");
   if (b.breaker === "half_open") return state("half open", "warn");
+  const out = recentEjections[`${b.service}/${b.name}`];
+  if (out && Date.now() - out.at < RECENT_MS) {
+    return state(`healthy; ejected at ${out.clock}${out.reason ? ` (${out.reason})` : ""}, back since`, "warn");
+  }
   return state("healthy", "ok");
 }
 
@@ -624,12 +634,14 @@ async function render() {
 
 let lastRender = 0;
 
-function schedule() {
+function schedule(urgent = false) {
   // a burst of events is one re-render; a page with charts re-reads at most every 2 s
   // (its series are heavier reads than a table, and an event storm must not become a
-  // storm of them)
+  // storm of them), except for a change of state a person must see (``urgent``: a
+  // backend ejected or back, a breaker moving), which a replica restarted within a
+  // second would otherwise leave unseen between two renders
   clearTimeout(refreshTimer);
-  const gap = CHART_VIEWS.has(current) ? 2000 : 150;
+  const gap = CHART_VIEWS.has(current) && !urgent ? 2000 : 150;
   const wait = Math.max(150, lastRender + gap - performance.now());
   refreshTimer = setTimeout(render, wait);
 }
@@ -684,6 +696,13 @@ function streamEvents() {
 }
 
 function onEvent(event) {
+  if (event.kind === "serve.backend.ejected" && event.data && event.data.backend) {
+    recentEjections[`${event.subject}/${event.data.backend}`] = {
+      at: Date.now(),
+      clock: new Date(event.ts * 1000).toISOString().slice(11, 19),
+      reason: event.data.reason || "",
+    };
+  }
   const body = document.getElementById("timeline");
   if (body && current === "events") {
     const f = filters();
@@ -694,7 +713,7 @@ function onEvent(event) {
     if (match) body.prepend(eventRow(event));
     return;
   }
-  schedule();
+  schedule(event.kind.startsWith("serve.backend.") || event.kind.startsWith("serve.breaker."));
 }
 
 start();
