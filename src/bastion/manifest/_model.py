@@ -769,6 +769,9 @@ class RolloutPolicy(_Strict):
     """A slowdown of the candidate's median latency accepted, as a fraction (0.1: 10%)."""
     tail_tolerance: float = Field(default=0.25, ge=0)
     """A growth of the candidate's p99 latency accepted, as a fraction."""
+    spread_tolerance: float = Field(default=0.25, ge=0)
+    """A growth of the spread of the candidate's latencies (their mean distance from the
+    median, in log time) accepted, as a fraction."""
     latency_allowance_ms: float = Field(default=2.0, ge=0, le=60000)
     """A slowdown always accepted, in milliseconds, on top of the relative tolerances (10%
     of a 1 ms model is less than two processes of it differ by on a busy host)."""

@@ -135,6 +135,7 @@ class RolloutController:
             max_looks=looks,
             latency_tolerance=policy.latency_tolerance,
             tail_tolerance=policy.tail_tolerance,
+            spread_tolerance=policy.spread_tolerance,
             latency_allowance_s=policy.latency_allowance_ms / 1000,
             error_margin=policy.error_margin,
         )
