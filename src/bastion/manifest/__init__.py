@@ -66,10 +66,38 @@ def schema() -> dict[str, object]:
     """JSON Schema of the manifest, for editors: it accepts what ``bastion check`` accepts,
     except what needs the whole document (references between sections, cycles)."""
     out = Manifest.model_json_schema()
+    _describe(out)
     out["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     out["title"] = "bastion.yaml"
     _closed_maps(out)
     return out
+
+
+def _describe(doc: dict[str, object]) -> None:
+    """Give each property the string under its field (``_model.attribute_docs``) where it
+    has no description of its own."""
+    from bastion.manifest import _model
+
+    docs = _model.attribute_docs()
+    defs = doc.get("$defs")
+    where: dict[str, object] = dict(defs) if isinstance(defs, dict) else {}
+    where[Manifest.__name__] = doc
+    for name, node in where.items():
+        cls = getattr(_model, name, None)
+        if cls is None or not isinstance(node, dict):
+            continue
+        # the object itself, or the object among the forms a custom schema offers
+        # (Dependency: an id, or {id, type})
+        forms = [node, *(f for f in node.get("anyOf", ()) if isinstance(f, dict))]
+        for form in forms:
+            props = form.get("properties")
+            if not isinstance(props, dict):
+                continue
+            for field, info in cls.model_fields.items():
+                prop = props.get(info.alias or field)
+                text = docs.get(name, {}).get(field)
+                if isinstance(prop, dict) and text and "description" not in prop:
+                    prop["description"] = text
 
 
 # pydantic leaves a bound on an optional whole number (Field(ge=1) on ``Int | None``) in

@@ -15,7 +15,10 @@ the loader passes in the validation context as ``base_dir``.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -209,7 +212,10 @@ class _Strict(BaseModel):
         populate_by_name=True,
         frozen=True,
         strict=True,
-        use_attribute_docstrings=True,
+        # The string under each field is its description, but pydantic's
+        # use_attribute_docstrings reads each class's source and parses it at import
+        # (a third of every command's start-up); ``bastion.manifest.schema`` reads the
+        # module once, when a schema is asked for (``attribute_docs`` below).
     )
 
 
@@ -1260,3 +1266,35 @@ class Manifest(_Strict):
 
     def component(self, id_: str) -> Component | None:
         return next((c for c in self.components if c.id == id_), None)
+
+
+def attribute_docs() -> dict[str, dict[str, str]]:
+    """Each model's field descriptions, by class name then field name: the string under
+    each field, read from this module's source in one parse, a class inheriting its
+    bases' (what pydantic's ``use_attribute_docstrings`` gives, without its import-time
+    cost)."""
+    module = sys.modules[__name__]
+    own: dict[str, dict[str, str]] = {}
+    for node in ast.parse(inspect.getsource(module)).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        docs: dict[str, str] = {}
+        for field, under in zip(node.body, node.body[1:], strict=False):
+            if (
+                isinstance(field, ast.AnnAssign)
+                and isinstance(field.target, ast.Name)
+                and isinstance(under, ast.Expr)
+                and isinstance(under.value, ast.Constant)
+                and isinstance(under.value.value, str)
+            ):
+                docs[field.target.id] = inspect.cleandoc(under.value.value)
+        own[node.name] = docs
+    out: dict[str, dict[str, str]] = {}
+    for name in own:
+        cls = getattr(module, name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
+            merged: dict[str, str] = {}
+            for base in reversed(cls.__mro__):
+                merged.update(own.get(base.__name__, {}) if base.__module__ == __name__ else {})
+            out[name] = merged
+    return out
