@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from bastion._lazy import lazy
 from bastion.errors import (
     BastionError,
     CheckFailed,
@@ -43,6 +44,9 @@ _LAZY = {
 }
 
 
+_lazy_getattr, __dir__ = lazy(__name__, _LAZY)
+
+
 def __getattr__(name: str) -> Any:
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
@@ -53,14 +57,7 @@ def __getattr__(name: str) -> Any:
             found = "0.0.0"
         globals()["__version__"] = found
         return found
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bastion' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return _lazy_getattr(name)
 
 
 __all__ = [

@@ -28,7 +28,8 @@ import socket
 import threading
 import time
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from bastion.errors import UnavailableError
 from bastion.events._sql import Dialect, select
@@ -38,7 +39,9 @@ try:  # the `pg` extra; a manifest naming PostgreSQL without it gets a clear err
 except ImportError:  # pragma: no cover - the dev extra installs it
     psycopg = None  # type: ignore[assignment]
 
-__all__ = ["PgConn", "PostgresBackend", "where_of"]
+__all__ = ["PgConn", "PostgresBackend", "retrying", "where_of"]
+
+_T = TypeVar("_T")
 
 _LOCK_KEY = 0x62617374696F6E  # "bastion": the advisory lock that orders appends
 _CHANNEL = "bastion_events"
@@ -112,8 +115,46 @@ class PgConn:
         tx, self._tx = self._tx, None
         tx.__exit__(*exc)
 
+    @property
+    def closed(self) -> bool:
+        return bool(self._conn.closed)
+
     def close(self) -> None:
         self._conn.close()
+
+
+def retrying(
+    op: Callable[[Any], _T],
+    held: dict[str, Any],
+    *,
+    connect: Callable[[], Any],
+    retry_s: float,
+    unavailable: Callable[[BaseException], Exception],
+    key: str = "main",
+) -> _T:
+    """``op(conn)`` on the connection ``held[key]`` (made by ``connect()`` when there is
+    none or it is closed), reconnecting across a lost one (``psycopg.OperationalError``:
+    the server restarted, was killed, failed over, the network) with a backoff of 50 ms
+    doubling to 1 s, until ``retry_s`` is out; then ``unavailable(exc)`` is raised. Other
+    errors pass through untouched. The event log and the playbook ledger both reconnect
+    through it; ``held`` is a dict so a finalizer can close what it holds without keeping
+    its owner alive."""
+    deadline = time.monotonic() + retry_s
+    delay = 0.05
+    while True:
+        try:
+            conn = held[key]
+            if conn is None or conn.closed:
+                conn = held[key] = connect()
+            return op(conn)
+        except psycopg.OperationalError as exc:
+            if held[key] is not None:
+                held[key].close()
+            held[key] = None
+            if time.monotonic() >= deadline:
+                raise unavailable(exc) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def _glob_regex(glob: str) -> str:
@@ -219,25 +260,18 @@ class PostgresBackend:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             conn.execute(_SCHEMA)
 
-    def _retrying(self, op: Any, *, first: bool = False, doing: str = "reading") -> Any:
-        """``op(conn)``, reconnecting across a lost connection until ``retry_s`` is out.
-        Call with ``self._lock`` held."""
-        deadline = time.monotonic() + (0 if first else self.retry_s)
-        delay = 0.05
-        while True:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = self._connect()
-                return op(self._conn)
-            except psycopg.OperationalError as exc:
-                # a lost connection (server restarted, killed, network): reconnect
-                if self._conn is not None:
-                    self._conn.close()
-                self._conn = None
-                if time.monotonic() >= deadline:
-                    raise self._unavailable(exc, doing=doing) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+    def _retrying(
+        self, op: Callable[[Any], _T], *, first: bool = False, doing: str = "reading"
+    ) -> _T:
+        """``op(conn)``, reconnecting across a lost connection until ``retry_s`` is out
+        (not at all when ``first``). Call with ``self._lock`` held."""
+        return retrying(
+            op,
+            self._held,
+            connect=self._connect,
+            retry_s=0 if first else self.retry_s,
+            unavailable=lambda exc: self._unavailable(exc, doing=doing),
+        )
 
     # ------------------------------------------------------------------ the log
 

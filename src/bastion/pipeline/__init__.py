@@ -15,8 +15,9 @@ A failing stage blocks its dependants and nothing else. How to write one:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from bastion._lazy import lazy
 from bastion.pipeline._dag import BUILTIN_INPUTS, Dag, StageNode, build, problems
 
 if TYPE_CHECKING:
@@ -51,15 +52,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bastion.pipeline' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy(__name__, _LAZY)
 
 
 __all__ = [

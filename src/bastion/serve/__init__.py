@@ -19,7 +19,9 @@ Must never: write the event log on the per-request path; spawn processes except 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from bastion._lazy import lazy
 
 if TYPE_CHECKING:
     from bastion.serve._attempts import AttemptStatistics
@@ -97,15 +99,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bastion.serve' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy(__name__, _LAZY)
 
 
 __all__ = [

@@ -15,9 +15,9 @@ directory), and a vault without its signing key is a ``UsageError`` that names
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from bastion._lazy import lazy
 from bastion.train._cadence import Cadence, CadenceStatistics
 from bastion.train._environment import (
     ENV_STAGE_ENVIRONMENT,
@@ -66,21 +66,17 @@ if TYPE_CHECKING:
 # The script's side needs PyTorch (the `torch` extra); the operator's side (`bastion train
 # run/status`, JobSupervisor) must work without it, so those names load on first use.
 _NEEDS_TORCH = {
-    "CheckpointStatistics": "_checkpoint",
-    "Checkpointer": "_checkpoint",
-    "Preempted": "_checkpoint",
-    "Stateful": "_checkpoint",
-    "RNGState": "_rng",
-    "ResumableLoader": "_sampler",
-    "ResumableSampler": "_sampler",
+    "CheckpointStatistics": "._checkpoint",
+    "Checkpointer": "._checkpoint",
+    "Preempted": "._checkpoint",
+    "Stateful": "._checkpoint",
+    "RNGState": "._rng",
+    "ResumableLoader": "._sampler",
+    "ResumableSampler": "._sampler",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _NEEDS_TORCH.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bastion.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"bastion.train.{module}"), name)
+__getattr__, __dir__ = lazy(__name__, _NEEDS_TORCH)
 
 
 __all__ = [

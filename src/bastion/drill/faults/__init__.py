@@ -49,9 +49,9 @@ Families:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from bastion._lazy import lazy
 from bastion.drill.faults._base import Fault, FaultStatistics
 from bastion.drill.faults.data import (
     DataFault,
@@ -84,18 +84,18 @@ from bastion.drill.faults.storage import (
 # here: a module the package imported before ``-m`` runs it makes runpy warn that it is
 # found in sys.modules and may behave unpredictably.
 _LAZY = {
-    "FaultyUpstream": "http",
-    "HttpFault": "http",
-    "HttpFaultInjection": "http",
-    "UpstreamStatistics": "http",
-    "ProxyStatistics": "network",
-    "TcpFaultProxy": "network",
-    "Toxic": "network",
-    "ToxicFault": "network",
-    "ToxiproxyApi": "network",
-    "Ransomware": "ransomware",
-    "RansomwareProcess": "ransomware",
-    "restore_from_journal": "ransomware",
+    "FaultyUpstream": ".http",
+    "HttpFault": ".http",
+    "HttpFaultInjection": ".http",
+    "UpstreamStatistics": ".http",
+    "ProxyStatistics": ".network",
+    "TcpFaultProxy": ".network",
+    "Toxic": ".network",
+    "ToxicFault": ".network",
+    "ToxiproxyApi": ".network",
+    "Ransomware": ".ransomware",
+    "RansomwareProcess": ".ransomware",
+    "restore_from_journal": ".ransomware",
 }
 
 if TYPE_CHECKING:
@@ -115,13 +115,7 @@ if TYPE_CHECKING:
     from bastion.drill.faults.ransomware import Ransomware, RansomwareProcess, restore_from_journal
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy(__name__, _LAZY)
 
 
 __all__ = [
