@@ -578,3 +578,32 @@ def test_uploads_stream_through_a_bounded_window(
     )
     assert status == 400
     assert "sorted order" in body["error"]
+
+
+def test_an_upload_of_many_files_is_stored_by_worker_processes(
+    world: World, rng: random.Random, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload of PROCESS_FILES small files or more is stored by the vault's worker
+    processes (the bytes sent through their pipes): every byte lands, as threads would
+    store it."""
+    from bastion.vault._ingest import IngestWorkers
+    from bastion.vault._write import PROCESS_FILES
+
+    sent: list[int] = []
+    real_submit = IngestWorkers.submit
+
+    def submit(self: IngestWorkers, items: Any) -> Any:
+        sent.append(len(items))
+        return real_submit(self, items)
+
+    monkeypatch.setattr(IngestWorkers, "submit", submit)
+    files = {f"part-{i:04d}.bin": rng.randbytes(rng.randint(1, 3000)) for i in range(PROCESS_FILES)}
+    c = world.client(world.token())
+    snap = c.commit("model/staging/many", files)
+    assert sum(sent) == PROCESS_FILES, sent
+    assert snap["size"] == sum(len(v) for v in files.values())
+    for path in rng.sample(sorted(files), 20):
+        assert c.read("model/staging/many", path) == files[path]
+    by_threads = world.vault.commit("model/staging/threads", files, processes=False)
+    ours = world.vault.snapshot("model/staging/many@latest")
+    assert ours.files == by_threads.files

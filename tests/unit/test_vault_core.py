@@ -7,6 +7,7 @@ directories (the ``disk_vault`` fixture)."""
 from __future__ import annotations
 
 import os
+import random
 import threading
 from pathlib import Path
 
@@ -266,6 +267,34 @@ def test_whole_files_in_worker_processes_store_what_threads_store(
     again = other.commit("dataset/t", files)
     assert again.files == by_threads.files
     assert other.statistics().bytes_written == written
+
+
+def test_buffers_in_worker_processes_store_what_threads_store(
+    disk_vault: Vault, tmp_path: Path
+) -> None:
+    """Small buffers (what the vault server received) go to worker processes through
+    their pipe when processes are asked for, and become what threads make of them."""
+    rng = random.Random(11)
+    files: dict[str, bytes | bytearray | memoryview] = {}
+    for i in range(90):
+        body = rng.randbytes(3000 + 97 * i) if i % 2 else (f"{i},x\n" * (50 + i)).encode()
+        kind = i % 3
+        files[f"d{i % 4}/f{i:03d}"] = (
+            body if kind == 0 else bytearray(body) if kind == 1 else memoryview(body)
+        )
+    by_threads = disk_vault.commit("dataset/b", files, processes=False)
+    other = Vault(
+        [tmp_path / "c", tmp_path / "d"],
+        key_path=tmp_path / "keys" / "signing.key",
+        admin_key_path=tmp_path / "keys" / "admin.key",
+    )
+    by_processes = other.commit("dataset/b", files, processes=True)
+    assert by_processes.files == by_threads.files
+    assert {e.mode for e in by_processes.files.values()} == {0o600}
+    for path, source in files.items():
+        assert other.read("dataset/b@latest", path) == bytes(source)
+    assert other.scrub(repair=False).ok
+    assert other.statistics().chunks_new == disk_vault.statistics().chunks_new > 0
 
 
 def test_worker_processes_missing_file_is_a_clear_error(disk_vault: Vault, tmp_path: Path) -> None:

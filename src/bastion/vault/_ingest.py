@@ -92,6 +92,8 @@ class ChunkResult:
 
 # (file size, mode, its chunks in order)
 FileResult = tuple[int, int, list[ChunkResult]]
+# a batch for a worker process: paths it opens or buffers it is sent, and its results
+_Job = tuple[Sequence[str | pickle.PickleBuffer], Future[list[FileResult]]]
 
 
 def store_chunk(
@@ -248,9 +250,10 @@ class IngestWorkers:
     """Worker processes storing batches of whole files on replicas they reach themselves
     (through each store's ``worker_url``; every store must have one).
 
-    ``submit(paths)`` returns a future of one ``FileResult`` per path (or raises the
-    worker's NotFoundError for a file that vanished). Use as a context manager: leaving
-    it stops and reaps every worker.
+    ``submit(items)`` returns a future of one ``FileResult`` per item: a path the worker
+    opens, or a buffer (``pickle.PickleBuffer``) whose bytes go through the worker's pipe
+    (it raises the worker's NotFoundError for a file that vanished). Use as a context
+    manager: leaving it stops and reaps every worker.
     """
 
     def __init__(
@@ -263,7 +266,7 @@ class IngestWorkers:
         chunk_size: int | None = None,
     ) -> None:
         self._stores = list(stores)
-        self._jobs: queue.SimpleQueue[tuple[list[str], Future[list[FileResult]]] | None]
+        self._jobs: queue.SimpleQueue[_Job | None]
         self._jobs = queue.SimpleQueue()
         self._procs: list[subprocess.Popen[bytes]] = []
         self._threads: list[threading.Thread] = []
@@ -316,24 +319,24 @@ class IngestWorkers:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def submit(self, paths: list[str]) -> Future[list[FileResult]]:
+    def submit(self, items: Sequence[str | pickle.PickleBuffer]) -> Future[list[FileResult]]:
         fut: Future[list[FileResult]] = Future()
         with self._lock:
             if not self._alive:
                 fut.set_exception(UnavailableError("every vault ingest worker has died"))
                 return fut
-            self._jobs.put((paths, fut))
+            self._jobs.put((items, fut))
         return fut
 
     def _feed(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdin is not None
         assert proc.stdout is not None
         while (job := self._jobs.get()) is not None:
-            paths, fut = job
+            items, fut = job
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
-                pickle.dump(paths, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump(items, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
                 proc.stdin.flush()
                 status, payload, stats = pickle.load(proc.stdout)  # noqa: S301 - our child's pipe
             except Exception as exc:  # any failure here fails the job; it never hangs it
@@ -411,7 +414,7 @@ def _worker() -> None:
     failed: set[int] = set()  # replicas that failed a write: skipped from then on
     while True:
         try:
-            paths: list[str] = pickle.load(inp)  # noqa: S301 - our parent's pipe
+            items: list[str | bytes | bytearray] = pickle.load(inp)  # noqa: S301 - our parent's pipe
         except EOFError:
             return
         before = [s.statistics() for s in stores]
@@ -419,9 +422,9 @@ def _worker() -> None:
         payload: list[FileResult] | str
         try:
             results = []
-            for path in paths:
+            for item in items:
                 result = store_file(
-                    Path(path),
+                    Path(item) if isinstance(item, str) else item,
                     stores,
                     skip=failed,
                     compress=compress,

@@ -61,7 +61,7 @@ from bastion.segment._state import RevocationList, SegmentState
 from bastion.segment._token import PREFIX, Scope, TokenError, TokenKey, TokenRefused, verify
 from bastion.vault._snapshot import Snapshot, check_path
 from bastion.vault._vault import FileSource, Vault
-from bastion.vault._write import BATCH_BYTES, BATCH_COUNT
+from bastion.vault._write import BATCH_BYTES, BATCH_COUNT, PROCESS_FILES, WHOLE_BELOW
 
 if TYPE_CHECKING:
     from bastion.manifest import Manifest
@@ -137,9 +137,12 @@ class VaultServer:
     ) -> None:
         self.vault = vault
         if vault.ingest_processes is None:
-            # the server's uploads share its cores with its event loop: ingest in threads
-            # (worker processes cost a spawn and a copy of every spooled file per commit,
-            # and measured 2x slower than threads on 2 cores; benchmarks/segments.py)
+            # Uploads are stored in threads, except one of PROCESS_FILES small files or
+            # more (``_append``): those go whole to the vault's worker processes, their
+            # received bytes through the workers' pipes, since Python's per-object work
+            # on thousands of files in threads shares one GIL with the event loop that
+            # receives them (1 GiB of the benchmark's data set, 2 cores: 0.57x of a
+            # local commit in threads, 0.8-0.9x with processes; benchmarks/segments.py).
             vault.ingest_processes = False
         self.root = token_key.public
         self.state = state
@@ -355,6 +358,8 @@ class VaultServer:
             )
         files, meta, lineage, options = await self._header(request)
         total = sum(size for _, size in files)
+        if sum(1 for _, size in files if size < WHOLE_BELOW) >= PROCESS_FILES:
+            options["processes"] = True  # see __init__
         if request.content_length is not None and request.content_length > (
             self.max_upload + _MAX_HEADER
         ):

@@ -342,6 +342,7 @@ class Vault:
         labels: Sequence[str] = ("latest",),
         compress: bool = True,
         chunk_size: int | None = None,
+        processes: bool | None = None,
     ) -> Snapshot:
         """Store ``files`` as the next version of ``name``; visible only once durable on
         the write quorum. ``put`` does the same and also says which replicas hold it.
@@ -350,6 +351,9 @@ class Vault:
         with nothing for CDC to find (checkpoints: see ``_objects``). A multiple of 4 KiB
         keeps the chunks of a page-aligned buffer aligned, so uncompressed ones are
         written with no copy.
+
+        ``processes``: store whole files (and small buffers) in worker processes (True),
+        in threads (False), or as ``ingest_processes`` says (None).
         """
         return self.put(
             name,
@@ -359,6 +363,7 @@ class Vault:
             labels=labels,
             compress=compress,
             chunk_size=chunk_size,
+            processes=processes,
         ).snapshot
 
     def unchanged(self, name: str, files: Mapping[str, FileSource]) -> Snapshot | None:
@@ -381,6 +386,7 @@ class Vault:
         labels: Sequence[str] = ("latest",),
         compress: bool = True,
         chunk_size: int | None = None,
+        processes: bool | None = None,
     ) -> PutResult:
         """``commit``, returning where the snapshot went: a ``PutResult`` whose
         ``missed`` names each replica that does not hold it and why (degraded)."""
@@ -406,7 +412,7 @@ class Vault:
             seal_key=signer.seal_key(),
             compress=compress,
             chunk_size=chunk_size,
-            processes=self.ingest_processes,
+            processes=self.ingest_processes if processes is None else processes,
             on_no_processes=lambda why: self.events.emit(
                 ek.VAULT_INGEST_THREADS, self.subject, reason=why
             ),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import pickle
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -178,6 +179,13 @@ class _FileWriter:
             if size < WHOLE_BELOW:
                 self.files.add((path, source), size)
                 return
+        elif self.workers is not None and isinstance(source, bytes | bytearray | memoryview):
+            # with worker processes, a small buffer (an upload's file the vault server
+            # received) goes to them whole too, through their pipe
+            size = memoryview(source).nbytes
+            if size < WHOLE_BELOW:
+                self.files.add((path, source), size)
+                return
         view, mode, mapped = open_source(source)
         if mapped is not None:
             self.opened.append((mapped, view))
@@ -205,7 +213,21 @@ class _FileWriter:
     def _submit_files(self, items: list[tuple[str, FileSource]]) -> None:
         future: Future[list[FileResult]]
         if self.workers is not None:
-            future = self.workers.submit([str(Path(str(s)).absolute()) for _, s in items])
+            sent: list[str | pickle.PickleBuffer] = []
+            buffers = False
+            for _, source in items:
+                if isinstance(source, Path):
+                    sent.append(str(source.absolute()))
+                else:
+                    sent.append(pickle.PickleBuffer(source))
+                    buffers = True
+            if buffers:
+                # bytes wait in the workers' queue until a pipe takes them: bound them as
+                # the thread jobs are bounded
+                self.slots.acquire()
+            future = self.workers.submit(sent)
+            if buffers:
+                future.add_done_callback(lambda _: self.slots.release())
         else:
             self.slots.acquire()
             future = self.pool.submit(self._store_files, [s for _, s in items])
