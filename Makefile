@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # on real processes and sockets, so two halve the suite's time on 2 cores (19 -> 10 min).
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint typecheck pytest browser system-packages clean
+.PHONY: demo test lint typecheck pytest browser system-packages bench-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,18 @@ system-packages: browser
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
 	      || echo "could not install postgresql; its tests will fail (BASTION_SKIP_PG=1 skips them)"; \
 	  else echo "not found: postgresql; its tests will fail (install Debian's postgresql, or BASTION_SKIP_PG=1)"; fi; fi
+
+# The benchmarks' baselines that are Debian packages: restic (benchmarks/vault.py,
+# segments.py, scale_s3.py) and wrk (gateway.py). Not needed by the tests; run
+# `make bench-packages` once before the benchmarks, which otherwise print "not installed".
+bench-packages: $(VENV)/.installed-dev
+	@missing=""; for tool in restic wrk; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing the benchmarks' baselines:$$missing (Debian packages)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	      || echo "could not install$$missing; those baselines print no figure"; \
+	  else echo "not found:$$missing; install Debian's$$missing for those baselines"; fi; fi
 
 pytest: $(VENV)/.installed-dev system-packages
 	$(BIN)/python -m pytest -W error -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
