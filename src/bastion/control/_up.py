@@ -157,6 +157,14 @@ class Up:
 
     def _wanted(self, manifest: Manifest) -> dict[str, ProcessSpec]:
         """Each child the manifest asks for, by name."""
+        out = self._gateways(manifest)
+        guard = self._guard(manifest)
+        if guard is not None:
+            out["guard"] = guard
+        return out
+
+    def _gateways(self, manifest: Manifest) -> dict[str, ProcessSpec]:
+        """Each service's gateway child, by name."""
         out: dict[str, ProcessSpec] = {}
         for name in manifest.services:
             child = f"serve:{name}"
@@ -166,13 +174,19 @@ class Up:
                 env={RELOAD_ACK_ENV: str(self.files.ack(child))},
                 log_path=self.files.logs / f"serve-{name}.log",
             )
-        if manifest.control.guard and self._protected(manifest):
-            out["guard"] = ProcessSpec(
-                argv=[*_BASTION, "vault", "guard", "--restore", "-f", str(self.path)],
-                name="guard",
-                log_path=self.files.logs / "guard.log",
-            )
         return out
+
+    def _guard(self, manifest: Manifest) -> ProcessSpec | None:
+        """The vault guard's child, when the manifest wants one and something is protected
+        (opening the vault to know that takes a while: ``start`` asks after the gateways
+        are on their way)."""
+        if not (manifest.control.guard and self._protected(manifest)):
+            return None
+        return ProcessSpec(
+            argv=[*_BASTION, "vault", "guard", "--restore", "-f", str(self.path)],
+            name="guard",
+            log_path=self.files.logs / "guard.log",
+        )
 
     @staticmethod
     def _protected(manifest: Manifest) -> bool:
@@ -252,25 +266,17 @@ class Up:
         try:
             if self.api_enabled:
                 self._check_api_port()  # it starts once the children are on their way
-            wanted = self._wanted(self.manifest)
             previous = read_json(self.files.children) or {}
-            adopted = []
+            adopted: list[str] = []
+            # the gateways first: their replicas take the longest to be healthy, and the
+            # guard's decision (it opens the vault) and the API can wait until they start
+            wanted = self._gateways(self.manifest)
             for name, spec in wanted.items():
-                sup = self._supervisor(spec)
-                rec = previous.get(name) if isinstance(previous, dict) else None
-                child = (
-                    Child.adopt(spec, int(rec["pid"]), create_time=float(rec["create_time"]))
-                    if isinstance(rec, dict)
-                    else None
-                )
-                self.sups[name] = sup
-                if child is not None:
-                    sup.adopt(child)
-                    adopted.append(name)
-                else:
-                    self._check_port(name)
-                    started.append(name)
-                sup.start()
+                self._adopt_or_start(name, spec, previous, adopted, started)
+            guard = self._guard(self.manifest)
+            if guard is not None:
+                wanted["guard"] = guard
+                self._adopt_or_start("guard", guard, previous, adopted, started)
             # a child the manifest no longer asks for (changed while we were down): stop it
             for name, rec in previous.items() if isinstance(previous, dict) else []:
                 if name in wanted or not isinstance(rec, dict):
@@ -302,6 +308,32 @@ class Up:
             self._write_children()
             self.close()
             raise
+
+    def _adopt_or_start(
+        self,
+        name: str,
+        spec: ProcessSpec,
+        previous: Any,
+        adopted: list[str],
+        started: list[str],
+    ) -> None:
+        """Supervise child ``name``: the one a killed ``bastion up`` left running (same pid
+        and start time in ``previous``, the children file), or a new one."""
+        sup = self._supervisor(spec)
+        rec = previous.get(name) if isinstance(previous, dict) else None
+        child = (
+            Child.adopt(spec, int(rec["pid"]), create_time=float(rec["create_time"]))
+            if isinstance(rec, dict)
+            else None
+        )
+        self.sups[name] = sup
+        if child is not None:
+            sup.adopt(child)
+            adopted.append(name)
+        else:
+            self._check_port(name)
+            started.append(name)
+        sup.start()
 
     def _check_api_port(self) -> None:
         listen = self.manifest.control.listen
