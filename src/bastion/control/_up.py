@@ -32,7 +32,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 from bastion import event_kinds as ek
 from bastion.control._files import RELOAD_ACK_ENV, UpFiles, read_json, write_private_json
 from bastion.errors import BastionError, CheckFailed, UsageError
-from bastion.events import EventLog
+from bastion.events import EventLog, Relay
 from bastion.manifest import Manifest, load
 from bastion.supervise import Backoff, Child, ProcessSpec, RestartBudget, Supervisor
 
@@ -95,26 +94,6 @@ class _Scrub:
     last: dict[str, Any] = field(default_factory=dict)
 
 
-class _Emitter:
-    """The supervisors' events, to the log, with a hook that records each child's pid."""
-
-    def __init__(self, log: EventLog, on_child: Callable[[str, str], None]) -> None:
-        self.log = log
-        self.on_child = on_child
-
-    def emit(
-        self,
-        kind: str,
-        subject: str = "",
-        *,
-        segment: str | None = None,
-        at_ns: int | None = None,
-        **data: Any,
-    ) -> None:
-        self.log.emit(kind, subject, segment=segment, at_ns=at_ns, **data)
-        self.on_child(kind, subject)
-
-
 class Up:
     """The control process over one manifest. ``start()`` then ``run(stop)``; or
     ``serve_forever()`` from the CLI (SIGTERM/SIGINT stop, SIGHUP reloads)."""
@@ -127,7 +106,9 @@ class Up:
         self.files = UpFiles(manifest.state_dir)
         self.files.make()
         self.log = EventLog.in_state_dir(manifest.state_dir)
-        self.events = _Emitter(self.log, self._on_child_event)
+        # the supervisors' events go to the log, and each start or end of a child
+        # rewrites children.json
+        self.events = Relay(self._on_child_event)
         self.sups: dict[str, Supervisor] = {}
         self.started_at = time.time()
         self.generation = 0
@@ -212,7 +193,10 @@ class Up:
             subject=spec.name,
         )
 
-    def _on_child_event(self, kind: str, _subject: str) -> None:
+    def _on_child_event(
+        self, kind: str, subject: str, at_ns: int | None, data: dict[str, Any]
+    ) -> None:
+        self.log.emit(kind, subject, at_ns=at_ns, **data)
         if kind.endswith((".started", ".adopted", ".stopped", ".exited")):
             self._write_children()
 
@@ -393,7 +377,7 @@ class Up:
                     f"not healthy within {timeout_s:g} s: {', '.join(pending)}; see their logs "
                     f"in {self.files.logs}"
                 )
-            time.sleep(0.05)
+            time.sleep(0.02)  # a refused /healthz costs little; readiness is what `up` waits on
 
     def request_reload(self) -> None:
         """Ask for a reload from a signal handler; the loop in ``run`` does it."""
