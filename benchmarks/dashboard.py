@@ -19,7 +19,8 @@ the dashboard).
    healthy /healthz as the baseline. Goal: <= 5 s.
 
 Run: ``.venv/bin/python benchmarks/dashboard.py [--events 1000000] [--requests 400]
-[--rounds 3] [--seed N]`` (the seed is printed).
+[--rounds 3] [--seed N] [--only api|up]`` (the seed is printed; ``--only`` runs one
+part).
 """
 
 from __future__ import annotations
@@ -368,11 +369,19 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--fanout-events", type=int, default=40)
     parser.add_argument("--seed", type=int, default=secrets.randbelow(2**32))
+    parser.add_argument(
+        "--only",
+        choices=("api", "up"),
+        default=None,
+        help="run one part: api (events, SSE fan-out, paint) or up (bastion up to healthy)",
+    )
     args = parser.parse_args()
     print(f"seed {args.seed}")
     rng = random.Random(args.seed)
-    bench_events(args, rng)
-    bench_up(args)
+    if args.only in (None, "api"):
+        bench_events(args, rng)
+    if args.only in (None, "up"):
+        bench_up(args)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from bastion.cli._common import (
 from bastion.errors import UnavailableError
 
 if TYPE_CHECKING:
+    from bastion.manifest import Manifest
     from bastion.serve import GatewayStatistics
+    from bastion.serve._early import Early
 
 __all__ = ["register"]
 
@@ -79,11 +81,7 @@ def serve(
     if service == "status":
         status(which, file, as_json=as_json)
         return
-    import os
-
-    from bastion.control._files import RELOAD_ACK_ENV, write_private_json
-    from bastion.serve import run_services
-    from bastion.serve.runner import unset_api_keys
+    from bastion.serve._early import start_early
 
     logging.basicConfig(
         level=log_level.value.upper(),
@@ -92,6 +90,24 @@ def serve(
     )
     manifest = load_manifest(file)
     names = _names(list(manifest.services), service)
+    # the replicas first: they load their model while the gateway's modules import
+    early = start_early(manifest, names, listen)
+    try:
+        _serve(manifest, names, file, listen, early)
+    finally:
+        if early is not None:
+            early.stop()  # those no replica set took (it stops its own)
+
+
+def _serve(
+    manifest: Manifest, names: list[str], file: Path, listen: str | None, early: Early | None
+) -> None:
+    import os
+
+    from bastion.control._files import RELOAD_ACK_ENV, write_private_json
+    from bastion.serve import run_services
+    from bastion.serve.runner import unset_api_keys
+
     for line in unset_api_keys(manifest, names):
         err_console.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
 
@@ -123,6 +139,7 @@ def serve(
             reload=reload,
             reloaded=reloaded,
             listen=listen,
+            early=early,
         )
 
     asyncio.run(main())

@@ -17,11 +17,34 @@ Must never: run a second copy of a child that runs, or change state on an unauth
 or cross-origin call.
 """
 
-from bastion.control._api import ApiServer, RateLimiter, events_page
-from bastion.control._files import UpFiles
-from bastion.control._openapi import document
-from bastion.control._tokens import Tokens, make_token
-from bastion.control._up import Up, down, status
+from typing import TYPE_CHECKING
+
+from bastion._lazy import lazy
+
+if TYPE_CHECKING:
+    from bastion.control._api import ApiServer, RateLimiter, events_page
+    from bastion.control._files import UpFiles
+    from bastion.control._openapi import document
+    from bastion.control._tokens import Tokens, make_token
+    from bastion.control._up import Up, down, status
+
+# Imported when first named: `bastion serve` (each gateway `bastion up` runs) reads only
+# _files, and `bastion up` starts its children before it imports the API (aiohttp).
+__getattr__, __dir__ = lazy(
+    __name__,
+    {
+        "ApiServer": "bastion.control._api",
+        "RateLimiter": "bastion.control._api",
+        "events_page": "bastion.control._api",
+        "UpFiles": "bastion.control._files",
+        "document": "bastion.control._openapi",
+        "Tokens": "bastion.control._tokens",
+        "make_token": "bastion.control._tokens",
+        "Up": "bastion.control._up",
+        "down": "bastion.control._up",
+        "status": "bastion.control._up",
+    },
+)
 
 __all__ = [
     "ApiServer",

@@ -32,7 +32,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 from bastion import event_kinds as ek
 from bastion.control._files import RELOAD_ACK_ENV, UpFiles, read_json, write_private_json
 from bastion.errors import BastionError, CheckFailed, UsageError
-from bastion.events import EventLog
+from bastion.events import EventLog, Relay
 from bastion.manifest import Manifest, load
 from bastion.supervise import Backoff, Child, ProcessSpec, RestartBudget, Supervisor
 
@@ -95,26 +94,6 @@ class _Scrub:
     last: dict[str, Any] = field(default_factory=dict)
 
 
-class _Emitter:
-    """The supervisors' events, to the log, with a hook that records each child's pid."""
-
-    def __init__(self, log: EventLog, on_child: Callable[[str, str], None]) -> None:
-        self.log = log
-        self.on_child = on_child
-
-    def emit(
-        self,
-        kind: str,
-        subject: str = "",
-        *,
-        segment: str | None = None,
-        at_ns: int | None = None,
-        **data: Any,
-    ) -> None:
-        self.log.emit(kind, subject, segment=segment, at_ns=at_ns, **data)
-        self.on_child(kind, subject)
-
-
 class Up:
     """The control process over one manifest. ``start()`` then ``run(stop)``; or
     ``serve_forever()`` from the CLI (SIGTERM/SIGINT stop, SIGHUP reloads)."""
@@ -127,7 +106,9 @@ class Up:
         self.files = UpFiles(manifest.state_dir)
         self.files.make()
         self.log = EventLog.in_state_dir(manifest.state_dir)
-        self.events = _Emitter(self.log, self._on_child_event)
+        # the supervisors' events go to the log, and each start or end of a child
+        # rewrites children.json
+        self.events = Relay(self._on_child_event)
         self.sups: dict[str, Supervisor] = {}
         self.started_at = time.time()
         self.generation = 0
@@ -157,6 +138,14 @@ class Up:
 
     def _wanted(self, manifest: Manifest) -> dict[str, ProcessSpec]:
         """Each child the manifest asks for, by name."""
+        out = self._gateways(manifest)
+        guard = self._guard(manifest)
+        if guard is not None:
+            out["guard"] = guard
+        return out
+
+    def _gateways(self, manifest: Manifest) -> dict[str, ProcessSpec]:
+        """Each service's gateway child, by name."""
         out: dict[str, ProcessSpec] = {}
         for name in manifest.services:
             child = f"serve:{name}"
@@ -166,13 +155,19 @@ class Up:
                 env={RELOAD_ACK_ENV: str(self.files.ack(child))},
                 log_path=self.files.logs / f"serve-{name}.log",
             )
-        if manifest.control.guard and self._protected(manifest):
-            out["guard"] = ProcessSpec(
-                argv=[*_BASTION, "vault", "guard", "--restore", "-f", str(self.path)],
-                name="guard",
-                log_path=self.files.logs / "guard.log",
-            )
         return out
+
+    def _guard(self, manifest: Manifest) -> ProcessSpec | None:
+        """The vault guard's child, when the manifest wants one and something is protected
+        (opening the vault to know that takes a while: ``start`` asks after the gateways
+        are on their way)."""
+        if not (manifest.control.guard and self._protected(manifest)):
+            return None
+        return ProcessSpec(
+            argv=[*_BASTION, "vault", "guard", "--restore", "-f", str(self.path)],
+            name="guard",
+            log_path=self.files.logs / "guard.log",
+        )
 
     @staticmethod
     def _protected(manifest: Manifest) -> bool:
@@ -198,7 +193,10 @@ class Up:
             subject=spec.name,
         )
 
-    def _on_child_event(self, kind: str, _subject: str) -> None:
+    def _on_child_event(
+        self, kind: str, subject: str, at_ns: int | None, data: dict[str, Any]
+    ) -> None:
+        self.log.emit(kind, subject, at_ns=at_ns, **data)
         if kind.endswith((".started", ".adopted", ".stopped", ".exited")):
             self._write_children()
 
@@ -252,25 +250,17 @@ class Up:
         try:
             if self.api_enabled:
                 self._check_api_port()  # it starts once the children are on their way
-            wanted = self._wanted(self.manifest)
             previous = read_json(self.files.children) or {}
-            adopted = []
+            adopted: list[str] = []
+            # the gateways first: their replicas take the longest to be healthy, and the
+            # guard's decision (it opens the vault) and the API can wait until they start
+            wanted = self._gateways(self.manifest)
             for name, spec in wanted.items():
-                sup = self._supervisor(spec)
-                rec = previous.get(name) if isinstance(previous, dict) else None
-                child = (
-                    Child.adopt(spec, int(rec["pid"]), create_time=float(rec["create_time"]))
-                    if isinstance(rec, dict)
-                    else None
-                )
-                self.sups[name] = sup
-                if child is not None:
-                    sup.adopt(child)
-                    adopted.append(name)
-                else:
-                    self._check_port(name)
-                    started.append(name)
-                sup.start()
+                self._adopt_or_start(name, spec, previous, adopted, started)
+            guard = self._guard(self.manifest)
+            if guard is not None:
+                wanted["guard"] = guard
+                self._adopt_or_start("guard", guard, previous, adopted, started)
             # a child the manifest no longer asks for (changed while we were down): stop it
             for name, rec in previous.items() if isinstance(previous, dict) else []:
                 if name in wanted or not isinstance(rec, dict):
@@ -302,6 +292,32 @@ class Up:
             self._write_children()
             self.close()
             raise
+
+    def _adopt_or_start(
+        self,
+        name: str,
+        spec: ProcessSpec,
+        previous: Any,
+        adopted: list[str],
+        started: list[str],
+    ) -> None:
+        """Supervise child ``name``: the one a killed ``bastion up`` left running (same pid
+        and start time in ``previous``, the children file), or a new one."""
+        sup = self._supervisor(spec)
+        rec = previous.get(name) if isinstance(previous, dict) else None
+        child = (
+            Child.adopt(spec, int(rec["pid"]), create_time=float(rec["create_time"]))
+            if isinstance(rec, dict)
+            else None
+        )
+        self.sups[name] = sup
+        if child is not None:
+            sup.adopt(child)
+            adopted.append(name)
+        else:
+            self._check_port(name)
+            started.append(name)
+        sup.start()
 
     def _check_api_port(self) -> None:
         listen = self.manifest.control.listen
@@ -361,7 +377,7 @@ class Up:
                     f"not healthy within {timeout_s:g} s: {', '.join(pending)}; see their logs "
                     f"in {self.files.logs}"
                 )
-            time.sleep(0.05)
+            time.sleep(0.02)  # a refused /healthz costs little; readiness is what `up` waits on
 
     def request_reload(self) -> None:
         """Ask for a reload from a signal handler; the loop in ``run`` does it."""

@@ -49,12 +49,13 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any, Literal
 
 from bastion.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = ["CHECK_NAMES", "AnalysisSettings", "ArmSample", "Check", "Outcome", "Verdict", "judge"]
 
@@ -310,6 +311,8 @@ def _finite(x: float | None) -> float | None:
 
 
 def _latencies(values: object) -> tuple[npt.NDArray[np.float64], str | None]:
+    import numpy as np
+
     try:
         arr = np.asarray(values, dtype=np.float64).ravel()
     except (TypeError, ValueError):
@@ -360,6 +363,8 @@ def _mann_whitney(
 ) -> tuple[float, float, float]:
     """U of x against y, with the normal approximation (tie-corrected, continuity
     corrected); returns (U, P(x tends larger), P(x tends smaller))."""
+    import numpy as np
+
     n1, n2 = x.size, y.size
     pooled = np.concatenate([x, y])
     order = np.argsort(pooled, kind="mergesort")
@@ -395,6 +400,7 @@ def _welch(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> tuple[floa
 
 def _chi2(table: npt.NDArray[np.float64]) -> tuple[float, float]:
     """Pearson's chi-squared of homogeneity on a 2 x K table of counts."""
+    import numpy as np
     from scipy import special
 
     expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
@@ -586,6 +592,8 @@ def _latency_checks(
     c_problem: str | None,
     s: AnalysisSettings,
 ) -> tuple[Check, Check, Check]:
+    import numpy as np
+
     names = ("latency.location", "latency.spread", "latency.tail")
     problem = None
     if b_problem or c_problem:
@@ -610,6 +618,8 @@ def _quantile(
 ) -> npt.NDArray[np.float64]:
     """``np.quantile`` (linear interpolation) of an already sorted array, without the
     partition ``np.quantile`` does again on every call."""
+    import numpy as np
+
     pos = np.asarray(q, dtype=np.float64) * (x.size - 1)
     lo = np.floor(pos).astype(np.intp)
     hi = np.minimum(lo + 1, x.size - 1)
@@ -619,6 +629,7 @@ def _quantile(
 def _hodges_lehmann(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64]) -> float:
     """Median of pairwise differences c - b, from at most _HL_POINTS quantiles per arm
     (sorted input; the quantile grid keeps it deterministic and fast)."""
+    import numpy as np
 
     def grid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         if x.size <= _HL_POINTS:
@@ -660,6 +671,8 @@ def _location(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: Analysi
 
 
 def _spread(b: npt.NDArray[np.float64], c: npt.NDArray[np.float64], s: AnalysisSettings) -> Check:
+    import numpy as np
+
     tol = s.spread_tolerance
     lb, lc = np.log(np.maximum(b, _LOG_FLOOR)), np.log(np.maximum(c, _LOG_FLOOR))
     db, dc = np.abs(lb - _quantile(lb, 0.5)), np.abs(lc - _quantile(lc, 0.5))
@@ -704,6 +717,8 @@ def _exceedance_p(
     under "same distribution" the candidate's count above it is hypergeometric given
     the pool. Returns (candidate above, pooled above, P(count >= x), P(count <= x)).
     """
+    import numpy as np
+
     pooled = np.sort(np.concatenate([b, c]))
     n = pooled.size
     q_eff = min(q, 1.0 - _MIN_EXCEEDANCES / n) if n > _MIN_EXCEEDANCES else 0.5
@@ -716,6 +731,7 @@ def _exceedance_p(
 
 def _hypergeom_tails(x: int, total: int, marked: int, drawn: int) -> tuple[float, float]:
     """P(X >= x) and P(X <= x) for X the marked items among ``drawn`` of ``total``."""
+    import numpy as np
     from scipy import special
 
     if marked == 0:
@@ -788,6 +804,8 @@ def _pool_rare(table: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Pool the categories expected below 5 into one; fold that pool into the smallest
     other category while it is still too small (the chi-squared approximation needs it,
     and rare labels must not make an A/A comparison look significant)."""
+    import numpy as np
+
     total = table.sum()
     rows_min = table.sum(axis=1).min()
     rare = table.sum(axis=0) * rows_min / total < _MIN_EXPECTED
@@ -804,6 +822,7 @@ def _pool_rare(table: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 def _predictions(b: ArmSample, c: ArmSample, s: AnalysisSettings) -> Check:
+    import numpy as np
     from scipy.spatial import distance
 
     name = "predictions"

@@ -5,7 +5,10 @@ depth per replica, with a cool-down so it does not flap) and ``ReplicaSet`` (one
 backend with ``model:``; each replica is a ``bastion.supervise.Supervisor`` with
 ``restart_on="always"`` and a windowed restart budget). A replica that exits is marked
 ``needs_probe`` at once (no traffic), restarted by the supervisor on the same port, and
-rejoins only after its ``/health`` probe passes. A backend with ``placement: {backend:
+rejoins only after its ``/health`` probe passes. ``start_replicas`` starts a set's first
+replicas before there is a gateway (``bastion serve`` does, so they load their model while
+the gateway's modules import); the set takes them over (``early=``), their events held
+until then. A backend with ``placement: {backend:
 ray}`` runs each replica in a Ray actor on a cluster node instead (``bastion.serve._ray``,
 same interface): a lost actor or node is replaced on a live node, and the replica rejoins
 at its new address, again only after its probe.
@@ -21,7 +24,8 @@ import contextlib
 import math
 import socket
 import sys
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,8 +34,6 @@ from bastion import event_kinds as ek
 from bastion.events import Relay
 from bastion.manifest import Backend
 from bastion.resilience import Clock, monotonic
-from bastion.serve.gateway import Gateway
-from bastion.serve.pool import UpstreamSpec
 from bastion.supervise import (
     Backoff,
     ProcessSpec,
@@ -43,7 +45,18 @@ from bastion.supervise import (
 if TYPE_CHECKING:
     from bastion.serve._ray import RayReplica
 
-__all__ = ["Autoscaler", "AutoscalerStatistics", "ReplicaSet", "ReplicaSetStatistics"]
+    # not at run time: start_replicas runs before the gateway's modules (aiohttp) import
+    from bastion.serve.gateway import Gateway
+    from bastion.serve.pool import UpstreamSpec
+
+__all__ = [
+    "Autoscaler",
+    "AutoscalerStatistics",
+    "EarlyReplica",
+    "ReplicaSet",
+    "ReplicaSetStatistics",
+    "start_replicas",
+]
 
 _REPLICA = "serve.replica."
 
@@ -129,6 +142,84 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _replica_argv(model: str, manifest_path: Path) -> list[str]:
+    return [sys.executable, "-m", "bastion.serve.replica", model, "--manifest", str(manifest_path)]
+
+
+class _Held:
+    """One replica's supervisor events: held until its set records them (a replica
+    started before its gateway existed), then handed on as they come, in order."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._held: list[tuple[str, int | None, dict[str, Any]]] = []
+        self._to: Callable[[str, str, int | None, dict[str, Any]], None] | None = None
+
+    def __call__(self, kind: str, _subject: str, at_ns: int | None, data: dict[str, Any]) -> None:
+        with self._lock:
+            if self._to is None:
+                self._held.append((kind, at_ns, data))
+                return
+            self._to(self.name, kind, at_ns, data)
+
+    def attach(self, to: Callable[[str, str, int | None, dict[str, Any]], None]) -> None:
+        with self._lock:
+            for kind, at_ns, data in self._held:
+                to(self.name, kind, at_ns, data)
+            self._held.clear()
+            self._to = to
+
+
+def _launch(argv: list[str], name: str, log_dir: Path, events: _Held) -> tuple[Supervisor, int]:
+    """Start one local replica process on a free port, under its own supervisor."""
+    port = _free_port()
+    spec = ProcessSpec(
+        argv=[*argv, "--port", str(port)],
+        name=name,
+        log_path=log_dir / f"{name}.log",
+        die_with_parent=True,  # a SIGKILLed `bastion serve` leaves no replica behind
+    )
+    sup = Supervisor(
+        spec,
+        backoff=Backoff(initial=0.05, factor=2.0, cap=5.0, jitter=0.2),
+        budget=RestartBudget(max_restarts=20, window_s=600),
+        restart_on="always",
+        grace_s=2.0,
+        events=Relay(events),
+    )
+    sup.start()
+    return sup, port
+
+
+@dataclass
+class EarlyReplica:
+    """A replica started by ``start_replicas``, before its set: a ``ReplicaSet`` given it
+    (``early=``) supervises it as one of its own."""
+
+    name: str
+    supervisor: Supervisor
+    port: int
+    events: _Held
+
+
+def start_replicas(
+    backend: Backend, *, manifest_path: Path, log_dir: Path, model: str
+) -> list[EarlyReplica]:
+    """Start a local backend's ``min`` replicas now, named as its ``ReplicaSet`` names
+    them; a Ray placement's are placed by the set itself (nothing here)."""
+    if backend.placement.backend == "ray":
+        return []
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(backend.replicas.min):
+        name = f"{backend.name}-{i}"
+        events = _Held(name)
+        sup, port = _launch(_replica_argv(model, manifest_path), name, log_dir, events)
+        out.append(EarlyReplica(name, sup, port, events))
+    return out
+
+
 class ReplicaSet:
     def __init__(
         self,
@@ -142,12 +233,14 @@ class ReplicaSet:
         arm: str = "stable",
         prefix: str | None = None,
         url_for: Callable[[str, int], str] | None = None,
+        early: Sequence[EarlyReplica] = (),
     ) -> None:
         """``model``: the snapshot to serve instead of the backend's own (a rollout's
         candidate, pinned to its version); ``arm``: the pool arm its replicas join;
         ``prefix``: their names' start (default: the backend's name); ``url_for(name,
         port)``: where the gateway reaches a replica (default ``http://127.0.0.1:port``;
-        a drill may put a fault proxy in between)."""
+        a drill may put a fault proxy in between); ``early``: replicas ``start_replicas``
+        started for it, which ``start`` takes over in place of starting its first ones."""
         assert backend.model is not None
         self.gateway = gateway
         self.backend = backend
@@ -159,21 +252,17 @@ class ReplicaSet:
         self.log_dir = log_dir
         self.autoscaler = autoscaler or Autoscaler(backend.replicas.min, backend.replicas.max)
         self.replicas: dict[str, Supervisor | RayReplica] = {}
-        self._next = 0
+        self._early = list(early)
+        self._next = len(self._early)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
 
     def _argv(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "bastion.serve.replica",
-            self.model,
-            "--manifest",
-            str(self.manifest_path),
-        ]
+        return _replica_argv(self.model, self.manifest_path)
 
     def _spec(self, name: str, url: str) -> UpstreamSpec:
+        from bastion.serve.pool import UpstreamSpec
+
         return UpstreamSpec(
             name=name,
             url=url,
@@ -191,26 +280,19 @@ class ReplicaSet:
         if self.backend.placement.backend == "ray":
             self._spawn_on_ray(name)
             return
-        port = _free_port()
-        spec = ProcessSpec(
-            argv=[*self._argv(), "--port", str(port)],
-            name=name,
-            log_path=self.log_dir / f"{name}.log",
-            die_with_parent=True,  # a SIGKILLed `bastion serve` leaves no replica behind
+        events = _Held(name)
+        events.attach(self._on_event)
+        sup, port = _launch(self._argv(), name, self.log_dir, events)
+        self._join(EarlyReplica(name, sup, port, events))
+
+    def _join(self, replica: EarlyReplica) -> None:
+        """Route to a started replica once its probe passes; record its events."""
+        name = replica.name
+        self.gateway.add_upstream(
+            self._spec(name, self.url_for(name, replica.port)), needs_probe=True
         )
-        sup = Supervisor(
-            spec,
-            backoff=Backoff(initial=0.05, factor=2.0, cap=5.0, jitter=0.2),
-            budget=RestartBudget(max_restarts=20, window_s=600),
-            restart_on="always",
-            grace_s=2.0,
-            events=Relay(
-                lambda kind, _subject, at_ns, data: self._on_event(name, kind, at_ns, data)
-            ),
-        )
-        self.gateway.add_upstream(self._spec(name, self.url_for(name, port)), needs_probe=True)
-        self.replicas[name] = sup
-        sup.start()
+        self.replicas[name] = replica.supervisor
+        replica.events.attach(self._on_event)
 
     def _spawn_on_ray(self, name: str) -> None:
         """One replica in a Ray actor (``bastion.serve._ray``): it joins the pool once its
@@ -283,7 +365,10 @@ class ReplicaSet:
         self._loop = asyncio.get_running_loop()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         await self.connect()
-        for _ in range(self.autoscaler.min_replicas):
+        early, self._early = self._early, []
+        for replica in early:
+            self._join(replica)
+        for _ in range(self.autoscaler.min_replicas - len(early)):
             self._spawn()
         # The start is a change: the set does not shrink before a full cool-down of load.
         self.autoscaler.last_change = self.autoscaler.clock()
@@ -386,6 +471,9 @@ class ReplicaSet:
 
     async def close(self) -> None:
         await self._stop_scaling()
+        for replica in self._early:  # started for it, never taken over (start failed)
+            await asyncio.to_thread(replica.supervisor.stop, timeout=5)
+        self._early = []
         for sup in self.replicas.values():
             await asyncio.to_thread(sup.stop, timeout=5)
         for name in self.replicas:

@@ -26,6 +26,9 @@ from bastion.aio import LoopThread
 from bastion.errors import NotFoundError, UnavailableError, UsageError
 from bastion.manifest import Manifest, Service
 from bastion.serve._auth import client_keys
+from bastion.serve._early import Early, replica_log_dir
+from bastion.serve._early import addresses as _addresses
+from bastion.serve._early import pin_models as _pin_models
 from bastion.serve.gateway import Gateway, GatewayStatistics
 from bastion.serve.pool import UpstreamSpec
 
@@ -262,6 +265,7 @@ async def run_services(
     reload: asyncio.Event | None = None,
     reloaded: Callable[[dict[str, Any]], None] | None = None,
     listen: str | None = None,
+    early: Early | None = None,
 ) -> None:
     """Run the named services' gateways (with their local replica sets) until ``stop``;
     ``serving(service, url)`` is called once each gateway is listening.
@@ -278,6 +282,9 @@ async def run_services(
 
     An address that cannot be bound (in use, not this host's, a privileged port) is a
     ``UsageError`` naming the service and the address, raised before any replica starts.
+
+    ``early``: what ``_early.start_early`` did before this module imported (the pinned
+    models, replicas already starting); their replica sets take those replicas over.
     """
     from bastion.events import EventWriter
     from bastion.rollout import RolloutController
@@ -306,7 +313,9 @@ async def run_services(
     # A replica set serves one snapshot: model/digits@latest is resolved to its version
     # once, here, so a replica restarted later serves what its peers serve, not a newer
     # commit (a new version goes into service through `bastion rollout`).
-    pinned = await asyncio.to_thread(_pin_models, manifest, names)
+    pinned = (
+        early.pinned if early is not None else await asyncio.to_thread(_pin_models, manifest, names)
+    )
     from bastion.segment._state import SegmentState
 
     seg_state = SegmentState(manifest.state_dir).read()["segments"]
@@ -320,11 +329,7 @@ async def run_services(
                 raise NotFoundError(f"service {name!r} is not in {manifest.path} (known: {known})")
             address, primary = addresses[name]
             host, _, port = address.rpartition(":")
-            # the replicas' logs of a gateway other than the first go in a directory of
-            # their own (two gateways on one host each run their own replicas)
-            log_dir = manifest.state_dir / "serve" / name
-            if not primary:
-                log_dir = log_dir.with_name(f"{name}@{address.replace(':', '_')}")
+            log_dir = replica_log_dir(manifest, name, address, primary)
             ledger = Ledger.for_service(name, service)
             if ledger is not None:
                 # spend rows go beside the event log, from their own writer thread
@@ -363,6 +368,7 @@ async def run_services(
                     manifest_path=manifest.path,
                     log_dir=log_dir,
                     model=pinned[str(backend.model)],
+                    early=early.take(name, backend.name) if early is not None else (),
                 )
                 for backend in service.backends
                 if backend.model is not None
@@ -431,31 +437,6 @@ async def run_services(
             spend.close()
         sli.close()
         sink.close()
-
-
-def _addresses(
-    manifest: Manifest, names: Sequence[str], listen: str | None
-) -> dict[str, tuple[str, bool]]:
-    """Where each named service's gateway listens here, and whether it is the service's
-    first gateway (``listen`` in the manifest), from ``bastion serve --listen``."""
-    if listen is None:
-        return {n: (manifest.services[n].listen, True) for n in names if n in manifest.services}
-    if len(names) != 1:
-        raise UsageError(
-            "--listen runs one gateway of one service: name the service, e.g. "
-            f"`bastion serve {names[0] if names else 'SERVICE'} --listen {listen}`"
-        )
-    (name,) = names
-    service = manifest.services.get(name)
-    if service is None:
-        return {}
-    declared = service.gateway_addresses
-    if listen not in declared:
-        raise UsageError(
-            f"--listen {listen}: not a gateway of service {name!r} (its gateways: "
-            f"{', '.join(declared)}); add it to services.{name}.gateways in {manifest.path}"
-        )
-    return {name: (listen, listen == service.listen)}
 
 
 async def _reload(
@@ -628,33 +609,6 @@ class _SliRecording:
         for rec in self.recorders:
             rec.flush()
         self.writer.close()
-
-
-def _pin_models(manifest: Manifest, names: Sequence[str]) -> dict[str, str]:
-    """Each model backend's ref, resolved to the snapshot version it names now."""
-    refs = {
-        str(b.model)
-        for n in names
-        if n in manifest.services
-        for b in manifest.services[n].backends
-        if b.model is not None
-    }
-    if not refs:
-        return {}
-    from bastion.errors import BastionError
-    from bastion.vault import Vault
-
-    try:
-        vault = Vault.from_manifest(manifest)
-    except BastionError:
-        return {ref: ref for ref in refs}
-    pinned = {}
-    for ref in refs:
-        try:
-            pinned[ref] = vault.snapshot(ref).ref
-        except BastionError:
-            pinned[ref] = ref  # the replicas say why it does not load, in their logs
-    return pinned
 
 
 def status(manifest: Manifest, names: Sequence[str]) -> list[GatewayStatistics | GatewayDown]:

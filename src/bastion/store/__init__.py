@@ -9,6 +9,9 @@ implementing ``Store`` and one more entry in ``SCHEMES``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from bastion._lazy import lazy
 from bastion.errors import UsageError
 from bastion.store._access import (
     ACCESS_MODES,
@@ -20,11 +23,28 @@ from bastion.store._access import (
     umask,
     write_file,
 )
-from bastion.store._local import LocalStore, buffer_address, write_direct
-from bastion.store._memory import MemoryStore
 from bastion.store._protocol import Buffer, Store, StoreStatistics
-from bastion.store._s3 import S3Store
 from bastion.store._url import S3_OPTIONS, SCHEMES, ReplicaUrl, parse_replica_url
+
+if TYPE_CHECKING:
+    from bastion.store._local import LocalStore, buffer_address, write_direct
+    from bastion.store._memory import MemoryStore
+    from bastion.store._s3 import S3Store
+
+# The backends are imported when first named: the manifest imports this package (for
+# parse_replica_url), so every command, `bastion up`'s children and each model replica
+# among them, paid for the S3 and local stores (and the supervisor the local one asks
+# about lock holders) before it knew whether its vault is on S3, on disk, or absent.
+__getattr__, __dir__ = lazy(
+    __name__,
+    {
+        "LocalStore": "bastion.store._local",
+        "buffer_address": "bastion.store._local",
+        "write_direct": "bastion.store._local",
+        "MemoryStore": "bastion.store._memory",
+        "S3Store": "bastion.store._s3",
+    },
+)
 
 __all__ = [
     "ACCESS_MODES",
@@ -64,6 +84,10 @@ def open_store(url: str, *, create: bool = True, mode: AccessMode = "private") -
     if problem is not None:
         raise UsageError(f"vault replica {url!r}: {problem}")
     if parsed.scheme == "s3":
+        from bastion.store._s3 import S3Store
+
         return S3Store(parsed, create=create)
+    from bastion.store._local import LocalStore
+
     chosen = mode if parsed.mode is None else permissions(parsed.mode).mode
     return LocalStore(parsed.location, create=create, mode=chosen)

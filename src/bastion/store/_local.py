@@ -29,6 +29,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import re
@@ -146,16 +147,20 @@ def write_direct(fd: int, parts: Sequence[Buffer], size: int, *, durable: bool) 
     return size
 
 
-_libc: ctypes.CDLL | None
-try:
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-except OSError:  # pragma: no cover - not glibc
-    _libc = None
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """libc, found when first needed: ``find_library`` runs ``ldconfig -p`` in a child
+    process, which every importer of this module (each model replica) paid for."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:  # pragma: no cover - not glibc
+        return None
 
 
 def _syncfs(fd: int) -> None:
     """Flush one filesystem (not every disk, as ``sync`` would); fall back to ``os.sync``."""
-    if _libc is not None and hasattr(_libc, "syncfs") and _libc.syncfs(fd) == 0:
+    libc = _libc()
+    if libc is not None and hasattr(libc, "syncfs") and libc.syncfs(fd) == 0:
         return
     os.sync()  # pragma: no cover
 
