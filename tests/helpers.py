@@ -4,6 +4,7 @@
 - ``write_model`` / ``commit_model``: an untrained digits MLP (``bastion.serve.replica``'s
   layout) in a directory, or committed to an example's vault as ``model/digits``.
 - ``served``: an aiohttp app on a real 127.0.0.1 port, in its own event-loop thread.
+- ``wait_for``: poll a condition until it holds, with a deadline (never a bare sleep).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -78,3 +81,15 @@ def served(app: web.Application) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         thread.stop(runner.cleanup())
+
+
+def wait_for(cond: Callable[[], Any], what: str, seconds: float = 60.0) -> Any:
+    """Poll ``cond`` until it is truthy (return it), or fail naming ``what``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
+        time.sleep(0.02)
