@@ -4,16 +4,23 @@
 - ``write_model`` / ``commit_model``: an untrained digits MLP (``bastion.serve.replica``'s
   layout) in a directory, or committed to an example's vault as ``model/digits``.
 - ``served``: an aiohttp app on a real 127.0.0.1 port, in its own event-loop thread.
+- ``small_tmpfs``: a size-limited tmpfs mounted over a directory, to fill a disk for real.
+- ``wait_for``: poll a condition until it holds, with a deadline (never a bare sleep).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+import pytest
 from aiohttp import web
 
 from bastion.aio import LoopThread, serve_app
@@ -78,3 +85,34 @@ def served(app: web.Application) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         thread.stop(runner.cleanup())
+
+
+def wait_for(cond: Callable[[], Any], what: str, seconds: float = 60.0) -> Any:
+    """Poll ``cond`` until it is truthy (return it), or fail naming ``what``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``"4m"``) mounted over the directory ``where``, hiding what
+    was there until it ends; the test is skipped where mounting is not allowed (not root)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("filling a size-limited location needs a small tmpfs (mount as root)")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)

@@ -225,12 +225,3 @@ def log(
     monkeypatch.setenv("BASTION_EVENTS_URLS", "{}")  # restored after the test
     use_postgres(state, url)
     return LogTarget("postgresql", url, state, server)
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")

@@ -48,6 +48,7 @@ from bastion.starter import write_key
 from bastion.validate import ModelGateConfig, Status, validate_model
 from bastion.vault import Vault
 from tests.conftest import EXAMPLE
+from tests.helpers import wait_for
 from tests.integration.test_validate_model_gate import GATE_SEED, _digits, _model_dir, _weights
 
 SERVICE = "digits"
@@ -58,18 +59,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(cond: Callable[[], Any], what: str, seconds: float = 60.0) -> Any:
-    """Poll ``cond`` until it is truthy (return it), or fail naming ``what``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # -- the world: manifest, vault, models ---------------------------------------------------

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import shutil
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +20,7 @@ from bastion.drill.faults import (
 )
 from bastion.errors import UsageError
 from bastion.events import EventLog
+from tests.helpers import small_tmpfs
 
 
 def _tree_digest(root: Path) -> dict[str, tuple[str, int]]:
@@ -108,26 +104,9 @@ def test_read_only_blocks_writes_and_reverts(data_dir: Path) -> None:
     target.write_bytes(b"writable again")
 
 
-@contextlib.contextmanager
-def _small_tmpfs(where: Path, size: str = "4m") -> Iterator[Path]:
-    where.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("filling a size-limited location needs a small tmpfs (mount as root)")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=False)
-
-
 def test_fill_disk_causes_enospc_and_reverts(tmp_path: Path) -> None:
-    with _small_tmpfs(tmp_path / "small") as small:
+    (tmp_path / "small").mkdir()
+    with small_tmpfs(tmp_path / "small", "4m") as small:
         (small / "keep.txt").write_text("kept")
         fault = FillDisk(small, scope=Scope.of(paths=[small]), leave_bytes=0)
         fault.inject()

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,7 @@ from bastion import event_kinds as ek
 from bastion.events import EventLog
 from bastion.manifest import load
 from bastion.playbooks import Ledger
-
-
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 45.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.helpers import wait_for
 
 
 def _runner(path: Path, name: str) -> subprocess.Popen[bytes]:
@@ -92,9 +83,9 @@ system: t
     first = _runner(path, "r")
     second: subprocess.Popen[bytes] | None = None
     try:
-        _wait(lambda: log.count(ek.PLAYBOOK_RUNNER_STARTED) >= 1, "the runner to start")
+        wait_for(lambda: log.count(ek.PLAYBOOK_RUNNER_STARTED) >= 1, "the runner to start")
         log.emit(ek.TRAIN_EXITED, "train-x", oom=True)
-        _wait(lambda: len(_lines(ran)) == 1, "the first action to be running")
+        wait_for(lambda: len(_lines(ran)) == 1, "the first action to be running")
         time.sleep(rng.uniform(0.0, 0.3))  # anywhere inside the action (not a sync)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
@@ -102,7 +93,7 @@ system: t
             assert [a["state"] for a in ledger.actions()] == ["started"]
         second = _runner(path, "r")
         done = ek.PLAYBOOK_RESOLVED if checked else ek.PLAYBOOK_ESCALATED
-        _wait(lambda: log.count(done) == 1, f"{done} after the restart")
+        wait_for(lambda: log.count(done) == 1, f"{done} after the restart")
         recovered = log.query(kind=ek.PLAYBOOK_ACTION_RECOVERED)
         assert len(recovered) == 1, recovered
         with Ledger.in_state_dir(manifest.state_dir) as ledger:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from bastion.events import EventLog
 from bastion.store import LocalStore, S3Store, open_store
 from bastion.vault import Snapshot, Vault, make_key
 from bastion.vault._objects import object_key
+from tests.helpers import wait_for
 from tests.s3_servers import (  # noqa: F401 (the *_fixture names are fixtures)
     S3Server,
     bucket_name,
@@ -51,13 +51,6 @@ def _objects(raw: Any, bucket: str) -> int:
     return int(listed.get("KeyCount", 0))
 
 
-def _wait(condition: Any, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["sigstop", "sigkill"])
 def test_s3_stopped_mid_put_publishes_degraded_then_catches_up(
@@ -88,7 +81,7 @@ def test_s3_stopped_mid_put_publishes_degraded_then_catches_up(
     writer.start()
     try:
         # the first chunk of this commit is in the bucket: the put is under way
-        _wait(lambda: _objects(raw, bucket) > before or not writer.is_alive(), "a first put")
+        wait_for(lambda: _objects(raw, bucket) > before or not writer.is_alive(), "a first put")
         assert writer.is_alive(), "the commit ended before the server could be stopped"
         if how == "sigstop":
             own_s3_server.pause()
@@ -119,7 +112,7 @@ def test_s3_stopped_mid_put_publishes_degraded_then_catches_up(
         own_s3_server.start()
     # the vault's own view (cached for a second), not just the store's: a scrub while
     # the vault still counts S3 down checks the local replica alone, and says ok
-    _wait(lambda: s3 in vault.available_stores(), "the vault to see the S3 replica again")
+    wait_for(lambda: s3 in vault.available_stores(), "the vault to see the S3 replica again")
     report = vault.scrub(repair=True)
     assert report.ok, report
     assert report.unreachable == []
@@ -156,7 +149,7 @@ def test_a_server_down_before_the_commit_is_left_out_at_once(
         assert vault.read(snap.ref, "f") == data
     finally:
         own_s3_server.resume()
-    _wait(lambda: s3 in vault.available_stores(), "the vault to see the S3 replica again")
+    wait_for(lambda: s3 in vault.available_stores(), "the vault to see the S3 replica again")
     report = vault.scrub(repair=True)
     assert report.ok, report
     assert report.unreachable == []

@@ -8,41 +8,20 @@ exit naming the replica and the fix; read-only ``verify`` changes nothing.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bastion.drill.faults import DeleteFiles, FillDisk, Scope
 from bastion.events import EventLog
-from tests.helpers import run_bastion
+from tests.helpers import run_bastion, small_tmpfs
 
 
 def _bastion(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run_bastion(*args, cwd=cwd, timeout=180)
-
-
-@contextlib.contextmanager
-def _tmpfs(where: Path, size: str = "2m") -> Iterator[Path]:
-    """A small filesystem mounted over ``where`` (hiding what was there until it ends)."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("a full replica needs a small tmpfs (mount as root)")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=False)
 
 
 def _data(root: Path, rng: random.Random) -> Path:
@@ -77,7 +56,7 @@ def test_a_put_that_misses_a_full_replica_says_so_and_fails(
 ) -> None:
     data = _data(vault_dir, rng)
     b = vault_dir / ".bastion" / "vault" / "b"
-    with _tmpfs(b):
+    with small_tmpfs(b, "2m"):
         (b / "tmp").mkdir()
         fill = FillDisk(b, scope=Scope.of(paths=[b]), max_bytes=8 << 20)
         fill.inject()
@@ -112,7 +91,7 @@ def test_failed_repairs_are_counted_as_failed_and_exit_non_zero(
 ) -> None:
     data = _data(vault_dir, rng)
     b = vault_dir / ".bastion" / "vault" / "b"
-    with _tmpfs(b, size="4m"):
+    with small_tmpfs(b, "4m"):
         (b / "tmp").mkdir()
         assert _bastion(vault_dir, "vault", "put", "dataset/d", str(data)).returncode == 0
         objects = sorted(p for p in (b / "objects").rglob("*") if p.is_file())

@@ -18,7 +18,8 @@ import pytest
 
 from bastion.errors import UnavailableError
 from bastion.events import EventLog, EventWriter
-from tests.pg_server import LogTarget, wait_for
+from tests.helpers import wait_for
+from tests.pg_server import LogTarget
 
 WRITERS = 4
 PER_WRITER = 250

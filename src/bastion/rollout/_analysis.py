@@ -489,26 +489,31 @@ def _rate_check(
     )
 
 
-def _errors(b: ArmSample, c: ArmSample, s: AnalysisSettings) -> Check:
-    name = "errors"
-    counts = {
-        "baseline.requests": _count(b.requests),
-        "baseline.errors": _count(b.errors),
-        "candidate.requests": _count(c.requests),
-        "candidate.errors": _count(c.errors),
-    }
+def _part_of_whole(
+    name: str, b: ArmSample, c: ArmSample, s: AnalysisSettings, *, part: str, whole: str
+) -> tuple[tuple[int, int], tuple[int, int]] | Check:
+    """Each arm's ``(part, whole)`` counts (errors of requests, right of golden probes),
+    or the ``insufficient`` check that says which is not a count or exceeds its whole."""
+    arms = (("baseline", b), ("candidate", c))
+    counts = {f"{arm}.{f}": _count(getattr(x, f)) for arm, x in arms for f in (whole, part)}
     bad = [k for k, v in counts.items() if v is None]
     if bad:
         return _insufficient(name, f"{', '.join(bad)} not a whole non-negative number", s)
-    nb, eb = counts["baseline.requests"], counts["baseline.errors"]
-    nc, ec = counts["candidate.requests"], counts["candidate.errors"]
-    assert nb is not None
-    assert eb is not None
-    assert nc is not None
-    assert ec is not None
-    for arm, n, e in (("baseline", nb, eb), ("candidate", nc, ec)):
-        if e > n:
-            return _insufficient(name, f"{arm}.errors {e} exceeds {arm}.requests {n}", s, nb, nc)
+    got = [(counts[f"{arm}.{part}"] or 0, counts[f"{arm}.{whole}"] or 0) for arm, _ in arms]
+    for (arm, _), (p, w) in zip(arms, got, strict=True):
+        if p > w:
+            return _insufficient(
+                name, f"{arm}.{part} {p} exceeds {arm}.{whole} {w}", s, got[0][1], got[1][1]
+            )
+    return got[0], got[1]
+
+
+def _errors(b: ArmSample, c: ArmSample, s: AnalysisSettings) -> Check:
+    name = "errors"
+    counts = _part_of_whole(name, b, c, s, part="errors", whole="requests")
+    if isinstance(counts, Check):
+        return counts
+    (eb, nb), (ec, nc) = counts
     if nb < s.min_samples or nc < s.min_samples:
         return _insufficient(
             name, f"requests {nb} baseline / {nc} candidate, need {s.min_samples} each", s, nb, nc
@@ -520,26 +525,10 @@ def _errors(b: ArmSample, c: ArmSample, s: AnalysisSettings) -> Check:
 
 def _golden(b: ArmSample, c: ArmSample, s: AnalysisSettings) -> Check:
     name = "golden"
-    counts = {
-        "baseline.golden_right": _count(b.golden_right),
-        "baseline.golden_total": _count(b.golden_total),
-        "candidate.golden_right": _count(c.golden_right),
-        "candidate.golden_total": _count(c.golden_total),
-    }
-    bad = [k for k, v in counts.items() if v is None]
-    if bad:
-        return _insufficient(name, f"{', '.join(bad)} not a whole non-negative number", s)
-    rb, tb = counts["baseline.golden_right"], counts["baseline.golden_total"]
-    rc, tc = counts["candidate.golden_right"], counts["candidate.golden_total"]
-    assert rb is not None
-    assert tb is not None
-    assert rc is not None
-    assert tc is not None
-    for arm, r, t in (("baseline", rb, tb), ("candidate", rc, tc)):
-        if r > t:
-            return _insufficient(
-                name, f"{arm}.golden_right {r} exceeds {arm}.golden_total {t}", s, tb, tc
-            )
+    counts = _part_of_whole(name, b, c, s, part="golden_right", whole="golden_total")
+    if isinstance(counts, Check):
+        return counts
+    (rb, tb), (rc, tc) = counts
     if tb == 0 and tc == 0:
         return _not_measured(name, "no golden probes on either arm")
     if tb < s.min_samples or tc < s.min_samples:
