@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from bastion._lazy import lazy
+from bastion._lazy import lazy as _lazy
 from bastion.errors import (
     BastionError,
     CheckFailed,
@@ -44,7 +44,7 @@ _LAZY = {
 }
 
 
-_lazy_getattr, __dir__ = lazy(__name__, _LAZY)
+_lazy_getattr, __dir__ = _lazy(__name__, _LAZY)
 
 
 def __getattr__(name: str) -> Any:
