@@ -25,7 +25,6 @@ import json
 import re
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -252,20 +251,11 @@ class Twin:
         if any((prod / "snapshots").is_dir() for prod, _ in pairs):
             prod_signing, _ = vault_keys(self.production)
             verifier = Verifier.for_key_file(Path(prod_signing))
-        with ThreadPoolExecutor(max_workers=max(1, len(pairs))) as pool:
-            futures = [
-                pool.submit(
-                    make_view,
-                    prod,
-                    twin,
-                    verifier=verifier,
-                    signer=signer,
-                    admin_pub=admin_pub,
-                    mode=mode,
-                )
-                for prod, twin in pairs
-            ]
-            views = [f.result() for f in futures]
+        # One replica after another: see make_view (threads made it ~2x slower).
+        views = [
+            make_view(prod, twin, verifier=verifier, signer=signer, admin_pub=admin_pub, mode=mode)
+            for prod, twin in pairs
+        ]
         vault.update(
             replicas=[str(t) for t in twin_replicas], key=str(signing), admin_key=str(admin)
         )
@@ -388,16 +378,10 @@ def _rmdir_quietly(path: Path) -> bool:
 
 
 def _dump(tree: dict[str, Any]) -> str:
-    import io
-
-    from ruamel.yaml import YAML
-
-    out = io.StringIO()
-    yaml = YAML(typ="safe")
-    yaml.default_flow_style = False
-    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
-    yaml.dump(tree, out)
-    return out.getvalue()
+    """The twin manifest's text: JSON, which is YAML 1.2 (the manifest loader reads it as
+    any other ``bastion.yaml``, with located errors). It is written by ``twin up``, not by
+    hand: ruamel's pure-Python emitter took ~25 ms of a ~0.12 s ``twin up``, JSON 0.4 ms."""
+    return json.dumps(tree, indent=2) + "\n"
 
 
 def _drop_none(value: Any) -> Any:
