@@ -19,6 +19,7 @@ from bastion.drill.faults import HangProcess, KillProcess, Scope
 from bastion.events import EventLog
 from bastion.manifest import load
 from bastion.train import JobResult, JobSupervisor, recovery_timeline
+from tests.helpers import wait_for
 from tests.train_faults import JOB, STEPS, Run, baseline, prepare, wait_step
 
 __all__ = ["baseline"]  # the module fixture, imported so this module has its own
@@ -84,7 +85,14 @@ def test_many_kills_spread_over_a_long_run_neither_slow_recovery_nor_fail_the_jo
     mark = events.count()
     after = mark
     for _ in range(kills):
-        pid = wait_step(lambda a=after: results or healthy_with_a_checkpoint(a), timeout=120)
+        # polled every 20 ms (wait_for), not every 1 ms (wait_step): each poll runs two
+        # event-log queries, and a kill here need not land at an exact step, only after
+        # the worker has been healthy and saved a checkpoint of its own
+        pid = wait_for(
+            lambda a=after: results or healthy_with_a_checkpoint(a),
+            "a healthy worker with a checkpoint of its own",
+            seconds=120,
+        )
         assert not results, f"the job ended before all {kills} kills: {results[0]}"
         after = events.count()
         KillProcess(pid, scope=Scope.of(pids=[pid]), events=events, subject=JOB).inject()
