@@ -102,6 +102,18 @@ def time_cp(example: Path) -> float:
         return time.perf_counter() - t0
 
 
+def time_cp_al(example: Path) -> float:
+    """``cp -al`` of the vault replicas: a directory and a hard link per object made by
+    C, with nothing verified or signed (the filesystem's own cost of the twin's layout)."""
+    vault = example / ".bastion" / "vault"
+    with tempfile.TemporaryDirectory(dir=example.parent) as scratch:
+        t0 = time.perf_counter()
+        for replica in sorted(vault.iterdir()):
+            target = Path(scratch) / replica.name
+            subprocess.run(["cp", "-al", str(replica), str(target)], check=True)
+        return time.perf_counter() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024, help="vault data in MiB (1024)")
@@ -113,13 +125,22 @@ def main() -> None:
     inner: list[float] = []
     cps: list[float] = []
     floors: list[float] = []
+    links: list[float] = []
     record: dict[str, Any] = {}
     for _ in range(args.runs):
+        # Each timed step starts with nothing left to write back (untimed): cp -r leaves
+        # 2 GiB of dirty pages, and removing a copy or a twin leaves a journal to commit,
+        # which the next step's mkdirs would otherwise wait behind.
+        os.sync()
         wall, work, record = time_twin(example)
         twins.append(wall)
         inner.append(work)
+        os.sync()
         cps.append(time_cp(example))
+        os.sync()
         floors.append(time_floor(example))
+        os.sync()
+        links.append(time_cp_al(example))
     twin_s, work_s, cp_s, floor_s = (statistics.median(x) for x in (twins, inner, cps, floors))
     replicas: list[dict[str, Any]] = list(record.get("replicas") or [])
     objects = sum(int(r["linked"]) + int(r["reflinked"]) for r in replicas)
@@ -133,6 +154,8 @@ def main() -> None:
     print(f"  of which the twin's own work  : {work_s:.3f} s")
     print(f"  start-up floor (twin status)  : {floor_s:.3f} s")
     print(f"cp -r of the same state dir     : {cp_s:.3f} s  (runs {[round(t, 3) for t in cps]})")
+    link_s = statistics.median(links)
+    print(f"cp -al of the replicas (links)  : {link_s:.3f} s  (the layout's own floor)")
     print(f"ratio cp -r / the twin's work   : {cp_s / work_s:.1f}x")
     print(
         f"ratio cp -r / twin up           : {ratio:.1f}x  (start-up bounds it at "
