@@ -87,8 +87,11 @@ def served(app: web.Application) -> Iterator[str]:
         thread.stop(runner.cleanup())
 
 
-def wait_for(cond: Callable[[], Any], what: str, seconds: float = 60.0) -> Any:
-    """Poll ``cond`` until it is truthy (return it), or fail naming ``what``."""
+def wait_for(
+    cond: Callable[[], Any], what: str, seconds: float = 60.0, *, poll: float = 0.02
+) -> Any:
+    """Poll ``cond`` every ``poll`` seconds until it is truthy (return it), or fail naming
+    ``what``."""
     deadline = time.monotonic() + seconds
     while True:
         got = cond()
@@ -96,7 +99,7 @@ def wait_for(cond: Callable[[], Any], what: str, seconds: float = 60.0) -> Any:
             return got
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(poll)
 
 
 @contextlib.contextmanager

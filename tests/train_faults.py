@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from bastion.supervise import Backoff, heartbeat_note, heartbeat_progress
 from bastion.train import JobResult, JobSupervisor
 from bastion.vault import make_key
 from tests.conftest import EXAMPLE
+from tests.helpers import wait_for
 
 STEPS = 400
 JOB = "train-digits"
@@ -40,13 +40,9 @@ def prepare(target: Path) -> Path:
 
 
 def wait_step(cond: Callable[[], Any], timeout: float = 60.0) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.001)
-    raise AssertionError(f"condition not met within {timeout} s")
+    """``wait_for`` at 1 ms: a kill aimed at a training step must land before the worker
+    runs past it."""
+    return wait_for(cond, "the training step the test aims at", timeout, poll=0.001)
 
 
 @pytest.fixture(scope="module")
