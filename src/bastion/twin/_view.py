@@ -167,10 +167,10 @@ def make_view(
                     _write(dst, fh.read(), bits.values)
         return reflinked, linked, resigned, shared
 
-    # One thread: a link or a mkdir is a few microseconds of journaled metadata on a local
-    # filesystem, and threads only add GIL hand-offs. Measured on ext4 with the 1 GB
-    # benchmark vault (2 x 891 files, 260 directories each): 36-42 ms in one thread,
-    # 100-150 ms with 8 threads per replica (benchmarks/twin.py).
+    # One thread: threads only add GIL hand-offs to these syscalls (a link is ~5 us; a
+    # mkdir, 0.1-0.3 ms on ext4 here, serialises on its parent directory's lock). Measured
+    # with the 1 GB benchmark vault (2 x 891 files, 260 directories each): 36-42 ms in one
+    # thread, 100-150 ms with 8 threads per replica (benchmarks/twin.py, docs/twin.md).
     totals = [one_dir(*w) for w in work]
     # No pin in production yet: the twin's first commit pins the twin's admin key.
     return ViewStatistics(
